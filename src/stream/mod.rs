@@ -1,0 +1,1 @@
+//! The Stream API client.
