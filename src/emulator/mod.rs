@@ -31,6 +31,8 @@ impl EmulatorHandle {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+    /// Stops the emulator.
+    pub async fn shutdown(self) {}
     /// The base URL to give a Stream client.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)

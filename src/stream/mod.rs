@@ -1,1 +1,15 @@
-//! The Stream API client.
+//! The client of the Stream Chat REST API: authentication, HTTP, wire types and errors.
+//!
+//! Everything here follows the real API's wire format (`shared/stream-api.md`), so the same
+//! code talks to Stream itself or to the emulator, by base URL alone.
+
+mod auth;
+mod client;
+mod error;
+mod rate_limit;
+pub mod wire;
+
+pub use auth::Credentials;
+pub use client::{ClientConfig, StreamClient, Upstream};
+pub use error::{Operation, UpstreamError};
+pub use rate_limit::RateLimit;

@@ -1,0 +1,193 @@
+//! The one place where failures become gRPC statuses.
+//!
+//! Every status carries an `ErrorInfo` (domain [`DOMAIN`]) whose reason a client can branch on;
+//! upstream failures add the Stream operation, HTTP status and Stream code as metadata.
+
+use std::{collections::HashMap, time::Duration};
+
+use chrono::Utc;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+use crate::stream::{Operation, UpstreamError};
+
+/// `ErrorInfo.domain` of every error this service returns.
+pub const DOMAIN: &str = "stream-export";
+
+/// How long to suggest waiting when upstream gives no better hint.
+const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// `ErrorInfo` reasons: stable identifiers a client can branch on.
+pub mod reason {
+    /// The request failed validation; `BadRequest` lists every problem.
+    pub const INVALID_REQUEST: &str = "INVALID_REQUEST";
+    /// Stream rejected the request's content.
+    pub const UPSTREAM_INVALID_ARGUMENT: &str = "UPSTREAM_INVALID_ARGUMENT";
+    /// The task does not exist upstream.
+    pub const TASK_NOT_FOUND: &str = "TASK_NOT_FOUND";
+    /// The user does not exist upstream.
+    pub const USER_NOT_FOUND: &str = "USER_NOT_FOUND";
+    /// Stream answered 404 for something else.
+    pub const UPSTREAM_NOT_FOUND: &str = "UPSTREAM_NOT_FOUND";
+    /// Stream refused the operation for this app (403).
+    pub const UPSTREAM_PERMISSION_DENIED: &str = "UPSTREAM_PERMISSION_DENIED";
+    /// Stream's rate limit for the route is exhausted; `RetryInfo` says until when.
+    pub const UPSTREAM_RATE_LIMITED: &str = "UPSTREAM_RATE_LIMITED";
+    /// Stream failed (5xx or its own timeout); retrying later may work.
+    pub const UPSTREAM_UNAVAILABLE: &str = "UPSTREAM_UNAVAILABLE";
+    /// Stream rejected this service's API key or secret: a deployment problem, not the caller's.
+    pub const UPSTREAM_CREDENTIALS_REJECTED: &str = "UPSTREAM_CREDENTIALS_REJECTED";
+    /// Stream did not answer within the upstream timeout.
+    pub const UPSTREAM_TIMEOUT: &str = "UPSTREAM_TIMEOUT";
+    /// No connection to Stream could be opened.
+    pub const UPSTREAM_UNREACHABLE: &str = "UPSTREAM_UNREACHABLE";
+    /// The connection to Stream broke mid-request.
+    pub const UPSTREAM_CONNECTION_FAILED: &str = "UPSTREAM_CONNECTION_FAILED";
+    /// Stream's answer could not be read.
+    pub const UPSTREAM_BAD_RESPONSE: &str = "UPSTREAM_BAD_RESPONSE";
+    /// Stream answered with a status this service does not expect.
+    pub const UPSTREAM_UNEXPECTED_STATUS: &str = "UPSTREAM_UNEXPECTED_STATUS";
+    /// The user has more than 10,000 messages: use `ExportUsers` instead.
+    pub const USER_EXPORT_TOO_LARGE: &str = "USER_EXPORT_TOO_LARGE";
+}
+
+/// INVALID_ARGUMENT with one `BadRequest` violation per problem.
+pub fn invalid_request(violations: Vec<FieldViolation>) -> Status {
+    let summary = match violations.as_slice() {
+        [only] => format!("invalid request: {}: {}", only.field, only.description),
+        many => format!("invalid request: {} problems, see the BadRequest details", many.len()),
+    };
+    let mut details = ErrorDetails::with_bad_request(violations);
+    details.set_error_info(reason::INVALID_REQUEST, DOMAIN, HashMap::new());
+    Status::with_error_details(Code::InvalidArgument, summary, details)
+}
+
+/// Maps an upstream failure to the status the caller sees.
+pub fn upstream_status(error: &UpstreamError) -> Status {
+    let operation = error.operation();
+    let mut metadata = HashMap::from([("operation".to_owned(), operation.name().to_owned())]);
+    let mut details = ErrorDetails::new();
+
+    let (code, reason, message) = match error {
+        UpstreamError::Api {
+            status,
+            code: stream_code,
+            message,
+            exception_fields,
+            rate_limit,
+            ..
+        } => {
+            metadata.insert("upstream_http_status".into(), status.to_string());
+            if let Some(stream_code) = stream_code {
+                metadata.insert("stream_code".into(), stream_code.to_string());
+            }
+            match (*status, *stream_code) {
+                (401, _) | (_, Some(2 | 5 | 40..=43)) => (
+                    Code::Internal,
+                    reason::UPSTREAM_CREDENTIALS_REJECTED,
+                    "Stream rejected this service's credentials: check STREAM_API_KEY and STREAM_API_SECRET".to_owned(),
+                ),
+                (429, _) | (_, Some(9)) => {
+                    let delay = rate_limit
+                        .and_then(|limit| (limit.reset - Utc::now()).to_std().ok())
+                        .filter(|delay| !delay.is_zero())
+                        .unwrap_or(DEFAULT_RETRY_DELAY);
+                    details.set_retry_info(Some(delay));
+                    let limit = rate_limit.map(|l| format!("{} requests per minute", l.limit));
+                    details.add_quota_failure_violation(
+                        format!("stream:{}", operation.name()),
+                        format!(
+                            "Stream's rate limit ({}) is exhausted",
+                            limit.as_deref().unwrap_or("unknown")
+                        ),
+                    );
+                    (
+                        Code::ResourceExhausted,
+                        reason::UPSTREAM_RATE_LIMITED,
+                        format!("Stream rate limit reached: {message}"),
+                    )
+                }
+                (400, _) if operation == Operation::ExportUser && mentions_message_limit(message) => (
+                    Code::FailedPrecondition,
+                    reason::USER_EXPORT_TOO_LARGE,
+                    "the user has more than 10,000 messages, too many for a synchronous export; use ExportUsers"
+                        .to_owned(),
+                ),
+                (400, _) | (_, Some(4)) => {
+                    for (field, description) in exception_fields {
+                        details.add_bad_request_violation(field.clone(), description.clone());
+                    }
+                    (
+                        Code::InvalidArgument,
+                        reason::UPSTREAM_INVALID_ARGUMENT,
+                        format!("Stream rejected the request: {message}"),
+                    )
+                }
+                (404, _) => match operation {
+                    Operation::GetTask => (Code::NotFound, reason::TASK_NOT_FOUND, "task not found".to_owned()),
+                    Operation::ExportUser => (Code::NotFound, reason::USER_NOT_FOUND, "user not found".to_owned()),
+                    _ => (Code::NotFound, reason::UPSTREAM_NOT_FOUND, format!("Stream: {message}")),
+                },
+                (403, _) => (
+                    Code::PermissionDenied,
+                    reason::UPSTREAM_PERMISSION_DENIED,
+                    format!("Stream refused the operation: {message}"),
+                ),
+                (408 | 500.., _) => {
+                    details.set_retry_info(Some(DEFAULT_RETRY_DELAY));
+                    (
+                        Code::Unavailable,
+                        reason::UPSTREAM_UNAVAILABLE,
+                        format!("Stream failed (HTTP {status}): {message}"),
+                    )
+                }
+                _ => (
+                    Code::Internal,
+                    reason::UPSTREAM_UNEXPECTED_STATUS,
+                    format!("Stream answered HTTP {status}: {message}"),
+                ),
+            }
+        }
+        UpstreamError::Timeout { .. } => {
+            details.set_retry_info(Some(DEFAULT_RETRY_DELAY));
+            (
+                Code::Unavailable,
+                reason::UPSTREAM_TIMEOUT,
+                "Stream did not answer in time".to_owned(),
+            )
+        }
+        UpstreamError::Connect { detail, .. } => {
+            details.set_retry_info(Some(DEFAULT_RETRY_DELAY));
+            (
+                Code::Unavailable,
+                reason::UPSTREAM_UNREACHABLE,
+                format!("cannot connect to Stream: {detail}"),
+            )
+        }
+        UpstreamError::Transport { detail, .. } => {
+            details.set_retry_info(Some(DEFAULT_RETRY_DELAY));
+            (
+                Code::Unavailable,
+                reason::UPSTREAM_CONNECTION_FAILED,
+                format!("the connection to Stream failed: {detail}"),
+            )
+        }
+        UpstreamError::Decode { status, detail, .. } => {
+            metadata.insert("upstream_http_status".into(), status.to_string());
+            (
+                Code::Internal,
+                reason::UPSTREAM_BAD_RESPONSE,
+                format!("Stream sent an unreadable response: {detail}"),
+            )
+        }
+    };
+    details.set_error_info(reason, DOMAIN, metadata);
+    Status::with_error_details(code, message, details)
+}
+
+/// Whether a Stream error message is the one for a user over the synchronous export limit.
+/// Stream does not document a dedicated code for it, so the message is the only signal.
+fn mentions_message_limit(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    ["10000", "10,000", "10k"].iter().any(|limit| message.contains(limit))
+}

@@ -1,0 +1,292 @@
+//! Checks a request before anything goes upstream, reporting every problem at once with a
+//! field path a client can point at (`channels[3].id`).
+
+use std::collections::{HashMap, hash_map::Entry};
+
+use chrono::{DateTime, Utc};
+use tonic_types::FieldViolation;
+
+use crate::{
+    proto::{ChannelRef, ExportChannelsRequest, ExportFormatVersion, ExportUsersRequest},
+    stream::wire::{ChannelExport, ExportChannelsBody, ExportUsersBody},
+};
+
+/// Most channels or users one upstream export accepts.
+pub const MAX_ITEMS_PER_EXPORT: usize = 25;
+/// Longest channel type or channel id Stream accepts.
+pub const MAX_CHANNEL_FIELD_LEN: usize = 64;
+/// Longest user id Stream accepts.
+pub const MAX_USER_ID_LEN: usize = 255;
+/// Longest task id this service forwards (Stream's are UUIDs).
+pub const MAX_TASK_ID_LEN: usize = 128;
+/// Longest idempotency key.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Collects the problems of one request.
+#[derive(Default)]
+struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, Vec<FieldViolation>> {
+        if self.0.is_empty() { Ok(value) } else { Err(self.0) }
+    }
+}
+
+/// Validates an `ExportChannels` request and builds the upstream body.
+pub fn export_channels(request: &ExportChannelsRequest) -> Result<ExportChannelsBody, Vec<FieldViolation>> {
+    let mut problems = Violations::default();
+    check_count(&mut problems, "channels", request.channels.len());
+    let mut first_seen: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut channels = Vec::with_capacity(request.channels.len());
+    for (index, channel) in request.channels.iter().enumerate() {
+        let field = format!("channels[{index}]");
+        check_channel_field(
+            &mut problems,
+            &format!("{field}.type"),
+            &channel.r#type,
+            is_type_char,
+            "letters, digits, '_' and '-'",
+        );
+        check_channel_field(
+            &mut problems,
+            &format!("{field}.id"),
+            &channel.id,
+            is_id_char,
+            "letters, digits, '!', '-', '_' and '@'",
+        );
+        match first_seen.entry((&channel.r#type, &channel.id)) {
+            Entry::Occupied(first) => problems.add(
+                &field,
+                format!(
+                    "duplicates channels[{}] ({}:{})",
+                    first.get(),
+                    channel.r#type,
+                    channel.id
+                ),
+            ),
+            Entry::Vacant(slot) => {
+                slot.insert(index);
+            }
+        }
+        channels.push(channel_export(&mut problems, &field, channel));
+    }
+    let version = match ExportFormatVersion::try_from(request.version) {
+        Ok(ExportFormatVersion::Unspecified) => None,
+        Ok(ExportFormatVersion::V1) => Some("v1"),
+        Ok(ExportFormatVersion::V2) => Some("v2"),
+        Err(_) => {
+            problems.add("version", format!("unknown export format version {}", request.version));
+            None
+        }
+    };
+    check_request_id(&mut problems, &request.request_id);
+    problems.finish(ExportChannelsBody {
+        channels,
+        include_truncated_messages: request.include_truncated_messages,
+        include_soft_deleted_channels: request.include_soft_deleted_channels,
+        clear_deleted_message_text: request.clear_deleted_message_text,
+        export_users: request.export_users,
+        version,
+    })
+}
+
+/// Validates an `ExportUsers` request and builds the upstream body.
+pub fn export_users(request: &ExportUsersRequest) -> Result<ExportUsersBody, Vec<FieldViolation>> {
+    let mut problems = Violations::default();
+    check_count(&mut problems, "user_ids", request.user_ids.len());
+    let mut first_seen: HashMap<&str, usize> = HashMap::new();
+    for (index, user_id) in request.user_ids.iter().enumerate() {
+        let field = format!("user_ids[{index}]");
+        check_user_id(&mut problems, &field, user_id);
+        match first_seen.entry(user_id) {
+            Entry::Occupied(first) => problems.add(&field, format!("duplicates user_ids[{}] ({user_id})", first.get())),
+            Entry::Vacant(slot) => {
+                slot.insert(index);
+            }
+        }
+    }
+    check_request_id(&mut problems, &request.request_id);
+    problems.finish(ExportUsersBody {
+        user_ids: request.user_ids.clone(),
+    })
+}
+
+/// Validates the user id of an `ExportUser` request.
+pub fn user_id(user_id: &str) -> Result<(), Vec<FieldViolation>> {
+    let mut problems = Violations::default();
+    check_user_id(&mut problems, "user_id", user_id);
+    problems.finish(())
+}
+
+/// Validates a task id.
+pub fn task_id(task_id: &str) -> Result<(), Vec<FieldViolation>> {
+    let mut problems = Violations::default();
+    check_token(&mut problems, "task_id", task_id, MAX_TASK_ID_LEN);
+    problems.finish(())
+}
+
+fn check_count(problems: &mut Violations, field: &str, count: usize) {
+    if count == 0 || count > MAX_ITEMS_PER_EXPORT {
+        problems.add(
+            field,
+            format!("must list 1 to {MAX_ITEMS_PER_EXPORT} entries, got {count}"),
+        );
+    }
+}
+
+fn check_channel_field(problems: &mut Violations, field: &str, value: &str, allowed: fn(char) -> bool, rule: &str) {
+    if value.is_empty() {
+        problems.add(field, "is required");
+    } else if value.chars().count() > MAX_CHANNEL_FIELD_LEN {
+        problems.add(field, format!("must be at most {MAX_CHANNEL_FIELD_LEN} characters"));
+    } else if let Some(bad) = value.chars().find(|c| !allowed(*c)) {
+        problems.add(field, format!("contains {bad:?}; allowed are {rule}"));
+    }
+}
+
+fn is_type_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-')
+}
+
+fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '!' | '-' | '_' | '@')
+}
+
+/// Checks the time window of one channel and converts it.
+fn channel_export(problems: &mut Violations, field: &str, channel: &ChannelRef) -> ChannelExport {
+    let mut instant = |name: &str, timestamp: &Option<prost_types::Timestamp>| -> Option<DateTime<Utc>> {
+        let timestamp = timestamp.as_ref()?;
+        let converted = u32::try_from(timestamp.nanos)
+            .ok()
+            .filter(|nanos| *nanos < 1_000_000_000)
+            .and_then(|nanos| DateTime::from_timestamp(timestamp.seconds, nanos));
+        if converted.is_none() {
+            problems.add(format!("{field}.{name}"), "is not a valid timestamp");
+        }
+        converted
+    };
+    let since = instant("messages_since", &channel.messages_since);
+    let until = instant("messages_until", &channel.messages_until);
+    if let (Some(since), Some(until)) = (since, until)
+        && since >= until
+    {
+        problems.add(format!("{field}.messages_until"), "must be later than messages_since");
+    }
+    ChannelExport {
+        channel_type: channel.r#type.clone(),
+        id: channel.id.clone(),
+        messages_since: since,
+        messages_until: until,
+    }
+}
+
+fn check_user_id(problems: &mut Violations, field: &str, user_id: &str) {
+    check_token(problems, field, user_id, MAX_USER_ID_LEN);
+}
+
+/// An identifier: present, not too long, no white space or control characters.
+fn check_token(problems: &mut Violations, field: &str, value: &str, max_len: usize) {
+    if value.is_empty() {
+        problems.add(field, "is required");
+    } else if value.chars().count() > max_len {
+        problems.add(field, format!("must be at most {max_len} characters"));
+    } else if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        problems.add(field, "must not contain white space or control characters");
+    }
+}
+
+fn check_request_id(problems: &mut Violations, request_id: &str) {
+    if !request_id.is_empty() {
+        check_token(problems, "request_id", request_id, MAX_REQUEST_ID_LEN);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(kind: &str, id: &str) -> ChannelRef {
+        ChannelRef {
+            r#type: kind.into(),
+            id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    fn fields(violations: &[FieldViolation]) -> Vec<&str> {
+        violations.iter().map(|v| v.field.as_str()).collect()
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_path() {
+        let request = ExportChannelsRequest {
+            channels: vec![
+                channel("messaging", "general"),
+                channel("", "x"),
+                channel("messaging", "bad id"),
+                channel("messaging", "general"),
+            ],
+            ..Default::default()
+        };
+        let violations = export_channels(&request).unwrap_err();
+        assert_eq!(
+            fields(&violations),
+            ["channels[1].type", "channels[2].id", "channels[3]"]
+        );
+        assert!(violations[2].description.contains("channels[0]"));
+    }
+
+    #[test]
+    fn a_later_duplicate_points_at_the_first_occurrence() {
+        let request = ExportChannelsRequest {
+            channels: vec![channel("t", "a"), channel("t", "a"), channel("t", "a")],
+            ..Default::default()
+        };
+        let violations = export_channels(&request).unwrap_err();
+        assert!(violations.iter().all(|v| v.description.contains("channels[0]")));
+    }
+
+    #[test]
+    fn window_must_be_ordered() {
+        let mut c = channel("messaging", "general");
+        c.messages_since = Some(prost_types::Timestamp { seconds: 100, nanos: 0 });
+        c.messages_until = Some(prost_types::Timestamp { seconds: 100, nanos: 0 });
+        let violations = export_channels(&ExportChannelsRequest {
+            channels: vec![c],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(fields(&violations), ["channels[0].messages_until"]);
+    }
+
+    #[test]
+    fn version_maps_to_upstream_strings() {
+        let mut request = ExportChannelsRequest {
+            channels: vec![channel("messaging", "a")],
+            ..Default::default()
+        };
+        assert_eq!(export_channels(&request).unwrap().version, None);
+        request.version = ExportFormatVersion::V2 as i32;
+        assert_eq!(export_channels(&request).unwrap().version, Some("v2"));
+        request.version = 42;
+        assert_eq!(fields(&export_channels(&request).unwrap_err()), ["version"]);
+    }
+
+    #[test]
+    fn user_ids_are_counted_and_unique() {
+        let many = ExportUsersRequest {
+            user_ids: (0..26).map(|i| format!("u{i}")).collect(),
+            ..Default::default()
+        };
+        assert_eq!(fields(&export_users(&many).unwrap_err()), ["user_ids"]);
+        let dup = ExportUsersRequest {
+            user_ids: vec!["a".into(), "".into(), "a".into()],
+            ..Default::default()
+        };
+        assert_eq!(fields(&export_users(&dup).unwrap_err()), ["user_ids[1]", "user_ids[2]"]);
+    }
+}

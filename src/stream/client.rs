@@ -1,0 +1,213 @@
+//! The HTTP client: one pooled connection set, every request signed the way Stream expects.
+
+use std::{sync::Arc, time::Duration};
+
+use reqwest::{
+    Method, StatusCode,
+    header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue},
+};
+use secrecy::ExposeSecret;
+use serde::{Serialize, de::DeserializeOwned};
+use url::Url;
+
+use super::{
+    auth::Credentials,
+    error::{Operation, UpstreamError},
+    rate_limit::RateLimit,
+    wire::{ApiErrorBody, ExportChannelsBody, ExportUsersBody, TaskCreated, TaskStatus, UserExport},
+};
+
+/// How much of a non-JSON error body is kept in the error message.
+const MAX_QUOTED_BODY: usize = 200;
+
+/// Settings of the upstream client.
+#[derive(Debug)]
+pub struct ClientConfig {
+    /// The API origin; paths are joined to it.
+    pub base_url: Url,
+    /// API key and server token.
+    pub credentials: Credentials,
+    /// Time allowed to open a connection.
+    pub connect_timeout: Duration,
+    /// Time allowed for a whole request, body included.
+    pub request_timeout: Duration,
+}
+
+/// A successful upstream answer with the rate-limit state it reported.
+#[derive(Clone, Debug)]
+pub struct Upstream<T> {
+    /// The decoded body.
+    pub body: T,
+    /// The route's rate-limit window after this request.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// The Stream export API client. Cheap to clone: clones share one connection pool.
+#[derive(Clone, Debug)]
+pub struct StreamClient {
+    http: reqwest::Client,
+    base_url: Arc<Url>,
+    credentials: Arc<Credentials>,
+}
+
+impl StreamClient {
+    /// Builds the client: rustls with the bundled web PKI roots (so it runs in a scratch
+    /// container), HTTP/1.1 or HTTP/2 by ALPN, pooled connections.
+    pub fn new(config: ClientConfig) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls_config()?)
+            .default_headers(static_headers())
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            // Stream's load balancers drop idle connections after 60 s.
+            .pool_idle_timeout(Duration::from_secs(55))
+            .build()?;
+        Ok(Self {
+            http,
+            base_url: Arc::new(config.base_url),
+            credentials: Arc::new(config.credentials),
+        })
+    }
+
+    /// `POST /export_channels`: starts a channel export.
+    pub async fn export_channels(&self, body: &ExportChannelsBody) -> Result<Upstream<TaskCreated>, UpstreamError> {
+        self.send(
+            Operation::ExportChannels,
+            Method::POST,
+            &["export_channels"],
+            Some(body),
+        )
+        .await
+    }
+
+    /// `POST /export/users`: starts a batch user export.
+    pub async fn export_users(&self, body: &ExportUsersBody) -> Result<Upstream<TaskCreated>, UpstreamError> {
+        self.send(Operation::ExportUsers, Method::POST, &["export", "users"], Some(body))
+            .await
+    }
+
+    /// `GET /users/{id}/export`: one user's data, synchronously.
+    pub async fn export_user(&self, user_id: &str) -> Result<Upstream<UserExport>, UpstreamError> {
+        self.send(
+            Operation::ExportUser,
+            Method::GET,
+            &["users", user_id, "export"],
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `GET /tasks/{id}`: a task's status; re-signs a completed task's result URL.
+    pub async fn get_task(&self, task_id: &str) -> Result<Upstream<TaskStatus>, UpstreamError> {
+        self.send(Operation::GetTask, Method::GET, &["tasks", task_id], None::<&()>)
+            .await
+    }
+
+    /// Sends one request and decodes the answer. Path segments are percent-encoded, so an id
+    /// can never change the route.
+    async fn send<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        operation: Operation,
+        method: Method,
+        segments: &[&str],
+        body: Option<&B>,
+    ) -> Result<Upstream<T>, UpstreamError> {
+        let mut url = (*self.base_url).clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url.query_pairs_mut().append_pair("api_key", self.credentials.api_key());
+
+        let mut request = self.http.request(method, url).headers(self.auth_headers());
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| UpstreamError::from_reqwest(operation, error))?;
+        let status = response.status();
+        let rate_limit = RateLimit::from_headers(response.headers());
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|error| UpstreamError::from_reqwest(operation, error))?;
+
+        if status.is_success() {
+            let body = serde_json::from_slice(&bytes).map_err(|error| UpstreamError::Decode {
+                operation,
+                status: status.as_u16(),
+                detail: error.to_string(),
+            })?;
+            return Ok(Upstream { body, rate_limit });
+        }
+        Err(api_error(operation, status, &bytes, rate_limit))
+    }
+
+    fn auth_headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(2);
+        headers.insert(
+            HeaderName::from_static("stream-auth-type"),
+            HeaderValue::from_static("jwt"),
+        );
+        // A JWT is base64url and dots: always a valid header value.
+        if let Ok(mut token) = HeaderValue::from_str(self.credentials.server_token().expose_secret()) {
+            token.set_sensitive(true);
+            headers.insert(AUTHORIZATION, token);
+        }
+        headers
+    }
+}
+
+/// Turns an error response into an [`UpstreamError::Api`], reading Stream's error document
+/// when there is one.
+fn api_error(operation: Operation, status: StatusCode, bytes: &[u8], rate_limit: Option<RateLimit>) -> UpstreamError {
+    let (code, message, exception_fields) = match serde_json::from_slice::<ApiErrorBody>(bytes) {
+        Ok(body) => (Some(body.code), body.message, body.exception_fields),
+        Err(_) => (None, quote_body(bytes), Default::default()),
+    };
+    UpstreamError::Api {
+        operation,
+        status: status.as_u16(),
+        code,
+        message,
+        exception_fields,
+        rate_limit,
+    }
+}
+
+/// The start of a non-JSON body, printable characters only, for an error message.
+fn quote_body(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let quoted: String = text
+        .chars()
+        .filter(|c| !c.is_control() || *c == ' ')
+        .take(MAX_QUOTED_BODY)
+        .collect();
+    if quoted.trim().is_empty() {
+        "(empty body)".to_owned()
+    } else {
+        quoted.trim().to_owned()
+    }
+}
+
+fn static_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        HeaderName::from_static("x-stream-client"),
+        HeaderValue::from_static(concat!("stream-export-", env!("CARGO_PKG_VERSION"))),
+    );
+    headers
+}
+
+fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
