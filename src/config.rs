@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use secrecy::SecretString;
 use url::Url;
 
-use crate::telemetry::LogFormat;
+use crate::{telemetry::LogFormat, watch::WatchSettings};
 
 /// The real Stream API: paths hang directly off this origin.
 pub const DEFAULT_STREAM_BASE_URL: &str = "https://chat.stream-io-api.com";
@@ -46,6 +46,38 @@ pub struct ServeArgs {
     /// Log output format.
     #[arg(long, env = "STREAM_EXPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// WatchTask: send a heartbeat after this long without another event.
+    #[arg(long, env = "STREAM_EXPORT_WATCH_HEARTBEAT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub watch_heartbeat: Duration,
+
+    /// WatchTask: first interval between upstream polls of a task, and the interval after a change.
+    #[arg(long, env = "STREAM_EXPORT_WATCH_POLL_MIN", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub watch_poll_min: Duration,
+
+    /// WatchTask: longest interval between upstream polls of an unchanged task.
+    #[arg(long, env = "STREAM_EXPORT_WATCH_POLL_MAX", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub watch_poll_max: Duration,
+
+    /// WatchTask: how long upstream may keep failing before watchers get UNAVAILABLE.
+    #[arg(long, env = "STREAM_EXPORT_WATCH_FAILURE_BUDGET", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub watch_failure_budget: Duration,
+
+    /// WatchTask: the longest a stream lives before it ends as interrupted (resumable).
+    #[arg(long, env = "STREAM_EXPORT_WATCH_MAX_LIFETIME", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub watch_max_lifetime: Duration,
+
+    /// WatchTask: most concurrent watch streams on this replica.
+    #[arg(long, env = "STREAM_EXPORT_WATCH_MAX_STREAMS", default_value_t = 20_000)]
+    pub watch_max_streams: usize,
+
+    /// WatchTask: how long a finished task's final state is kept for late watchers.
+    #[arg(long, env = "STREAM_EXPORT_WATCH_RETENTION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub watch_retention: Duration,
+
+    /// Upstream task-status requests per second, all watched tasks together.
+    #[arg(long, env = "STREAM_EXPORT_UPSTREAM_POLL_BUDGET", default_value_t = 10.0)]
+    pub upstream_poll_budget: f64,
 }
 
 /// Validated settings of the service.
@@ -61,6 +93,8 @@ pub struct Settings {
     pub upstream_timeout: Duration,
     /// Log output format.
     pub log_format: LogFormat,
+    /// Tuning of WatchTask.
+    pub watch: WatchSettings,
 }
 
 /// The Stream API the service talks to.
@@ -116,6 +150,16 @@ impl ServeArgs {
             upstream_connect_timeout: self.upstream_connect_timeout,
             upstream_timeout: self.upstream_timeout,
             log_format: self.log_format,
+            watch: WatchSettings {
+                heartbeat_interval: self.watch_heartbeat,
+                poll_interval_min: self.watch_poll_min,
+                poll_interval_max: self.watch_poll_max,
+                failure_budget: self.watch_failure_budget,
+                max_stream_lifetime: self.watch_max_lifetime,
+                max_streams: self.watch_max_streams,
+                upstream_budget_per_second: self.upstream_poll_budget,
+                terminal_retention: self.watch_retention,
+            },
         })
     }
 }

@@ -8,6 +8,7 @@ pub mod service;
 pub mod startup;
 pub mod stream;
 pub mod telemetry;
+pub mod watch;
 
 /// The generated protobuf types and gRPC stubs of `streamexport.v1`.
 pub mod proto {

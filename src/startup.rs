@@ -17,6 +17,7 @@ use crate::{
     proto::{self, export_service_server::ExportServiceServer},
     service::ExportApi,
     stream::{ClientConfig, Credentials, StreamClient},
+    watch::WatchHub,
 };
 
 /// The name under which health reports the export service.
@@ -27,6 +28,7 @@ pub const EXPORT_SERVICE_NAME: &str = "streamexport.v1.ExportService";
 pub struct Application {
     listener: TcpListener,
     api: ExportApi,
+    hub: WatchHub,
     /// Kept alive as long as the service runs, in `--emulator` mode.
     emulator: Option<EmulatorHandle>,
 }
@@ -64,9 +66,11 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
+        let hub = WatchHub::new(client.clone(), settings.watch);
         Ok(Self {
             listener,
-            api: ExportApi::new(client),
+            api: ExportApi::new(client, hub.clone()),
+            hub,
             emulator,
         })
     }
@@ -74,6 +78,11 @@ impl Application {
     /// The address the gRPC server listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The hub behind WatchTask, for inspection.
+    pub fn watch_hub(&self) -> WatchHub {
+        self.hub.clone()
     }
 
     /// The embedded emulator's base URL, in `--emulator` mode.
@@ -93,6 +102,7 @@ impl Application {
         tracing::info!(%addr, "stream-export serving gRPC");
 
         let drain_health = health.clone();
+        let hub = self.hub;
         let result = Server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -102,6 +112,9 @@ impl Application {
                 shutdown.await;
                 tracing::info!("shutting down");
                 set_health(&drain_health, ServingStatus::NotServing).await;
+                // Watch streams end as interrupted, so clients resume elsewhere and the
+                // server's graceful stop does not wait on them.
+                hub.shutdown();
             })
             .await;
         if let Some(emulator) = self.emulator {

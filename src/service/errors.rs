@@ -49,6 +49,66 @@ pub mod reason {
     pub const UPSTREAM_UNEXPECTED_STATUS: &str = "UPSTREAM_UNEXPECTED_STATUS";
     /// The user has more than 10,000 messages: use `ExportUsers` instead.
     pub const USER_EXPORT_TOO_LARGE: &str = "USER_EXPORT_TOO_LARGE";
+    /// The server ended a live watch (shutdown, maximum lifetime): call `WatchTask` again.
+    pub const WATCH_INTERRUPTED: &str = "WATCH_INTERRUPTED";
+    /// Upstream kept failing for longer than the watch failure budget.
+    pub const UPSTREAM_FAILING: &str = "UPSTREAM_FAILING";
+    /// The replica has as many watch streams open as it allows.
+    pub const WATCH_LIMIT_REACHED: &str = "WATCH_LIMIT_REACHED";
+}
+
+/// How soon an interrupted watcher should come back: at once, to another replica if this
+/// one is going away.
+const RESUME_DELAY: Duration = Duration::from_millis(100);
+
+/// UNAVAILABLE for a watch the server ended; the client resumes by calling `WatchTask` again
+/// and gets a fresh snapshot.
+pub fn watch_interrupted(why: &str) -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(RESUME_DELAY));
+    details.set_error_info(
+        reason::WATCH_INTERRUPTED,
+        DOMAIN,
+        HashMap::from([("cause".to_owned(), why.to_owned())]),
+    );
+    Status::with_error_details(
+        Code::Unavailable,
+        format!("watch interrupted: {why}; call WatchTask again"),
+        details,
+    )
+}
+
+/// UNAVAILABLE for a watch whose upstream kept failing past the failure budget.
+pub fn watch_upstream_failing(last_error: &UpstreamError, budget: Duration) -> Status {
+    let last = upstream_status(last_error);
+    let mut details = ErrorDetails::with_retry_info(Some(DEFAULT_RETRY_DELAY.max(budget / 10)));
+    let mut metadata = last
+        .get_error_details()
+        .error_info()
+        .map(|info| info.metadata.clone())
+        .unwrap_or_default();
+    metadata.insert("failing_for_seconds".into(), budget.as_secs().to_string());
+    details.set_error_info(reason::UPSTREAM_FAILING, DOMAIN, metadata);
+    let message = format!("Stream kept failing for {}s: {}", budget.as_secs(), last.message());
+    Status::with_error_details(Code::Unavailable, message, details)
+}
+
+/// RESOURCE_EXHAUSTED when the replica has as many watch streams as it allows.
+pub fn watch_limit_reached(limit: usize) -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(DEFAULT_RETRY_DELAY));
+    details.set_error_info(
+        reason::WATCH_LIMIT_REACHED,
+        DOMAIN,
+        HashMap::from([("limit".to_owned(), limit.to_string())]),
+    );
+    details.add_quota_failure_violation(
+        "stream-export:watch-streams",
+        format!("at most {limit} concurrent watch streams"),
+    );
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        format!("too many watch streams (limit {limit})"),
+        details,
+    )
 }
 
 /// INVALID_ARGUMENT with one `BadRequest` violation per problem.

@@ -5,6 +5,7 @@
 //! in [`errors`].
 
 pub mod convert;
+mod deadline;
 pub mod errors;
 pub mod validation;
 
@@ -20,18 +21,20 @@ use crate::{
         ExportUsersResponse, GetTaskRequest, Task, TaskEvent, WatchTaskRequest, export_service_server::ExportService,
     },
     stream::StreamClient,
+    watch::{WatchHub, events},
 };
 
 /// The `ExportService` implementation.
 #[derive(Clone, Debug)]
 pub struct ExportApi {
     client: StreamClient,
+    hub: WatchHub,
 }
 
 impl ExportApi {
-    /// A service that sends every request through `client`.
-    pub fn new(client: StreamClient) -> Self {
-        Self { client }
+    /// A service that sends every request through `client` and watches tasks through `hub`.
+    pub fn new(client: StreamClient, hub: WatchHub) -> Self {
+        Self { client, hub }
     }
 }
 
@@ -102,8 +105,13 @@ impl ExportService for ExportApi {
 
     type WatchTaskStream = TaskEventStream;
 
-    async fn watch_task(&self, _request: Request<WatchTaskRequest>) -> Result<Response<Self::WatchTaskStream>, Status> {
-        Err(Status::unimplemented("WatchTask is not implemented yet"))
+    #[tracing::instrument(skip_all, fields(task_id = request.get_ref().task_id.as_str()))]
+    async fn watch_task(&self, request: Request<WatchTaskRequest>) -> Result<Response<Self::WatchTaskStream>, Status> {
+        let deadline = deadline::from_metadata(request.metadata());
+        let task_id = &request.get_ref().task_id;
+        validation::task_id(task_id).map_err(errors::invalid_request)?;
+        let watcher = self.hub.watch(task_id)?;
+        Ok(Response::new(Box::pin(events::task_events(watcher, deadline))))
     }
 }
 

@@ -1,0 +1,171 @@
+//! The registry of watched tasks: one poller per task id, shared by all its watchers.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tracing::Instrument;
+
+use super::{WatchSettings, budget::PollBudget, poller};
+use crate::{proto::Task, service::errors, stream::StreamClient};
+
+/// What a task's watchers see. The poller replaces it; watchers only read it, so a slow
+/// watcher never slows the poller or another watcher, and always sees the latest state.
+#[derive(Clone, Debug)]
+pub struct TaskView {
+    /// The latest outcome of polling.
+    pub observation: Observation,
+    /// When upstream was last polled, changed or not.
+    pub polled_at: Option<DateTime<Utc>>,
+}
+
+impl TaskView {
+    /// The task, when one has been observed.
+    pub fn task(&self) -> Option<&Task> {
+        match &self.observation {
+            Observation::Task(task) => Some(task),
+            _ => None,
+        }
+    }
+}
+
+/// The latest outcome of polling a task.
+#[derive(Clone, Debug)]
+pub enum Observation {
+    /// No poll has answered yet.
+    Pending,
+    /// The task as last read upstream.
+    Task(Box<Task>),
+    /// Watching ended with this status (NOT_FOUND, or UNAVAILABLE after the failure budget).
+    Ended(Status),
+}
+
+/// The sending side of one task's view, shared by the hub (to subscribe) and its poller.
+pub(super) type ViewSender = Arc<watch::Sender<TaskView>>;
+
+/// Starts, shares and retires pollers. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct WatchHub {
+    inner: Arc<HubInner>,
+}
+
+#[derive(Debug)]
+pub(super) struct HubInner {
+    pub(super) client: StreamClient,
+    pub(super) settings: WatchSettings,
+    pub(super) budget: PollBudget,
+    pub(super) shutdown: CancellationToken,
+    tasks: Mutex<HashMap<String, ViewSender>>,
+    streams: Arc<Semaphore>,
+}
+
+/// One watcher of one task: its view of the task and its place among the open streams.
+pub struct Watcher {
+    /// The task's view, as the poller publishes it.
+    pub view: watch::Receiver<TaskView>,
+    /// Ends the stream when cancelled (shutdown).
+    pub shutdown: CancellationToken,
+    /// The hub's settings.
+    pub settings: WatchSettings,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl WatchHub {
+    /// A hub whose pollers use `client`.
+    pub fn new(client: StreamClient, settings: WatchSettings) -> Self {
+        Self {
+            inner: Arc::new(HubInner {
+                client,
+                budget: PollBudget::new(settings.upstream_budget_per_second),
+                streams: Arc::new(Semaphore::new(settings.max_streams)),
+                settings,
+                shutdown: CancellationToken::new(),
+                tasks: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Joins the watchers of `task_id`, starting its poller if it has none. A watcher of a
+    /// task that is already polled sees the last observation at once, with no upstream call.
+    pub fn watch(&self, task_id: &str) -> Result<Watcher, Status> {
+        let permit = Arc::clone(&self.inner.streams)
+            .try_acquire_owned()
+            .map_err(|_| errors::watch_limit_reached(self.inner.settings.max_streams))?;
+        let view = {
+            let mut tasks = self.inner.lock_tasks();
+            match tasks.get(task_id) {
+                Some(sender) => sender.subscribe(),
+                None => {
+                    let (sender, view) = watch::channel(TaskView {
+                        observation: Observation::Pending,
+                        polled_at: None,
+                    });
+                    let sender = Arc::new(sender);
+                    tasks.insert(task_id.to_owned(), Arc::clone(&sender));
+                    let poller = poller::run(Arc::clone(&self.inner), task_id.to_owned(), sender);
+                    tokio::spawn(poller.instrument(tracing::debug_span!("poller", task_id)));
+                    view
+                }
+            }
+        };
+        Ok(Watcher {
+            view,
+            shutdown: self.inner.shutdown.clone(),
+            settings: self.inner.settings.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// Ends every watch stream as interrupted (resumable) and stops the pollers.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Tasks with a running poller (or a retained final state).
+    pub fn watched_tasks(&self) -> usize {
+        self.inner.lock_tasks().len()
+    }
+
+    /// Pollers polling now.
+    pub fn active_pollers(&self) -> usize {
+        self.inner.budget.active_pollers()
+    }
+
+    /// Open watch streams.
+    pub fn open_streams(&self) -> usize {
+        self.inner.settings.max_streams - self.inner.streams.available_permits()
+    }
+}
+
+impl HubInner {
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, ViewSender>> {
+        self.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Removes the task's entry if it has no watcher left; `false` if one joined meanwhile.
+    /// Watchers subscribe under the same lock, so none can slip in between.
+    pub(super) fn retire_if_unwatched(&self, task_id: &str, sender: &ViewSender) -> bool {
+        let mut tasks = self.lock_tasks();
+        if sender.receiver_count() > 0 {
+            return false;
+        }
+        Self::remove_entry(&mut tasks, task_id, sender);
+        true
+    }
+
+    /// Removes the task's entry: its watchers keep their last view, new ones start afresh.
+    pub(super) fn forget(&self, task_id: &str, sender: &ViewSender) {
+        Self::remove_entry(&mut self.lock_tasks(), task_id, sender);
+    }
+
+    fn remove_entry(tasks: &mut HashMap<String, ViewSender>, task_id: &str, sender: &ViewSender) {
+        if tasks.get(task_id).is_some_and(|current| Arc::ptr_eq(current, sender)) {
+            tasks.remove(task_id);
+        }
+    }
+}

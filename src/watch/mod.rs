@@ -1,0 +1,52 @@
+//! The task hub behind `WatchTask`: one upstream poller per watched task, however many
+//! watchers it has, relayed to each watcher as an ordered stream of events.
+//!
+//! - [`hub`] keeps the pollers: it starts one for the first watcher of a task and retires it
+//!   when the last watcher leaves (or keeps a finished task's final state for a while).
+//! - [`poller`] polls `GET /tasks/{id}` adaptively inside the shared [`budget`].
+//! - [`events`] turns what the poller publishes into one watcher's `TaskEvent` stream.
+
+pub mod budget;
+pub mod events;
+pub mod hub;
+mod poller;
+
+use std::time::Duration;
+
+pub use hub::{WatchHub, Watcher};
+
+/// Tuning of the hub; every value has a flag in `stream-export serve`.
+#[derive(Clone, Debug)]
+pub struct WatchSettings {
+    /// A heartbeat event is sent after this long without another event.
+    pub heartbeat_interval: Duration,
+    /// The first interval between polls, and the interval right after a change.
+    pub poll_interval_min: Duration,
+    /// The longest interval between polls of an unchanged task.
+    pub poll_interval_max: Duration,
+    /// How long upstream may keep failing before watchers get UNAVAILABLE.
+    pub failure_budget: Duration,
+    /// The longest a watch stream lives before it is ended as interrupted (resumable).
+    pub max_stream_lifetime: Duration,
+    /// Most concurrent watch streams; past it, RESOURCE_EXHAUSTED.
+    pub max_streams: usize,
+    /// Upstream status requests per second, all pollers together.
+    pub upstream_budget_per_second: f64,
+    /// How long a finished task's final state is kept for late watchers.
+    pub terminal_retention: Duration,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(20),
+            poll_interval_min: Duration::from_millis(500),
+            poll_interval_max: Duration::from_secs(10),
+            failure_budget: Duration::from_secs(60),
+            max_stream_lifetime: Duration::from_secs(3600),
+            max_streams: 20_000,
+            upstream_budget_per_second: 10.0,
+            terminal_retention: Duration::from_secs(60),
+        }
+    }
+}

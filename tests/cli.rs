@@ -1,0 +1,117 @@
+//! The binary itself: configuration errors exit 2 with one line naming the setting, and
+//! `serve --emulator` comes up serving with no Stream account.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+const BIN: &str = env!("CARGO_BIN_EXE_stream-export");
+
+/// Runs `serve` with a clean environment plus `vars`, expecting a configuration error.
+fn config_error(args: &[&str], vars: &[(&str, &str)]) -> String {
+    let output = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .env_clear()
+        .envs(vars.iter().copied())
+        .output()
+        .expect("the binary runs");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn missing_or_bad_settings_exit_2_naming_the_setting() {
+    let stderr = config_error(&[], &[]);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("STREAM_API_KEY"), "{stderr}");
+
+    let stderr = config_error(&[], &[("STREAM_API_KEY", "k")]);
+    assert!(stderr.contains("STREAM_API_SECRET"), "{stderr}");
+
+    let stderr = config_error(
+        &[],
+        &[
+            ("STREAM_API_KEY", "k"),
+            ("STREAM_API_SECRET", "s"),
+            ("STREAM_BASE_URL", "ftp://x"),
+        ],
+    );
+    assert!(stderr.contains("STREAM_BASE_URL"), "{stderr}");
+
+    let stderr = config_error(&["--listen", "not-an-address"], &[]);
+    assert!(stderr.contains("--listen"), "{stderr}");
+
+    let stderr = config_error(&["--emulator", "--upstream-timeout", "0s"], &[]);
+    assert!(stderr.contains("STREAM_EXPORT_UPSTREAM_TIMEOUT"), "{stderr}");
+}
+
+#[tokio::test]
+async fn serve_with_the_embedded_emulator_is_healthy() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--emulator", "--listen", &format!("127.0.0.1:{port}")])
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>());
+
+    let mut serving = false;
+    for _ in 0..100 {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
+        if let Ok(channel) = endpoint.connect().await {
+            let mut health = HealthClient::new(channel);
+            let response = health
+                .check(HealthCheckRequest {
+                    service: "streamexport.v1.ExportService".into(),
+                })
+                .await;
+            if response.is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving) {
+                serving = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // SIGTERM, as Kubernetes sends it: the process ends by itself.
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if exited.is_none() {
+        let _ = child.kill();
+    }
+    let log = log.join().unwrap().join("\n");
+    assert!(serving, "the service never reported SERVING; log:\n{log}");
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "SIGTERM ends the process cleanly; log:\n{log}"
+    );
+    assert!(
+        log.contains("emulator"),
+        "the log says the embedded emulator is in use:\n{log}"
+    );
+}

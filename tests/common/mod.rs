@@ -1,0 +1,235 @@
+//! Test harness: the real service and the emulator, each on a random loopback port.
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde_json::{Value, json};
+use stream_export::{
+    config::{Settings, Upstream, parse_base_url},
+    emulator::{self, EmulatorConfig, EmulatorHandle},
+    proto::export_service_client::ExportServiceClient,
+    startup::Application,
+    telemetry::LogFormat,
+    watch::{WatchHub, WatchSettings},
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{Code, Status, transport::Channel};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// Credentials the test emulator accepts.
+pub const API_KEY: &str = "test-key";
+/// A secret of at least 32 bytes, like a real one.
+pub const API_SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
+
+/// A running service with its emulator.
+pub struct TestApp {
+    /// The service's address.
+    pub addr: SocketAddr,
+    /// A client of the service.
+    pub client: ExportServiceClient<Channel>,
+    /// A plain channel to the service, for health and reflection clients.
+    pub channel: Channel,
+    /// The emulator behind it.
+    pub emulator: TestEmulator,
+    /// The service's watch hub.
+    pub hub: WatchHub,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<anyhow::Result<()>>,
+}
+
+/// How to build the service under test.
+pub struct Options {
+    /// The secret the service signs with (the emulator always uses [`API_SECRET`]).
+    pub service_secret: String,
+    /// The API key the service sends.
+    pub service_key: String,
+    /// Upstream request timeout.
+    pub upstream_timeout: Duration,
+    /// Emulator settings.
+    pub emulator: EmulatorConfig,
+    /// WatchTask tuning.
+    pub watch: WatchSettings,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            service_secret: API_SECRET.into(),
+            service_key: API_KEY.into(),
+            upstream_timeout: Duration::from_secs(5),
+            emulator: EmulatorConfig::new(API_KEY, API_SECRET),
+            watch: WatchSettings {
+                poll_interval_min: Duration::from_millis(50),
+                poll_interval_max: Duration::from_millis(400),
+                upstream_budget_per_second: 200.0,
+                ..WatchSettings::default()
+            },
+        }
+    }
+}
+
+/// Starts the emulator and the service with default options.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+/// Starts the emulator and the service.
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    let emulator = TestEmulator::spawn(options.emulator).await;
+    let settings = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: Upstream::Remote {
+            base_url: parse_base_url(&emulator.base_url()).unwrap(),
+            api_key: options.service_key,
+            api_secret: options.service_secret.into(),
+        },
+        upstream_connect_timeout: Duration::from_secs(2),
+        upstream_timeout: options.upstream_timeout,
+        log_format: LogFormat::Text,
+        watch: options.watch,
+    };
+    let app = Application::build(settings).await.expect("the service builds");
+    let addr = app.local_addr().unwrap();
+    let hub = app.watch_hub();
+    let (shutdown, signal) = oneshot::channel();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = signal.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connects");
+    TestApp {
+        addr,
+        client: ExportServiceClient::new(channel.clone()),
+        channel,
+        emulator,
+        hub,
+        shutdown: Some(shutdown),
+        server,
+    }
+}
+
+impl TestApp {
+    /// Stops the service and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        (&mut self.server).await.expect("server task").expect("server result");
+    }
+}
+
+/// The emulator, with helpers for its control endpoints.
+pub struct TestEmulator {
+    handle: EmulatorHandle,
+    /// An HTTP client for direct calls.
+    pub http: reqwest::Client,
+}
+
+impl TestEmulator {
+    /// Starts an emulator on a random port.
+    pub async fn spawn(config: EmulatorConfig) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let handle = emulator::spawn(listener, config).await.expect("the emulator starts");
+        Self {
+            handle,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The emulator's base URL.
+    pub fn base_url(&self) -> String {
+        self.handle.base_url()
+    }
+
+    /// Sends a control request and returns its JSON answer.
+    pub async fn control(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self
+            .http
+            .request(method, format!("{}/_emulator/{path}", self.base_url()));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("control request");
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert!(status.is_success(), "control {path}: HTTP {status}: {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    /// Makes the next `count` requests of `route` fail with `fault`.
+    pub async fn inject(&self, route: &str, count: u32, fault: Value) {
+        self.control(
+            reqwest::Method::POST,
+            "faults",
+            Some(json!({"route": route, "count": count, "fault": fault})),
+        )
+        .await;
+    }
+
+    /// Requests the emulator saw on `route` since start or the last reset.
+    pub async fn requests(&self, route: &str) -> u64 {
+        let counters = self.control(reqwest::Method::GET, "counters", None).await;
+        counters["routes"][route].as_u64().unwrap_or(0)
+    }
+
+    /// Upstream export tasks created so far.
+    pub async fn exports_created(&self) -> u64 {
+        let counters = self.control(reqwest::Method::GET, "counters", None).await;
+        counters["exports_created"].as_u64().unwrap_or(0)
+    }
+
+    /// Steers a task (hold it, or force its status).
+    pub async fn steer(&self, task_id: &str, body: Value) {
+        self.control(reqwest::Method::POST, &format!("tasks/{task_id}"), Some(body))
+            .await;
+    }
+
+    /// Calls an API route directly, signed as an SDK would; returns status and JSON body.
+    pub async fn api_get(&self, path: &str) -> (u16, Value) {
+        let token = server_token(API_SECRET);
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base_url()))
+            .query(&[("api_key", API_KEY)])
+            .header("Authorization", token)
+            .header("stream-auth-type", "jwt")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// Signs Stream's server token.
+pub fn server_token(secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"server": true}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Asserts the code and `ErrorInfo` reason of a status and returns its details.
+pub fn assert_status(status: &Status, code: Code, reason: &str) -> ErrorDetails {
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    let details = status.get_error_details();
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.reason, reason, "unexpected reason in {status:?}");
+    assert_eq!(info.domain, "stream-export");
+    details
+}
+
+/// The field paths of a status's `BadRequest` details.
+pub fn violated_fields(details: &ErrorDetails) -> Vec<String> {
+    details
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
