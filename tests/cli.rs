@@ -99,7 +99,7 @@ async fn serve_with_the_embedded_emulator_is_healthy() {
             exited = Some(status);
             break;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if exited.is_none() {
         let _ = child.kill();

@@ -189,14 +189,32 @@ async fn failed_task_reports_the_upstream_error() {
 #[tokio::test]
 async fn user_batch_export_completes_under_exports_users() {
     let mut app = spawn_app().await;
-    let request = ExportUsersRequest {
-        user_ids: vec![KNOWN_USER.into(), HEAVY_USER.into()],
+    let users = |ids: &[&str]| ExportUsersRequest {
+        user_ids: ids.iter().map(|id| id.to_string()).collect(),
         ..Default::default()
     };
-    let task_id = app.client.export_users(request).await.unwrap().into_inner().task_id;
+    let task_id = app
+        .client
+        .export_users(users(&[KNOWN_USER, "user-02"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
     let (task, _) = poll_until_done(&mut app, &task_id).await;
-    assert_eq!(task.state(), TaskState::Completed);
+    assert_eq!(task.state(), TaskState::Completed, "{task:?}");
     assert!(task.result.unwrap().url.contains("/exports/users/"));
+
+    // A user over the 10,000-message limit fails the batch, with upstream's error.
+    let task_id = app
+        .client
+        .export_users(users(&[KNOWN_USER, HEAVY_USER]))
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    let (task, _) = poll_until_done(&mut app, &task_id).await;
+    assert_eq!(task.state(), TaskState::Failed);
+    assert!(task.error.unwrap().description.contains(HEAVY_USER));
     app.stop().await;
 }
 

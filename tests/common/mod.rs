@@ -133,6 +133,8 @@ impl TestEmulator {
     pub async fn spawn(config: EmulatorConfig) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let handle = emulator::spawn(listener, config).await.expect("the emulator starts");
+        // Plain HTTP only, but reqwest wants a TLS provider chosen before it builds a client.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
             handle,
             http: reqwest::Client::new(),
