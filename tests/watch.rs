@@ -433,3 +433,20 @@ async fn the_callers_deadline_is_honoured() {
     assert_eq!(app.hub.watched_tasks(), 0, "the poller retired after the deadline");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_poller_slows_down_as_streams_rate_limit_runs_low() {
+    let mut app = spawn_app().await;
+    app.emulator.control(reqwest::Method::PUT, "rate_limits", Some(json!({"get_task": 10}))).await;
+    let task_id = held_task(&mut app).await;
+    let mut stream = watch(&app, &task_id).await.unwrap();
+    next(&mut stream).await.unwrap();
+    // Unpaced, a 50 ms..400 ms poller would spend 10 requests a minute within about 3.5 s.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut client = app.client.clone();
+    let request = stream_export::proto::GetTaskRequest { task_id: task_id.clone() };
+    assert!(client.get_task(request).await.is_ok(), "the poller left part of Stream's window unused");
+    app.emulator.steer(&task_id, json!({"status": "completed"})).await;
+    drop(stream);
+    app.stop().await;
+}
