@@ -95,8 +95,15 @@ pub fn assert_timestamp(value: &Value) {
     }
 }
 
+/// An emulator with short task timings (10/10/20 ms), so exports finish quickly.
 pub async fn start() -> Emu {
-    start_with(EmulatorConfig::new(KEY, SECRET)).await
+    let mut config = EmulatorConfig::new(KEY, SECRET);
+    config.timings = stream_export::emulator::TaskTimings {
+        waiting: Duration::from_millis(10),
+        pending: Duration::from_millis(10),
+        running: Duration::from_millis(20),
+    };
+    start_with(config).await
 }
 
 pub async fn start_with(config: EmulatorConfig) -> Emu {
