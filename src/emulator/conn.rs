@@ -35,7 +35,6 @@ impl EmuListener {
 /// What a handler learns about its connection: the peer and the kill switch.
 #[derive(Clone, Debug)]
 pub(crate) struct ConnInfo {
-    #[allow(dead_code)]
     pub(crate) remote: SocketAddr,
     kill: Arc<AtomicBool>,
 }

@@ -99,6 +99,7 @@ async fn faulted(state: AppState, route: Route, timer: Timer, request: Request, 
         }
         Some(Fault::Drop) => {
             if let Some(ConnectInfo(conn)) = request.extensions().get::<ConnectInfo<ConnInfo>>() {
+                tracing::debug!(remote = %conn.remote, route = route.name(), "dropping the connection (injected fault)");
                 conn.kill();
             }
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
