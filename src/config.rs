@@ -131,14 +131,8 @@ impl ServeArgs {
             }
         };
         for (value, name) in [
-            (
-                self.upstream_connect_timeout,
-                "STREAM_EXPORT_UPSTREAM_CONNECT_TIMEOUT (--upstream-connect-timeout)",
-            ),
-            (
-                self.upstream_timeout,
-                "STREAM_EXPORT_UPSTREAM_TIMEOUT (--upstream-timeout)",
-            ),
+            (self.upstream_connect_timeout, "STREAM_EXPORT_UPSTREAM_CONNECT_TIMEOUT (--upstream-connect-timeout)"),
+            (self.upstream_timeout, "STREAM_EXPORT_UPSTREAM_TIMEOUT (--upstream-timeout)"),
         ] {
             if value.is_zero() {
                 return Err(ConfigError(format!("{name} must be greater than zero")));
@@ -175,11 +169,8 @@ fn required(value: Option<String>, name: &str) -> Result<String, ConfigError> {
 
 /// Parses the upstream origin: http or https, no query; a trailing path is kept as a prefix.
 pub fn parse_base_url(raw: &str) -> Result<Url, ConfigError> {
-    let invalid = |why: &str| {
-        ConfigError(format!(
-            "invalid setting STREAM_BASE_URL (--stream-base-url) {raw:?}: {why}"
-        ))
-    };
+    let invalid =
+        |why: &str| ConfigError(format!("invalid setting STREAM_BASE_URL (--stream-base-url) {raw:?}: {why}"));
     let mut url = Url::parse(raw).map_err(|error| invalid(&error.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(invalid("the scheme must be http or https"));

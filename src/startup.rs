@@ -16,7 +16,7 @@ use crate::{
     emulator::{self, EmulatorHandle},
     proto::{self, export_service_server::ExportServiceServer},
     service::ExportApi,
-    stream::{ClientConfig, Credentials, StreamClient},
+    stream::{ClientConfig, Credentials, RetryPolicy, StreamClient},
     watch::WatchHub,
 };
 
@@ -37,16 +37,10 @@ impl Application {
     /// Binds the listener, starts the embedded emulator if asked for, and builds the client.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let (base_url, api_key, api_secret, emulator) = match settings.upstream {
-            Upstream::Remote {
-                base_url,
-                api_key,
-                api_secret,
-            } => (base_url, api_key, api_secret, None),
+            Upstream::Remote { base_url, api_key, api_secret } => (base_url, api_key, api_secret, None),
             Upstream::Emulator => {
                 let (api_key, api_secret) = generated_credentials();
-                let listener = TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .context("binding the embedded emulator")?;
+                let listener = TcpListener::bind("127.0.0.1:0").await.context("binding the embedded emulator")?;
                 let handle = emulator::spawn(listener, emulator::EmulatorConfig::new(&api_key, &api_secret))
                     .await
                     .context("starting the embedded emulator")?;
@@ -61,18 +55,13 @@ impl Application {
             credentials,
             connect_timeout: settings.upstream_connect_timeout,
             request_timeout: settings.upstream_timeout,
+            retry: RetryPolicy::default(),
         })
         .context("building the Stream API client")?;
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("binding {}", settings.listen))?;
+        let listener =
+            TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
         let hub = WatchHub::new(client.clone(), settings.watch);
-        Ok(Self {
-            listener,
-            api: ExportApi::new(client, hub.clone()),
-            hub,
-            emulator,
-        })
+        Ok(Self { listener, api: ExportApi::new(client, hub.clone()), hub, emulator })
     }
 
     /// The address the gRPC server listens on.
@@ -171,12 +160,6 @@ pub async fn shutdown_signal() {
 
 /// Fresh credentials for the embedded emulator: they never leave this process.
 fn generated_credentials() -> (String, String) {
-    let random = |len| {
-        rand::rng()
-            .sample_iter(Alphanumeric)
-            .take(len)
-            .map(char::from)
-            .collect::<String>()
-    };
+    let random = |len| rand::rng().sample_iter(Alphanumeric).take(len).map(char::from).collect::<String>();
     (format!("emulator-{}", random(12).to_lowercase()), random(48))
 }

@@ -20,12 +20,7 @@ fn config_error(args: &[&str], vars: &[(&str, &str)]) -> String {
         .envs(vars.iter().copied())
         .output()
         .expect("the binary runs");
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_eq!(output.status.code(), Some(2), "stderr: {}", String::from_utf8_lossy(&output.stderr));
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(!stderr.contains("panicked"), "{stderr}");
     stderr
@@ -40,14 +35,8 @@ fn missing_or_bad_settings_exit_2_naming_the_setting() {
     let stderr = config_error(&[], &[("STREAM_API_KEY", "k")]);
     assert!(stderr.contains("STREAM_API_SECRET"), "{stderr}");
 
-    let stderr = config_error(
-        &[],
-        &[
-            ("STREAM_API_KEY", "k"),
-            ("STREAM_API_SECRET", "s"),
-            ("STREAM_BASE_URL", "ftp://x"),
-        ],
-    );
+    let stderr =
+        config_error(&[], &[("STREAM_API_KEY", "k"), ("STREAM_API_SECRET", "s"), ("STREAM_BASE_URL", "ftp://x")]);
     assert!(stderr.contains("STREAM_BASE_URL"), "{stderr}");
 
     let stderr = config_error(&["--listen", "not-an-address"], &[]);
@@ -59,11 +48,7 @@ fn missing_or_bad_settings_exit_2_naming_the_setting() {
 
 #[tokio::test]
 async fn serve_with_the_embedded_emulator_is_healthy() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = Command::new(BIN)
         .args(["serve", "--emulator", "--listen", &format!("127.0.0.1:{port}")])
         .env_clear()
@@ -79,11 +64,7 @@ async fn serve_with_the_embedded_emulator_is_healthy() {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
         if let Ok(channel) = endpoint.connect().await {
             let mut health = HealthClient::new(channel);
-            let response = health
-                .check(HealthCheckRequest {
-                    service: "streamexport.v1.ExportService".into(),
-                })
-                .await;
+            let response = health.check(HealthCheckRequest { service: "streamexport.v1.ExportService".into() }).await;
             if response.is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving) {
                 serving = true;
                 break;
@@ -106,12 +87,6 @@ async fn serve_with_the_embedded_emulator_is_healthy() {
     }
     let log = log.join().unwrap().join("\n");
     assert!(serving, "the service never reported SERVING; log:\n{log}");
-    assert!(
-        exited.is_some_and(|s| s.success()),
-        "SIGTERM ends the process cleanly; log:\n{log}"
-    );
-    assert!(
-        log.contains("emulator"),
-        "the log says the embedded emulator is in use:\n{log}"
-    );
+    assert!(exited.is_some_and(|s| s.success()), "SIGTERM ends the process cleanly; log:\n{log}");
+    assert!(log.contains("emulator"), "the log says the embedded emulator is in use:\n{log}");
 }

@@ -18,10 +18,7 @@ async fn api_key_is_checked_first() {
     let emu = start().await;
     let missing = Emu::send(emu.http.get(format!("{}/tasks/abc", emu.base))).await;
     let body = missing.assert_error(401, 2);
-    assert_eq!(
-        body["message"],
-        json!("GetTask failed with error: \"api_key or app_id not provided\"")
-    );
+    assert_eq!(body["message"], json!("GetTask failed with error: \"api_key or app_id not provided\""));
     assert!(missing.header("x-ratelimit-limit").is_some());
 
     let wrong = Emu::send(
@@ -33,10 +30,7 @@ async fn api_key_is_checked_first() {
     )
     .await;
     let body = wrong.assert_error(401, 2);
-    assert_eq!(
-        body["message"],
-        json!("ExportChannels failed with error: \"api_key not valid\"")
-    );
+    assert_eq!(body["message"], json!("ExportChannels failed with error: \"api_key not valid\""));
 }
 
 #[tokio::test]
@@ -56,9 +50,7 @@ async fn jwt_and_auth_type_are_required() {
     call(None, Some(server_token())).await.assert_error(401, 5);
     call(Some("anonymous"), Some(server_token())).await.assert_error(401, 5);
     call(Some("jwt"), None).await.assert_error(401, 5);
-    call(Some("jwt"), Some(format!("Bearer {}", server_token())))
-        .await
-        .assert_error(401, 5);
+    call(Some("jwt"), Some(format!("Bearer {}", server_token()))).await.assert_error(401, 5);
     call(Some("jwt"), Some("not-a-jwt".into())).await.assert_error(401, 5);
     let unsigned = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzZXJ2ZXIiOnRydWV9.".to_owned();
     call(Some("jwt"), Some(unsigned)).await.assert_error(401, 5);
@@ -141,15 +133,8 @@ async fn export_channels_validation() {
         async move {
             let answer = emu.post("/export_channels", body.clone()).await;
             let error = answer.assert_error(400, 4);
-            assert!(
-                error["exception_fields"].get(field).is_some(),
-                "{field} not named for {body}: {error}"
-            );
-            assert!(
-                error["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("ExportChannels failed with error: \""))
-            );
+            assert!(error["exception_fields"].get(field).is_some(), "{field} not named for {body}: {error}");
+            assert!(error["message"].as_str().is_some_and(|m| m.starts_with("ExportChannels failed with error: \"")));
         }
     };
     expect(json!({}), "channels").await;
@@ -159,26 +144,15 @@ async fn export_channels_validation() {
     expect(json!({"channels": [{"type": "messaging"}]}), "channels[0].id").await;
     expect(json!({"channels": [{"id": "general"}]}), "channels[0].type").await;
     expect(json!({"channels": [{"cid": "general"}]}), "channels[0].cid").await;
-    expect(
-        json!({"channels": [{"cid": KNOWN_CHANNEL}, {"cid": UNKNOWN_CHANNEL}]}),
-        "channels[1]",
-    )
-    .await;
-    expect(
-        json!({"channels": [{"cid": KNOWN_CHANNEL, "messages_since": "yesterday"}]}),
-        "channels[0].messages_since",
-    )
-    .await;
+    expect(json!({"channels": [{"cid": KNOWN_CHANNEL}, {"cid": UNKNOWN_CHANNEL}]}), "channels[1]").await;
+    expect(json!({"channels": [{"cid": KNOWN_CHANNEL, "messages_since": "yesterday"}]}), "channels[0].messages_since")
+        .await;
     expect(
         json!({"channels": [{"cid": KNOWN_CHANNEL, "messages_until": "2024-01-01T00:00:00"}]}),
         "channels[0].messages_until",
     )
     .await;
-    expect(
-        json!({"channels": [{"cid": KNOWN_CHANNEL}], "version": "v3"}),
-        "version",
-    )
-    .await;
+    expect(json!({"channels": [{"cid": KNOWN_CHANNEL}], "version": "v3"}), "version").await;
     expect(
         json!({"channels": [{"cid": KNOWN_CHANNEL}], "include_truncated_messages": "yes"}),
         "include_truncated_messages",
@@ -207,10 +181,7 @@ async fn export_channels_validation() {
         assert_eq!(answer.status, StatusCode::CREATED, "{body}: {}", answer.text);
     }
     let channels: Vec<Value> = (0..25).map(|_| json!({"cid": KNOWN_CHANNEL})).collect();
-    assert_eq!(
-        emu.post("/export_channels", json!({"channels": channels})).await.status,
-        StatusCode::CREATED
-    );
+    assert_eq!(emu.post("/export_channels", json!({"channels": channels})).await.status, StatusCode::CREATED);
 }
 
 #[tokio::test]
@@ -219,10 +190,7 @@ async fn channel_limit_is_configurable() {
     config.channel_limit = 100;
     let emu = start_with(config).await;
     let channels: Vec<Value> = (0..100).map(|_| json!({"cid": KNOWN_CHANNEL})).collect();
-    assert_eq!(
-        emu.post("/export_channels", json!({"channels": channels})).await.status,
-        StatusCode::CREATED
-    );
+    assert_eq!(emu.post("/export_channels", json!({"channels": channels})).await.status, StatusCode::CREATED);
 }
 
 #[tokio::test]
@@ -245,31 +213,19 @@ async fn export_users_validation() {
 #[tokio::test]
 async fn rate_limits_report_and_refuse() {
     let emu = start().await;
-    let limits = emu
-        .control(Method::PUT, "rate_limits", Some(json!({"get_task": 2})))
-        .await;
+    let limits = emu.control(Method::PUT, "rate_limits", Some(json!({"get_task": 2}))).await;
     assert_eq!(limits["get_task"], json!(2));
     let first = emu.get("/tasks/nope").await;
     first.assert_error(404, 16);
     assert_eq!(first.header("x-ratelimit-limit").as_deref(), Some("2"));
     assert_eq!(first.header("x-ratelimit-remaining").as_deref(), Some("1"));
-    let reset: i64 = first
-        .header("x-ratelimit-reset")
-        .and_then(|r| r.parse().ok())
-        .expect("reset");
+    let reset: i64 = first.header("x-ratelimit-reset").and_then(|r| r.parse().ok()).expect("reset");
     let now = chrono::Utc::now().timestamp();
     assert!(reset > now && reset <= now + 61, "reset {reset} now {now}");
-    assert_eq!(
-        emu.get("/tasks/nope").await.header("x-ratelimit-remaining").as_deref(),
-        Some("0")
-    );
+    assert_eq!(emu.get("/tasks/nope").await.header("x-ratelimit-remaining").as_deref(), Some("0"));
     let refused = emu.get("/tasks/nope").await;
     let body = refused.assert_error(429, 9);
-    assert!(
-        body["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("Too many requests"))
-    );
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("Too many requests")));
     assert_eq!(refused.header("x-ratelimit-remaining").as_deref(), Some("0"));
     // other routes have their own windows
     let other = emu.get(&format!("/users/{KNOWN_USER}/export")).await;
@@ -301,25 +257,11 @@ async fn export_user_sync() {
         assert_timestamp(&message["created_at"]);
     }
     let reactions = body["reactions"].as_array().expect("reactions");
-    assert!(
-        reactions
-            .iter()
-            .all(|r| r["user_id"] == json!(KNOWN_USER) && r["message_id"].is_string())
-    );
+    assert!(reactions.iter().all(|r| r["user_id"] == json!(KNOWN_USER) && r["message_id"].is_string()));
 
-    emu.get(&format!("/users/{UNKNOWN_USER}/export"))
-        .await
-        .assert_error(404, 16);
-    let heavy = emu
-        .get(&format!("/users/{HEAVY_USER}/export"))
-        .await
-        .assert_error(400, 4);
-    assert!(
-        heavy["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("more than 10000 messages")),
-        "{heavy}"
-    );
+    emu.get(&format!("/users/{UNKNOWN_USER}/export")).await.assert_error(404, 16);
+    let heavy = emu.get(&format!("/users/{HEAVY_USER}/export")).await.assert_error(400, 4);
+    assert!(heavy["message"].as_str().is_some_and(|m| m.contains("more than 10000 messages")), "{heavy}");
 }
 
 #[tokio::test]

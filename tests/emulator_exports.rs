@@ -13,9 +13,7 @@ use stream_export::emulator::data::{
 };
 
 fn lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("bad line ({e}): {line}")))
-        .collect()
+    text.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("bad line ({e}): {line}"))).collect()
 }
 
 fn v1_messages(file: &str) -> Vec<Value> {
@@ -63,35 +61,21 @@ async fn task_moves_through_every_state_on_the_emulator_clock() {
 async fn tasks_can_be_held_steered_and_failed() {
     let emu = start().await;
     let task = emu.export_channels(json!({"channels": [{"cid": KNOWN_CHANNEL}]})).await;
-    let held = emu
-        .control(Method::POST, &format!("tasks/{task}"), Some(json!({"hold": true})))
-        .await;
+    let held = emu.control(Method::POST, &format!("tasks/{task}"), Some(json!({"hold": true}))).await;
     assert_eq!(held["held"], json!(true));
     emu.advance_clock(3600).await;
     assert_eq!(emu.get(&format!("/tasks/{task}")).await.json()["status"], "waiting");
-    let running = emu
-        .control(
-            Method::POST,
-            &format!("tasks/{task}"),
-            Some(json!({"status": "running"})),
-        )
-        .await;
+    let running = emu.control(Method::POST, &format!("tasks/{task}"), Some(json!({"status": "running"}))).await;
     assert_eq!(running["status"], "running");
     emu.advance_clock(3600).await;
     assert_eq!(emu.get(&format!("/tasks/{task}")).await.json()["status"], "running");
-    emu.control(Method::POST, &format!("tasks/{task}"), Some(json!({"hold": false})))
-        .await;
+    emu.control(Method::POST, &format!("tasks/{task}"), Some(json!({"hold": false}))).await;
     let done = emu.wait_done(&task).await;
     assert_eq!(done["status"], "completed");
 
     let task = emu.export_channels(json!({"channels": [{"cid": KNOWN_CHANNEL}]})).await;
     let error = json!({"type": "export_error", "description": "disk full"});
-    emu.control(
-        Method::POST,
-        &format!("tasks/{task}"),
-        Some(json!({"status": "failed", "error": error})),
-    )
-    .await;
+    emu.control(Method::POST, &format!("tasks/{task}"), Some(json!({"status": "failed", "error": error}))).await;
     let failed = emu.get(&format!("/export_channels/{task}")).await.json();
     assert_eq!(failed["status"], "failed");
     assert_eq!(failed["error"]["type"], "export_error");
@@ -122,18 +106,11 @@ async fn result_urls_are_signed_resigned_and_expire() {
     let path = result["path"].as_str().expect("path");
     assert!(path.contains(&task));
     let url = result["url"].as_str().expect("url").to_owned();
-    assert!(
-        url.starts_with(&format!("{}/exports/channels/{task}/", emu.base)),
-        "{url}"
-    );
+    assert!(url.starts_with(&format!("{}/exports/channels/{task}/", emu.base)), "{url}");
     assert!(url.contains("Expires=") && url.contains("Signature="));
     let expires = |url: &str| -> i64 {
         let query = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
-        query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("Expires="))
-            .and_then(|v| v.parse().ok())
-            .expect("Expires")
+        query.split('&').find_map(|kv| kv.strip_prefix("Expires=")).and_then(|v| v.parse().ok()).expect("Expires")
     };
     let now = chrono::Utc::now().timestamp();
     assert!((expires(&url) - now - 86_400).abs() <= 5);
@@ -146,10 +123,7 @@ async fn result_urls_are_signed_resigned_and_expire() {
     let denied = Emu::send(emu.http.get(&tampered)).await;
     assert_eq!(denied.status, StatusCode::FORBIDDEN);
     assert!(denied.text.contains("<Code>AccessDenied</Code>"), "{}", denied.text);
-    let later = url.replace(
-        &format!("Expires={}", expires(&url)),
-        &format!("Expires={}", expires(&url) + 10),
-    );
+    let later = url.replace(&format!("Expires={}", expires(&url)), &format!("Expires={}", expires(&url) + 10));
     assert_eq!(Emu::send(emu.http.get(&later)).await.status, StatusCode::FORBIDDEN);
     let bare = url.split_once('?').map(|(u, _)| u.to_owned()).expect("query");
     assert_eq!(Emu::send(emu.http.get(&bare)).await.status, StatusCode::FORBIDDEN);
@@ -166,11 +140,7 @@ async fn result_urls_are_signed_resigned_and_expire() {
     emu.advance_clock(90_000).await;
     let expired = Emu::send(emu.http.get(&url2)).await;
     assert_eq!(expired.status, StatusCode::FORBIDDEN);
-    assert!(
-        expired.text.contains("AccessDenied") && expired.text.contains("expired"),
-        "{}",
-        expired.text
-    );
+    assert!(expired.text.contains("AccessDenied") && expired.text.contains("expired"), "{}", expired.text);
     let fresh = emu.get(&format!("/tasks/{task}")).await.json();
     let url3 = fresh["result"]["url"].as_str().expect("url");
     assert_eq!(Emu::send(emu.http.get(url3)).await.status, StatusCode::OK);
@@ -188,17 +158,9 @@ async fn v1_file_honours_window_and_options() {
     assert!(block["members"][0]["user"]["id"].is_string());
     let all = block["messages"].as_array().expect("messages").clone();
     assert!(all.len() > 100);
-    assert!(
-        all.iter()
-            .any(|m| m["latest_reactions"].as_array().is_some_and(|r| !r.is_empty()))
-    );
+    assert!(all.iter().any(|m| m["latest_reactions"].as_array().is_some_and(|r| !r.is_empty())));
     let deleted: Vec<&Value> = all.iter().filter(|m| m["type"] == "deleted").collect();
-    assert!(
-        !deleted.is_empty()
-            && deleted
-                .iter()
-                .all(|m| m["text"].as_str().is_some_and(|t| !t.is_empty()))
-    );
+    assert!(!deleted.is_empty() && deleted.iter().all(|m| m["text"].as_str().is_some_and(|t| !t.is_empty())));
     assert!(deleted.iter().all(|m| m["deleted_at"].is_string()));
 
     // since exclusive, until inclusive; Python's +00:00 form and another offset
@@ -224,24 +186,10 @@ async fn v1_file_honours_window_and_options() {
         .await;
     let doc: Value = serde_json::from_str(&file).expect("json");
     let messages = doc["channels"][0]["messages"].as_array().expect("messages");
-    assert!(
-        messages
-            .iter()
-            .filter(|m| m["type"] == "deleted")
-            .all(|m| m["text"] == "")
-    );
-    assert!(
-        messages
-            .iter()
-            .filter(|m| m["type"] == "regular")
-            .all(|m| m["text"] != "")
-    );
-    let users: BTreeSet<&str> = doc["users"]
-        .as_array()
-        .expect("users")
-        .iter()
-        .filter_map(|u| u["id"].as_str())
-        .collect();
+    assert!(messages.iter().filter(|m| m["type"] == "deleted").all(|m| m["text"] == ""));
+    assert!(messages.iter().filter(|m| m["type"] == "regular").all(|m| m["text"] != ""));
+    let users: BTreeSet<&str> =
+        doc["users"].as_array().expect("users").iter().filter_map(|u| u["id"].as_str()).collect();
     assert!(users.contains(KNOWN_USER));
     for message in messages {
         assert!(users.contains(message["user"]["id"].as_str().expect("author")));
@@ -253,30 +201,17 @@ async fn truncated_and_soft_deleted_channels() {
     let emu = start().await;
     let hidden = v1_messages(&emu.export_file(json!({"channels": [{"cid": TRUNCATED_CHANNEL}]})).await);
     let shown = v1_messages(
-        &emu.export_file(json!({"channels": [{"cid": TRUNCATED_CHANNEL}], "include_truncated_messages": true}))
-            .await,
+        &emu.export_file(json!({"channels": [{"cid": TRUNCATED_CHANNEL}], "include_truncated_messages": true})).await,
     );
-    assert!(
-        shown.len() > hidden.len() && !hidden.is_empty(),
-        "{} vs {}",
-        shown.len(),
-        hidden.len()
-    );
+    assert!(shown.len() > hidden.len() && !hidden.is_empty(), "{} vs {}", shown.len(), hidden.len());
 
-    let file = emu
-        .export_file(json!({"channels": [{"cid": DELETED_CHANNEL}, {"cid": COMMERCE_CHANNEL}]}))
-        .await;
+    let file = emu.export_file(json!({"channels": [{"cid": DELETED_CHANNEL}, {"cid": COMMERCE_CHANNEL}]})).await;
     let doc: Value = serde_json::from_str(&file).expect("json");
-    let cids: Vec<&Value> = doc["channels"]
-        .as_array()
-        .expect("channels")
-        .iter()
-        .map(|c| &c["channel"]["cid"])
-        .collect();
+    let cids: Vec<&Value> =
+        doc["channels"].as_array().expect("channels").iter().map(|c| &c["channel"]["cid"]).collect();
     assert_eq!(cids, [&json!(COMMERCE_CHANNEL)]);
-    let file = emu
-        .export_file(json!({"channels": [{"cid": DELETED_CHANNEL}], "include_soft_deleted_channels": true}))
-        .await;
+    let file =
+        emu.export_file(json!({"channels": [{"cid": DELETED_CHANNEL}], "include_soft_deleted_channels": true})).await;
     let doc: Value = serde_json::from_str(&file).expect("json");
     assert_eq!(doc["channels"][0]["channel"]["cid"], json!(DELETED_CHANNEL));
     assert!(doc["channels"][0]["channel"]["deleted_at"].is_string());
@@ -300,22 +235,14 @@ async fn v2_file_is_json_lines_in_the_import_envelope() {
         }
     }
     let v1 = v1_messages(&emu.export_file(json!({"channels": [{"cid": KNOWN_CHANNEL}]})).await);
-    let v2_general = items
-        .iter()
-        .filter(|l| l["type"] == "message" && l["item"]["channel_id"] == "general")
-        .count();
+    let v2_general = items.iter().filter(|l| l["type"] == "message" && l["item"]["channel_id"] == "general").count();
     assert_eq!(v2_general, v1.len());
 
     let with_users = lines(
-        &emu.export_file(json!({"channels": [{"cid": KNOWN_CHANNEL}], "version": "v2", "export_users": true}))
-            .await,
+        &emu.export_file(json!({"channels": [{"cid": KNOWN_CHANNEL}], "version": "v2", "export_users": true})).await,
     );
     assert_eq!(with_users[0]["type"], "user");
-    assert!(
-        with_users
-            .iter()
-            .any(|l| l["type"] == "user" && l["item"]["id"] == json!(KNOWN_USER))
-    );
+    assert!(with_users.iter().any(|l| l["type"] == "user" && l["item"]["id"] == json!(KNOWN_USER)));
 
     let cleared = lines(
         &emu.export_file(
@@ -334,9 +261,7 @@ async fn v2_file_is_json_lines_in_the_import_envelope() {
 #[tokio::test]
 async fn heavy_channel_exports_every_message() {
     let emu = start().await;
-    let file = emu
-        .export_file(json!({"channels": [{"cid": HEAVY_CHANNEL}], "version": "v2"}))
-        .await;
+    let file = emu.export_file(json!({"channels": [{"cid": HEAVY_CHANNEL}], "version": "v2"})).await;
     let count = lines(&file).iter().filter(|l| l["type"] == "message").count();
     assert_eq!(count, HEAVY_USER_MESSAGES);
 }
@@ -362,24 +287,17 @@ async fn export_users_file_and_heavy_user_failure() {
     let reactions: Vec<&Value> = items.iter().filter(|l| l["type"] == "reaction").collect();
     assert_eq!(reactions.len(), sync["reactions"].as_array().map_or(0, Vec::len));
 
-    let answer = emu
-        .post("/export/users", json!({"user_ids": [KNOWN_USER, HEAVY_USER]}))
-        .await;
+    let answer = emu.post("/export/users", json!({"user_ids": [KNOWN_USER, HEAVY_USER]})).await;
     let task = answer.json()["task_id"].as_str().expect("task").to_owned();
     let failed = emu.wait_done(&task).await;
     assert_eq!(failed["status"], "failed");
-    assert!(
-        failed["error"]["description"]
-            .as_str()
-            .is_some_and(|d| d.contains("more than 10000"))
-    );
+    assert!(failed["error"]["description"].as_str().is_some_and(|d| d.contains("more than 10000")));
 }
 
 #[tokio::test]
 async fn unfinished_or_unknown_files_are_not_served() {
     let emu = start().await;
-    emu.control(Method::PUT, "task_defaults", Some(json!({"waiting_ms": 60_000})))
-        .await;
+    emu.control(Method::PUT, "task_defaults", Some(json!({"waiting_ms": 60_000}))).await;
     let task = emu.export_channels(json!({"channels": [{"cid": KNOWN_CHANNEL}]})).await;
     let path = format!("/exports/channels/{task}/channels-export.json");
     let expires = chrono::Utc::now().timestamp() + 3600;
@@ -392,11 +310,6 @@ async fn unfinished_or_unknown_files_are_not_served() {
     };
     let url = format!("{}{path}?Expires={expires}&Signature={signature}", emu.base);
     assert_eq!(Emu::send(emu.http.get(&url)).await.status, StatusCode::NOT_FOUND);
-    emu.control(
-        Method::POST,
-        &format!("tasks/{task}"),
-        Some(json!({"status": "completed"})),
-    )
-    .await;
+    emu.control(Method::POST, &format!("tasks/{task}"), Some(json!({"status": "completed"}))).await;
     assert_eq!(Emu::send(emu.http.get(&url)).await.status, StatusCode::OK);
 }

@@ -10,12 +10,7 @@ use serde_json::{Value, json};
 use stream_export::emulator::data::{KNOWN_CHANNEL, KNOWN_USER};
 
 async fn inject(emu: &Emu, route: &str, count: u32, fault: Value) {
-    emu.control(
-        Method::POST,
-        "faults",
-        Some(json!({"route": route, "count": count, "fault": fault})),
-    )
-    .await;
+    emu.control(Method::POST, "faults", Some(json!({"route": route, "count": count, "fault": fault}))).await;
 }
 
 fn user_path() -> String {
@@ -25,13 +20,8 @@ fn user_path() -> String {
 #[tokio::test]
 async fn status_fault_gives_a_stream_error_before_auth_for_count_requests() {
     let emu = start().await;
-    inject(
-        &emu,
-        "export_user",
-        2,
-        json!({"kind": "status", "status": 503, "code": -1, "message": "upstream down"}),
-    )
-    .await;
+    inject(&emu, "export_user", 2, json!({"kind": "status", "status": 503, "code": -1, "message": "upstream down"}))
+        .await;
     // no api_key at all: the fault answers first, as the edge would
     let first = Emu::send(emu.http.get(format!("{}{}", emu.base, user_path()))).await;
     let body = first.assert_error(503, -1);
@@ -50,36 +40,19 @@ async fn status_429_fault_has_exhausted_rate_headers() {
     let answer = emu.get("/tasks/x").await;
     answer.assert_error(429, 9);
     assert_eq!(answer.header("x-ratelimit-remaining").as_deref(), Some("0"));
-    assert!(
-        answer
-            .header("x-ratelimit-reset")
-            .and_then(|r| r.parse::<i64>().ok())
-            .is_some()
-    );
+    assert!(answer.header("x-ratelimit-reset").and_then(|r| r.parse::<i64>().ok()).is_some());
     assert!(answer.header("x-ratelimit-limit").is_some());
 }
 
 #[tokio::test]
 async fn non_json_fault_is_plain_text() {
     let emu = start().await;
-    inject(
-        &emu,
-        "*",
-        1,
-        json!({"kind": "non_json", "status": 429, "body": "Too Many Requests"}),
-    )
-    .await;
-    let answer = emu
-        .post("/export_channels", json!({"channels": [{"cid": KNOWN_CHANNEL}]}))
-        .await;
+    inject(&emu, "*", 1, json!({"kind": "non_json", "status": 429, "body": "Too Many Requests"})).await;
+    let answer = emu.post("/export_channels", json!({"channels": [{"cid": KNOWN_CHANNEL}]})).await;
     assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(answer.text, "Too Many Requests");
     assert!(serde_json::from_str::<Value>(&answer.text).is_err());
-    assert!(
-        answer
-            .header("content-type")
-            .is_some_and(|c| c.starts_with("text/plain"))
-    );
+    assert!(answer.header("content-type").is_some_and(|c| c.starts_with("text/plain")));
     let counters = emu.control(Method::GET, "counters", None).await;
     assert_eq!(counters["exports_created"], json!(0));
 }
@@ -88,9 +61,7 @@ async fn non_json_fault_is_plain_text() {
 async fn malformed_json_fault_keeps_the_status() {
     let emu = start().await;
     inject(&emu, "export_channels", 1, json!({"kind": "malformed_json"})).await;
-    let answer = emu
-        .post("/export_channels", json!({"channels": [{"cid": KNOWN_CHANNEL}]}))
-        .await;
+    let answer = emu.post("/export_channels", json!({"channels": [{"cid": KNOWN_CHANNEL}]})).await;
     assert_eq!(answer.status, StatusCode::CREATED);
     assert!(serde_json::from_str::<Value>(&answer.text).is_err(), "{}", answer.text);
     assert!(answer.header("x-ratelimit-limit").is_some());
@@ -112,18 +83,10 @@ async fn truncated_fault_cuts_the_body_short_of_content_length() {
     let (head, body) = text.split_once("\r\n\r\n").expect("head");
     let declared: usize = head
         .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length: ")
-                .map(str::to_owned)
-        })
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
         .and_then(|v| v.trim().parse().ok())
         .expect("content-length");
-    assert!(
-        declared > 0 && body.len() < declared,
-        "got {} of {declared}",
-        body.len()
-    );
+    assert!(declared > 0 && body.len() < declared, "got {} of {declared}", body.len());
     // the client library sees an error, and the next request is whole again
     inject(&emu, "export_user", 1, json!({"kind": "truncated"})).await;
     let result = emu.request(Method::GET, &user_path()).send().await;
@@ -153,17 +116,9 @@ async fn drop_fault_closes_without_a_response() {
     let response = raw(emu.addr(), &request).await;
     assert!(response.is_empty(), "{}", String::from_utf8_lossy(&response));
     inject(&emu, "export_channels", 1, json!({"kind": "drop"})).await;
-    assert!(
-        emu.request(Method::POST, "/export_channels")
-            .json(&json!({}))
-            .send()
-            .await
-            .is_err()
-    );
+    assert!(emu.request(Method::POST, "/export_channels").json(&json!({})).send().await.is_err());
     // the server still serves new connections
-    let answer = emu
-        .post("/export_channels", json!({"channels": [{"cid": KNOWN_CHANNEL}]}))
-        .await;
+    let answer = emu.post("/export_channels", json!({"channels": [{"cid": KNOWN_CHANNEL}]})).await;
     assert_eq!(answer.status, StatusCode::CREATED);
 }
 

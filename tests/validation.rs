@@ -11,11 +11,7 @@ use stream_export::proto::{
 use tonic::Code;
 
 fn channel(kind: &str, id: &str) -> ChannelRef {
-    ChannelRef {
-        r#type: kind.into(),
-        id: id.into(),
-        ..Default::default()
-    }
+    ChannelRef { r#type: kind.into(), id: id.into(), ..Default::default() }
 }
 
 fn at(seconds: i64) -> Option<Timestamp> {
@@ -41,10 +37,7 @@ async fn channel_export_rules() {
             vec!["channels"],
         ),
         (
-            ExportChannelsRequest {
-                channels: vec![channel("", ""), channel("messaging", "ok")],
-                ..Default::default()
-            },
+            ExportChannelsRequest { channels: vec![channel("", ""), channel("messaging", "ok")], ..Default::default() },
             vec!["channels[0].type", "channels[0].id"],
         ),
         (
@@ -60,11 +53,7 @@ async fn channel_export_rules() {
         ),
         (
             ExportChannelsRequest {
-                channels: vec![
-                    channel("messaging", "a"),
-                    channel("team", "a"),
-                    channel("messaging", "a"),
-                ],
+                channels: vec![channel("messaging", "a"), channel("team", "a"), channel("messaging", "a")],
                 ..Default::default()
             },
             vec!["channels[2]"],
@@ -91,11 +80,7 @@ async fn channel_export_rules() {
             vec!["channels[0].messages_since"],
         ),
         (
-            ExportChannelsRequest {
-                channels: vec![channel("messaging", "a")],
-                version: 7,
-                ..Default::default()
-            },
+            ExportChannelsRequest { channels: vec![channel("messaging", "a")], version: 7, ..Default::default() },
             vec!["version"],
         ),
         (
@@ -111,11 +96,7 @@ async fn channel_export_rules() {
         let described = format!("{request:?}");
         assert_eq!(channel_violations(&mut app, request).await, expected, "for {described}");
     }
-    assert_eq!(
-        app.emulator.requests("export_channels").await,
-        0,
-        "nothing may reach upstream"
-    );
+    assert_eq!(app.emulator.requests("export_channels").await, 0, "nothing may reach upstream");
     app.stop().await;
 }
 
@@ -131,36 +112,14 @@ async fn user_export_rules() {
         ),
     ];
     for (user_ids, expected) in cases {
-        let status = app
-            .client
-            .export_users(ExportUsersRequest {
-                user_ids,
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(
-            violated_fields(&assert_status(&status, Code::InvalidArgument, "INVALID_REQUEST")),
-            expected
-        );
+        let status = app.client.export_users(ExportUsersRequest { user_ids, ..Default::default() }).await.unwrap_err();
+        assert_eq!(violated_fields(&assert_status(&status, Code::InvalidArgument, "INVALID_REQUEST")), expected);
     }
     for user_id in ["", "tab\there", &"u".repeat(256)] {
-        let status = app
-            .client
-            .export_user(ExportUserRequest {
-                user_id: user_id.into(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(
-            violated_fields(&assert_status(&status, Code::InvalidArgument, "INVALID_REQUEST")),
-            ["user_id"]
-        );
+        let status = app.client.export_user(ExportUserRequest { user_id: user_id.into() }).await.unwrap_err();
+        assert_eq!(violated_fields(&assert_status(&status, Code::InvalidArgument, "INVALID_REQUEST")), ["user_id"]);
     }
-    assert_eq!(
-        app.emulator.requests("export_users").await + app.emulator.requests("export_user").await,
-        0
-    );
+    assert_eq!(app.emulator.requests("export_users").await + app.emulator.requests("export_user").await, 0);
     app.stop().await;
 }
 
@@ -168,28 +127,10 @@ async fn user_export_rules() {
 async fn task_id_rules() {
     let mut app = spawn_app().await;
     for task_id in ["", "a b", &"t".repeat(129)] {
-        let status = app
-            .client
-            .get_task(GetTaskRequest {
-                task_id: task_id.into(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(
-            violated_fields(&assert_status(&status, Code::InvalidArgument, "INVALID_REQUEST")),
-            ["task_id"]
-        );
-        let status = app
-            .client
-            .watch_task(WatchTaskRequest {
-                task_id: task_id.into(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(
-            violated_fields(&assert_status(&status, Code::InvalidArgument, "INVALID_REQUEST")),
-            ["task_id"]
-        );
+        let status = app.client.get_task(GetTaskRequest { task_id: task_id.into() }).await.unwrap_err();
+        assert_eq!(violated_fields(&assert_status(&status, Code::InvalidArgument, "INVALID_REQUEST")), ["task_id"]);
+        let status = app.client.watch_task(WatchTaskRequest { task_id: task_id.into() }).await.unwrap_err();
+        assert_eq!(violated_fields(&assert_status(&status, Code::InvalidArgument, "INVALID_REQUEST")), ["task_id"]);
     }
     assert_eq!(app.emulator.requests("get_task").await, 0);
     app.stop().await;

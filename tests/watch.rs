@@ -20,15 +20,8 @@ use tonic::{Code, Status, Streaming};
 /// Submits a channel export and freezes its task in `waiting`.
 async fn held_task(app: &mut TestApp) -> String {
     let (kind, id) = KNOWN_CHANNEL.split_once(':').unwrap();
-    let channel = ChannelRef {
-        r#type: kind.into(),
-        id: id.into(),
-        ..Default::default()
-    };
-    let request = ExportChannelsRequest {
-        channels: vec![channel],
-        ..Default::default()
-    };
+    let channel = ChannelRef { r#type: kind.into(), id: id.into(), ..Default::default() };
+    let request = ExportChannelsRequest { channels: vec![channel], ..Default::default() };
     let task_id = app.client.export_channels(request).await.unwrap().into_inner().task_id;
     app.emulator.steer(&task_id, json!({"hold": true})).await;
     task_id
@@ -36,12 +29,7 @@ async fn held_task(app: &mut TestApp) -> String {
 
 async fn watch(app: &TestApp, task_id: &str) -> Result<Streaming<TaskEvent>, Status> {
     let mut client = app.client.clone();
-    client
-        .watch_task(WatchTaskRequest {
-            task_id: task_id.into(),
-        })
-        .await
-        .map(|r| r.into_inner())
+    client.watch_task(WatchTaskRequest { task_id: task_id.into() }).await.map(|r| r.into_inner())
 }
 
 /// Reads a stream to its end (bounded): the events, and the final status if it was not OK.
@@ -56,9 +44,7 @@ async fn drain(mut stream: Streaming<TaskEvent>) -> (Vec<TaskEvent>, Option<Stat
         }
         None
     };
-    let end = tokio::time::timeout(Duration::from_secs(20), read)
-        .await
-        .expect("the stream ends in time");
+    let end = tokio::time::timeout(Duration::from_secs(20), read).await.expect("the stream ends in time");
     (events, end)
 }
 
@@ -73,13 +59,7 @@ async fn next(stream: &mut Streaming<TaskEvent>) -> Result<TaskEvent, Status> {
 fn summary(events: &[TaskEvent]) -> Vec<(u64, EventType, TaskState)> {
     events
         .iter()
-        .map(|e| {
-            (
-                e.sequence,
-                e.r#type(),
-                e.task.as_ref().map_or(TaskState::Unspecified, |t| t.state()),
-            )
-        })
+        .map(|e| (e.sequence, e.r#type(), e.task.as_ref().map_or(TaskState::Unspecified, |t| t.state())))
         .collect()
 }
 
@@ -94,17 +74,10 @@ async fn two_hundred_watchers_share_one_poller_and_see_the_same_sequence() {
     let task_id = held_task(&mut app).await;
     let started = Instant::now();
 
-    let mut streams = join_all((0..200).map(|_| watch(&app, &task_id)))
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect::<Vec<_>>();
+    let mut streams =
+        join_all((0..200).map(|_| watch(&app, &task_id))).await.into_iter().map(Result::unwrap).collect::<Vec<_>>();
     let snapshots = join_all(streams.iter_mut().map(next)).await;
-    assert!(
-        snapshots
-            .iter()
-            .all(|s| s.as_ref().is_ok_and(|e| e.r#type() == EventType::Snapshot))
-    );
+    assert!(snapshots.iter().all(|s| s.as_ref().is_ok_and(|e| e.r#type() == EventType::Snapshot)));
 
     for status in ["running", "completed"] {
         app.emulator.steer(&task_id, json!({"status": status})).await;
@@ -123,24 +96,14 @@ async fn two_hundred_watchers_share_one_poller_and_see_the_same_sequence() {
         let mut all = vec![snapshots[0].as_ref().unwrap().clone()];
         all.extend(events.iter().cloned());
         assert_eq!(summary(&all), expected);
-        let result = events
-            .last()
-            .unwrap()
-            .task
-            .as_ref()
-            .unwrap()
-            .result
-            .as_ref()
-            .expect("COMPLETED carries the result");
+        let result =
+            events.last().unwrap().task.as_ref().unwrap().result.as_ref().expect("COMPLETED carries the result");
         assert!(!result.url.is_empty() && result.url_expire_time.is_some());
     }
     // One poller's worth: at most one read per minimum poll interval (50 ms in tests), not 200x.
     let reads = status_reads(&app, &task_id).await;
     let one_poller = elapsed.as_millis() as u64 / 50 + 2;
-    assert!(
-        reads <= one_poller,
-        "{reads} status reads in {elapsed:?} (one poller makes at most {one_poller})"
-    );
+    assert!(reads <= one_poller, "{reads} status reads in {elapsed:?} (one poller makes at most {one_poller})");
     app.stop().await;
 }
 
@@ -151,10 +114,7 @@ async fn a_failing_task_ends_with_failed_and_its_error() {
     let mut stream = watch(&app, &task_id).await.unwrap();
     assert_eq!(next(&mut stream).await.unwrap().r#type(), EventType::Snapshot);
     app.emulator
-        .steer(
-            &task_id,
-            json!({"status": "failed", "error": {"type": "export_error", "description": "boom"}}),
-        )
+        .steer(&task_id, json!({"status": "failed", "error": {"type": "export_error", "description": "boom"}}))
         .await;
     let (events, end) = drain(stream).await;
     assert!(end.is_none(), "OK after the terminal state, not {end:?}");
@@ -176,15 +136,8 @@ async fn an_unknown_task_is_not_found() {
 
 #[tokio::test]
 async fn heartbeats_arrive_on_a_quiet_task_and_say_when_upstream_was_polled() {
-    let watch_settings = WatchSettings {
-        heartbeat_interval: Duration::from_millis(300),
-        ..Options::default().watch
-    };
-    let mut app = spawn_app_with(Options {
-        watch: watch_settings,
-        ..Options::default()
-    })
-    .await;
+    let watch_settings = WatchSettings { heartbeat_interval: Duration::from_millis(300), ..Options::default().watch };
+    let mut app = spawn_app_with(Options { watch: watch_settings, ..Options::default() }).await;
     let task_id = held_task(&mut app).await;
     let mut stream = watch(&app, &task_id).await.unwrap();
     let snapshot = next(&mut stream).await.unwrap();
@@ -199,10 +152,7 @@ async fn heartbeats_arrive_on_a_quiet_task_and_say_when_upstream_was_polled() {
         ]
     );
     let seconds = |e: &TaskEvent| e.observe_time.as_ref().map(|t| (t.seconds, t.nanos)).unwrap();
-    assert!(
-        seconds(&second) > seconds(&snapshot),
-        "a heartbeat reports the latest poll"
-    );
+    assert!(seconds(&second) > seconds(&snapshot), "a heartbeat reports the latest poll");
     app.stop().await;
 }
 
@@ -212,20 +162,8 @@ async fn transient_failures_mid_watch_do_not_break_it() {
     let task_id = held_task(&mut app).await;
     let mut stream = watch(&app, &task_id).await.unwrap();
     assert_eq!(next(&mut stream).await.unwrap().r#type(), EventType::Snapshot);
-    app.emulator
-        .inject(
-            "get_task",
-            2,
-            json!({"kind": "status", "status": 503, "code": -1, "message": "down"}),
-        )
-        .await;
-    app.emulator
-        .inject(
-            "get_task",
-            1,
-            json!({"kind": "non_json", "status": 429, "body": "Too Many Requests"}),
-        )
-        .await;
+    app.emulator.inject("get_task", 2, json!({"kind": "status", "status": 503, "code": -1, "message": "down"})).await;
+    app.emulator.inject("get_task", 1, json!({"kind": "non_json", "status": 429, "body": "Too Many Requests"})).await;
     app.emulator.inject("get_task", 1, json!({"kind": "drop"})).await;
     app.emulator.steer(&task_id, json!({"status": "completed"})).await;
     let (events, end) = drain(stream).await;
@@ -236,24 +174,13 @@ async fn transient_failures_mid_watch_do_not_break_it() {
 
 #[tokio::test]
 async fn persistent_failure_ends_the_watch_with_unavailable_and_retry_info() {
-    let watch_settings = WatchSettings {
-        failure_budget: Duration::from_millis(500),
-        ..Options::default().watch
-    };
-    let mut app = spawn_app_with(Options {
-        watch: watch_settings,
-        ..Options::default()
-    })
-    .await;
+    let watch_settings = WatchSettings { failure_budget: Duration::from_millis(500), ..Options::default().watch };
+    let mut app = spawn_app_with(Options { watch: watch_settings, ..Options::default() }).await;
     let task_id = held_task(&mut app).await;
     let mut stream = watch(&app, &task_id).await.unwrap();
     assert_eq!(next(&mut stream).await.unwrap().r#type(), EventType::Snapshot);
     app.emulator
-        .inject(
-            "get_task",
-            1000,
-            json!({"kind": "status", "status": 500, "code": -1, "message": "down"}),
-        )
+        .inject("get_task", 1000, json!({"kind": "status", "status": 500, "code": -1, "message": "down"}))
         .await;
     let (_, end) = drain(stream).await;
     let details = assert_status(&end.expect("an error status"), Code::Unavailable, "UPSTREAM_FAILING");
@@ -264,15 +191,8 @@ async fn persistent_failure_ends_the_watch_with_unavailable_and_retry_info() {
 #[tokio::test]
 async fn the_upstream_budget_caps_the_poll_rate_across_many_tasks() {
     let budget = 20.0;
-    let watch_settings = WatchSettings {
-        upstream_budget_per_second: budget,
-        ..Options::default().watch
-    };
-    let mut app = spawn_app_with(Options {
-        watch: watch_settings,
-        ..Options::default()
-    })
-    .await;
+    let watch_settings = WatchSettings { upstream_budget_per_second: budget, ..Options::default().watch };
+    let mut app = spawn_app_with(Options { watch: watch_settings, ..Options::default() }).await;
     let mut streams = Vec::new();
     for _ in 0..40 {
         let task_id = held_task(&mut app).await;
@@ -285,21 +205,12 @@ async fn the_upstream_budget_caps_the_poll_rate_across_many_tasks() {
     let polled = app.emulator.requests("get_task").await - before;
     let seconds = window.elapsed().as_secs_f64();
     // 40 tasks at a 50 ms minimum interval would want up to 800 requests per second.
-    assert!(
-        polled as f64 <= budget * seconds + 2.0,
-        "{polled} requests in {seconds:.2}s over a budget of {budget}/s"
-    );
-    assert!(
-        polled as f64 >= budget * seconds * 0.5,
-        "the budget is used: {polled} requests in {seconds:.2}s"
-    );
+    assert!(polled as f64 <= budget * seconds + 2.0, "{polled} requests in {seconds:.2}s over a budget of {budget}/s");
+    assert!(polled as f64 >= budget * seconds * 0.5, "the budget is used: {polled} requests in {seconds:.2}s");
     // Every task still gets polled: freshness degrades evenly.
     let counters = app.emulator.control(reqwest::Method::GET, "counters", None).await;
     let tasks = counters["tasks"].as_object().unwrap();
-    assert!(
-        tasks.values().all(|reads| reads.as_u64().unwrap() >= 1),
-        "every task is polled: {tasks:?}"
-    );
+    assert!(tasks.values().all(|reads| reads.as_u64().unwrap() >= 1), "every task is polled: {tasks:?}");
     drop(streams);
     app.stop().await;
 }
@@ -308,10 +219,7 @@ async fn the_upstream_budget_caps_the_poll_rate_across_many_tasks() {
 async fn the_poller_stops_when_the_last_watcher_leaves() {
     let mut app = spawn_app().await;
     let task_id = held_task(&mut app).await;
-    let mut streams = vec![
-        watch(&app, &task_id).await.unwrap(),
-        watch(&app, &task_id).await.unwrap(),
-    ];
+    let mut streams = vec![watch(&app, &task_id).await.unwrap(), watch(&app, &task_id).await.unwrap()];
     for stream in &mut streams {
         next(stream).await.unwrap();
     }
@@ -319,21 +227,10 @@ async fn the_poller_stops_when_the_last_watcher_leaves() {
     drop(streams);
     // Within one (maximum, 400 ms in tests) poll interval the poller notices and retires.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        (
-            app.hub.watched_tasks(),
-            app.hub.active_pollers(),
-            app.hub.open_streams()
-        ),
-        (0, 0, 0)
-    );
+    assert_eq!((app.hub.watched_tasks(), app.hub.active_pollers(), app.hub.open_streams()), (0, 0, 0));
     let reads = status_reads(&app, &task_id).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        status_reads(&app, &task_id).await,
-        reads,
-        "no status request after the last watcher left"
-    );
+    assert_eq!(status_reads(&app, &task_id).await, reads, "no status request after the last watcher left");
     app.stop().await;
 }
 
@@ -348,25 +245,14 @@ async fn a_late_watcher_of_a_finished_task_gets_the_answer_without_an_upstream_c
     let (late, end) = drain(watch(&app, &task_id).await.unwrap()).await;
     assert!(end.is_none());
     assert_eq!(summary(&late), vec![(1, EventType::Snapshot, TaskState::Completed)]);
-    assert_eq!(
-        status_reads(&app, &task_id).await,
-        reads,
-        "served from the retained final state"
-    );
+    assert_eq!(status_reads(&app, &task_id).await, reads, "served from the retained final state");
     app.stop().await;
 }
 
 #[tokio::test]
 async fn streams_past_the_limit_are_refused() {
-    let watch_settings = WatchSettings {
-        max_streams: 2,
-        ..Options::default().watch
-    };
-    let mut app = spawn_app_with(Options {
-        watch: watch_settings,
-        ..Options::default()
-    })
-    .await;
+    let watch_settings = WatchSettings { max_streams: 2, ..Options::default().watch };
+    let mut app = spawn_app_with(Options { watch: watch_settings, ..Options::default() }).await;
     let task_id = held_task(&mut app).await;
     let mut first = watch(&app, &task_id).await.unwrap();
     let _second = watch(&app, &task_id).await.unwrap();
@@ -378,24 +264,14 @@ async fn streams_past_the_limit_are_refused() {
     assert_status(&refused, Code::ResourceExhausted, "WATCH_LIMIT_REACHED");
     drop(first);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        watch(&app, &task_id).await.is_ok(),
-        "a slot frees up when a stream ends"
-    );
+    assert!(watch(&app, &task_id).await.is_ok(), "a slot frees up when a stream ends");
     app.stop().await;
 }
 
 #[tokio::test]
 async fn the_server_ends_long_streams_and_shutdown_as_resumable_interruptions() {
-    let watch_settings = WatchSettings {
-        max_stream_lifetime: Duration::from_millis(400),
-        ..Options::default().watch
-    };
-    let mut app = spawn_app_with(Options {
-        watch: watch_settings,
-        ..Options::default()
-    })
-    .await;
+    let watch_settings = WatchSettings { max_stream_lifetime: Duration::from_millis(400), ..Options::default().watch };
+    let mut app = spawn_app_with(Options { watch: watch_settings, ..Options::default() }).await;
     let task_id = held_task(&mut app).await;
     let (events, end) = drain(watch(&app, &task_id).await.unwrap()).await;
     assert_eq!(events.len(), 1, "the snapshot, then the interruption");
@@ -409,19 +285,14 @@ async fn the_server_ends_long_streams_and_shutdown_as_resumable_interruptions() 
     let stopping = tokio::spawn(app.stop());
     let (_, end) = drain(stream).await;
     assert_status(&end.expect("interrupted"), Code::Unavailable, "WATCH_INTERRUPTED");
-    tokio::time::timeout(Duration::from_secs(5), stopping)
-        .await
-        .expect("the server stops")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), stopping).await.expect("the server stops").unwrap();
 }
 
 #[tokio::test]
 async fn the_callers_deadline_is_honoured() {
     let mut app = spawn_app().await;
     let task_id = held_task(&mut app).await;
-    let mut request = tonic::Request::new(WatchTaskRequest {
-        task_id: task_id.clone(),
-    });
+    let mut request = tonic::Request::new(WatchTaskRequest { task_id: task_id.clone() });
     request.set_timeout(Duration::from_millis(400));
     let stream = app.client.watch_task(request).await.unwrap().into_inner();
     let started = Instant::now();

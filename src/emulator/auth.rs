@@ -37,23 +37,11 @@ pub(crate) fn check_jwt(
 ) -> Result<(), ApiError> {
     let auth_type = headers.get("stream-auth-type").and_then(|value| value.to_str().ok());
     if !auth_type.is_some_and(|value| value.eq_ignore_ascii_case("jwt")) {
-        return Err(unauthorized(
-            5,
-            operation,
-            "stream-auth-type header must be jwt for server-side requests",
-        ));
+        return Err(unauthorized(5, operation, "stream-auth-type header must be jwt for server-side requests"));
     }
-    let token = headers
-        .get(AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .map(str::trim)
-        .unwrap_or_default();
+    let token = headers.get(AUTHORIZATION).and_then(|value| value.to_str().ok()).map(str::trim).unwrap_or_default();
     if token.is_empty() {
-        return Err(unauthorized(
-            5,
-            operation,
-            "JWTAuth error: authorization header is missing",
-        ));
+        return Err(unauthorized(5, operation, "JWTAuth error: authorization header is missing"));
     }
     if token.contains(' ') {
         return Err(unauthorized(
@@ -92,11 +80,7 @@ pub(crate) fn check_jwt(
         return Err(unauthorized(41, operation, "JWTAuth error: token is not valid yet"));
     }
     if number("iat").is_some_and(|iat| iat > now_secs as f64 + 5.0) {
-        return Err(unauthorized(
-            42,
-            operation,
-            "JWTAuth error: token used before issue at (iat)",
-        ));
+        return Err(unauthorized(42, operation, "JWTAuth error: token used before issue at (iat)"));
     }
     if claims.get("server") != Some(&Value::Bool(true)) {
         return Err(unauthorized(

@@ -60,10 +60,7 @@ impl EmuStream {
 }
 
 fn aborted() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ConnectionAborted,
-        "connection dropped by an injected fault",
-    )
+    io::Error::new(io::ErrorKind::ConnectionAborted, "connection dropped by an injected fault")
 }
 
 impl AsyncRead for EmuStream {
@@ -105,10 +102,7 @@ impl Listener for EmuListener {
                 Ok((stream, remote)) => {
                     let kill = Arc::new(AtomicBool::new(false));
                     let _ = stream.set_nodelay(true);
-                    let info = ConnInfo {
-                        remote,
-                        kill: Arc::clone(&kill),
-                    };
+                    let info = ConnInfo { remote, kill: Arc::clone(&kill) };
                     return (EmuStream { inner: stream, kill }, info);
                 }
                 Err(error) => {
@@ -120,10 +114,7 @@ impl Listener for EmuListener {
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(ConnInfo {
-            remote: self.inner.local_addr()?,
-            kill: Arc::new(AtomicBool::new(false)),
-        })
+        Ok(ConnInfo { remote: self.inner.local_addr()?, kill: Arc::new(AtomicBool::new(false)) })
     }
 }
 

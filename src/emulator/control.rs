@@ -27,10 +27,7 @@ use super::{
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
-        .route(
-            "/_emulator/faults",
-            get(list_faults).post(add_fault).delete(clear_faults),
-        )
+        .route("/_emulator/faults", get(list_faults).post(add_fault).delete(clear_faults))
         .route("/_emulator/tasks/{id}", get(task_state).post(steer_task))
         .route("/_emulator/task_defaults", get(get_defaults).put(put_defaults))
         .route("/_emulator/counters", get(counters))
@@ -82,10 +79,7 @@ async fn add_fault(State(state): State<AppState>, body: Bytes) -> Response {
     };
     let Some(route) = RouteSel::parse(&request.route) else {
         let names: Vec<&str> = Route::NAMED.iter().map(|r| r.name()).collect();
-        return bad_request(format!(
-            "unknown route {:?}; use one of {names:?} or \"*\"",
-            request.route
-        ));
+        return bad_request(format!("unknown route {:?}; use one of {names:?} or \"*\"", request.route));
     };
     let mut inner = state.lock();
     inner.faults.add(route, request.count, request.fault);

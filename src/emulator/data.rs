@@ -61,15 +61,11 @@ pub const DATA_END: &str = "2024-04-01T00:00:00Z";
 pub(crate) const USER_EXPORT_MESSAGE_LIMIT: usize = 10_000;
 
 pub(crate) fn data_start() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0)
-        .single()
-        .unwrap_or(DateTime::UNIX_EPOCH)
+    Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).single().unwrap_or(DateTime::UNIX_EPOCH)
 }
 
 fn data_end() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2024, 4, 1, 0, 0, 0)
-        .single()
-        .unwrap_or(DateTime::UNIX_EPOCH)
+    Utc.with_ymd_and_hms(2024, 4, 1, 0, 0, 0).single().unwrap_or(DateTime::UNIX_EPOCH)
 }
 
 #[derive(Clone, Debug)]
@@ -169,18 +165,12 @@ const FIRST: [&str; 16] = [
     "Ada", "Bruno", "Chen", "Dara", "Elif", "Femi", "Greta", "Hiro", "Ines", "Jonas", "Kemi", "Luca", "Mira", "Noor",
     "Oscar", "Priya",
 ];
-const LAST: [&str; 12] = [
-    "Lovelace", "Silva", "Wei", "Okafor", "Yilmaz", "Adeyemi", "Berg", "Tanaka", "Costa", "Weber", "Haddad", "Rossi",
-];
+const LAST: [&str; 12] =
+    ["Lovelace", "Silva", "Wei", "Okafor", "Yilmaz", "Adeyemi", "Berg", "Tanaka", "Costa", "Weber", "Haddad", "Rossi"];
 const TEAMS: [&str; 4] = ["red", "blue", "green", "gold"];
 const TITLES: [&str; 5] = ["engineer", "designer", "support", "sales", "manager"];
-const PLACES: [(&str, &str); 5] = [
-    ("Amsterdam", "NL"),
-    ("Boulder", "US"),
-    ("Lagos", "NG"),
-    ("Osaka", "JP"),
-    ("Lisbon", "PT"),
-];
+const PLACES: [(&str, &str); 5] =
+    [("Amsterdam", "NL"), ("Boulder", "US"), ("Lagos", "NG"), ("Osaka", "JP"), ("Lisbon", "PT")];
 const LANGUAGES: [&str; 5] = ["en", "nl", "ja", "pt", "yo"];
 const WORDS: [&str; 20] = [
     "ship",
@@ -215,83 +205,17 @@ struct ChannelSpec {
 }
 
 const SPECS: [ChannelSpec; 11] = [
-    ChannelSpec {
-        kind: "messaging",
-        id: "general",
-        name: "General",
-        members: 20,
-        messages: 150,
-    },
-    ChannelSpec {
-        kind: "messaging",
-        id: "truncated",
-        name: "Truncated history",
-        members: 8,
-        messages: 60,
-    },
-    ChannelSpec {
-        kind: "messaging",
-        id: "archived",
-        name: "Archived (deleted)",
-        members: 5,
-        messages: 30,
-    },
-    ChannelSpec {
-        kind: "livestream",
-        id: "launch",
-        name: "Launch day",
-        members: 30,
-        messages: 120,
-    },
-    ChannelSpec {
-        kind: "team",
-        id: "engineering",
-        name: "Engineering",
-        members: 12,
-        messages: 80,
-    },
-    ChannelSpec {
-        kind: "commerce",
-        id: "order-1001",
-        name: "Order 1001",
-        members: 3,
-        messages: 25,
-    },
-    ChannelSpec {
-        kind: "commerce",
-        id: "order-1002",
-        name: "Order 1002",
-        members: 3,
-        messages: 15,
-    },
-    ChannelSpec {
-        kind: "messaging",
-        id: "dm-a",
-        name: "",
-        members: 2,
-        messages: 20,
-    },
-    ChannelSpec {
-        kind: "messaging",
-        id: "dm-b",
-        name: "",
-        members: 2,
-        messages: 20,
-    },
-    ChannelSpec {
-        kind: "messaging",
-        id: "dm-c",
-        name: "",
-        members: 2,
-        messages: 20,
-    },
-    ChannelSpec {
-        kind: "team",
-        id: "firehose",
-        name: "Firehose",
-        members: 0,
-        messages: 0,
-    },
+    ChannelSpec { kind: "messaging", id: "general", name: "General", members: 20, messages: 150 },
+    ChannelSpec { kind: "messaging", id: "truncated", name: "Truncated history", members: 8, messages: 60 },
+    ChannelSpec { kind: "messaging", id: "archived", name: "Archived (deleted)", members: 5, messages: 30 },
+    ChannelSpec { kind: "livestream", id: "launch", name: "Launch day", members: 30, messages: 120 },
+    ChannelSpec { kind: "team", id: "engineering", name: "Engineering", members: 12, messages: 80 },
+    ChannelSpec { kind: "commerce", id: "order-1001", name: "Order 1001", members: 3, messages: 25 },
+    ChannelSpec { kind: "commerce", id: "order-1002", name: "Order 1002", members: 3, messages: 15 },
+    ChannelSpec { kind: "messaging", id: "dm-a", name: "", members: 2, messages: 20 },
+    ChannelSpec { kind: "messaging", id: "dm-b", name: "", members: 2, messages: 20 },
+    ChannelSpec { kind: "messaging", id: "dm-c", name: "", members: 2, messages: 20 },
+    ChannelSpec { kind: "team", id: "firehose", name: "Firehose", members: 0, messages: 0 },
 ];
 
 fn random_time(rng: &mut ChaCha8Rng) -> DateTime<Utc> {
@@ -377,13 +301,10 @@ impl DataSet {
                     let author = member_ids[rng.random_range(0..member_ids.len())].clone();
                     let created_at = random_time(&mut rng);
                     let words = rng.random_range(2..9);
-                    let text = (0..words)
-                        .map(|_| WORDS[rng.random_range(0..WORDS.len())])
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                    let deleted_at = rng
-                        .random_bool(0.06)
-                        .then(|| created_at + Duration::minutes(rng.random_range(1..600)));
+                    let text =
+                        (0..words).map(|_| WORDS[rng.random_range(0..WORDS.len())]).collect::<Vec<_>>().join(" ");
+                    let deleted_at =
+                        rng.random_bool(0.06).then(|| created_at + Duration::minutes(rng.random_range(1..600)));
                     let mut reactions = Vec::new();
                     if rng.random_bool(0.3) {
                         let mut reactors = member_ids.clone();
@@ -397,14 +318,7 @@ impl DataSet {
                             });
                         }
                     }
-                    Message {
-                        id: random_id(&mut rng),
-                        user_id: author,
-                        text,
-                        created_at,
-                        deleted_at,
-                        reactions,
-                    }
+                    Message { id: random_id(&mut rng), user_id: author, text, created_at, deleted_at, reactions }
                 })
                 .collect();
             messages.sort_by_key(|message| message.created_at);
@@ -435,13 +349,7 @@ impl DataSet {
                 }
             }
         }
-        Self {
-            users,
-            channels,
-            user_index,
-            authored,
-            reacted,
-        }
+        Self { users, channels, user_index, authored, reacted }
     }
 
     pub(crate) fn user(&self, id: &str) -> Option<&User> {
@@ -464,11 +372,7 @@ impl DataSet {
     pub(crate) fn authored(&self, user_id: &str) -> Vec<(&Channel, &Message)> {
         self.authored
             .get(user_id)
-            .map(|list| {
-                list.iter()
-                    .map(|&(c, m)| (&self.channels[c], &self.channels[c].messages[m]))
-                    .collect()
-            })
+            .map(|list| list.iter().map(|&(c, m)| (&self.channels[c], &self.channels[c].messages[m])).collect())
             .unwrap_or_default()
     }
 
@@ -535,11 +439,7 @@ impl Message {
 
     /// The text as exported: cleared for deleted messages when asked.
     pub(crate) fn text(&self, clear_deleted: bool) -> &str {
-        if clear_deleted && self.deleted_at.is_some() {
-            ""
-        } else {
-            &self.text
-        }
+        if clear_deleted && self.deleted_at.is_some() { "" } else { &self.text }
     }
 
     /// A MessageResponse-like object.

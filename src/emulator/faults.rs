@@ -50,11 +50,7 @@ pub(crate) enum RouteSel {
 
 impl RouteSel {
     pub(crate) fn parse(name: &str) -> Option<Self> {
-        if name == "*" {
-            Some(RouteSel::Any)
-        } else {
-            Route::from_name(name).map(RouteSel::One)
-        }
+        if name == "*" { Some(RouteSel::Any) } else { Route::from_name(name).map(RouteSel::One) }
     }
 
     fn name(self) -> &'static str {
@@ -88,11 +84,7 @@ pub(crate) struct Faults {
 impl Faults {
     pub(crate) fn add(&mut self, route: RouteSel, count: u32, fault: Fault) {
         if count > 0 {
-            self.rules.push(Rule {
-                route,
-                remaining: count,
-                fault,
-            });
+            self.rules.push(Rule { route, remaining: count, fault });
         }
     }
 
@@ -143,14 +135,7 @@ mod tests {
     #[test]
     fn fault_json_shapes() {
         let parsed: Result<Fault, _> = serde_json::from_str(r#"{"kind":"status","status":503}"#);
-        assert!(matches!(
-            parsed,
-            Ok(Fault::Status {
-                status: 503,
-                code: -1,
-                ..
-            })
-        ));
+        assert!(matches!(parsed, Ok(Fault::Status { status: 503, code: -1, .. })));
         let parsed: Result<Fault, _> = serde_json::from_str(r#"{"kind":"delay","ms":5}"#);
         assert!(matches!(parsed, Ok(Fault::Delay { ms: 5 })));
     }

@@ -180,10 +180,7 @@ fn channels_file(data: &DataSet, spec: &ChannelExportSpec) -> Vec<u8> {
                     ));
                 }
                 for message in &messages {
-                    lines.push_str(&line(
-                        "message",
-                        message_item(channel, message, spec.clear_deleted_text),
-                    ));
+                    lines.push_str(&line("message", message_item(channel, message, spec.clear_deleted_text)));
                     for reaction in reaction_items(message) {
                         lines.push_str(&line("reaction", reaction));
                     }

@@ -134,10 +134,7 @@ impl EmulatorHandle {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if tokio::time::timeout(Duration::from_secs(3), &mut self.task)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(3), &mut self.task).await.is_err() {
             self.task.abort();
         }
     }
@@ -157,11 +154,7 @@ pub async fn spawn(listener: tokio::net::TcpListener, config: EmulatorConfig) ->
             tracing::warn!(%error, "emulator server stopped with an error");
         }
     });
-    Ok(EmulatorHandle {
-        addr,
-        stop: Some(stop),
-        task,
-    })
+    Ok(EmulatorHandle { addr, stop: Some(stop), task })
 }
 
 /// Command-line settings of `stream-export emulator`.
@@ -215,10 +208,8 @@ impl EmulatorArgs {
                 .ok_or_else(|| anyhow::anyhow!("--route-rate-limit wants ROUTE=N, got {item:?}"))?;
             let route = config::Route::from_name(name.trim())
                 .ok_or_else(|| anyhow::anyhow!("--route-rate-limit: unknown route {name:?}"))?;
-            let limit = limit
-                .trim()
-                .parse()
-                .map_err(|_| anyhow::anyhow!("--route-rate-limit: {limit:?} is not a number"))?;
+            let limit =
+                limit.trim().parse().map_err(|_| anyhow::anyhow!("--route-rate-limit: {limit:?} is not a number"))?;
             config.rate_limits.set(route, limit);
         }
         config.seed = self.seed;

@@ -18,18 +18,9 @@ pub(crate) struct RateInfo {
 impl RateInfo {
     /// Writes the three headers, in lower case (the Python SDK finds no other spelling).
     pub(crate) fn apply(&self, headers: &mut HeaderMap) {
-        headers.insert(
-            HeaderName::from_static("x-ratelimit-limit"),
-            HeaderValue::from(self.limit),
-        );
-        headers.insert(
-            HeaderName::from_static("x-ratelimit-remaining"),
-            HeaderValue::from(self.remaining),
-        );
-        headers.insert(
-            HeaderName::from_static("x-ratelimit-reset"),
-            HeaderValue::from(self.reset),
-        );
+        headers.insert(HeaderName::from_static("x-ratelimit-limit"), HeaderValue::from(self.limit));
+        headers.insert(HeaderName::from_static("x-ratelimit-remaining"), HeaderValue::from(self.remaining));
+        headers.insert(HeaderName::from_static("x-ratelimit-reset"), HeaderValue::from(self.reset));
     }
 
     /// The same window with nothing left, as an edge 429 reports it.
@@ -53,10 +44,7 @@ pub(crate) struct RateLimiter {
 
 impl RateLimiter {
     pub(crate) fn new(limits: RateLimits) -> Self {
-        Self {
-            limits,
-            windows: BTreeMap::new(),
-        }
+        Self { limits, windows: BTreeMap::new() }
     }
 
     fn window(&mut self, route: Route, now_secs: i64) -> &mut Window {
@@ -74,29 +62,17 @@ impl RateLimiter {
         let window = self.window(route, now_secs);
         let reset = window.start + 60;
         if window.used >= limit {
-            return Err(RateInfo {
-                limit,
-                remaining: 0,
-                reset,
-            });
+            return Err(RateInfo { limit, remaining: 0, reset });
         }
         window.used += 1;
-        Ok(RateInfo {
-            limit,
-            remaining: limit - window.used,
-            reset,
-        })
+        Ok(RateInfo { limit, remaining: limit - window.used, reset })
     }
 
     /// The window's state without counting a request.
     pub(crate) fn peek(&mut self, route: Route, now_secs: i64) -> RateInfo {
         let limit = self.limits.get(route);
         let window = self.window(route, now_secs);
-        RateInfo {
-            limit,
-            remaining: limit.saturating_sub(window.used),
-            reset: window.start + 60,
-        }
+        RateInfo { limit, remaining: limit.saturating_sub(window.used), reset: window.start + 60 }
     }
 
     /// Sets a route's limit and starts its window afresh.
@@ -106,10 +82,7 @@ impl RateLimiter {
     }
 
     pub(crate) fn limits(&self) -> BTreeMap<&'static str, u32> {
-        Route::NAMED
-            .into_iter()
-            .map(|route| (route.name(), self.limits.get(route)))
-            .collect()
+        Route::NAMED.into_iter().map(|route| (route.name(), self.limits.get(route))).collect()
     }
 }
 

@@ -112,11 +112,7 @@ async fn faulted(state: AppState, route: Route, timer: Timer, request: Request, 
             let response = normal(state, route, timer, request, next).await;
             let (parts, body) = response.into_parts();
             let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
-            let cut = if bytes.len() < 2 {
-                Bytes::from_static(b"{")
-            } else {
-                bytes.slice(..bytes.len() / 2)
-            };
+            let cut = if bytes.len() < 2 { Bytes::from_static(b"{") } else { bytes.slice(..bytes.len() / 2) };
             let mut response = Response::from_parts(parts, Body::from(cut));
             response.headers_mut().remove(header::CONTENT_LENGTH);
             response
@@ -130,15 +126,10 @@ async fn faulted(state: AppState, route: Route, timer: Timer, request: Request, 
             let first = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(half) });
             let abort = futures::stream::once(async {
                 tokio::time::sleep(StdDuration::from_millis(50)).await;
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    "truncated by an injected fault",
-                ))
+                Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "truncated by an injected fault"))
             });
             let mut response = Response::from_parts(parts, Body::from_stream(first.chain(abort)));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(full));
+            response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(full));
             response
         }
     }
@@ -172,13 +163,7 @@ async fn normal(state: AppState, route: Route, timer: Timer, mut request: Reques
         }
     };
     if authenticated
-        && let Err(error) = auth::check_jwt(
-            request.headers(),
-            &state.api_secret,
-            &state.api_key,
-            now_secs,
-            operation,
-        )
+        && let Err(error) = auth::check_jwt(request.headers(), &state.api_secret, &state.api_key, now_secs, operation)
     {
         return with_rate(error.response(timer), info);
     }
@@ -203,16 +188,8 @@ async fn not_found(timer: Option<Extension<Timer>>, method: Method, uri: axum::h
 fn parse_body(operation: &str, body: &Bytes) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::input(
-            operation,
-            "body",
-            "the request body must be a JSON object",
-        )),
-        Err(_) => Err(ApiError::input(
-            operation,
-            "body",
-            "invalid request body: malformed JSON",
-        )),
+        Ok(_) => Err(ApiError::input(operation, "body", "the request body must be a JSON object")),
+        Err(_) => Err(ApiError::input(operation, "body", "invalid request body: malformed JSON")),
     }
 }
 
@@ -222,11 +199,7 @@ fn parse_time(operation: &str, field: &str, value: Option<&Value>) -> Result<Opt
         Some(Value::String(text)) => DateTime::parse_from_rfc3339(text)
             .map(|at| Some(at.with_timezone(&Utc)))
             .map_err(|_| ApiError::input(operation, field, &format!("{field} must be an RFC 3339 date-time"))),
-        Some(_) => Err(ApiError::input(
-            operation,
-            field,
-            &format!("{field} must be an RFC 3339 date-time"),
-        )),
+        Some(_) => Err(ApiError::input(operation, field, &format!("{field} must be an RFC 3339 date-time"))),
     }
 }
 
@@ -308,11 +281,7 @@ fn parse_export_channels(state: &AppState, body: &Bytes) -> Result<ChannelExport
         None | Some(Value::Null) => {}
         Some(Value::String(format)) if format == "json" => {}
         Some(_) => {
-            return Err(ApiError::input(
-                OP,
-                "format",
-                "format must be json (csv is not emulated)",
-            ));
+            return Err(ApiError::input(OP, "format", "format must be json (csv is not emulated)"));
         }
     }
     Ok(ChannelExportSpec {
@@ -363,11 +332,7 @@ async fn export_users(State(state): State<AppState>, Extension(timer): Extension
         for (n, id) in ids.iter().enumerate() {
             let field = format!("user_ids[{n}]");
             let Some(id) = non_empty_str(Some(id)) else {
-                return Err(ApiError::input(
-                    OP,
-                    &field,
-                    &format!("{field} must be a non-empty string"),
-                ));
+                return Err(ApiError::input(OP, &field, &format!("{field} must be a non-empty string")));
             };
             if state.data.user(id).is_none() {
                 return Err(ApiError::input(OP, &field, &format!("user {id} does not exist")));
@@ -378,10 +343,8 @@ async fn export_users(State(state): State<AppState>, Extension(timer): Extension
     })();
     match parsed {
         Ok(ids) => {
-            let error = ids
-                .iter()
-                .find(|id| state.data.message_count(id) > USER_EXPORT_MESSAGE_LIMIT)
-                .map(|id| TaskError {
+            let error =
+                ids.iter().find(|id| state.data.message_count(id) > USER_EXPORT_MESSAGE_LIMIT).map(|id| TaskError {
                     kind: "validation_error".to_owned(),
                     description: format!("user {id} has more than {USER_EXPORT_MESSAGE_LIMIT} messages"),
                 });
@@ -421,14 +384,8 @@ fn task_status(state: &AppState, operation: &str, id: &str, headers: &HeaderMap)
                 let path = format!("exports/{segment}/{id}/{file}");
                 let expires = now.timestamp() + URL_LIFETIME_SECS;
                 let signature = super::files::sign(&state.api_secret, &format!("/{path}"), expires);
-                let url = format!(
-                    "http://{}/{path}?Expires={expires}&Signature={signature}",
-                    origin(state, headers)
-                );
-                map.insert(
-                    "result".to_owned(),
-                    json!({"url": url, "path": path, "s3_bucket_name": S3_BUCKET}),
-                );
+                let url = format!("http://{}/{path}?Expires={expires}&Signature={signature}", origin(state, headers));
+                map.insert("result".to_owned(), json!({"url": url, "path": path, "s3_bucket_name": S3_BUCKET}));
             }
             Status::Failed => {
                 let error = task.error();
@@ -489,21 +446,11 @@ async fn export_user(
         );
         return ApiError::input(OP, "user_id", &detail).response(timer);
     }
-    let messages: Vec<Value> = data
-        .authored(&id)
-        .into_iter()
-        .map(|(channel, message)| message.json(channel, None, false))
-        .collect();
-    let reactions: Vec<Value> = data
-        .reactions_by(&id)
-        .into_iter()
-        .map(|(_, message, reaction)| reaction.json(message, None))
-        .collect();
-    json(
-        StatusCode::OK,
-        timer,
-        json!({"user": user.json(), "messages": messages, "reactions": reactions}),
-    )
+    let messages: Vec<Value> =
+        data.authored(&id).into_iter().map(|(channel, message)| message.json(channel, None, false)).collect();
+    let reactions: Vec<Value> =
+        data.reactions_by(&id).into_iter().map(|(_, message, reaction)| reaction.json(message, None)).collect();
+    json(StatusCode::OK, timer, json!({"user": user.json(), "messages": messages, "reactions": reactions}))
 }
 
 fn access_denied(message: &str) -> Response {

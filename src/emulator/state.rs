@@ -82,10 +82,7 @@ impl AppState {
                 faults: Faults::default(),
                 limiter: RateLimiter::new(config.rate_limits),
                 counters: Counters::default(),
-                task_defaults: TaskDefaults {
-                    timings: config.timings,
-                    outcome: Outcome::Completed,
-                },
+                task_defaults: TaskDefaults { timings: config.timings, outcome: Outcome::Completed },
             })),
         }
     }

@@ -52,10 +52,7 @@ pub(crate) struct TaskError {
 
 impl Default for TaskError {
     fn default() -> Self {
-        Self {
-            kind: "internal_error".to_owned(),
-            description: "the export failed (emulated failure)".to_owned(),
-        }
+        Self { kind: "internal_error".to_owned(), description: "the export failed (emulated failure)".to_owned() }
     }
 }
 
@@ -85,11 +82,7 @@ pub(crate) struct Task {
 
 impl Task {
     pub(crate) fn new(kind: ExportKind, now: DateTime<Utc>, defaults: TaskDefaults, error: Option<TaskError>) -> Self {
-        let outcome = if error.is_some() {
-            Outcome::Failed
-        } else {
-            defaults.outcome
-        };
+        let outcome = if error.is_some() { Outcome::Failed } else { defaults.outcome };
         Self {
             id: Uuid::new_v4(),
             kind,

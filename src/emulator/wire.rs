@@ -33,11 +33,7 @@ impl Timer {
 pub(crate) fn timestamp(at: DateTime<Utc>) -> String {
     let text = at.to_rfc3339_opts(SecondsFormat::Micros, true);
     let body = text.trim_end_matches('Z');
-    let trimmed = if body.contains('.') {
-        body.trim_end_matches('0').trim_end_matches('.')
-    } else {
-        body
-    };
+    let trimmed = if body.contains('.') { body.trim_end_matches('0').trim_end_matches('.') } else { body };
     format!("{trimmed}Z")
 }
 
@@ -61,22 +57,14 @@ pub(crate) struct ApiError {
 impl ApiError {
     /// An error whose message follows `<Operation> failed with error: "<detail>"`.
     pub(crate) fn new(status: StatusCode, code: i64, operation: &str, detail: &str) -> Self {
-        Self {
-            status,
-            code,
-            message: format!("{operation} failed with error: \"{detail}\""),
-            exception_fields: None,
-        }
+        Self { status, code, message: format!("{operation} failed with error: \"{detail}\""), exception_fields: None }
     }
 
     /// An input error (HTTP 400, code 4) naming the offending field.
     pub(crate) fn input(operation: &str, field: &str, detail: &str) -> Self {
         let mut fields = Map::new();
         fields.insert(field.to_owned(), Value::String(detail.to_owned()));
-        Self {
-            exception_fields: Some(fields),
-            ..Self::new(StatusCode::BAD_REQUEST, 4, operation, detail)
-        }
+        Self { exception_fields: Some(fields), ..Self::new(StatusCode::BAD_REQUEST, 4, operation, detail) }
     }
 
     /// A missing resource (HTTP 404, code 16).

@@ -31,11 +31,7 @@ pub fn task(status: TaskStatus, observed_at: DateTime<Utc>) -> Task {
     let result = status.result.and_then(|result| {
         let url = result.url?;
         let expires = url_expiry(&url).unwrap_or(observed_at + RESULT_URL_LIFETIME);
-        Some(TaskResult {
-            url,
-            path: result.path.unwrap_or_default(),
-            url_expire_time: Some(timestamp(expires)),
-        })
+        Some(TaskResult { url, path: result.path.unwrap_or_default(), url_expire_time: Some(timestamp(expires)) })
     });
     Task {
         state: task_state(&status.status) as i32,
@@ -44,10 +40,7 @@ pub fn task(status: TaskStatus, observed_at: DateTime<Utc>) -> Task {
         create_time: status.created_at.map(timestamp),
         update_time: status.updated_at.map(timestamp),
         result,
-        error: status.error.map(|error| TaskError {
-            r#type: error.error_type,
-            description: error.description,
-        }),
+        error: status.error.map(|error| TaskError { r#type: error.error_type, description: error.description }),
     }
 }
 
@@ -55,26 +48,17 @@ pub fn task(status: TaskStatus, observed_at: DateTime<Utc>) -> Task {
 /// (`X-Amz-Date` + `X-Amz-Expires`).
 fn url_expiry(url: &str) -> Option<DateTime<Utc>> {
     let url = url::Url::parse(url).ok()?;
-    let param = |name: &str| {
-        url.query_pairs()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.into_owned())
-    };
+    let param = |name: &str| url.query_pairs().find(|(key, _)| key == name).map(|(_, value)| value.into_owned());
     if let Some(expires) = param("Expires") {
         return DateTime::from_timestamp(expires.parse().ok()?, 0);
     }
-    let signed = chrono::NaiveDateTime::parse_from_str(&param("X-Amz-Date")?, "%Y%m%dT%H%M%SZ")
-        .ok()?
-        .and_utc();
+    let signed = chrono::NaiveDateTime::parse_from_str(&param("X-Amz-Date")?, "%Y%m%dT%H%M%SZ").ok()?.and_utc();
     Some(signed + chrono::Duration::seconds(param("X-Amz-Expires")?.parse().ok()?))
 }
 
 /// Converts an instant to a protobuf timestamp.
 pub fn timestamp(instant: DateTime<Utc>) -> Timestamp {
-    Timestamp {
-        seconds: instant.timestamp(),
-        nanos: instant.timestamp_subsec_nanos() as i32,
-    }
+    Timestamp { seconds: instant.timestamp(), nanos: instant.timestamp_subsec_nanos() as i32 }
 }
 
 /// Builds the `ExportUser` response, keeping every field upstream sent.
@@ -89,9 +73,7 @@ pub fn user_export(export: UserExport) -> ExportUserResponse {
 /// Converts a JSON object to a `google.protobuf.Struct`. Numbers become doubles, as the
 /// protobuf JSON mapping defines; integers up to 2^53 survive exactly.
 pub fn to_struct(object: Map<String, serde_json::Value>) -> Struct {
-    Struct {
-        fields: object.into_iter().map(|(key, value)| (key, to_value(value))).collect(),
-    }
+    Struct { fields: object.into_iter().map(|(key, value)| (key, to_value(value))).collect() }
 }
 
 fn to_value(value: serde_json::Value) -> Value {
@@ -100,9 +82,9 @@ fn to_value(value: serde_json::Value) -> Value {
         serde_json::Value::Bool(b) => Kind::BoolValue(b),
         serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
         serde_json::Value::String(s) => Kind::StringValue(s),
-        serde_json::Value::Array(items) => Kind::ListValue(ListValue {
-            values: items.into_iter().map(to_value).collect(),
-        }),
+        serde_json::Value::Array(items) => {
+            Kind::ListValue(ListValue { values: items.into_iter().map(to_value).collect() })
+        }
         serde_json::Value::Object(object) => Kind::StructValue(to_struct(object)),
     };
     Value { kind: Some(kind) }
@@ -123,10 +105,7 @@ mod tests {
             error: None,
         };
         let task = task(status, Utc::now());
-        assert_eq!(
-            (task.state(), task.upstream_status.as_str()),
-            (TaskState::Unspecified, "paused")
-        );
+        assert_eq!((task.state(), task.upstream_status.as_str()), (TaskState::Unspecified, "paused"));
     }
 
     #[test]
@@ -141,13 +120,9 @@ mod tests {
     #[test]
     fn nested_json_survives_the_struct_conversion() {
         let json = serde_json::json!({"id": "u", "n": 3, "tags": ["a", null], "meta": {"deep": true}});
-        let serde_json::Value::Object(object) = json else {
-            unreachable!()
-        };
+        let serde_json::Value::Object(object) = json else { unreachable!() };
         let converted = to_struct(object);
-        let Some(Kind::StructValue(meta)) = &converted.fields["meta"].kind else {
-            panic!("meta is not a struct")
-        };
+        let Some(Kind::StructValue(meta)) = &converted.fields["meta"].kind else { panic!("meta is not a struct") };
         assert_eq!(meta.fields["deep"].kind, Some(Kind::BoolValue(true)));
         assert_eq!(converted.fields["n"].kind, Some(Kind::NumberValue(3.0)));
     }

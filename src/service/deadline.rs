@@ -8,6 +8,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 
+/// Upstream work stops this long before the caller's deadline, so that the caller gets this
+/// service's DEADLINE_EXCEEDED (with details) rather than a bare cancellation.
+const UPSTREAM_MARGIN: Duration = Duration::from_millis(20);
+
+/// When upstream work for this call must be done by.
+pub fn for_upstream(metadata: &MetadataMap) -> Option<Instant> {
+    from_metadata(metadata).map(|deadline| deadline.checked_sub(UPSTREAM_MARGIN).unwrap_or(deadline))
+}
+
 /// When the caller's deadline passes, if it sent one that parses.
 pub fn from_metadata(metadata: &MetadataMap) -> Option<Instant> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;

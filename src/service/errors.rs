@@ -37,6 +37,8 @@ pub mod reason {
     pub const UPSTREAM_UNAVAILABLE: &str = "UPSTREAM_UNAVAILABLE";
     /// Stream rejected this service's API key or secret: a deployment problem, not the caller's.
     pub const UPSTREAM_CREDENTIALS_REJECTED: &str = "UPSTREAM_CREDENTIALS_REJECTED";
+    /// The caller's deadline passed before Stream answered.
+    pub const DEADLINE_EXCEEDED: &str = "DEADLINE_EXCEEDED";
     /// Stream did not answer within the upstream timeout.
     pub const UPSTREAM_TIMEOUT: &str = "UPSTREAM_TIMEOUT";
     /// No connection to Stream could be opened.
@@ -65,27 +67,15 @@ const RESUME_DELAY: Duration = Duration::from_millis(100);
 /// and gets a fresh snapshot.
 pub fn watch_interrupted(why: &str) -> Status {
     let mut details = ErrorDetails::with_retry_info(Some(RESUME_DELAY));
-    details.set_error_info(
-        reason::WATCH_INTERRUPTED,
-        DOMAIN,
-        HashMap::from([("cause".to_owned(), why.to_owned())]),
-    );
-    Status::with_error_details(
-        Code::Unavailable,
-        format!("watch interrupted: {why}; call WatchTask again"),
-        details,
-    )
+    details.set_error_info(reason::WATCH_INTERRUPTED, DOMAIN, HashMap::from([("cause".to_owned(), why.to_owned())]));
+    Status::with_error_details(Code::Unavailable, format!("watch interrupted: {why}; call WatchTask again"), details)
 }
 
 /// UNAVAILABLE for a watch whose upstream kept failing past the failure budget.
 pub fn watch_upstream_failing(last_error: &UpstreamError, budget: Duration) -> Status {
     let last = upstream_status(last_error);
     let mut details = ErrorDetails::with_retry_info(Some(DEFAULT_RETRY_DELAY.max(budget / 10)));
-    let mut metadata = last
-        .get_error_details()
-        .error_info()
-        .map(|info| info.metadata.clone())
-        .unwrap_or_default();
+    let mut metadata = last.get_error_details().error_info().map(|info| info.metadata.clone()).unwrap_or_default();
     metadata.insert("failing_for_seconds".into(), budget.as_secs().to_string());
     details.set_error_info(reason::UPSTREAM_FAILING, DOMAIN, metadata);
     let message = format!("Stream kept failing for {}s: {}", budget.as_secs(), last.message());
@@ -104,11 +94,7 @@ pub fn watch_limit_reached(limit: usize) -> Status {
         "stream-export:watch-streams",
         format!("at most {limit} concurrent watch streams"),
     );
-    Status::with_error_details(
-        Code::ResourceExhausted,
-        format!("too many watch streams (limit {limit})"),
-        details,
-    )
+    Status::with_error_details(Code::ResourceExhausted, format!("too many watch streams (limit {limit})"), details)
 }
 
 /// INVALID_ARGUMENT with one `BadRequest` violation per problem.
@@ -129,14 +115,7 @@ pub fn upstream_status(error: &UpstreamError) -> Status {
     let mut details = ErrorDetails::new();
 
     let (code, reason, message) = match error {
-        UpstreamError::Api {
-            status,
-            code: stream_code,
-            message,
-            exception_fields,
-            rate_limit,
-            ..
-        } => {
+        UpstreamError::Api { status, code: stream_code, message, exception_fields, rate_limit, .. } => {
             metadata.insert("upstream_http_status".into(), status.to_string());
             if let Some(stream_code) = stream_code {
                 metadata.insert("stream_code".into(), stream_code.to_string());
@@ -156,10 +135,7 @@ pub fn upstream_status(error: &UpstreamError) -> Status {
                     let limit = rate_limit.map(|l| format!("{} requests per minute", l.limit));
                     details.add_quota_failure_violation(
                         format!("stream:{}", operation.name()),
-                        format!(
-                            "Stream's rate limit ({}) is exhausted",
-                            limit.as_deref().unwrap_or("unknown")
-                        ),
+                        format!("Stream's rate limit ({}) is exhausted", limit.as_deref().unwrap_or("unknown")),
                     );
                     (
                         Code::ResourceExhausted,
@@ -208,21 +184,18 @@ pub fn upstream_status(error: &UpstreamError) -> Status {
                 ),
             }
         }
+        UpstreamError::DeadlineExceeded { .. } => (
+            Code::DeadlineExceeded,
+            reason::DEADLINE_EXCEEDED,
+            "the call's deadline passed before Stream answered".to_owned(),
+        ),
         UpstreamError::Timeout { .. } => {
             details.set_retry_info(Some(DEFAULT_RETRY_DELAY));
-            (
-                Code::Unavailable,
-                reason::UPSTREAM_TIMEOUT,
-                "Stream did not answer in time".to_owned(),
-            )
+            (Code::Unavailable, reason::UPSTREAM_TIMEOUT, "Stream did not answer in time".to_owned())
         }
         UpstreamError::Connect { detail, .. } => {
             details.set_retry_info(Some(DEFAULT_RETRY_DELAY));
-            (
-                Code::Unavailable,
-                reason::UPSTREAM_UNREACHABLE,
-                format!("cannot connect to Stream: {detail}"),
-            )
+            (Code::Unavailable, reason::UPSTREAM_UNREACHABLE, format!("cannot connect to Stream: {detail}"))
         }
         UpstreamError::Transport { detail, .. } => {
             details.set_retry_info(Some(DEFAULT_RETRY_DELAY));
@@ -234,11 +207,7 @@ pub fn upstream_status(error: &UpstreamError) -> Status {
         }
         UpstreamError::Decode { status, detail, .. } => {
             metadata.insert("upstream_http_status".into(), status.to_string());
-            (
-                Code::Internal,
-                reason::UPSTREAM_BAD_RESPONSE,
-                format!("Stream sent an unreadable response: {detail}"),
-            )
+            (Code::Internal, reason::UPSTREAM_BAD_RESPONSE, format!("Stream sent an unreadable response: {detail}"))
         }
     };
     details.set_error_info(reason, DOMAIN, metadata);

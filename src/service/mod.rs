@@ -51,14 +51,12 @@ impl ExportService for ExportApi {
         let body = validation::export_channels(request.get_ref()).map_err(errors::invalid_request)?;
         let created = self
             .client
-            .export_channels(&body)
+            .export_channels(&body, deadline::for_upstream(request.metadata()))
             .await
             .map_err(|error| upstream_failure(&error))?;
         tracing::Span::current().record("task_id", created.body.task_id.as_str());
         tracing::info!("channel export submitted");
-        Ok(Response::new(ExportChannelsResponse {
-            task_id: created.body.task_id,
-        }))
+        Ok(Response::new(ExportChannelsResponse { task_id: created.body.task_id }))
     }
 
     #[tracing::instrument(skip_all, fields(users = request.get_ref().user_ids.len(), task_id))]
@@ -69,14 +67,12 @@ impl ExportService for ExportApi {
         let body = validation::export_users(request.get_ref()).map_err(errors::invalid_request)?;
         let created = self
             .client
-            .export_users(&body)
+            .export_users(&body, deadline::for_upstream(request.metadata()))
             .await
             .map_err(|error| upstream_failure(&error))?;
         tracing::Span::current().record("task_id", created.body.task_id.as_str());
         tracing::info!("user export submitted");
-        Ok(Response::new(ExportUsersResponse {
-            task_id: created.body.task_id,
-        }))
+        Ok(Response::new(ExportUsersResponse { task_id: created.body.task_id }))
     }
 
     #[tracing::instrument(skip_all, fields(user_id = request.get_ref().user_id.as_str()))]
@@ -85,7 +81,7 @@ impl ExportService for ExportApi {
         validation::user_id(user_id).map_err(errors::invalid_request)?;
         let export = self
             .client
-            .export_user(user_id)
+            .export_user(user_id, deadline::for_upstream(request.metadata()))
             .await
             .map_err(|error| upstream_failure(&error))?;
         Ok(Response::new(convert::user_export(export.body)))
@@ -97,7 +93,7 @@ impl ExportService for ExportApi {
         validation::task_id(task_id).map_err(errors::invalid_request)?;
         let status = self
             .client
-            .get_task(task_id)
+            .get_task(task_id, deadline::for_upstream(request.metadata()))
             .await
             .map_err(|error| upstream_failure(&error))?;
         Ok(Response::new(convert::task(status.body, Utc::now())))

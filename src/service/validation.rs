@@ -59,15 +59,8 @@ pub fn export_channels(request: &ExportChannelsRequest) -> Result<ExportChannels
             "letters, digits, '!', '-', '_' and '@'",
         );
         match first_seen.entry((&channel.r#type, &channel.id)) {
-            Entry::Occupied(first) => problems.add(
-                &field,
-                format!(
-                    "duplicates channels[{}] ({}:{})",
-                    first.get(),
-                    channel.r#type,
-                    channel.id
-                ),
-            ),
+            Entry::Occupied(first) => problems
+                .add(&field, format!("duplicates channels[{}] ({}:{})", first.get(), channel.r#type, channel.id)),
             Entry::Vacant(slot) => {
                 slot.insert(index);
             }
@@ -110,9 +103,7 @@ pub fn export_users(request: &ExportUsersRequest) -> Result<ExportUsersBody, Vec
         }
     }
     check_request_id(&mut problems, &request.request_id);
-    problems.finish(ExportUsersBody {
-        user_ids: request.user_ids.clone(),
-    })
+    problems.finish(ExportUsersBody { user_ids: request.user_ids.clone() })
 }
 
 /// Validates the user id of an `ExportUser` request.
@@ -131,10 +122,7 @@ pub fn task_id(task_id: &str) -> Result<(), Vec<FieldViolation>> {
 
 fn check_count(problems: &mut Violations, field: &str, count: usize) {
     if count == 0 || count > MAX_ITEMS_PER_EXPORT {
-        problems.add(
-            field,
-            format!("must list 1 to {MAX_ITEMS_PER_EXPORT} entries, got {count}"),
-        );
+        problems.add(field, format!("must list 1 to {MAX_ITEMS_PER_EXPORT} entries, got {count}"));
     }
 }
 
@@ -210,11 +198,7 @@ mod tests {
     use super::*;
 
     fn channel(kind: &str, id: &str) -> ChannelRef {
-        ChannelRef {
-            r#type: kind.into(),
-            id: id.into(),
-            ..Default::default()
-        }
+        ChannelRef { r#type: kind.into(), id: id.into(), ..Default::default() }
     }
 
     fn fields(violations: &[FieldViolation]) -> Vec<&str> {
@@ -233,10 +217,7 @@ mod tests {
             ..Default::default()
         };
         let violations = export_channels(&request).unwrap_err();
-        assert_eq!(
-            fields(&violations),
-            ["channels[1].type", "channels[2].id", "channels[3]"]
-        );
+        assert_eq!(fields(&violations), ["channels[1].type", "channels[2].id", "channels[3]"]);
         assert!(violations[2].description.contains("channels[0]"));
     }
 
@@ -255,20 +236,14 @@ mod tests {
         let mut c = channel("messaging", "general");
         c.messages_since = Some(prost_types::Timestamp { seconds: 100, nanos: 0 });
         c.messages_until = Some(prost_types::Timestamp { seconds: 100, nanos: 0 });
-        let violations = export_channels(&ExportChannelsRequest {
-            channels: vec![c],
-            ..Default::default()
-        })
-        .unwrap_err();
+        let violations =
+            export_channels(&ExportChannelsRequest { channels: vec![c], ..Default::default() }).unwrap_err();
         assert_eq!(fields(&violations), ["channels[0].messages_until"]);
     }
 
     #[test]
     fn version_maps_to_upstream_strings() {
-        let mut request = ExportChannelsRequest {
-            channels: vec![channel("messaging", "a")],
-            ..Default::default()
-        };
+        let mut request = ExportChannelsRequest { channels: vec![channel("messaging", "a")], ..Default::default() };
         assert_eq!(export_channels(&request).unwrap().version, None);
         request.version = ExportFormatVersion::V2 as i32;
         assert_eq!(export_channels(&request).unwrap().version, Some("v2"));
@@ -278,15 +253,9 @@ mod tests {
 
     #[test]
     fn user_ids_are_counted_and_unique() {
-        let many = ExportUsersRequest {
-            user_ids: (0..26).map(|i| format!("u{i}")).collect(),
-            ..Default::default()
-        };
+        let many = ExportUsersRequest { user_ids: (0..26).map(|i| format!("u{i}")).collect(), ..Default::default() };
         assert_eq!(fields(&export_users(&many).unwrap_err()), ["user_ids"]);
-        let dup = ExportUsersRequest {
-            user_ids: vec!["a".into(), "".into(), "a".into()],
-            ..Default::default()
-        };
+        let dup = ExportUsersRequest { user_ids: vec!["a".into(), "".into(), "a".into()], ..Default::default() };
         assert_eq!(fields(&export_users(&dup).unwrap_err()), ["user_ids[1]", "user_ids[2]"]);
     }
 }

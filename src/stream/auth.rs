@@ -21,10 +21,7 @@ impl Credentials {
             &serde_json::json!({ "server": true }),
             &EncodingKey::from_secret(api_secret.expose_secret().as_bytes()),
         )?;
-        Ok(Self {
-            api_key: api_key.into(),
-            server_token: token.into(),
-        })
+        Ok(Self { api_key: api_key.into(), server_token: token.into() })
     }
 
     /// The API key, sent as the `api_key` query parameter.
@@ -40,9 +37,7 @@ impl Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("api_key", &self.api_key)
-            .finish_non_exhaustive()
+        f.debug_struct("Credentials").field("api_key", &self.api_key).finish_non_exhaustive()
     }
 }
 

@@ -2,6 +2,9 @@
 
 use std::{sync::Arc, time::Duration};
 
+use backon::{ExponentialBuilder, Retryable};
+use tokio::time::Instant;
+
 use reqwest::{
     Method, StatusCode,
     header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue},
@@ -31,6 +34,43 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Time allowed for a whole request, body included.
     pub request_timeout: Duration,
+    /// How failed requests are retried.
+    pub retry: RetryPolicy,
+}
+
+/// How failed upstream requests are retried: with jittered exponential backoff, and only when
+/// a second request cannot do harm. A connection that could not be opened never carried the
+/// request, so any call is retried; the GETs are also retried on 5xx, timeouts and broken
+/// connections; a submit (POST) that may have reached Stream is never sent again, since that
+/// could start a second export. 429 is never retried here: the caller gets `RetryInfo`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: usize,
+    /// The first backoff.
+    pub initial_backoff: Duration,
+    /// The longest backoff.
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// No retries at all.
+    pub const NONE: Self =
+        Self { max_retries: 0, initial_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(1) };
+
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(self.initial_backoff)
+            .with_max_delay(self.max_backoff)
+            .with_max_times(self.max_retries)
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { max_retries: 2, ..Self::NONE }
+    }
 }
 
 /// A successful upstream answer with the rate-limit state it reported.
@@ -48,6 +88,8 @@ pub struct StreamClient {
     http: reqwest::Client,
     base_url: Arc<Url>,
     credentials: Arc<Credentials>,
+    request_timeout: Duration,
+    retry: RetryPolicy,
 }
 
 impl StreamClient {
@@ -58,7 +100,6 @@ impl StreamClient {
             .tls_backend_preconfigured(tls_config()?)
             .default_headers(static_headers())
             .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
             // Stream's load balancers drop idle connections after 60 s.
             .pool_idle_timeout(Duration::from_secs(55))
             .build()?;
@@ -66,90 +107,113 @@ impl StreamClient {
             http,
             base_url: Arc::new(config.base_url),
             credentials: Arc::new(config.credentials),
+            request_timeout: config.request_timeout,
+            retry: config.retry,
         })
     }
 
+    /// The same client with another retry policy (the watch pollers keep their own pace).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
     /// `POST /export_channels`: starts a channel export.
-    pub async fn export_channels(&self, body: &ExportChannelsBody) -> Result<Upstream<TaskCreated>, UpstreamError> {
-        self.send(
-            Operation::ExportChannels,
-            Method::POST,
-            &["export_channels"],
-            Some(body),
-        )
-        .await
+    pub async fn export_channels(
+        &self,
+        body: &ExportChannelsBody,
+        deadline: Option<Instant>,
+    ) -> Result<Upstream<TaskCreated>, UpstreamError> {
+        self.send(Operation::ExportChannels, Method::POST, &["export_channels"], Some(body), deadline).await
     }
 
     /// `POST /export/users`: starts a batch user export.
-    pub async fn export_users(&self, body: &ExportUsersBody) -> Result<Upstream<TaskCreated>, UpstreamError> {
-        self.send(Operation::ExportUsers, Method::POST, &["export", "users"], Some(body))
-            .await
+    pub async fn export_users(
+        &self,
+        body: &ExportUsersBody,
+        deadline: Option<Instant>,
+    ) -> Result<Upstream<TaskCreated>, UpstreamError> {
+        self.send(Operation::ExportUsers, Method::POST, &["export", "users"], Some(body), deadline).await
     }
 
     /// `GET /users/{id}/export`: one user's data, synchronously.
-    pub async fn export_user(&self, user_id: &str) -> Result<Upstream<UserExport>, UpstreamError> {
-        self.send(
-            Operation::ExportUser,
-            Method::GET,
-            &["users", user_id, "export"],
-            None::<&()>,
-        )
-        .await
+    pub async fn export_user(
+        &self,
+        user_id: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Upstream<UserExport>, UpstreamError> {
+        self.send(Operation::ExportUser, Method::GET, &["users", user_id, "export"], None::<&()>, deadline).await
     }
 
     /// `GET /tasks/{id}`: a task's status; re-signs a completed task's result URL.
-    pub async fn get_task(&self, task_id: &str) -> Result<Upstream<TaskStatus>, UpstreamError> {
-        self.send(Operation::GetTask, Method::GET, &["tasks", task_id], None::<&()>)
-            .await
+    pub async fn get_task(
+        &self,
+        task_id: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Upstream<TaskStatus>, UpstreamError> {
+        self.send(Operation::GetTask, Method::GET, &["tasks", task_id], None::<&()>, deadline).await
     }
 
-    /// Sends one request and decodes the answer. Path segments are percent-encoded, so an id
-    /// can never change the route.
-    async fn send<B: Serialize + ?Sized, T: DeserializeOwned>(
+    /// Sends a request, retrying what is safe to retry (see [`RetryPolicy`]) as long as the
+    /// next attempt can start before `deadline`.
+    async fn send<B: Serialize + ?Sized + Sync, T: DeserializeOwned>(
         &self,
         operation: Operation,
         method: Method,
         segments: &[&str],
         body: Option<&B>,
+        deadline: Option<Instant>,
     ) -> Result<Upstream<T>, UpstreamError> {
+        let attempt = || self.send_once(operation, method.clone(), segments, body, deadline);
+        attempt
+            .retry(self.retry.backoff())
+            .sleep(tokio::time::sleep)
+            .when(|error| error.is_retryable())
+            .adjust(|_, delay| delay.filter(|delay| deadline.is_none_or(|d| Instant::now() + *delay < d)))
+            .notify(|error, delay| tracing::debug!(%error, ?delay, "retrying upstream request"))
+            .await
+    }
+
+    /// One attempt, bounded by the request timeout and what is left of `deadline`.
+    async fn send_once<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        operation: Operation,
+        method: Method,
+        segments: &[&str],
+        body: Option<&B>,
+        deadline: Option<Instant>,
+    ) -> Result<Upstream<T>, UpstreamError> {
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if remaining.is_some_and(|r| r.is_zero()) {
+            return Err(UpstreamError::DeadlineExceeded { operation });
+        }
+        let timeout = remaining.map_or(self.request_timeout, |r| r.min(self.request_timeout));
+        let cut_by_deadline = timeout < self.request_timeout;
+
         let mut url = (*self.base_url).clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);
         }
         url.query_pairs_mut().append_pair("api_key", self.credentials.api_key());
 
-        let mut request = self.http.request(method, url).headers(self.auth_headers());
+        let mut request = self.http.request(method, url).headers(self.auth_headers()).timeout(timeout);
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|error| UpstreamError::from_reqwest(operation, error))?;
+        let transport_error = |error: reqwest::Error| match UpstreamError::from_reqwest(operation, error) {
+            UpstreamError::Timeout { .. } if cut_by_deadline => UpstreamError::DeadlineExceeded { operation },
+            other => other,
+        };
+        let response = request.send().await.map_err(transport_error)?;
         let status = response.status();
-        let rate_limit = RateLimit::from_headers(response.headers());
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|error| UpstreamError::from_reqwest(operation, error))?;
-
-        if status.is_success() {
-            let body = serde_json::from_slice(&bytes).map_err(|error| UpstreamError::Decode {
-                operation,
-                status: status.as_u16(),
-                detail: error.to_string(),
-            })?;
-            return Ok(Upstream { body, rate_limit });
-        }
-        Err(api_error(operation, status, &bytes, rate_limit))
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.map_err(transport_error)?;
+        decode(operation, status, &headers, &bytes)
     }
 
     fn auth_headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::with_capacity(2);
-        headers.insert(
-            HeaderName::from_static("stream-auth-type"),
-            HeaderValue::from_static("jwt"),
-        );
+        headers.insert(HeaderName::from_static("stream-auth-type"), HeaderValue::from_static("jwt"));
         // A JWT is base64url and dots: always a valid header value.
         if let Ok(mut token) = HeaderValue::from_str(self.credentials.server_token().expose_secret()) {
             token.set_sensitive(true);
@@ -159,6 +223,26 @@ impl StreamClient {
     }
 }
 
+/// Decodes an upstream answer: a success body into `T`, anything else into an
+/// [`UpstreamError`]. Pure, so that it can be fuzzed: no input makes it panic.
+pub fn decode<T: DeserializeOwned>(
+    operation: Operation,
+    status: StatusCode,
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Result<Upstream<T>, UpstreamError> {
+    let rate_limit = RateLimit::from_headers(headers);
+    if status.is_success() {
+        let body = serde_json::from_slice(bytes).map_err(|error| UpstreamError::Decode {
+            operation,
+            status: status.as_u16(),
+            detail: error.to_string(),
+        })?;
+        return Ok(Upstream { body, rate_limit });
+    }
+    Err(api_error(operation, status, bytes, rate_limit))
+}
+
 /// Turns an error response into an [`UpstreamError::Api`], reading Stream's error document
 /// when there is one.
 fn api_error(operation: Operation, status: StatusCode, bytes: &[u8], rate_limit: Option<RateLimit>) -> UpstreamError {
@@ -166,29 +250,14 @@ fn api_error(operation: Operation, status: StatusCode, bytes: &[u8], rate_limit:
         Ok(body) => (Some(body.code), body.message, body.exception_fields),
         Err(_) => (None, quote_body(bytes), Default::default()),
     };
-    UpstreamError::Api {
-        operation,
-        status: status.as_u16(),
-        code,
-        message,
-        exception_fields,
-        rate_limit,
-    }
+    UpstreamError::Api { operation, status: status.as_u16(), code, message, exception_fields, rate_limit }
 }
 
 /// The start of a non-JSON body, printable characters only, for an error message.
 fn quote_body(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
-    let quoted: String = text
-        .chars()
-        .filter(|c| !c.is_control() || *c == ' ')
-        .take(MAX_QUOTED_BODY)
-        .collect();
-    if quoted.trim().is_empty() {
-        "(empty body)".to_owned()
-    } else {
-        quoted.trim().to_owned()
-    }
+    let quoted: String = text.chars().filter(|c| !c.is_control() || *c == ' ').take(MAX_QUOTED_BODY).collect();
+    if quoted.trim().is_empty() { "(empty body)".to_owned() } else { quoted.trim().to_owned() }
 }
 
 fn static_headers() -> HeaderMap {
@@ -201,9 +270,7 @@ fn static_headers() -> HeaderMap {
 }
 
 fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
+    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)

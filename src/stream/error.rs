@@ -68,6 +68,12 @@ pub enum UpstreamError {
         /// The endpoint.
         operation: Operation,
     },
+    /// The caller's deadline passed before Stream answered.
+    #[error("{operation:?}: the caller's deadline passed before Stream answered")]
+    DeadlineExceeded {
+        /// The endpoint.
+        operation: Operation,
+    },
     /// The connection failed after the request may have been sent.
     #[error("{operation:?}: the connection to Stream failed: {detail}")]
     Transport {
@@ -95,8 +101,25 @@ impl UpstreamError {
             UpstreamError::Api { operation, .. }
             | UpstreamError::Connect { operation, .. }
             | UpstreamError::Timeout { operation }
+            | UpstreamError::DeadlineExceeded { operation }
             | UpstreamError::Transport { operation, .. }
             | UpstreamError::Decode { operation, .. } => *operation,
+        }
+    }
+
+    /// Whether sending the request again is safe and may help: connection failures always
+    /// (the request never left); for idempotent requests also 5xx, 408, timeouts and broken
+    /// connections. Never 429 (the caller is told when to come back) nor the caller's deadline.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            UpstreamError::Connect { .. } => true,
+            UpstreamError::Api { operation, status, .. } => {
+                operation.is_idempotent() && (*status >= 500 || *status == 408)
+            }
+            UpstreamError::Timeout { operation } | UpstreamError::Transport { operation, .. } => {
+                operation.is_idempotent()
+            }
+            UpstreamError::DeadlineExceeded { .. } | UpstreamError::Decode { .. } => false,
         }
     }
 
@@ -106,15 +129,9 @@ impl UpstreamError {
         if error.is_timeout() {
             UpstreamError::Timeout { operation }
         } else if error.is_connect() {
-            UpstreamError::Connect {
-                operation,
-                detail: error_chain(&error),
-            }
+            UpstreamError::Connect { operation, detail: error_chain(&error) }
         } else {
-            UpstreamError::Transport {
-                operation,
-                detail: error_chain(&error),
-            }
+            UpstreamError::Transport { operation, detail: error_chain(&error) }
         }
     }
 }

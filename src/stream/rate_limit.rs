@@ -20,12 +20,7 @@ impl RateLimit {
     pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
         let number = |name: &str| -> Option<u64> {
             let value = headers.get(name)?.to_str().ok()?;
-            value
-                .split(',')
-                .map(str::trim)
-                .find(|item| !item.is_empty())?
-                .parse()
-                .ok()
+            value.split(',').map(str::trim).find(|item| !item.is_empty())?.parse().ok()
         };
         Some(Self {
             limit: number("x-ratelimit-limit")?,
@@ -48,10 +43,7 @@ mod tests {
         headers.insert("x-ratelimit-remaining", HeaderValue::from_static("59, 58"));
         headers.insert("X-RATELIMIT-RESET", HeaderValue::from_static("1700000000"));
         let limit = RateLimit::from_headers(&headers).unwrap();
-        assert_eq!(
-            (limit.limit, limit.remaining, limit.reset.timestamp()),
-            (60, 59, 1_700_000_000)
-        );
+        assert_eq!((limit.limit, limit.remaining, limit.reset.timestamp()), (60, 59, 1_700_000_000));
     }
 
     #[test]

@@ -56,21 +56,14 @@ impl PollBudget {
     /// Records the rate-limit window that Stream reported on a status request.
     pub fn record(&self, rate_limit: Option<RateLimit>) {
         if let Some(rate_limit) = rate_limit {
-            *self
-                .last_rate_limit
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(rate_limit);
+            *self.last_rate_limit.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(rate_limit);
         }
     }
 
     /// The least time one poller should leave between polls so that all pollers together
     /// stay inside what is left of Stream's window; zero while plenty is left.
     pub fn rate_limit_spacing(&self) -> Duration {
-        let Some(limit) = *self
-            .last_rate_limit
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-        else {
+        let Some(limit) = *self.last_rate_limit.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) else {
             return Duration::ZERO;
         };
         let until_reset = (limit.reset - Utc::now()).to_std().unwrap_or_default();
@@ -125,27 +118,12 @@ mod tests {
         let _a = budget.enlist();
         let _b = budget.enlist();
         let reset = Utc::now() + chrono::Duration::seconds(30);
-        budget.record(Some(RateLimit {
-            limit: 60,
-            remaining: 50,
-            reset,
-        }));
+        budget.record(Some(RateLimit { limit: 60, remaining: 50, reset }));
         assert_eq!(budget.rate_limit_spacing(), Duration::ZERO);
-        budget.record(Some(RateLimit {
-            limit: 60,
-            remaining: 10,
-            reset,
-        }));
+        budget.record(Some(RateLimit { limit: 60, remaining: 10, reset }));
         let spacing = budget.rate_limit_spacing();
-        assert!(
-            spacing > Duration::from_secs(5) && spacing <= Duration::from_secs(6),
-            "{spacing:?}"
-        );
-        budget.record(Some(RateLimit {
-            limit: 60,
-            remaining: 0,
-            reset,
-        }));
+        assert!(spacing > Duration::from_secs(5) && spacing <= Duration::from_secs(6), "{spacing:?}");
+        budget.record(Some(RateLimit { limit: 60, remaining: 0, reset }));
         assert!(budget.rate_limit_spacing() > Duration::from_secs(29));
     }
 }

@@ -43,9 +43,7 @@ pub fn task_events(watcher: Watcher, deadline: Option<Instant>) -> impl Stream<I
         deadline,
         finished: false,
     };
-    futures::stream::unfold(state, |mut state| async move {
-        state.next_event().await.map(|event| (event, state))
-    })
+    futures::stream::unfold(state, |mut state| async move { state.next_event().await.map(|event| (event, state)) })
 }
 
 impl EventStream {

@@ -12,7 +12,11 @@ use tonic::Status;
 use tracing::Instrument;
 
 use super::{WatchSettings, budget::PollBudget, poller};
-use crate::{proto::Task, service::errors, stream::StreamClient};
+use crate::{
+    proto::Task,
+    service::errors,
+    stream::{RetryPolicy, StreamClient},
+};
 
 /// What a task's watchers see. The poller replaces it; watchers only read it, so a slow
 /// watcher never slows the poller or another watcher, and always sees the latest state.
@@ -80,7 +84,8 @@ impl WatchHub {
     pub fn new(client: StreamClient, settings: WatchSettings) -> Self {
         Self {
             inner: Arc::new(HubInner {
-                client,
+                // Pollers pace their own retries (backoff, failure budget).
+                client: client.with_retry(RetryPolicy::NONE),
                 budget: PollBudget::new(settings.upstream_budget_per_second),
                 streams: Arc::new(Semaphore::new(settings.max_streams)),
                 settings,
@@ -101,10 +106,8 @@ impl WatchHub {
             match tasks.get(task_id) {
                 Some(sender) => sender.subscribe(),
                 None => {
-                    let (sender, view) = watch::channel(TaskView {
-                        observation: Observation::Pending,
-                        polled_at: None,
-                    });
+                    let (sender, view) =
+                        watch::channel(TaskView { observation: Observation::Pending, polled_at: None });
                     let sender = Arc::new(sender);
                     tasks.insert(task_id.to_owned(), Arc::clone(&sender));
                     let poller = poller::run(Arc::clone(&self.inner), task_id.to_owned(), sender);

@@ -36,7 +36,7 @@ pub(super) async fn run(hub: Arc<HubInner>, task_id: String, sender: ViewSender)
             () = hub.shutdown.cancelled() => return,
         }
         let polled_at = Utc::now();
-        let delay = match hub.client.get_task(&task_id).await {
+        let delay = match hub.client.get_task(&task_id, None).await {
             Ok(answer) => {
                 hub.budget.record(answer.rate_limit);
                 failing_since = None;
@@ -62,12 +62,7 @@ pub(super) async fn run(hub: Arc<HubInner>, task_id: String, sender: ViewSender)
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= settings.failure_budget {
                     tracing::warn!(%task_id, %error, "upstream kept failing past the failure budget");
-                    end(
-                        &hub,
-                        &task_id,
-                        &sender,
-                        errors::watch_upstream_failing(&error, settings.failure_budget),
-                    );
+                    end(&hub, &task_id, &sender, errors::watch_upstream_failing(&error, settings.failure_budget));
                     return;
                 }
                 failures = failures.saturating_add(1);
@@ -143,6 +138,7 @@ fn is_transient(error: &UpstreamError) -> bool {
             *status == 408 || *status == 429 || *status >= 500 || *code == Some(9)
         }
         UpstreamError::Timeout { .. }
+        | UpstreamError::DeadlineExceeded { .. }
         | UpstreamError::Connect { .. }
         | UpstreamError::Transport { .. }
         | UpstreamError::Decode { .. } => true,
@@ -154,11 +150,9 @@ fn retry_delay(error: &UpstreamError, failures: u32, min: Duration, max: Duratio
     let exponential = min.saturating_mul(2u32.saturating_pow(failures.min(16))).min(max);
     let jittered = exponential.mul_f64(rand::rng().random_range(0.5..=1.0));
     match error {
-        UpstreamError::Api {
-            status: 429,
-            rate_limit: Some(limit),
-            ..
-        } => jittered.max((limit.reset - Utc::now()).to_std().unwrap_or_default()),
+        UpstreamError::Api { status: 429, rate_limit: Some(limit), .. } => {
+            jittered.max((limit.reset - Utc::now()).to_std().unwrap_or_default())
+        }
         _ => jittered,
     }
 }

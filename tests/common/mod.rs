@@ -49,6 +49,8 @@ pub struct Options {
     pub emulator: EmulatorConfig,
     /// WatchTask tuning.
     pub watch: WatchSettings,
+    /// Point the service somewhere else than the emulator (a closed port, say).
+    pub base_url_override: Option<String>,
 }
 
 impl Default for Options {
@@ -64,6 +66,7 @@ impl Default for Options {
                 upstream_budget_per_second: 200.0,
                 ..WatchSettings::default()
             },
+            base_url_override: None,
         }
     }
 }
@@ -79,7 +82,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstream: Upstream::Remote {
-            base_url: parse_base_url(&emulator.base_url()).unwrap(),
+            base_url: parse_base_url(&options.base_url_override.unwrap_or_else(|| emulator.base_url())).unwrap(),
             api_key: options.service_key,
             api_secret: options.service_secret.into(),
         },
@@ -95,11 +98,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let server = tokio::spawn(app.run_until(async {
         let _ = signal.await;
     }));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connects");
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connects");
     TestApp {
         addr,
         client: ExportServiceClient::new(channel.clone()),
@@ -135,10 +134,7 @@ impl TestEmulator {
         let handle = emulator::spawn(listener, config).await.expect("the emulator starts");
         // Plain HTTP only, but reqwest wants a TLS provider chosen before it builds a client.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        Self {
-            handle,
-            http: reqwest::Client::new(),
-        }
+        Self { handle, http: reqwest::Client::new() }
     }
 
     /// The emulator's base URL.
@@ -148,9 +144,7 @@ impl TestEmulator {
 
     /// Sends a control request and returns its JSON answer.
     pub async fn control(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut request = self
-            .http
-            .request(method, format!("{}/_emulator/{path}", self.base_url()));
+        let mut request = self.http.request(method, format!("{}/_emulator/{path}", self.base_url()));
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -163,12 +157,18 @@ impl TestEmulator {
 
     /// Makes the next `count` requests of `route` fail with `fault`.
     pub async fn inject(&self, route: &str, count: u32, fault: Value) {
-        self.control(
-            reqwest::Method::POST,
-            "faults",
-            Some(json!({"route": route, "count": count, "fault": fault})),
-        )
-        .await;
+        self.control(reqwest::Method::POST, "faults", Some(json!({"route": route, "count": count, "fault": fault})))
+            .await;
+    }
+
+    /// Removes every pending fault.
+    pub async fn clear_faults(&self) {
+        self.control(reqwest::Method::DELETE, "faults", None).await;
+    }
+
+    /// Zeroes the request counters.
+    pub async fn reset_counters(&self) {
+        self.control(reqwest::Method::POST, "counters/reset", None).await;
     }
 
     /// Requests the emulator saw on `route` since start or the last reset.
@@ -185,8 +185,7 @@ impl TestEmulator {
 
     /// Steers a task (hold it, or force its status).
     pub async fn steer(&self, task_id: &str, body: Value) {
-        self.control(reqwest::Method::POST, &format!("tasks/{task_id}"), Some(body))
-            .await;
+        self.control(reqwest::Method::POST, &format!("tasks/{task_id}"), Some(body)).await;
     }
 
     /// Calls an API route directly, signed as an SDK would; returns status and JSON body.
@@ -220,9 +219,7 @@ pub fn server_token(secret: &str) -> String {
 pub fn assert_status(status: &Status, code: Code, reason: &str) -> ErrorDetails {
     assert_eq!(status.code(), code, "unexpected status: {status:?}");
     let details = status.get_error_details();
-    let info = details
-        .error_info()
-        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    let info = details.error_info().unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
     assert_eq!(info.reason, reason, "unexpected reason in {status:?}");
     assert_eq!(info.domain, "stream-export");
     details
@@ -230,8 +227,5 @@ pub fn assert_status(status: &Status, code: Code, reason: &str) -> ErrorDetails 
 
 /// The field paths of a status's `BadRequest` details.
 pub fn violated_fields(details: &ErrorDetails) -> Vec<String> {
-    details
-        .bad_request()
-        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-        .unwrap_or_default()
+    details.bad_request().map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect()).unwrap_or_default()
 }

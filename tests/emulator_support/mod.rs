@@ -52,10 +52,7 @@ impl Answer {
         assert_eq!(body["code"], json!(code), "code of {body}");
         assert_eq!(body["StatusCode"], json!(status));
         assert!(body["message"].is_string());
-        assert_eq!(
-            body["more_info"],
-            json!("https://getstream.io/chat/docs/api_errors_response")
-        );
+        assert_eq!(body["more_info"], json!("https://getstream.io/chat/docs/api_errors_response"));
         assert_eq!(body["details"], json!([]));
         assert_duration(&body);
         body
@@ -64,23 +61,11 @@ impl Answer {
 
 /// `duration` is like `"1.23ms"`.
 pub fn assert_duration(body: &Value) {
-    let duration = body["duration"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no duration in {body}"));
-    let number = duration
-        .strip_suffix("ms")
-        .unwrap_or_else(|| panic!("bad duration {duration}"));
-    let (whole, fraction) = number
-        .split_once('.')
-        .unwrap_or_else(|| panic!("bad duration {duration}"));
-    assert!(
-        !whole.is_empty() && whole.chars().all(|c| c.is_ascii_digit()),
-        "{duration}"
-    );
-    assert!(
-        fraction.len() == 2 && fraction.chars().all(|c| c.is_ascii_digit()),
-        "{duration}"
-    );
+    let duration = body["duration"].as_str().unwrap_or_else(|| panic!("no duration in {body}"));
+    let number = duration.strip_suffix("ms").unwrap_or_else(|| panic!("bad duration {duration}"));
+    let (whole, fraction) = number.split_once('.').unwrap_or_else(|| panic!("bad duration {duration}"));
+    assert!(!whole.is_empty() && whole.chars().all(|c| c.is_ascii_digit()), "{duration}");
+    assert!(fraction.len() == 2 && fraction.chars().all(|c| c.is_ascii_digit()), "{duration}");
 }
 
 /// RFC 3339 UTC, microseconds at most, trailing zeros trimmed, `Z`.
@@ -111,10 +96,7 @@ pub async fn start_with(config: EmulatorConfig) -> Emu {
     let handle = emulator::spawn(listener, config).await.expect("spawn");
     // reqwest is built without a default TLS provider; plain http still needs one installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
     let base = handle.base_url();
     Emu { handle, http, base }
 }
@@ -160,18 +142,12 @@ impl Emu {
             builder = builder.json(&body);
         }
         let answer = Self::send(builder).await;
-        assert!(
-            answer.status.is_success(),
-            "control {path}: {} {}",
-            answer.status,
-            answer.text
-        );
+        assert!(answer.status.is_success(), "control {path}: {} {}", answer.status, answer.text);
         answer.json()
     }
 
     pub async fn advance_clock(&self, secs: i64) {
-        self.control(Method::POST, "clock", Some(json!({"advance_secs": secs})))
-            .await;
+        self.control(Method::POST, "clock", Some(json!({"advance_secs": secs}))).await;
     }
 
     /// Posts a channel export and returns the task id.
@@ -229,10 +205,7 @@ pub fn raw_request(method: &str, path_and_query: &str, headers: &[&str], body: &
         text.push_str("\r\n");
     }
     if !body.is_empty() {
-        text.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
+        text.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
     }
     text.push_str("\r\n");
     text.push_str(body);
