@@ -1,11 +1,23 @@
 //! Settings of `stream-export serve`, from flags with environment fallbacks.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use url::Url;
 
-use crate::{telemetry::LogFormat, watch::WatchSettings};
+use crate::{
+    service::{
+        CallLimits,
+        caller::{CallerAuth, TokenTable},
+    },
+    telemetry::LogFormat,
+    watch::WatchSettings,
+};
 
 /// The real Stream API: paths hang directly off this origin.
 pub const DEFAULT_STREAM_BASE_URL: &str = "https://chat.stream-io-api.com";
@@ -27,8 +39,8 @@ pub struct ServeArgs {
 
     /// Stream API secret (required unless --emulator). Prefer the environment variable:
     /// a flag shows in the process list.
-    #[arg(long, env = "STREAM_API_SECRET", hide_env_values = true)]
-    pub stream_api_secret: Option<String>,
+    #[arg(long, env = "STREAM_API_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub stream_api_secret: Option<SecretString>,
 
     /// Start the embedded Stream API emulator on a loopback port with generated credentials and
     /// use it as the upstream: every RPC works without a Stream account.
@@ -78,6 +90,65 @@ pub struct ServeArgs {
     /// Upstream task-status requests per second, all watched tasks together.
     #[arg(long, env = "STREAM_EXPORT_UPSTREAM_POLL_BUDGET", default_value_t = 10.0)]
     pub upstream_poll_budget: f64,
+
+    /// Most unary calls handled at once; past it, calls are shed at once with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "STREAM_EXPORT_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+
+    /// The longest a unary call may take, whatever deadline the caller sent.
+    #[arg(long, env = "STREAM_EXPORT_UNARY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub unary_timeout: Duration,
+
+    /// Largest request message accepted, in bytes.
+    #[arg(long, env = "STREAM_EXPORT_MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// HTTP/2 keepalive ping interval on client connections ("0s": off).
+    #[arg(long, env = "STREAM_EXPORT_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long to wait for a keepalive ping's answer before closing the connection.
+    #[arg(long, env = "STREAM_EXPORT_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_timeout: Duration,
+
+    /// Close client connections after this age, so load spreads over new replicas ("0s": never).
+    /// Long WatchTask streams are cut when it passes: leave it off unless clients resume.
+    #[arg(long, env = "STREAM_EXPORT_MAX_CONNECTION_AGE", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Duration,
+
+    /// On SIGTERM/SIGINT, the longest the process waits for calls and connections to finish.
+    #[arg(long, env = "STREAM_EXPORT_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// How long a `request_id` is remembered for idempotent submits.
+    #[arg(long, env = "STREAM_EXPORT_IDEMPOTENCY_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub idempotency_ttl: Duration,
+
+    /// Most `request_id`s remembered (the least recently used go first).
+    #[arg(long, env = "STREAM_EXPORT_IDEMPOTENCY_CAPACITY", default_value_t = 100_000)]
+    pub idempotency_capacity: u64,
+
+    /// Require `authorization: Bearer <token>` on ExportService; the file lists
+    /// `<caller-name> <token>` per line. Health and reflection stay open.
+    #[arg(long, env = "STREAM_EXPORT_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+
+    /// Take the caller's identity for the audit log from `x-forwarded-client-cert` (only
+    /// behind an Envoy sidecar that sets it).
+    #[arg(long, env = "STREAM_EXPORT_TRUST_FORWARDED_CLIENT_CERT")]
+    pub trust_forwarded_client_cert: bool,
+
+    /// Serve TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "STREAM_EXPORT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "STREAM_EXPORT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this PEM CA (mutual TLS).
+    #[arg(long, env = "STREAM_EXPORT_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// Validated settings of the service.
@@ -95,6 +166,93 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Tuning of WatchTask.
     pub watch: WatchSettings,
+    /// Limits on unary calls.
+    pub limits: CallLimits,
+    /// HTTP/2, TLS and shutdown settings of the gRPC server.
+    pub transport: TransportSettings,
+    /// Caller authentication and identity.
+    pub auth: CallerAuth,
+    /// The idempotent-submit store.
+    pub idempotency: IdempotencySettings,
+}
+
+impl Settings {
+    /// Settings with every default, listening on `listen` and talking to `upstream`.
+    pub fn new(listen: SocketAddr, upstream: Upstream) -> Self {
+        Self {
+            listen,
+            upstream,
+            upstream_connect_timeout: Duration::from_secs(3),
+            upstream_timeout: Duration::from_secs(10),
+            log_format: LogFormat::Text,
+            watch: WatchSettings::default(),
+            limits: CallLimits::default(),
+            transport: TransportSettings::default(),
+            auth: CallerAuth::default(),
+            idempotency: IdempotencySettings::default(),
+        }
+    }
+}
+
+/// HTTP/2, TLS and shutdown settings of the gRPC server.
+#[derive(Debug)]
+pub struct TransportSettings {
+    /// Largest request message, in bytes.
+    pub max_request_bytes: usize,
+    /// HTTP/2 keepalive ping interval (`None`: off).
+    pub http2_keepalive_interval: Option<Duration>,
+    /// Time to wait for a keepalive answer.
+    pub http2_keepalive_timeout: Duration,
+    /// Maximum connection age (`None`: unlimited).
+    pub max_connection_age: Option<Duration>,
+    /// The longest a drain may take.
+    pub shutdown_grace: Duration,
+    /// TLS, if served.
+    pub tls: Option<TlsSettings>,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 64 * 1024,
+            http2_keepalive_interval: Some(Duration::from_secs(30)),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            max_connection_age: None,
+            shutdown_grace: Duration::from_secs(20),
+            tls: None,
+        }
+    }
+}
+
+/// The PEM files of TLS serving, read at start.
+pub struct TlsSettings {
+    /// The certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// The private key.
+    pub key_pem: SecretSlice<u8>,
+    /// The CA that signs client certificates, for mutual TLS.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSettings").field("mutual", &self.client_ca_pem.is_some()).finish_non_exhaustive()
+    }
+}
+
+/// Settings of the idempotent-submit store.
+#[derive(Clone, Copy, Debug)]
+pub struct IdempotencySettings {
+    /// How long a `request_id` is remembered.
+    pub ttl: Duration,
+    /// Most `request_id`s remembered.
+    pub capacity: u64,
+}
+
+impl Default for IdempotencySettings {
+    fn default() -> Self {
+        Self { ttl: Duration::from_secs(3600), capacity: 100_000 }
+    }
 }
 
 /// The Stream API the service talks to.
@@ -121,23 +279,40 @@ pub struct ConfigError(String);
 impl ServeArgs {
     /// Checks the flags and turns them into settings.
     pub fn into_settings(self) -> Result<Settings, ConfigError> {
+        self.check_limits()?;
         let upstream = if self.emulator {
             Upstream::Emulator
         } else {
             Upstream::Remote {
                 base_url: parse_base_url(&self.stream_base_url)?,
-                api_key: required(self.stream_api_key, "STREAM_API_KEY (--stream-api-key)")?,
-                api_secret: required(self.stream_api_secret, "STREAM_API_SECRET (--stream-api-secret)")?.into(),
+                api_key: required(self.stream_api_key.clone(), "STREAM_API_KEY (--stream-api-key)")?,
+                api_secret: self
+                    .stream_api_secret
+                    .clone()
+                    .filter(|secret| !secret.expose_secret().trim().is_empty())
+                    .ok_or_else(|| missing("STREAM_API_SECRET (--stream-api-secret)"))?,
             }
         };
-        for (value, name) in [
-            (self.upstream_connect_timeout, "STREAM_EXPORT_UPSTREAM_CONNECT_TIMEOUT (--upstream-connect-timeout)"),
-            (self.upstream_timeout, "STREAM_EXPORT_UPSTREAM_TIMEOUT (--upstream-timeout)"),
-        ] {
-            if value.is_zero() {
-                return Err(ConfigError(format!("{name} must be greater than zero")));
-            }
-        }
+        let auth = CallerAuth {
+            tokens: match &self.auth_tokens_file {
+                Some(path) => Some(Arc::new(TokenTable::load(path).map_err(|error| {
+                    ConfigError(format!("invalid setting STREAM_EXPORT_AUTH_TOKENS_FILE (--auth-tokens-file): {error}"))
+                })?)),
+                None => None,
+            },
+            trust_forwarded_client_cert: self.trust_forwarded_client_cert,
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsSettings {
+                cert_pem: read_file(cert, "STREAM_EXPORT_TLS_CERT (--tls-cert)")?,
+                key_pem: read_file(key, "STREAM_EXPORT_TLS_KEY (--tls-key)")?.into(),
+                client_ca_pem: match &self.tls_client_ca {
+                    Some(ca) => Some(read_file(ca, "STREAM_EXPORT_TLS_CLIENT_CA (--tls-client-ca)")?),
+                    None => None,
+                },
+            }),
+            _ => None,
+        };
         Ok(Settings {
             listen: self.listen,
             upstream,
@@ -154,17 +329,78 @@ impl ServeArgs {
                 upstream_budget_per_second: self.upstream_poll_budget,
                 terminal_retention: self.watch_retention,
             },
+            limits: CallLimits { max_in_flight: self.max_in_flight, unary_timeout: self.unary_timeout },
+            transport: TransportSettings {
+                max_request_bytes: self.max_request_bytes,
+                http2_keepalive_interval: nonzero(self.http2_keepalive_interval),
+                http2_keepalive_timeout: self.http2_keepalive_timeout,
+                max_connection_age: nonzero(self.max_connection_age),
+                shutdown_grace: self.shutdown_grace,
+                tls,
+            },
+            auth,
+            idempotency: IdempotencySettings { ttl: self.idempotency_ttl, capacity: self.idempotency_capacity },
         })
     }
 }
 
-fn required(value: Option<String>, name: &str) -> Result<String, ConfigError> {
-    match value {
-        Some(value) if !value.trim().is_empty() => Ok(value),
-        _ => Err(ConfigError(format!(
-            "missing setting {name}; or pass --emulator to try the service without a Stream account"
-        ))),
+impl ServeArgs {
+    /// Rejects durations and counts that cannot work.
+    fn check_limits(&self) -> Result<(), ConfigError> {
+        let positive_durations = [
+            (self.upstream_connect_timeout, "STREAM_EXPORT_UPSTREAM_CONNECT_TIMEOUT (--upstream-connect-timeout)"),
+            (self.upstream_timeout, "STREAM_EXPORT_UPSTREAM_TIMEOUT (--upstream-timeout)"),
+            (self.unary_timeout, "STREAM_EXPORT_UNARY_TIMEOUT (--unary-timeout)"),
+            (self.watch_heartbeat, "STREAM_EXPORT_WATCH_HEARTBEAT (--watch-heartbeat)"),
+            (self.watch_poll_min, "STREAM_EXPORT_WATCH_POLL_MIN (--watch-poll-min)"),
+            (self.watch_max_lifetime, "STREAM_EXPORT_WATCH_MAX_LIFETIME (--watch-max-lifetime)"),
+            (self.idempotency_ttl, "STREAM_EXPORT_IDEMPOTENCY_TTL (--idempotency-ttl)"),
+        ];
+        if let Some((_, name)) = positive_durations.iter().find(|(value, _)| value.is_zero()) {
+            return Err(ConfigError(format!("{name} must be greater than zero")));
+        }
+        let positive_counts = [
+            (self.max_in_flight as u64, "STREAM_EXPORT_MAX_IN_FLIGHT (--max-in-flight)"),
+            (self.max_request_bytes as u64, "STREAM_EXPORT_MAX_REQUEST_BYTES (--max-request-bytes)"),
+            (self.watch_max_streams as u64, "STREAM_EXPORT_WATCH_MAX_STREAMS (--watch-max-streams)"),
+            (self.idempotency_capacity, "STREAM_EXPORT_IDEMPOTENCY_CAPACITY (--idempotency-capacity)"),
+        ];
+        if let Some((_, name)) = positive_counts.iter().find(|(value, _)| *value == 0) {
+            return Err(ConfigError(format!("{name} must be at least 1")));
+        }
+        if self.watch_poll_max < self.watch_poll_min {
+            return Err(ConfigError(
+                "STREAM_EXPORT_WATCH_POLL_MAX (--watch-poll-max) must not be shorter than --watch-poll-min".into(),
+            ));
+        }
+        if !(self.upstream_poll_budget.is_finite() && self.upstream_poll_budget > 0.0) {
+            return Err(ConfigError(
+                "STREAM_EXPORT_UPSTREAM_POLL_BUDGET (--upstream-poll-budget) must be a positive number".into(),
+            ));
+        }
+        Ok(())
     }
+}
+
+fn required(value: Option<String>, name: &str) -> Result<String, ConfigError> {
+    value.filter(|value| !value.trim().is_empty()).ok_or_else(|| missing(name))
+}
+
+fn missing(name: &str) -> ConfigError {
+    ConfigError(format!("missing setting {name}; or pass --emulator to try the service without a Stream account"))
+}
+
+fn parse_secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value))
+}
+
+/// `0s` turns an optional duration off.
+fn nonzero(duration: Duration) -> Option<Duration> {
+    (!duration.is_zero()).then_some(duration)
+}
+
+fn read_file(path: &Path, name: &str) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|error| ConfigError(format!("cannot read {name} {}: {error}", path.display())))
 }
 
 /// Parses the upstream origin: http or https, no query; a trailing path is kept as a prefix.

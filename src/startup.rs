@@ -1,21 +1,26 @@
 //! Server assembly: the upstream client, the gRPC services (export, health, reflection), and
 //! the shutdown path.
 
-use std::{future::Future, net::SocketAddr};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use rand::{Rng, distr::Alphanumeric};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Certificate, Identity, Server, ServerTlsConfig},
+};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    config::{Settings, Upstream},
+    config::{Settings, TlsSettings, TransportSettings, Upstream},
     emulator::{self, EmulatorHandle},
+    idempotency::MemoryStore,
     proto::{self, export_service_server::ExportServiceServer},
-    service::ExportApi,
+    service::{ExportApi, caller::CallerAuth},
     stream::{ClientConfig, Credentials, RetryPolicy, StreamClient},
     watch::WatchHub,
 };
@@ -29,6 +34,9 @@ pub struct Application {
     listener: TcpListener,
     api: ExportApi,
     hub: WatchHub,
+    auth: CallerAuth,
+    transport: TransportSettings,
+    unary_timeout: Duration,
     /// Kept alive as long as the service runs, in `--emulator` mode.
     emulator: Option<EmulatorHandle>,
 }
@@ -61,7 +69,17 @@ impl Application {
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
         let hub = WatchHub::new(client.clone(), settings.watch);
-        Ok(Self { listener, api: ExportApi::new(client, hub.clone()), hub, emulator })
+        let submits = Arc::new(MemoryStore::new(settings.idempotency.ttl, settings.idempotency.capacity));
+        let api = ExportApi::new(client, hub.clone(), submits, settings.limits);
+        Ok(Self {
+            listener,
+            api,
+            hub,
+            emulator,
+            auth: settings.auth,
+            transport: settings.transport,
+            unary_timeout: settings.limits.unary_timeout,
+        })
     }
 
     /// The address the gRPC server listens on.
@@ -79,37 +97,80 @@ impl Application {
         self.emulator.as_ref().map(EmulatorHandle::base_url)
     }
 
-    /// Serves until `shutdown` resolves. Health turns NOT_SERVING as soon as it does.
+    /// Serves until `shutdown` resolves, then drains: health turns NOT_SERVING at once, new
+    /// connections and calls are refused, watch streams end as interrupted (resumable), unary
+    /// calls in flight finish, and after `shutdown_grace` whatever is still open is dropped
+    /// (tonic's graceful stop alone would wait forever for a client that holds a stream open).
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let (health, health_service) = tonic_health::server::health_reporter();
         // grpcurl 1.8 speaks only v1alpha; newer tools v1. Serve both.
         let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
         let reflection_v1alpha = reflection().build_v1alpha().context("building reflection v1alpha")?;
-
         let addr = self.local_addr()?;
+        let transport = &self.transport;
+        let export = InterceptedService::new(
+            ExportServiceServer::new(self.api).max_decoding_message_size(transport.max_request_bytes),
+            self.auth,
+        );
+
+        let mut server = Server::builder()
+            .http2_keepalive_interval(transport.http2_keepalive_interval)
+            .http2_keepalive_timeout(Some(transport.http2_keepalive_timeout))
+            // A backstop only: handlers end their own upstream work by the unary timeout.
+            .timeout(self.unary_timeout + UNARY_TIMEOUT_BACKSTOP);
+        if let Some(age) = transport.max_connection_age {
+            server = server.max_connection_age(age);
+        }
+        if let Some(tls) = &transport.tls {
+            server = server.tls_config(tls_config(tls)).context("configuring TLS")?;
+        }
+
         set_health(&health, ServingStatus::Serving).await;
-        tracing::info!(%addr, "stream-export serving gRPC");
+        tracing::info!(%addr, tls = transport.tls.is_some(), "stream-export serving gRPC");
 
         let drain_health = health.clone();
-        let hub = self.hub;
-        let result = Server::builder()
+        let hub = self.hub.clone();
+        let draining = CancellationToken::new();
+        let drain_started = draining.clone();
+        let serve = server
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(ExportServiceServer::new(self.api))
+            .add_service(export)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
                 shutdown.await;
-                tracing::info!("shutting down");
+                tracing::info!("shutting down: draining");
                 set_health(&drain_health, ServingStatus::NotServing).await;
                 // Watch streams end as interrupted, so clients resume elsewhere and the
                 // server's graceful stop does not wait on them.
                 hub.shutdown();
-            })
-            .await;
+                drain_started.cancel();
+            });
+        let grace = transport.shutdown_grace;
+        let result = tokio::select! {
+            result = serve => result.context("serving gRPC"),
+            () = async { draining.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(?grace, "shutdown grace elapsed; closing the connections still open");
+                Ok(())
+            }
+        };
         if let Some(emulator) = self.emulator {
             emulator.shutdown().await;
         }
-        result.context("serving gRPC")
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// How long after the unary timeout tonic's own timeout cuts a handler that overran it.
+const UNARY_TIMEOUT_BACKSTOP: Duration = Duration::from_secs(1);
+
+fn tls_config(tls: &TlsSettings) -> ServerTlsConfig {
+    let identity = Identity::from_pem(&tls.cert_pem, tls.key_pem.expose_secret());
+    let config = ServerTlsConfig::new().identity(identity);
+    match &tls.client_ca_pem {
+        Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+        None => config,
     }
 }
 

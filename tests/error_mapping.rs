@@ -190,31 +190,3 @@ async fn rejected_credentials_are_the_deployments_fault_not_the_callers() {
         app.stop().await;
     }
 }
-
-#[tokio::test]
-async fn unreachable_upstream_is_unavailable() {
-    // A service pointed at a port where nothing listens.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let settings = stream_export::config::Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstream: stream_export::config::Upstream::Remote {
-            base_url: stream_export::config::parse_base_url(&format!("http://{closed}")).unwrap(),
-            api_key: API_KEY.into(),
-            api_secret: common::API_SECRET.to_string().into(),
-        },
-        upstream_connect_timeout: Duration::from_secs(1),
-        upstream_timeout: Duration::from_secs(2),
-        log_format: stream_export::telemetry::LogFormat::Text,
-        watch: Default::default(),
-    };
-    let service = stream_export::startup::Application::build(settings).await.unwrap();
-    let addr = service.local_addr().unwrap();
-    let server = tokio::spawn(service.run_until(std::future::pending()));
-    let mut client =
-        stream_export::proto::export_service_client::ExportServiceClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
-    let status = client.get_task(GetTaskRequest { task_id: "t".into() }).await.unwrap_err();
-    assert_status(&status, Code::Unavailable, "UPSTREAM_UNREACHABLE");
-    server.abort();
-}

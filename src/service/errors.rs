@@ -57,6 +57,51 @@ pub mod reason {
     pub const UPSTREAM_FAILING: &str = "UPSTREAM_FAILING";
     /// The replica has as many watch streams open as it allows.
     pub const WATCH_LIMIT_REACHED: &str = "WATCH_LIMIT_REACHED";
+    /// No valid bearer token (caller authentication is on).
+    pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    /// A `request_id` was reused for a different request.
+    pub const REQUEST_ID_REUSED: &str = "REQUEST_ID_REUSED";
+    /// The replica is handling as many calls as it allows: try again (another replica).
+    pub const OVERLOADED: &str = "OVERLOADED";
+    /// The replica is shutting down: try another one.
+    pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
+}
+
+/// UNAUTHENTICATED when caller authentication is on and the token is missing or unknown.
+pub fn unauthenticated(had_header: bool) -> Status {
+    let message = if had_header {
+        "the bearer token is not valid"
+    } else {
+        "this service requires `authorization: Bearer <token>`"
+    };
+    let details = ErrorDetails::with_error_info(reason::UNAUTHENTICATED, DOMAIN, HashMap::new());
+    Status::with_error_details(Code::Unauthenticated, message, details)
+}
+
+/// INVALID_ARGUMENT when a `request_id` comes back with a different request.
+pub fn request_id_reused() -> Status {
+    let mut details = ErrorDetails::with_bad_request_violation(
+        "request_id",
+        "was already used for a different request; use a new request_id for a new export",
+    );
+    details.set_error_info(reason::REQUEST_ID_REUSED, DOMAIN, HashMap::new());
+    Status::with_error_details(Code::InvalidArgument, "request_id reused for a different request", details)
+}
+
+/// RESOURCE_EXHAUSTED, at once, when the replica is at its concurrency limit (load shedding
+/// instead of an unbounded queue).
+pub fn overloaded(limit: usize) -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(Duration::from_millis(200)));
+    details.set_error_info(reason::OVERLOADED, DOMAIN, HashMap::from([("limit".to_owned(), limit.to_string())]));
+    details.add_quota_failure_violation("stream-export:concurrent-calls", format!("at most {limit} calls at once"));
+    Status::with_error_details(Code::ResourceExhausted, format!("too many calls in flight (limit {limit})"), details)
+}
+
+/// UNAVAILABLE for calls that arrive while the replica drains; a mesh retries them elsewhere.
+pub fn shutting_down() -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(RESUME_DELAY));
+    details.set_error_info(reason::SHUTTING_DOWN, DOMAIN, HashMap::new());
+    Status::with_error_details(Code::Unavailable, "the server is shutting down; try again", details)
 }
 
 /// How soon an interrupted watcher should come back: at once, to another replica if this

@@ -1,40 +1,105 @@
 //! The gRPC handlers of `streamexport.v1.ExportService`.
 //!
-//! Each handler validates (see [`validation`]), makes one upstream call through the
-//! [`StreamClient`], and converts the answer (see [`convert`]); every failure becomes a status
-//! in [`errors`].
+//! Each handler is admitted (load shedding, drain), validates (see [`validation`]), makes its
+//! upstream call through the [`StreamClient`] (submits through the idempotency store), and
+//! converts the answer (see [`convert`]); every failure becomes a status in [`errors`]. Submits
+//! and exports are written to the [`audit`] log with the [`caller`].
 
+pub mod audit;
+pub mod caller;
 pub mod convert;
 mod deadline;
 pub mod errors;
 pub mod validation;
 
-use std::pin::Pin;
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use chrono::Utc;
+use futures::FutureExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use self::{audit::Subject, caller::Caller};
 use crate::{
+    idempotency::{Fingerprint, SubmitStore},
     proto::{
         ExportChannelsRequest, ExportChannelsResponse, ExportUserRequest, ExportUserResponse, ExportUsersRequest,
         ExportUsersResponse, GetTaskRequest, Task, TaskEvent, WatchTaskRequest, export_service_server::ExportService,
     },
-    stream::StreamClient,
+    stream::{StreamClient, Upstream, UpstreamError, wire::TaskCreated},
     watch::{WatchHub, events},
 };
+
+/// Limits on the unary calls of one replica.
+#[derive(Clone, Copy, Debug)]
+pub struct CallLimits {
+    /// Most unary calls handled at once; past it, calls are shed with RESOURCE_EXHAUSTED.
+    pub max_in_flight: usize,
+    /// The longest a unary call may take, whatever deadline the caller sent.
+    pub unary_timeout: Duration,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        Self { max_in_flight: 1024, unary_timeout: Duration::from_secs(30) }
+    }
+}
 
 /// The `ExportService` implementation.
 #[derive(Clone, Debug)]
 pub struct ExportApi {
     client: StreamClient,
     hub: WatchHub,
+    submits: Arc<dyn SubmitStore>,
+    limits: CallLimits,
+    in_flight: Arc<Semaphore>,
 }
 
 impl ExportApi {
-    /// A service that sends every request through `client` and watches tasks through `hub`.
-    pub fn new(client: StreamClient, hub: WatchHub) -> Self {
-        Self { client, hub }
+    /// A service that sends every request through `client`, watches tasks through `hub` and
+    /// records submits in `submits`.
+    pub fn new(client: StreamClient, hub: WatchHub, submits: Arc<dyn SubmitStore>, limits: CallLimits) -> Self {
+        Self { client, hub, submits, in_flight: Arc::new(Semaphore::new(limits.max_in_flight)), limits }
+    }
+
+    /// Lets a unary call in, or turns it away at once: while draining (UNAVAILABLE, so that
+    /// a mesh retries elsewhere) or at the concurrency limit (RESOURCE_EXHAUSTED).
+    fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        if self.hub.is_shutting_down() {
+            return Err(errors::shutting_down());
+        }
+        Arc::clone(&self.in_flight).try_acquire_owned().map_err(|_| errors::overloaded(self.limits.max_in_flight))
+    }
+
+    /// When this call's upstream work must be done: the caller's deadline or the unary timeout.
+    fn deadline<T>(&self, request: &Request<T>) -> tokio::time::Instant {
+        let limit = tokio::time::Instant::now() + self.limits.unary_timeout;
+        deadline::for_upstream(request.metadata()).map_or(limit, |caller| caller.min(limit))
+    }
+
+    /// Runs a submit once per idempotency key: a repeat of `request_id` with the same request
+    /// returns the first task; with another request, INVALID_ARGUMENT.
+    async fn submit_once(
+        &self,
+        rpc: &'static str,
+        caller: &Caller,
+        request_id: &str,
+        body: &(impl serde::Serialize + Sync),
+        upstream: impl Future<Output = Result<Upstream<TaskCreated>, UpstreamError>> + Send,
+    ) -> Result<String, Status> {
+        let submit =
+            async move { upstream.await.map(|created| created.body.task_id).map_err(|e| upstream_failure(&e)) };
+        if request_id.is_empty() {
+            return submit.await;
+        }
+        let fingerprint = Fingerprint::of(rpc, body);
+        let key = format!("{}\n{rpc}\n{request_id}", caller.name);
+        let submitted = self.submits.get_or_submit(key, fingerprint, submit.boxed()).await?;
+        if submitted.fingerprint != fingerprint {
+            return Err(errors::request_id_reused());
+        }
+        Ok(submitted.task_id)
     }
 }
 
@@ -43,59 +108,68 @@ pub type TaskEventStream = Pin<Box<dyn Stream<Item = Result<TaskEvent, Status>> 
 
 #[tonic::async_trait]
 impl ExportService for ExportApi {
-    #[tracing::instrument(skip_all, fields(channels = request.get_ref().channels.len(), task_id))]
+    #[tracing::instrument(skip_all, fields(caller, channels = request.get_ref().channels.len(), task_id))]
     async fn export_channels(
         &self,
         request: Request<ExportChannelsRequest>,
     ) -> Result<Response<ExportChannelsResponse>, Status> {
-        let body = validation::export_channels(request.get_ref()).map_err(errors::invalid_request)?;
-        let created = self
-            .client
-            .export_channels(&body, deadline::for_upstream(request.metadata()))
-            .await
-            .map_err(|error| upstream_failure(&error))?;
-        tracing::Span::current().record("task_id", created.body.task_id.as_str());
-        tracing::info!("channel export submitted");
-        Ok(Response::new(ExportChannelsResponse { task_id: created.body.task_id }))
+        let _admitted = self.admit()?;
+        let caller = Caller::of(&request);
+        let deadline = self.deadline(&request);
+        let message = request.get_ref();
+        let subject = Subject::Channels(message.channels.iter().map(|c| format!("{}:{}", c.r#type, c.id)).collect());
+        let outcome = async {
+            let body = validation::export_channels(message).map_err(errors::invalid_request)?;
+            let upstream = self.client.export_channels(&body, Some(deadline));
+            self.submit_once("ExportChannels", &caller, &message.request_id, &body, upstream).await
+        }
+        .await;
+        audit::record(&caller, "ExportChannels", &subject, outcome.as_deref());
+        Ok(Response::new(ExportChannelsResponse { task_id: outcome? }))
     }
 
-    #[tracing::instrument(skip_all, fields(users = request.get_ref().user_ids.len(), task_id))]
+    #[tracing::instrument(skip_all, fields(caller, users = request.get_ref().user_ids.len(), task_id))]
     async fn export_users(
         &self,
         request: Request<ExportUsersRequest>,
     ) -> Result<Response<ExportUsersResponse>, Status> {
-        let body = validation::export_users(request.get_ref()).map_err(errors::invalid_request)?;
-        let created = self
-            .client
-            .export_users(&body, deadline::for_upstream(request.metadata()))
-            .await
-            .map_err(|error| upstream_failure(&error))?;
-        tracing::Span::current().record("task_id", created.body.task_id.as_str());
-        tracing::info!("user export submitted");
-        Ok(Response::new(ExportUsersResponse { task_id: created.body.task_id }))
+        let _admitted = self.admit()?;
+        let caller = Caller::of(&request);
+        let deadline = self.deadline(&request);
+        let message = request.get_ref();
+        let outcome = async {
+            let body = validation::export_users(message).map_err(errors::invalid_request)?;
+            let upstream = self.client.export_users(&body, Some(deadline));
+            self.submit_once("ExportUsers", &caller, &message.request_id, &body, upstream).await
+        }
+        .await;
+        audit::record(&caller, "ExportUsers", &Subject::Users(&message.user_ids), outcome.as_deref());
+        Ok(Response::new(ExportUsersResponse { task_id: outcome? }))
     }
 
-    #[tracing::instrument(skip_all, fields(user_id = request.get_ref().user_id.as_str()))]
+    #[tracing::instrument(skip_all, fields(caller, user_id = request.get_ref().user_id.as_str()))]
     async fn export_user(&self, request: Request<ExportUserRequest>) -> Result<Response<ExportUserResponse>, Status> {
+        let _admitted = self.admit()?;
+        let caller = Caller::of(&request);
+        let deadline = self.deadline(&request);
         let user_id = &request.get_ref().user_id;
-        validation::user_id(user_id).map_err(errors::invalid_request)?;
-        let export = self
-            .client
-            .export_user(user_id, deadline::for_upstream(request.metadata()))
-            .await
-            .map_err(|error| upstream_failure(&error))?;
-        Ok(Response::new(convert::user_export(export.body)))
+        let outcome = async {
+            validation::user_id(user_id).map_err(errors::invalid_request)?;
+            self.client.export_user(user_id, Some(deadline)).await.map_err(|error| upstream_failure(&error))
+        }
+        .await;
+        let users = std::slice::from_ref(user_id);
+        audit::record(&caller, "ExportUser", &Subject::Users(users), outcome.as_ref().map(|_| ""));
+        Ok(Response::new(convert::user_export(outcome?.body)))
     }
 
     #[tracing::instrument(skip_all, fields(task_id = request.get_ref().task_id.as_str()))]
     async fn get_task(&self, request: Request<GetTaskRequest>) -> Result<Response<Task>, Status> {
+        let _admitted = self.admit()?;
+        let deadline = self.deadline(&request);
         let task_id = &request.get_ref().task_id;
         validation::task_id(task_id).map_err(errors::invalid_request)?;
-        let status = self
-            .client
-            .get_task(task_id, deadline::for_upstream(request.metadata()))
-            .await
-            .map_err(|error| upstream_failure(&error))?;
+        let status = self.client.get_task(task_id, Some(deadline)).await.map_err(|error| upstream_failure(&error))?;
         Ok(Response::new(convert::task(status.body, Utc::now())))
     }
 

@@ -19,8 +19,6 @@ pub const MAX_CHANNEL_FIELD_LEN: usize = 64;
 pub const MAX_USER_ID_LEN: usize = 255;
 /// Longest task id this service forwards (Stream's are UUIDs).
 pub const MAX_TASK_ID_LEN: usize = 128;
-/// Longest idempotency key.
-pub const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// Collects the problems of one request.
 #[derive(Default)]
@@ -187,9 +185,10 @@ fn check_token(problems: &mut Violations, field: &str, value: &str, max_len: usi
     }
 }
 
+/// An idempotency key, when given, is a UUID (any version, any standard form).
 fn check_request_id(problems: &mut Violations, request_id: &str) {
-    if !request_id.is_empty() {
-        check_token(problems, "request_id", request_id, MAX_REQUEST_ID_LEN);
+    if !request_id.is_empty() && uuid::Uuid::try_parse(request_id).is_err() {
+        problems.add("request_id", "must be a UUID, e.g. 0b6c7d7e-52d9-4f4e-9d4a-3c1d2b8e9f10");
     }
 }
 

@@ -129,6 +129,11 @@ impl WatchHub {
         self.inner.shutdown.cancel();
     }
 
+    /// Whether [`Self::shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
     /// Tasks with a running poller (or a retained final state).
     pub fn watched_tasks(&self) -> usize {
         self.inner.lock_tasks().len()

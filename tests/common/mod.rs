@@ -9,7 +9,6 @@ use stream_export::{
     emulator::{self, EmulatorConfig, EmulatorHandle},
     proto::export_service_client::ExportServiceClient,
     startup::Application,
-    telemetry::LogFormat,
     watch::{WatchHub, WatchSettings},
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -51,6 +50,8 @@ pub struct Options {
     pub watch: WatchSettings,
     /// Point the service somewhere else than the emulator (a closed port, say).
     pub base_url_override: Option<String>,
+    /// Any other change to the service's settings.
+    pub tweak: Option<Box<dyn FnOnce(&mut Settings) + Send>>,
 }
 
 impl Default for Options {
@@ -67,6 +68,7 @@ impl Default for Options {
                 ..WatchSettings::default()
             },
             base_url_override: None,
+            tweak: None,
         }
     }
 }
@@ -79,18 +81,18 @@ pub async fn spawn_app() -> TestApp {
 /// Starts the emulator and the service.
 pub async fn spawn_app_with(options: Options) -> TestApp {
     let emulator = TestEmulator::spawn(options.emulator).await;
-    let settings = Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstream: Upstream::Remote {
-            base_url: parse_base_url(&options.base_url_override.unwrap_or_else(|| emulator.base_url())).unwrap(),
-            api_key: options.service_key,
-            api_secret: options.service_secret.into(),
-        },
-        upstream_connect_timeout: Duration::from_secs(2),
-        upstream_timeout: options.upstream_timeout,
-        log_format: LogFormat::Text,
-        watch: options.watch,
+    let upstream = Upstream::Remote {
+        base_url: parse_base_url(&options.base_url_override.unwrap_or_else(|| emulator.base_url())).unwrap(),
+        api_key: options.service_key,
+        api_secret: options.service_secret.into(),
     };
+    let mut settings = Settings::new("127.0.0.1:0".parse().unwrap(), upstream);
+    settings.upstream_connect_timeout = Duration::from_secs(2);
+    settings.upstream_timeout = options.upstream_timeout;
+    settings.watch = options.watch;
+    if let Some(tweak) = options.tweak {
+        tweak(&mut settings);
+    }
     let app = Application::build(settings).await.expect("the service builds");
     let addr = app.local_addr().unwrap();
     let hub = app.watch_hub();

@@ -1,0 +1,53 @@
+//! Idempotent submits: a client-chosen `request_id` makes a repeated `ExportChannels` or
+//! `ExportUsers` (a client retry, or a mesh sidecar replaying a call that returned
+//! UNAVAILABLE) return the task of the first submit instead of starting a second export.
+//!
+//! The store is a small trait so that a multi-replica deployment can put a shared store behind
+//! it; [`MemoryStore`] is the default.
+
+mod memory;
+
+use futures::future::BoxFuture;
+use sha2::{Digest, Sha256};
+use tonic::Status;
+
+pub use memory::MemoryStore;
+
+/// A digest of what a submit asked for: a repeat must ask for the same thing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of an RPC name and its upstream request body.
+    pub fn of(rpc: &str, body: &impl serde::Serialize) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(rpc.as_bytes());
+        hasher.update([0]);
+        // Serialising our own wire types cannot fail; an empty body would only weaken the check.
+        hasher.update(serde_json::to_vec(body).unwrap_or_default());
+        Self(hasher.finalize().into())
+    }
+}
+
+/// A submit recorded under an idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submitted {
+    /// What the first submit asked for.
+    pub fingerprint: Fingerprint,
+    /// The task it started.
+    pub task_id: String,
+}
+
+/// Where submits are recorded.
+#[tonic::async_trait]
+pub trait SubmitStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Returns the submit recorded under `key`; when there is none, runs `submit` and records
+    /// its task under `fingerprint`. Concurrent calls with one key run `submit` once: the others
+    /// wait for it and get its result. A failed submit records nothing, so a retry can succeed.
+    async fn get_or_submit(
+        &self,
+        key: String,
+        fingerprint: Fingerprint,
+        submit: BoxFuture<'_, Result<String, Status>>,
+    ) -> Result<Submitted, Status>;
+}

@@ -1,0 +1,37 @@
+//! The audit log: one event per submit or export, under the `audit` tracing target, so that a
+//! log pipeline can route it apart (`RUST_LOG=audit=info`).
+
+use tonic::Status;
+
+use super::caller::Caller;
+
+/// What an audited call was about.
+pub enum Subject<'a> {
+    /// Channel cids (`type:id`).
+    Channels(Vec<String>),
+    /// User ids.
+    Users(&'a [String]),
+}
+
+/// Records one audited call and its outcome.
+pub fn record(caller: &Caller, rpc: &str, subject: &Subject<'_>, outcome: Result<&str, &Status>) {
+    let (channels, users) = match subject {
+        Subject::Channels(cids) => (cids.join(","), String::new()),
+        Subject::Users(ids) => (String::new(), ids.join(",")),
+    };
+    let (task_id, code) = match outcome {
+        Ok(task_id) => (task_id, "OK".to_owned()),
+        Err(status) => ("", format!("{:?}", status.code())),
+    };
+    tracing::info!(
+        target: "audit",
+        caller = %caller,
+        caller_source = ?caller.source,
+        rpc,
+        channels,
+        users,
+        task_id,
+        code,
+        "audit"
+    );
+}
