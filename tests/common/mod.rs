@@ -36,6 +36,9 @@ pub struct TestApp {
     server: JoinHandle<anyhow::Result<()>>,
 }
 
+/// A change to the service's settings.
+pub type SettingsTweak = Box<dyn FnOnce(&mut Settings) + Send>;
+
 /// How to build the service under test.
 pub struct Options {
     /// The secret the service signs with (the emulator always uses [`API_SECRET`]).
@@ -51,7 +54,7 @@ pub struct Options {
     /// Point the service somewhere else than the emulator (a closed port, say).
     pub base_url_override: Option<String>,
     /// Any other change to the service's settings.
-    pub tweak: Option<Box<dyn FnOnce(&mut Settings) + Send>>,
+    pub tweak: Option<SettingsTweak>,
 }
 
 impl Default for Options {
