@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the gRPC export service.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the Stream API emulator alone, for SDKs and tests.
     Emulator(emulator::EmulatorArgs),
 }
