@@ -53,7 +53,7 @@ fn url_expiry(url: &str) -> Option<DateTime<Utc>> {
         return DateTime::from_timestamp(expires.parse().ok()?, 0);
     }
     let signed = chrono::NaiveDateTime::parse_from_str(&param("X-Amz-Date")?, "%Y%m%dT%H%M%SZ").ok()?.and_utc();
-    Some(signed + chrono::Duration::seconds(param("X-Amz-Expires")?.parse().ok()?))
+    signed.checked_add_signed(chrono::Duration::try_seconds(param("X-Amz-Expires")?.parse().ok()?)?)
 }
 
 /// Converts an instant to a protobuf timestamp.

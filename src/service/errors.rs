@@ -5,7 +5,6 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use chrono::Utc;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
@@ -173,7 +172,7 @@ pub fn upstream_status(error: &UpstreamError) -> Status {
                 ),
                 (429, _) | (_, Some(9)) => {
                     let delay = rate_limit
-                        .and_then(|limit| (limit.reset - Utc::now()).to_std().ok())
+                        .map(|limit| limit.until_reset())
                         .filter(|delay| !delay.is_zero())
                         .unwrap_or(DEFAULT_RETRY_DELAY);
                     details.set_retry_info(Some(delay));

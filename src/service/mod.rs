@@ -115,6 +115,7 @@ impl ExportService for ExportApi {
     ) -> Result<Response<ExportChannelsResponse>, Status> {
         let _admitted = self.admit()?;
         let caller = Caller::of(&request);
+        tracing::Span::current().record("caller", caller.name.as_str());
         let deadline = self.deadline(&request);
         let message = request.get_ref();
         let subject = Subject::Channels(message.channels.iter().map(|c| format!("{}:{}", c.r#type, c.id)).collect());
@@ -124,6 +125,9 @@ impl ExportService for ExportApi {
             self.submit_once("ExportChannels", &caller, &message.request_id, &body, upstream).await
         }
         .await;
+        if let Ok(task_id) = &outcome {
+            tracing::Span::current().record("task_id", task_id.as_str());
+        }
         audit::record(&caller, "ExportChannels", &subject, outcome.as_deref());
         Ok(Response::new(ExportChannelsResponse { task_id: outcome? }))
     }
@@ -135,6 +139,7 @@ impl ExportService for ExportApi {
     ) -> Result<Response<ExportUsersResponse>, Status> {
         let _admitted = self.admit()?;
         let caller = Caller::of(&request);
+        tracing::Span::current().record("caller", caller.name.as_str());
         let deadline = self.deadline(&request);
         let message = request.get_ref();
         let outcome = async {
@@ -143,6 +148,9 @@ impl ExportService for ExportApi {
             self.submit_once("ExportUsers", &caller, &message.request_id, &body, upstream).await
         }
         .await;
+        if let Ok(task_id) = &outcome {
+            tracing::Span::current().record("task_id", task_id.as_str());
+        }
         audit::record(&caller, "ExportUsers", &Subject::Users(&message.user_ids), outcome.as_deref());
         Ok(Response::new(ExportUsersResponse { task_id: outcome? }))
     }
@@ -151,6 +159,7 @@ impl ExportService for ExportApi {
     async fn export_user(&self, request: Request<ExportUserRequest>) -> Result<Response<ExportUserResponse>, Status> {
         let _admitted = self.admit()?;
         let caller = Caller::of(&request);
+        tracing::Span::current().record("caller", caller.name.as_str());
         let deadline = self.deadline(&request);
         let user_id = &request.get_ref().user_id;
         let outcome = async {
@@ -163,7 +172,7 @@ impl ExportService for ExportApi {
         Ok(Response::new(convert::user_export(outcome?.body)))
     }
 
-    #[tracing::instrument(skip_all, fields(task_id = request.get_ref().task_id.as_str()))]
+    #[tracing::instrument(skip_all, fields(caller = %Caller::of(&request), task_id = request.get_ref().task_id.as_str()))]
     async fn get_task(&self, request: Request<GetTaskRequest>) -> Result<Response<Task>, Status> {
         let _admitted = self.admit()?;
         let deadline = self.deadline(&request);
@@ -175,7 +184,7 @@ impl ExportService for ExportApi {
 
     type WatchTaskStream = TaskEventStream;
 
-    #[tracing::instrument(skip_all, fields(task_id = request.get_ref().task_id.as_str()))]
+    #[tracing::instrument(skip_all, fields(caller = %Caller::of(&request), task_id = request.get_ref().task_id.as_str()))]
     async fn watch_task(&self, request: Request<WatchTaskRequest>) -> Result<Response<Self::WatchTaskStream>, Status> {
         let deadline = deadline::from_metadata(request.metadata());
         let task_id = &request.get_ref().task_id;

@@ -1,5 +1,7 @@
 //! The `x-ratelimit-*` headers Stream sends on every response.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use reqwest::header::HeaderMap;
 
@@ -14,7 +16,16 @@ pub struct RateLimit {
     pub reset: DateTime<Utc>,
 }
 
+/// Stream's rate-limit window; a reset further away than this is not believed.
+pub const WINDOW: Duration = Duration::from_secs(60);
+
 impl RateLimit {
+    /// Time until the window resets: zero if it has, at most one [`WINDOW`] whatever the
+    /// header claimed.
+    pub fn until_reset(&self) -> Duration {
+        (self.reset - Utc::now()).to_std().unwrap_or_default().min(WINDOW)
+    }
+
     /// Reads the three headers (names are case-insensitive); `None` unless all three parse.
     /// Like the official SDKs, only the first non-empty comma-separated item counts.
     pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
@@ -44,6 +55,14 @@ mod tests {
         headers.insert("X-RATELIMIT-RESET", HeaderValue::from_static("1700000000"));
         let limit = RateLimit::from_headers(&headers).unwrap();
         assert_eq!((limit.limit, limit.remaining, limit.reset.timestamp()), (60, 59, 1_700_000_000));
+    }
+
+    #[test]
+    fn until_reset_is_bounded_by_one_window() {
+        let far = RateLimit { limit: 1, remaining: 0, reset: Utc::now() + chrono::Duration::days(400) };
+        assert_eq!(far.until_reset(), WINDOW);
+        let past = RateLimit { reset: Utc::now() - chrono::Duration::seconds(5), ..far };
+        assert_eq!(past.until_reset(), Duration::ZERO);
     }
 
     #[test]

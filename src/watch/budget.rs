@@ -8,7 +8,6 @@ use std::{
     time::Duration,
 };
 
-use chrono::Utc;
 use tokio::time::Instant;
 
 use crate::stream::RateLimit;
@@ -66,7 +65,7 @@ impl PollBudget {
         let Some(limit) = *self.last_rate_limit.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) else {
             return Duration::ZERO;
         };
-        let until_reset = (limit.reset - Utc::now()).to_std().unwrap_or_default();
+        let until_reset = limit.until_reset();
         if until_reset.is_zero() || (limit.remaining as f64) >= (limit.limit as f64) * LOW_REMAINING_SHARE {
             return Duration::ZERO;
         }
@@ -74,7 +73,8 @@ impl PollBudget {
             return until_reset;
         }
         let pollers = self.pollers.load(Ordering::Relaxed).max(1) as u32;
-        (until_reset * pollers / limit.remaining.min(u32::MAX as u64) as u32).min(until_reset)
+        let remaining = u32::try_from(limit.remaining).unwrap_or(u32::MAX);
+        (until_reset.saturating_mul(pollers) / remaining).min(until_reset)
     }
 
     /// Counts a poller in for [`Self::rate_limit_spacing`] until the guard drops.
@@ -100,6 +100,8 @@ impl Drop for PollerGuard<'_> {
 
 #[cfg(test)]
 mod tests {
+    use chrono::Utc;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]

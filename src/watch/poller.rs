@@ -150,9 +150,7 @@ fn retry_delay(error: &UpstreamError, failures: u32, min: Duration, max: Duratio
     let exponential = min.saturating_mul(2u32.saturating_pow(failures.min(16))).min(max);
     let jittered = exponential.mul_f64(rand::rng().random_range(0.5..=1.0));
     match error {
-        UpstreamError::Api { status: 429, rate_limit: Some(limit), .. } => {
-            jittered.max((limit.reset - Utc::now()).to_std().unwrap_or_default())
-        }
+        UpstreamError::Api { status: 429, rate_limit: Some(limit), .. } => jittered.max(limit.until_reset()),
         _ => jittered,
     }
 }

@@ -1,6 +1,8 @@
 //! Test harness: the real service and the emulator, each on a random loopback port.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::{net::SocketAddr, time::Duration};
 
 use serde_json::{Value, json};

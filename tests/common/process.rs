@@ -1,0 +1,119 @@
+//! The real binary as a child process, with its log captured.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+/// A running `stream-export serve`.
+pub struct ServiceProcess {
+    child: Child,
+    /// The gRPC port.
+    pub port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl ServiceProcess {
+    /// Starts `stream-export serve --listen 127.0.0.1:<free port> <args>` with only `env` (and
+    /// no color in the log).
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_stream-export"))
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env_clear()
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child.stdout.take().map(|p| Box::new(p) as _),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        Self { child, port, log }
+    }
+
+    /// The service's URL.
+    pub fn url(&self, scheme: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Waits until the port accepts connections (plain-text health when `check_health`).
+    pub async fn wait_ready(&self, check_health: bool) {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if check_health {
+                if let Ok(channel) = Endpoint::from_shared(self.url("http")).unwrap().connect().await {
+                    let response =
+                        HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await;
+                    if response.is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving) {
+                        return;
+                    }
+                }
+            } else if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the service did not come up; log:\n{}", self.log());
+    }
+
+    /// A plain-text channel to the service.
+    pub async fn channel(&self) -> Channel {
+        Endpoint::from_shared(self.url("http")).unwrap().connect().await.expect("connects")
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (without blocking the runtime) for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,144 @@
+//! Property-based fuzzing of everything that reads upstream answers: whatever Stream (or a
+//! proxy in front of it) sends — any status, any headers, any bytes, any JSON shape — decoding,
+//! error mapping and conversion give a value or an error, never a panic.
+//!
+//! Run longer with `PROPTEST_CASES=100000 cargo test --test fuzz_upstream_parsing`.
+
+use chrono::Utc;
+use proptest::prelude::*;
+use reqwest::{
+    StatusCode,
+    header::{HeaderMap, HeaderName, HeaderValue},
+};
+use serde_json::{Map, Value, json};
+use stream_export::{
+    service::{convert, errors},
+    stream::{
+        Operation, Upstream, UpstreamError, decode,
+        wire::{TaskCreated, TaskStatus, UserExport},
+    },
+};
+
+const OPERATIONS: [Operation; 4] =
+    [Operation::ExportChannels, Operation::ExportUsers, Operation::ExportUser, Operation::GetTask];
+
+/// Any JSON value, a few levels deep.
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<f64>().prop_filter("JSON numbers are finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+        ".{0,24}".prop_map(Value::String),
+        // Strings that look like what Stream sends, to reach deeper code.
+        prop_oneof![
+            Just("completed"),
+            Just("failed"),
+            Just("2021-02-17T08:17:49.745857Z"),
+            Just("http://h/f?Expires=99999999999999&Signature=x"),
+            Just("http://h/f?X-Amz-Date=20231114T221320Z&X-Amz-Expires=-5"),
+            Just("http://h/f?X-Amz-Date=20231114T221320Z&X-Amz-Expires=9223372036854775807")
+        ]
+        .prop_map(|s| Value::String(s.into())),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(field_name(), inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Field names Stream uses, and others.
+fn field_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "task_id",
+            "status",
+            "created_at",
+            "updated_at",
+            "result",
+            "url",
+            "path",
+            "error",
+            "type",
+            "description",
+            "code",
+            "message",
+            "exception_fields",
+            "StatusCode",
+            "user",
+            "messages",
+            "reactions",
+            "duration",
+        ])
+        .prop_map(str::to_owned),
+        "[a-z_]{1,8}",
+    ]
+}
+
+/// Any rate-limit header values, garbage included.
+fn any_headers() -> impl Strategy<Value = HeaderMap> {
+    let value = prop_oneof![any::<u64>().prop_map(|n| n.to_string()), "[ -~]{0,20}"];
+    (value.clone(), value.clone(), value).prop_map(|(limit, remaining, reset)| {
+        let mut headers = HeaderMap::new();
+        for (name, value) in
+            [("x-ratelimit-limit", limit), ("x-ratelimit-remaining", remaining), ("x-ratelimit-reset", reset)]
+        {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        }
+        headers
+    })
+}
+
+/// Runs every reader over one answer.
+fn read_everything(status: u16, headers: &HeaderMap, body: &[u8]) {
+    let Ok(status) = StatusCode::from_u16(status) else { return };
+    for operation in OPERATIONS {
+        let outcome: Result<Upstream<TaskStatus>, UpstreamError> = decode(operation, status, headers, body);
+        match outcome {
+            Ok(task) => {
+                let _ = convert::task(task.body, Utc::now());
+            }
+            Err(error) => {
+                let status = errors::upstream_status(&error);
+                let _ = errors::watch_upstream_failing(&error, std::time::Duration::from_secs(60));
+                assert!(!status.message().is_empty());
+            }
+        }
+        if let Ok(export) = decode::<UserExport>(operation, status, headers, body) {
+            let _ = convert::user_export(export.body);
+        }
+        let _ = decode::<TaskCreated>(operation, status, headers, body);
+    }
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(status in 100u16..600, headers in any_headers(), body in prop::collection::vec(any::<u8>(), 0..256)) {
+        read_everything(status, &headers, &body);
+    }
+
+    #[test]
+    fn arbitrary_json_never_panics(status in prop::sample::select(vec![200u16, 201, 400, 401, 403, 404, 408, 429, 500, 503]), headers in any_headers(), value in any_json()) {
+        read_everything(status, &headers, value.to_string().as_bytes());
+    }
+
+    #[test]
+    fn task_shaped_json_never_panics(fields in prop::collection::btree_map(field_name(), any_json(), 0..10), status in prop::sample::select(vec!["waiting", "completed", "failed", "", "?"])) {
+        let mut object: Map<String, Value> = fields.into_iter().collect();
+        object.insert("task_id".into(), json!("t"));
+        object.insert("status".into(), json!(status));
+        read_everything(200, &HeaderMap::new(), Value::Object(object).to_string().as_bytes());
+    }
+
+    #[test]
+    fn truncated_answers_never_panic(cut in 0usize..200) {
+        let body = json!({"task_id": "t", "status": "completed", "created_at": "2021-02-17T08:17:49.745857Z",
+            "result": {"url": "http://h/f?Expires=1700000000&Signature=ab", "path": "f"}, "duration": "1.00ms"}).to_string();
+        let cut = cut.min(body.len());
+        read_everything(200, &HeaderMap::new(), &body.as_bytes()[..cut]);
+    }
+}
