@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod emulator;
+pub mod export;
 pub mod idempotency;
 pub mod service;
 pub mod startup;

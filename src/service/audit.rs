@@ -11,6 +11,8 @@ pub enum Subject<'a> {
     Channels(Vec<String>),
     /// User ids.
     Users(&'a [String]),
+    /// An export task (ReadExport).
+    Task(&'a str),
 }
 
 /// Records one audited call and its outcome.
@@ -18,6 +20,7 @@ pub fn record(caller: &Caller, rpc: &str, subject: &Subject<'_>, outcome: Result
     let (channels, users) = match subject {
         Subject::Channels(cids) => (cids.join(","), String::new()),
         Subject::Users(ids) => (String::new(), ids.join(",")),
+        Subject::Task(_) => (String::new(), String::new()),
     };
     let (task_id, code) = match outcome {
         Ok(task_id) => (task_id, "OK".to_owned()),

@@ -64,6 +64,46 @@ pub mod reason {
     pub const OVERLOADED: &str = "OVERLOADED";
     /// The replica is shutting down: try another one.
     pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
+    /// ReadExport: the task has no file (it is not completed).
+    pub const TASK_NOT_COMPLETED: &str = "TASK_NOT_COMPLETED";
+    /// ReadExport: the download of the file failed; resume at `next_index`.
+    pub const DOWNLOAD_FAILED: &str = "DOWNLOAD_FAILED";
+    /// ReadExport: the file is not a readable export; `next_index` says where it broke.
+    pub const EXPORT_UNREADABLE: &str = "EXPORT_UNREADABLE";
+}
+
+/// FAILED_PRECONDITION when ReadExport asks for a task that has no file.
+pub fn task_not_completed(state: &str) -> Status {
+    let mut details = ErrorDetails::with_error_info(
+        reason::TASK_NOT_COMPLETED,
+        DOMAIN,
+        HashMap::from([("upstream_status".to_owned(), state.to_owned())]),
+    );
+    details.add_precondition_failure_violation(
+        "TASK_STATE",
+        "task",
+        format!("the task is {state}; only a completed task has a file (watch it with WatchTask)"),
+    );
+    Status::with_error_details(Code::FailedPrecondition, format!("the task is {state}, not completed"), details)
+}
+
+/// UNAVAILABLE when the download of an export breaks; the client resumes at `next_index`.
+pub fn download_failed(detail: &str, next_index: u64) -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(DEFAULT_RETRY_DELAY));
+    details.set_error_info(reason::DOWNLOAD_FAILED, DOMAIN, next_index_metadata(next_index));
+    let message = format!("the export download failed before record {next_index}: {detail}");
+    Status::with_error_details(Code::Unavailable, message, details)
+}
+
+/// DATA_LOSS when an export file cannot be parsed; `next_index` is where it broke.
+pub fn export_unreadable(detail: &str, next_index: u64) -> Status {
+    let details = ErrorDetails::with_error_info(reason::EXPORT_UNREADABLE, DOMAIN, next_index_metadata(next_index));
+    let message = format!("the export file cannot be read at record {next_index}: {detail}");
+    Status::with_error_details(Code::DataLoss, message, details)
+}
+
+fn next_index_metadata(next_index: u64) -> HashMap<String, String> {
+    HashMap::from([("next_index".to_owned(), next_index.to_string())])
 }
 
 /// UNAUTHENTICATED when caller authentication is on and the token is missing or unknown.

@@ -16,16 +16,20 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use futures::FutureExt;
+use tokio::sync::mpsc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_stream::Stream;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use self::{audit::Subject, caller::Caller};
 use crate::{
+    export,
     idempotency::{Fingerprint, SubmitStore},
     proto::{
-        ExportChannelsRequest, ExportChannelsResponse, ExportUserRequest, ExportUserResponse, ExportUsersRequest,
-        ExportUsersResponse, GetTaskRequest, Task, TaskEvent, WatchTaskRequest, export_service_server::ExportService,
+        ExportChannelsRequest, ExportChannelsResponse, ExportRecord, ExportUserRequest, ExportUserResponse,
+        ExportUsersRequest, ExportUsersResponse, GetTaskRequest, ReadExportRequest, Task, TaskEvent, TaskState,
+        WatchTaskRequest, export_service_server::ExportService,
     },
     stream::{StreamClient, Upstream, UpstreamError, wire::TaskCreated},
     watch::{WatchHub, events},
@@ -102,6 +106,13 @@ impl ExportApi {
         Ok(submitted.task_id)
     }
 }
+
+/// Records buffered between the export parser and a ReadExport client: enough to keep the
+/// download busy, small enough that a slow client slows the download instead of filling memory.
+const RECORD_BUFFER: usize = 64;
+
+/// The stream type of `ReadExport`.
+pub type ExportRecordStream = Pin<Box<dyn Stream<Item = Result<ExportRecord, Status>> + Send>>;
 
 /// The stream type of `WatchTask`.
 pub type TaskEventStream = Pin<Box<dyn Stream<Item = Result<TaskEvent, Status>> + Send>>;
@@ -180,6 +191,36 @@ impl ExportService for ExportApi {
         validation::task_id(task_id).map_err(errors::invalid_request)?;
         let status = self.client.get_task(task_id, Some(deadline)).await.map_err(|error| upstream_failure(&error))?;
         Ok(Response::new(convert::task(status.body, Utc::now())))
+    }
+
+    type ReadExportStream = ExportRecordStream;
+
+    #[tracing::instrument(skip_all, fields(caller = %Caller::of(&request), task_id = request.get_ref().task_id.as_str()))]
+    async fn read_export(
+        &self,
+        request: Request<ReadExportRequest>,
+    ) -> Result<Response<Self::ReadExportStream>, Status> {
+        let _admitted = self.admit()?;
+        let caller = Caller::of(&request);
+        let deadline = self.deadline(&request);
+        let ReadExportRequest { task_id, start_index } = request.get_ref();
+        validation::task_id(task_id).map_err(errors::invalid_request)?;
+        // Reading the task re-signs its URL; only that URL is ever fetched.
+        let status = self.client.get_task(task_id, Some(deadline)).await.map_err(|error| upstream_failure(&error))?;
+        let task = convert::task(status.body, Utc::now());
+        let url = match (task.state(), task.result) {
+            (TaskState::Completed, Some(result)) if !result.url.is_empty() => result.url,
+            _ => return Err(errors::task_not_completed(&task.upstream_status)),
+        };
+        let response = self.client.download(&url).await.map_err(|error| {
+            tracing::warn!(%error, "export download refused");
+            errors::download_failed(&error.to_string(), *start_index)
+        })?;
+        audit::record(&caller, "ReadExport", &Subject::Task(task_id), Ok(task_id));
+        let (sender, receiver) = mpsc::channel(RECORD_BUFFER);
+        let sink = export::Sink::new(*start_index, sender);
+        tokio::spawn(export::read(response.bytes_stream(), sink).in_current_span());
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
     type WatchTaskStream = TaskEventStream;

@@ -100,6 +100,8 @@ impl StreamClient {
             .tls_backend_preconfigured(tls_config()?)
             .default_headers(static_headers())
             .connect_timeout(config.connect_timeout)
+            // Per read, so a long download is fine while a stalled one is not.
+            .read_timeout(config.request_timeout)
             // Stream's load balancers drop idle connections after 60 s.
             .pool_idle_timeout(Duration::from_secs(55))
             .build()?;
@@ -152,6 +154,33 @@ impl StreamClient {
         deadline: Option<Instant>,
     ) -> Result<Upstream<TaskStatus>, UpstreamError> {
         self.send(Operation::GetTask, Method::GET, &["tasks", task_id], None::<&()>, deadline).await
+    }
+
+    /// Starts the download of an export file from a result URL that upstream returned (the URL
+    /// is signed itself: no Stream credentials are sent). The body is left to stream; each read
+    /// may wait at most the request timeout.
+    pub async fn download(&self, url: &str) -> Result<reqwest::Response, UpstreamError> {
+        let operation = Operation::Download;
+        let url = Url::parse(url).map_err(|error| UpstreamError::Decode {
+            operation,
+            status: 200,
+            detail: format!("the result URL does not parse: {error}"),
+        })?;
+        let response =
+            self.http.get(url).send().await.map_err(|error| UpstreamError::from_reqwest(operation, error))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        // The body is not quoted: a storage error document can echo the signature.
+        Err(UpstreamError::Api {
+            operation,
+            status: status.as_u16(),
+            code: None,
+            message: "the file server refused the download".into(),
+            exception_fields: Default::default(),
+            rate_limit: None,
+        })
     }
 
     /// Sends a request, retrying what is safe to retry (see [`RetryPolicy`]) as long as the

@@ -15,6 +15,8 @@ pub enum Operation {
     ExportUser,
     /// `GET /tasks/{id}`.
     GetTask,
+    /// `GET <result url>`: the download of an export file.
+    Download,
 }
 
 impl Operation {
@@ -25,12 +27,13 @@ impl Operation {
             Operation::ExportUsers => "ExportUsers",
             Operation::ExportUser => "ExportUser",
             Operation::GetTask => "GetTask",
+            Operation::Download => "DownloadExport",
         }
     }
 
     /// Whether sending the request twice is harmless (the GETs).
     pub fn is_idempotent(self) -> bool {
-        matches!(self, Operation::ExportUser | Operation::GetTask)
+        matches!(self, Operation::ExportUser | Operation::GetTask | Operation::Download)
     }
 }
 

@@ -1,0 +1,229 @@
+//! ReadExport: every record of an export arrives once and in order, for both formats, small and
+//! large, also across a resume after a broken download.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestApp, assert_status, spawn_app};
+use prost_types::{Struct, value::Kind};
+use serde_json::{Map, Value, json};
+use stream_export::{
+    emulator::data::{HEAVY_CHANNEL, HEAVY_USER, KNOWN_CHANNEL, KNOWN_USER, TEAM_CHANNEL},
+    proto::{
+        ChannelRef, ExportChannelsRequest, ExportFormatVersion, ExportRecord, ExportUsersRequest, GetTaskRequest,
+        ReadExportRequest, TaskState,
+    },
+};
+use tokio_stream::StreamExt;
+use tonic::{Code, Status};
+
+fn channel(cid: &str) -> ChannelRef {
+    let (kind, id) = cid.split_once(':').unwrap();
+    ChannelRef { r#type: kind.into(), id: id.into(), ..Default::default() }
+}
+
+/// Submits a channel export and waits until it completes; returns the task id and its URL.
+async fn completed_channel_export(app: &TestApp, cids: &[&str], version: ExportFormatVersion) -> (String, String) {
+    let mut client = app.client.clone();
+    let request = ExportChannelsRequest {
+        channels: cids.iter().map(|cid| channel(cid)).collect(),
+        version: version as i32,
+        include_truncated_messages: true,
+        export_users: true,
+        ..Default::default()
+    };
+    let task_id = client.export_channels(request).await.unwrap().into_inner().task_id;
+    wait_completed(app, task_id).await
+}
+
+async fn wait_completed(app: &TestApp, task_id: String) -> (String, String) {
+    let mut client = app.client.clone();
+    for _ in 0..200 {
+        let task = client.get_task(GetTaskRequest { task_id: task_id.clone() }).await.unwrap().into_inner();
+        if task.state() == TaskState::Completed {
+            return (task_id, task.result.unwrap().url);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("task {task_id} did not complete");
+}
+
+/// Reads a ReadExport stream to its end: the records, and the error that ended it, if any.
+async fn read(app: &TestApp, task_id: &str, start_index: u64) -> (Vec<ExportRecord>, Option<Status>) {
+    let mut client = app.client.clone();
+    let request = ReadExportRequest { task_id: task_id.into(), start_index };
+    let mut stream = match client.read_export(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return (Vec::new(), Some(status)),
+    };
+    let mut records = Vec::new();
+    while let Some(item) = tokio::time::timeout(Duration::from_secs(30), stream.next()).await.expect("records in time")
+    {
+        match item {
+            Ok(record) => records.push(record),
+            Err(status) => return (records, Some(status)),
+        }
+    }
+    (records, None)
+}
+
+/// The records a file should give, computed from the whole file (fine for test sizes).
+fn expected_records(body: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let trimmed = body.trim_start();
+    let first: Result<Value, _> = serde_json::Deserializer::from_str(trimmed).into_iter::<Value>().next().unwrap();
+    if first.as_ref().is_ok_and(|v| v.get("type").is_some() && v.get("item").is_some()) {
+        for line in body.lines().filter(|l| !l.trim().is_empty()) {
+            let value: Value = serde_json::from_str(line).unwrap();
+            out.push((value["type"].as_str().unwrap().to_owned(), value["item"].clone()));
+        }
+        return out;
+    }
+    let document: Value = serde_json::from_str(body).unwrap();
+    for block in document["channels"].as_array().unwrap() {
+        out.push(("channel".into(), block["channel"].clone()));
+        for member in block["members"].as_array().into_iter().flatten() {
+            out.push(("member".into(), member.clone()));
+        }
+        for message in block["messages"].as_array().into_iter().flatten() {
+            out.push(("message".into(), message.clone()));
+            for reaction in message["latest_reactions"].as_array().into_iter().flatten() {
+                out.push(("reaction".into(), reaction.clone()));
+            }
+        }
+    }
+    for user in document["users"].as_array().into_iter().flatten() {
+        out.push(("user".into(), user.clone()));
+    }
+    out
+}
+
+async fn download(app: &TestApp, url: &str) -> String {
+    app.emulator.http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// Asserts that `records` are exactly `expected`, numbered from `start`.
+fn assert_same(records: &[ExportRecord], expected: &[(String, Value)], start: u64) {
+    assert_eq!(records.len(), expected.len(), "record count");
+    for (offset, (record, (kind, item))) in records.iter().zip(expected).enumerate() {
+        assert_eq!(record.index, start + offset as u64, "records are numbered in order");
+        assert_eq!(&record.kind, kind, "kind of record {}", record.index);
+        assert_eq!(json_of(record.item.as_ref().unwrap()), normalised(item), "item of record {}", record.index);
+    }
+}
+
+#[tokio::test]
+async fn v2_and_v1_exports_arrive_record_by_record() {
+    let app = spawn_app().await;
+    for version in [ExportFormatVersion::V2, ExportFormatVersion::V1] {
+        let (task_id, url) = completed_channel_export(&app, &[KNOWN_CHANNEL, TEAM_CHANNEL], version).await;
+        let expected = expected_records(&download(&app, &url).await);
+        let kinds: std::collections::BTreeSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(
+            ["channel", "member", "message", "reaction", "user"].iter().all(|k| kinds.contains(k)),
+            "{version:?} covers every kind: {kinds:?}"
+        );
+        let (records, end) = read(&app, &task_id, 0).await;
+        assert!(end.is_none(), "{version:?}: {end:?}");
+        assert_same(&records, &expected, 0);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn large_exports_of_both_versions_and_a_users_export() {
+    let app = spawn_app().await;
+    for version in [ExportFormatVersion::V2, ExportFormatVersion::V1] {
+        let (task_id, url) = completed_channel_export(&app, &[HEAVY_CHANNEL], version).await;
+        let expected = expected_records(&download(&app, &url).await);
+        assert!(expected.len() > 10_000, "the heavy channel is large: {}", expected.len());
+        let (records, end) = read(&app, &task_id, 0).await;
+        assert!(end.is_none(), "{end:?}");
+        assert_same(&records, &expected, 0);
+    }
+    let mut client = app.client.clone();
+    let request = ExportUsersRequest { user_ids: vec![KNOWN_USER.into(), "user-02".into()], ..Default::default() };
+    let task_id = client.export_users(request).await.unwrap().into_inner().task_id;
+    let (task_id, url) = wait_completed(&app, task_id).await;
+    let expected = expected_records(&download(&app, &url).await);
+    let (records, end) = read(&app, &task_id, 0).await;
+    assert!(end.is_none());
+    assert_same(&records, &expected, 0);
+    assert_eq!(records.iter().filter(|r| r.kind == "user").count(), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_broken_download_says_where_to_resume_and_the_resume_completes_the_export() {
+    let app = spawn_app().await;
+    let (task_id, url) = completed_channel_export(&app, &[HEAVY_CHANNEL], ExportFormatVersion::V2).await;
+    let expected = expected_records(&download(&app, &url).await);
+
+    app.emulator.inject("download", 1, json!({"kind": "truncated"})).await;
+    let (first, end) = read(&app, &task_id, 0).await;
+    let status = end.expect("the stream ends with an error");
+    let details = assert_status(&status, Code::Unavailable, "DOWNLOAD_FAILED");
+    let next: u64 = details.error_info().unwrap().metadata["next_index"].parse().unwrap();
+    assert_eq!(next, first.len() as u64, "next_index is the first record not delivered");
+    assert!(!first.is_empty() && (first.len() as u64) < expected.len() as u64, "it broke mid-way");
+    assert!(status.message().contains(&next.to_string()), "the message says at which record: {}", status.message());
+
+    let (rest, end) = read(&app, &task_id, next).await;
+    assert!(end.is_none(), "{end:?}");
+    let mut all = first;
+    all.extend(rest);
+    assert_same(&all, &expected, 0);
+
+    // A client may also resume anywhere by choice.
+    let (tail, _) = read(&app, &task_id, expected.len() as u64 - 3).await;
+    assert_same(&tail, &expected[expected.len() - 3..], expected.len() as u64 - 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn only_completed_tasks_can_be_read() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let request = ExportChannelsRequest { channels: vec![channel(KNOWN_CHANNEL)], ..Default::default() };
+    let task_id = client.export_channels(request).await.unwrap().into_inner().task_id;
+    app.emulator.steer(&task_id, json!({"hold": true})).await;
+    let (_, end) = read(&app, &task_id, 0).await;
+    assert_status(&end.expect("refused"), Code::FailedPrecondition, "TASK_NOT_COMPLETED");
+
+    let request = ExportUsersRequest { user_ids: vec![HEAVY_USER.into()], ..Default::default() };
+    let failed = client.export_users(request).await.unwrap().into_inner().task_id;
+    app.emulator.steer(&failed, json!({"status": "failed"})).await;
+    let (_, end) = read(&app, &failed, 0).await;
+    assert_status(&end.expect("refused"), Code::FailedPrecondition, "TASK_NOT_COMPLETED");
+
+    let (_, end) = read(&app, &uuid::Uuid::new_v4().to_string(), 0).await;
+    assert_status(&end.expect("refused"), Code::NotFound, "TASK_NOT_FOUND");
+    assert_eq!(app.emulator.requests("download").await, 0, "nothing was downloaded");
+    app.stop().await;
+}
+
+/// A `Struct` back to JSON, numbers as doubles.
+fn json_of(value: &Struct) -> Value {
+    Value::Object(value.fields.iter().map(|(k, v)| (k.clone(), json_of_value(v))).collect::<Map<_, _>>())
+}
+
+fn json_of_value(value: &prost_types::Value) -> Value {
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => json!(b),
+        Some(Kind::NumberValue(n)) => json!(n),
+        Some(Kind::StringValue(s)) => json!(s),
+        Some(Kind::ListValue(list)) => Value::Array(list.values.iter().map(json_of_value).collect()),
+        Some(Kind::StructValue(s)) => json_of(s),
+    }
+}
+
+fn normalised(value: &Value) -> Value {
+    match value {
+        Value::Number(n) => json!(n.as_f64().unwrap()),
+        Value::Array(items) => Value::Array(items.iter().map(normalised).collect()),
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), normalised(v))).collect()),
+        other => other.clone(),
+    }
+}
