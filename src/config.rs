@@ -59,6 +59,10 @@ pub struct ServeArgs {
     #[arg(long, env = "STREAM_EXPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Serve Prometheus metrics at `GET /metrics` on this admin address (off unless set).
+    #[arg(long, env = "STREAM_EXPORT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// WatchTask: send a heartbeat after this long without another event.
     #[arg(long, env = "STREAM_EXPORT_WATCH_HEARTBEAT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub watch_heartbeat: Duration,
@@ -164,6 +168,8 @@ pub struct Settings {
     pub upstream_timeout: Duration,
     /// Log output format.
     pub log_format: LogFormat,
+    /// The admin address of the Prometheus metrics, if served.
+    pub metrics_listen: Option<SocketAddr>,
     /// Tuning of WatchTask.
     pub watch: WatchSettings,
     /// Limits on unary calls.
@@ -185,6 +191,7 @@ impl Settings {
             upstream_connect_timeout: Duration::from_secs(3),
             upstream_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            metrics_listen: None,
             watch: WatchSettings::default(),
             limits: CallLimits::default(),
             transport: TransportSettings::default(),
@@ -319,6 +326,7 @@ impl ServeArgs {
             upstream_connect_timeout: self.upstream_connect_timeout,
             upstream_timeout: self.upstream_timeout,
             log_format: self.log_format,
+            metrics_listen: self.metrics_listen,
             watch: WatchSettings {
                 heartbeat_interval: self.watch_heartbeat,
                 poll_interval_min: self.watch_poll_min,

@@ -22,6 +22,7 @@ use crate::{
     proto::{self, export_service_server::ExportServiceServer},
     service::{ExportApi, caller::CallerAuth},
     stream::{ClientConfig, Credentials, RetryPolicy, StreamClient},
+    telemetry::{self, layer::GrpcTelemetryLayer},
     watch::WatchHub,
 };
 
@@ -114,6 +115,7 @@ impl Application {
         );
 
         let mut server = Server::builder()
+            .layer(GrpcTelemetryLayer)
             .http2_keepalive_interval(transport.http2_keepalive_interval)
             .http2_keepalive_timeout(Some(transport.http2_keepalive_timeout))
             // A backstop only: handlers end their own upstream work by the unary timeout.
@@ -174,8 +176,13 @@ fn tls_config(tls: &TlsSettings) -> ServerTlsConfig {
     }
 }
 
-/// Builds and runs the service until SIGINT or SIGTERM.
+/// Builds and runs the service until SIGINT or SIGTERM, with the metrics exporter if asked for
+/// (the exporter is process-wide, so tests that build several applications leave it off).
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    if let Some(addr) = settings.metrics_listen {
+        telemetry::metrics::install(addr)?;
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
     Application::build(settings).await?.run_until(shutdown_signal()).await
 }
 

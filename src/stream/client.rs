@@ -13,6 +13,8 @@ use secrecy::ExposeSecret;
 use serde::{Serialize, de::DeserializeOwned};
 use url::Url;
 
+use crate::telemetry::{metrics, trace_context::TraceContext};
+
 use super::{
     auth::Credentials,
     error::{Operation, UpstreamError},
@@ -226,6 +228,12 @@ impl StreamClient {
         url.query_pairs_mut().append_pair("api_key", self.credentials.api_key());
 
         let mut request = self.http.request(method, url).headers(self.auth_headers()).timeout(timeout);
+        if let Some(trace) = TraceContext::current() {
+            request = request.header("traceparent", trace.traceparent);
+            if let Some(state) = trace.tracestate {
+                request = request.header("tracestate", state);
+            }
+        }
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -233,10 +241,24 @@ impl StreamClient {
             UpstreamError::Timeout { .. } if cut_by_deadline => UpstreamError::DeadlineExceeded { operation },
             other => other,
         };
-        let response = request.send().await.map_err(transport_error)?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.bytes().await.map_err(transport_error)?;
+        let started = std::time::Instant::now();
+        let answer = async {
+            let response = request.send().await.map_err(transport_error)?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let bytes = response.bytes().await.map_err(transport_error)?;
+            Ok((status, headers, bytes))
+        }
+        .await;
+        let (status, headers, bytes) = match answer {
+            Ok(answer) => answer,
+            Err(error) => {
+                metrics::upstream(operation.name(), transport_label(&error), started.elapsed(), None);
+                return Err(error);
+            }
+        };
+        let remaining = RateLimit::from_headers(&headers).map(|limit| limit.remaining);
+        metrics::upstream(operation.name(), status.as_str(), started.elapsed(), remaining);
         decode(operation, status, &headers, &bytes)
     }
 
@@ -249,6 +271,15 @@ impl StreamClient {
             headers.insert(AUTHORIZATION, token);
         }
         headers
+    }
+}
+
+/// The metrics label of a request that got no HTTP answer.
+fn transport_label(error: &UpstreamError) -> &'static str {
+    match error {
+        UpstreamError::Connect { .. } => "connect",
+        UpstreamError::Timeout { .. } | UpstreamError::DeadlineExceeded { .. } => "timeout",
+        _ => "transport",
     }
 }
 

@@ -80,6 +80,7 @@ impl PollBudget {
     /// Counts a poller in for [`Self::rate_limit_spacing`] until the guard drops.
     pub fn enlist(&self) -> PollerGuard<'_> {
         self.pollers.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!(crate::telemetry::metrics::WATCH_POLLERS).increment(1);
         PollerGuard(self)
     }
 
@@ -95,6 +96,7 @@ pub struct PollerGuard<'a>(&'a PollBudget);
 impl Drop for PollerGuard<'_> {
     fn drop(&mut self) {
         self.0.pollers.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!(crate::telemetry::metrics::WATCH_POLLERS).decrement(1);
     }
 }
 

@@ -16,6 +16,7 @@ use crate::{
     proto::Task,
     service::errors,
     stream::{RetryPolicy, StreamClient},
+    telemetry,
 };
 
 /// What a task's watchers see. The poller replaces it; watchers only read it, so a slow
@@ -68,6 +69,12 @@ pub(super) struct HubInner {
     streams: Arc<Semaphore>,
 }
 
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        metrics::gauge!(telemetry::metrics::WATCH_STREAMS).decrement(1);
+    }
+}
+
 /// One watcher of one task: its view of the task and its place among the open streams.
 pub struct Watcher {
     /// The task's view, as the poller publishes it.
@@ -116,6 +123,7 @@ impl WatchHub {
                 }
             }
         };
+        metrics::gauge!(telemetry::metrics::WATCH_STREAMS).increment(1);
         Ok(Watcher {
             view,
             shutdown: self.inner.shutdown.clone(),

@@ -22,3 +22,7 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
+
+pub mod layer;
+pub mod metrics;
+pub mod trace_context;

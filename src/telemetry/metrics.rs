@@ -1,0 +1,62 @@
+//! Prometheus metrics: names, the exporter on the admin port, and the few recording helpers
+//! the rest of the service calls. Recording without an installed exporter costs next to
+//! nothing, so the code records unconditionally.
+
+use std::{net::SocketAddr, time::Duration};
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+/// gRPC calls handled, by `method` and `code`.
+pub const RPC_REQUESTS: &str = "stream_export_rpc_requests_total";
+/// gRPC call latency until the response starts, by `method`.
+pub const RPC_DURATION: &str = "stream_export_rpc_duration_seconds";
+/// Upstream requests, by `operation` and `status` (HTTP status, or `timeout`, `connect`, `transport`).
+pub const UPSTREAM_REQUESTS: &str = "stream_export_upstream_requests_total";
+/// Upstream request latency, by `operation`.
+pub const UPSTREAM_DURATION: &str = "stream_export_upstream_duration_seconds";
+/// `x-ratelimit-remaining` of the last upstream answer, by `operation`.
+pub const UPSTREAM_RATE_LIMIT_REMAINING: &str = "stream_export_upstream_ratelimit_remaining";
+/// Open WatchTask streams.
+pub const WATCH_STREAMS: &str = "stream_export_watch_streams";
+/// Running task pollers.
+pub const WATCH_POLLERS: &str = "stream_export_watch_pollers";
+
+/// Latency buckets, in seconds: from sub-millisecond local calls to slow upstream exports.
+const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Serves `GET /metrics` in the Prometheus text format on `addr` (the admin port, apart from
+/// the gRPC port). Call once per process, inside the runtime.
+pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets(BUCKETS)?
+        .install()
+        .map_err(|error| anyhow::anyhow!("starting the metrics listener on {addr}: {error}"))?;
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    metrics::describe_counter!(RPC_REQUESTS, "gRPC calls handled, by method and code");
+    metrics::describe_histogram!(RPC_DURATION, metrics::Unit::Seconds, "gRPC call latency until the response starts");
+    metrics::describe_counter!(UPSTREAM_REQUESTS, "Stream API requests, by operation and status");
+    metrics::describe_histogram!(UPSTREAM_DURATION, metrics::Unit::Seconds, "Stream API request latency");
+    metrics::describe_gauge!(UPSTREAM_RATE_LIMIT_REMAINING, "x-ratelimit-remaining of the last Stream answer");
+    metrics::describe_gauge!(WATCH_STREAMS, "open WatchTask streams");
+    metrics::describe_gauge!(WATCH_POLLERS, "running task pollers");
+}
+
+/// Records one gRPC call.
+pub fn rpc(method: &str, code: &str, elapsed: Duration) {
+    metrics::counter!(RPC_REQUESTS, "method" => method.to_owned(), "code" => code.to_owned()).increment(1);
+    metrics::histogram!(RPC_DURATION, "method" => method.to_owned()).record(elapsed.as_secs_f64());
+}
+
+/// Records one upstream request.
+pub fn upstream(operation: &'static str, status: &str, elapsed: Duration, rate_limit_remaining: Option<u64>) {
+    metrics::counter!(UPSTREAM_REQUESTS, "operation" => operation, "status" => status.to_owned()).increment(1);
+    metrics::histogram!(UPSTREAM_DURATION, "operation" => operation).record(elapsed.as_secs_f64());
+    if let Some(remaining) = rate_limit_remaining {
+        metrics::gauge!(UPSTREAM_RATE_LIMIT_REMAINING, "operation" => operation).set(remaining as f64);
+    }
+}

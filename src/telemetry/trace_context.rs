@@ -1,0 +1,79 @@
+//! W3C trace context: the `traceparent` (and `tracestate`) a caller sent, carried through the
+//! call and passed on to the upstream requests made for it, so a distributed trace spans the
+//! service and Stream.
+
+use std::future::Future;
+
+tokio::task_local! {
+    static CURRENT: TraceContext;
+}
+
+/// The incoming trace context headers, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    /// `traceparent`: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
+    pub traceparent: String,
+    /// `tracestate`, passed on untouched when present.
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// Reads the headers of a request; `None` without a well-formed `traceparent`.
+    pub fn from_headers(headers: &http::HeaderMap) -> Option<Self> {
+        let traceparent = headers.get("traceparent")?.to_str().ok()?.trim();
+        if !is_valid_traceparent(traceparent) {
+            return None;
+        }
+        let tracestate = headers.get("tracestate").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Some(Self { traceparent: traceparent.to_owned(), tracestate })
+    }
+
+    /// The trace id, for log correlation.
+    pub fn trace_id(&self) -> &str {
+        self.traceparent.get(3..35).unwrap_or_default()
+    }
+
+    /// The context of the call being served on this task, if its caller sent one.
+    pub fn current() -> Option<Self> {
+        CURRENT.try_with(Clone::clone).ok()
+    }
+
+    /// Runs `future` with this context as the current one.
+    pub async fn scope<F: Future>(self, future: F) -> F::Output {
+        CURRENT.scope(self, future).await
+    }
+}
+
+/// Version 00 format; all-zero ids are invalid by the spec.
+fn is_valid_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex =
+        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    matches!(parts.as_slice(), [version, trace, parent, flags]
+        if hex(version, 2) && *version != "ff" && hex(trace, 32) && hex(parent, 16) && hex(flags, 2)
+            && trace.bytes().any(|b| b != b'0') && parent.bytes().any(|b| b != b'0'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_well_formed_traceparents_are_taken() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(is_valid_traceparent(valid));
+        for invalid in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert!(!is_valid_traceparent(invalid), "{invalid:?}");
+        }
+        let mut headers = http::HeaderMap::new();
+        headers.insert("traceparent", valid.parse().unwrap());
+        let context = TraceContext::from_headers(&headers).unwrap();
+        assert_eq!(context.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+}
