@@ -36,7 +36,8 @@ step "static release binary (as in the Dockerfile's build stage)"
 export RUSTFLAGS="-C target-feature=+crt-static"
 timeout 1800 cargo build --release --locked --target x86_64-unknown-linux-gnu --bin stream-export
 unset RUSTFLAGS
-binary="$root/target/x86_64-unknown-linux-gnu/release/stream-export"
+binary="${CARGO_TARGET_DIR:-$root/target}/x86_64-unknown-linux-gnu/release/stream-export"
+[ -x "$binary" ] || fail "$binary was not built"
 if readelf -lW "$binary" | grep -q "program interpreter"; then
     fail "$binary is dynamically linked"
 fi
