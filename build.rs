@@ -1,18 +1,31 @@
 //! Compiles the protobuf contract with protox (pure Rust, no system `protoc`) and writes the
 //! encoded descriptor set next to the generated code, where server reflection picks it up.
+//!
+//! The set is encoded by protox itself (`encode_file_descriptor_set`), not re-encoded from
+//! `prost_types`, so that extension options such as `google.api.http` survive: reflection
+//! clients and transcoders see them. It includes the imported files (`google/api/*.proto`,
+//! `google/protobuf/*.proto`), so reflection can resolve every dependency.
 
 use std::{env, path::PathBuf};
-
-use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/streamexport/v1/export.proto";
     println!("cargo:rerun-if-changed=proto");
 
-    let descriptors = protox::compile([proto], ["proto"])?;
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files([proto])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    std::fs::write(out_dir.join("streamexport_descriptor.bin"), descriptors.encode_to_vec())?;
+    std::fs::write(
+        out_dir.join("streamexport_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
 
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(descriptors)?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -1,0 +1,279 @@
+'use strict';
+// The contract, proven from Node.js (@grpc/grpc-js + @grpc/proto-loader) against the real
+// binary: every RPC of streamexport.v1.ExportService, the google.rpc error details decoded
+// from the `grpc-status-details-bin` trailer, and the health service.
+
+const assert = require('node:assert/strict');
+const { randomUUID } = require('node:crypto');
+const http = require('node:http');
+const { after, before, describe, test } = require('node:test');
+const grpc = require('@grpc/grpc-js');
+const { SERVICE, loadStubs, loadStatusTypes, startServer } = require('./server');
+
+const DEADLINE_MS = 30_000;
+const { ExportService, Health } = loadStubs();
+const statusTypes = loadStatusTypes();
+
+let server;
+let client;
+
+before(async () => {
+  server = await startServer(Health);
+  client = new ExportService(server.address, grpc.credentials.createInsecure());
+});
+
+after(async () => {
+  client?.close();
+  await server?.stop();
+});
+
+const deadline = () => ({ deadline: Date.now() + DEADLINE_MS });
+
+/** A unary call as a promise. */
+function unary(method, request) {
+  return new Promise((resolve, reject) => {
+    client[method](request, deadline(), (err, reply) => (err ? reject(err) : resolve(reply)));
+  });
+}
+
+/** A unary call that must fail; resolves to the error. */
+async function failing(method, request) {
+  try {
+    await unary(method, request);
+  } catch (err) {
+    return err;
+  }
+  assert.fail(`${method} should have failed`);
+}
+
+/** Reads a WatchTask stream to its end; resolves to { events, status }. */
+function watch(taskId) {
+  return new Promise((resolve, reject) => {
+    const events = [];
+    const call = client.WatchTask({ task_id: taskId }, deadline());
+    call.on('data', (event) => events.push(event));
+    call.on('error', (err) => reject(Object.assign(err, { events })));
+    call.on('status', (status) => {
+      if (status.code === grpc.status.OK) resolve({ events, status });
+    });
+  });
+}
+
+/** Checks a WatchTask stream's guarantees for a task that completes. */
+function checkCompletedStream(taskId, events) {
+  assert.ok(events.length >= 1);
+  assert.equal(events[0].type, 'EVENT_TYPE_SNAPSHOT');
+  assert.deepEqual(
+    events.map((e) => Number(e.sequence)),
+    events.map((_, i) => i + 1),
+  );
+  for (const event of events.slice(1)) assert.notEqual(event.type, 'EVENT_TYPE_SNAPSHOT');
+  for (const event of events) assert.equal(event.task.task_id, taskId);
+  const terminal = new Set(['TASK_STATE_COMPLETED', 'TASK_STATE_FAILED', 'TASK_STATE_CANCELED']);
+  for (const event of events.slice(0, -1)) assert.ok(!terminal.has(event.task.state));
+  const last = events.at(-1).task;
+  assert.equal(last.state, 'TASK_STATE_COMPLETED');
+  assert.match(last.result.url, /^http/);
+  const expires = Number(last.result.url_expire_time.seconds) * 1000;
+  assert.ok(expires > Date.now() + 23 * 3600 * 1000, 'the URL is valid for 24 h');
+  return last;
+}
+
+function download(url) {
+  return new Promise((resolve, reject) => {
+    http
+      .get(url, { timeout: 10_000 }, (res) => {
+        const chunks = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () =>
+          res.statusCode === 200 ? resolve(Buffer.concat(chunks).toString('utf8')) : reject(new Error(`HTTP ${res.statusCode}`)),
+        );
+      })
+      .on('error', reject);
+  });
+}
+
+const jsonLines = (text) =>
+  text
+    .split('\n')
+    .filter((line) => line.trim())
+    .map((line) => JSON.parse(line));
+
+/** google.protobuf.Value / Struct (as proto-loader gives them) to plain JSON. */
+function fromValue(value) {
+  switch (value.kind) {
+    case 'nullValue':
+      return null;
+    case 'numberValue':
+    case 'stringValue':
+    case 'boolValue':
+      return value[value.kind];
+    case 'structValue':
+      return fromStruct(value.structValue);
+    case 'listValue':
+      return (value.listValue.values || []).map(fromValue);
+    default:
+      throw new Error(`unknown Value kind ${value.kind}`);
+  }
+}
+const fromStruct = (struct) => Object.fromEntries(Object.entries(struct.fields || {}).map(([k, v]) => [k, fromValue(v)]));
+
+/** The google.rpc.Status in an error's trailers, with its details decoded by type name. */
+function statusDetails(err) {
+  const [raw] = err.metadata.get('grpc-status-details-bin');
+  assert.ok(raw, 'every error carries grpc-status-details-bin');
+  const Status = statusTypes.lookupType('google.rpc.Status');
+  const status = Status.decode(raw);
+  assert.equal(status.code, err.code);
+  const details = {};
+  for (const any of status.details) {
+    const typeName = any.type_url.slice(any.type_url.lastIndexOf('/') + 1);
+    const type = statusTypes.lookupType(typeName);
+    details[type.name] = type.toObject(type.decode(any.value), { defaults: true });
+  }
+  assert.equal(details.ErrorInfo.domain, 'stream-export');
+  return details;
+}
+
+describe('health', () => {
+  test('Check reports SERVING for the server and the export service', async () => {
+    const healthClient = new Health(server.address, grpc.credentials.createInsecure());
+    try {
+      for (const service of ['', SERVICE]) {
+        const reply = await new Promise((resolve, reject) =>
+          healthClient.Check({ service }, deadline(), (err, r) => (err ? reject(err) : resolve(r))),
+        );
+        assert.equal(reply.status, 'SERVING');
+      }
+    } finally {
+      healthClient.close();
+    }
+  });
+});
+
+describe('channel exports', () => {
+  test('ExportChannels v1, watched to completion; the file is one JSON document', async () => {
+    const reply = await unary('ExportChannels', {
+      channels: [{ type: 'messaging', id: 'general' }],
+      version: 'EXPORT_FORMAT_VERSION_V1',
+      request_id: randomUUID(),
+    });
+    assert.match(reply.task_id, /^[0-9a-f-]{36}$/);
+    const { events } = await watch(reply.task_id);
+    const task = checkCompletedStream(reply.task_id, events);
+    const document = JSON.parse(await download(task.result.url));
+    assert.deepEqual(
+      document.channels.map((c) => c.channel.id),
+      ['general'],
+    );
+    assert.ok(document.channels[0].messages.length > 0);
+  });
+
+  test('ExportChannels v2 with a message window; the file is JSON lines inside the window', async () => {
+    const since = Date.parse('2024-02-01T00:00:00Z');
+    const until = Date.parse('2024-03-01T00:00:00Z');
+    const reply = await unary('ExportChannels', {
+      channels: [
+        {
+          type: 'messaging',
+          id: 'general',
+          messages_since: { seconds: String(since / 1000), nanos: 0 },
+          messages_until: { seconds: String(until / 1000), nanos: 0 },
+        },
+      ],
+      include_truncated_messages: true,
+      version: 'EXPORT_FORMAT_VERSION_V2',
+    });
+    const { events } = await watch(reply.task_id);
+    const task = checkCompletedStream(reply.task_id, events);
+    assert.match(task.result.url, /\.jsonl/);
+    const lines = jsonLines(await download(task.result.url));
+    const messages = lines.filter((l) => l.type === 'message');
+    assert.ok(lines.some((l) => l.type === 'channel'));
+    assert.ok(messages.length > 0);
+    for (const { item } of messages) {
+      const created = Date.parse(item.created_at);
+      assert.ok(since < created && created <= until, item.created_at);
+    }
+  });
+});
+
+describe('user exports', () => {
+  test('ExportUsers, then GetTask until it completes', async () => {
+    const reply = await unary('ExportUsers', { user_ids: ['user-01', 'user-02'], request_id: randomUUID() });
+    const end = Date.now() + DEADLINE_MS;
+    let task;
+    for (;;) {
+      task = await unary('GetTask', { task_id: reply.task_id });
+      assert.equal(task.task_id, reply.task_id);
+      assert.ok(Number(task.create_time.seconds) > 0);
+      if (task.state === 'TASK_STATE_COMPLETED') break;
+      assert.ok(['TASK_STATE_WAITING', 'TASK_STATE_PENDING', 'TASK_STATE_RUNNING'].includes(task.state), task.state);
+      assert.ok(Date.now() < end, 'the users export did not complete');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.equal(task.upstream_status, 'completed');
+    const users = jsonLines(await download(task.result.url))
+      .filter((l) => l.type === 'user')
+      .map((l) => l.item.id);
+    assert.deepEqual(users.sort(), ['user-01', 'user-02']);
+  });
+
+  test('ExportUser keeps custom and nested fields', async () => {
+    const reply = await unary('ExportUser', { user_id: 'user-01' });
+    const user = fromStruct(reply.user);
+    assert.equal(user.id, 'user-01');
+    assert.equal(typeof user.team, 'string');
+    assert.ok(user.team);
+    assert.ok(user.profile.location.city && user.profile.location.country);
+    assert.ok(Array.isArray(user.profile.languages));
+    const messages = reply.messages.map(fromStruct);
+    assert.ok(messages.length > 0);
+    for (const message of messages) {
+      assert.ok(message.id && message.cid);
+      assert.equal(message.user, null, 'JSON null survives as NullValue');
+    }
+    for (const reaction of reply.reactions.map(fromStruct)) assert.equal(reaction.user_id, 'user-01');
+  });
+
+  test('WatchTask of a finished task is one COMPLETED snapshot', async () => {
+    const reply = await unary('ExportUsers', { user_ids: ['user-03'] });
+    checkCompletedStream(reply.task_id, (await watch(reply.task_id)).events);
+    const { events } = await watch(reply.task_id);
+    checkCompletedStream(reply.task_id, events);
+    assert.equal(events.length, 1);
+  });
+});
+
+describe('errors, decoded from grpc-status-details-bin', () => {
+  test('an invalid channel id is INVALID_ARGUMENT with a BadRequest for channels[0].id', async () => {
+    const err = await failing('ExportChannels', { channels: [{ type: 'messaging', id: 'not a valid id' }] });
+    assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+    const details = statusDetails(err);
+    assert.equal(details.ErrorInfo.reason, 'INVALID_REQUEST');
+    assert.deepEqual(
+      details.BadRequest.fieldViolations.map((v) => v.field),
+      ['channels[0].id'],
+    );
+  });
+
+  test('an unknown task is NOT_FOUND with TASK_NOT_FOUND, for GetTask and WatchTask', async () => {
+    const taskId = randomUUID();
+    const err = await failing('GetTask', { task_id: taskId });
+    assert.equal(err.code, grpc.status.NOT_FOUND);
+    assert.equal(statusDetails(err).ErrorInfo.reason, 'TASK_NOT_FOUND');
+
+    const watchErr = await watch(taskId).then(
+      () => assert.fail('WatchTask should have failed'),
+      (e) => e,
+    );
+    assert.equal(watchErr.code, grpc.status.NOT_FOUND);
+    assert.equal(statusDetails(watchErr).ErrorInfo.reason, 'TASK_NOT_FOUND');
+  });
+
+  test('heavy-user is FAILED_PRECONDITION with USER_EXPORT_TOO_LARGE', async () => {
+    const err = await failing('ExportUser', { user_id: 'heavy-user' });
+    assert.equal(err.code, grpc.status.FAILED_PRECONDITION);
+    assert.equal(statusDetails(err).ErrorInfo.reason, 'USER_EXPORT_TOO_LARGE');
+  });
+});

@@ -1,0 +1,246 @@
+"""The contract, proven with stubs generated in Python (grpcio-tools) against the real binary.
+
+Every RPC of streamexport.v1.ExportService, the google.rpc error details a client reads from
+the `grpc-status-details-bin` trailer (grpcio-status), the health service and reflection.
+"""
+
+import datetime as dt
+import json
+import time
+import urllib.request
+import uuid
+
+import grpc
+import pytest
+from google.api import annotations_pb2
+from google.protobuf import json_format, timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+from streamexport.v1 import export_pb2 as pb
+
+from conftest import SERVICE
+
+UTC = dt.timezone.utc
+DEADLINE = 30  # seconds, for every call
+
+
+def ts(text: str) -> timestamp_pb2.Timestamp:
+    value = timestamp_pb2.Timestamp()
+    value.FromJsonString(text)
+    return value
+
+
+def watch_to_end(stub, task_id: str) -> list:
+    """Reads a WatchTask stream to its end and checks the stream's guarantees."""
+    call = stub.WatchTask(pb.WatchTaskRequest(task_id=task_id), timeout=DEADLINE)
+    events = list(call)
+    assert call.code() == grpc.StatusCode.OK
+    assert events, "a stream has at least its snapshot"
+    assert events[0].type == pb.TaskEvent.EVENT_TYPE_SNAPSHOT
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert all(e.type != pb.TaskEvent.EVENT_TYPE_SNAPSHOT for e in events[1:])
+    assert all(e.task.task_id == task_id for e in events)
+    last = events[-1].task
+    assert last.state == pb.TASK_STATE_COMPLETED, events
+    assert last.result.url.startswith("http")
+    assert last.result.url_expire_time.ToDatetime(UTC) > dt.datetime.now(UTC) + dt.timedelta(hours=23)
+    terminal = {pb.TASK_STATE_COMPLETED, pb.TASK_STATE_FAILED, pb.TASK_STATE_CANCELED}
+    assert all(e.task.state not in terminal for e in events[:-1])
+    return events
+
+
+def download(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+        return response.read()
+
+
+def details(error: grpc.RpcError) -> dict:
+    """The google.rpc.Status of a failed call, its details unpacked by type name."""
+    status = rpc_status.from_call(error)
+    assert status is not None, "every error carries grpc-status-details-bin"
+    assert status.code == error.code().value[0]
+    unpacked = {}
+    for detail in status.details:
+        for kind in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.BadRequest,
+            error_details_pb2.RetryInfo,
+            error_details_pb2.QuotaFailure,
+        ):
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                unpacked[kind.DESCRIPTOR.name] = message
+    assert unpacked["ErrorInfo"].domain == "stream-export"
+    return unpacked
+
+
+# --- health and reflection ------------------------------------------------------------------
+
+
+def test_health_check(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", SERVICE):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=DEADLINE)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as error:
+        health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=DEADLINE)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_lists_services_and_serves_http_annotations(channel):
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE),
+    ]
+    listed, files = list(reflection.ServerReflectionInfo(iter(requests), timeout=DEADLINE))
+    names = {service.name for service in listed.list_services_response.service}
+    assert {SERVICE, "grpc.health.v1.Health"} <= names
+
+    # The served descriptor carries the google.api.http options (what a transcoder reads).
+    from google.protobuf import descriptor_pb2
+
+    protos = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in files.file_descriptor_response.file_descriptor_proto
+    ]
+    export = next(p for p in protos if p.name == "streamexport/v1/export.proto")
+    assert "google/api/annotations.proto" in export.dependency
+    methods = {m.name: m for m in export.service[0].method}
+    rule = methods["GetTask"].options.Extensions[annotations_pb2.http]
+    assert rule.get == "/v1/tasks/{task_id}"
+    rule = methods["ExportChannels"].options.Extensions[annotations_pb2.http]
+    assert (rule.post, rule.body) == ("/v1/exports/channels", "*")
+
+
+# --- channel exports --------------------------------------------------------------------------
+
+
+def test_export_channels_v1_watch_to_completion(stub):
+    reply = stub.ExportChannels(
+        pb.ExportChannelsRequest(
+            channels=[pb.ChannelRef(type="messaging", id="general")],
+            version=pb.EXPORT_FORMAT_VERSION_V1,
+            request_id=str(uuid.uuid4()),
+        ),
+        timeout=DEADLINE,
+    )
+    uuid.UUID(reply.task_id)
+    events = watch_to_end(stub, reply.task_id)
+    document = json.loads(download(events[-1].task.result.url))
+    assert [c["channel"]["id"] for c in document["channels"]] == ["general"]
+    assert document["channels"][0]["messages"], "the general channel has messages"
+
+
+def test_export_channels_v2_with_a_message_window(stub):
+    since, until = "2024-02-01T00:00:00Z", "2024-03-01T00:00:00Z"
+    reply = stub.ExportChannels(
+        pb.ExportChannelsRequest(
+            channels=[
+                pb.ChannelRef(type="messaging", id="general", messages_since=ts(since), messages_until=ts(until))
+            ],
+            include_truncated_messages=True,
+            version=pb.EXPORT_FORMAT_VERSION_V2,
+        ),
+        timeout=DEADLINE,
+    )
+    events = watch_to_end(stub, reply.task_id)
+    url = events[-1].task.result.url
+    assert ".jsonl" in url
+    lines = [json.loads(line) for line in download(url).splitlines() if line.strip()]
+    kinds = {line["type"] for line in lines}
+    assert {"channel", "message"} <= kinds
+    created = [line["item"]["created_at"] for line in lines if line["type"] == "message"]
+    assert created
+    low, high = dt.datetime.fromisoformat(since), dt.datetime.fromisoformat(until)
+    for stamp in created:
+        assert low < dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")) <= high
+
+
+# --- user exports ---------------------------------------------------------------------------
+
+
+def test_export_users_then_get_task(stub):
+    reply = stub.ExportUsers(
+        pb.ExportUsersRequest(user_ids=["user-01", "user-02"], request_id=str(uuid.uuid4())),
+        timeout=DEADLINE,
+    )
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        task = stub.GetTask(pb.GetTaskRequest(task_id=reply.task_id), timeout=DEADLINE)
+        assert task.task_id == reply.task_id
+        assert task.upstream_status
+        assert task.create_time.seconds > 0
+        if task.state == pb.TASK_STATE_COMPLETED:
+            break
+        assert task.state in (pb.TASK_STATE_WAITING, pb.TASK_STATE_PENDING, pb.TASK_STATE_RUNNING)
+        assert time.monotonic() < deadline, "the users export did not complete"
+        time.sleep(0.2)
+    assert task.upstream_status == "completed"
+    assert task.result.url_expire_time.ToDatetime(UTC) > dt.datetime.now(UTC) + dt.timedelta(hours=23)
+    lines = [json.loads(line) for line in download(task.result.url).splitlines() if line.strip()]
+    users = {line["item"]["id"] for line in lines if line["type"] == "user"}
+    assert users == {"user-01", "user-02"}
+
+
+def test_export_user_keeps_custom_fields(stub):
+    reply = stub.ExportUser(pb.ExportUserRequest(user_id="user-01"), timeout=DEADLINE)
+    user = json_format.MessageToDict(reply.user)
+    assert user["id"] == "user-01"
+    assert isinstance(user["team"], str) and user["team"]
+    location = user["profile"]["location"]
+    assert location["city"] and location["country"]
+    assert isinstance(user["profile"]["languages"], list)
+    messages = [json_format.MessageToDict(m) for m in reply.messages]
+    assert messages and all(m["id"] and m["cid"] for m in messages)
+    assert all("user" in m and m["user"] is None for m in messages), "JSON null survives as NullValue"
+    reactions = [json_format.MessageToDict(r) for r in reply.reactions]
+    assert all(r["user_id"] == "user-01" for r in reactions)
+
+
+def test_watch_task_of_a_finished_task_is_one_completed_snapshot(stub):
+    reply = stub.ExportUsers(pb.ExportUsersRequest(user_ids=["user-03"]), timeout=DEADLINE)
+    watch_to_end(stub, reply.task_id)
+    events = watch_to_end(stub, reply.task_id)
+    assert len(events) == 1
+
+
+# --- errors, read from grpc-status-details-bin ------------------------------------------------
+
+
+def test_invalid_channel_id_is_invalid_argument_with_bad_request(stub):
+    with pytest.raises(grpc.RpcError) as error:
+        stub.ExportChannels(
+            pb.ExportChannelsRequest(channels=[pb.ChannelRef(type="messaging", id="not a valid id")]),
+            timeout=DEADLINE,
+        )
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = details(error.value)
+    assert found["ErrorInfo"].reason == "INVALID_REQUEST"
+    fields = [v.field for v in found["BadRequest"].field_violations]
+    assert fields == ["channels[0].id"]
+
+
+def test_unknown_task_is_not_found(stub):
+    task_id = str(uuid.uuid4())
+    with pytest.raises(grpc.RpcError) as error:
+        stub.GetTask(pb.GetTaskRequest(task_id=task_id), timeout=DEADLINE)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert details(error.value)["ErrorInfo"].reason == "TASK_NOT_FOUND"
+
+    with pytest.raises(grpc.RpcError) as error:
+        list(stub.WatchTask(pb.WatchTaskRequest(task_id=task_id), timeout=DEADLINE))
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert details(error.value)["ErrorInfo"].reason == "TASK_NOT_FOUND"
+
+
+def test_heavy_user_is_failed_precondition(stub):
+    with pytest.raises(grpc.RpcError) as error:
+        stub.ExportUser(pb.ExportUserRequest(user_id="heavy-user"), timeout=DEADLINE)
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = details(error.value)["ErrorInfo"]
+    assert info.reason == "USER_EXPORT_TOO_LARGE"
