@@ -1,0 +1,91 @@
+//! Telemetry: Prometheus metrics on the admin port of the real binary, and the caller's W3C
+//! trace context passed on to upstream requests.
+
+mod common;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Json, Router, extract::Path, http::HeaderMap, routing::get};
+use common::{API_KEY, API_SECRET, Options, TestEmulator, process::ServiceProcess, spawn_app_with};
+use serde_json::{Value, json};
+use stream_export::{
+    emulator::{EmulatorConfig, data::KNOWN_USER},
+    proto::{ExportUserRequest, GetTaskRequest, WatchTaskRequest, export_service_client::ExportServiceClient},
+};
+use tokio_stream::StreamExt;
+
+#[tokio::test]
+async fn prometheus_metrics_cover_calls_upstream_and_watches() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let metrics_port = common::process::free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let base_url = emulator.base_url();
+    let service = ServiceProcess::start(
+        &["--metrics-listen", &metrics_addr],
+        &[("STREAM_BASE_URL", &base_url), ("STREAM_API_KEY", API_KEY), ("STREAM_API_SECRET", API_SECRET)],
+    );
+    service.wait_ready(true).await;
+    let mut client = ExportServiceClient::new(service.channel().await);
+    client.export_user(ExportUserRequest { user_id: KNOWN_USER.into() }).await.unwrap();
+    let _ = client.get_task(GetTaskRequest { task_id: uuid::Uuid::new_v4().to_string() }).await.unwrap_err();
+    let mut watch =
+        client.watch_task(WatchTaskRequest { task_id: uuid::Uuid::new_v4().to_string() }).await.unwrap().into_inner();
+    let _ = watch.next().await;
+
+    let text = reqwest::get(format!("http://{metrics_addr}/metrics")).await.unwrap().text().await.unwrap();
+    for expected in [
+        r#"stream_export_rpc_requests_total{method="streamexport.v1.ExportService/ExportUser",code="Ok"} 1"#,
+        r#"stream_export_rpc_requests_total{method="streamexport.v1.ExportService/GetTask",code="NotFound"} 1"#,
+        r#"stream_export_rpc_duration_seconds_bucket{method="streamexport.v1.ExportService/ExportUser",le="#,
+        r#"stream_export_upstream_requests_total{operation="ExportUser",status="200"} 1"#,
+        r#"stream_export_upstream_requests_total{operation="GetTask",status="404"}"#,
+        r#"stream_export_upstream_duration_seconds_bucket{operation="ExportUser",le="#,
+        r#"stream_export_upstream_ratelimit_remaining{operation="ExportUser"}"#,
+        "stream_export_watch_streams",
+        "stream_export_watch_pollers",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn the_callers_traceparent_reaches_upstream() {
+    // A stand-in upstream that records the trace headers it receives.
+    let seen: Arc<Mutex<Vec<(Option<String>, Option<String>)>>> = Arc::default();
+    let record = Arc::clone(&seen);
+    let upstream = Router::new().route(
+        "/tasks/{id}",
+        get(move |Path(id): Path<String>, headers: HeaderMap| {
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            record.lock().unwrap().push((header("traceparent"), header("tracestate")));
+            async move {
+                Json::<Value>(json!({"task_id": id, "status": "running", "created_at": "2024-01-01T00:00:00Z",
+                    "updated_at": "2024-01-01T00:00:00Z", "duration": "0.10ms"}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, upstream).await });
+
+    let app = spawn_app_with(Options { base_url_override: Some(format!("http://{addr}")), ..Options::default() }).await;
+    let mut client = app.client.clone();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut request = tonic::Request::new(GetTaskRequest { task_id: "t-1".into() });
+    request.metadata_mut().insert("traceparent", traceparent.parse().unwrap());
+    request.metadata_mut().insert("tracestate", "vendor=opaque".parse().unwrap());
+    client.get_task(request).await.unwrap();
+    client.get_task(GetTaskRequest { task_id: "t-2".into() }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [(Some(traceparent.to_owned()), Some("vendor=opaque".to_owned())), (None, None)],
+        "the first call's context is passed on, and nothing leaks into the next call"
+    );
+    app.stop().await;
+}
