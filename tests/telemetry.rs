@@ -51,10 +51,13 @@ async fn prometheus_metrics_cover_calls_upstream_and_watches() {
     }
 }
 
+/// `traceparent` and `tracestate` as an upstream request carried them.
+type TraceHeaders = (Option<String>, Option<String>);
+
 #[tokio::test]
 async fn the_callers_traceparent_reaches_upstream() {
     // A stand-in upstream that records the trace headers it receives.
-    let seen: Arc<Mutex<Vec<(Option<String>, Option<String>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<TraceHeaders>>> = Arc::default();
     let record = Arc::clone(&seen);
     let upstream = Router::new().route(
         "/tasks/{id}",
