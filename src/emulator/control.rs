@@ -20,6 +20,7 @@ use uuid::Uuid;
 use super::{
     config::Route,
     faults::{Fault, RouteSel},
+    files::{ExportKind, SyntheticSpec},
     state::AppState,
     tasks::{Outcome, Status, TaskError},
     wire::timestamp,
@@ -29,6 +30,7 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/_emulator/faults", get(list_faults).post(add_fault).delete(clear_faults))
         .route("/_emulator/tasks/{id}", get(task_state).post(steer_task))
+        .route("/_emulator/synthetic_exports", post(synthetic_export))
         .route("/_emulator/task_defaults", get(get_defaults).put(put_defaults))
         .route("/_emulator/counters", get(counters))
         .route("/_emulator/counters/reset", post(reset_counters))
@@ -116,6 +118,21 @@ fn task_view(state: &AppState, id: &str) -> Result<Value, Refusal> {
 
 async fn task_state(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     task_view(&state, &id).map_or_else(refuse, ok)
+}
+
+/// Creates a completed task whose file is generated on the fly (`SyntheticSpec`), for
+/// benchmarks of reading large exports: `{"records": N, "version": "v1"|"v2", "record_bytes": B}`.
+async fn synthetic_export(State(state): State<AppState>, body: Bytes) -> Response {
+    let spec: SyntheticSpec = match parse(&body) {
+        Ok(spec) => spec,
+        Err(refusal) => return refuse(refusal),
+    };
+    let id = super::routes::create_task(&state, ExportKind::Synthetic(spec), None);
+    let now = state.now();
+    if let Some(task) = state.lock().tasks.get_mut(&id) {
+        task.steer(Status::Completed, None, now);
+    }
+    ok(json!({"task_id": id.to_string()}))
 }
 
 async fn steer_task(State(state): State<AppState>, Path(id): Path<String>, body: Bytes) -> Response {

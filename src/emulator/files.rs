@@ -23,7 +23,8 @@ use super::data::{Channel, DataSet, Message};
 use super::wire::timestamp;
 
 /// The file format version of a channel export.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum Version {
     V1,
     V2,
@@ -53,6 +54,69 @@ pub(crate) struct ChannelExportSpec {
 pub(crate) enum ExportKind {
     Channels(ChannelExportSpec),
     Users(Vec<String>),
+    /// A large file generated on the fly for benchmarks (see [`SyntheticSpec`]).
+    Synthetic(SyntheticSpec),
+}
+
+/// A synthetic export: `records` entities of about `record_bytes` each, streamed as they are
+/// generated, so that a file of any size costs the emulator no memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+pub(crate) struct SyntheticSpec {
+    pub(crate) records: u64,
+    pub(crate) version: Version,
+    #[serde(default = "default_record_bytes")]
+    pub(crate) record_bytes: usize,
+}
+
+fn default_record_bytes() -> usize {
+    512
+}
+
+/// Records generated per chunk of a synthetic file.
+const SYNTHETIC_CHUNK_RECORDS: u64 = 256;
+
+impl SyntheticSpec {
+    /// The file, chunk by chunk. v2: a `channel` line, then `message` lines with a `reaction`
+    /// line after every tenth. v1: one channel block whose `messages` are the same records.
+    pub(crate) fn stream(self) -> impl futures::Stream<Item = Result<bytes::Bytes, std::convert::Infallible>> {
+        let padding = "x".repeat(self.record_bytes.saturating_sub(96));
+        let head = match self.version {
+            Version::V1 => "{\"channels\":[{\"channel\":{\"cid\":\"synthetic:bench\",\"type\":\"synthetic\"},\"members\":[],\"messages\":[".to_owned(),
+            Version::V2 => line("channel", json!({"cid": "synthetic:bench", "type": "synthetic"})),
+        };
+        let chunks = (0..self.records.div_ceil(SYNTHETIC_CHUNK_RECORDS)).map(move |chunk| {
+            let first = chunk * SYNTHETIC_CHUNK_RECORDS;
+            let last = (first + SYNTHETIC_CHUNK_RECORDS).min(self.records);
+            let mut text = String::with_capacity((last - first) as usize * (self.record_bytes + 32));
+            for n in first..last {
+                let message = json!({"id": format!("m-{n}"), "n": n, "text": padding});
+                match self.version {
+                    Version::V1 => {
+                        if n > 0 {
+                            text.push(',');
+                        }
+                        text.push_str(&message.to_string());
+                    }
+                    Version::V2 => {
+                        text.push_str(&line("message", message));
+                        if n % 10 == 9 {
+                            text.push_str(&line("reaction", json!({"message_id": format!("m-{n}"), "type": "like"})));
+                        }
+                    }
+                }
+            }
+            Ok(bytes::Bytes::from(text))
+        });
+        let tail = match self.version {
+            Version::V1 => "]}]}".to_owned(),
+            Version::V2 => String::new(),
+        };
+        futures::stream::iter(
+            std::iter::once(Ok(bytes::Bytes::from(head)))
+                .chain(chunks)
+                .chain(std::iter::once(Ok(bytes::Bytes::from(tail)))),
+        )
+    }
 }
 
 impl ExportKind {
@@ -62,12 +126,15 @@ impl ExportKind {
             ExportKind::Channels(spec) if spec.version == Version::V1 => ("channels", "channels-export.json"),
             ExportKind::Channels(_) => ("channels", "channels-export.jsonl"),
             ExportKind::Users(_) => ("users", "users-export.jsonl"),
+            ExportKind::Synthetic(spec) if spec.version == Version::V1 => ("synthetic", "synthetic-export.json"),
+            ExportKind::Synthetic(_) => ("synthetic", "synthetic-export.jsonl"),
         }
     }
 
     pub(crate) fn content_type(&self) -> &'static str {
         match self {
             ExportKind::Channels(spec) if spec.version == Version::V1 => "application/json",
+            ExportKind::Synthetic(spec) if spec.version == Version::V1 => "application/json",
             _ => "application/x-ndjson",
         }
     }
@@ -76,6 +143,7 @@ impl ExportKind {
         match self {
             ExportKind::Channels(spec) => channels_file(data, spec),
             ExportKind::Users(ids) => users_file(data, ids),
+            ExportKind::Synthetic(_) => Vec::new(),
         }
     }
 }

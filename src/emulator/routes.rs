@@ -294,7 +294,7 @@ fn parse_export_channels(state: &AppState, body: &Bytes) -> Result<ChannelExport
     })
 }
 
-fn create_task(state: &AppState, kind: ExportKind, error: Option<TaskError>) -> Uuid {
+pub(crate) fn create_task(state: &AppState, kind: ExportKind, error: Option<TaskError>) -> Uuid {
     let now = state.now();
     let mut inner = state.lock();
     let task = Task::new(kind, now, inner.task_defaults, error);
@@ -503,8 +503,12 @@ async fn download(
             _ => return no_such_key(),
         }
     };
-    let data = std::sync::Arc::clone(&state.data);
     let content_type = kind.content_type();
+    if let ExportKind::Synthetic(spec) = kind {
+        let body = axum::body::Body::from_stream(spec.stream());
+        return (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response();
+    }
+    let data = std::sync::Arc::clone(&state.data);
     let built = tokio::task::spawn_blocking(move || kind.build(&data)).await;
     match built {
         Ok(bytes) => (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], bytes).into_response(),

@@ -114,7 +114,8 @@ where
     let outcome = match format {
         format::Format::JsonLines => lines::read(StreamReader::new(body), &mut sink).await,
         format::Format::Document => {
-            let reader = SyncIoBridge::new(StreamReader::new(body));
+            // serde_json reads a byte at a time: buffer, or every byte crosses the bridge.
+            let reader = std::io::BufReader::with_capacity(64 * 1024, SyncIoBridge::new(StreamReader::new(body)));
             let parsed = tokio::task::spawn_blocking(move || {
                 let outcome = document::read(reader, &mut sink);
                 (outcome, sink)
