@@ -75,16 +75,20 @@ async fn submitted(session: &mut Session, task_id: &str, wait: WaitArgs) -> Resu
 }
 
 /// Watches a task to its end; with an output file, saves its export there.
+///
+/// The output's temporary file is created first, so that an unwritable path fails at once rather
+/// than after a long wait.
 pub async fn follow(session: &mut Session, task_id: &str, wait: WaitArgs) -> Result<(), Failure> {
+    let file = wait.output.as_deref().map(AtomicJsonl::create).transpose()?;
     let task = watch::follow(session, task_id).await?;
     if task.state() != TaskState::Completed {
         session.display.clear();
         return Err(Failure::TaskEnded(Box::new(task)));
     }
     let mut result = json!({"event": "result", "task": task_json(&task)});
-    let human = match &wait.output {
-        Some(path) => {
-            let saved = save_export(session, task_id, path).await?;
+    let human = match file {
+        Some(file) => {
+            let saved = save_export(session, task_id, file).await?;
             result["output"] = json!(saved.path.display().to_string());
             result["records"] = json!(saved.records);
             result["bytes"] = json!(saved.bytes);

@@ -96,12 +96,11 @@ pub struct Saved {
     pub bytes: u64,
 }
 
-/// Reads a completed task's records with `ReadExport` into `path`. A broken download
+/// Reads a completed task's records with `ReadExport` into `file` and commits it. A broken download
 /// (`UNAVAILABLE` `DOWNLOAD_FAILED`) is resumed from `ErrorInfo.metadata["next_index"]`, at most
 /// [`MAX_RESUMES`] times; a record already written is never written twice.
-pub async fn save_export(session: &mut Session, task_id: &str, path: &Path) -> Result<Saved, Failure> {
-    let mut file = AtomicJsonl::create(path)?;
-    session.display.start_download(path);
+pub async fn save_export(session: &mut Session, task_id: &str, mut file: AtomicJsonl) -> Result<Saved, Failure> {
+    session.display.start_download(&file.path);
     let mut resumes = 0;
     let mut start_index = 0;
     loop {
