@@ -464,3 +464,97 @@ async fn task_watch_on_a_terminal_shows_a_live_progress_display() {
     assert!(screen.contains("\u{1b}["), "it redraws in place (terminal escapes):\n{screen}");
     assert!(screen.contains("COMPLETED"), "{screen}");
 }
+
+/// A CA, and a server (`localhost`) and a client certificate signed by it, as PEM.
+fn pki() -> (String, (String, String), (String, String)) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "cli test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |names: Vec<String>, common_name: &str| {
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    (ca.pem(), leaf(vec!["localhost".into()], "localhost"), leaf(vec![], "cli-user"))
+}
+
+#[tokio::test]
+async fn bearer_token_and_mutual_tls_reach_a_guarded_service() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let dir = std::env::temp_dir().join(format!("cli-client-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, content: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    const TOKEN: &str = "cli-token-0123456789abcdef";
+    let (ca, (server_cert, server_key), (client_cert, client_key)) = pki();
+    let (ca, server_cert, server_key) =
+        (file("ca.pem", &ca), file("server.pem", &server_cert), file("server.key", &server_key));
+    let (client_cert, client_key) = (file("client.pem", &client_cert), file("client.key", &client_key));
+    let tokens = file("tokens", &format!("cli {TOKEN}\n"));
+    let base_url = emulator.base_url();
+    let service = ServiceProcess::start(
+        &[
+            "--stream-base-url",
+            &base_url,
+            "--auth-tokens-file",
+            &tokens,
+            "--tls-cert",
+            &server_cert,
+            "--tls-key",
+            &server_key,
+            "--tls-client-ca",
+            &ca,
+        ],
+        &[("STREAM_API_KEY", API_KEY), ("STREAM_API_SECRET", API_SECRET), ("RUST_LOG", "warn")],
+    );
+    service.wait_ready(false).await;
+    let server = format!("https://localhost:{}", service.port);
+    let run = |token: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command
+            .args([
+                "export",
+                "user",
+                KNOWN_USER,
+                "--server",
+                &server,
+                "--ca-cert",
+                &ca,
+                "--client-cert",
+                &client_cert,
+                "--client-key",
+                &client_key,
+            ])
+            .env_clear()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(token) = token {
+            command.env("STREAM_EXPORT_TOKEN", token);
+        }
+        command.spawn().unwrap()
+    };
+    // The TLS listener may take a moment after the port opens.
+    let mut output = finish(run(Some(TOKEN))).await;
+    for _ in 0..20 {
+        if output.status.code() != Some(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        output = finish(run(Some(TOKEN))).await;
+    }
+    assert_exit(&output, 0);
+    assert!(text(&output.stdout).starts_with("{\"type\":\"user\""), "{}", text(&output.stdout));
+
+    let output = finish(run(None)).await;
+    assert_exit(&output, 4);
+    assert!(text(&output.stderr).contains("UNAUTHENTICATED"), "{}", text(&output.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -181,7 +181,7 @@ impl Display {
 
     /// The state, the time since the command started and since upstream was last polled.
     fn status_text(&self) -> String {
-        let state = self.state.map_or("SUBMITTED", state_name);
+        let state = self.state.map_or("CONNECTING", state_name);
         let elapsed = self.started.elapsed().as_secs();
         let mut text = format!("{state}, {}:{:02} elapsed", elapsed / 60, elapsed % 60);
         if let Some(observed) = self.observed {
