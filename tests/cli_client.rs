@@ -30,19 +30,18 @@ struct Env {
 }
 
 async fn setup() -> Env {
+    setup_with(&[]).await
+}
+
+/// The same, with more `serve` flags.
+async fn setup_with(extra: &[&str]) -> Env {
     let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
     let base_url = emulator.base_url();
+    let mut args = vec!["--stream-base-url", &base_url, "--watch-poll-min", "50ms", "--watch-poll-max", "300ms"];
+    args.extend(["--upstream-poll-budget", "200"]);
+    args.extend(extra);
     let service = ServiceProcess::start(
-        &[
-            "--stream-base-url",
-            &base_url,
-            "--watch-poll-min",
-            "50ms",
-            "--watch-poll-max",
-            "300ms",
-            "--upstream-poll-budget",
-            "200",
-        ],
+        &args,
         &[("STREAM_API_KEY", API_KEY), ("STREAM_API_SECRET", API_SECRET), ("RUST_LOG", "warn")],
     );
     service.wait_ready(true).await;
@@ -557,4 +556,26 @@ async fn bearer_token_and_mutual_tls_reach_a_guarded_service() {
     assert_exit(&output, 4);
     assert!(text(&output.stderr).contains("UNAUTHENTICATED"), "{}", text(&output.stderr));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_interrupted_watch_stream_is_resumed() {
+    // The service cuts every watch stream after a second (UNAVAILABLE WATCH_INTERRUPTED).
+    let env = setup_with(&["--watch-max-lifetime", "1s"]).await;
+    let output = env.run(&["export", "channels", KNOWN_CHANNEL]).await;
+    let task_id = text(&output.stdout).trim().to_owned();
+    env.emulator.steer(&task_id, json!({"hold": true})).await;
+    let watcher = env.command(&["task", "watch", &task_id, "--json"]).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    env.emulator.steer(&task_id, json!({"status": "completed"})).await;
+    let output = finish(watcher).await;
+    assert_exit(&output, 0);
+    let lines = json_lines(&output);
+    assert!(
+        lines.iter().any(|l| l["event"] == "notice" && l["message"].as_str().unwrap().contains("resuming")),
+        "{lines:?}"
+    );
+    let snapshots = lines.iter().filter(|l| l["type"] == "SNAPSHOT").count();
+    assert!(snapshots >= 2, "each resumed stream starts with a snapshot: {lines:?}");
+    assert_eq!(result_of(&lines)["task"]["state"], "COMPLETED");
 }
