@@ -2,6 +2,7 @@
 //! protobuf contract, holds the Stream API secret so that clients never do, and ships a
 //! faithful emulator of the Stream API for trying it out and for every test.
 
+pub mod client_cli;
 pub mod config;
 pub mod emulator;
 pub mod export;

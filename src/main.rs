@@ -1,9 +1,10 @@
-//! The `stream-export` binary: the gRPC service, and the Stream API emulator.
+//! The `stream-export` binary: the gRPC service, the Stream API emulator, and the command-line
+//! client (`export`, `task`).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use stream_export::{config::ServeArgs, emulator, startup, telemetry};
+use stream_export::{client_cli, config::ServeArgs, emulator, startup, telemetry};
 
 /// stream-export: Stream Chat exports over gRPC, without poll loops.
 #[derive(Parser, Debug)]
@@ -19,6 +20,11 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run the Stream API emulator alone, for SDKs and tests.
     Emulator(emulator::EmulatorArgs),
+    /// Submit a channel or user export to a running service; with --wait, follow it; with
+    /// --output, save its records to a file.
+    Export(client_cli::ExportCommand),
+    /// Get or watch an existing task (and save its export).
+    Task(client_cli::TaskCommand),
 }
 
 #[tokio::main]
@@ -40,6 +46,8 @@ async fn main() -> ExitCode {
             telemetry::init(telemetry::LogFormat::Text);
             report(emulator::run(args).await)
         }
+        Command::Export(command) => client_cli::run_export(command).await,
+        Command::Task(command) => client_cli::run_task(command).await,
     }
 }
 

@@ -1,0 +1,156 @@
+//! Why a client command did not succeed, its exit code, and how it is reported.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+use crate::{client_cli::render, proto::Task};
+
+/// Exit code: the task failed or was canceled.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: bad usage (also what clap uses for argument errors).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: the service or upstream is unavailable; trying later may work.
+pub const EXIT_UNAVAILABLE: u8 = 3;
+/// Exit code: the service refused the request or failed otherwise, or a local file failed.
+pub const EXIT_REFUSED: u8 = 4;
+/// Exit code: interrupted by Ctrl-C (128 + SIGINT).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Why a command did not succeed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Invalid arguments.
+    Usage(String),
+    /// The service could not be reached.
+    Unreachable(String),
+    /// A gRPC call ended with an error status; `action` says what was being done.
+    Rpc {
+        /// What the client was doing, e.g. "submitting the export".
+        action: &'static str,
+        /// The status.
+        status: Status,
+    },
+    /// The task ended in FAILED or CANCELED.
+    TaskEnded(Box<Task>),
+    /// A local problem (the output file).
+    Local(String),
+    /// Ctrl-C.
+    Interrupted,
+}
+
+impl Failure {
+    /// A gRPC error while doing `action`.
+    pub fn rpc(action: &'static str) -> impl FnOnce(Status) -> Failure {
+        move |status| Failure::Rpc { action, status }
+    }
+
+    /// The process exit code; see [`super::EXIT_CODES_HELP`].
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Usage(_) => EXIT_USAGE,
+            Failure::Unreachable(_) => EXIT_UNAVAILABLE,
+            Failure::TaskEnded(_) => EXIT_FAILED,
+            Failure::Local(_) => EXIT_REFUSED,
+            Failure::Interrupted => EXIT_INTERRUPTED,
+            Failure::Rpc { status, .. } => match status.code() {
+                Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted => {
+                    EXIT_UNAVAILABLE
+                }
+                Code::InvalidArgument | Code::OutOfRange => EXIT_USAGE,
+                _ => EXIT_REFUSED,
+            },
+        }
+    }
+
+    /// One line for a person.
+    pub fn message(&self) -> String {
+        match self {
+            Failure::Usage(text) | Failure::Unreachable(text) | Failure::Local(text) => text.clone(),
+            Failure::Interrupted => "interrupted".into(),
+            Failure::TaskEnded(task) => {
+                let state = render::state_name(task.state());
+                match &task.error {
+                    Some(error) if !error.description.is_empty() || !error.r#type.is_empty() => {
+                        format!("task {} {state}: {} {}", task.task_id, error.r#type, error.description)
+                    }
+                    _ => format!("task {} {state}", task.task_id),
+                }
+            }
+            Failure::Rpc { action, status } => {
+                let mut line = format!("{action}: {:?}", status.code());
+                if let Some(reason) = reason(status) {
+                    line.push_str(&format!(" ({reason})"));
+                }
+                if !status.message().is_empty() {
+                    line.push_str(&format!(": {}", status.message()));
+                }
+                let details = status.get_error_details();
+                if let Some(bad) = details.bad_request() {
+                    for violation in &bad.field_violations {
+                        line.push_str(&format!("; {}: {}", violation.field, violation.description));
+                    }
+                }
+                line.replace('\n', " ")
+            }
+        }
+    }
+
+    /// The failure as one JSON object (for `--json`).
+    pub fn to_json(&self) -> Value {
+        let mut value = json!({"event": "error", "exit_code": self.exit_code(), "message": self.message()});
+        match self {
+            Failure::Rpc { status, .. } => {
+                value["code"] = json!(format!("{:?}", status.code()));
+                value["reason"] = json!(reason(status));
+            }
+            Failure::TaskEnded(task) => value["task"] = render::task_json(task),
+            _ => {}
+        }
+        value
+    }
+
+    /// Prints the failure: one line on stderr, and with `json` also a JSON object on stdout.
+    pub fn report(&self, json: bool) {
+        if json {
+            println!("{}", self.to_json());
+        }
+        eprintln!("stream-export: {}", self.message());
+    }
+}
+
+/// The `ErrorInfo` reason of a status, if it has one.
+pub fn reason(status: &Status) -> Option<String> {
+    status.get_error_details().error_info().map(|info| info.reason.clone())
+}
+
+/// An `ErrorInfo` metadata value of a status.
+pub fn metadata(status: &Status, key: &str) -> Option<String> {
+    status.get_error_details().error_info().and_then(|info| info.metadata.get(key).cloned())
+}
+
+/// How long to wait before trying again: the status's `RetryInfo` (at most 10 s), or `fallback`.
+pub fn retry_delay(status: &Status, fallback: Duration) -> Duration {
+    status
+        .get_error_details()
+        .retry_info()
+        .and_then(|info| info.retry_delay)
+        .map_or(fallback, |delay| delay.min(Duration::from_secs(10)))
+}
+
+/// The error and its sources, joined with ": " (tonic's transport errors hide the cause).
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,251 @@
+//! The command-line client for people: `stream-export export …` submits an export, shows that it
+//! progresses and saves it to a file; `stream-export task …` does the same for an existing task.
+//!
+//! It talks to a running service over gRPC like any other client. Layout: this module holds the
+//! arguments and the run loop (Ctrl-C, exit codes); [`connect`] the channel, TLS and bearer token;
+//! [`export`] the submits; [`watch`] `WatchTask` with resume; [`output`] `ReadExport` into an
+//! atomically written JSON-lines file; [`progress`] what the person (or script) sees;
+//! [`render`] JSON renderings; [`failure`] errors and their exit codes.
+
+mod connect;
+mod export;
+mod failure;
+mod output;
+mod progress;
+mod render;
+mod watch;
+
+use std::{future::Future, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Subcommand};
+
+pub use failure::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE, Failure};
+
+use crate::client_cli::{connect::Client, progress::Display};
+
+/// The exit codes, shown under `--help` of the client commands.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    done (the export was submitted, completed and saved, as asked)
+  1    the task failed or was canceled upstream
+  2    bad usage: invalid arguments, or the service rejected the request as invalid (INVALID_ARGUMENT)
+  3    the service or Stream is unavailable: connection refused, UNAVAILABLE, DEADLINE_EXCEEDED,
+       RESOURCE_EXHAUSTED (rate limits, overload): trying again later may work
+  4    the service refused or failed otherwise: NOT_FOUND (no such task or user), UNAUTHENTICATED,
+       PERMISSION_DENIED, FAILED_PRECONDITION (e.g. user too large for `export user`), INTERNAL,
+       DATA_LOSS, or the output file could not be written
+  130  interrupted (Ctrl-C); no partial file is left behind";
+
+/// How to reach the service; accepted anywhere on the command line.
+#[derive(Args, Debug, Clone)]
+pub struct ClientOptions {
+    /// The service's URL; `https://` uses TLS.
+    #[arg(long, global = true, env = "STREAM_EXPORT_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+
+    /// Bearer token sent as `authorization: Bearer <token>` (when the service requires tokens).
+    /// Prefer the environment variable: a flag shows in the process list.
+    #[arg(long, global = true, env = "STREAM_EXPORT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// PEM CA certificate to verify the service with (default: the bundled web PKI roots).
+    #[arg(long, global = true, env = "STREAM_EXPORT_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// PEM client certificate, for a service that requires mutual TLS (with --client-key).
+    #[arg(long, global = true, env = "STREAM_EXPORT_CLIENT_CERT", value_name = "FILE")]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM private key of --client-cert.
+    #[arg(long, global = true, env = "STREAM_EXPORT_CLIENT_KEY", value_name = "FILE")]
+    pub client_key: Option<PathBuf>,
+
+    /// Machine-readable output: one JSON object per line on stdout (task id, events, result,
+    /// error).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `stream-export export …`.
+#[derive(Args, Debug)]
+#[command(after_help = EXIT_CODES_HELP)]
+pub struct ExportCommand {
+    #[command(flatten)]
+    options: ClientOptions,
+    #[command(subcommand)]
+    what: ExportWhat,
+}
+
+/// What to export.
+#[derive(Subcommand, Debug)]
+enum ExportWhat {
+    /// Export 1–25 channels (asynchronous: prints the task id, or waits with --wait/--output).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Channels(ChannelsArgs),
+    /// Export 1–25 users (asynchronous: prints the task id, or waits with --wait/--output).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Users(UsersArgs),
+    /// Export one user synchronously, as JSON lines (to stdout, or to --output).
+    #[command(after_help = EXIT_CODES_HELP)]
+    User(UserArgs),
+}
+
+/// Arguments of `export channels`.
+#[derive(Args, Debug)]
+pub struct ChannelsArgs {
+    /// Channels as TYPE:ID, optionally with a message window in RFC 3339, either end open:
+    /// `messaging:general@2024-02-01T00:00:00Z..2024-03-01T00:00:00Z`, `messaging:general@2024-02-01T00:00:00Z..`.
+    #[arg(required = true, value_name = "TYPE:ID[@SINCE..UNTIL]")]
+    channels: Vec<String>,
+    /// Export format V2 (JSON lines upstream) instead of V1 (one JSON document).
+    #[arg(long)]
+    v2: bool,
+    /// Also export messages hidden by a channel truncation.
+    #[arg(long)]
+    include_truncated: bool,
+    /// Also export soft-deleted channels.
+    #[arg(long)]
+    include_soft_deleted: bool,
+    /// Clear the text of deleted messages.
+    #[arg(long)]
+    clear_deleted_text: bool,
+    /// Also export the users referenced by the channels.
+    #[arg(long)]
+    export_users: bool,
+    #[command(flatten)]
+    wait: WaitArgs,
+}
+
+/// Arguments of `export users`.
+#[derive(Args, Debug)]
+pub struct UsersArgs {
+    /// The user ids.
+    #[arg(required = true, value_name = "ID")]
+    user_ids: Vec<String>,
+    #[command(flatten)]
+    wait: WaitArgs,
+}
+
+/// Waiting for an asynchronous export, and saving it.
+#[derive(Args, Debug, Clone)]
+pub struct WaitArgs {
+    /// Watch the task until it ends, showing its progress.
+    #[arg(long)]
+    wait: bool,
+    /// Save the export's records to FILE as JSON lines `{"type": kind, "item": {...}}`
+    /// (written atomically: a temporary file, then a rename). Implies --wait.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+/// Arguments of `export user`.
+#[derive(Args, Debug)]
+pub struct UserArgs {
+    /// The user id.
+    #[arg(value_name = "ID")]
+    user_id: String,
+    /// Write the records to FILE (atomically) instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+/// `stream-export task …`.
+#[derive(Args, Debug)]
+#[command(after_help = EXIT_CODES_HELP)]
+pub struct TaskCommand {
+    #[command(flatten)]
+    options: ClientOptions,
+    #[command(subcommand)]
+    what: TaskWhat,
+}
+
+/// What to do with a task.
+#[derive(Subcommand, Debug)]
+enum TaskWhat {
+    /// Show a task's state once (exit 1 if it failed or was canceled).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Get {
+        /// The task id.
+        task_id: String,
+    },
+    /// Watch a task until it ends, and optionally save its export.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Watch {
+        /// The task id.
+        task_id: String,
+        /// Save the export's records to FILE as JSON lines (atomically).
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+/// What every command works with: the client and the display.
+pub(crate) struct Session {
+    client: Client,
+    display: Display,
+}
+
+/// Runs `stream-export export …`; returns the process exit code.
+pub async fn run_export(command: ExportCommand) -> ExitCode {
+    let ExportCommand { options, what } = command;
+    let checked = match &what {
+        ExportWhat::Channels(args) => args.channels.iter().try_for_each(|spec| export::parse_channel(spec).map(drop)),
+        ExportWhat::Users(args) => export::check_user_ids(&args.user_ids),
+        ExportWhat::User(args) => export::check_user_ids(std::slice::from_ref(&args.user_id)),
+    };
+    if let Err(failure) = checked {
+        failure.report(options.json);
+        return ExitCode::from(failure.exit_code());
+    }
+    run(options, |session| async move {
+        let mut session = session?;
+        match what {
+            ExportWhat::Channels(args) => export::channels(&mut session, args).await,
+            ExportWhat::Users(args) => export::users(&mut session, args).await,
+            ExportWhat::User(args) => export::user(&mut session, args).await,
+        }
+    })
+    .await
+}
+
+/// Runs `stream-export task …`; returns the process exit code.
+pub async fn run_task(command: TaskCommand) -> ExitCode {
+    let TaskCommand { options, what } = command;
+    run(options, |session| async move {
+        let mut session = session?;
+        match what {
+            TaskWhat::Get { task_id } => export::get(&mut session, &task_id).await,
+            TaskWhat::Watch { task_id, output } => {
+                export::follow(&mut session, &task_id, WaitArgs { wait: true, output }).await
+            }
+        }
+    })
+    .await
+}
+
+/// Connects, runs `work` until it ends or Ctrl-C, and reports a failure in one line.
+///
+/// On Ctrl-C the work's future is dropped, which removes a temporary output file (see
+/// [`output::AtomicJsonl`]) and clears the progress display.
+async fn run<F, Fut>(options: ClientOptions, work: F) -> ExitCode
+where
+    F: FnOnce(Result<Session, Failure>) -> Fut,
+    Fut: Future<Output = Result<(), Failure>>,
+{
+    let json = options.json;
+    let work = async {
+        let session = connect::connect(&options).await.map(|client| Session { client, display: Display::new(json) });
+        work(session).await
+    };
+    let outcome = tokio::select! {
+        outcome = work => outcome,
+        _ = tokio::signal::ctrl_c() => Err(Failure::Interrupted),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            failure.report(json);
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}

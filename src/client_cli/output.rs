@@ -1,0 +1,182 @@
+//! Saving records: an atomically written JSON-lines file, and `ReadExport` into it with resume.
+
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde_json::Value;
+use tonic::Code;
+
+use crate::{
+    client_cli::{
+        Session,
+        failure::{Failure, metadata, reason, retry_delay},
+        render::struct_json,
+    },
+    proto::ReadExportRequest,
+};
+
+/// How many times a broken download (`DOWNLOAD_FAILED`) is resumed before giving up.
+const MAX_RESUMES: u32 = 5;
+
+/// A JSON-lines file that appears under its final name only when complete: records go to a
+/// temporary file in the same directory, renamed over the final name by [`AtomicJsonl::commit`].
+/// Dropped without a commit (an error, Ctrl-C), it removes the temporary file.
+#[derive(Debug)]
+pub struct AtomicJsonl {
+    path: PathBuf,
+    temp: PathBuf,
+    writer: Option<BufWriter<File>>,
+    /// Records written so far.
+    pub records: u64,
+    /// Bytes written so far.
+    pub bytes: u64,
+}
+
+impl AtomicJsonl {
+    /// Creates the temporary file beside `path`.
+    pub fn create(path: &Path) -> Result<Self, Failure> {
+        let name =
+            path.file_name().ok_or_else(|| Failure::Usage(format!("--output {}: not a file name", path.display())))?;
+        let directory = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let temp = directory.join(format!(".{}.{}.part", name.to_string_lossy(), uuid::Uuid::new_v4().simple()));
+        let file = File::create_new(&temp)
+            .map_err(|error| Failure::Local(format!("cannot create {}: {error}", temp.display())))?;
+        Ok(Self { path: path.to_owned(), temp, writer: Some(BufWriter::new(file)), records: 0, bytes: 0 })
+    }
+
+    /// Appends `{"type": kind, "item": item}` as one line.
+    pub fn write(&mut self, kind: &str, item: Value) -> Result<(), Failure> {
+        // Written by hand so that `type` comes first (serde_json sorts object keys).
+        let line = format!("{{\"type\":{},\"item\":{item}}}\n", Value::from(kind));
+        let writer = self.writer.as_mut().ok_or_else(|| Failure::Local("the output file is closed".into()))?;
+        writer.write_all(line.as_bytes()).map_err(|error| self.io_failure(error))?;
+        self.records += 1;
+        self.bytes += line.len() as u64;
+        Ok(())
+    }
+
+    /// Flushes, syncs and renames the file to its final name.
+    pub fn commit(mut self) -> Result<PathBuf, Failure> {
+        let writer = self.writer.take().ok_or_else(|| Failure::Local("the output file is closed".into()))?;
+        let file = writer.into_inner().map_err(|error| self.io_failure(error.into_error()))?;
+        file.sync_all().map_err(|error| self.io_failure(error))?;
+        drop(file);
+        std::fs::rename(&self.temp, &self.path)
+            .map_err(|error| Failure::Local(format!("cannot rename to {}: {error}", self.path.display())))?;
+        self.temp = PathBuf::new();
+        Ok(self.path.clone())
+    }
+
+    fn io_failure(&self, error: std::io::Error) -> Failure {
+        Failure::Local(format!("cannot write {}: {error}", self.temp.display()))
+    }
+}
+
+impl Drop for AtomicJsonl {
+    fn drop(&mut self) {
+        self.writer.take();
+        if !self.temp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// What a saved export amounts to.
+#[derive(Debug)]
+pub struct Saved {
+    /// The final file.
+    pub path: PathBuf,
+    /// Records written.
+    pub records: u64,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// Reads a completed task's records with `ReadExport` into `file` and commits it. A broken download
+/// (`UNAVAILABLE` `DOWNLOAD_FAILED`) is resumed from `ErrorInfo.metadata["next_index"]`, at most
+/// [`MAX_RESUMES`] times; a record already written is never written twice.
+pub async fn save_export(session: &mut Session, task_id: &str, mut file: AtomicJsonl) -> Result<Saved, Failure> {
+    session.display.start_download(&file.path);
+    let mut resumes = 0;
+    let mut start_index = 0;
+    loop {
+        let request = ReadExportRequest { task_id: task_id.to_owned(), start_index };
+        let ended = match session.client.read_export(request).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(record)) => {
+                            // After a resume, skip what this file already holds.
+                            if record.index < file.records {
+                                continue;
+                            }
+                            if record.index > file.records {
+                                return Err(Failure::Local(format!(
+                                    "the service skipped records {}..{}",
+                                    file.records, record.index
+                                )));
+                            }
+                            let item = record.item.as_ref().map_or(Value::Null, struct_json);
+                            file.write(&record.kind, item)?;
+                            session.display.records(file.records, file.bytes);
+                        }
+                        Ok(None) => break None,
+                        Err(status) => break Some(status),
+                    }
+                }
+            }
+            Err(status) => Some(status),
+        };
+        let Some(status) = ended else {
+            let (records, bytes) = (file.records, file.bytes);
+            let path = file.commit()?;
+            session.display.finish_download();
+            return Ok(Saved { path, records, bytes });
+        };
+        let resumable = status.code() == Code::Unavailable && reason(&status).as_deref() == Some("DOWNLOAD_FAILED");
+        if !resumable || resumes >= MAX_RESUMES {
+            return Err(Failure::rpc("reading the export")(status));
+        }
+        resumes += 1;
+        start_index = metadata(&status, "next_index").and_then(|n| n.parse().ok()).unwrap_or(file.records);
+        session.display.note(&format!(
+            "download broke after {} records; resuming at record {start_index} ({resumes}/{MAX_RESUMES})",
+            file.records
+        ));
+        tokio::time::sleep(retry_delay(&status, Duration::from_millis(500))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_file_appears_only_on_commit_and_an_abandoned_one_leaves_nothing() {
+        let directory = std::env::temp_dir().join(format!("atomic-jsonl-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let path = directory.join("out.jsonl");
+
+        let mut file = AtomicJsonl::create(&path).unwrap();
+        file.write("user", json!({"id": "u"})).unwrap();
+        assert!(!path.exists());
+        drop(file);
+        assert_eq!(std::fs::read_dir(&directory).unwrap().count(), 0, "the temporary file is removed");
+
+        let mut file = AtomicJsonl::create(&path).unwrap();
+        file.write("user", json!({"id": "u"})).unwrap();
+        file.write("message", json!({"n": 1})).unwrap();
+        file.commit().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"type\":\"user\",\"item\":{\"id\":\"u\"}}\n{\"type\":\"message\",\"item\":{\"n\":1}}\n");
+        assert_eq!(std::fs::read_dir(&directory).unwrap().count(), 1);
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+}
