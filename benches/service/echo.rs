@@ -1,15 +1,17 @@
-//! The bare tonic server of figure 1: the same `ExportService` trait, `GetTask` answering a
-//! fixed `Task` (the very bytes the service returned for the benchmark's task, so both reply
-//! with messages of the same size), everything else unimplemented. No layers, no upstream:
-//! the floor any tonic service pays per call.
+//! The bare tonic server of figures 1 and 2: the same `ExportService` trait, `GetTask`
+//! answering a fixed `Task` (the very bytes the service returned for the benchmark's task, so
+//! both reply with messages of the same size), `WatchTask` a snapshot and then silence, the
+//! rest unimplemented. No layers, no upstream: the floor any tonic service pays.
 
 use std::{net::SocketAddr, pin::Pin};
 
+use futures::StreamExt;
 use prost::Message;
 use stream_export::proto::{
     ExportChannelsRequest, ExportChannelsResponse, ExportUserRequest, ExportUserResponse, ExportUsersRequest,
     ExportUsersResponse, GetTaskRequest, Task, TaskEvent, WatchTaskRequest,
     export_service_server::{ExportService, ExportServiceServer},
+    task_event::EventType,
 };
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -41,8 +43,17 @@ impl ExportService for Echo {
 
     type WatchTaskStream = Pin<Box<dyn Stream<Item = Result<TaskEvent, Status>> + Send>>;
 
+    /// One snapshot, then an open stream that never sends again: the least a tonic server
+    /// holds per open server stream, to set the service's memory per watcher against.
     async fn watch_task(&self, _: Request<WatchTaskRequest>) -> Result<Response<Self::WatchTaskStream>, Status> {
-        Err(Status::unimplemented("echo server"))
+        let snapshot = TaskEvent {
+            sequence: 1,
+            r#type: EventType::Snapshot as i32,
+            task: Some(self.task.clone()),
+            observe_time: None,
+        };
+        let events = futures::stream::once(async move { Ok(snapshot) }).chain(futures::stream::pending());
+        Ok(Response::new(Box::pin(events)))
     }
 }
 

@@ -62,8 +62,8 @@ impl Figure {
 /// Prints the table, then one `BENCH` line per figure (the lines CI and scripts read).
 pub fn print(figures: &[Figure]) {
     println!();
-    println!("{:<34} {:>14} {:<6} {:>10} {:>5}", "figure", "value", "unit", "target", "met");
-    println!("{}", "-".repeat(73));
+    println!("{:<42} {:>12} {:<6} {:>10} {:>5}", "figure", "value", "unit", "target", "met");
+    println!("{}", "-".repeat(79));
     for figure in figures {
         let target = figure.target.map_or_else(|| "-".to_owned(), Target::text);
         let met = match figure.met() {
@@ -71,7 +71,7 @@ pub fn print(figures: &[Figure]) {
             Some(false) => "NO",
             None => "-",
         };
-        println!("{:<34} {:>14.3} {:<6} {:>10} {:>5}", figure.name, figure.value, figure.unit, target, met);
+        println!("{:<42} {:>12.3} {:<6} {:>10} {:>5}", figure.name, figure.value, figure.unit, target, met);
     }
     println!();
     for figure in figures {

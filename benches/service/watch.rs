@@ -10,6 +10,7 @@ use std::{
 };
 
 use futures::future::join_all;
+use prost::Message;
 use serde_json::{Value, json};
 use stream_export::proto::{
     GetTaskRequest, TaskState, WatchTaskRequest, export_service_client::ExportServiceClient, task_event::EventType,
@@ -156,6 +157,7 @@ pub async fn fan_out(scale: &Scale, emulator_process: &ChildProcess, emulator: &
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), control).await;
+    let bare_kib = bare_tonic_stream_kib(scale, &clients[0], &task_ids[0], total).await;
     let delivered = delays_ms.len() as f64;
     let delay_target = (POLL_INTERVAL + Duration::from_millis(20)).as_secs_f64() * 1e3;
 
@@ -167,10 +169,40 @@ pub async fn fan_out(scale: &Scale, emulator_process: &ChildProcess, emulator: &
         Figure::info("watch_rss_per_stream_incl_connections_kib", per_stream_kib(rss_open, rss_idle), "KiB"),
         Figure::info("watch_rss_connections_mib", rss_connected.saturating_sub(rss_idle) as f64 / MIB, "MiB"),
         Figure::info("watch_rss_streams_open_mib", rss_open as f64 / MIB, "MiB"),
+        Figure::info("watch_rss_per_stream_bare_tonic_kib", bare_kib, "KiB"),
         Figure::info("watch_changes_delivered", delivered, "count"),
         Figure::target("watch_change_delay_p50_ms", quantile(&mut delays_ms, 0.5), "ms", Target::AtMost(delay_target)),
         Figure::target("watch_change_delay_p99_ms", quantile(&mut delays_ms, 0.99), "ms", Target::AtMost(delay_target)),
     ]
+}
+
+/// The same count of open server streams on the bare tonic server, measured the same way
+/// (from its connected baseline): tonic's own floor per stream, for comparison.
+async fn bare_tonic_stream_kib(
+    scale: &Scale,
+    service: &ExportServiceClient<Channel>,
+    task_id: &str,
+    streams: usize,
+) -> f64 {
+    let task = service.clone().get_task(GetTaskRequest { task_id: task_id.to_owned() }).await;
+    let task_hex = hex::encode(task.expect("GetTask of a watched task").into_inner().encode_to_vec());
+    let bare = processes::start_echo(&task_hex).await;
+    let clients = connect(&bare, scale.fanout_connections).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_connected = procfs::rss_bytes(bare.pid());
+    eprintln!("watch: opening {streams} streams on the bare tonic server");
+    let progress = Arc::new(Progress::default());
+    let watchers: Vec<_> = (0..streams)
+        .map(|n| spawn_watcher(clients[n % clients.len()].clone(), task_id.to_owned(), Arc::clone(&progress)))
+        .collect();
+    let opened = wait_for(&progress.snapshots, streams, Duration::from_secs(60)).await;
+    assert!(opened, "only {} of {streams} bare streams opened", progress.snapshots.load(Ordering::Relaxed));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_open = procfs::rss_bytes(bare.pid());
+    for watcher in &watchers {
+        watcher.abort();
+    }
+    rss_open.saturating_sub(rss_connected) as f64 / streams as f64 / 1024.0
 }
 
 /// One reading of the emulator's `get_task` counter.
