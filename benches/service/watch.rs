@@ -218,19 +218,30 @@ async fn sample(emulator: &EmulatorClient) -> Sample {
     Sample { at: Instant::now(), unix_secs, requests: counters["routes"]["get_task"].as_u64().unwrap_or(0) }
 }
 
-/// The highest upstream rate over any window of about one second. Requests paced at B per
-/// second put at most B·t + 1 into a window of length t (the fencepost), so the rate of a
-/// window is counted as (requests − 1) / t.
+/// The highest upstream rate over any window of about one second (raw: requests / length).
 fn max_window_rate(samples: &[Sample]) -> f64 {
-    let mut max: f64 = 0.0;
-    for (i, start) in samples.iter().enumerate() {
-        let Some(end) = samples[i..].iter().find(|s| s.at.duration_since(start.at) >= Duration::from_secs(1)) else {
-            break;
-        };
-        let requests = end.requests.saturating_sub(start.requests).saturating_sub(1);
-        max = max.max(requests as f64 / end.at.duration_since(start.at).as_secs_f64());
-    }
-    max
+    one_second_windows(samples).map(|(requests, secs)| requests as f64 / secs).fold(0.0, f64::max)
+}
+
+/// The most requests any window (of about one second, or the whole run) held beyond what the
+/// budget allows in its length, B·t. Paced requests put at most B·t + 1 into a window (the
+/// fencepost); the emulator counts a request when it arrives while the budget paces its
+/// sending, and the bench reads the counter over HTTP, which adds up to about one more.
+fn max_excess_requests(samples: &[Sample], budget: f64) -> f64 {
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else { return 0.0 };
+    let whole = (last.requests.saturating_sub(first.requests), last.at.duration_since(first.at).as_secs_f64());
+    one_second_windows(samples)
+        .chain([whole])
+        .map(|(requests, secs)| requests as f64 - budget * secs)
+        .fold(f64::MIN, f64::max)
+}
+
+/// (requests, seconds) of every window from one sample to the first sample a second later.
+fn one_second_windows(samples: &[Sample]) -> impl Iterator<Item = (u64, f64)> + '_ {
+    samples.iter().enumerate().filter_map(|(i, start)| {
+        let end = samples[i..].iter().find(|s| s.at.duration_since(start.at) >= Duration::from_secs(1))?;
+        Some((end.requests.saturating_sub(start.requests), end.at.duration_since(start.at).as_secs_f64()))
+    })
 }
 
 /// An upper bound of the requests the emulator refused with 429: its limiter counts each
@@ -290,18 +301,19 @@ pub async fn budget(scale: &Scale, emulator_process: &ChildProcess, emulator: &E
     emulator.control(reqwest::Method::PUT, "rate_limits", Some(json!({"get_task": 100_000_000}))).await;
 
     let (first, last) = (&samples[0], &samples[samples.len() - 1]);
-    // The same fencepost as in `max_window_rate`.
-    let requests = last.requests.saturating_sub(first.requests).saturating_sub(1);
+    let requests = last.requests.saturating_sub(first.requests);
     let mean_rate = requests as f64 / last.at.duration_since(first.at).as_secs_f64();
     vec![
         Figure::info("budget_tasks_watched", task_ids.len() as f64, "count"),
         Figure::info("budget_snapshots_delivered", progress.snapshots.load(Ordering::Relaxed) as f64, "count"),
-        Figure::target("budget_mean_upstream_rate", mean_rate, "1/s", Target::AtMost(f64::from(budget))),
+        Figure::info("budget_limit_per_s", f64::from(budget), "1/s"),
+        Figure::info("budget_mean_upstream_rate", mean_rate, "1/s"),
+        Figure::info("budget_max_1s_upstream_rate", max_window_rate(&samples), "1/s"),
         Figure::target(
-            "budget_max_1s_upstream_rate",
-            max_window_rate(&samples),
-            "1/s",
-            Target::AtMost(f64::from(budget)),
+            "budget_max_excess_requests",
+            max_excess_requests(&samples, f64::from(budget)),
+            "count",
+            Target::AtMost(2.0),
         ),
         Figure::target("budget_429s", possible_429s(&samples, limit) as f64, "count", Target::AtMost(0.0)),
         Figure::target("budget_unary_get_task_ok", if unary_ok { 1.0 } else { 0.0 }, "bool", Target::AtLeast(1.0)),
