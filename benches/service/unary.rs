@@ -98,6 +98,45 @@ async fn direct_latencies(emulator: &EmulatorClient, task_id: &str, calls: usize
     samples
 }
 
+/// Warms both servers up, then loads them in alternating rounds; the rounds of each.
+async fn throughput_rounds(
+    scale: &Scale,
+    service: &LoadedServer,
+    bare: &LoadedServer,
+    task_id: &str,
+) -> (Vec<Round>, Vec<Round>) {
+    eprintln!("unary: warming up");
+    for server in [service, bare] {
+        server.load(task_id, scale.unary_concurrency, scale.unary_window / 4).await;
+    }
+    let (mut service_rounds, mut bare_rounds) = (Vec::new(), Vec::new());
+    for round in 0..scale.unary_rounds {
+        eprintln!("unary: throughput round {}/{}", round + 1, scale.unary_rounds);
+        service_rounds.push(service.load(task_id, scale.unary_concurrency, scale.unary_window).await);
+        bare_rounds.push(bare.load(task_id, scale.unary_concurrency, scale.unary_window).await);
+    }
+    (service_rounds, bare_rounds)
+}
+
+/// One-in-flight latencies of the service, the bare server and a direct HTTP call, in
+/// alternating rounds.
+async fn latency_rounds(
+    scale: &Scale,
+    service: &LoadedServer,
+    bare: &LoadedServer,
+    emulator: &EmulatorClient,
+    task_id: &str,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut service_lat, mut bare_lat, mut direct_lat) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..scale.latency_rounds {
+        eprintln!("unary: latency round {}/{}", round + 1, scale.latency_rounds);
+        service_lat.extend(service.latencies(task_id, scale.latency_calls).await);
+        bare_lat.extend(bare.latencies(task_id, scale.latency_calls).await);
+        direct_lat.extend(direct_latencies(emulator, task_id, scale.latency_calls).await);
+    }
+    (service_lat, bare_lat, direct_lat)
+}
+
 /// Runs figures 1 and 4 and returns them.
 pub async fn run(scale: &Scale, emulator_process: &ChildProcess, emulator: &EmulatorClient) -> Vec<Figure> {
     let service_process = processes::start_service("service-unary", emulator_process, &[]).await;
@@ -111,23 +150,9 @@ pub async fn run(scale: &Scale, emulator_process: &ChildProcess, emulator: &Emul
     let task_hex = hex::encode(task.expect("GetTask of the bench task").into_inner().encode_to_vec());
     let bare = LoadedServer::connect(processes::start_echo(&task_hex).await, scale.unary_connections).await;
 
-    eprintln!("unary: warming up");
-    for target in [&service, &bare] {
-        target.load(&task_id, scale.unary_concurrency, scale.unary_window / 4).await;
-    }
-    let (mut service_rounds, mut bare_rounds) = (Vec::new(), Vec::new());
-    for round in 0..scale.unary_rounds {
-        eprintln!("unary: throughput round {}/{}", round + 1, scale.unary_rounds);
-        service_rounds.push(service.load(&task_id, scale.unary_concurrency, scale.unary_window).await);
-        bare_rounds.push(bare.load(&task_id, scale.unary_concurrency, scale.unary_window).await);
-    }
-    let (mut service_lat, mut bare_lat, mut direct_lat) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..scale.latency_rounds {
-        eprintln!("unary: latency round {}/{}", round + 1, scale.latency_rounds);
-        service_lat.extend(service.latencies(&task_id, scale.latency_calls).await);
-        bare_lat.extend(bare.latencies(&task_id, scale.latency_calls).await);
-        direct_lat.extend(direct_latencies(emulator, &task_id, scale.latency_calls).await);
-    }
+    let (service_rounds, bare_rounds) = throughput_rounds(scale, &service, &bare, &task_id).await;
+    let (mut service_lat, mut bare_lat, mut direct_lat) =
+        latency_rounds(scale, &service, &bare, emulator, &task_id).await;
     let loaded_rss = procfs::rss_bytes(service.process.pid()) as f64 / MIB;
 
     let cpu = |rounds: &[Round]| median(&rounds.iter().map(Round::cpu_us_per_call).collect::<Vec<_>>());

@@ -3,7 +3,7 @@
 
 use std::{
     sync::{
-        Arc, OnceLock,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -111,13 +111,7 @@ pub async fn fan_out(scale: &Scale, emulator_process: &ChildProcess, emulator: &
     let total = scale.fanout_tasks * scale.fanout_watchers_per_task;
     eprintln!("watch: opening {total} streams over {} tasks", scale.fanout_tasks);
     let control = spawn_watcher(clients[0].clone(), control_id.clone(), Arc::clone(&progress));
-    let watchers: Vec<(usize, JoinHandle<Option<Instant>>)> = (0..total)
-        .map(|n| {
-            let task = n % scale.fanout_tasks;
-            let client = clients[n % clients.len()].clone();
-            (task, spawn_watcher(client, task_ids[task].clone(), Arc::clone(&progress)))
-        })
-        .collect();
+    let watchers = open_streams(&clients, &task_ids, total, &progress);
     let opened = wait_for(&progress.snapshots, total + 1, Duration::from_secs(120)).await;
     assert!(opened, "only {} of {} streams got their snapshot", progress.snapshots.load(Ordering::Relaxed), total + 1);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -126,36 +120,17 @@ pub async fn fan_out(scale: &Scale, emulator_process: &ChildProcess, emulator: &
     let per_stream_kib = |after: u64, before: u64| after.saturating_sub(before) as f64 / open_streams as f64 / 1024.0;
 
     eprintln!("watch: counting upstream reads for {:?}", scale.fanout_window);
-    emulator.reset_counters().await;
-    tokio::time::sleep(scale.fanout_window).await;
-    let counters = emulator.counters().await;
-    let control_reads = task_reads(&counters, &control_id);
-    let watched_reads: f64 = task_ids.iter().map(|id| task_reads(&counters, id)).sum();
-    let fan_out_ratio = watched_reads / (scale.fanout_tasks as f64 * control_reads.max(1.0));
+    let (fan_out_ratio, control_reads) = reads_per_round(emulator, &task_ids, &control_id, scale.fanout_window).await;
 
     eprintln!("watch: steering {} tasks to running", scale.fanout_tasks);
-    let steered: Arc<Vec<OnceLock<Instant>>> = Arc::new((0..scale.fanout_tasks).map(|_| OnceLock::new()).collect());
-    for (task, id) in task_ids.iter().enumerate() {
-        // Spread the changes over two poll intervals so they land at every phase of the pollers.
-        let _ = steered[task].set(Instant::now());
-        emulator.steer(id, "running").await;
-        tokio::time::sleep(POLL_INTERVAL * 2 / scale.fanout_tasks as u32).await;
-    }
-    let all_seen = wait_for(&progress.running_seen, total, Duration::from_secs(30)).await;
-    if !all_seen {
+    let steered = steer_all(emulator, &task_ids).await;
+    if !wait_for(&progress.running_seen, total, Duration::from_secs(30)).await {
         eprintln!("watch: only {} of {total} streams saw RUNNING", progress.running_seen.load(Ordering::Relaxed));
     }
     for id in task_ids.iter().chain([&control_id]) {
         emulator.steer(id, "completed").await;
     }
-    let mut delays_ms = Vec::with_capacity(total);
-    for (task, handle) in watchers {
-        let arrived = tokio::time::timeout(Duration::from_secs(30), handle).await;
-        if let Ok(Ok(Some(arrived))) = arrived {
-            let steered = steered[task].get().expect("every task was steered");
-            delays_ms.push(arrived.saturating_duration_since(*steered).as_secs_f64() * 1e3);
-        }
-    }
+    let mut delays_ms = change_delays_ms(watchers, &steered).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), control).await;
     let bare_kib = bare_tonic_stream_kib(scale, &clients[0], &task_ids[0], total).await;
     let delivered = delays_ms.len() as f64;
@@ -174,6 +149,63 @@ pub async fn fan_out(scale: &Scale, emulator_process: &ChildProcess, emulator: &
         Figure::target("watch_change_delay_p50_ms", quantile(&mut delays_ms, 0.5), "ms", Target::AtMost(delay_target)),
         Figure::target("watch_change_delay_p99_ms", quantile(&mut delays_ms, 0.99), "ms", Target::AtMost(delay_target)),
     ]
+}
+
+/// Opens `total` watch streams, round robin over the tasks and the connections. Each comes
+/// back with the index of its task.
+fn open_streams(
+    clients: &[ExportServiceClient<Channel>],
+    task_ids: &[String],
+    total: usize,
+    progress: &Arc<Progress>,
+) -> Vec<(usize, JoinHandle<Option<Instant>>)> {
+    (0..total)
+        .map(|n| {
+            let task = n % task_ids.len();
+            let client = clients[n % clients.len()].clone();
+            (task, spawn_watcher(client, task_ids[task].clone(), Arc::clone(progress)))
+        })
+        .collect()
+}
+
+/// Status reads over `window` of the watched tasks (mean) per read of the control task, and
+/// the control task's reads.
+async fn reads_per_round(
+    emulator: &EmulatorClient,
+    task_ids: &[String],
+    control_id: &str,
+    window: Duration,
+) -> (f64, f64) {
+    emulator.reset_counters().await;
+    tokio::time::sleep(window).await;
+    let counters = emulator.counters().await;
+    let control_reads = task_reads(&counters, control_id);
+    let watched_reads: f64 = task_ids.iter().map(|id| task_reads(&counters, id)).sum();
+    (watched_reads / (task_ids.len() as f64 * control_reads.max(1.0)), control_reads)
+}
+
+/// Moves every task to `running`, one after another spread over two poll intervals so that
+/// the changes land at every phase of the pollers. Returns when each steer was sent.
+async fn steer_all(emulator: &EmulatorClient, task_ids: &[String]) -> Vec<Instant> {
+    let mut steered = Vec::with_capacity(task_ids.len());
+    for id in task_ids {
+        steered.push(Instant::now());
+        emulator.steer(id, "running").await;
+        tokio::time::sleep(POLL_INTERVAL * 2 / task_ids.len() as u32).await;
+    }
+    steered
+}
+
+/// Waits for every watcher to end and returns, for each that saw `RUNNING`, the time from
+/// its task's steer to the event's arrival, in milliseconds.
+async fn change_delays_ms(watchers: Vec<(usize, JoinHandle<Option<Instant>>)>, steered: &[Instant]) -> Vec<f64> {
+    let mut delays = Vec::with_capacity(watchers.len());
+    for (task, handle) in watchers {
+        if let Ok(Ok(Some(arrived))) = tokio::time::timeout(Duration::from_secs(30), handle).await {
+            delays.push(arrived.saturating_duration_since(steered[task]).as_secs_f64() * 1e3);
+        }
+    }
+    delays
 }
 
 /// The same count of open server streams on the bare tonic server, measured the same way
