@@ -1,0 +1,106 @@
+//! `cargo bench --bench service [-- --quick]`: the service against a bare tonic server and
+//! against its own promises, measured side by side in one run. See `BENCHMARKS.md`.
+//!
+//! It starts the emulator and the release `stream-export` binary as child processes on
+//! loopback, loads them with the project's own generated client, reads CPU time and memory
+//! from `/proc/<pid>/`, prints a table, and prints one `BENCH {json}` line per figure.
+//! `--quick` (or `STREAM_EXPORT_BENCH_QUICK=1`) runs every figure at a small scale in a few
+//! seconds: a smoke test, its numbers mean nothing.
+
+mod echo;
+mod processes;
+mod procfs;
+mod report;
+mod tasks;
+mod unary;
+mod watch;
+
+use std::time::{Duration, Instant};
+
+/// How much load each figure applies.
+pub struct Scale {
+    unary_rounds: usize,
+    unary_window: Duration,
+    unary_concurrency: usize,
+    unary_connections: usize,
+    latency_rounds: usize,
+    latency_calls: usize,
+    fanout_tasks: usize,
+    fanout_watchers_per_task: usize,
+    fanout_connections: usize,
+    fanout_window: Duration,
+    budget_tasks: usize,
+    budget_per_second: u32,
+    budget_window: Duration,
+    budget_connections: usize,
+}
+
+impl Scale {
+    /// The published figures: about two minutes on two cores.
+    fn full() -> Self {
+        Self {
+            unary_rounds: 5,
+            unary_window: Duration::from_secs(3),
+            unary_concurrency: 16,
+            unary_connections: 4,
+            latency_rounds: 5,
+            latency_calls: 400,
+            fanout_tasks: 100,
+            fanout_watchers_per_task: 100,
+            // HTTP/2 servers cap concurrent streams per connection (often 100 to 200).
+            fanout_connections: 100,
+            fanout_window: Duration::from_secs(10),
+            budget_tasks: 1000,
+            budget_per_second: 50,
+            budget_window: Duration::from_secs(30),
+            budget_connections: 10,
+        }
+    }
+
+    /// The CI smoke test: every figure, small counts, a few seconds.
+    fn quick() -> Self {
+        Self {
+            unary_rounds: 1,
+            unary_window: Duration::from_millis(500),
+            unary_concurrency: 4,
+            unary_connections: 2,
+            latency_rounds: 1,
+            latency_calls: 50,
+            fanout_tasks: 10,
+            fanout_watchers_per_task: 20,
+            fanout_connections: 4,
+            fanout_window: Duration::from_secs(2),
+            budget_tasks: 100,
+            budget_per_second: 50,
+            budget_window: Duration::from_secs(3),
+            budget_connections: 2,
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(at) = args.iter().position(|a| a == "--echo-server") {
+        let (addr, task) = (args.get(at + 1), args.get(at + 2));
+        echo::run(addr.expect("--echo-server ADDR TASK_HEX"), task.expect("--echo-server ADDR TASK_HEX"));
+        return;
+    }
+    // `cargo bench` appends `--bench`; anything else but `--quick` is ignored.
+    let quick = args.iter().any(|a| a == "--quick") || std::env::var_os("STREAM_EXPORT_BENCH_QUICK").is_some();
+    let scale = if quick { Scale::quick() } else { Scale::full() };
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    runtime.block_on(run(&scale, quick));
+}
+
+async fn run(scale: &Scale, quick: bool) {
+    let started = Instant::now();
+    println!("stream-export benchmark ({}), machine: {}", if quick { "quick" } else { "full" }, procfs::machine());
+    let emulator_process = processes::start_emulator().await;
+    let emulator = processes::EmulatorClient::new(emulator_process.url());
+
+    let mut figures = unary::run(scale, &emulator_process, &emulator).await;
+    figures.extend(watch::fan_out(scale, &emulator_process, &emulator).await);
+    figures.extend(watch::budget(scale, &emulator_process, &emulator).await);
+    report::print(&figures);
+    println!("finished in {:.1} s", started.elapsed().as_secs_f64());
+}

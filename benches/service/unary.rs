@@ -1,0 +1,181 @@
+//! Figure 1 (unary cost: CPU per call, throughput and latency of `GetTask`, against a bare
+//! tonic server and a direct HTTP call) and figure 4 (idle memory).
+//!
+//! The service and the bare server are loaded in alternating rounds within one run, and the
+//! figures are ratios of per-round medians: on a shared machine absolute times drift, but two
+//! servers measured side by side drift together.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use prost::Message;
+use stream_export::proto::{GetTaskRequest, export_service_client::ExportServiceClient};
+use tonic::transport::Channel;
+
+use crate::{
+    Scale,
+    processes::{self, ChildProcess, EmulatorClient},
+    procfs,
+    report::{Figure, Target, median, quantile},
+    tasks,
+};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// What one round of load on one server gave.
+struct Round {
+    calls: u64,
+    elapsed: Duration,
+    cpu: Duration,
+}
+
+impl Round {
+    fn cpu_us_per_call(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.calls.max(1) as f64
+    }
+
+    fn calls_per_second(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// One server under load: its process, and clients spread over several connections.
+struct LoadedServer {
+    process: ChildProcess,
+    clients: Vec<ExportServiceClient<Channel>>,
+}
+
+impl LoadedServer {
+    async fn connect(process: ChildProcess, connections: usize) -> Self {
+        let channels = join_all((0..connections).map(|_| process.channel())).await;
+        Self { process, clients: channels.into_iter().map(ExportServiceClient::new).collect() }
+    }
+
+    /// `concurrency` callers send `GetTask` back to back for `window`; the process's CPU time
+    /// over the same span is read from `/proc`.
+    async fn load(&self, task_id: &str, concurrency: usize, window: Duration) -> Round {
+        let cpu_before = procfs::cpu_time(self.process.pid());
+        let started = Instant::now();
+        let deadline = started + window;
+        let workers = (0..concurrency).map(|i| {
+            let mut client = self.clients[i % self.clients.len()].clone();
+            let task_id = task_id.to_owned();
+            tokio::spawn(async move {
+                let mut calls = 0u64;
+                while Instant::now() < deadline {
+                    client.get_task(GetTaskRequest { task_id: task_id.clone() }).await.expect("GetTask succeeds");
+                    calls += 1;
+                }
+                calls
+            })
+        });
+        let calls = join_all(workers).await.into_iter().map(|r| r.expect("a load worker")).sum();
+        let elapsed = started.elapsed();
+        Round { calls, elapsed, cpu: procfs::cpu_time(self.process.pid()).saturating_sub(cpu_before) }
+    }
+
+    /// Latencies of `calls` sequential `GetTask`s (one in flight), in microseconds.
+    async fn latencies(&self, task_id: &str, calls: usize) -> Vec<f64> {
+        let mut client = self.clients[0].clone();
+        let mut samples = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let started = Instant::now();
+            client.get_task(GetTaskRequest { task_id: task_id.to_owned() }).await.expect("GetTask succeeds");
+            samples.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+        samples
+    }
+}
+
+/// Latencies of `calls` sequential direct `GET /tasks/{id}` to the emulator, in microseconds.
+async fn direct_latencies(emulator: &EmulatorClient, task_id: &str, calls: usize) -> Vec<f64> {
+    let mut samples = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        assert_eq!(emulator.get_task(task_id).await, 200, "direct GET /tasks/{{id}}");
+        samples.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    samples
+}
+
+/// Warms both servers up, then loads them in alternating rounds; the rounds of each.
+async fn throughput_rounds(
+    scale: &Scale,
+    service: &LoadedServer,
+    bare: &LoadedServer,
+    task_id: &str,
+) -> (Vec<Round>, Vec<Round>) {
+    eprintln!("unary: warming up");
+    for server in [service, bare] {
+        server.load(task_id, scale.unary_concurrency, scale.unary_window / 4).await;
+    }
+    let (mut service_rounds, mut bare_rounds) = (Vec::new(), Vec::new());
+    for round in 0..scale.unary_rounds {
+        eprintln!("unary: throughput round {}/{}", round + 1, scale.unary_rounds);
+        service_rounds.push(service.load(task_id, scale.unary_concurrency, scale.unary_window).await);
+        bare_rounds.push(bare.load(task_id, scale.unary_concurrency, scale.unary_window).await);
+    }
+    (service_rounds, bare_rounds)
+}
+
+/// One-in-flight latencies of the service, the bare server and a direct HTTP call, in
+/// alternating rounds.
+async fn latency_rounds(
+    scale: &Scale,
+    service: &LoadedServer,
+    bare: &LoadedServer,
+    emulator: &EmulatorClient,
+    task_id: &str,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut service_lat, mut bare_lat, mut direct_lat) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..scale.latency_rounds {
+        eprintln!("unary: latency round {}/{}", round + 1, scale.latency_rounds);
+        service_lat.extend(service.latencies(task_id, scale.latency_calls).await);
+        bare_lat.extend(bare.latencies(task_id, scale.latency_calls).await);
+        direct_lat.extend(direct_latencies(emulator, task_id, scale.latency_calls).await);
+    }
+    (service_lat, bare_lat, direct_lat)
+}
+
+/// Runs figures 1 and 4 and returns them.
+pub async fn run(scale: &Scale, emulator_process: &ChildProcess, emulator: &EmulatorClient) -> Vec<Figure> {
+    let service_process = processes::start_service("service-unary", emulator_process, &[]).await;
+    // Idle: started and listening, no connection yet.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = procfs::rss_bytes(service_process.pid()) as f64 / MIB;
+
+    let service = LoadedServer::connect(service_process, scale.unary_connections).await;
+    let task_id = tasks::create(&service.clients[0], 1).await.remove(0);
+    let task = service.clients[0].clone().get_task(GetTaskRequest { task_id: task_id.clone() }).await;
+    let task_hex = hex::encode(task.expect("GetTask of the bench task").into_inner().encode_to_vec());
+    let bare = LoadedServer::connect(processes::start_echo(&task_hex).await, scale.unary_connections).await;
+
+    let (service_rounds, bare_rounds) = throughput_rounds(scale, &service, &bare, &task_id).await;
+    let (mut service_lat, mut bare_lat, mut direct_lat) =
+        latency_rounds(scale, &service, &bare, emulator, &task_id).await;
+    let loaded_rss = procfs::rss_bytes(service.process.pid()) as f64 / MIB;
+
+    let cpu = |rounds: &[Round]| median(&rounds.iter().map(Round::cpu_us_per_call).collect::<Vec<_>>());
+    let rate = |rounds: &[Round]| median(&rounds.iter().map(Round::calls_per_second).collect::<Vec<_>>());
+    let (service_cpu, bare_cpu) = (cpu(&service_rounds), cpu(&bare_rounds));
+    let (service_rate, bare_rate) = (rate(&service_rounds), rate(&bare_rounds));
+    let service_p50 = quantile(&mut service_lat, 0.5);
+    let direct_p50 = quantile(&mut direct_lat, 0.5);
+    vec![
+        Figure::info("unary_cpu_us_per_call_service", service_cpu, "µs"),
+        Figure::info("unary_cpu_us_per_call_bare_tonic", bare_cpu, "µs"),
+        Figure::target("unary_cost_ratio", service_cpu / bare_cpu, "x", Target::AtMost(2.5)),
+        Figure::info("unary_calls_per_s_service", service_rate, "1/s"),
+        Figure::info("unary_calls_per_s_bare_tonic", bare_rate, "1/s"),
+        Figure::info("unary_throughput_ratio_bare_over_service", bare_rate / service_rate, "x"),
+        Figure::info("unary_p50_us_service", service_p50, "µs"),
+        Figure::info("unary_p99_us_service", quantile(&mut service_lat, 0.99), "µs"),
+        Figure::info("unary_p50_us_bare_tonic", quantile(&mut bare_lat, 0.5), "µs"),
+        Figure::info("unary_p99_us_bare_tonic", quantile(&mut bare_lat, 0.99), "µs"),
+        Figure::info("unary_p50_us_direct_http", direct_p50, "µs"),
+        Figure::info("unary_p99_us_direct_http", quantile(&mut direct_lat, 0.99), "µs"),
+        Figure::target("unary_added_p50_us", service_p50 - direct_p50, "µs", Target::Below(150.0)),
+        Figure::target("idle_rss_mib", idle_rss, "MiB", Target::Below(30.0)),
+        Figure::info("rss_after_unary_load_mib", loaded_rss, "MiB"),
+    ]
+}
