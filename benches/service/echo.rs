@@ -8,8 +8,8 @@ use std::{net::SocketAddr, pin::Pin};
 use futures::StreamExt;
 use prost::Message;
 use stream_export::proto::{
-    ExportChannelsRequest, ExportChannelsResponse, ExportUserRequest, ExportUserResponse, ExportUsersRequest,
-    ExportUsersResponse, GetTaskRequest, Task, TaskEvent, WatchTaskRequest,
+    ExportChannelsRequest, ExportChannelsResponse, ExportRecord, ExportUserRequest, ExportUserResponse,
+    ExportUsersRequest, ExportUsersResponse, GetTaskRequest, ReadExportRequest, Task, TaskEvent, WatchTaskRequest,
     export_service_server::{ExportService, ExportServiceServer},
     task_event::EventType,
 };
@@ -39,6 +39,12 @@ impl ExportService for Echo {
 
     async fn get_task(&self, _: Request<GetTaskRequest>) -> Result<Response<Task>, Status> {
         Ok(Response::new(self.task.clone()))
+    }
+
+    type ReadExportStream = Pin<Box<dyn Stream<Item = Result<ExportRecord, Status>> + Send>>;
+
+    async fn read_export(&self, _: Request<ReadExportRequest>) -> Result<Response<Self::ReadExportStream>, Status> {
+        Err(Status::unimplemented("echo server"))
     }
 
     type WatchTaskStream = Pin<Box<dyn Stream<Item = Result<TaskEvent, Status>> + Send>>;
