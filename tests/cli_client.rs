@@ -12,7 +12,11 @@ use std::{
     time::Duration,
 };
 
-use common::{API_KEY, API_SECRET, TestEmulator, process::ServiceProcess};
+use common::{
+    API_KEY, API_SECRET, TestEmulator,
+    process::ServiceProcess,
+    records::{expected_records, normalised},
+};
 use serde_json::{Value, json};
 use stream_export::emulator::{
     EmulatorConfig,
@@ -133,49 +137,6 @@ fn saved_records(path: &Path) -> Vec<(String, Value)> {
             (value["type"].as_str().unwrap().to_owned(), value["item"].clone())
         })
         .collect()
-}
-
-/// The records a downloaded export file holds, as ReadExport defines them.
-fn expected_records(body: &str) -> Vec<(String, Value)> {
-    let document: Result<Value, _> = serde_json::from_str(body);
-    let Ok(document) = document.as_ref().map(|d| d.get("channels").cloned()).map(Option::unwrap_or_default) else {
-        return body
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|line| {
-                let value: Value = serde_json::from_str(line).unwrap();
-                (value["type"].as_str().unwrap().to_owned(), value["item"].clone())
-            })
-            .collect();
-    };
-    let mut out = Vec::new();
-    for block in document.as_array().unwrap() {
-        out.push(("channel".into(), block["channel"].clone()));
-        for member in block["members"].as_array().into_iter().flatten() {
-            out.push(("member".into(), member.clone()));
-        }
-        for message in block["messages"].as_array().into_iter().flatten() {
-            out.push(("message".into(), message.clone()));
-            for reaction in message["latest_reactions"].as_array().into_iter().flatten() {
-                out.push(("reaction".into(), reaction.clone()));
-            }
-        }
-    }
-    let whole: Value = serde_json::from_str(body).unwrap();
-    for user in whole["users"].as_array().into_iter().flatten() {
-        out.push(("user".into(), user.clone()));
-    }
-    out
-}
-
-/// Numbers as doubles, so that `3` and `3.0` compare equal.
-fn normalised(value: &Value) -> Value {
-    match value {
-        Value::Number(n) => json!(n.as_f64().unwrap()),
-        Value::Array(items) => Value::Array(items.iter().map(normalised).collect()),
-        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), normalised(v))).collect()),
-        other => other.clone(),
-    }
 }
 
 fn kinds(records: &[(String, Value)]) -> BTreeMap<String, usize> {

@@ -5,8 +5,12 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{assert_status, spawn_app};
-use prost_types::{Struct, Timestamp, value::Kind};
+use common::{
+    assert_status,
+    records::{json_of, normalised},
+    spawn_app,
+};
+use prost_types::Timestamp;
 use serde_json::{Value, json};
 use stream_export::{
     emulator::data::{HEAVY_USER, KNOWN_CHANNEL, KNOWN_USER, UNKNOWN_USER},
@@ -219,30 +223,4 @@ async fn health_reports_serving_and_reflection_lists_the_services() {
         "v1alpha reflection describes the service (grpcurl 1.8 needs it)"
     );
     app.stop().await;
-}
-
-/// A `Struct` back to JSON, numbers as doubles.
-fn json_of(value: &Struct) -> Value {
-    Value::Object(value.fields.iter().map(|(k, v)| (k.clone(), json_of_value(v))).collect())
-}
-
-fn json_of_value(value: &prost_types::Value) -> Value {
-    match &value.kind {
-        None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::BoolValue(b)) => json!(b),
-        Some(Kind::NumberValue(n)) => json!(n),
-        Some(Kind::StringValue(s)) => json!(s),
-        Some(Kind::ListValue(list)) => Value::Array(list.values.iter().map(json_of_value).collect()),
-        Some(Kind::StructValue(s)) => json_of(s),
-    }
-}
-
-/// JSON with every number as a double, as it is after a trip through `Struct`.
-fn normalised(value: &Value) -> Value {
-    match value {
-        Value::Number(n) => json!(n.as_f64().unwrap()),
-        Value::Array(items) => Value::Array(items.iter().map(normalised).collect()),
-        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), normalised(v))).collect()),
-        other => other.clone(),
-    }
 }
