@@ -174,3 +174,25 @@ async fn only_completed_tasks_can_be_read() {
     assert_eq!(app.emulator.requests("download").await, 0, "nothing was downloaded");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn synthetic_exports_of_both_versions_stream_completely() {
+    let app = spawn_app().await;
+    for (version, records, expected) in [("v2", 2_000u64, 2_000 + 200 + 1), ("v1", 2_000, 2_000 + 1)] {
+        let created = app
+            .emulator
+            .control(
+                reqwest::Method::POST,
+                "synthetic_exports",
+                Some(json!({"records": records, "version": version, "record_bytes": 300})),
+            )
+            .await;
+        let task_id = created["task_id"].as_str().unwrap();
+        let (read, end) = read(&app, task_id, 0).await;
+        assert!(end.is_none(), "{version}: {end:?}");
+        assert_eq!(read.len() as u64, expected, "{version}: a channel, every message, a reaction per ten (v2)");
+        assert_eq!(read[0].kind, "channel");
+        assert!(read.iter().enumerate().all(|(i, r)| r.index == i as u64));
+    }
+    app.stop().await;
+}

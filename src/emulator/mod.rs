@@ -91,6 +91,9 @@
 //!   windows; `GET` shows them.
 //! - `POST /_emulator/clock` `{"advance_secs": 90000}` moves the emulator clock forward (URL
 //!   expiry, JWT times, task states, rate-limit windows); `GET` shows it.
+//! - `POST /_emulator/synthetic_exports` `{"records": N, "version": "v1"|"v2", "record_bytes": 512}`
+//!   creates a completed task whose file (under `/exports/synthetic/`) is generated as it is
+//!   downloaded: a file of any size, for benchmarks of reading exports. Returns `{"task_id"}`.
 
 mod auth;
 mod config;
