@@ -4,7 +4,8 @@
 //! The set is encoded by protox itself (`encode_file_descriptor_set`), not re-encoded from
 //! `prost_types`, so that extension options such as `google.api.http` survive: reflection
 //! clients and transcoders see them. It includes the imported files (`google/api/*.proto`,
-//! `google/protobuf/*.proto`), so reflection can resolve every dependency.
+//! `google/protobuf/*.proto`), so reflection can resolve every dependency, and
+//! `google/rpc/error_details.proto`, so reflection clients can decode error details.
 
 use std::{env, path::PathBuf};
 
@@ -13,7 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
 
     let mut compiler = protox::Compiler::new(["proto"])?;
-    compiler.include_source_info(true).include_imports(true).open_files([proto])?;
+    // The google.rpc detail messages are not used by the code, but served by reflection so
+    // that grpcurl and other reflection clients can print an error's details.
+    compiler.include_source_info(true).include_imports(true).open_files([proto, "google/rpc/error_details.proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("streamexport_descriptor.bin"), compiler.encode_file_descriptor_set())?;
 
