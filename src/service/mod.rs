@@ -119,14 +119,13 @@ pub type TaskEventStream = Pin<Box<dyn Stream<Item = Result<TaskEvent, Status>> 
 
 #[tonic::async_trait]
 impl ExportService for ExportApi {
-    #[tracing::instrument(skip_all, fields(caller, channels = request.get_ref().channels.len(), task_id))]
+    #[tracing::instrument(skip_all, fields(caller = %Caller::of(&request), channels = request.get_ref().channels.len(), task_id))]
     async fn export_channels(
         &self,
         request: Request<ExportChannelsRequest>,
     ) -> Result<Response<ExportChannelsResponse>, Status> {
         let _admitted = self.admit()?;
         let caller = Caller::of(&request);
-        tracing::Span::current().record("caller", caller.name.as_str());
         let deadline = self.deadline(&request);
         let message = request.get_ref();
         let subject = Subject::Channels(message.channels.iter().map(|c| format!("{}:{}", c.r#type, c.id)).collect());
@@ -143,14 +142,13 @@ impl ExportService for ExportApi {
         Ok(Response::new(ExportChannelsResponse { task_id: outcome? }))
     }
 
-    #[tracing::instrument(skip_all, fields(caller, users = request.get_ref().user_ids.len(), task_id))]
+    #[tracing::instrument(skip_all, fields(caller = %Caller::of(&request), users = request.get_ref().user_ids.len(), task_id))]
     async fn export_users(
         &self,
         request: Request<ExportUsersRequest>,
     ) -> Result<Response<ExportUsersResponse>, Status> {
         let _admitted = self.admit()?;
         let caller = Caller::of(&request);
-        tracing::Span::current().record("caller", caller.name.as_str());
         let deadline = self.deadline(&request);
         let message = request.get_ref();
         let outcome = async {
@@ -166,11 +164,10 @@ impl ExportService for ExportApi {
         Ok(Response::new(ExportUsersResponse { task_id: outcome? }))
     }
 
-    #[tracing::instrument(skip_all, fields(caller, user_id = request.get_ref().user_id.as_str()))]
+    #[tracing::instrument(skip_all, fields(caller = %Caller::of(&request), user_id = request.get_ref().user_id.as_str()))]
     async fn export_user(&self, request: Request<ExportUserRequest>) -> Result<Response<ExportUserResponse>, Status> {
         let _admitted = self.admit()?;
         let caller = Caller::of(&request);
-        tracing::Span::current().record("caller", caller.name.as_str());
         let deadline = self.deadline(&request);
         let user_id = &request.get_ref().user_id;
         let outcome = async {
