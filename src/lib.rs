@@ -3,6 +3,7 @@
 //! faithful emulator of the Stream API for trying it out and for every test.
 
 pub mod client_cli;
+pub mod codec;
 pub mod config;
 pub mod emulator;
 pub mod export;
