@@ -126,7 +126,7 @@ pub async fn get(session: &mut Session, task_id: &str) -> Result<(), Failure> {
     }
     if matches!(task.state(), TaskState::Failed | TaskState::Canceled) {
         if session.display.mode() != Mode::Json {
-            println!("{human}");
+            say!("{human}");
         }
         return Err(Failure::TaskEnded(Box::new(task)));
     }

@@ -115,7 +115,7 @@ impl Failure {
     /// Prints the failure: one line on stderr, and with `json` also a JSON object on stdout.
     pub fn report(&self, json: bool) {
         if json {
-            println!("{}", self.to_json());
+            say!("{}", self.to_json());
         }
         eprintln!("stream-export: {}", self.message());
     }

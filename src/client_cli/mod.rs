@@ -7,6 +7,15 @@
 //! atomically written JSON-lines file; [`progress`] what the person (or script) sees;
 //! [`render`] JSON renderings; [`failure`] errors and their exit codes.
 
+/// Prints a line on stdout. A closed stdout (`| head`) means nobody wants the rest: not a
+/// reason to panic, as `println!` would.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod connect;
 mod export;
 mod failure;

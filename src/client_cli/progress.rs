@@ -72,8 +72,8 @@ impl Display {
     pub fn submitted(&mut self, task_id: &str) {
         self.task_id = task_id.to_owned();
         match self.mode {
-            Mode::Json => println!("{}", json!({"event": "submitted", "task_id": task_id})),
-            Mode::Plain => println!("submitted task {task_id}"),
+            Mode::Json => say!("{}", json!({"event": "submitted", "task_id": task_id})),
+            Mode::Plain => say!("submitted task {task_id}"),
             Mode::Terminal => eprintln!("submitted task {task_id}"),
         }
     }
@@ -104,8 +104,8 @@ impl Display {
             self.state = state;
         }
         match self.mode {
-            Mode::Json => println!("{}", event_json(event)),
-            Mode::Plain if changed => println!("task {}: {}", self.task_id, self.status_text()),
+            Mode::Json => say!("{}", event_json(event)),
+            Mode::Plain if changed => say!("task {}: {}", self.task_id, self.status_text()),
             Mode::Plain => {}
             Mode::Terminal => self.refresh(),
         }
@@ -121,10 +121,10 @@ impl Display {
     /// A remark (a retry, a resume): above the live display, as a plain line, or as JSON.
     pub fn note(&mut self, text: &str) {
         match (self.mode, &self.bar) {
-            (Mode::Json, _) => println!("{}", json!({"event": "notice", "message": text})),
+            (Mode::Json, _) => say!("{}", json!({"event": "notice", "message": text})),
             (Mode::Terminal, Some(bar)) => bar.println(text),
             (Mode::Terminal, None) => eprintln!("{text}"),
-            (Mode::Plain, _) => println!("{text}"),
+            (Mode::Plain, _) => say!("{text}"),
         }
     }
 
@@ -142,8 +142,8 @@ impl Display {
                 bar.set_message(format!("(0 B) → {}", path.display()));
                 self.bar = Some(bar);
             }
-            Mode::Plain => println!("saving records to {}", path.display()),
-            Mode::Json => println!("{}", json!({"event": "download_started", "output": path.display().to_string()})),
+            Mode::Plain => say!("saving records to {}", path.display()),
+            Mode::Json => say!("{}", json!({"event": "download_started", "output": path.display().to_string()})),
         }
     }
 
@@ -167,8 +167,8 @@ impl Display {
     pub fn result(&mut self, value: Value, human: &str) {
         self.clear();
         match self.mode {
-            Mode::Json => println!("{value}"),
-            Mode::Plain | Mode::Terminal => println!("{human}"),
+            Mode::Json => say!("{value}"),
+            Mode::Plain | Mode::Terminal => say!("{human}"),
         }
     }
 
