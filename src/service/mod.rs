@@ -119,13 +119,13 @@ pub type TaskEventStream = Pin<Box<dyn Stream<Item = Result<TaskEvent, Status>> 
 
 #[tonic::async_trait]
 impl ExportService for ExportApi {
-    #[tracing::instrument(skip_all, fields(caller = %Caller::of(&request), channels = request.get_ref().channels.len(), task_id))]
     async fn export_channels(
         &self,
         request: Request<ExportChannelsRequest>,
     ) -> Result<Response<ExportChannelsResponse>, Status> {
         let _admitted = self.admit()?;
         let caller = Caller::of(&request);
+        annotate_span(&caller, None);
         let deadline = self.deadline(&request);
         let message = request.get_ref();
         let subject = Subject::Channels(message.channels.iter().map(|c| format!("{}:{}", c.r#type, c.id)).collect());
@@ -136,19 +136,19 @@ impl ExportService for ExportApi {
         }
         .await;
         if let Ok(task_id) = &outcome {
-            tracing::Span::current().record("task_id", task_id.as_str());
+            annotate_span(&caller, Some(task_id));
         }
         audit::record(&caller, "ExportChannels", &subject, outcome.as_deref());
         Ok(Response::new(ExportChannelsResponse { task_id: outcome? }))
     }
 
-    #[tracing::instrument(skip_all, fields(caller = %Caller::of(&request), users = request.get_ref().user_ids.len(), task_id))]
     async fn export_users(
         &self,
         request: Request<ExportUsersRequest>,
     ) -> Result<Response<ExportUsersResponse>, Status> {
         let _admitted = self.admit()?;
         let caller = Caller::of(&request);
+        annotate_span(&caller, None);
         let deadline = self.deadline(&request);
         let message = request.get_ref();
         let outcome = async {
@@ -158,16 +158,16 @@ impl ExportService for ExportApi {
         }
         .await;
         if let Ok(task_id) = &outcome {
-            tracing::Span::current().record("task_id", task_id.as_str());
+            annotate_span(&caller, Some(task_id));
         }
         audit::record(&caller, "ExportUsers", &Subject::Users(&message.user_ids), outcome.as_deref());
         Ok(Response::new(ExportUsersResponse { task_id: outcome? }))
     }
 
-    #[tracing::instrument(skip_all, fields(caller = %Caller::of(&request), user_id = request.get_ref().user_id.as_str()))]
     async fn export_user(&self, request: Request<ExportUserRequest>) -> Result<Response<ExportUserResponse>, Status> {
         let _admitted = self.admit()?;
         let caller = Caller::of(&request);
+        annotate_span(&caller, None);
         let deadline = self.deadline(&request);
         let user_id = &request.get_ref().user_id;
         let outcome = async {
@@ -180,8 +180,8 @@ impl ExportService for ExportApi {
         Ok(Response::new(convert::user_export(outcome?.body)))
     }
 
-    #[tracing::instrument(skip_all, fields(caller = %Caller::of(&request), task_id = request.get_ref().task_id.as_str()))]
     async fn get_task(&self, request: Request<GetTaskRequest>) -> Result<Response<Task>, Status> {
+        annotate_span(&Caller::of(&request), Some(&request.get_ref().task_id));
         let _admitted = self.admit()?;
         let deadline = self.deadline(&request);
         let task_id = &request.get_ref().task_id;
@@ -192,7 +192,6 @@ impl ExportService for ExportApi {
 
     type ReadExportStream = ExportRecordStream;
 
-    #[tracing::instrument(skip_all, fields(caller = %Caller::of(&request), task_id = request.get_ref().task_id.as_str()))]
     async fn read_export(
         &self,
         request: Request<ReadExportRequest>,
@@ -201,6 +200,7 @@ impl ExportService for ExportApi {
         let caller = Caller::of(&request);
         let deadline = self.deadline(&request);
         let ReadExportRequest { task_id, start_index } = request.get_ref();
+        annotate_span(&caller, Some(task_id));
         validation::task_id(task_id).map_err(errors::invalid_request)?;
         // Reading the task re-signs its URL; only that URL is ever fetched.
         let status = self.client.get_task(task_id, Some(deadline)).await.map_err(|error| upstream_failure(&error))?;
@@ -222,13 +222,23 @@ impl ExportService for ExportApi {
 
     type WatchTaskStream = TaskEventStream;
 
-    #[tracing::instrument(skip_all, fields(caller = %Caller::of(&request), task_id = request.get_ref().task_id.as_str()))]
     async fn watch_task(&self, request: Request<WatchTaskRequest>) -> Result<Response<Self::WatchTaskStream>, Status> {
+        annotate_span(&Caller::of(&request), Some(&request.get_ref().task_id));
         let deadline = deadline::from_metadata(request.metadata());
         let task_id = &request.get_ref().task_id;
         validation::task_id(task_id).map_err(errors::invalid_request)?;
         let watcher = self.hub.watch(task_id)?;
         Ok(Response::new(Box::pin(events::task_events(watcher, deadline))))
+    }
+}
+
+/// Adds the caller and the task id to the call's span (opened by the telemetry layer): one
+/// span per call, so that a log line of the call carries all of them.
+fn annotate_span(caller: &Caller, task_id: Option<&str>) {
+    let span = tracing::Span::current();
+    span.record("caller", caller.name.as_str());
+    if let Some(task_id) = task_id {
+        span.record("task_id", task_id);
     }
 }
 

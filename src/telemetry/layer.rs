@@ -1,5 +1,5 @@
-//! The tower layer around every gRPC call: one span per call (method, caller and task id are
-//! added by the handlers, the result code here), the call's metrics, and the caller's W3C trace
+//! The tower layer around every gRPC call: one span per call (method and trace id here, caller
+//! and task id recorded by the handlers, the result code here when the call is answered), the call's metrics, and the caller's W3C trace
 //! context made current for the upstream requests of the call.
 
 use std::{
@@ -51,6 +51,8 @@ where
             "grpc",
             method = %method,
             trace_id = trace.as_ref().map(TraceContext::trace_id).unwrap_or_default(),
+            caller = tracing::field::Empty,
+            task_id = tracing::field::Empty,
             code = tracing::field::Empty,
         );
         let started = Instant::now();
