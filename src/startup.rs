@@ -93,11 +93,6 @@ impl Application {
         self.hub.clone()
     }
 
-    /// The embedded emulator's base URL, in `--emulator` mode.
-    pub fn emulator_base_url(&self) -> Option<String> {
-        self.emulator.as_ref().map(EmulatorHandle::base_url)
-    }
-
     /// Serves until `shutdown` resolves, then drains: health turns NOT_SERVING at once, new
     /// connections and calls are refused, watch streams end as interrupted (resumable), unary
     /// calls in flight finish, and after `shutdown_grace` whatever is still open is dropped

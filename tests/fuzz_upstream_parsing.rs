@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use stream_export::{
     service::{convert, errors},
     stream::{
-        Operation, Upstream, UpstreamError, decode,
+        Operation, RateLimit, Upstream, UpstreamError, decode,
         wire::{TaskCreated, TaskStatus, UserExport},
     },
 };
@@ -96,8 +96,9 @@ fn any_headers() -> impl Strategy<Value = HeaderMap> {
 /// Runs every reader over one answer.
 fn read_everything(status: u16, headers: &HeaderMap, body: &[u8]) {
     let Ok(status) = StatusCode::from_u16(status) else { return };
+    let rate_limit = RateLimit::from_headers(headers);
     for operation in OPERATIONS {
-        let outcome: Result<Upstream<TaskStatus>, UpstreamError> = decode(operation, status, headers, body);
+        let outcome: Result<Upstream<TaskStatus>, UpstreamError> = decode(operation, status, rate_limit, body);
         match outcome {
             Ok(task) => {
                 let _ = convert::task(task.body, Utc::now());
@@ -108,10 +109,10 @@ fn read_everything(status: u16, headers: &HeaderMap, body: &[u8]) {
                 assert!(!status.message().is_empty());
             }
         }
-        if let Ok(export) = decode::<UserExport>(operation, status, headers, body) {
+        if let Ok(export) = decode::<UserExport>(operation, status, rate_limit, body) {
             let _ = convert::user_export(export.body);
         }
-        let _ = decode::<TaskCreated>(operation, status, headers, body);
+        let _ = decode::<TaskCreated>(operation, status, rate_limit, body);
     }
 }
 

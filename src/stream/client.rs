@@ -245,21 +245,20 @@ impl StreamClient {
         let answer = async {
             let response = request.send().await.map_err(transport_error)?;
             let status = response.status();
-            let headers = response.headers().clone();
+            let rate_limit = RateLimit::from_headers(response.headers());
             let bytes = response.bytes().await.map_err(transport_error)?;
-            Ok((status, headers, bytes))
+            Ok((status, rate_limit, bytes))
         }
         .await;
-        let (status, headers, bytes) = match answer {
+        let (status, rate_limit, bytes) = match answer {
             Ok(answer) => answer,
             Err(error) => {
                 metrics::upstream(operation.name(), transport_label(&error), started.elapsed(), None);
                 return Err(error);
             }
         };
-        let remaining = RateLimit::from_headers(&headers).map(|limit| limit.remaining);
-        metrics::upstream(operation.name(), status.as_str(), started.elapsed(), remaining);
-        decode(operation, status, &headers, &bytes)
+        metrics::upstream(operation.name(), status.as_str(), started.elapsed(), rate_limit.map(|l| l.remaining));
+        decode(operation, status, rate_limit, &bytes)
     }
 
     fn auth_headers(&self) -> HeaderMap {
@@ -283,15 +282,15 @@ fn transport_label(error: &UpstreamError) -> &'static str {
     }
 }
 
-/// Decodes an upstream answer: a success body into `T`, anything else into an
-/// [`UpstreamError`]. Pure, so that it can be fuzzed: no input makes it panic.
+/// Decodes an upstream answer (its status, the rate limit read from its headers, its body): a
+/// success body into `T`, anything else into an [`UpstreamError`]. Pure, so that it can be
+/// fuzzed: no input makes it panic.
 pub fn decode<T: DeserializeOwned>(
     operation: Operation,
     status: StatusCode,
-    headers: &HeaderMap,
+    rate_limit: Option<RateLimit>,
     bytes: &[u8],
 ) -> Result<Upstream<T>, UpstreamError> {
-    let rate_limit = RateLimit::from_headers(headers);
     if status.is_success() {
         let body = serde_json::from_slice(bytes).map_err(|error| UpstreamError::Decode {
             operation,
