@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{TestApp, assert_status, spawn_app, violated_fields};
 use futures::future::join_all;
 use serde_json::json;
@@ -94,5 +96,59 @@ async fn request_ids_are_uuids() {
     let status = submit(&app, channels("retry-1", ExportFormatVersion::V1)).await.unwrap_err();
     let details = assert_status(&status, Code::InvalidArgument, "INVALID_REQUEST");
     assert_eq!(violated_fields(&details), ["request_id"]);
+    app.stop().await;
+}
+
+/// A submit with a deadline, as a client with a short timeout sends it.
+fn with_deadline(request: ExportChannelsRequest, timeout: Duration) -> tonic::Request<ExportChannelsRequest> {
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(timeout);
+    request
+}
+
+#[tokio::test]
+async fn each_caller_keeps_its_own_deadline_while_the_shared_submit_runs() {
+    let app = spawn_app().await;
+    app.emulator.inject("export_channels", 1, json!({"kind": "delay", "ms": 1500})).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let (mut hasty, mut patient) = (app.client.clone(), app.client.clone());
+    let hasty =
+        hasty.export_channels(with_deadline(channels(&id, ExportFormatVersion::V2), Duration::from_millis(600)));
+    let patient = async {
+        // B arrives while A's submit is in flight, with a deadline well past it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        patient.export_channels(with_deadline(channels(&id, ExportFormatVersion::V2), Duration::from_secs(10))).await
+    };
+    let (hasty, patient) = tokio::join!(hasty, patient);
+    assert_status(&hasty.unwrap_err(), Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
+    let task_id = patient.expect("the patient caller gets the task of the shared submit").into_inner().task_id;
+    // The submit ran to completion and was recorded: a later repeat gets it without a second export.
+    assert_eq!(submit(&app, channels(&id, ExportFormatVersion::V2)).await.unwrap(), task_id);
+    assert_eq!((app.emulator.requests("export_channels").await, app.emulator.exports_created().await), (1, 1));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_first_caller_that_leaves_does_not_make_the_next_one_submit_again() {
+    let app = spawn_app().await;
+    app.emulator.inject("export_channels", 1, json!({"kind": "delay", "ms": 800})).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let first = tokio::spawn({
+        let app_client = app.client.clone();
+        let request = channels(&id, ExportFormatVersion::V1);
+        async move { app_client.clone().export_channels(request).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = tokio::spawn({
+        let app_client = app.client.clone();
+        let request = channels(&id, ExportFormatVersion::V1);
+        async move { app_client.clone().export_channels(request).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first caller goes away (its RST_STREAM reaches the server) while Stream works.
+    first.abort();
+    let task_id = second.await.unwrap().expect("the waiter gets the task").into_inner().task_id;
+    assert!(!task_id.is_empty());
+    assert_eq!((app.emulator.requests("export_channels").await, app.emulator.exports_created().await), (1, 1));
     app.stop().await;
 }

@@ -1,25 +1,78 @@
 //! The in-memory submit store of one replica.
 
-use std::time::Duration;
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use futures::future::BoxFuture;
+use futures::{
+    FutureExt,
+    future::{BoxFuture, Shared},
+};
 use moka::future::Cache;
+use tokio::sync::Mutex;
 use tonic::Status;
+use tracing::Instrument;
 
 use super::{Fingerprint, SubmitStore, Submitted};
 
+/// The outcome of a submit, shared by every caller waiting for it.
+type SharedOutcome = Shared<BoxFuture<'static, Result<String, Status>>>;
+
+/// A submit that is still running, and what it asked for.
+#[derive(Clone)]
+struct Running {
+    fingerprint: Fingerprint,
+    outcome: SharedOutcome,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").finish_non_exhaustive()
+    }
+}
+
 /// Records submits in memory for `ttl`, keeping at most `capacity` of them (least recently
-/// used go first). moka coalesces concurrent initialisations of one key, which is exactly
-/// "concurrent repeats make one upstream call".
+/// used go first).
+///
+/// A submit runs on a task of its own, so that it neither dies with the caller that started
+/// it (Stream may already have the request: a second POST would start a second export) nor
+/// holds its waiters to that caller's deadline. While it runs it sits in `running`, where
+/// repeats join it; it is recorded in `completed` before it leaves `running`, so a repeat
+/// always finds it in one of the two.
 #[derive(Debug)]
 pub struct MemoryStore {
-    cache: Cache<String, Submitted>,
+    completed: Cache<String, Submitted>,
+    running: Arc<Mutex<HashMap<String, Running>>>,
 }
 
 impl MemoryStore {
     /// A store that remembers a submit for `ttl`, and at most `capacity` submits.
     pub fn new(ttl: Duration, capacity: u64) -> Self {
-        Self { cache: Cache::builder().time_to_live(ttl).max_capacity(capacity).build() }
+        Self { completed: Cache::builder().time_to_live(ttl).max_capacity(capacity).build(), running: Arc::default() }
+    }
+
+    /// Starts `submit` on its own task; when it ends, records a success and leaves `running`.
+    fn start(
+        &self,
+        key: String,
+        fingerprint: Fingerprint,
+        submit: BoxFuture<'static, Result<String, Status>>,
+    ) -> Running {
+        let (completed, running) = (self.completed.clone(), Arc::clone(&self.running));
+        let task = tokio::spawn(
+            async move {
+                let outcome = submit.await;
+                if let Ok(task_id) = &outcome {
+                    completed.insert(key.clone(), Submitted { fingerprint, task_id: task_id.clone() }).await;
+                }
+                running.lock().await.remove(&key);
+                outcome
+            }
+            .in_current_span(),
+        );
+        let outcome = task
+            .map(|joined| joined.unwrap_or_else(|_| Err(Status::internal("the submit ended abnormally"))))
+            .boxed()
+            .shared();
+        Running { fingerprint, outcome }
     }
 }
 
@@ -29,12 +82,24 @@ impl SubmitStore for MemoryStore {
         &self,
         key: String,
         fingerprint: Fingerprint,
-        submit: BoxFuture<'_, Result<String, Status>>,
+        submit: BoxFuture<'static, Result<String, Status>>,
     ) -> Result<Submitted, Status> {
-        self.cache
-            .try_get_with(key, async move { submit.await.map(|task_id| Submitted { fingerprint, task_id }) })
-            .await
-            .map_err(|status| (*status).clone())
+        let running = {
+            let mut running = self.running.lock().await;
+            if let Some(submitted) = self.completed.get(&key).await {
+                return Ok(submitted);
+            }
+            match running.get(&key) {
+                Some(first) => first.clone(),
+                None => {
+                    let started = self.start(key.clone(), fingerprint, submit);
+                    running.insert(key, started.clone());
+                    started
+                }
+            }
+        };
+        let task_id = running.outcome.await?;
+        Ok(Submitted { fingerprint: running.fingerprint, task_id })
     }
 }
 
@@ -98,6 +163,20 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(80)).await;
         let again = store.get_or_submit("k".into(), fingerprint, counting_submit(&calls, Ok("b"))).await.unwrap();
         assert_eq!((again.task_id.as_str(), calls.load(Ordering::SeqCst)), ("b", 2));
+    }
+
+    #[tokio::test]
+    async fn a_submit_outlives_callers_that_leave() {
+        let store = MemoryStore::new(Duration::from_secs(60), 100);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let fingerprint = Fingerprint::of("rpc", &"body");
+        let abandoned = store.get_or_submit("k".into(), fingerprint, counting_submit(&calls, Ok("first")));
+        assert!(tokio::time::timeout(Duration::from_millis(5), abandoned).await.is_err());
+        // The waiter that stayed joins the running submit; after it, the task is recorded.
+        let joined = store.get_or_submit("k".into(), fingerprint, counting_submit(&calls, Ok("second"))).await;
+        let later = store.get_or_submit("k".into(), fingerprint, counting_submit(&calls, Ok("third"))).await;
+        assert_eq!((joined.unwrap().task_id, later.unwrap().task_id), ("first".into(), "first".into()));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[test]

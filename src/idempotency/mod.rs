@@ -44,10 +44,15 @@ pub trait SubmitStore: Send + Sync + std::fmt::Debug + 'static {
     /// Returns the submit recorded under `key`; when there is none, runs `submit` and records
     /// its task under `fingerprint`. Concurrent calls with one key run `submit` once: the others
     /// wait for it and get its result. A failed submit records nothing, so a retry can succeed.
+    ///
+    /// `submit` runs to its end even when every caller has left (dropping the returned future
+    /// only stops waiting): once sent, Stream may have started the export, and only the
+    /// recorded task id keeps a retry from starting a second one. So `submit` must bound its
+    /// own duration (the upstream timeout), not take a caller's deadline.
     async fn get_or_submit(
         &self,
         key: String,
         fingerprint: Fingerprint,
-        submit: BoxFuture<'_, Result<String, Status>>,
+        submit: BoxFuture<'static, Result<String, Status>>,
     ) -> Result<Submitted, Status>;
 }

@@ -10,14 +10,15 @@ pub mod caller;
 pub mod convert;
 mod deadline;
 pub mod errors;
+mod forwarded_cert;
 pub mod validation;
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use futures::FutureExt;
-use tokio::sync::mpsc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -31,7 +32,7 @@ use crate::{
         ExportUsersRequest, ExportUsersResponse, GetTaskRequest, ReadExportRequest, Task, TaskEvent, TaskState,
         WatchTaskRequest, export_service_server::ExportService,
     },
-    stream::{StreamClient, Upstream, UpstreamError, wire::TaskCreated},
+    stream::{Operation, StreamClient, Upstream, UpstreamError, wire::TaskCreated},
     watch::{WatchHub, events},
 };
 
@@ -84,22 +85,36 @@ impl ExportApi {
 
     /// Runs a submit once per idempotency key: a repeat of `request_id` with the same request
     /// returns the first task; with another request, INVALID_ARGUMENT.
-    async fn submit_once(
+    ///
+    /// `upstream` makes the POST with the deadline it is given. Without a `request_id` that is
+    /// this call's deadline. With one, the POST runs detached from this call, bounded only by
+    /// the upstream timeout, and this call (like every repeat) waits for it until its own
+    /// deadline: a caller that leaves or times out never abandons a submit that Stream may
+    /// already have, so its retry finds the task instead of starting a second export.
+    async fn submit_once<F>(
         &self,
-        rpc: &'static str,
+        operation: Operation,
         caller: &Caller,
         request_id: &str,
-        body: &(impl serde::Serialize + Sync),
-        upstream: impl Future<Output = Result<Upstream<TaskCreated>, UpstreamError>> + Send,
-    ) -> Result<String, Status> {
-        let submit =
-            async move { upstream.await.map(|created| created.body.task_id).map_err(|e| upstream_failure(&e)) };
+        fingerprint: Fingerprint,
+        deadline: Instant,
+        upstream: impl FnOnce(Option<Instant>) -> F,
+    ) -> Result<String, Status>
+    where
+        F: Future<Output = Result<Upstream<TaskCreated>, UpstreamError>> + Send + 'static,
+    {
+        let submit = |deadline| {
+            upstream(deadline)
+                .map(|outcome| outcome.map(|created| created.body.task_id).map_err(|e| upstream_failure(&e)))
+        };
         if request_id.is_empty() {
-            return submit.await;
+            return submit(Some(deadline)).await;
         }
-        let fingerprint = Fingerprint::of(rpc, body);
-        let key = format!("{}\n{rpc}\n{request_id}", caller.name);
-        let submitted = self.submits.get_or_submit(key, fingerprint, submit.boxed()).await?;
+        let key = format!("{}\n{}\n{request_id}", caller.name, operation.name());
+        let submitted =
+            tokio::time::timeout_at(deadline, self.submits.get_or_submit(key, fingerprint, submit(None).boxed()))
+                .await
+                .map_err(|_| upstream_failure(&UpstreamError::DeadlineExceeded { operation }))??;
         if submitted.fingerprint != fingerprint {
             return Err(errors::request_id_reused());
         }
@@ -131,8 +146,11 @@ impl ExportService for ExportApi {
         let subject = Subject::Channels(message.channels.iter().map(|c| format!("{}:{}", c.r#type, c.id)).collect());
         let outcome = async {
             let body = validation::export_channels(message).map_err(errors::invalid_request)?;
-            let upstream = self.client.export_channels(&body, Some(deadline));
-            self.submit_once("ExportChannels", &caller, &message.request_id, &body, upstream).await
+            let fingerprint = Fingerprint::of("ExportChannels", &body);
+            let client = self.client.clone();
+            let upstream = move |deadline| async move { client.export_channels(&body, deadline).await };
+            self.submit_once(Operation::ExportChannels, &caller, &message.request_id, fingerprint, deadline, upstream)
+                .await
         }
         .await;
         if let Ok(task_id) = &outcome {
@@ -153,8 +171,11 @@ impl ExportService for ExportApi {
         let message = request.get_ref();
         let outcome = async {
             let body = validation::export_users(message).map_err(errors::invalid_request)?;
-            let upstream = self.client.export_users(&body, Some(deadline));
-            self.submit_once("ExportUsers", &caller, &message.request_id, &body, upstream).await
+            let fingerprint = Fingerprint::of("ExportUsers", &body);
+            let client = self.client.clone();
+            let upstream = move |deadline| async move { client.export_users(&body, deadline).await };
+            self.submit_once(Operation::ExportUsers, &caller, &message.request_id, fingerprint, deadline, upstream)
+                .await
         }
         .await;
         if let Ok(task_id) = &outcome {
