@@ -137,8 +137,9 @@ pub struct ServeArgs {
     #[arg(long, env = "STREAM_EXPORT_AUTH_TOKENS_FILE")]
     pub auth_tokens_file: Option<PathBuf>,
 
-    /// Take the caller's identity for the audit log from `x-forwarded-client-cert` (only
-    /// behind an Envoy sidecar that sets it).
+    /// Take the caller's identity for the audit log from the last element of
+    /// `x-forwarded-client-cert` (only behind an Envoy sidecar in SANITIZE_SET or
+    /// APPEND_FORWARD mode).
     #[arg(long, env = "STREAM_EXPORT_TRUST_FORWARDED_CLIENT_CERT")]
     pub trust_forwarded_client_cert: bool,
 

@@ -79,6 +79,12 @@ async fn bearer_tokens_guard_the_export_service_and_name_the_caller() {
     let wrong = client.export_users(with_token(users(""), "not-a-valid-token-at-all")).await.unwrap_err();
     common::assert_status(&wrong, Code::Unauthenticated, "UNAUTHENTICATED");
     assert!(HealthClient::new(channel.clone()).check(HealthCheckRequest::default()).await.is_ok(), "health stays open");
+    // The scheme is case-insensitive (RFC 6750): clients that send `bearer` are let in.
+    for scheme in ["bearer", "BEARER"] {
+        let mut request = Request::new(users(""));
+        request.metadata_mut().insert("authorization", format!("{scheme} {BILLING_TOKEN}").parse().unwrap());
+        client.export_users(request).await.unwrap_or_else(|status| panic!("scheme {scheme}: {status:?}"));
+    }
 
     // One request_id, two callers: two different exports (keys are per caller).
     let request_id = uuid::Uuid::new_v4().to_string();
@@ -87,7 +93,7 @@ async fn bearer_tokens_guard_the_export_service_and_name_the_caller() {
     assert_ne!(billing.task_id, exports.task_id);
     let again = client.export_users(with_token(users(&request_id), BILLING_TOKEN)).await.unwrap().into_inner();
     assert_eq!(again.task_id, billing.task_id);
-    assert_eq!(emulator.exports_created().await, 2);
+    assert_eq!(emulator.exports_created().await, 4);
 
     tokio::time::sleep(Duration::from_millis(100)).await;
     let log = service.log();
@@ -180,7 +186,11 @@ async fn mutual_tls_admits_certified_clients_and_audits_their_subject() {
 #[tokio::test]
 async fn forwarded_client_certificates_are_believed_only_when_trusted() {
     let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
-    let xfcc = r#"By=spiffe://cluster.local/ns/exports/sa/stream-export;Hash=abc;Subject="CN=mesh-client,O=Acme";URI=spiffe://cluster.local/ns/jobs/sa/mesh-client"#;
+    // What an Envoy in APPEND_FORWARD mode passes on: the client's own (forged) header, then the
+    // element the sidecar wrote for the certificate it verified, last.
+    let forged = r#"By=spiffe://cluster.local/ns/exports/sa/stream-export;Subject="CN=admin,O=Acme";URI=spiffe://cluster.local/ns/ops/sa/admin"#;
+    let verified = r#"By=spiffe://cluster.local/ns/exports/sa/stream-export;Hash=abc;Subject="CN=mesh-client,O=Acme";URI=spiffe://cluster.local/ns/jobs/sa/mesh-client"#;
+    let xfcc = format!("{forged},{verified}");
     for (trusted, expected) in [(true, "caller=CN=mesh-client,O=Acme"), (false, "caller=anonymous")] {
         let args: &[&str] = if trusted { &["--trust-forwarded-client-cert"] } else { &[] };
         let service = start(args, &upstream_env(&emulator));
@@ -191,7 +201,9 @@ async fn forwarded_client_certificates_are_believed_only_when_trusted() {
         client.export_user(request).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let log = service.log();
-        assert!(audit_lines(&log).iter().any(|line| line.contains(expected)), "{expected} expected in:\n{log}");
+        let audit = audit_lines(&log);
+        assert!(audit.iter().any(|line| line.contains(expected)), "{expected} expected in:\n{log}");
+        assert!(!audit.iter().any(|line| line.contains("CN=admin")), "the forged element is never believed:\n{log}");
     }
 }
 

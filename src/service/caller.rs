@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status, service::Interceptor};
 
-use super::errors;
+use super::{errors, forwarded_cert};
 
 /// The identity of a caller, attached to each request by [`CallerAuth`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,7 +126,7 @@ impl Interceptor for CallerAuth {
         let caller = match &self.tokens {
             Some(tokens) => {
                 let header = request.metadata().get("authorization").and_then(|value| value.to_str().ok());
-                let token = header.and_then(|value| value.strip_prefix("Bearer ").map(str::trim));
+                let token = header.and_then(bearer_token);
                 match token.and_then(|token| tokens.caller(token)) {
                     Some(name) => Caller { name: name.to_owned(), source: CallerSource::Token },
                     None => return Err(errors::unauthenticated(header.is_some())),
@@ -146,51 +146,24 @@ impl CallerAuth {
         }
         if self.trust_forwarded_client_cert {
             let header = request.metadata().get("x-forwarded-client-cert")?.to_str().ok()?;
-            let name = forwarded_client_identity(header)?;
+            let name = forwarded_cert::identity(header)?;
             return Some(Caller { name, source: CallerSource::ForwardedClientCert });
         }
         None
     }
 }
 
+/// The token of an `authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 6750 and RFC 9110: `bearer` and `BEARER` are the same scheme).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("Bearer").then(|| token.trim())
+}
+
 /// The subject of a DER certificate, e.g. `CN=batch-job,O=Acme`.
 fn subject_of(der: &[u8]) -> Option<String> {
     let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
     Some(certificate.subject().to_string())
-}
-
-/// The client identity in Envoy's `x-forwarded-client-cert`: the `Subject` of the first
-/// (original) element, else its `URI` (a SPIFFE id under Istio).
-fn forwarded_client_identity(header: &str) -> Option<String> {
-    let first = split_outside_quotes(header, ',').into_iter().next()?;
-    let mut uri = None;
-    for pair in split_outside_quotes(first, ';') {
-        let (key, value) = pair.split_once('=')?;
-        let value = value.trim().trim_matches('"').to_owned();
-        match key.trim().to_ascii_lowercase().as_str() {
-            "subject" if !value.is_empty() => return Some(value),
-            "uri" if !value.is_empty() => uri = Some(value),
-            _ => {}
-        }
-    }
-    uri
-}
-
-fn split_outside_quotes(text: &str, separator: char) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let (mut start, mut quoted) = (0, false);
-    for (index, c) in text.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            c if c == separator && !quoted => {
-                parts.push(&text[start..index]);
-                start = index + c.len_utf8();
-            }
-            _ => {}
-        }
-    }
-    parts.push(&text[start..]);
-    parts
 }
 
 #[cfg(test)]
@@ -207,6 +180,16 @@ mod tests {
     }
 
     #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer tok", "bearer tok", "BEARER  tok ", " Bearer tok"] {
+            assert_eq!(bearer_token(value), Some("tok"), "{value:?}");
+        }
+        for value in ["Basic tok", "Bearertok", "tok", "Bear tok"] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
+    }
+
+    #[test]
     fn bad_token_files_are_rejected_without_echoing_tokens() {
         for (text, expected) in [
             ("", "no tokens"),
@@ -218,14 +201,5 @@ mod tests {
             assert!(error.contains(expected), "{error}");
             assert!(!error.contains("aaaaaaaa") && !error.contains("bbbbbbbb"));
         }
-    }
-
-    #[test]
-    fn forwarded_client_cert_gives_subject_or_uri() {
-        let header = r#"By=spiffe://cluster.local/ns/x/sa/server;Hash=abc;Subject="CN=batch,O=Acme, Inc.";URI=spiffe://cluster.local/ns/x/sa/batch,By=other;Subject="CN=proxy""#;
-        assert_eq!(forwarded_client_identity(header).as_deref(), Some("CN=batch,O=Acme, Inc."));
-        let istio = "By=spiffe://a;Hash=b;Subject=\"\";URI=spiffe://cluster.local/ns/x/sa/batch";
-        assert_eq!(forwarded_client_identity(istio).as_deref(), Some("spiffe://cluster.local/ns/x/sa/batch"));
-        assert_eq!(forwarded_client_identity("Hash=b"), None);
     }
 }
