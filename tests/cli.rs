@@ -50,7 +50,9 @@ fn missing_or_bad_settings_exit_2_naming_the_setting() {
 async fn serve_with_the_embedded_emulator_is_healthy() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = Command::new(BIN)
-        .args(["serve", "--emulator", "--listen", &format!("127.0.0.1:{port}")])
+        // On every interface, as in a container: the emulator's control endpoints must still be
+        // reachable from this host only.
+        .args(["serve", "--emulator", "--listen", &format!("0.0.0.0:{port}")])
         .env_clear()
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
@@ -89,4 +91,17 @@ async fn serve_with_the_embedded_emulator_is_healthy() {
     assert!(serving, "the service never reported SERVING; log:\n{log}");
     assert!(exited.is_some_and(|s| s.success()), "SIGTERM ends the process cleanly; log:\n{log}");
     assert!(log.contains("emulator"), "the log says the embedded emulator is in use:\n{log}");
+    let emulator_url = log
+        .lines()
+        .find(|line| line.contains("emulator started"))
+        .and_then(|line| line.split_once("http://"))
+        .map(|(_, rest)| {
+            format!("http://{}", rest.split(|c: char| c.is_whitespace() || c.is_control()).next().unwrap())
+        })
+        .unwrap_or_else(|| panic!("the log gives the emulator's address:\n{log}"));
+    let host = url::Url::parse(&emulator_url).unwrap().host_str().unwrap_or_default().to_owned();
+    assert!(
+        host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        "the embedded emulator (and its /_emulator/ control endpoints) listens on loopback only: {emulator_url}"
+    );
 }

@@ -271,3 +271,32 @@ async fn shutdown_stops_the_server() {
     emu.handle.shutdown().await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn control_values_that_would_overflow_the_clock_are_refused_and_break_nothing() {
+    let emu = start().await;
+    let task = emu.export_channels(json!({"channels": [{"cid": "messaging:general"}]})).await;
+    for (method, path, body) in [
+        (Method::POST, "clock", json!({"advance_secs": i64::MAX})),
+        (Method::POST, "clock", json!({"advance_secs": 9_000_000_000_000_i64})),
+        (Method::PUT, "task_defaults", json!({"waiting_ms": u64::MAX})),
+        (Method::PUT, "task_defaults", json!({"running_ms": 9_000_000_000_000_000_u64})),
+    ] {
+        let answer = Emu::send(emu.http.request(method, format!("{}/_emulator/{path}", emu.base)).json(&body)).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{path} {body}: {}", answer.text);
+        assert!(answer.text.contains("at most"), "the refusal says the limit: {}", answer.text);
+    }
+    // Repeated large steps add up to the limit, never past it.
+    for _ in 0..3 {
+        let _ = Emu::send(
+            emu.http
+                .request(Method::POST, format!("{}/_emulator/clock", emu.base))
+                .json(&json!({"advance_secs": 1_500_000_000})),
+        )
+        .await;
+    }
+    // Everything still answers: the API, the task, the clock, a new task.
+    assert_eq!(emu.get(&format!("/tasks/{task}")).await.status, StatusCode::OK);
+    emu.control(Method::GET, "clock", None).await;
+    emu.export_channels(json!({"channels": [{"cid": "messaging:general"}]})).await;
+}

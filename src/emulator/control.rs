@@ -195,6 +195,10 @@ async fn put_defaults(State(state): State<AppState>, body: Bytes) -> Response {
         Ok(request) => request,
         Err(refusal) => return refuse(refusal),
     };
+    let phases = [request.waiting_ms, request.pending_ms, request.running_ms];
+    if phases.into_iter().flatten().any(|ms| ms / 1000 > MAX_SPAN_SECS) {
+        return bad_request(format!("each phase may last at most {} ms (100 years)", MAX_SPAN_SECS * 1000));
+    }
     {
         let mut inner = state.lock();
         let defaults = &mut inner.task_defaults;
@@ -262,17 +266,31 @@ async fn get_clock(State(state): State<AppState>) -> Response {
     ok(clock_json(&state))
 }
 
+/// How far any control value may move the emulator's time: the clock ahead of real time, and
+/// each phase of a task. Far below chrono's limits and RFC 3339's year 9999 even added together,
+/// so that no value a client sends can overflow a timestamp later.
+const MAX_SPAN_SECS: u64 = 100 * 365 * 86_400;
+
 async fn advance_clock(State(state): State<AppState>, body: Bytes) -> Response {
     let request: ClockRequest = match parse(&body) {
         Ok(request) => request,
         Err(refusal) => return refuse(refusal),
     };
-    if request.advance_secs < 0 {
+    let Ok(advance) = u64::try_from(request.advance_secs) else {
         return bad_request("advance_secs must not be negative: the clock only moves forward");
-    }
+    };
     {
         let mut inner = state.lock();
-        inner.clock_offset += Duration::seconds(request.advance_secs);
+        let ahead = u64::try_from(inner.clock_offset.num_seconds()).unwrap_or(0);
+        match ahead.checked_add(advance).filter(|total| *total <= MAX_SPAN_SECS) {
+            // Both fit in an i64 of seconds: the total is at most MAX_SPAN_SECS.
+            Some(_) => inner.clock_offset += Duration::seconds(advance as i64),
+            None => {
+                return bad_request(format!(
+                    "the clock may run at most {MAX_SPAN_SECS} seconds (100 years) ahead; it is {ahead} s ahead"
+                ));
+            }
+        }
     }
     ok(clock_json(&state))
 }
