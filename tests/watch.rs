@@ -321,3 +321,33 @@ async fn the_poller_slows_down_as_streams_rate_limit_runs_low() {
     drop(stream);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn watches_are_admitted_like_unary_calls() {
+    let mut app = spawn_app().await;
+    let task_id = held_task(&mut app).await;
+    // Draining: refused with the status unary calls get.
+    app.hub.shutdown();
+    let mut client = app.client.clone();
+    let unary = client
+        .get_task(stream_export::proto::GetTaskRequest { task_id: task_id.clone() })
+        .await
+        .expect_err("refused while draining");
+    assert_status(&unary, Code::Unavailable, "SHUTTING_DOWN");
+    let refused = match watch(&app, &task_id).await {
+        Err(status) => status,
+        Ok(stream) => drain(stream).await.1.expect("an error status"),
+    };
+    assert_status(&refused, Code::Unavailable, "SHUTTING_DOWN");
+    app.stop().await;
+
+    // At the in-flight limit: shed like unary calls.
+    let tweak: common::SettingsTweak = Box::new(|settings| settings.limits.max_in_flight = 0);
+    let app = spawn_app_with(Options { tweak: Some(tweak), ..Options::default() }).await;
+    let refused = match watch(&app, &uuid::Uuid::new_v4().to_string()).await {
+        Err(status) => status,
+        Ok(stream) => drain(stream).await.1.expect("an error status"),
+    };
+    assert_status(&refused, Code::ResourceExhausted, "OVERLOADED");
+    app.stop().await;
+}
