@@ -351,3 +351,25 @@ async fn watches_are_admitted_like_unary_calls() {
     assert_status(&refused, Code::ResourceExhausted, "OVERLOADED");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn heartbeats_arrive_before_a_delayed_snapshot() {
+    let watch_settings = WatchSettings { heartbeat_interval: Duration::from_millis(300), ..Options::default().watch };
+    let mut app = spawn_app_with(Options { watch: watch_settings, ..Options::default() }).await;
+    let task_id = held_task(&mut app).await;
+    app.emulator.inject("get_task", 1, json!({"kind": "delay", "ms": 2000})).await;
+    let mut stream = watch(&app, &task_id).await.unwrap();
+    let mut events = vec![next(&mut stream).await.unwrap()];
+    while events.last().unwrap().r#type() == EventType::Heartbeat {
+        events.push(next(&mut stream).await.unwrap());
+    }
+    let kinds: Vec<_> = events.iter().map(|e| (e.sequence, e.r#type(), e.task.is_some())).collect();
+    assert!(events.len() >= 3, "heartbeats every 300 ms while the first poll takes 2 s: {kinds:?}");
+    let (snapshot, heartbeats) = events.split_last().unwrap();
+    assert!(heartbeats.iter().all(|e| e.task.is_none() && e.observe_time.is_none()), "{kinds:?}");
+    assert_eq!(snapshot.r#type(), EventType::Snapshot, "{kinds:?}");
+    assert_eq!(snapshot.task.as_ref().map(|t| t.state()), Some(TaskState::Waiting));
+    assert!(events.iter().zip(1..).all(|(e, n)| e.sequence == n), "{kinds:?}");
+    drop(stream);
+    app.stop().await;
+}
