@@ -322,6 +322,16 @@ async fn the_poller_slows_down_as_streams_rate_limit_runs_low() {
     app.stop().await;
 }
 
+/// Opens `count` watches of random (unknown) ids at once and cancels each after `held`.
+async fn watch_and_cancel_bogus_ids(app: &TestApp, count: usize, held: Duration) {
+    join_all((0..count).map(|_| async {
+        let stream = watch(app, &uuid::Uuid::new_v4().to_string()).await.unwrap();
+        tokio::time::sleep(held).await;
+        drop(stream);
+    }))
+    .await;
+}
+
 #[tokio::test]
 async fn watches_are_admitted_like_unary_calls() {
     let mut app = spawn_app().await;
@@ -371,5 +381,50 @@ async fn heartbeats_arrive_before_a_delayed_snapshot() {
     assert_eq!(snapshot.task.as_ref().map(|t| t.state()), Some(TaskState::Waiting));
     assert!(events.iter().zip(1..).all(|(e, n)| e.sequence == n), "{kinds:?}");
     drop(stream);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cancelled_watchers_of_bogus_ids_do_not_delay_a_real_tasks_first_event() {
+    // 200 cancelled watchers at 2 requests/s: had each kept its budget slot, the real task's
+    // first poll would come about 100 s later.
+    let watch_settings = WatchSettings { upstream_budget_per_second: 2.0, ..Options::default().watch };
+    let mut app = spawn_app_with(Options { watch: watch_settings, ..Options::default() }).await;
+    let task_id = held_task(&mut app).await;
+    watch_and_cancel_bogus_ids(&app, 200, Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let mut stream = watch(&app, &task_id).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(15), stream.next()).await;
+    let waited = started.elapsed();
+    let first = first.unwrap_or_else(|_| panic!("no event after {waited:?}: cancelled watchers held budget slots"));
+    assert_eq!(first.unwrap().unwrap().r#type(), EventType::Snapshot);
+    assert!(app.emulator.requests("get_task").await < 20, "departed watchers' polls were still sent");
+    drop(stream);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_watchers_snapshot_does_not_queue_behind_other_tasks_polls() {
+    // 30 watched tasks at 6 requests/s: a round of their polls takes 5 s.
+    let watch_settings = WatchSettings { upstream_budget_per_second: 6.0, ..Options::default().watch };
+    let mut app = spawn_app_with(Options { watch: watch_settings, ..Options::default() }).await;
+    let mut streams = Vec::new();
+    for _ in 0..30 {
+        let task_id = held_task(&mut app).await;
+        streams.push(watch(&app, &task_id).await.unwrap());
+    }
+    let newcomer = held_task(&mut app).await;
+    // Let the first round pass, so that every poller waits in the queue for its next poll.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    let started = Instant::now();
+    let mut stream = watch(&app, &newcomer).await.unwrap();
+    let snapshot = tokio::time::timeout(Duration::from_secs(3), stream.next()).await;
+    let waited = started.elapsed();
+    let snapshot = snapshot.unwrap_or_else(|_| panic!("no snapshot after {waited:?}: it queued behind periodic polls"));
+    assert_eq!(snapshot.unwrap().unwrap().r#type(), EventType::Snapshot);
+    drop((stream, streams));
     app.stop().await;
 }

@@ -6,7 +6,10 @@ use chrono::Utc;
 use rand::Rng;
 use tokio::time::Instant;
 
-use super::hub::{HubInner, Observation, ViewSender};
+use super::{
+    budget::Lane,
+    hub::{HubInner, Observation, ViewSender},
+};
 use crate::{
     proto::{Task, TaskState},
     service::{convert, errors},
@@ -25,10 +28,12 @@ pub(super) async fn run(hub: Arc<HubInner>, task_id: String, sender: ViewSender)
     let mut interval = settings.poll_interval_min;
     let mut failing_since: Option<Instant> = None;
     let mut failures: u32 = 0;
+    // Until a poll answers, the watchers have no snapshot: that poll goes ahead of the queue.
+    let mut lane = Lane::First;
 
     loop {
         tokio::select! {
-            () = hub.budget.acquire() => {}
+            () = hub.budget.acquire(lane) => {}
             () = sender.closed() => {
                 if hub.retire_if_unwatched(&task_id, &sender) { return; }
                 continue;
@@ -38,6 +43,7 @@ pub(super) async fn run(hub: Arc<HubInner>, task_id: String, sender: ViewSender)
         let polled_at = Utc::now();
         let delay = match hub.client.get_task(&task_id, None).await {
             Ok(answer) => {
+                lane = Lane::Periodic;
                 hub.budget.record(answer.rate_limit);
                 failing_since = None;
                 failures = 0;
