@@ -428,3 +428,34 @@ async fn a_new_watchers_snapshot_does_not_queue_behind_other_tasks_polls() {
     drop((stream, streams));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn repeated_watches_of_an_unknown_id_ask_upstream_once() {
+    let app = spawn_app().await;
+    let unknown = uuid::Uuid::new_v4().to_string();
+    for _ in 0..5 {
+        let (events, end) = drain(watch(&app, &unknown).await.unwrap()).await;
+        assert!(events.is_empty());
+        assert_status(&end.expect("an error status"), Code::NotFound, "TASK_NOT_FOUND");
+    }
+    // Five concurrent ones too.
+    let ends = join_all((0..5).map(|_| async { drain(watch(&app, &unknown).await.unwrap()).await.1 })).await;
+    for end in ends {
+        assert_status(&end.expect("an error status"), Code::NotFound, "TASK_NOT_FOUND");
+    }
+    assert_eq!(app.emulator.requests("get_task").await, 1, "NOT_FOUND is remembered for a while");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn not_found_is_forgotten_after_its_ttl() {
+    let watch_settings = WatchSettings { not_found_retention: Duration::from_millis(200), ..Options::default().watch };
+    let app = spawn_app_with(Options { watch: watch_settings, ..Options::default() }).await;
+    let unknown = uuid::Uuid::new_v4().to_string();
+    drain(watch(&app, &unknown).await.unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(app.hub.watched_tasks(), 0, "the negative entry expired");
+    drain(watch(&app, &unknown).await.unwrap()).await;
+    assert_eq!(app.emulator.requests("get_task").await, 2);
+    app.stop().await;
+}
