@@ -91,6 +91,11 @@ pub struct ServeArgs {
     #[arg(long, env = "STREAM_EXPORT_WATCH_RETENTION", default_value = "60s", value_parser = humantime::parse_duration)]
     pub watch_retention: Duration,
 
+    /// WatchTask: how long upstream's NOT_FOUND for a task id is remembered, so that repeated
+    /// watchers of an unknown id do not spend the upstream budget again.
+    #[arg(long, env = "STREAM_EXPORT_WATCH_NOT_FOUND_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub watch_not_found_ttl: Duration,
+
     /// Upstream task-status requests per second, all watched tasks together.
     #[arg(long, env = "STREAM_EXPORT_UPSTREAM_POLL_BUDGET", default_value_t = 10.0)]
     pub upstream_poll_budget: f64,
@@ -337,6 +342,7 @@ impl ServeArgs {
                 max_streams: self.watch_max_streams,
                 upstream_budget_per_second: self.upstream_poll_budget,
                 terminal_retention: self.watch_retention,
+                not_found_retention: self.watch_not_found_ttl,
             },
             limits: CallLimits { max_in_flight: self.max_in_flight, unary_timeout: self.unary_timeout },
             transport: TransportSettings {

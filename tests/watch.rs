@@ -321,3 +321,141 @@ async fn the_poller_slows_down_as_streams_rate_limit_runs_low() {
     drop(stream);
     app.stop().await;
 }
+
+/// Opens `count` watches of random (unknown) ids at once and cancels each after `held`.
+async fn watch_and_cancel_bogus_ids(app: &TestApp, count: usize, held: Duration) {
+    join_all((0..count).map(|_| async {
+        let stream = watch(app, &uuid::Uuid::new_v4().to_string()).await.unwrap();
+        tokio::time::sleep(held).await;
+        drop(stream);
+    }))
+    .await;
+}
+
+#[tokio::test]
+async fn watches_are_admitted_like_unary_calls() {
+    let mut app = spawn_app().await;
+    let task_id = held_task(&mut app).await;
+    // Draining: refused with the status unary calls get.
+    app.hub.shutdown();
+    let mut client = app.client.clone();
+    let unary = client
+        .get_task(stream_export::proto::GetTaskRequest { task_id: task_id.clone() })
+        .await
+        .expect_err("refused while draining");
+    assert_status(&unary, Code::Unavailable, "SHUTTING_DOWN");
+    let refused = match watch(&app, &task_id).await {
+        Err(status) => status,
+        Ok(stream) => drain(stream).await.1.expect("an error status"),
+    };
+    assert_status(&refused, Code::Unavailable, "SHUTTING_DOWN");
+    app.stop().await;
+
+    // At the in-flight limit: shed like unary calls.
+    let tweak: common::SettingsTweak = Box::new(|settings| settings.limits.max_in_flight = 0);
+    let app = spawn_app_with(Options { tweak: Some(tweak), ..Options::default() }).await;
+    let refused = match watch(&app, &uuid::Uuid::new_v4().to_string()).await {
+        Err(status) => status,
+        Ok(stream) => drain(stream).await.1.expect("an error status"),
+    };
+    assert_status(&refused, Code::ResourceExhausted, "OVERLOADED");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn heartbeats_arrive_before_a_delayed_snapshot() {
+    let watch_settings = WatchSettings { heartbeat_interval: Duration::from_millis(300), ..Options::default().watch };
+    let mut app = spawn_app_with(Options { watch: watch_settings, ..Options::default() }).await;
+    let task_id = held_task(&mut app).await;
+    app.emulator.inject("get_task", 1, json!({"kind": "delay", "ms": 2000})).await;
+    let mut stream = watch(&app, &task_id).await.unwrap();
+    let mut events = vec![next(&mut stream).await.unwrap()];
+    while events.last().unwrap().r#type() == EventType::Heartbeat {
+        events.push(next(&mut stream).await.unwrap());
+    }
+    let kinds: Vec<_> = events.iter().map(|e| (e.sequence, e.r#type(), e.task.is_some())).collect();
+    assert!(events.len() >= 3, "heartbeats every 300 ms while the first poll takes 2 s: {kinds:?}");
+    let (snapshot, heartbeats) = events.split_last().unwrap();
+    assert!(heartbeats.iter().all(|e| e.task.is_none() && e.observe_time.is_none()), "{kinds:?}");
+    assert_eq!(snapshot.r#type(), EventType::Snapshot, "{kinds:?}");
+    assert_eq!(snapshot.task.as_ref().map(|t| t.state()), Some(TaskState::Waiting));
+    assert!(events.iter().zip(1..).all(|(e, n)| e.sequence == n), "{kinds:?}");
+    drop(stream);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cancelled_watchers_of_bogus_ids_do_not_delay_a_real_tasks_first_event() {
+    // 200 cancelled watchers at 2 requests/s: had each kept its budget slot, the real task's
+    // first poll would come about 100 s later.
+    let watch_settings = WatchSettings { upstream_budget_per_second: 2.0, ..Options::default().watch };
+    let mut app = spawn_app_with(Options { watch: watch_settings, ..Options::default() }).await;
+    let task_id = held_task(&mut app).await;
+    watch_and_cancel_bogus_ids(&app, 200, Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let mut stream = watch(&app, &task_id).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(15), stream.next()).await;
+    let waited = started.elapsed();
+    let first = first.unwrap_or_else(|_| panic!("no event after {waited:?}: cancelled watchers held budget slots"));
+    assert_eq!(first.unwrap().unwrap().r#type(), EventType::Snapshot);
+    assert!(app.emulator.requests("get_task").await < 20, "departed watchers' polls were still sent");
+    drop(stream);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_watchers_snapshot_does_not_queue_behind_other_tasks_polls() {
+    // 30 watched tasks at 6 requests/s: a round of their polls takes 5 s.
+    let watch_settings = WatchSettings { upstream_budget_per_second: 6.0, ..Options::default().watch };
+    let mut app = spawn_app_with(Options { watch: watch_settings, ..Options::default() }).await;
+    let mut streams = Vec::new();
+    for _ in 0..30 {
+        let task_id = held_task(&mut app).await;
+        streams.push(watch(&app, &task_id).await.unwrap());
+    }
+    let newcomer = held_task(&mut app).await;
+    // Let the first round pass, so that every poller waits in the queue for its next poll.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    let started = Instant::now();
+    let mut stream = watch(&app, &newcomer).await.unwrap();
+    let snapshot = tokio::time::timeout(Duration::from_secs(3), stream.next()).await;
+    let waited = started.elapsed();
+    let snapshot = snapshot.unwrap_or_else(|_| panic!("no snapshot after {waited:?}: it queued behind periodic polls"));
+    assert_eq!(snapshot.unwrap().unwrap().r#type(), EventType::Snapshot);
+    drop((stream, streams));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn repeated_watches_of_an_unknown_id_ask_upstream_once() {
+    let app = spawn_app().await;
+    let unknown = uuid::Uuid::new_v4().to_string();
+    for _ in 0..5 {
+        let (events, end) = drain(watch(&app, &unknown).await.unwrap()).await;
+        assert!(events.is_empty());
+        assert_status(&end.expect("an error status"), Code::NotFound, "TASK_NOT_FOUND");
+    }
+    // Five concurrent ones too.
+    let ends = join_all((0..5).map(|_| async { drain(watch(&app, &unknown).await.unwrap()).await.1 })).await;
+    for end in ends {
+        assert_status(&end.expect("an error status"), Code::NotFound, "TASK_NOT_FOUND");
+    }
+    assert_eq!(app.emulator.requests("get_task").await, 1, "NOT_FOUND is remembered for a while");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn not_found_is_forgotten_after_its_ttl() {
+    let watch_settings = WatchSettings { not_found_retention: Duration::from_millis(200), ..Options::default().watch };
+    let app = spawn_app_with(Options { watch: watch_settings, ..Options::default() }).await;
+    let unknown = uuid::Uuid::new_v4().to_string();
+    drain(watch(&app, &unknown).await.unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(app.hub.watched_tasks(), 0, "the negative entry expired");
+    drain(watch(&app, &unknown).await.unwrap()).await;
+    assert_eq!(app.emulator.requests("get_task").await, 2);
+    app.stop().await;
+}

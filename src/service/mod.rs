@@ -68,8 +68,9 @@ impl ExportApi {
         Self { client, hub, submits, in_flight: Arc::new(Semaphore::new(limits.max_in_flight)), limits }
     }
 
-    /// Lets a unary call in, or turns it away at once: while draining (UNAVAILABLE, so that
-    /// a mesh retries elsewhere) or at the concurrency limit (RESOURCE_EXHAUSTED).
+    /// Lets a call in (unary, or a stream being set up), or turns it away at once: while
+    /// draining (UNAVAILABLE, so that a mesh retries elsewhere) or at the concurrency limit
+    /// (RESOURCE_EXHAUSTED).
     fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
         if self.hub.is_shutting_down() {
             return Err(errors::shutting_down());
@@ -245,6 +246,9 @@ impl ExportService for ExportApi {
 
     async fn watch_task(&self, request: Request<WatchTaskRequest>) -> Result<Response<Self::WatchTaskStream>, Status> {
         annotate_span(&Caller::of(&request), Some(&request.get_ref().task_id));
+        // Admitted like a unary call while the stream is set up (drain, in-flight limit);
+        // the open stream then counts against the watch-stream limit, not the unary one.
+        let _admitted = self.admit()?;
         let deadline = deadline::from_metadata(request.metadata());
         let task_id = &request.get_ref().task_id;
         validation::task_id(task_id).map_err(errors::invalid_request)?;

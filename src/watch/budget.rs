@@ -1,55 +1,152 @@
 //! The upstream request budget shared by every poller of a replica.
 
 use std::{
+    collections::VecDeque,
     sync::{
-        Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
-use tokio::time::Instant;
+use tokio::{
+    sync::{Notify, oneshot},
+    task::AbortHandle,
+    time::Instant,
+};
 
 use crate::stream::RateLimit;
 
 /// Below this share of Stream's window left, pollers spread what is left over the window.
 const LOW_REMAINING_SHARE: f64 = 0.5;
 
-/// Paces the status polls of all pollers to at most a fixed rate, first come first served.
+/// A queue this long is swept of departed waiters before it grows further, so that waiters
+/// who leave without ever being served do not pile up ahead of the live ones.
+const SWEEP_AT_LEAST: usize = 256;
+
+/// While both lanes wait, at most this many first polls go in a row before a periodic one, so
+/// that a flood of new watchers slows the polls of watched tasks down instead of stopping them.
+const FIRST_POLLS_IN_A_ROW: u32 = 3;
+
+/// Which queue a poll waits in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// A task's first poll, whose watchers have nothing yet: served before any periodic poll.
+    First,
+    /// A poll of a task its watchers have already seen.
+    Periodic,
+}
+
+/// Paces the status polls of all pollers to at most a fixed rate, first come first served
+/// within a lane, first polls before periodic ones.
 ///
-/// A poller reserves the next free slot and sleeps until it. Each poller holds at most one
-/// reservation at a time, so when the budget is saturated every watched task gets one poll
-/// per round: a thousand tasks degrade freshness evenly instead of tripping Stream's limit.
-/// (A token bucket such as `governor` caps the rate too, but waiters race for tokens instead
-/// of queueing, so a busy task could starve a quiet one.)
+/// Waiters queue for a grant; a dispatcher hands out one grant per period to the oldest
+/// waiter still waiting and skips those that left, so a departed waiter never holds a slot
+/// (booking a slot ahead of time let cancelled watchers delay everyone behind them). Each
+/// poller holds at most one place in the queue at a time, so when the budget is saturated
+/// every watched task gets one poll per round: a thousand tasks degrade freshness evenly
+/// instead of tripping Stream's limit. First polls get their own lane so that a new watcher's
+/// snapshot does not wait a full round behind thousands of periodic polls; they still spend
+/// the same budget. (A token bucket such as `governor` caps the rate too, but waiters race
+/// for tokens instead of queueing, so a busy task could starve a quiet one.)
 #[derive(Debug)]
 pub struct PollBudget {
-    period: Duration,
-    next_slot: Mutex<Instant>,
+    queues: Arc<Queues>,
+    dispatcher: OnceLock<AbortHandle>,
     last_rate_limit: Mutex<Option<RateLimit>>,
     pollers: AtomicUsize,
+}
+
+/// The waiters of both lanes, shared with the dispatcher.
+#[derive(Debug)]
+struct Queues {
+    period: Duration,
+    lanes: Mutex<Lanes>,
+    arrived: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Lanes {
+    first: WaitQueue,
+    periodic: WaitQueue,
+    first_in_a_row: u32,
+}
+
+impl Lanes {
+    /// Grants the next waiter, first polls before periodic ones (up to
+    /// [`FIRST_POLLS_IN_A_ROW`]); `false` if none waits.
+    fn grant_next(&mut self) -> bool {
+        if self.first_in_a_row >= FIRST_POLLS_IN_A_ROW && self.periodic.grant() {
+            self.first_in_a_row = 0;
+            return true;
+        }
+        if self.first.grant() {
+            self.first_in_a_row += 1;
+            return true;
+        }
+        self.first_in_a_row = 0;
+        self.periodic.grant()
+    }
+}
+
+/// One lane's waiters, oldest first; a waiter that left has a closed sender.
+#[derive(Debug, Default)]
+struct WaitQueue {
+    waiters: VecDeque<oneshot::Sender<()>>,
+    sweep_at: usize,
+}
+
+impl WaitQueue {
+    fn push(&mut self, waiter: oneshot::Sender<()>) {
+        if self.waiters.len() >= self.sweep_at.max(SWEEP_AT_LEAST) {
+            self.waiters.retain(|waiter| !waiter.is_closed());
+            self.sweep_at = self.waiters.len() * 2;
+        }
+        self.waiters.push_back(waiter);
+    }
+
+    /// Grants the oldest waiter still waiting; `false` if none is.
+    fn grant(&mut self) -> bool {
+        while let Some(waiter) = self.waiters.pop_front() {
+            if waiter.send(()).is_ok() {
+                return true;
+            }
+        }
+        false
+    }
 }
 
 impl PollBudget {
     /// A budget of `per_second` upstream status requests per second.
     pub fn new(per_second: f64) -> Self {
         Self {
-            period: Duration::from_secs_f64(1.0 / per_second.max(0.001)),
-            next_slot: Mutex::new(Instant::now()),
+            queues: Arc::new(Queues {
+                period: Duration::from_secs_f64(1.0 / per_second.max(0.001)),
+                lanes: Mutex::new(Lanes::default()),
+                arrived: Notify::new(),
+            }),
+            dispatcher: OnceLock::new(),
             last_rate_limit: Mutex::new(None),
             pollers: AtomicUsize::new(0),
         }
     }
 
-    /// Waits for this poller's turn to send one request.
-    pub async fn acquire(&self) {
-        let slot = {
-            let mut next = self.next_slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let slot = (*next).max(Instant::now());
-            *next = slot + self.period;
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
+    /// Waits for this poller's turn to send one request. Dropping the future gives up the
+    /// place in the queue; nothing stays booked.
+    pub async fn acquire(&self, lane: Lane) {
+        self.dispatcher.get_or_init(|| tokio::spawn(dispatch(Arc::clone(&self.queues))).abort_handle());
+        let (grant, granted) = oneshot::channel();
+        {
+            let mut lanes = self.queues.lock_lanes();
+            match lane {
+                Lane::First => lanes.first.push(grant),
+                Lane::Periodic => lanes.periodic.push(grant),
+            }
+        }
+        self.queues.arrived.notify_one();
+        // The dispatcher lives as long as the budget, so the sender is only dropped unsent
+        // when the runtime is going away; then there is nothing left to pace.
+        let _ = granted.await;
     }
 
     /// Records the rate-limit window that Stream reported on a status request.
@@ -93,6 +190,41 @@ impl PollBudget {
 /// Keeps a poller counted in its budget.
 pub struct PollerGuard<'a>(&'a PollBudget);
 
+impl Drop for PollBudget {
+    fn drop(&mut self) {
+        if let Some(dispatcher) = self.dispatcher.get() {
+            dispatcher.abort();
+        }
+    }
+}
+
+impl Queues {
+    fn lock_lanes(&self) -> std::sync::MutexGuard<'_, Lanes> {
+        self.lanes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn grant_next(&self) -> bool {
+        self.lock_lanes().grant_next()
+    }
+}
+
+/// Hands out one grant per period, for as long as the budget lives. Slots are planned a period
+/// apart (not a period after each grant), so timer lag does not lower the rate.
+async fn dispatch(queues: Arc<Queues>) {
+    let mut next_slot = Instant::now();
+    loop {
+        tokio::time::sleep_until(next_slot).await;
+        let arrived = queues.arrived.notified();
+        if queues.grant_next() {
+            next_slot += queues.period;
+        } else {
+            arrived.await;
+            // Idle until now: the next slot is the arrival.
+            next_slot = next_slot.max(Instant::now());
+        }
+    }
+}
+
 impl Drop for PollerGuard<'_> {
     fn drop(&mut self) {
         self.0.pollers.fetch_sub(1, Ordering::Relaxed);
@@ -111,9 +243,62 @@ mod tests {
         let budget = PollBudget::new(10.0);
         let start = Instant::now();
         for _ in 0..5 {
-            budget.acquire().await;
+            budget.acquire(Lane::Periodic).await;
         }
         assert_eq!(start.elapsed(), Duration::from_millis(400));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_that_leave_hold_no_slot() {
+        let budget = PollBudget::new(10.0);
+        budget.acquire(Lane::Periodic).await;
+        for _ in 0..100 {
+            // Polled once, so it is queued, then dropped: the watcher left.
+            let left = budget.acquire(Lane::First);
+            assert!(tokio::time::timeout(Duration::from_millis(1), left).await.is_err());
+        }
+        let start = Instant::now();
+        budget.acquire(Lane::Periodic).await;
+        assert!(start.elapsed() <= Duration::from_millis(100), "waited {:?}", start.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_polls_go_before_periodic_ones() {
+        let budget = Arc::new(PollBudget::new(10.0));
+        budget.acquire(Lane::Periodic).await;
+        let periodic: Vec<_> = (0..50)
+            .map(|_| {
+                let budget = Arc::clone(&budget);
+                tokio::spawn(async move { budget.acquire(Lane::Periodic).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let start = Instant::now();
+        budget.acquire(Lane::First).await;
+        assert!(start.elapsed() <= Duration::from_millis(200), "waited {:?}", start.elapsed());
+        for waiter in periodic {
+            waiter.abort();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_first_polls_slows_periodic_polls_without_stopping_them() {
+        let budget = Arc::new(PollBudget::new(10.0));
+        budget.acquire(Lane::Periodic).await;
+        let flood: Vec<_> = (0..100)
+            .map(|_| {
+                let budget = Arc::clone(&budget);
+                tokio::spawn(async move { budget.acquire(Lane::First).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let start = Instant::now();
+        budget.acquire(Lane::Periodic).await;
+        let waited = start.elapsed();
+        assert!(waited <= Duration::from_millis(400) + Duration::from_millis(100), "waited {waited:?}");
+        for waiter in flood {
+            waiter.abort();
+        }
     }
 
     #[test]

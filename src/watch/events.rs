@@ -30,8 +30,8 @@ struct EventStream {
 }
 
 /// The `WatchTask` stream of `watcher`: a snapshot, then every change, heartbeats while
-/// nothing changes, and an end (OK after a terminal state; a status otherwise). `deadline` is
-/// the caller's gRPC deadline, if it sent one.
+/// nothing changes (taskless ones while the snapshot is awaited), and an end (OK after a
+/// terminal state; a status otherwise). `deadline` is the caller's gRPC deadline, if it sent one.
 pub fn task_events(watcher: Watcher, deadline: Option<Instant>) -> impl Stream<Item = Result<TaskEvent, Status>> {
     let now = Instant::now();
     let state = EventStream {
@@ -87,7 +87,10 @@ impl EventStream {
                         return self.finish(errors::watch_interrupted("the task's poller stopped"));
                     }
                 }
-                () = tokio::time::sleep_until(heartbeat_at), if self.last_sent.is_some() => {
+                // Also before the snapshot, while the first poll waits for the budget or for
+                // upstream: a quiet stream must not outlast a proxy's idle timeout. Such a
+                // heartbeat has no task yet; the snapshot is still the first event with one.
+                () = tokio::time::sleep_until(heartbeat_at) => {
                     let view = self.watcher.view.borrow().clone();
                     return Some(Ok(self.event(EventType::Heartbeat, &view)));
                 }

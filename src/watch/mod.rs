@@ -34,6 +34,9 @@ pub struct WatchSettings {
     pub upstream_budget_per_second: f64,
     /// How long a finished task's final state is kept for late watchers.
     pub terminal_retention: Duration,
+    /// How long upstream's NOT_FOUND for a task id is remembered: repeated watchers of an
+    /// unknown id get it at once instead of each costing an upstream request.
+    pub not_found_retention: Duration,
 }
 
 impl Default for WatchSettings {
@@ -47,6 +50,7 @@ impl Default for WatchSettings {
             max_streams: 20_000,
             upstream_budget_per_second: 10.0,
             terminal_retention: Duration::from_secs(60),
+            not_found_retention: Duration::from_secs(10),
         }
     }
 }

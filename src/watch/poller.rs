@@ -6,7 +6,10 @@ use chrono::Utc;
 use rand::Rng;
 use tokio::time::Instant;
 
-use super::hub::{HubInner, Observation, ViewSender};
+use super::{
+    budget::Lane,
+    hub::{HubInner, Observation, ViewSender},
+};
 use crate::{
     proto::{Task, TaskState},
     service::{convert, errors},
@@ -25,10 +28,12 @@ pub(super) async fn run(hub: Arc<HubInner>, task_id: String, sender: ViewSender)
     let mut interval = settings.poll_interval_min;
     let mut failing_since: Option<Instant> = None;
     let mut failures: u32 = 0;
+    // Until a poll answers, the watchers have no snapshot: that poll goes ahead of the queue.
+    let mut lane = Lane::First;
 
     loop {
         tokio::select! {
-            () = hub.budget.acquire() => {}
+            () = hub.budget.acquire(lane) => {}
             () = sender.closed() => {
                 if hub.retire_if_unwatched(&task_id, &sender) { return; }
                 continue;
@@ -38,6 +43,7 @@ pub(super) async fn run(hub: Arc<HubInner>, task_id: String, sender: ViewSender)
         let polled_at = Utc::now();
         let delay = match hub.client.get_task(&task_id, None).await {
             Ok(answer) => {
+                lane = Lane::Periodic;
                 hub.budget.record(answer.rate_limit);
                 failing_since = None;
                 failures = 0;
@@ -45,7 +51,7 @@ pub(super) async fn run(hub: Arc<HubInner>, task_id: String, sender: ViewSender)
                 let terminal = is_terminal(task.state());
                 let changed = publish(&sender, task, polled_at);
                 if terminal {
-                    keep_final_state(&hub, &task_id, &sender).await;
+                    keep_final_state(&hub, &task_id, &sender, settings.terminal_retention).await;
                     return;
                 }
                 interval = if changed {
@@ -71,7 +77,16 @@ pub(super) async fn run(hub: Arc<HubInner>, task_id: String, sender: ViewSender)
             }
             Err(error) => {
                 tracing::info!(%task_id, %error, "watching ended by upstream");
-                end(&hub, &task_id, &sender, errors::upstream_status(&error));
+                let status = errors::upstream_status(&error);
+                if status.code() == tonic::Code::NotFound {
+                    // Kept like a final state, so that watchers of an unknown id arriving
+                    // meanwhile get NOT_FOUND at once instead of each costing a request. Every
+                    // kept entry cost one budgeted request, so at most budget x TTL are kept.
+                    sender.send_modify(|view| view.observation = Observation::Ended(status));
+                    keep_final_state(&hub, &task_id, &sender, settings.not_found_retention).await;
+                } else {
+                    end(&hub, &task_id, &sender, status);
+                }
                 return;
             }
         };
@@ -115,10 +130,10 @@ pub(super) fn is_terminal(state: TaskState) -> bool {
     matches!(state, TaskState::Completed | TaskState::Failed | TaskState::Canceled)
 }
 
-/// Keeps a finished task's final state for late watchers, then forgets it.
-async fn keep_final_state(hub: &HubInner, task_id: &str, sender: &ViewSender) {
+/// Keeps a task's final state (or NOT_FOUND) for `retention`, for late watchers, then forgets it.
+async fn keep_final_state(hub: &HubInner, task_id: &str, sender: &ViewSender, retention: Duration) {
     tokio::select! {
-        () = tokio::time::sleep(hub.settings.terminal_retention) => {}
+        () = tokio::time::sleep(retention) => {}
         () = hub.shutdown.cancelled() => {}
     }
     hub.forget(task_id, sender);
