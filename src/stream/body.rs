@@ -13,7 +13,7 @@ use super::error::Operation;
 pub const MAX_TASK_BODY_BYTES: usize = 1024 * 1024;
 
 /// Most bytes of a synchronous user export. Stream refuses users with more than 10,000 messages;
-/// the emulator's largest allowed user (9,999 messages) is about 5 MB, real messages with
+/// the emulator's largest allowed user (9,999 messages) is about 4 MB, real messages with
 /// attachments and custom data can be several times larger.
 pub const MAX_USER_EXPORT_BODY_BYTES: usize = 32 * 1024 * 1024;
 
