@@ -105,7 +105,9 @@ impl Application {
         let addr = self.local_addr()?;
         let transport = &self.transport;
         let export = InterceptedService::new(
-            ExportServiceServer::new(self.api).max_decoding_message_size(transport.max_request_bytes),
+            ExportServiceServer::new(self.api)
+                .max_decoding_message_size(transport.max_request_bytes)
+                .max_encoding_message_size(crate::service::MAX_RESPONSE_BYTES),
             self.auth,
         );
 

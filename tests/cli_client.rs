@@ -39,7 +39,12 @@ async fn setup() -> Env {
 
 /// The same, with more `serve` flags.
 async fn setup_with(extra: &[&str]) -> Env {
-    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    setup_over(EmulatorConfig::new(API_KEY, API_SECRET), extra).await
+}
+
+/// The same, with emulator settings.
+async fn setup_over(config: EmulatorConfig, extra: &[&str]) -> Env {
+    let emulator = TestEmulator::spawn(config).await;
     let base_url = emulator.base_url();
     let mut args = vec!["--stream-base-url", &base_url, "--watch-poll-min", "50ms", "--watch-poll-max", "300ms"];
     args.extend(["--upstream-poll-budget", "200"]);
@@ -539,4 +544,32 @@ async fn an_interrupted_watch_stream_is_resumed() {
     let snapshots = lines.iter().filter(|l| l["type"] == "SNAPSHOT").count();
     assert!(snapshots >= 2, "each resumed stream starts with a snapshot: {lines:?}");
     assert_eq!(result_of(&lines)["task"]["state"], "COMPLETED");
+}
+
+/// The largest user a synchronous export allows (Stream refuses more than 10,000 messages; the
+/// emulator's heavy user set to 9,999) is over the 4 MiB gRPC clients accept by default, yet the
+/// CLI receives it whole. Prints the sizes (see BENCHMARKS.md):
+/// `cargo test --test cli_client largest_synchronous -- --nocapture`.
+#[tokio::test]
+async fn the_largest_synchronous_user_export_is_received() {
+    let mut config = EmulatorConfig::new(API_KEY, API_SECRET);
+    config.heavy_user_messages = 9_999;
+    let env = setup_over(config, &[]).await;
+
+    let (status, body) = env.emulator.api_get(&format!("/users/{HEAVY_USER}/export")).await;
+    assert_eq!(status, 200);
+    let upstream_bytes = body.to_string().len();
+    let mut client = stream_export::proto::export_service_client::ExportServiceClient::connect(env.service.url("http"))
+        .await
+        .unwrap()
+        .max_decoding_message_size(usize::MAX);
+    let request = stream_export::proto::ExportUserRequest { user_id: HEAVY_USER.into() };
+    let grpc_bytes = prost::Message::encoded_len(&client.export_user(request).await.unwrap().into_inner());
+    eprintln!("largest allowed user: {upstream_bytes} bytes of upstream JSON, a {grpc_bytes}-byte gRPC message");
+    assert!(grpc_bytes > 4 * 1024 * 1024, "the case needs a message over the default 4 MiB: {grpc_bytes}");
+
+    let path = env.path("largest.jsonl");
+    let output = env.run(&["export", "user", HEAVY_USER, "--output", path.to_str().unwrap()]).await;
+    assert_exit(&output, 0);
+    assert_eq!(kinds(&saved_records(&path))["message"], 9_999);
 }

@@ -90,18 +90,79 @@ struct Row {
     count: u32,
     timeout: Option<Duration>,
     expect: fn(Rpc) -> Expect,
+    /// More to check on the status, if anything.
+    check: Option<StatusCheck>,
+}
+
+/// A further check of a cell's status: what is wrong with it, if anything.
+type StatusCheck = fn(&Status) -> Result<(), String>;
+
+/// A status that fits the 8 KiB of metadata common clients accept, and says what it dropped.
+fn fits_metadata_limit(status: &Status) -> Result<(), String> {
+    let mut headers = http::HeaderMap::new();
+    status.add_header(&mut headers).map_err(|error| format!("does not encode: {error:?}"))?;
+    let bytes: usize = headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+    let dropped =
+        status.get_error_details().error_info().and_then(|info| info.metadata.get("violations_dropped").cloned());
+    match (bytes <= 8 * 1024, dropped) {
+        (true, Some(_)) => Ok(()),
+        (fits, dropped) => Err(format!("{bytes} bytes of trailers (fits: {fits}), violations_dropped {dropped:?}")),
+    }
 }
 
 fn rows() -> Vec<Row> {
     const UNAVAILABLE: (Code, &str) = (Code::Unavailable, "UPSTREAM_UNAVAILABLE");
     const BROKEN: (Code, &str) = (Code::Unavailable, "UPSTREAM_CONNECTION_FAILED");
     const LIMITED: (Code, &str) = (Code::ResourceExhausted, "UPSTREAM_RATE_LIMITED");
+    const TOO_LARGE: (Code, &str) = (Code::Internal, "UPSTREAM_RESPONSE_TOO_LARGE");
     vec![
+        Row {
+            name: "redirect (to the same request)",
+            fault: json!({"kind": "redirect", "status": 302}),
+            count: 100,
+            timeout: None,
+            check: None,
+            // Not followed: one request, whatever the RPC.
+            expect: |_| Expect {
+                outcome: Err((Code::Internal, "UPSTREAM_REDIRECTED")),
+                upstream_requests: 1,
+                max_exports: 0,
+            },
+        },
+        Row {
+            name: "oversized body (40 MB)",
+            fault: json!({"kind": "oversize", "bytes": 40_000_000}),
+            count: 100,
+            timeout: None,
+            check: None,
+            expect: |rpc| Expect {
+                outcome: Err(if rpc == Rpc::ExportUser {
+                    (Code::FailedPrecondition, "USER_EXPORT_TOO_LARGE")
+                } else {
+                    TOO_LARGE
+                }),
+                upstream_requests: 1,
+                max_exports: 0,
+            },
+        },
+        Row {
+            name: "huge 400 (256 KiB message, 5,000 field errors)",
+            fault: json!({"kind": "status", "status": 400, "code": 4, "message": "m".repeat(256 * 1024), "exception_fields": 5000}),
+            count: 100,
+            timeout: None,
+            check: Some(fits_metadata_limit),
+            expect: |_| Expect {
+                outcome: Err((Code::InvalidArgument, "UPSTREAM_INVALID_ARGUMENT")),
+                upstream_requests: 1,
+                max_exports: 0,
+            },
+        },
         Row {
             name: "5xx once",
             fault: json!({"kind": "status", "status": 503, "code": -1, "message": "down"}),
             count: 1,
             timeout: None,
+            check: None,
             expect: |rpc| match rpc.is_submit() {
                 true => Expect { outcome: Err(UNAVAILABLE), upstream_requests: 1, max_exports: 0 },
                 false => Expect { outcome: Ok(()), upstream_requests: 2, max_exports: 0 },
@@ -112,6 +173,7 @@ fn rows() -> Vec<Row> {
             fault: json!({"kind": "status", "status": 500, "code": -1, "message": "down"}),
             count: 100,
             timeout: None,
+            check: None,
             expect: |rpc| Expect {
                 outcome: Err(UNAVAILABLE),
                 upstream_requests: if rpc.is_submit() { 1 } else { GET_ATTEMPTS },
@@ -123,6 +185,7 @@ fn rows() -> Vec<Row> {
             fault: json!({"kind": "status", "status": 429, "code": 9, "message": "Too many requests"}),
             count: 100,
             timeout: None,
+            check: None,
             expect: |_| Expect { outcome: Err(LIMITED), upstream_requests: 1, max_exports: 0 },
         },
         Row {
@@ -130,6 +193,7 @@ fn rows() -> Vec<Row> {
             fault: json!({"kind": "non_json", "status": 429, "body": "Too Many Requests"}),
             count: 100,
             timeout: None,
+            check: None,
             expect: |_| Expect { outcome: Err(LIMITED), upstream_requests: 1, max_exports: 0 },
         },
         Row {
@@ -137,6 +201,7 @@ fn rows() -> Vec<Row> {
             fault: json!({"kind": "malformed_json"}),
             count: 100,
             timeout: None,
+            check: None,
             // Upstream did the work (a task exists) but its answer cannot be read.
             expect: |rpc| Expect {
                 outcome: Err((Code::Internal, "UPSTREAM_BAD_RESPONSE")),
@@ -149,6 +214,7 @@ fn rows() -> Vec<Row> {
             fault: json!({"kind": "truncated"}),
             count: 1,
             timeout: None,
+            check: None,
             expect: |rpc| match rpc.is_submit() {
                 true => Expect { outcome: Err(BROKEN), upstream_requests: 1, max_exports: 1 },
                 false => Expect { outcome: Ok(()), upstream_requests: 2, max_exports: 0 },
@@ -159,6 +225,7 @@ fn rows() -> Vec<Row> {
             fault: json!({"kind": "drop"}),
             count: 1,
             timeout: None,
+            check: None,
             expect: |rpc| match rpc.is_submit() {
                 true => Expect { outcome: Err(BROKEN), upstream_requests: 1, max_exports: 0 },
                 false => Expect { outcome: Ok(()), upstream_requests: 2, max_exports: 0 },
@@ -169,6 +236,7 @@ fn rows() -> Vec<Row> {
             fault: json!({"kind": "delay", "ms": 2000}),
             count: 100,
             timeout: Some(Duration::from_millis(500)),
+            check: None,
             expect: |rpc| Expect {
                 outcome: Err((Code::DeadlineExceeded, "DEADLINE_EXCEEDED")),
                 upstream_requests: 1,
@@ -206,6 +274,8 @@ async fn every_fault_against_every_rpc() {
                     let got_reason = details.error_info().map(|info| info.reason.as_str());
                     if status.code() != code || got_reason != Some(reason) {
                         failures.push(format!("{cell}: expected {code:?} {reason}, got {status:?}"));
+                    } else if let Some(Err(problem)) = row.check.map(|check| check(status)) {
+                        failures.push(format!("{cell}: {problem}"));
                     } else if code == Code::ResourceExhausted
                         && (details.retry_info().is_none() || details.quota_failure().is_none())
                     {

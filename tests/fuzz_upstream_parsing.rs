@@ -18,6 +18,7 @@ use stream_export::{
         wire::{TaskCreated, TaskStatus, UserExport},
     },
 };
+use tonic_types::StatusExt;
 
 const OPERATIONS: [Operation; 4] =
     [Operation::ExportChannels, Operation::ExportUsers, Operation::ExportUser, Operation::GetTask];
@@ -123,7 +124,7 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_json_never_panics(status in prop::sample::select(vec![200u16, 201, 400, 401, 403, 404, 408, 429, 500, 503]), headers in any_headers(), value in any_json()) {
+    fn arbitrary_json_never_panics(status in prop::sample::select(vec![200u16, 201, 301, 302, 307, 400, 401, 403, 404, 408, 429, 500, 503]), headers in any_headers(), value in any_json()) {
         read_everything(status, &headers, value.to_string().as_bytes());
     }
 
@@ -141,5 +142,37 @@ proptest! {
             "result": {"url": "http://h/f?Expires=1700000000&Signature=ab", "path": "f"}, "duration": "1.00ms"}).to_string();
         let cut = cut.min(body.len());
         read_everything(200, &HeaderMap::new(), &body.as_bytes()[..cut]);
+    }
+}
+
+proptest! {
+    // Each case builds and encodes statuses of up to 150 long violations: fewer cases.
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever error upstream sends (long messages in any script, many long field errors of
+    /// any length), the status fits the 8 KiB of metadata common clients accept and says how
+    /// many field errors it left out.
+    #[test]
+    fn any_upstream_error_fits_a_clients_metadata_limit(
+        status in prop::sample::select(vec![302u16, 400, 403, 404, 429, 500]),
+        code in prop::option::of(0i64..100),
+        message in prop_oneof![".{0,64}", "[é€😀x]{600,2000}"],
+        fields in prop::collection::btree_map(".{0,300}", ".{0,300}", 0..150),
+        operation in prop::sample::select(OPERATIONS.to_vec()),
+    ) {
+        let count = fields.len();
+        let error = UpstreamError::Api { operation, status, code, message, exception_fields: fields, rate_limit: None };
+        for status in [errors::upstream_status(&error), errors::watch_upstream_failing(&error, std::time::Duration::from_secs(60))] {
+            let mut headers = reqwest::header::HeaderMap::new();
+            status.add_header(&mut headers).expect("the status encodes");
+            let bytes: usize = headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+            prop_assert!(bytes <= errors::size::METADATA_LIMIT_BYTES, "{} bytes", bytes);
+            let details = status.get_error_details();
+            if let (Some(bad), Some(info)) = (details.bad_request(), details.error_info()) {
+                let dropped = info.metadata.get(errors::VIOLATIONS_DROPPED).map_or(0, |n| n.parse::<usize>().unwrap());
+                let shown = bad.field_violations.len() - usize::from(dropped > 0);
+                prop_assert_eq!(shown + dropped, count);
+            }
+        }
     }
 }

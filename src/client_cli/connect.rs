@@ -16,6 +16,7 @@ use crate::{
         failure::{Failure, chain},
     },
     proto::export_service_client::ExportServiceClient,
+    service::MAX_RESPONSE_BYTES,
 };
 
 /// A client of the service that sends the bearer token, if any.
@@ -67,7 +68,8 @@ pub async fn connect(options: &ClientOptions) -> Result<Client, Failure> {
         ),
         None => None,
     };
-    Ok(ExportServiceClient::with_interceptor(channel, Bearer(token)))
+    // The default 4 MiB is less than a large user's ExportUser answer.
+    Ok(ExportServiceClient::with_interceptor(channel, Bearer(token)).max_decoding_message_size(MAX_RESPONSE_BYTES))
 }
 
 /// TLS settings from the options: the CA (or the bundled web PKI roots) and a client identity.

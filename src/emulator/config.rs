@@ -107,6 +107,9 @@ pub struct EmulatorConfig {
     pub channel_limit: usize,
     /// Most user ids accepted by one `POST /export/users` (25).
     pub user_ids_limit: usize,
+    /// How many messages `heavy-user` wrote: over the synchronous export limit by default; set
+    /// it under (9,999) to get the largest user `GET /users/{id}/export` still answers.
+    pub heavy_user_messages: usize,
 }
 
 /// The default data-set seed.
@@ -123,6 +126,7 @@ impl EmulatorConfig {
             seed: DEFAULT_SEED,
             channel_limit: 25,
             user_ids_limit: 25,
+            heavy_user_messages: super::data::HEAVY_USER_MESSAGES,
         }
     }
 }

@@ -119,6 +119,8 @@ pub(crate) struct Channel {
     pub(crate) members: Vec<Member>,
     messages: Vec<Message>,
     heavy: bool,
+    /// How many messages the heavy channel holds (made on demand).
+    heavy_messages: usize,
 }
 
 impl Channel {
@@ -129,7 +131,7 @@ impl Channel {
     /// The channel's messages, oldest first (the heavy channel's are made now).
     pub(crate) fn messages(&self) -> Cow<'_, [Message]> {
         if self.heavy {
-            Cow::Owned((0..HEAVY_USER_MESSAGES).map(heavy_message).collect())
+            Cow::Owned((0..self.heavy_messages).map(heavy_message).collect())
         } else {
             Cow::Borrowed(&self.messages)
         }
@@ -159,6 +161,8 @@ pub(crate) struct DataSet {
     authored: HashMap<String, Vec<(usize, usize)>>,
     /// Per user: (channel index, message index, reaction index) of their reactions.
     reacted: HashMap<String, Vec<(usize, usize, usize)>>,
+    /// How many messages [`HEAVY_USER`] wrote.
+    heavy_messages: usize,
 }
 
 const FIRST: [&str; 16] = [
@@ -335,6 +339,7 @@ impl DataSet {
                 members,
                 messages,
                 heavy,
+                heavy_messages: HEAVY_USER_MESSAGES,
             });
         }
 
@@ -349,7 +354,22 @@ impl DataSet {
                 }
             }
         }
-        Self { users, channels, user_index, authored, reacted }
+        Self { users, channels, user_index, authored, reacted, heavy_messages: HEAVY_USER_MESSAGES }
+    }
+
+    /// The same data set with [`HEAVY_USER`] holding `count` messages instead of
+    /// [`HEAVY_USER_MESSAGES`] (under the synchronous export limit, the largest exportable user).
+    pub(crate) fn with_heavy_user_messages(mut self, count: usize) -> Self {
+        self.heavy_messages = count;
+        for channel in self.channels.iter_mut().filter(|channel| channel.heavy) {
+            channel.heavy_messages = count;
+        }
+        self
+    }
+
+    /// The channel of [`HEAVY_USER`]'s messages.
+    pub(crate) fn heavy_channel(&self) -> Option<&Channel> {
+        self.channels.iter().find(|channel| channel.heavy)
     }
 
     pub(crate) fn user(&self, id: &str) -> Option<&User> {
@@ -363,7 +383,7 @@ impl DataSet {
     /// How many messages a user wrote.
     pub(crate) fn message_count(&self, user_id: &str) -> usize {
         if user_id == HEAVY_USER {
-            return HEAVY_USER_MESSAGES;
+            return self.heavy_messages;
         }
         self.authored.get(user_id).map_or(0, Vec::len)
     }

@@ -12,6 +12,10 @@ fn default_edge_status() -> u16 {
     429
 }
 
+fn default_redirect_status() -> u16 {
+    302
+}
+
 /// A fault kind, as posted to `POST /_emulator/faults`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -23,6 +27,9 @@ pub(crate) enum Fault {
         code: i64,
         #[serde(default)]
         message: Option<String>,
+        /// Adds this many generated `exception_fields` (`field_0`: "field_0 is not valid", ...).
+        #[serde(default)]
+        exception_fields: u32,
     },
     /// A plain-text body (an edge error), no JSON.
     NonJson {
@@ -39,6 +46,17 @@ pub(crate) enum Fault {
     Delay { ms: u64 },
     /// Closes the connection without any response.
     Drop,
+    /// A redirect (302 by default) to `location`, by default the request's own path and query
+    /// (so a client that follows it comes back, and is counted again).
+    Redirect {
+        #[serde(default = "default_redirect_status")]
+        status: u16,
+        #[serde(default)]
+        location: Option<String>,
+    },
+    /// The route's success status with a valid JSON body of about `bytes` bytes (streamed, no
+    /// `Content-Length`); the request is not run.
+    Oversize { bytes: u64 },
 }
 
 /// Which routes a rule applies to.

@@ -75,7 +75,10 @@
 //!   headers, as the edge sends), `{"kind":"malformed_json"}` (the normal status, invalid JSON),
 //!   `{"kind":"truncated"}` (the normal response, full `Content-Length` declared, the connection
 //!   closed after half the body), `{"kind":"delay","ms":3000}` (then a normal answer),
-//!   `{"kind":"drop"}` (the connection closes without a response). `malformed_json` and
+//!   `{"kind":"drop"}` (the connection closes without a response), `{"kind":"redirect",
+//!   "status":302,"location":"..."}` (by default to the request itself), `{"kind":"oversize",
+//!   "bytes":N}` (a success status with an N-byte JSON body, streamed); `status` also takes
+//!   `"exception_fields": N` (that many generated field errors). `malformed_json` and
 //!   `truncated` run the request normally first (a task is created). `GET` lists the rules,
 //!   `DELETE` clears them.
 //! - `POST /_emulator/tasks/{id}` `{"hold": true}` freezes a task, `{"hold": false}` lets it go

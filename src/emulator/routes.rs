@@ -77,14 +77,17 @@ async fn faulted(state: AppState, route: Route, timer: Timer, request: Request, 
     };
     match fault {
         None => normal(state, route, timer, request, next).await,
-        Some(Fault::Status { status, code, message }) => {
+        Some(Fault::Status { status, code, message, exception_fields }) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let fields = (0..exception_fields)
+                .map(|n| (format!("field_{n}"), Value::String(format!("field_{n} is not valid"))))
+                .collect::<serde_json::Map<_, _>>();
             let error = ApiError {
                 status,
                 code,
                 message: message
                     .unwrap_or_else(|| format!("{} failed with error: \"injected fault\"", route.operation())),
-                exception_fields: None,
+                exception_fields: (exception_fields > 0).then_some(fields),
             };
             let mut info = state.lock().limiter.peek(route, now_secs);
             if status == StatusCode::TOO_MANY_REQUESTS {
@@ -103,6 +106,26 @@ async fn faulted(state: AppState, route: Route, timer: Timer, request: Request, 
                 conn.kill();
             }
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+        Some(Fault::Redirect { status, location }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
+            let location = location.unwrap_or_else(|| request.uri().to_string());
+            let location = HeaderValue::from_str(&location).unwrap_or(HeaderValue::from_static("/"));
+            (status, [(header::LOCATION, location)]).into_response()
+        }
+        Some(Fault::Oversize { bytes }) => {
+            const CHUNK: usize = 64 * 1024;
+            let status = if route == Route::ExportChannels || route == Route::ExportUsers {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let head = futures::stream::once(async { Ok::<Bytes, std::io::Error>(Bytes::from_static(b"{\"pad\":\"")) });
+            let chunks = usize::try_from(bytes).unwrap_or(usize::MAX) / CHUNK;
+            let middle = futures::stream::iter((0..chunks).map(|_| Ok(Bytes::from(vec![b'x'; CHUNK]))));
+            let tail = futures::stream::once(async { Ok(Bytes::from_static(b"\"}")) });
+            let body = Body::from_stream(head.chain(middle).chain(tail));
+            (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         Some(Fault::Delay { ms }) => {
             tokio::time::sleep(StdDuration::from_millis(ms)).await;
@@ -440,14 +463,17 @@ async fn export_user(
     let Some(user) = data.user(&id) else {
         return ApiError::not_found(OP, &format!("user {id} does not exist")).response(timer);
     };
-    if id == HEAVY_USER || data.message_count(&id) > USER_EXPORT_MESSAGE_LIMIT {
+    if data.message_count(&id) > USER_EXPORT_MESSAGE_LIMIT {
         let detail = format!(
             "user {id} has more than {USER_EXPORT_MESSAGE_LIMIT} messages, use the asynchronous export (POST /export/users)"
         );
         return ApiError::input(OP, "user_id", &detail).response(timer);
     }
-    let messages: Vec<Value> =
+    let mut messages: Vec<Value> =
         data.authored(&id).into_iter().map(|(channel, message)| message.json(channel, None, false)).collect();
+    if let Some(channel) = data.heavy_channel().filter(|_| id == HEAVY_USER) {
+        messages.extend(channel.messages().iter().map(|message| message.json(channel, None, false)));
+    }
     let reactions: Vec<Value> =
         data.reactions_by(&id).into_iter().map(|(_, message, reaction)| reaction.json(message, None)).collect();
     json(StatusCode::OK, timer, json!({"user": user.json(), "messages": messages, "reactions": reactions}))

@@ -74,7 +74,7 @@ impl AppState {
             api_secret: config.api_secret.as_str().into(),
             channel_limit: config.channel_limit,
             user_ids_limit: config.user_ids_limit,
-            data: Arc::new(DataSet::generate(config.seed)),
+            data: Arc::new(DataSet::generate(config.seed).with_heavy_user_messages(config.heavy_user_messages)),
             local_addr,
             inner: Arc::new(Mutex::new(Inner {
                 clock_offset: Duration::zero(),

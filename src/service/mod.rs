@@ -127,6 +127,12 @@ impl ExportApi {
 /// download busy, small enough that a slow client slows the download instead of filling memory.
 const RECORD_BUFFER: usize = 64;
 
+/// The largest response message the service sends and its CLI accepts. An `ExportUser` answer is
+/// one message holding the whole user (up to `stream::body::MAX_USER_EXPORT_BODY_BYTES` of JSON,
+/// which protobuf's `Struct` can make up to about twice as large); gRPC clients accept 4 MiB by
+/// default, so a client of `ExportUser` raises its limit to this (see the README).
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
 /// The stream type of `ReadExport`.
 pub type ExportRecordStream = Pin<Box<dyn Stream<Item = Result<ExportRecord, Status>> + Send>>;
 
@@ -233,7 +239,7 @@ impl ExportService for ExportApi {
         };
         let response = self.client.download(&url).await.map_err(|error| {
             tracing::warn!(%error, "export download refused");
-            errors::download_failed(&error.to_string(), *start_index)
+            errors::download_not_started(&error, *start_index)
         })?;
         audit::record(&caller, "ReadExport", &Subject::Task(task_id), Ok(task_id));
         let (sender, receiver) = mpsc::channel(RECORD_BUFFER);

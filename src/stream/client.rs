@@ -17,6 +17,8 @@ use crate::telemetry::{metrics, trace_context::TraceContext};
 
 use super::{
     auth::Credentials,
+    body::{self, MAX_ERROR_BODY_BYTES, OverCap},
+    destination::{CheckingResolver, DestinationPolicy, Refused, same_origin},
     error::{Operation, UpstreamError},
     rate_limit::RateLimit,
     wire::{ApiErrorBody, ExportChannelsBody, ExportUsersBody, TaskCreated, TaskStatus, UserExport},
@@ -24,6 +26,10 @@ use super::{
 
 /// How much of a non-JSON error body is kept in the error message.
 const MAX_QUOTED_BODY: usize = 200;
+
+/// Most redirects a download follows, all within the result URL's origin (a storage service
+/// may redirect to another region's endpoint of the same host, or add a slash).
+pub const MAX_DOWNLOAD_REDIRECTS: usize = 3;
 
 /// Settings of the upstream client.
 #[derive(Debug)]
@@ -88,6 +94,9 @@ pub struct Upstream<T> {
 #[derive(Clone, Debug)]
 pub struct StreamClient {
     http: reqwest::Client,
+    /// The client for export files: another redirect policy and a checking resolver.
+    downloads: reqwest::Client,
+    destinations: Arc<DestinationPolicy>,
     base_url: Arc<Url>,
     credentials: Arc<Credentials>,
     request_timeout: Duration,
@@ -96,19 +105,35 @@ pub struct StreamClient {
 
 impl StreamClient {
     /// Builds the client: rustls with the bundled web PKI roots (so it runs in a scratch
-    /// container), HTTP/1.1 or HTTP/2 by ALPN, pooled connections.
+    /// container), HTTP/1.1 or HTTP/2 by ALPN, pooled connections, never a `Referer` (it would
+    /// carry the api key or a signed URL).
+    ///
+    /// API calls follow no redirect: Stream does not send any, and following one would carry
+    /// the server token to wherever it points. Downloads follow a few within the result URL's
+    /// origin and reach only the destinations [`DestinationPolicy`] allows.
     pub fn new(config: ClientConfig) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+        let builder = || {
+            reqwest::Client::builder()
+                .default_headers(static_headers())
+                .connect_timeout(config.connect_timeout)
+                // Per read, so a long download is fine while a stalled one is not.
+                .read_timeout(config.request_timeout)
+                // Stream's load balancers drop idle connections after 60 s.
+                .pool_idle_timeout(Duration::from_secs(55))
+                .referer(false)
+        };
+        let http =
+            builder().tls_backend_preconfigured(tls_config()?).redirect(reqwest::redirect::Policy::none()).build()?;
+        let destinations = Arc::new(DestinationPolicy::new(config.base_url.clone()));
+        let downloads = builder()
             .tls_backend_preconfigured(tls_config()?)
-            .default_headers(static_headers())
-            .connect_timeout(config.connect_timeout)
-            // Per read, so a long download is fine while a stalled one is not.
-            .read_timeout(config.request_timeout)
-            // Stream's load balancers drop idle connections after 60 s.
-            .pool_idle_timeout(Duration::from_secs(55))
+            .redirect(reqwest::redirect::Policy::custom(same_origin_redirects))
+            .dns_resolver(CheckingResolver(Arc::clone(&destinations)))
             .build()?;
         Ok(Self {
             http,
+            downloads,
+            destinations,
             base_url: Arc::new(config.base_url),
             credentials: Arc::new(config.credentials),
             request_timeout: config.request_timeout,
@@ -160,7 +185,8 @@ impl StreamClient {
 
     /// Starts the download of an export file from a result URL that upstream returned (the URL
     /// is signed itself: no Stream credentials are sent). The body is left to stream; each read
-    /// may wait at most the request timeout.
+    /// may wait at most the request timeout. A destination the [`DestinationPolicy`] refuses, or
+    /// a redirect to another origin, is [`UpstreamError::Refused`].
     pub async fn download(&self, url: &str) -> Result<reqwest::Response, UpstreamError> {
         let operation = Operation::Download;
         let url = Url::parse(url).map_err(|error| UpstreamError::Decode {
@@ -168,8 +194,16 @@ impl StreamClient {
             status: 200,
             detail: format!("the result URL does not parse: {error}"),
         })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            let detail = format!("the result URL's scheme {} is not http or https", url.scheme());
+            return Err(UpstreamError::Refused { operation, detail });
+        }
+        self.destinations
+            .check_literal(&url)
+            .await
+            .map_err(|refused| UpstreamError::Refused { operation, detail: refused.to_string() })?;
         let response =
-            self.http.get(url).send().await.map_err(|error| UpstreamError::from_reqwest(operation, error))?;
+            self.downloads.get(url).send().await.map_err(|error| UpstreamError::from_reqwest(operation, error))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -246,7 +280,8 @@ impl StreamClient {
             let response = request.send().await.map_err(transport_error)?;
             let status = response.status();
             let rate_limit = RateLimit::from_headers(response.headers());
-            let bytes = response.bytes().await.map_err(transport_error)?;
+            let limit = if status.is_success() { operation.max_body_bytes() } else { MAX_ERROR_BODY_BYTES };
+            let bytes = body::read_capped(response, limit).await.map_err(transport_error)?;
             Ok((status, rate_limit, bytes))
         }
         .await;
@@ -258,7 +293,18 @@ impl StreamClient {
             }
         };
         metrics::upstream(operation.name(), status.as_str(), started.elapsed(), rate_limit.map(|l| l.remaining));
-        decode(operation, status, rate_limit, &bytes)
+        match bytes {
+            Ok(bytes) => decode(operation, status, rate_limit, &bytes),
+            Err(OverCap { limit }) if status.is_success() => Err(UpstreamError::TooLarge { operation, limit }),
+            Err(OverCap { limit }) => Err(UpstreamError::Api {
+                operation,
+                status: status.as_u16(),
+                code: None,
+                message: format!("(an error body over {limit} bytes, not read)"),
+                exception_fields: Default::default(),
+                rate_limit,
+            }),
+        }
     }
 
     fn auth_headers(&self) -> HeaderMap {
@@ -271,6 +317,24 @@ impl StreamClient {
         }
         headers
     }
+}
+
+/// The download redirect policy: at most [`MAX_DOWNLOAD_REDIRECTS`], each within the origin of
+/// the result URL (a signed URL is only valid where it was signed; another origin is where a
+/// compromised file server would send the service).
+fn same_origin_redirects(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Action {
+    let previous = attempt.previous();
+    let Some(first) = previous.first() else { return attempt.follow() };
+    if previous.len() > MAX_DOWNLOAD_REDIRECTS {
+        let refused = Refused(format!("the file server redirected more than {MAX_DOWNLOAD_REDIRECTS} times"));
+        return attempt.error(refused);
+    }
+    if !same_origin(first, attempt.url()) {
+        let to = attempt.url().host_str().unwrap_or("(no host)").to_owned();
+        let refused = Refused(format!("the file server redirected the download to another origin ({to})"));
+        return attempt.error(refused);
+    }
+    attempt.follow()
 }
 
 /// The metrics label of a request that got no HTTP answer.

@@ -85,6 +85,24 @@ pub enum UpstreamError {
         /// What the transport said (without the URL).
         detail: String,
     },
+    /// A success status with a body larger than the operation's cap (see `stream::body`); the
+    /// rest of it was not read.
+    #[error("{operation:?}: Stream's answer exceeded the {limit}-byte limit")]
+    TooLarge {
+        /// The endpoint.
+        operation: Operation,
+        /// The cap, in bytes.
+        limit: usize,
+    },
+    /// The request was not sent, or a redirect not followed, because of where it would go (a
+    /// download to a private address or another origin, see `stream::destination`).
+    #[error("{operation:?}: refused: {detail}")]
+    Refused {
+        /// The endpoint.
+        operation: Operation,
+        /// Why, naming the host but never the URL.
+        detail: String,
+    },
     /// A success status with a body that is not what the API documents.
     #[error("{operation:?}: Stream sent an unreadable response (HTTP {status}): {detail}")]
     Decode {
@@ -106,7 +124,9 @@ impl UpstreamError {
             | UpstreamError::Timeout { operation }
             | UpstreamError::DeadlineExceeded { operation }
             | UpstreamError::Transport { operation, .. }
-            | UpstreamError::Decode { operation, .. } => *operation,
+            | UpstreamError::Decode { operation, .. }
+            | UpstreamError::TooLarge { operation, .. }
+            | UpstreamError::Refused { operation, .. } => *operation,
         }
     }
 
@@ -122,14 +142,21 @@ impl UpstreamError {
             UpstreamError::Timeout { operation } | UpstreamError::Transport { operation, .. } => {
                 operation.is_idempotent()
             }
-            UpstreamError::DeadlineExceeded { .. } | UpstreamError::Decode { .. } => false,
+            UpstreamError::DeadlineExceeded { .. }
+            | UpstreamError::Decode { .. }
+            | UpstreamError::TooLarge { .. }
+            | UpstreamError::Refused { .. } => false,
         }
     }
 
     /// Classifies a transport error. The URL is dropped from it: it carries the API key.
     pub(crate) fn from_reqwest(operation: Operation, error: reqwest::Error) -> Self {
         let error = error.without_url();
-        if error.is_timeout() {
+        if let Some(refused) = find_cause::<super::destination::Refused>(&error) {
+            UpstreamError::Refused { operation, detail: refused.to_string() }
+        } else if error.is_redirect() {
+            UpstreamError::Refused { operation, detail: error_chain(&error) }
+        } else if error.is_timeout() {
             UpstreamError::Timeout { operation }
         } else if error.is_connect() {
             UpstreamError::Connect { operation, detail: error_chain(&error) }
@@ -137,6 +164,18 @@ impl UpstreamError {
             UpstreamError::Transport { operation, detail: error_chain(&error) }
         }
     }
+}
+
+/// The first error of type `E` in `error`'s chain.
+fn find_cause<'a, E: std::error::Error + 'static>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a E> {
+    let mut next = Some(error);
+    while let Some(current) = next {
+        if let Some(found) = current.downcast_ref::<E>() {
+            return Some(found);
+        }
+        next = current.source();
+    }
+    None
 }
 
 /// An error and its sources in one line: reqwest's own message says little ("error sending

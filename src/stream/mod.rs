@@ -4,7 +4,9 @@
 //! code talks to Stream itself or to the emulator, by base URL alone.
 
 mod auth;
+pub mod body;
 mod client;
+pub mod destination;
 mod error;
 mod rate_limit;
 pub mod wire;

@@ -157,6 +157,7 @@ fn is_transient(error: &UpstreamError) -> bool {
         | UpstreamError::Connect { .. }
         | UpstreamError::Transport { .. }
         | UpstreamError::Decode { .. } => true,
+        UpstreamError::TooLarge { .. } | UpstreamError::Refused { .. } => false,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Test harness: the real service and the emulator, each on a random loopback port.
 #![allow(dead_code)]
 
+pub mod fake_upstream;
 pub mod process;
 pub mod records;
 

@@ -1,0 +1,62 @@
+//! How much of an upstream answer is read. Every API body is read into memory to be decoded, so
+//! each is capped by operation: a misbehaving upstream (or anything in front of it) that sends a
+//! 400 MB task status costs at most the cap, not 400 MB. A body over its cap is not read on:
+//! the connection is dropped with the rest of it.
+//!
+//! Export files are not read here: they stream through the export parser (`crate::export`).
+
+use bytes::{Bytes, BytesMut};
+
+use super::error::Operation;
+
+/// Most bytes of a task status or a submit's answer (a few hundred bytes in practice).
+pub const MAX_TASK_BODY_BYTES: usize = 1024 * 1024;
+
+/// Most bytes of a synchronous user export. Stream refuses users with more than 10,000 messages;
+/// the emulator's largest allowed user (9,999 messages) is about 4 MB, real messages with
+/// attachments and custom data can be several times larger.
+pub const MAX_USER_EXPORT_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// Most bytes of an error body (Stream's error document; a proxy's page). Larger than a task
+/// body so that a large but genuine 400 with many field errors is still read and mapped.
+pub const MAX_ERROR_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+impl Operation {
+    /// The most bytes of a successful answer to this operation that are read.
+    pub fn max_body_bytes(self) -> usize {
+        match self {
+            Operation::ExportUser => MAX_USER_EXPORT_BODY_BYTES,
+            Operation::ExportChannels | Operation::ExportUsers | Operation::GetTask | Operation::Download => {
+                MAX_TASK_BODY_BYTES
+            }
+        }
+    }
+}
+
+/// A body that did not fit its cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverCap {
+    /// The cap it exceeded.
+    pub limit: usize,
+}
+
+/// Reads `response`'s body chunk by chunk, up to `limit` bytes. A declared `Content-Length`
+/// over the cap fails before any byte is read; otherwise reading stops at the first chunk that
+/// crosses it.
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Result<Bytes, OverCap>, reqwest::Error> {
+    let declared = response.content_length().and_then(|length| usize::try_from(length).ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Ok(Err(OverCap { limit }));
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(64 * 1024));
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(Err(OverCap { limit }));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Ok(body.freeze()))
+}
