@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod raw_grpc;
 pub mod records;
 
 use std::{net::SocketAddr, time::Duration};
