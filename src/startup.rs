@@ -110,6 +110,7 @@ impl Application {
 
         let mut server = Server::builder()
             .layer(GrpcTelemetryLayer)
+            .max_concurrent_streams(transport.max_concurrent_streams)
             .http2_keepalive_interval(transport.http2_keepalive_interval)
             .http2_keepalive_timeout(Some(transport.http2_keepalive_timeout))
             // A backstop only: handlers end their own upstream work by the unary timeout.

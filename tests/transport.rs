@@ -1,11 +1,11 @@
 //! The gRPC transport as clients other than tonic's see it: `TCP_NODELAY` on accepted
-//! connections, and the per-connection HTTP/2 limits the server advertises.
+//! connections, and the per-connection HTTP/2 limit the server advertises.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{raw_grpc::RawGrpc, spawn_app};
+use common::{Options, raw_grpc::RawGrpc, spawn_app, spawn_app_with};
 use prost::Message;
 use stream_export::{
     emulator::data::KNOWN_USER,
@@ -44,5 +44,34 @@ async fn sequential_calls_of_a_non_tonic_client_do_not_wait_for_delayed_acks() {
     // Without TCP_NODELAY every call takes 40 ms or more; a debug build on a loaded machine
     // answers in a few.
     assert!(median < Duration::from_millis(20), "median GetTask latency {median:?}; all: {latencies:?}");
+    app.stop().await;
+}
+/// The server's first SETTINGS frame, as a raw HTTP/2 client reads it.
+async fn advertised_max_concurrent_streams(addr: std::net::SocketAddr) -> usize {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (_send, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    let mut ping_pong = connection.ping_pong().expect("the ping handle");
+    // The server's SETTINGS come before its answer to a ping, so once the pong is in, they apply.
+    tokio::select! {
+        result = &mut connection => panic!("the connection ended: {result:?}"),
+        pong = ping_pong.ping(h2::Ping::opaque()) => {
+            pong.expect("a pong");
+        }
+    }
+    connection.max_concurrent_send_streams()
+}
+
+#[tokio::test]
+async fn the_server_advertises_a_limit_of_concurrent_streams_per_connection() {
+    let app = spawn_app().await;
+    assert_eq!(advertised_max_concurrent_streams(app.addr).await, 200, "the default");
+    app.stop().await;
+
+    let app = spawn_app_with(Options {
+        tweak: Some(Box::new(|settings| settings.transport.max_concurrent_streams = 3)),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(advertised_max_concurrent_streams(app.addr).await, 3, "as configured");
     app.stop().await;
 }
