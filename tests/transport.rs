@@ -3,29 +3,32 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{Options, raw_grpc::RawGrpc, spawn_app, spawn_app_with};
-use prost::Message;
-use stream_export::{
-    emulator::data::KNOWN_USER,
-    proto::{ExportUsersRequest, GetTaskRequest, Task},
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
-/// Nagle's algorithm on the server's socket holds the trailers of each answer (a small second
-/// write) until the client's delayed ACK: 40 ms on Linux. A client that does not write in the
-/// meantime, as grpcio does not and this one does not, waits that long on every call.
-#[tokio::test]
-async fn sequential_calls_of_a_non_tonic_client_do_not_wait_for_delayed_acks() {
-    let app = spawn_app().await;
-    let mut tonic_client = app.client.clone();
-    let submitted = tonic_client
-        .export_users(ExportUsersRequest { user_ids: vec![KNOWN_USER.into()], ..Default::default() })
-        .await
-        .unwrap();
-    let request = GetTaskRequest { task_id: submitted.into_inner().task_id }.encode_to_vec();
+use common::{
+    API_KEY, API_SECRET, Options, TestEmulator,
+    raw_grpc::{RawGrpc, nodelay_tcp},
+    spawn_app, spawn_app_with,
+};
+use prost::Message;
+use stream_export::{
+    config::{Settings, TlsSettings, Upstream, parse_base_url},
+    emulator::{EmulatorConfig, data::KNOWN_USER},
+    proto::{ExportUsersRequest, ExportUsersResponse, GetTaskRequest, Task},
+    startup::Application,
+};
 
-    let mut client = RawGrpc::connect(app.addr).await;
+/// The median latency of 30 sequential `GetTask`s of `task_id` (after 5 to warm up).
+///
+/// Nagle's algorithm on the server's socket holds the second of two small writes (here the
+/// answer to the call, after the answer to the client's PING) until the client's delayed ACK:
+/// 40 ms on Linux. A client that does not write in the meantime, as grpcio does not and this
+/// one does not, waits that long on every call.
+async fn median_get_task_latency(client: &mut RawGrpc, task_id: &str) -> Duration {
+    let request = GetTaskRequest { task_id: task_id.to_owned() }.encode_to_vec();
     let path = "/streamexport.v1.ExportService/GetTask";
     // A fresh connection starts in quick-ACK mode; the delay shows once it has left it.
     for _ in 0..5 {
@@ -40,12 +43,71 @@ async fn sequential_calls_of_a_non_tonic_client_do_not_wait_for_delayed_acks() {
         Task::decode(reply.message).expect("a Task");
     }
     latencies.sort();
-    let median = latencies[latencies.len() / 2];
-    // Without TCP_NODELAY every call takes 40 ms or more; a debug build on a loaded machine
-    // answers in a few.
-    assert!(median < Duration::from_millis(20), "median GetTask latency {median:?}; all: {latencies:?}");
+    latencies[latencies.len() / 2]
+}
+
+/// Submits a user export through `client` and returns its task id.
+async fn submit(client: &mut RawGrpc) -> String {
+    let request = ExportUsersRequest { user_ids: vec![KNOWN_USER.into()], ..Default::default() }.encode_to_vec();
+    let reply = client.unary("/streamexport.v1.ExportService/ExportUsers", &request).await;
+    assert_eq!(reply.status, Some(0), "ExportUsers succeeds: {reply:?}");
+    ExportUsersResponse::decode(reply.message).expect("an ExportUsersResponse").task_id
+}
+
+// Without TCP_NODELAY every call takes 40 ms or more; a debug build on a loaded machine
+// answers in a few.
+const FAR_BELOW_A_DELAYED_ACK: Duration = Duration::from_millis(20);
+
+#[tokio::test]
+async fn sequential_calls_of_a_non_tonic_client_do_not_wait_for_delayed_acks() {
+    let app = spawn_app().await;
+    let mut client = RawGrpc::connect(app.addr).await;
+    let task_id = submit(&mut client).await;
+    let median = median_get_task_latency(&mut client, &task_id).await;
+    assert!(median < FAR_BELOW_A_DELAYED_ACK, "median GetTask latency {median:?}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn tls_connections_do_not_wait_for_delayed_acks_either() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().self_signed(&key).unwrap();
+    let upstream = Upstream::Remote {
+        base_url: parse_base_url(&emulator.base_url()).unwrap(),
+        api_key: API_KEY.into(),
+        api_secret: API_SECRET.into(),
+    };
+    let mut settings = Settings::new("127.0.0.1:0".parse().unwrap(), upstream);
+    settings.transport.tls = Some(TlsSettings {
+        cert_pem: cert.pem().into_bytes(),
+        key_pem: key.serialize_pem().into_bytes().into(),
+        client_ca_pem: None,
+    });
+    let app = Application::build(settings).await.unwrap();
+    let addr = app.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), nodelay_tcp(addr).await)
+        .await
+        .expect("a TLS handshake");
+    let mut client = RawGrpc::over(tls, "localhost").await;
+    let task_id = submit(&mut client).await;
+    let median = median_get_task_latency(&mut client, &task_id).await;
+    assert!(median < FAR_BELOW_A_DELAYED_ACK, "median GetTask latency over TLS {median:?}");
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
 /// The server's first SETTINGS frame, as a raw HTTP/2 client reads it.
 async fn advertised_max_concurrent_streams(addr: std::net::SocketAddr) -> usize {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();

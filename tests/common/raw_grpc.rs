@@ -10,7 +10,18 @@
 use std::net::SocketAddr;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
+
+/// A TCP connection with `TCP_NODELAY` on the client's side, so any wait measured is the
+/// server's.
+pub async fn nodelay_tcp(addr: SocketAddr) -> TcpStream {
+    let tcp = TcpStream::connect(addr).await.expect("connects");
+    tcp.set_nodelay(true).expect("TCP_NODELAY on the client socket");
+    tcp
+}
 
 /// One HTTP/2 connection to a gRPC server.
 pub struct RawGrpc {
@@ -29,16 +40,22 @@ pub struct RawReply {
 }
 
 impl RawGrpc {
-    /// Connects with `TCP_NODELAY` on the client's side, so any wait measured is the server's.
+    /// Connects over plain TCP (see [`nodelay_tcp`]).
     pub async fn connect(addr: SocketAddr) -> Self {
-        let tcp = TcpStream::connect(addr).await.expect("connects");
-        tcp.set_nodelay(true).expect("TCP_NODELAY on the client socket");
-        let (send, mut connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+        Self::over(nodelay_tcp(addr).await, &addr.to_string()).await
+    }
+
+    /// Speaks HTTP/2 over an established connection (TLS, say) to `authority`.
+    pub async fn over<T>(io: T, authority: &str) -> Self
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, mut connection) = h2::client::handshake(io).await.expect("HTTP/2 handshake");
         let pings = connection.ping_pong().expect("the connection's ping handle");
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        Self { send, pings, authority: addr.to_string() }
+        Self { send, pings, authority: authority.to_owned() }
     }
 
     /// Calls `path` (`/package.Service/Method`) with one encoded request message, with a PING
