@@ -130,9 +130,15 @@ async fn streaming_calls_are_counted_with_their_final_code() {
     known.next().await.expect("the snapshot").expect("a snapshot");
     drop(known);
 
+    // A unary caller that gives up before the answer: counted as cancelled too.
+    emulator.inject("export_user", 1, serde_json::json!({"kind": "delay", "ms": 3000})).await;
+    let call = client.export_user(ExportUserRequest { user_id: KNOWN_USER.into() });
+    tokio::time::timeout(Duration::from_millis(300), call).await.expect_err("the caller gives up first");
+
     let expected = [
         r#"stream_export_rpc_requests_total{method="streamexport.v1.ExportService/WatchTask",code="NotFound"} 1"#,
         r#"stream_export_rpc_requests_total{method="streamexport.v1.ExportService/WatchTask",code="Cancelled"} 1"#,
+        r#"stream_export_rpc_requests_total{method="streamexport.v1.ExportService/ExportUser",code="Cancelled"} 1"#,
     ];
     let text = metrics_with(&metrics, &expected).await;
     for expected in expected {

@@ -12,30 +12,46 @@ use tonic::Code;
 
 use super::metrics;
 
-/// Passes a response body through and counts its call once, with the code it ends with.
-pub struct CallBody<B> {
-    inner: B,
-    /// The call's `method` label while its outcome is not counted yet.
-    pending: Option<&'static str>,
+/// A call not counted yet. It is counted exactly once: with the code given to
+/// [`PendingCall::finish`], or as CANCELLED if it is dropped first (the client reset the
+/// stream or went away before the end, or a drain cut the connection).
+pub struct PendingCall {
+    /// The call's `method` label until it is counted.
+    method: Option<&'static str>,
 }
 
-impl<B> CallBody<B> {
-    /// A body whose call is still to be counted when it ends.
-    pub fn counted_at_end(inner: B, method: &'static str) -> Self {
-        Self { inner, pending: Some(method) }
+impl PendingCall {
+    /// A call that has started.
+    pub fn new(method: &'static str) -> Self {
+        Self { method: Some(method) }
     }
 
-    /// A body whose call is already counted (a trailers-only answer carries its status in the
-    /// headers).
-    pub fn already_counted(inner: B) -> Self {
-        Self { inner, pending: None }
-    }
-
-    fn finish(&mut self, code: Code) {
-        if let Some(method) = self.pending.take() {
+    /// Counts the call with `code`, if it was not counted yet.
+    pub fn finish(&mut self, code: Code) {
+        if let Some(method) = self.method.take() {
             metrics::rpc_finished(method, code);
             tracing::debug!(method, code = metrics::code_label(code), "call finished");
         }
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        self.finish(Code::Cancelled);
+    }
+}
+
+/// Passes a response body through and finishes its call with the code the body ends with.
+pub struct CallBody<B> {
+    inner: B,
+    call: PendingCall,
+}
+
+impl<B> CallBody<B> {
+    /// The body of `call` (already finished for a trailers-only answer, whose status is in
+    /// the headers).
+    pub fn new(inner: B, call: PendingCall) -> Self {
+        Self { inner, call }
     }
 }
 
@@ -51,12 +67,12 @@ impl<B: Body + Unpin> Body for CallBody<B> {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    self.finish(status_of(trailers).unwrap_or(Code::Unknown));
+                    self.call.finish(status_of(trailers).unwrap_or(Code::Unknown));
                 }
             }
             // A body that fails, or ends without trailers, ends without a status: clients see
             // UNKNOWN (or a broken stream).
-            Poll::Ready(Some(Err(_)) | None) => self.finish(Code::Unknown),
+            Poll::Ready(Some(Err(_)) | None) => self.call.finish(Code::Unknown),
             Poll::Pending => {}
         }
         polled
@@ -68,14 +84,6 @@ impl<B: Body + Unpin> Body for CallBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl<B> Drop for CallBody<B> {
-    /// Dropped before its end: the client reset the stream or went away (or the server cut
-    /// the connection at the end of a drain).
-    fn drop(&mut self) {
-        self.finish(Code::Cancelled);
     }
 }
 

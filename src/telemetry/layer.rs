@@ -14,7 +14,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use super::{
-    call_body::{CallBody, status_of},
+    call_body::{CallBody, PendingCall, status_of},
     method, metrics,
     trace_context::TraceContext,
 };
@@ -69,6 +69,9 @@ where
         let started = Instant::now();
         let call = self.inner.call(request);
         let call = async move {
+            // Counted as cancelled if the caller leaves before the answer (this future is
+            // dropped then).
+            let mut pending = PendingCall::new(method);
             let response = match trace {
                 Some(trace) => trace.scope(call).await,
                 None => call.await,
@@ -78,15 +81,15 @@ where
                 // Errors come as trailers-only responses, with the status in the headers: the
                 // call is over. A response without one has started, and is counted when its
                 // body ends.
-                Ok(response) => match status_of(response.headers()) {
-                    Some(code) => {
-                        metrics::rpc_finished(method, code);
-                        (code, Ok(response.map(CallBody::already_counted)))
+                Ok(response) => {
+                    let code = status_of(response.headers());
+                    if let Some(code) = code {
+                        pending.finish(code);
                     }
-                    None => (tonic::Code::Ok, Ok(response.map(|body| CallBody::counted_at_end(body, method)))),
-                },
+                    (code.unwrap_or(tonic::Code::Ok), Ok(response.map(|body| CallBody::new(body, pending))))
+                }
                 Err(error) => {
-                    metrics::rpc_finished(method, tonic::Code::Unknown);
+                    pending.finish(tonic::Code::Unknown);
                     (tonic::Code::Unknown, Err(error))
                 }
             };
