@@ -22,6 +22,11 @@ use crate::{
 /// The real Stream API: paths hang directly off this origin.
 pub const DEFAULT_STREAM_BASE_URL: &str = "https://chat.stream-io-api.com";
 
+/// Concurrent HTTP/2 streams per client connection: enough for a client that multiplexes
+/// many watches over one connection, small enough that one connection cannot tie up the
+/// server's memory and tasks alone (h2's own default is unlimited).
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 200;
+
 /// Flags of `stream-export serve`. Every flag has an environment variable of the same meaning.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -111,6 +116,11 @@ pub struct ServeArgs {
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "STREAM_EXPORT_MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
     pub max_request_bytes: usize,
+
+    /// Most concurrent calls (HTTP/2 streams) on one client connection, advertised to clients
+    /// in SETTINGS_MAX_CONCURRENT_STREAMS; past it, clients queue calls or open another connection.
+    #[arg(long, env = "STREAM_EXPORT_MAX_CONCURRENT_STREAMS", default_value_t = DEFAULT_MAX_CONCURRENT_STREAMS)]
+    pub max_concurrent_streams: u32,
 
     /// HTTP/2 keepalive ping interval on client connections ("0s": off).
     #[arg(long, env = "STREAM_EXPORT_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -212,6 +222,8 @@ impl Settings {
 pub struct TransportSettings {
     /// Largest request message, in bytes.
     pub max_request_bytes: usize,
+    /// Most concurrent streams per client connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
     /// HTTP/2 keepalive ping interval (`None`: off).
     pub http2_keepalive_interval: Option<Duration>,
     /// Time to wait for a keepalive answer.
@@ -228,6 +240,7 @@ impl Default for TransportSettings {
     fn default() -> Self {
         Self {
             max_request_bytes: 64 * 1024,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             http2_keepalive_interval: Some(Duration::from_secs(30)),
             http2_keepalive_timeout: Duration::from_secs(10),
             max_connection_age: None,
@@ -347,6 +360,7 @@ impl ServeArgs {
             limits: CallLimits { max_in_flight: self.max_in_flight, unary_timeout: self.unary_timeout },
             transport: TransportSettings {
                 max_request_bytes: self.max_request_bytes,
+                max_concurrent_streams: self.max_concurrent_streams,
                 http2_keepalive_interval: nonzero(self.http2_keepalive_interval),
                 http2_keepalive_timeout: self.http2_keepalive_timeout,
                 max_connection_age: nonzero(self.max_connection_age),
@@ -377,6 +391,7 @@ impl ServeArgs {
         let positive_counts = [
             (self.max_in_flight as u64, "STREAM_EXPORT_MAX_IN_FLIGHT (--max-in-flight)"),
             (self.max_request_bytes as u64, "STREAM_EXPORT_MAX_REQUEST_BYTES (--max-request-bytes)"),
+            (u64::from(self.max_concurrent_streams), "STREAM_EXPORT_MAX_CONCURRENT_STREAMS (--max-concurrent-streams)"),
             (self.watch_max_streams as u64, "STREAM_EXPORT_WATCH_MAX_STREAMS (--watch-max-streams)"),
             (self.idempotency_capacity, "STREAM_EXPORT_IDEMPOTENCY_CAPACITY (--idempotency-capacity)"),
         ];

@@ -7,11 +7,10 @@ use anyhow::Context;
 use rand::{Rng, distr::Alphanumeric};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{
     service::interceptor::InterceptedService,
-    transport::{Certificate, Identity, Server, ServerTlsConfig},
+    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -113,6 +112,7 @@ impl Application {
 
         let mut server = Server::builder()
             .layer(GrpcTelemetryLayer)
+            .max_concurrent_streams(transport.max_concurrent_streams)
             .http2_keepalive_interval(transport.http2_keepalive_interval)
             .http2_keepalive_timeout(Some(transport.http2_keepalive_timeout))
             // A backstop only: handlers end their own upstream work by the unary timeout.
@@ -136,7 +136,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(export)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
+            .serve_with_incoming_shutdown(accepted_connections(self.listener), async move {
                 shutdown.await;
                 tracing::info!("shutting down: draining");
                 set_health(&drain_health, ServingStatus::NotServing).await;
@@ -159,6 +159,15 @@ impl Application {
         tracing::info!("stopped");
         result
     }
+}
+
+/// The connections accepted on `listener`, with `TCP_NODELAY` set on each (TLS is layered on
+/// top of them, so it is covered too). Serving from our own bound listener skips tonic's
+/// listener setup, and without the option Nagle's algorithm holds a unary call's trailers (a
+/// small second write) until the client's delayed ACK: about 40 ms per call for every client
+/// that does not happen to send first (a Python grpcio client measured 44 ms at p50).
+fn accepted_connections(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// How long after the unary timeout tonic's own timeout cuts a handler that overran it.

@@ -9,11 +9,14 @@ use std::{
 };
 
 use axum::{Json, Router, extract::Path, http::HeaderMap, routing::get};
-use common::{API_KEY, API_SECRET, Options, TestEmulator, process::ServiceProcess, spawn_app_with};
+use common::{API_KEY, API_SECRET, Options, TestEmulator, process::ServiceProcess, raw_grpc::RawGrpc, spawn_app_with};
 use serde_json::{Value, json};
 use stream_export::{
     emulator::{EmulatorConfig, data::KNOWN_USER},
-    proto::{ExportUserRequest, GetTaskRequest, WatchTaskRequest, export_service_client::ExportServiceClient},
+    proto::{
+        ExportUserRequest, ExportUsersRequest, GetTaskRequest, WatchTaskRequest,
+        export_service_client::ExportServiceClient,
+    },
 };
 use tokio_stream::StreamExt;
 
@@ -49,6 +52,104 @@ async fn prometheus_metrics_cover_calls_upstream_and_watches() {
     ] {
         assert!(text.contains(expected), "{expected} missing from:\n{text}");
     }
+}
+
+/// The service with its metrics port, against a fresh emulator; returns the `/metrics` URL.
+async fn service_with_metrics(emulator: &TestEmulator) -> (ServiceProcess, String) {
+    let metrics_addr = format!("127.0.0.1:{}", common::process::free_port());
+    let base_url = emulator.base_url();
+    let service = ServiceProcess::start(
+        &["--metrics-listen", &metrics_addr],
+        &[("STREAM_BASE_URL", &base_url), ("STREAM_API_KEY", API_KEY), ("STREAM_API_SECRET", API_SECRET)],
+    );
+    service.wait_ready(true).await;
+    (service, format!("http://{metrics_addr}/metrics"))
+}
+
+/// Waits (a few seconds at most) until `/metrics` has every one of `expected`.
+async fn metrics_with(url: &str, expected: &[&str]) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+        if expected.iter().all(|line| text.contains(line)) || started.elapsed() > Duration::from_secs(5) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn calls_to_unknown_methods_share_one_label() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let (service, metrics) = service_with_metrics(&emulator).await;
+    let mut client = RawGrpc::connect(([127, 0, 0, 1], service.port).into()).await;
+    for i in 0..200 {
+        let reply = client.unary(&format!("/probe{i}.Service/Call"), b"").await;
+        assert_eq!(reply.status, Some(tonic::Code::Unimplemented as i32));
+        let reply = client.unary(&format!("/streamexport.v1.ExportService/Probe{i}"), b"").await;
+        assert_eq!(reply.status, Some(tonic::Code::Unimplemented as i32));
+    }
+    // Known methods of every served service keep their own label.
+    let reply = client.unary("/grpc.health.v1.Health/Check", b"").await;
+    assert_eq!(reply.status, Some(0));
+
+    let text =
+        metrics_with(&metrics, &[r#"stream_export_rpc_requests_total{method="unknown",code="Unimplemented"} 400"#])
+            .await;
+    for expected in [
+        r#"stream_export_rpc_requests_total{method="unknown",code="Unimplemented"} 400"#,
+        r#"stream_export_rpc_requests_total{method="grpc.health.v1.Health/Check",code="Ok"}"#,
+    ] {
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
+    }
+    assert!(!text.contains("probe") && !text.contains("Probe"), "a path became a label:\n{text}");
+    let series = text.lines().filter(|line| line.starts_with("stream_export_rpc_requests_total{")).count();
+    assert!(series <= 5, "{series} request series:\n{text}");
+    assert!(text.len() < 32 * 1024, "/metrics grew to {} bytes", text.len());
+}
+
+#[tokio::test]
+async fn streaming_calls_are_counted_with_their_final_code() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let (service, metrics) = service_with_metrics(&emulator).await;
+    let mut client = ExportServiceClient::new(service.channel().await);
+
+    // The response starts normally, then the stream ends with NOT_FOUND in its trailers.
+    let mut unknown =
+        client.watch_task(WatchTaskRequest { task_id: uuid::Uuid::new_v4().to_string() }).await.unwrap().into_inner();
+    let status = unknown.next().await.expect("an item").expect_err("an unknown task fails");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+
+    // A watcher that leaves after the snapshot: the call ends cancelled, not OK.
+    let submitted = client
+        .export_users(ExportUsersRequest { user_ids: vec![KNOWN_USER.into()], ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut known = client.watch_task(WatchTaskRequest { task_id: submitted.task_id }).await.unwrap().into_inner();
+    known.next().await.expect("the snapshot").expect("a snapshot");
+    drop(known);
+
+    // A unary caller that gives up before the answer: counted as cancelled too.
+    emulator.inject("export_user", 1, serde_json::json!({"kind": "delay", "ms": 3000})).await;
+    let call = client.export_user(ExportUserRequest { user_id: KNOWN_USER.into() });
+    tokio::time::timeout(Duration::from_millis(300), call).await.expect_err("the caller gives up first");
+
+    let expected = [
+        r#"stream_export_rpc_requests_total{method="streamexport.v1.ExportService/WatchTask",code="NotFound"} 1"#,
+        r#"stream_export_rpc_requests_total{method="streamexport.v1.ExportService/WatchTask",code="Cancelled"} 1"#,
+        r#"stream_export_rpc_requests_total{method="streamexport.v1.ExportService/ExportUser",code="Cancelled"} 1"#,
+    ];
+    let text = metrics_with(&metrics, &expected).await;
+    for expected in expected {
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
+    }
+    assert!(
+        !text.contains(
+            r#"stream_export_rpc_requests_total{method="streamexport.v1.ExportService/WatchTask",code="Ok"}"#
+        ),
+        "a stream was counted OK when it started:\n{text}"
+    );
 }
 
 /// `traceparent` and `tracestate` as an upstream request carried them.

@@ -10,6 +10,8 @@
 mod echo;
 mod processes;
 mod procfs;
+#[path = "../../tests/common/raw_grpc.rs"]
+mod raw_grpc;
 mod report;
 mod tasks;
 mod unary;

@@ -1,5 +1,6 @@
 //! Figure 1 (unary cost: CPU per call, throughput and latency of `GetTask`, against a bare
-//! tonic server and a direct HTTP call) and figure 4 (idle memory).
+//! tonic server and a direct HTTP call, latency also from a client that is not tonic's) and
+//! figure 4 (idle memory).
 //!
 //! The service and the bare server are loaded in alternating rounds within one run, and the
 //! figures are ratios of per-round medians: on a shared machine absolute times drift, but two
@@ -16,6 +17,7 @@ use crate::{
     Scale,
     processes::{self, ChildProcess, EmulatorClient},
     procfs,
+    raw_grpc::RawGrpc,
     report::{Figure, Target, median, quantile},
     tasks,
 };
@@ -85,6 +87,23 @@ impl LoadedServer {
         }
         samples
     }
+
+    /// Latencies of `calls` sequential `GetTask`s from a raw HTTP/2 client (one in flight, a
+    /// PING with each call as grpcio's BDP probe does), in microseconds: what clients other
+    /// than tonic's see, Nagle's algorithm included if the server left it on.
+    async fn non_tonic_latencies(&self, task_id: &str, calls: usize) -> Vec<f64> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.process.port));
+        let mut client = RawGrpc::connect(addr).await;
+        let request = GetTaskRequest { task_id: task_id.to_owned() }.encode_to_vec();
+        let mut samples = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let started = Instant::now();
+            let reply = client.unary("/streamexport.v1.ExportService/GetTask", &request).await;
+            assert_eq!(reply.status, Some(0), "GetTask from the raw HTTP/2 client succeeds");
+            samples.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+        samples
+    }
 }
 
 /// Latencies of `calls` sequential direct `GET /tasks/{id}` to the emulator, in microseconds.
@@ -118,23 +137,35 @@ async fn throughput_rounds(
     (service_rounds, bare_rounds)
 }
 
-/// One-in-flight latencies of the service, the bare server and a direct HTTP call, in
-/// alternating rounds.
+/// One-in-flight latencies, in microseconds, each from its own kind of client.
+#[derive(Default)]
+struct Latencies {
+    service: Vec<f64>,
+    bare: Vec<f64>,
+    direct: Vec<f64>,
+    service_non_tonic: Vec<f64>,
+    bare_non_tonic: Vec<f64>,
+}
+
+/// One-in-flight latencies of the service, the bare server (each from tonic's client and from
+/// a raw HTTP/2 client) and a direct HTTP call, in alternating rounds.
 async fn latency_rounds(
     scale: &Scale,
     service: &LoadedServer,
     bare: &LoadedServer,
     emulator: &EmulatorClient,
     task_id: &str,
-) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let (mut service_lat, mut bare_lat, mut direct_lat) = (Vec::new(), Vec::new(), Vec::new());
+) -> Latencies {
+    let mut latencies = Latencies::default();
     for round in 0..scale.latency_rounds {
         eprintln!("unary: latency round {}/{}", round + 1, scale.latency_rounds);
-        service_lat.extend(service.latencies(task_id, scale.latency_calls).await);
-        bare_lat.extend(bare.latencies(task_id, scale.latency_calls).await);
-        direct_lat.extend(direct_latencies(emulator, task_id, scale.latency_calls).await);
+        latencies.service.extend(service.latencies(task_id, scale.latency_calls).await);
+        latencies.bare.extend(bare.latencies(task_id, scale.latency_calls).await);
+        latencies.direct.extend(direct_latencies(emulator, task_id, scale.latency_calls).await);
+        latencies.service_non_tonic.extend(service.non_tonic_latencies(task_id, scale.latency_calls).await);
+        latencies.bare_non_tonic.extend(bare.non_tonic_latencies(task_id, scale.latency_calls).await);
     }
-    (service_lat, bare_lat, direct_lat)
+    latencies
 }
 
 /// Runs figures 1 and 4 and returns them.
@@ -151,8 +182,13 @@ pub async fn run(scale: &Scale, emulator_process: &ChildProcess, emulator: &Emul
     let bare = LoadedServer::connect(processes::start_echo(&task_hex).await, scale.unary_connections).await;
 
     let (service_rounds, bare_rounds) = throughput_rounds(scale, &service, &bare, &task_id).await;
-    let (mut service_lat, mut bare_lat, mut direct_lat) =
-        latency_rounds(scale, &service, &bare, emulator, &task_id).await;
+    let Latencies {
+        service: mut service_lat,
+        bare: mut bare_lat,
+        direct: mut direct_lat,
+        service_non_tonic: mut service_non_tonic_lat,
+        bare_non_tonic: mut bare_non_tonic_lat,
+    } = latency_rounds(scale, &service, &bare, emulator, &task_id).await;
     let loaded_rss = procfs::rss_bytes(service.process.pid()) as f64 / MIB;
 
     let cpu = |rounds: &[Round]| median(&rounds.iter().map(Round::cpu_us_per_call).collect::<Vec<_>>());
@@ -174,6 +210,9 @@ pub async fn run(scale: &Scale, emulator_process: &ChildProcess, emulator: &Emul
         Figure::info("unary_p99_us_bare_tonic", quantile(&mut bare_lat, 0.99), "µs"),
         Figure::info("unary_p50_us_direct_http", direct_p50, "µs"),
         Figure::info("unary_p99_us_direct_http", quantile(&mut direct_lat, 0.99), "µs"),
+        Figure::info("unary_p50_us_service_nontonic_client", quantile(&mut service_non_tonic_lat, 0.5), "µs"),
+        Figure::info("unary_p99_us_service_nontonic_client", quantile(&mut service_non_tonic_lat, 0.99), "µs"),
+        Figure::info("unary_p50_us_bare_tonic_nontonic_client", quantile(&mut bare_non_tonic_lat, 0.5), "µs"),
         Figure::target("unary_added_p50_us", service_p50 - direct_p50, "µs", Target::Below(150.0)),
         Figure::target("idle_rss_mib", idle_rss, "MiB", Target::Below(30.0)),
         Figure::info("rss_after_unary_load_mib", loaded_rss, "MiB"),

@@ -1,6 +1,7 @@
 //! The tower layer around every gRPC call: one span per call (method and trace id here, caller
-//! and task id recorded by the handlers, the result code here when the call is answered), the call's metrics, and the caller's W3C trace
-//! context made current for the upstream requests of the call.
+//! and task id recorded by the handlers, the code the response starts with here), the call's
+//! metrics (counted when the response body ends, with its final code: see [`CallBody`]), and
+//! the caller's W3C trace context made current for the upstream requests of the call.
 
 use std::{
     future::Future,
@@ -12,7 +13,11 @@ use std::{
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use super::{metrics, trace_context::TraceContext};
+use super::{
+    call_body::{CallBody, PendingCall, status_of},
+    method, metrics,
+    trace_context::TraceContext,
+};
 
 /// Adds [`GrpcTelemetry`] to a service.
 #[derive(Clone, Copy, Debug, Default)]
@@ -35,47 +40,60 @@ impl<S, B, R> Service<http::Request<B>> for GrpcTelemetry<S>
 where
     S: Service<http::Request<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
+    R: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<CallBody<R>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = request.uri().path().trim_start_matches('/').to_owned();
+        let method = method::label(request.uri().path());
         let trace = TraceContext::from_headers(request.headers());
         let span = tracing::info_span!(
             "grpc",
-            method = %method,
+            method,
+            path = tracing::field::Empty,
             trace_id = trace.as_ref().map(TraceContext::trace_id).unwrap_or_default(),
             caller = tracing::field::Empty,
             task_id = tracing::field::Empty,
             code = tracing::field::Empty,
         );
+        if method == method::UNKNOWN_METHOD {
+            // For the logs only: a path is never a metric label.
+            span.record("path", request.uri().path());
+        }
         let started = Instant::now();
         let call = self.inner.call(request);
         let call = async move {
+            // Counted as cancelled if the caller leaves before the answer (this future is
+            // dropped then).
+            let mut pending = PendingCall::new(method);
             let response = match trace {
                 Some(trace) => trace.scope(call).await,
                 None => call.await,
             };
-            let code = match &response {
-                // Errors come as trailers-only responses, with the status in the headers; a
-                // response without one started normally.
-                Ok(response) => response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.parse::<i32>().ok())
-                    .map_or(tonic::Code::Ok, tonic::Code::from_i32),
-                Err(_) => tonic::Code::Unknown,
+            metrics::rpc_started(method, started.elapsed());
+            let (code, response) = match response {
+                // Errors come as trailers-only responses, with the status in the headers: the
+                // call is over. A response without one has started, and is counted when its
+                // body ends.
+                Ok(response) => {
+                    let code = status_of(response.headers());
+                    if let Some(code) = code {
+                        pending.finish(code);
+                    }
+                    (code.unwrap_or(tonic::Code::Ok), Ok(response.map(|body| CallBody::new(body, pending))))
+                }
+                Err(error) => {
+                    pending.finish(tonic::Code::Unknown);
+                    (tonic::Code::Unknown, Err(error))
+                }
             };
-            let code = format!("{code:?}");
-            tracing::Span::current().record("code", code.as_str());
-            metrics::rpc(&method, &code, started.elapsed());
+            tracing::Span::current().record("code", metrics::code_label(code));
             tracing::debug!(elapsed = ?started.elapsed(), "call answered");
             response
         };

@@ -6,7 +6,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 
-/// gRPC calls handled, by `method` and `code`.
+/// gRPC calls handled, by `method` (a served method or `unknown`) and the `code` the call
+/// ended with (a stream's is in its trailers; a client that left counts as `Cancelled`).
 pub const RPC_REQUESTS: &str = "stream_export_rpc_requests_total";
 /// gRPC call latency until the response starts, by `method`.
 pub const RPC_DURATION: &str = "stream_export_rpc_duration_seconds";
@@ -37,7 +38,7 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 fn describe() {
-    metrics::describe_counter!(RPC_REQUESTS, "gRPC calls handled, by method and code");
+    metrics::describe_counter!(RPC_REQUESTS, "gRPC calls handled, by method and the code they ended with");
     metrics::describe_histogram!(RPC_DURATION, metrics::Unit::Seconds, "gRPC call latency until the response starts");
     metrics::describe_counter!(UPSTREAM_REQUESTS, "Stream API requests, by operation and status");
     metrics::describe_histogram!(UPSTREAM_DURATION, metrics::Unit::Seconds, "Stream API request latency");
@@ -46,10 +47,39 @@ fn describe() {
     metrics::describe_gauge!(WATCH_POLLERS, "running task pollers");
 }
 
-/// Records one gRPC call.
-pub fn rpc(method: &str, code: &str, elapsed: Duration) {
-    metrics::counter!(RPC_REQUESTS, "method" => method.to_owned(), "code" => code.to_owned()).increment(1);
-    metrics::histogram!(RPC_DURATION, "method" => method.to_owned()).record(elapsed.as_secs_f64());
+/// Records the start of a call's response: the latency until then, by method. `method` is
+/// one of [`super::method::label`]'s values, never a raw path.
+pub fn rpc_started(method: &'static str, elapsed: Duration) {
+    metrics::histogram!(RPC_DURATION, "method" => method).record(elapsed.as_secs_f64());
+}
+
+/// Counts a finished call with the status it ended with.
+pub fn rpc_finished(method: &'static str, code: tonic::Code) {
+    metrics::counter!(RPC_REQUESTS, "method" => method, "code" => code_label(code)).increment(1);
+}
+
+/// The `code` label: the status code's name as tonic spells it (`NotFound`).
+pub fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "Ok",
+        Code::Cancelled => "Cancelled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
 }
 
 /// Records one upstream request.

@@ -23,6 +23,8 @@ pub fn init(format: LogFormat) {
     };
 }
 
+pub mod call_body;
 pub mod layer;
+pub mod method;
 pub mod metrics;
 pub mod trace_context;

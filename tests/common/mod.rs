@@ -3,6 +3,7 @@
 
 pub mod fake_upstream;
 pub mod process;
+pub mod raw_grpc;
 pub mod records;
 
 use std::{net::SocketAddr, time::Duration};
