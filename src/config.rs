@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use url::Url;
 
 use crate::{
+    export::ReadLimits,
     service::{
         CallLimits,
         caller::{CallerAuth, TokenTable},
@@ -112,6 +113,28 @@ pub struct ServeArgs {
     /// The longest a unary call may take, whatever deadline the caller sent.
     #[arg(long, env = "STREAM_EXPORT_UNARY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub unary_timeout: Duration,
+
+    /// ReadExport: most streams reading an export at once; past it, RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "STREAM_EXPORT_MAX_READ_STREAMS", default_value_t = 64)]
+    pub max_read_streams: usize,
+
+    /// ReadExport: the longest one stream reads before it ends with UNAVAILABLE and `next_index`.
+    #[arg(long, env = "STREAM_EXPORT_READ_MAX_LIFETIME", default_value = "6h", value_parser = humantime::parse_duration)]
+    pub read_max_lifetime: Duration,
+
+    /// ReadExport: how long a stream waits for a client that stopped reading before it ends
+    /// with UNAVAILABLE and `next_index`.
+    #[arg(long, env = "STREAM_EXPORT_READ_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub read_idle_timeout: Duration,
+
+    /// ReadExport: the longest V2 line or V1 entity read, in bytes; a longer one ends the
+    /// stream with DATA_LOSS instead of being buffered.
+    #[arg(long, env = "STREAM_EXPORT_MAX_EXPORT_ENTITY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_export_entity_bytes: usize,
+
+    /// ReadExport: the largest export file read, in bytes; past it, the stream ends with DATA_LOSS.
+    #[arg(long, env = "STREAM_EXPORT_MAX_EXPORT_FILE_BYTES", default_value_t = 64 * 1024 * 1024 * 1024)]
+    pub max_export_file_bytes: u64,
 
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "STREAM_EXPORT_MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
@@ -357,7 +380,17 @@ impl ServeArgs {
                 terminal_retention: self.watch_retention,
                 not_found_retention: self.watch_not_found_ttl,
             },
-            limits: CallLimits { max_in_flight: self.max_in_flight, unary_timeout: self.unary_timeout },
+            limits: CallLimits {
+                max_in_flight: self.max_in_flight,
+                unary_timeout: self.unary_timeout,
+                reads: ReadLimits {
+                    max_streams: self.max_read_streams,
+                    max_lifetime: self.read_max_lifetime,
+                    idle_timeout: self.read_idle_timeout,
+                    max_entity_bytes: self.max_export_entity_bytes,
+                    max_file_bytes: self.max_export_file_bytes,
+                },
+            },
             transport: TransportSettings {
                 max_request_bytes: self.max_request_bytes,
                 max_concurrent_streams: self.max_concurrent_streams,
@@ -384,6 +417,8 @@ impl ServeArgs {
             (self.watch_poll_min, "STREAM_EXPORT_WATCH_POLL_MIN (--watch-poll-min)"),
             (self.watch_max_lifetime, "STREAM_EXPORT_WATCH_MAX_LIFETIME (--watch-max-lifetime)"),
             (self.idempotency_ttl, "STREAM_EXPORT_IDEMPOTENCY_TTL (--idempotency-ttl)"),
+            (self.read_max_lifetime, "STREAM_EXPORT_READ_MAX_LIFETIME (--read-max-lifetime)"),
+            (self.read_idle_timeout, "STREAM_EXPORT_READ_IDLE_TIMEOUT (--read-idle-timeout)"),
         ];
         if let Some((_, name)) = positive_durations.iter().find(|(value, _)| value.is_zero()) {
             return Err(ConfigError(format!("{name} must be greater than zero")));
@@ -394,6 +429,9 @@ impl ServeArgs {
             (u64::from(self.max_concurrent_streams), "STREAM_EXPORT_MAX_CONCURRENT_STREAMS (--max-concurrent-streams)"),
             (self.watch_max_streams as u64, "STREAM_EXPORT_WATCH_MAX_STREAMS (--watch-max-streams)"),
             (self.idempotency_capacity, "STREAM_EXPORT_IDEMPOTENCY_CAPACITY (--idempotency-capacity)"),
+            (self.max_read_streams as u64, "STREAM_EXPORT_MAX_READ_STREAMS (--max-read-streams)"),
+            (self.max_export_entity_bytes as u64, "STREAM_EXPORT_MAX_EXPORT_ENTITY_BYTES (--max-export-entity-bytes)"),
+            (self.max_export_file_bytes, "STREAM_EXPORT_MAX_EXPORT_FILE_BYTES (--max-export-file-bytes)"),
         ];
         if let Some((_, name)) = positive_counts.iter().find(|(value, _)| *value == 0) {
             return Err(ConfigError(format!("{name} must be at least 1")));

@@ -103,6 +103,7 @@ impl Application {
         let reflection_v1alpha = reflection().build_v1alpha().context("building reflection v1alpha")?;
         let addr = self.local_addr()?;
         let transport = &self.transport;
+        let reads_ending = self.api.read_streams_ending();
         let export = InterceptedService::new(
             ExportServiceServer::new(self.api)
                 .max_decoding_message_size(transport.max_request_bytes)
@@ -148,7 +149,15 @@ impl Application {
         let grace = transport.shutdown_grace;
         let result = tokio::select! {
             result = serve => result.context("serving gRPC"),
-            () = async { draining.cancelled().await; tokio::time::sleep(grace).await } => {
+            () = async {
+                draining.cancelled().await;
+                // ReadExport streams end a little before the connections close, so that their
+                // final status (`SHUTTING_DOWN` with `next_index`) reaches the client.
+                let flush = (grace / 4).min(READ_FLUSH_ALLOWANCE);
+                tokio::time::sleep(grace - flush).await;
+                reads_ending.cancel();
+                tokio::time::sleep(flush).await;
+            } => {
                 tracing::warn!(?grace, "shutdown grace elapsed; closing the connections still open");
                 Ok(())
             }
@@ -169,6 +178,10 @@ impl Application {
 fn accepted_connections(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
+
+/// At most this long before the end of the shutdown grace, open ReadExport streams are ended
+/// with a resumable status (a quarter of the grace if that is shorter).
+const READ_FLUSH_ALLOWANCE: Duration = Duration::from_secs(1);
 
 /// How long after the unary timeout tonic's own timeout cuts a handler that overran it.
 const UNARY_TIMEOUT_BACKSTOP: Duration = Duration::from_secs(1);

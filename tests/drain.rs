@@ -14,7 +14,7 @@ use stream_export::{
         data::{KNOWN_CHANNEL, KNOWN_USER},
     },
     proto::{
-        ChannelRef, ExportChannelsRequest, ExportUserRequest, WatchTaskRequest,
+        ChannelRef, ExportChannelsRequest, ExportUserRequest, ReadExportRequest, WatchTaskRequest,
         export_service_client::ExportServiceClient,
     },
 };
@@ -88,4 +88,45 @@ async fn sigterm_drains_and_exits_within_the_grace_period() {
     assert!(elapsed < Duration::from_millis(4500), "exited {elapsed:?} after SIGTERM with a 3 s grace; log:\n{log}");
     assert!(log.contains("shutdown grace elapsed"), "the held health stream needed the grace period; log:\n{log}");
     drop(health);
+}
+
+#[tokio::test]
+async fn read_export_streams_open_at_the_end_of_the_grace_end_resumable_with_next_index() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let base_url = emulator.base_url();
+    let mut service = ServiceProcess::start(
+        &["--shutdown-grace", "2s"],
+        &[("STREAM_BASE_URL", &base_url), ("STREAM_API_KEY", API_KEY), ("STREAM_API_SECRET", API_SECRET)],
+    );
+    service.wait_ready(true).await;
+    let mut client = ExportServiceClient::new(service.channel().await);
+    let created = emulator
+        .control(
+            reqwest::Method::POST,
+            "synthetic_exports",
+            Some(json!({"records": 200_000, "version": "v2", "record_bytes": 512})),
+        )
+        .await;
+    let request = ReadExportRequest { task_id: created["task_id"].as_str().unwrap().into(), start_index: 0 };
+    let mut stream = client.read_export(request).await.unwrap().into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().index, 0);
+
+    // A paused reader: it reads again only after the drain has begun, near the end of the grace.
+    service.terminate();
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let mut received = 1u64;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(record)) => {
+                assert_eq!(record.index, received);
+                received += 1;
+            }
+            Ok(None) => panic!("the export cannot have been read whole during the drain ({received} records)"),
+            Err(status) => break status,
+        }
+    };
+    let details = assert_status(&status, Code::Unavailable, "SHUTTING_DOWN");
+    let next: u64 = details.error_info().unwrap().metadata["next_index"].parse().unwrap();
+    assert_eq!(next, received, "next_index is the first record not delivered");
+    assert!(service.wait_exit(Duration::from_secs(5)).await.is_some(), "the process exits");
 }

@@ -312,3 +312,105 @@ async fn connection_refused_is_unavailable_for_every_rpc() {
     }
     app.stop().await;
 }
+
+/// Every download fault against ReadExport, for both file formats: the stream ends with the
+/// status for the fault and `next_index`, and ends OK only when the whole file was read.
+#[tokio::test]
+async fn every_download_fault_against_read_export() {
+    use stream_export::proto::{ExportFormatVersion, ReadExportRequest, TaskState};
+    use tokio_stream::StreamExt;
+
+    const DOWNLOAD_FAILED: Option<(Code, &str)> = Some((Code::Unavailable, "DOWNLOAD_FAILED"));
+    const UNREADABLE: Option<(Code, &str)> = Some((Code::DataLoss, "EXPORT_UNREADABLE"));
+    let long = "x".repeat(70_000);
+    /// A fault, and the status it ends the stream with (`None`: OK).
+    type ReadRow = (&'static str, Value, Option<(Code, &'static str)>);
+    let rows: Vec<ReadRow> = vec![
+        ("truncated body", json!({"kind": "truncated"}), DOWNLOAD_FAILED),
+        ("connection dropped", json!({"kind": "drop"}), DOWNLOAD_FAILED),
+        ("5xx", json!({"kind": "status", "status": 503, "code": -1, "message": "down"}), DOWNLOAD_FAILED),
+        ("malformed JSON", json!({"kind": "malformed_json"}), UNREADABLE),
+        (
+            "top-level array of channel blocks",
+            json!({"kind": "non_json", "status": 200, "body": r#"[{"channel": {"cid": "a:b"}, "messages": [{"id": "m"}]}]"#}),
+            None,
+        ),
+        (
+            "V1 document cut at a record boundary",
+            json!({"kind": "non_json", "status": 200, "body": r#"{"channels": [{"channel": {"cid": "a:b"}}"#}),
+            UNREADABLE,
+        ),
+        (
+            "V2 line over the entity cap",
+            json!({"kind": "non_json", "status": 200, "body": format!("{{\"type\":\"user\",\"item\":{{\"id\":\"{long}\"}}}}\n")}),
+            UNREADABLE,
+        ),
+        (
+            "V1 entity over the entity cap",
+            json!({"kind": "non_json", "status": 200, "body": format!("{{\"users\": [{{\"id\": \"{long}\"}}]}}")}),
+            UNREADABLE,
+        ),
+    ];
+    let app = common::spawn_app_with(common::Options {
+        tweak: Some(Box::new(|settings| settings.limits.reads.max_entity_bytes = 64 * 1024)),
+        ..common::Options::default()
+    })
+    .await;
+    let mut failures = Vec::new();
+    for version in [ExportFormatVersion::V1, ExportFormatVersion::V2] {
+        let mut client = app.client.clone();
+        let (kind, id) = KNOWN_CHANNEL.split_once(':').unwrap();
+        let request = ExportChannelsRequest {
+            channels: vec![ChannelRef { r#type: kind.into(), id: id.into(), ..Default::default() }],
+            version: version as i32,
+            ..Default::default()
+        };
+        let task_id = client.export_channels(request).await.unwrap().into_inner().task_id;
+        for _ in 0..200 {
+            let task = client.get_task(GetTaskRequest { task_id: task_id.clone() }).await.unwrap().into_inner();
+            if task.state() == TaskState::Completed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        for (name, fault, expected) in &rows {
+            app.emulator.clear_faults().await;
+            app.emulator.inject("download", 1, fault.clone()).await;
+            let request = ReadExportRequest { task_id: task_id.clone(), start_index: 0 };
+            let (mut received, mut end) = (0u64, None);
+            match client.read_export(request).await {
+                Ok(response) => {
+                    let mut stream = response.into_inner();
+                    while let Some(item) = stream.next().await {
+                        match item {
+                            Ok(_) => received += 1,
+                            Err(status) => {
+                                end = Some(status);
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(status) => end = Some(status),
+            }
+            let cell = format!("{version:?} × {name}");
+            match (end, expected) {
+                (None, None) => {}
+                (Some(status), Some((code, reason))) => {
+                    let info = status.get_error_details().error_info().cloned();
+                    let next = info.as_ref().and_then(|info| info.metadata.get("next_index").cloned());
+                    if status.code() != *code || info.as_ref().map(|i| i.reason.as_str()) != Some(*reason) {
+                        failures.push(format!("{cell}: expected {code:?} {reason}, got {status:?}"));
+                    } else if next != Some(received.to_string()) {
+                        failures.push(format!("{cell}: next_index {next:?} after {received} records"));
+                    }
+                }
+                (got, want) => {
+                    failures.push(format!("{cell}: expected {want:?}, got {got:?} after {received} records"))
+                }
+            }
+        }
+    }
+    app.stop().await;
+    assert!(failures.is_empty(), "ReadExport fault matrix failures:\n{}", failures.join("\n"));
+}

@@ -176,3 +176,77 @@ proptest! {
         }
     }
 }
+
+/// Reads an export file, cut into chunks of `chunk` bytes, as ReadExport does: the records'
+/// kinds, and whether it read OK.
+fn read_export_file(file: &[u8], chunk: usize, max_entity_bytes: usize) -> (Vec<String>, bool) {
+    use stream_export::export::{ReadLimits, Sink, read};
+    let chunks: Vec<Result<bytes::Bytes, reqwest::Error>> =
+        file.chunks(chunk.max(1)).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+    let limits = ReadLimits { max_entity_bytes, ..ReadLimits::default() };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(1 << 16);
+    let mut sink = Sink::new(0, sender, std::time::Duration::from_secs(5));
+    let outcome = runtime.block_on(read(futures::stream::iter(chunks), &mut sink, &limits));
+    drop(sink);
+    let mut kinds = Vec::new();
+    while let Ok(record) = receiver.try_recv() {
+        kinds.push(record.kind);
+    }
+    (kinds, outcome.is_ok())
+}
+
+/// A V1 channel block of generated entities, and the record kinds it stands for.
+fn channel_block() -> impl Strategy<Value = (Value, Vec<&'static str>)> {
+    let object = || {
+        prop::collection::btree_map(field_name(), any_json(), 0..4).prop_map(|m| Value::Object(m.into_iter().collect()))
+    };
+    (object(), prop::collection::vec(object(), 0..3), prop::collection::vec(object(), 0..3)).prop_map(
+        |(channel, members, messages)| {
+            let mut kinds = vec!["channel"];
+            kinds.extend(members.iter().map(|_| "member"));
+            for message in &messages {
+                kinds.push("message");
+                if let Some(Value::Array(reactions)) = message.get("latest_reactions") {
+                    kinds.extend(reactions.iter().filter(|r| r.is_object()).map(|_| "reaction"));
+                }
+            }
+            (json!({"channel": channel, "members": members, "messages": messages}), kinds)
+        },
+    )
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_export_files_never_panic(file in prop::collection::vec(any::<u8>(), 0..256), chunk in 1usize..64) {
+        read_export_file(&file, chunk, 64);
+    }
+
+    #[test]
+    fn every_v1_shape_gives_the_same_records_however_it_is_chunked(blocks in prop::collection::vec(channel_block(), 1..4), chunk in 1usize..64) {
+        let expected: Vec<String> = blocks.iter().flat_map(|(_, kinds)| kinds.iter().map(|k| k.to_string())).collect();
+        let values: Vec<Value> = blocks.iter().map(|(block, _)| block.clone()).collect();
+        let mut shapes = vec![json!({"channels": values}).to_string(), Value::Array(values.clone()).to_string()];
+        if values.len() == 1 {
+            shapes.push(values[0].to_string());
+        }
+        for shape in shapes {
+            let (kinds, ok) = read_export_file(shape.as_bytes(), chunk, 1 << 20);
+            prop_assert!(ok, "{}", shape);
+            prop_assert_eq!(&kinds, &expected, "{}", shape);
+            // Any cut before the end is an error, never a complete export.
+            let cut = 1 + chunk % (shape.len() - 1);
+            let (_, ok) = read_export_file(&shape.as_bytes()[..cut], chunk, 1 << 20);
+            prop_assert!(!ok, "a cut document read OK: {}", &shape[..cut]);
+        }
+    }
+
+    #[test]
+    fn a_line_or_entity_over_the_cap_is_refused(length in 100usize..400) {
+        let long = "y".repeat(length);
+        let line = format!("{{\"type\":\"user\",\"item\":{{\"id\":\"{long}\"}}}}\n");
+        prop_assert!(!read_export_file(line.as_bytes(), 16, 64).1);
+        let document = format!("{{\"users\": [{{\"id\": \"{long}\"}}]}}");
+        prop_assert!(!read_export_file(document.as_bytes(), 16, 64).1);
+    }
+}

@@ -20,6 +20,7 @@ use stream_export::{
 };
 use tokio_stream::StreamExt;
 use tonic::{Code, Status};
+use tonic_types::StatusExt;
 
 fn channel(cid: &str) -> ChannelRef {
     let (kind, id) = cid.split_once(':').unwrap();
@@ -194,5 +195,52 @@ async fn synthetic_exports_of_both_versions_stream_completely() {
         assert_eq!(read[0].kind, "channel");
         assert!(read.iter().enumerate().all(|(i, r)| r.index == i as u64));
     }
+    app.stop().await;
+}
+
+fn next_index(status: &Status) -> u64 {
+    status.get_error_details().error_info().expect("ErrorInfo").metadata["next_index"].parse().unwrap()
+}
+
+/// Serves `body` as the next download of a completed V1 export, and reads it.
+async fn read_served(app: &TestApp, task_id: &str, body: &str) -> (Vec<ExportRecord>, Option<Status>) {
+    app.emulator.inject("download", 1, json!({"kind": "non_json", "status": 200, "body": body})).await;
+    read(app, task_id, 0).await
+}
+
+#[tokio::test]
+async fn every_v1_document_shape_is_read_and_only_a_complete_one_ends_ok() {
+    let app = spawn_app().await;
+    let (task_id, _) = completed_channel_export(&app, &[KNOWN_CHANNEL], ExportFormatVersion::V1).await;
+    let block_a = r#"{"channel": {"cid": "messaging:a"}, "members": [{"user_id": "u1"}], "messages": [{"id": "m1", "latest_reactions": [{"type": "like"}]}]}"#;
+    let block_b = r#"{"channel": {"cid": "messaging:b"}, "messages": [{"id": "m2"}]}"#;
+    let kinds = |records: &[ExportRecord]| records.iter().map(|r| r.kind.clone()).collect::<Vec<_>>();
+    let both = ["channel", "member", "message", "reaction", "channel", "message"];
+
+    let wrapped = format!(r#"{{"channels": [{block_a}, {block_b}], "users": [{{"id": "u1"}}]}}"#);
+    let (records, end) = read_served(&app, &task_id, &wrapped).await;
+    assert!(end.is_none(), "{end:?}");
+    assert_eq!(kinds(&records), [&both[..], &["user"]].concat());
+
+    let (records, end) = read_served(&app, &task_id, &format!("[{block_a}, {block_b}]")).await;
+    assert!(end.is_none(), "a top-level array of channel blocks: {end:?}");
+    assert_eq!(kinds(&records), both);
+
+    let (records, end) = read_served(&app, &task_id, block_a).await;
+    assert!(end.is_none(), "a channel block alone: {end:?}");
+    assert_eq!(kinds(&records), ["channel", "member", "message", "reaction"]);
+
+    // Cut at a record boundary: what was read arrives, and the end is an error, never OK.
+    let (records, end) = read_served(&app, &task_id, &format!("[{block_a}, {block_b}")).await;
+    let status = end.expect("a document without its end is not complete");
+    assert_status(&status, Code::DataLoss, "EXPORT_UNREADABLE");
+    assert_eq!(next_index(&status), records.len() as u64);
+
+    // Cut by the connection mid-body.
+    app.emulator.inject("download", 1, json!({"kind": "truncated"})).await;
+    let (records, end) = read(&app, &task_id, 0).await;
+    let status = end.expect("a download cut mid-body is not complete");
+    assert_status(&status, Code::Unavailable, "DOWNLOAD_FAILED");
+    assert_eq!(next_index(&status), records.len() as u64);
     app.stop().await;
 }

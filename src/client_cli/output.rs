@@ -19,7 +19,7 @@ use crate::{
     proto::ReadExportRequest,
 };
 
-/// How many times a broken download (`DOWNLOAD_FAILED`) is resumed before giving up.
+/// How many times an interrupted read (`UNAVAILABLE` with `next_index`) is resumed before giving up.
 const MAX_RESUMES: u32 = 5;
 
 /// A JSON-lines file that appears under its final name only when complete: records go to a
@@ -96,8 +96,8 @@ pub struct Saved {
     pub bytes: u64,
 }
 
-/// Reads a completed task's records with `ReadExport` into `file` and commits it. A broken download
-/// (`UNAVAILABLE` `DOWNLOAD_FAILED`) is resumed from `ErrorInfo.metadata["next_index"]`, at most
+/// Reads a completed task's records with `ReadExport` into `file` and commits it. An interrupted
+/// read (see [`resume_index`]: a broken download, a drained or idle stream) is resumed, at most
 /// [`MAX_RESUMES`] times; a record already written is never written twice.
 pub async fn save_export(session: &mut Session, task_id: &str, mut file: AtomicJsonl) -> Result<Saved, Failure> {
     session.display.start_download(&file.path);
@@ -138,17 +138,31 @@ pub async fn save_export(session: &mut Session, task_id: &str, mut file: AtomicJ
             session.display.finish_download();
             return Ok(Saved { path, records, bytes });
         };
-        let resumable = status.code() == Code::Unavailable && reason(&status).as_deref() == Some("DOWNLOAD_FAILED");
-        if !resumable || resumes >= MAX_RESUMES {
+        let resume_at = resume_index(&status, file.records);
+        let Some(next) = resume_at.filter(|_| resumes < MAX_RESUMES) else {
             return Err(Failure::rpc("reading the export")(status));
-        }
+        };
         resumes += 1;
-        start_index = metadata(&status, "next_index").and_then(|n| n.parse().ok()).unwrap_or(file.records);
+        start_index = next;
         session.display.note(&format!(
-            "download broke after {} records; resuming at record {start_index} ({resumes}/{MAX_RESUMES})",
-            file.records
+            "reading stopped after {} records ({}); resuming at record {start_index} ({resumes}/{MAX_RESUMES})",
+            file.records,
+            reason(&status).unwrap_or_else(|| "UNAVAILABLE".into())
         ));
         tokio::time::sleep(retry_delay(&status, Duration::from_millis(500))).await;
+    }
+}
+
+/// Where to resume a read that ended with `status`, if it can be: any `UNAVAILABLE` that says
+/// where (`ErrorInfo.metadata["next_index"]`: a broken download, a drained replica, an idle or
+/// too-long stream), and a `DOWNLOAD_FAILED` without it at the records already `written`.
+pub fn resume_index(status: &tonic::Status, written: u64) -> Option<u64> {
+    if status.code() != Code::Unavailable {
+        return None;
+    }
+    match metadata(status, "next_index").and_then(|n| n.parse().ok()) {
+        Some(next) => Some(next),
+        None => (reason(status).as_deref() == Some("DOWNLOAD_FAILED")).then_some(written),
     }
 }
 
@@ -157,6 +171,17 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::service::errors;
+
+    #[test]
+    fn any_unavailable_with_a_next_index_is_resumed_there() {
+        assert_eq!(resume_index(&errors::read_shutting_down(7), 3), Some(7), "a drained replica");
+        assert_eq!(resume_index(&errors::read_interrupted("idle", 9), 3), Some(9));
+        assert_eq!(resume_index(&errors::download_failed("cut", 5), 3), Some(5));
+        assert_eq!(resume_index(&errors::shutting_down(), 3), None, "no next_index: where would it resume?");
+        assert_eq!(resume_index(&errors::export_unreadable("bad", 4), 3), None, "DATA_LOSS is final");
+        assert_eq!(resume_index(&errors::read_aborted(4), 3), None);
+    }
 
     #[test]
     fn the_file_appears_only_on_commit_and_an_abandoned_one_leaves_nothing() {

@@ -1,172 +1,154 @@
-//! V1 exports: one JSON document
+//! V1 exports: one JSON document. Stream documents V1 only as "the same format as the regular
+//! APIs", so every shape seen is accepted:
 //! `{"channels": [{"channel": {...}, "members": [...], "messages": [...]}], "users": [...]}`,
-//! parsed incrementally with serde seeds: each entity is handed on as soon as it is parsed,
-//! so memory holds one entity at a time whatever the document's size.
+//! a top-level array of channel blocks, and a single channel block alone.
+//!
+//! The document is read with the [`Scanner`] on the async task: each entity's bytes are found,
+//! parsed with serde_json and handed on before the next is read, so memory holds one entity
+//! (at most the entity cap) whatever the document's size, and a paused client parks no thread.
 //!
 //! Records, in document order: a `channel`, each `member`, each `message` followed by a
 //! `reaction` per entry of its `latest_reactions` (the message keeps them too), and each
 //! `user`. Keys other than these are skipped.
 
-use std::{fmt, io::Read};
-
-use serde::{
-    Deserialize,
-    de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor},
-};
 use serde_json::{Map, Value};
 
-use super::{ReadError, Record, Sink};
+use super::{ReadError, Record, Sink, scan::Scanner};
 
-/// Parses the document in `reader` into `sink` (on the caller's thread: it blocks).
-pub fn read(reader: impl Read, sink: &mut Sink) -> Result<(), ReadError> {
-    let mut emitter = Emitter { sink, stopped: None };
-    let mut deserializer = serde_json::Deserializer::from_reader(reader);
-    let parsed = DocumentVisitor(&mut emitter).deserialize(&mut deserializer).and_then(|()| deserializer.end());
-    match (parsed, emitter.stopped) {
-        (_, Some(stopped)) => Err(stopped),
-        (Err(error), None) if error.is_io() => Err(ReadError::Download(error.to_string())),
-        (Err(error), None) => Err(ReadError::Parse(error.to_string())),
-        (Ok(()), None) => Ok(()),
-    }
-}
-
-/// Hands records to the sink; remembers why it stopped, since serde errors carry only text.
-struct Emitter<'a> {
-    sink: &'a mut Sink,
-    stopped: Option<ReadError>,
-}
-
-impl Emitter<'_> {
-    fn emit<E: de::Error>(&mut self, kind: &str, item: Map<String, Value>) -> Result<(), E> {
-        self.sink.blocking_send(Record { kind: kind.to_owned(), item }).map_err(|error| {
-            self.stopped = Some(error);
-            E::custom("reading stopped")
-        })
-    }
-}
-
-/// The top-level object.
-struct DocumentVisitor<'a, 'b>(&'a mut Emitter<'b>);
-
-impl<'de> DeserializeSeed<'de> for DocumentVisitor<'_, '_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for DocumentVisitor<'_, '_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an export document (a JSON object)")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let emitter = self.0;
-        while let Some(key) = map.next_key::<String>()? {
-            match key.as_str() {
-                "channels" => map.next_value_seed(List { emitter: &mut *emitter, element: Element::ChannelBlock })?,
-                "users" => map.next_value_seed(List { emitter: &mut *emitter, element: Element::Plain("user") })?,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
+/// Parses the document in `scanner` into `sink`; `Ok` only once the whole document was read.
+pub async fn read(scanner: &mut Scanner, sink: &mut Sink) -> Result<(), ReadError> {
+    match scanner.peek().await? {
+        Some(b'{') => top_object(scanner, sink).await?,
+        Some(b'[') => blocks(scanner, sink).await?,
+        Some(byte) => {
+            return Err(ReadError::Parse(format!(
+                "an export document is a JSON object or array, not one starting with byte 0x{byte:02x}"
+            )));
         }
-        Ok(())
+        None => return Err(ReadError::Parse("the file is empty".into())),
+    }
+    match scanner.peek().await? {
+        None => Ok(()),
+        Some(_) => Err(ReadError::Parse("data after the end of the document".into())),
     }
 }
 
-/// What the elements of a list are.
+/// The top-level object: the document, whose channel blocks are under `channels`, or one
+/// channel block alone (their keys do not overlap).
+async fn top_object(scanner: &mut Scanner, sink: &mut Sink) -> Result<(), ReadError> {
+    scanner.expect(b'{').await?;
+    if scanner.empty_container(b'}').await? {
+        return Ok(());
+    }
+    loop {
+        match scanner.key().await?.as_str() {
+            "channels" => blocks(scanner, sink).await?,
+            "users" => entities(scanner, sink, Element::Plain("user")).await?,
+            key => block_entry(scanner, sink, key).await?,
+        }
+        if !scanner.next_separator(b'}').await? {
+            return Ok(());
+        }
+    }
+}
+
+/// One `{"channel", "members", "messages"}` block.
+async fn block(scanner: &mut Scanner, sink: &mut Sink) -> Result<(), ReadError> {
+    scanner.expect(b'{').await?;
+    if scanner.empty_container(b'}').await? {
+        return Ok(());
+    }
+    loop {
+        let key = scanner.key().await?;
+        block_entry(scanner, sink, &key).await?;
+        if !scanner.next_separator(b'}').await? {
+            return Ok(());
+        }
+    }
+}
+
+/// The value of `key` in a channel block; keys other than a block's are skipped.
+async fn block_entry(scanner: &mut Scanner, sink: &mut Sink, key: &str) -> Result<(), ReadError> {
+    match key {
+        "channel" => {
+            let channel = entity(scanner, "channel").await?;
+            sink.send(Record { kind: "channel".into(), item: channel }).await
+        }
+        "members" => entities(scanner, sink, Element::Plain("member")).await,
+        "messages" => entities(scanner, sink, Element::Message).await,
+        _ => scanner.skip().await,
+    }
+}
+
+/// A JSON array (or `null`) of channel blocks.
+async fn blocks(scanner: &mut Scanner, sink: &mut Sink) -> Result<(), ReadError> {
+    if !array_start(scanner).await? {
+        return Ok(());
+    }
+    loop {
+        block(scanner, sink).await?;
+        if !scanner.next_separator(b']').await? {
+            return Ok(());
+        }
+    }
+}
+
+/// What the elements of a list of entities are.
 #[derive(Clone, Copy)]
 enum Element {
     /// Entities handed on as they are, under this kind.
     Plain(&'static str),
     /// Messages: each handed on, then its reactions.
     Message,
-    /// `{"channel", "members", "messages"}` blocks.
-    ChannelBlock,
 }
 
-/// A JSON array (or `null`) of elements.
-struct List<'a, 'b> {
-    emitter: &'a mut Emitter<'b>,
-    element: Element,
-}
-
-impl<'de> DeserializeSeed<'de> for List<'_, '_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
+/// A JSON array (or `null`) of entities.
+async fn entities(scanner: &mut Scanner, sink: &mut Sink, element: Element) -> Result<(), ReadError> {
+    if !array_start(scanner).await? {
+        return Ok(());
     }
-}
-
-impl<'de> Visitor<'de> for List<'_, '_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array")
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let (emitter, element) = (self.emitter, self.element);
-        while seq.next_element_seed(One { emitter: &mut *emitter, element })?.is_some() {}
-        Ok(())
-    }
-}
-
-/// One element of a list.
-struct One<'a, 'b> {
-    emitter: &'a mut Emitter<'b>,
-    element: Element,
-}
-
-impl<'de> DeserializeSeed<'de> for One<'_, '_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        match self.element {
+    loop {
+        match element {
             Element::Plain(kind) => {
-                let item = Map::deserialize(deserializer)?;
-                self.emitter.emit(kind, item)
+                let item = entity(scanner, kind).await?;
+                sink.send(Record { kind: kind.to_owned(), item }).await?;
             }
             Element::Message => {
-                let message = Map::deserialize(deserializer)?;
+                let message = entity(scanner, "message").await?;
                 let reactions: Vec<Map<String, Value>> = match message.get("latest_reactions") {
                     Some(Value::Array(reactions)) => reactions.iter().filter_map(|r| r.as_object().cloned()).collect(),
                     _ => Vec::new(),
                 };
-                self.emitter.emit("message", message)?;
-                reactions.into_iter().try_for_each(|reaction| self.emitter.emit("reaction", reaction))
+                sink.send(Record { kind: "message".into(), item: message }).await?;
+                for reaction in reactions {
+                    sink.send(Record { kind: "reaction".into(), item: reaction }).await?;
+                }
             }
-            Element::ChannelBlock => deserializer.deserialize_map(ChannelBlock(self.emitter)),
+        }
+        if !scanner.next_separator(b']').await? {
+            return Ok(());
         }
     }
 }
 
-/// One `{"channel", "members", "messages"}` block.
-struct ChannelBlock<'a, 'b>(&'a mut Emitter<'b>);
+/// Consumes `[` (`true`: elements may follow; an empty array is consumed whole and gives
+/// `false`) or `null` (`false`).
+async fn array_start(scanner: &mut Scanner) -> Result<bool, ReadError> {
+    if scanner.peek().await? == Some(b'n') {
+        let value = scanner.value().await?;
+        return match value.as_slice() {
+            b"null" => Ok(false),
+            _ => Err(ReadError::Parse("expected an array".into())),
+        };
+    }
+    scanner.expect(b'[').await?;
+    Ok(!scanner.empty_container(b']').await?)
+}
 
-impl<'de> Visitor<'de> for ChannelBlock<'_, '_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a channel block (a JSON object)")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let emitter = self.0;
-        while let Some(key) = map.next_key::<String>()? {
-            match key.as_str() {
-                "channel" => {
-                    let channel = map.next_value::<Map<String, Value>>()?;
-                    emitter.emit("channel", channel)?;
-                }
-                "members" => map.next_value_seed(List { emitter: &mut *emitter, element: Element::Plain("member") })?,
-                "messages" => map.next_value_seed(List { emitter: &mut *emitter, element: Element::Message })?,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(())
-    }
+/// One entity: a JSON object of at most the entity cap.
+async fn entity(scanner: &mut Scanner, kind: &str) -> Result<Map<String, Value>, ReadError> {
+    let bytes = scanner.value().await?;
+    serde_json::from_slice(&bytes).map_err(|error| ReadError::Parse(format!("a {kind} is not a JSON object: {error}")))
 }
 
 #[cfg(test)]
@@ -176,12 +158,16 @@ mod tests {
     use super::*;
 
     fn parse(document: &str, start: u64) -> (Result<(), ReadError>, Vec<(u64, String)>) {
+        // Small chunks, so that values cross chunk boundaries.
+        let chunks: Vec<_> = document.as_bytes().chunks(7).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+        let mut scanner = Scanner::new(crate::export::boxed(futures::stream::iter(chunks)), 1 << 20);
         let (sender, mut receiver) = mpsc::channel(1024);
-        let mut sink = Sink::new(start, sender);
-        let outcome = read(document.as_bytes(), &mut sink);
+        let mut sink = Sink::new(start, sender, std::time::Duration::from_secs(5));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let outcome = runtime.block_on(read(&mut scanner, &mut sink));
         drop(sink);
         let mut records = Vec::new();
-        while let Ok(Ok(record)) = receiver.try_recv() {
+        while let Ok(record) = receiver.try_recv() {
             records.push((record.index, record.kind));
         }
         (outcome, records)
@@ -217,5 +203,34 @@ mod tests {
         let (outcome, records) = parse(r#"{"channels": [{"channel": {"cid": "a"}, "members": [{"user_id": "#, 0);
         assert!(matches!(outcome, Err(ReadError::Parse(_))), "{outcome:?}");
         assert_eq!(records, [(0, "channel".into())]);
+    }
+
+    #[test]
+    fn a_top_level_array_of_blocks_and_a_block_alone_are_documents_too() {
+        let array = r#"[{"channel": {"cid": "a"}, "messages": [{"id": "m"}]}, {"channel": {"cid": "b"}}]"#;
+        let (outcome, records) = parse(array, 0);
+        outcome.unwrap();
+        let kinds: Vec<&str> = records.iter().map(|(_, kind)| kind.as_str()).collect();
+        assert_eq!(kinds, ["channel", "message", "channel"]);
+
+        let alone = r#"{"channel": {"cid": "a"}, "members": [{"user_id": "u"}], "messages": []}"#;
+        let (outcome, records) = parse(alone, 0);
+        outcome.unwrap();
+        let kinds: Vec<&str> = records.iter().map(|(_, kind)| kind.as_str()).collect();
+        assert_eq!(kinds, ["channel", "member"]);
+    }
+
+    #[test]
+    fn only_a_complete_document_reads_ok() {
+        for cut in [
+            r#"{"channels": [{"channel": {"cid": "a"}}]"#,
+            r#"[{"channel": {"cid": "a"}}"#,
+            r#"{"users": [{"id": "u"}"#,
+        ] {
+            let (outcome, _) = parse(cut, 0);
+            assert!(matches!(outcome, Err(ReadError::Parse(_))), "{cut}: {outcome:?}");
+        }
+        let (outcome, _) = parse(r#"{"users": []} {"#, 0);
+        assert!(matches!(outcome, Err(ReadError::Parse(_))), "trailing data: {outcome:?}");
     }
 }

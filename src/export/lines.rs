@@ -8,9 +8,6 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use super::{ReadError, Record, Sink};
 
-/// The longest line accepted: one entity, however large, but never an unbounded buffer.
-pub const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
-
 #[derive(Deserialize)]
 struct Envelope {
     #[serde(rename = "type")]
@@ -18,15 +15,16 @@ struct Envelope {
     item: Map<String, Value>,
 }
 
-/// Reads every line of `reader` into `sink`. Blank lines are skipped.
-pub async fn read(reader: impl AsyncRead + Unpin, sink: &mut Sink) -> Result<(), ReadError> {
-    let mut lines = FramedRead::new(reader, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+/// Reads every line of `reader` into `sink`. Blank lines are skipped; a line longer than
+/// `max_line_bytes` ends reading before it is buffered whole.
+pub async fn read(reader: impl AsyncRead + Unpin, sink: &mut Sink, max_line_bytes: usize) -> Result<(), ReadError> {
+    let mut lines = FramedRead::new(reader, LinesCodec::new_with_max_length(max_line_bytes));
     let mut number = 0u64;
     while let Some(line) = lines.next().await {
         number += 1;
         let line = line.map_err(|error| match error {
             LinesCodecError::MaxLineLengthExceeded => {
-                ReadError::Parse(format!("line {number} is longer than {MAX_LINE_BYTES} bytes"))
+                ReadError::Parse(format!("line {number} is longer than the limit of {max_line_bytes} bytes"))
             }
             LinesCodecError::Io(error) => super::io_error(error),
         })?;

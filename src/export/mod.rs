@@ -1,30 +1,35 @@
 //! Reading a finished export: download its file with streaming I/O and turn it into records as
-//! the bytes arrive, in bounded memory.
+//! the bytes arrive, in bounded memory, on async tasks only.
 //!
 //! - [`format`] tells a JSON-lines file (v2 channel exports, users exports) from a v1 document by
 //!   its first key, without reading more than a few kilobytes.
 //! - [`lines`] parses JSON lines, one record per line.
-//! - [`document`] parses a v1 document incrementally, one record per channel, member, message,
-//!   reaction and user, never holding more than one entity.
+//! - [`scan`] finds JSON value boundaries in a byte stream; [`document`] uses it to parse a v1
+//!   document one record per channel, member, message, reaction and user.
+//! - [`session`] is one ReadExport stream: its limits, the task that reads the file, and the
+//!   stream the client polls, which ends OK only when the whole file was read.
 //!
 //! Records go into a bounded channel: when the client reads slowly the channel fills, the
-//! parser waits, and so does the download.
+//! parser waits, and so does the download; when the client stops reading for the idle timeout,
+//! the stream ends.
 
 pub mod document;
 pub mod format;
 pub mod lines;
+pub mod scan;
+pub mod session;
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
-use tokio_util::io::{StreamReader, SyncIoBridge};
-use tonic::Status;
+use tokio_util::io::StreamReader;
 
-use crate::{
-    proto::ExportRecord,
-    service::{convert, errors},
-};
+use crate::{proto::ExportRecord, service::convert};
+
+pub use session::{ReadLimits, RecordStream};
 
 /// One entity of an export file.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,22 +49,33 @@ pub enum ReadError {
     /// The download broke.
     #[error("the download failed: {0}")]
     Download(String),
-    /// The file is not what an export should be.
+    /// The file is not what an export should be (or exceeds a limit).
     #[error("the export file cannot be parsed: {0}")]
     Parse(String),
+    /// The client read nothing for this long while records waited.
+    #[error("the client read nothing for {0:?}")]
+    Idle(Duration),
+    /// The stream lived as long as it may.
+    #[error("the stream reached its maximum lifetime of {0:?}")]
+    Lifetime(Duration),
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
 }
 
-/// Numbers records, skips those before `start`, and hands the rest to the client's channel.
+/// Numbers records, skips those before `start`, and hands the rest to the client's channel,
+/// giving up when the client has not taken one for the idle timeout.
 pub struct Sink {
     next_index: u64,
     start: u64,
-    sender: mpsc::Sender<Result<ExportRecord, Status>>,
+    sender: mpsc::Sender<ExportRecord>,
+    idle_timeout: Duration,
 }
 
 impl Sink {
     /// A sink that delivers records from index `start` into `sender`.
-    pub fn new(start: u64, sender: mpsc::Sender<Result<ExportRecord, Status>>) -> Self {
-        Self { next_index: 0, start, sender }
+    pub fn new(start: u64, sender: mpsc::Sender<ExportRecord>, idle_timeout: Duration) -> Self {
+        Self { next_index: 0, start, sender, idle_timeout }
     }
 
     fn record(&mut self, record: Record) -> Option<ExportRecord> {
@@ -72,70 +88,53 @@ impl Sink {
         })
     }
 
-    /// Delivers a record, waiting while the client's buffer is full.
+    /// Delivers a record, waiting (at most the idle timeout) while the client's buffer is full.
     pub async fn send(&mut self, record: Record) -> Result<(), ReadError> {
-        match self.record(record) {
-            Some(record) => self.sender.send(Ok(record)).await.map_err(|_| ReadError::Stopped),
-            None => Ok(()),
+        let Some(record) = self.record(record) else { return Ok(()) };
+        match tokio::time::timeout(self.idle_timeout, self.sender.reserve()).await {
+            Ok(Ok(slot)) => {
+                slot.send(record);
+                Ok(())
+            }
+            Ok(Err(_)) => Err(ReadError::Stopped),
+            Err(_) => Err(ReadError::Idle(self.idle_timeout)),
         }
-    }
-
-    /// [`Self::send`] for the parser's blocking thread.
-    pub fn blocking_send(&mut self, record: Record) -> Result<(), ReadError> {
-        match self.record(record) {
-            Some(record) => self.sender.blocking_send(Ok(record)).map_err(|_| ReadError::Stopped),
-            None => Ok(()),
-        }
-    }
-
-    /// Ends the client's stream with the status for `error`, naming the first record not sent.
-    pub async fn fail(self, error: ReadError) {
-        let next_index = self.next_index.max(self.start);
-        let status = match error {
-            ReadError::Stopped => return,
-            ReadError::Download(detail) => errors::download_failed(&detail, next_index),
-            ReadError::Parse(detail) => errors::export_unreadable(&detail, next_index),
-        };
-        let _ = self.sender.send(Err(status)).await;
     }
 }
 
-/// Reads the export file in `body` into `sink` and reports how it ended.
-pub async fn read<S>(body: S, mut sink: Sink)
+/// Reads the export file in `body` into `sink`, within the entity and file caps of `limits`;
+/// `Ok` only once the file was read to its end.
+pub async fn read<S>(body: S, sink: &mut Sink, limits: &ReadLimits) -> Result<(), ReadError>
 where
     S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
 {
-    let body = body.map_err(|error| std::io::Error::other(error.without_url()));
-    let (format, body) = match format::sniff(body).await {
-        Ok(sniffed) => sniffed,
-        Err(error) => return sink.fail(error).await,
-    };
+    let body = capped(body.map_err(|error| std::io::Error::other(error.without_url())), limits.max_file_bytes);
+    let (format, body) = format::sniff(body).await?;
     tracing::debug!(?format, "reading export");
-    let outcome = match format {
-        format::Format::JsonLines => lines::read(StreamReader::new(body), &mut sink).await,
+    match format {
+        format::Format::JsonLines => lines::read(StreamReader::new(body), sink, limits.max_entity_bytes).await,
         format::Format::Document => {
-            // serde_json reads a byte at a time: buffer, or every byte crosses the bridge.
-            let reader = std::io::BufReader::with_capacity(64 * 1024, SyncIoBridge::new(StreamReader::new(body)));
-            let parsed = tokio::task::spawn_blocking(move || {
-                let outcome = document::read(reader, &mut sink);
-                (outcome, sink)
-            })
-            .await;
-            match parsed {
-                Ok((outcome, returned)) => {
-                    sink = returned;
-                    outcome
-                }
-                Err(join) => {
-                    tracing::error!(%join, "the export parser stopped abnormally");
-                    return;
-                }
-            }
+            let mut scanner = scan::Scanner::new(body, limits.max_entity_bytes);
+            document::read(&mut scanner, sink).await
         }
-    };
-    if let Err(error) = outcome {
-        sink.fail(error).await;
     }
+}
+
+/// Ends `body` with an error once it has given more than `max_bytes`.
+fn capped<S>(body: S, max_bytes: u64) -> ByteStream
+where
+    S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+{
+    let mut total = 0u64;
+    boxed(body.map(move |chunk| {
+        let chunk = chunk?;
+        total = total.saturating_add(chunk.len() as u64);
+        if total > max_bytes {
+            let why = format!("the export file is larger than the limit of {max_bytes} bytes");
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
+        }
+        Ok(chunk)
+    }))
 }
 
 /// Turns a boxed byte stream error into a [`ReadError`].

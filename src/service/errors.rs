@@ -76,8 +76,16 @@ pub mod reason {
     pub const TASK_NOT_COMPLETED: &str = "TASK_NOT_COMPLETED";
     /// ReadExport: the download of the file failed; resume at `next_index`.
     pub const DOWNLOAD_FAILED: &str = "DOWNLOAD_FAILED";
-    /// ReadExport: the file is not a readable export; `next_index` says where it broke.
+    /// ReadExport: the file is not a readable export (or exceeds a limit); `next_index` says
+    /// where it broke.
     pub const EXPORT_UNREADABLE: &str = "EXPORT_UNREADABLE";
+    /// ReadExport: the server ended the stream (idle client, maximum lifetime); resume at
+    /// `next_index`.
+    pub const READ_INTERRUPTED: &str = "READ_INTERRUPTED";
+    /// ReadExport: reading stopped abnormally (a server fault); `next_index` says where.
+    pub const READ_ABORTED: &str = "READ_ABORTED";
+    /// The replica has as many ReadExport streams open as it allows.
+    pub const READ_LIMIT_REACHED: &str = "READ_LIMIT_REACHED";
 }
 
 /// FAILED_PRECONDITION when ReadExport asks for a task that has no file.
@@ -118,6 +126,47 @@ pub fn export_unreadable(detail: &str, next_index: u64) -> Status {
     let details = ErrorDetails::with_error_info(reason::EXPORT_UNREADABLE, DOMAIN, next_index_metadata(next_index));
     let message = format!("the export file cannot be read at record {next_index}: {detail}");
     build(Code::DataLoss, message, details)
+}
+
+/// UNAVAILABLE when the server ends a ReadExport stream itself (the client stopped reading,
+/// or the stream reached its maximum lifetime); the client resumes at `next_index`.
+pub fn read_interrupted(why: &str, next_index: u64) -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(RESUME_DELAY));
+    details.set_error_info(reason::READ_INTERRUPTED, DOMAIN, next_index_metadata(next_index));
+    let message = format!("the export stream was ended before record {next_index}: {why}; resume there");
+    Status::with_error_details(Code::Unavailable, message, details)
+}
+
+/// UNAVAILABLE `SHUTTING_DOWN` for a ReadExport stream still open when the drain ends; the
+/// client resumes at `next_index` on another replica.
+pub fn read_shutting_down(next_index: u64) -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(RESUME_DELAY));
+    details.set_error_info(reason::SHUTTING_DOWN, DOMAIN, next_index_metadata(next_index));
+    let message = format!("the server is shutting down; resume the export at record {next_index}");
+    Status::with_error_details(Code::Unavailable, message, details)
+}
+
+/// INTERNAL when reading an export stopped abnormally: never OK, so that a truncated export
+/// cannot look complete.
+pub fn read_aborted(next_index: u64) -> Status {
+    let details = ErrorDetails::with_error_info(reason::READ_ABORTED, DOMAIN, next_index_metadata(next_index));
+    let message = format!("reading the export stopped abnormally before record {next_index}");
+    Status::with_error_details(Code::Internal, message, details)
+}
+
+/// RESOURCE_EXHAUSTED, at once, when the replica has as many ReadExport streams as it allows.
+pub fn read_limit_reached(limit: usize) -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(DEFAULT_RETRY_DELAY));
+    details.set_error_info(
+        reason::READ_LIMIT_REACHED,
+        DOMAIN,
+        HashMap::from([("limit".to_owned(), limit.to_string())]),
+    );
+    details.add_quota_failure_violation(
+        "stream-export:read-streams",
+        format!("at most {limit} concurrent ReadExport streams"),
+    );
+    Status::with_error_details(Code::ResourceExhausted, format!("too many ReadExport streams (limit {limit})"), details)
 }
 
 fn next_index_metadata(next_index: u64) -> HashMap<String, String> {

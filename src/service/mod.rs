@@ -18,14 +18,14 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 use chrono::Utc;
 use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::{sync::mpsc, time::Instant};
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio::time::Instant;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use self::{audit::Subject, caller::Caller};
 use crate::{
-    export,
+    export::{self, ReadLimits},
     idempotency::{Fingerprint, SubmitStore},
     proto::{
         ExportChannelsRequest, ExportChannelsResponse, ExportRecord, ExportUserRequest, ExportUserResponse,
@@ -43,11 +43,13 @@ pub struct CallLimits {
     pub max_in_flight: usize,
     /// The longest a unary call may take, whatever deadline the caller sent.
     pub unary_timeout: Duration,
+    /// Limits of ReadExport streams.
+    pub reads: ReadLimits,
 }
 
 impl Default for CallLimits {
     fn default() -> Self {
-        Self { max_in_flight: 1024, unary_timeout: Duration::from_secs(30) }
+        Self { max_in_flight: 1024, unary_timeout: Duration::from_secs(30), reads: ReadLimits::default() }
     }
 }
 
@@ -59,13 +61,58 @@ pub struct ExportApi {
     submits: Arc<dyn SubmitStore>,
     limits: CallLimits,
     in_flight: Arc<Semaphore>,
+    /// One permit per ReadExport stream that is reading its file.
+    read_streams: Arc<Semaphore>,
+    /// Cancelled when the drain ends the ReadExport streams still open.
+    reads_ending: CancellationToken,
 }
 
 impl ExportApi {
     /// A service that sends every request through `client`, watches tasks through `hub` and
     /// records submits in `submits`.
     pub fn new(client: StreamClient, hub: WatchHub, submits: Arc<dyn SubmitStore>, limits: CallLimits) -> Self {
-        Self { client, hub, submits, in_flight: Arc::new(Semaphore::new(limits.max_in_flight)), limits }
+        Self {
+            client,
+            hub,
+            submits,
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            read_streams: Arc::new(Semaphore::new(limits.reads.max_streams)),
+            reads_ending: CancellationToken::new(),
+            limits,
+        }
+    }
+
+    /// Cancelling this token ends every open ReadExport stream with UNAVAILABLE `SHUTTING_DOWN`
+    /// and its `next_index` (the end of the drain).
+    pub fn read_streams_ending(&self) -> CancellationToken {
+        self.reads_ending.clone()
+    }
+
+    /// Checks a ReadExport request and opens its file: the task must be completed, and the
+    /// stream takes one of the replica's ReadExport slots (or is refused at once).
+    async fn open_export(&self, request: &Request<ReadExportRequest>) -> Result<export::RecordStream, Status> {
+        let ReadExportRequest { task_id, start_index } = request.get_ref();
+        validation::task_id(task_id).map_err(errors::invalid_request)?;
+        let reads = self.limits.reads;
+        let slot = Arc::clone(&self.read_streams)
+            .try_acquire_owned()
+            .map_err(|_| errors::read_limit_reached(reads.max_streams))?;
+        // Reading the task re-signs its URL; only that URL is ever fetched.
+        let status = self
+            .client
+            .get_task(task_id, Some(self.deadline(request)))
+            .await
+            .map_err(|error| upstream_failure(&error))?;
+        let task = convert::task(status.body, Utc::now());
+        let url = match (task.state(), task.result) {
+            (TaskState::Completed, Some(result)) if !result.url.is_empty() => result.url,
+            _ => return Err(errors::task_not_completed(&task.upstream_status)),
+        };
+        let response = self.client.download(&url).await.map_err(|error| {
+            tracing::warn!(%error, "export download refused");
+            errors::download_not_started(&error, *start_index)
+        })?;
+        Ok(export::session::start(response.bytes_stream(), *start_index, reads, slot, self.reads_ending.clone()))
     }
 
     /// Lets a call in (unary, or a stream being set up), or turns it away at once: while
@@ -122,10 +169,6 @@ impl ExportApi {
         Ok(submitted.task_id)
     }
 }
-
-/// Records buffered between the export parser and a ReadExport client: enough to keep the
-/// download busy, small enough that a slow client slows the download instead of filling memory.
-const RECORD_BUFFER: usize = 64;
 
 /// The largest response message the service sends and its CLI accepts. An `ExportUser` answer is
 /// one message holding the whole user (up to `stream::body::MAX_USER_EXPORT_BODY_BYTES` of JSON,
@@ -226,26 +269,11 @@ impl ExportService for ExportApi {
     ) -> Result<Response<Self::ReadExportStream>, Status> {
         let _admitted = self.admit()?;
         let caller = Caller::of(&request);
-        let deadline = self.deadline(&request);
-        let ReadExportRequest { task_id, start_index } = request.get_ref();
+        let task_id = &request.get_ref().task_id;
         annotate_span(&caller, Some(task_id));
-        validation::task_id(task_id).map_err(errors::invalid_request)?;
-        // Reading the task re-signs its URL; only that URL is ever fetched.
-        let status = self.client.get_task(task_id, Some(deadline)).await.map_err(|error| upstream_failure(&error))?;
-        let task = convert::task(status.body, Utc::now());
-        let url = match (task.state(), task.result) {
-            (TaskState::Completed, Some(result)) if !result.url.is_empty() => result.url,
-            _ => return Err(errors::task_not_completed(&task.upstream_status)),
-        };
-        let response = self.client.download(&url).await.map_err(|error| {
-            tracing::warn!(%error, "export download refused");
-            errors::download_not_started(&error, *start_index)
-        })?;
-        audit::record(&caller, "ReadExport", &Subject::Task(task_id), Ok(task_id));
-        let (sender, receiver) = mpsc::channel(RECORD_BUFFER);
-        let sink = export::Sink::new(*start_index, sender);
-        tokio::spawn(export::read(response.bytes_stream(), sink).in_current_span());
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        let opened = self.open_export(&request).await;
+        audit::record(&caller, "ReadExport", &Subject::Task(task_id), opened.as_ref().map(|_| task_id.as_str()));
+        Ok(Response::new(Box::pin(opened?)))
     }
 
     type WatchTaskStream = TaskEventStream;
