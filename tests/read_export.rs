@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    TestApp, assert_status,
+    TestApp, assert_status, read_export_to_end,
     records::{expected_records, json_of, normalised},
     spawn_app,
 };
@@ -15,10 +15,9 @@ use stream_export::{
     emulator::data::{HEAVY_CHANNEL, HEAVY_USER, KNOWN_CHANNEL, KNOWN_USER, TEAM_CHANNEL},
     proto::{
         ChannelRef, ExportChannelsRequest, ExportFormatVersion, ExportRecord, ExportUsersRequest, GetTaskRequest,
-        ReadExportRequest, TaskState,
+        TaskState,
     },
 };
-use tokio_stream::StreamExt;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -53,25 +52,6 @@ async fn wait_completed(app: &TestApp, task_id: String) -> (String, String) {
     panic!("task {task_id} did not complete");
 }
 
-/// Reads a ReadExport stream to its end: the records, and the error that ended it, if any.
-async fn read(app: &TestApp, task_id: &str, start_index: u64) -> (Vec<ExportRecord>, Option<Status>) {
-    let mut client = app.client.clone();
-    let request = ReadExportRequest { task_id: task_id.into(), start_index };
-    let mut stream = match client.read_export(request).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => return (Vec::new(), Some(status)),
-    };
-    let mut records = Vec::new();
-    while let Some(item) = tokio::time::timeout(Duration::from_secs(30), stream.next()).await.expect("records in time")
-    {
-        match item {
-            Ok(record) => records.push(record),
-            Err(status) => return (records, Some(status)),
-        }
-    }
-    (records, None)
-}
-
 async fn download(app: &TestApp, url: &str) -> String {
     app.emulator.http.get(url).send().await.unwrap().text().await.unwrap()
 }
@@ -97,7 +77,7 @@ async fn v2_and_v1_exports_arrive_record_by_record() {
             ["channel", "member", "message", "reaction", "user"].iter().all(|k| kinds.contains(k)),
             "{version:?} covers every kind: {kinds:?}"
         );
-        let (records, end) = read(&app, &task_id, 0).await;
+        let (records, end) = read_export_to_end(&app, &task_id, 0).await;
         assert!(end.is_none(), "{version:?}: {end:?}");
         assert_same(&records, &expected, 0);
     }
@@ -111,7 +91,7 @@ async fn large_exports_of_both_versions_and_a_users_export() {
         let (task_id, url) = completed_channel_export(&app, &[HEAVY_CHANNEL], version).await;
         let expected = expected_records(&download(&app, &url).await);
         assert!(expected.len() > 10_000, "the heavy channel is large: {}", expected.len());
-        let (records, end) = read(&app, &task_id, 0).await;
+        let (records, end) = read_export_to_end(&app, &task_id, 0).await;
         assert!(end.is_none(), "{end:?}");
         assert_same(&records, &expected, 0);
     }
@@ -120,7 +100,7 @@ async fn large_exports_of_both_versions_and_a_users_export() {
     let task_id = client.export_users(request).await.unwrap().into_inner().task_id;
     let (task_id, url) = wait_completed(&app, task_id).await;
     let expected = expected_records(&download(&app, &url).await);
-    let (records, end) = read(&app, &task_id, 0).await;
+    let (records, end) = read_export_to_end(&app, &task_id, 0).await;
     assert!(end.is_none());
     assert_same(&records, &expected, 0);
     assert_eq!(records.iter().filter(|r| r.kind == "user").count(), 2);
@@ -134,7 +114,7 @@ async fn a_broken_download_says_where_to_resume_and_the_resume_completes_the_exp
     let expected = expected_records(&download(&app, &url).await);
 
     app.emulator.inject("download", 1, json!({"kind": "truncated"})).await;
-    let (first, end) = read(&app, &task_id, 0).await;
+    let (first, end) = read_export_to_end(&app, &task_id, 0).await;
     let status = end.expect("the stream ends with an error");
     let details = assert_status(&status, Code::Unavailable, "DOWNLOAD_FAILED");
     let next: u64 = details.error_info().unwrap().metadata["next_index"].parse().unwrap();
@@ -142,14 +122,14 @@ async fn a_broken_download_says_where_to_resume_and_the_resume_completes_the_exp
     assert!(!first.is_empty() && (first.len() as u64) < expected.len() as u64, "it broke mid-way");
     assert!(status.message().contains(&next.to_string()), "the message says at which record: {}", status.message());
 
-    let (rest, end) = read(&app, &task_id, next).await;
+    let (rest, end) = read_export_to_end(&app, &task_id, next).await;
     assert!(end.is_none(), "{end:?}");
     let mut all = first;
     all.extend(rest);
     assert_same(&all, &expected, 0);
 
     // A client may also resume anywhere by choice.
-    let (tail, _) = read(&app, &task_id, expected.len() as u64 - 3).await;
+    let (tail, _) = read_export_to_end(&app, &task_id, expected.len() as u64 - 3).await;
     assert_same(&tail, &expected[expected.len() - 3..], expected.len() as u64 - 3);
     app.stop().await;
 }
@@ -161,16 +141,16 @@ async fn only_completed_tasks_can_be_read() {
     let request = ExportChannelsRequest { channels: vec![channel(KNOWN_CHANNEL)], ..Default::default() };
     let task_id = client.export_channels(request).await.unwrap().into_inner().task_id;
     app.emulator.steer(&task_id, json!({"hold": true})).await;
-    let (_, end) = read(&app, &task_id, 0).await;
+    let (_, end) = read_export_to_end(&app, &task_id, 0).await;
     assert_status(&end.expect("refused"), Code::FailedPrecondition, "TASK_NOT_COMPLETED");
 
     let request = ExportUsersRequest { user_ids: vec![HEAVY_USER.into()], ..Default::default() };
     let failed = client.export_users(request).await.unwrap().into_inner().task_id;
     app.emulator.steer(&failed, json!({"status": "failed"})).await;
-    let (_, end) = read(&app, &failed, 0).await;
+    let (_, end) = read_export_to_end(&app, &failed, 0).await;
     assert_status(&end.expect("refused"), Code::FailedPrecondition, "TASK_NOT_COMPLETED");
 
-    let (_, end) = read(&app, &uuid::Uuid::new_v4().to_string(), 0).await;
+    let (_, end) = read_export_to_end(&app, &uuid::Uuid::new_v4().to_string(), 0).await;
     assert_status(&end.expect("refused"), Code::NotFound, "TASK_NOT_FOUND");
     assert_eq!(app.emulator.requests("download").await, 0, "nothing was downloaded");
     app.stop().await;
@@ -189,7 +169,7 @@ async fn synthetic_exports_of_both_versions_stream_completely() {
             )
             .await;
         let task_id = created["task_id"].as_str().unwrap();
-        let (read, end) = read(&app, task_id, 0).await;
+        let (read, end) = read_export_to_end(&app, task_id, 0).await;
         assert!(end.is_none(), "{version}: {end:?}");
         assert_eq!(read.len() as u64, expected, "{version}: a channel, every message, a reaction per ten (v2)");
         assert_eq!(read[0].kind, "channel");
@@ -205,7 +185,7 @@ fn next_index(status: &Status) -> u64 {
 /// Serves `body` as the next download of a completed V1 export, and reads it.
 async fn read_served(app: &TestApp, task_id: &str, body: &str) -> (Vec<ExportRecord>, Option<Status>) {
     app.emulator.inject("download", 1, json!({"kind": "non_json", "status": 200, "body": body})).await;
-    read(app, task_id, 0).await
+    read_export_to_end(app, task_id, 0).await
 }
 
 #[tokio::test]
@@ -238,7 +218,7 @@ async fn every_v1_document_shape_is_read_and_only_a_complete_one_ends_ok() {
 
     // Cut by the connection mid-body.
     app.emulator.inject("download", 1, json!({"kind": "truncated"})).await;
-    let (records, end) = read(&app, &task_id, 0).await;
+    let (records, end) = read_export_to_end(&app, &task_id, 0).await;
     let status = end.expect("a download cut mid-body is not complete");
     assert_status(&status, Code::Unavailable, "DOWNLOAD_FAILED");
     assert_eq!(next_index(&status), records.len() as u64);

@@ -7,7 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    API_KEY, API_SECRET, Options, TestApp, TestEmulator, assert_status, process::ServiceProcess, spawn_app_with,
+    API_KEY, API_SECRET, Options, TestApp, TestEmulator, assert_status, process::ServiceProcess, read_export_to_end,
+    spawn_app_with,
 };
 use serde_json::json;
 use stream_export::{
@@ -15,28 +16,8 @@ use stream_export::{
     export::ReadLimits,
     proto::{ExportRecord, GetTaskRequest, ReadExportRequest, TaskState},
 };
-use tokio_stream::StreamExt;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
-
-/// Reads a ReadExport stream to its end: the records, and the error that ended it, if any.
-async fn read(app: &TestApp, task_id: &str, start_index: u64) -> (Vec<ExportRecord>, Option<Status>) {
-    let mut client = app.client.clone();
-    let request = ReadExportRequest { task_id: task_id.into(), start_index };
-    let mut stream = match client.read_export(request).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => return (Vec::new(), Some(status)),
-    };
-    let mut records = Vec::new();
-    while let Some(item) = tokio::time::timeout(Duration::from_secs(60), stream.next()).await.expect("records in time")
-    {
-        match item {
-            Ok(record) => records.push(record),
-            Err(status) => return (records, Some(status)),
-        }
-    }
-    (records, None)
-}
 
 /// Creates a completed synthetic export (generated on the fly by the emulator).
 async fn synthetic(app: &TestApp, version: &str, records: u64, record_bytes: usize) -> String {
@@ -176,7 +157,7 @@ async fn an_entity_over_the_default_cap_ends_the_stream_with_data_loss_before_it
     let over = ReadLimits::default().max_entity_bytes + 1024;
     for version in ["v2", "v1"] {
         let task_id = synthetic(&app, version, 1, over).await;
-        let (records, end) = read(&app, &task_id, 0).await;
+        let (records, end) = read_export_to_end(&app, &task_id, 0).await;
         let status = end.unwrap_or_else(|| panic!("{version}: an oversize entity is refused"));
         assert_status(&status, Code::DataLoss, "EXPORT_UNREADABLE");
         assert_eq!(records.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(), ["channel"], "{version}");
@@ -191,7 +172,7 @@ async fn a_file_over_the_size_cap_ends_the_stream_with_data_loss() {
     let app = spawn_with_reads(|reads| reads.max_file_bytes = 100_000).await;
     for version in ["v2", "v1"] {
         let task_id = synthetic(&app, version, 2_000, 300).await;
-        let (records, end) = read(&app, &task_id, 0).await;
+        let (records, end) = read_export_to_end(&app, &task_id, 0).await;
         let status = end.unwrap_or_else(|| panic!("{version}: an oversize file is refused"));
         assert_status(&status, Code::DataLoss, "EXPORT_UNREADABLE");
         assert!(!records.is_empty() && records.len() < 400, "{version}: {} records", records.len());

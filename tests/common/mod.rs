@@ -239,3 +239,27 @@ pub fn assert_status(status: &Status, code: Code, reason: &str) -> ErrorDetails 
 pub fn violated_fields(details: &ErrorDetails) -> Vec<String> {
     details.bad_request().map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect()).unwrap_or_default()
 }
+
+/// Reads a ReadExport stream to its end: the records, and the error that ended it, if any.
+pub async fn read_export_to_end(
+    app: &TestApp,
+    task_id: &str,
+    start_index: u64,
+) -> (Vec<stream_export::proto::ExportRecord>, Option<Status>) {
+    use tokio_stream::StreamExt;
+    let mut client = app.client.clone();
+    let request = stream_export::proto::ReadExportRequest { task_id: task_id.into(), start_index };
+    let mut stream = match client.read_export(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return (Vec::new(), Some(status)),
+    };
+    let mut records = Vec::new();
+    while let Some(item) = tokio::time::timeout(Duration::from_secs(60), stream.next()).await.expect("records in time")
+    {
+        match item {
+            Ok(record) => records.push(record),
+            Err(status) => return (records, Some(status)),
+        }
+    }
+    (records, None)
+}
