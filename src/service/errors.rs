@@ -134,7 +134,7 @@ pub fn read_interrupted(why: &str, next_index: u64) -> Status {
     let mut details = ErrorDetails::with_retry_info(Some(RESUME_DELAY));
     details.set_error_info(reason::READ_INTERRUPTED, DOMAIN, next_index_metadata(next_index));
     let message = format!("the export stream was ended before record {next_index}: {why}; resume there");
-    Status::with_error_details(Code::Unavailable, message, details)
+    build(Code::Unavailable, message, details)
 }
 
 /// UNAVAILABLE `SHUTTING_DOWN` for a ReadExport stream still open when the drain ends; the
@@ -143,7 +143,7 @@ pub fn read_shutting_down(next_index: u64) -> Status {
     let mut details = ErrorDetails::with_retry_info(Some(RESUME_DELAY));
     details.set_error_info(reason::SHUTTING_DOWN, DOMAIN, next_index_metadata(next_index));
     let message = format!("the server is shutting down; resume the export at record {next_index}");
-    Status::with_error_details(Code::Unavailable, message, details)
+    build(Code::Unavailable, message, details)
 }
 
 /// INTERNAL when reading an export stopped abnormally: never OK, so that a truncated export
@@ -151,7 +151,7 @@ pub fn read_shutting_down(next_index: u64) -> Status {
 pub fn read_aborted(next_index: u64) -> Status {
     let details = ErrorDetails::with_error_info(reason::READ_ABORTED, DOMAIN, next_index_metadata(next_index));
     let message = format!("reading the export stopped abnormally before record {next_index}");
-    Status::with_error_details(Code::Internal, message, details)
+    build(Code::Internal, message, details)
 }
 
 /// RESOURCE_EXHAUSTED, at once, when the replica has as many ReadExport streams as it allows.
@@ -166,7 +166,7 @@ pub fn read_limit_reached(limit: usize) -> Status {
         "stream-export:read-streams",
         format!("at most {limit} concurrent ReadExport streams"),
     );
-    Status::with_error_details(Code::ResourceExhausted, format!("too many ReadExport streams (limit {limit})"), details)
+    build(Code::ResourceExhausted, format!("too many ReadExport streams (limit {limit})"), details)
 }
 
 fn next_index_metadata(next_index: u64) -> HashMap<String, String> {
