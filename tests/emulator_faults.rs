@@ -22,15 +22,16 @@ async fn status_fault_gives_a_stream_error_before_auth_for_count_requests() {
     let emu = start().await;
     inject(&emu, "export_user", 2, json!({"kind": "status", "status": 503, "code": -1, "message": "upstream down"}))
         .await;
+    // Other routes are not affected while the fault is armed.
+    emu.export_channels(json!({"channels": [{"cid": KNOWN_CHANNEL}]})).await;
     // no api_key at all: the fault answers first, as the edge would
     let first = Emu::send(emu.http.get(format!("{}{}", emu.base, user_path()))).await;
     let body = first.assert_error(503, -1);
     assert_eq!(body["message"], "upstream down");
     emu.get(&user_path()).await.assert_error(503, -1);
     assert_eq!(emu.get(&user_path()).await.status, StatusCode::OK);
-    // other routes were never affected
     let counters = emu.control(Method::GET, "counters", None).await;
-    assert_eq!(counters["routes"]["export_user"], json!(3));
+    assert_eq!((&counters["routes"]["export_user"], &counters["routes"]["export_channels"]), (&json!(3), &json!(1)));
 }
 
 #[tokio::test]

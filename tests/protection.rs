@@ -9,7 +9,7 @@ use common::{Options, assert_status, spawn_app_with};
 use serde_json::json;
 use stream_export::{
     emulator::data::KNOWN_USER,
-    proto::{ExportUserRequest, GetTaskRequest},
+    proto::{ExportUserRequest, ExportUsersRequest, GetTaskRequest},
 };
 use tonic::Code;
 
@@ -51,9 +51,12 @@ async fn oversized_requests_are_refused_before_anything_goes_upstream() {
     })
     .await;
     let mut client = app.client.clone();
-    let status = client.export_user(ExportUserRequest { user_id: "u".repeat(4096) }).await.unwrap_err();
+    // A valid request (25 user ids of 60 characters), only too large: without the limit it
+    // would go upstream and start an export.
+    let user_ids: Vec<String> = (0..25).map(|i| format!("{i:02}-{}", "u".repeat(57))).collect();
+    let status = client.export_users(ExportUsersRequest { user_ids, request_id: String::new() }).await.unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-    assert_eq!(app.emulator.requests("export_user").await, 0);
+    assert_eq!(app.emulator.requests("export_users").await, 0);
     app.stop().await;
 }
 

@@ -308,6 +308,12 @@ async fn the_callers_deadline_is_honoured() {
 #[tokio::test]
 async fn the_poller_slows_down_as_streams_rate_limit_runs_low() {
     let mut app = spawn_app().await;
+    // Stream's windows are clock minutes: start at the top of one (on the emulator's clock), so
+    // that no new window opens during the test and hides a poller that spent the whole window.
+    let clock = app.emulator.control(reqwest::Method::GET, "clock", None).await;
+    let now = chrono::DateTime::parse_from_rfc3339(clock["now"].as_str().unwrap()).unwrap();
+    let to_next_minute = 60 - i64::from(chrono::Timelike::second(&now));
+    app.emulator.control(reqwest::Method::POST, "clock", Some(json!({"advance_secs": to_next_minute}))).await;
     app.emulator.control(reqwest::Method::PUT, "rate_limits", Some(json!({"get_task": 10}))).await;
     let task_id = held_task(&mut app).await;
     let mut stream = watch(&app, &task_id).await.unwrap();
