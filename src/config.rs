@@ -488,3 +488,27 @@ pub fn parse_base_url(raw: &str) -> Result<Url, ConfigError> {
     }
     Ok(url)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// `stream-export serve`'s flags alone.
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    /// The defaults are written twice, as clap's default strings and as the `Default` impls
+    /// that in-process tests and embedders use: the binary and the tests must run the same
+    /// service. (Any `STREAM_EXPORT_*` variable set where the tests run shows up as a difference.)
+    #[test]
+    fn the_flags_defaults_are_the_default_settings() {
+        let parsed = Serve::try_parse_from(["serve", "--emulator"]).unwrap().args.into_settings().unwrap();
+        let defaults = Settings::new(parsed.listen, Upstream::Emulator);
+        assert_eq!(format!("{parsed:#?}"), format!("{defaults:#?}"));
+    }
+}
