@@ -21,4 +21,11 @@ pub mod proto {
 
     /// The encoded descriptor set of the contract, served by gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("streamexport_descriptor");
+
+    impl TaskState {
+        /// Whether the task has ended (completed, failed or canceled): it changes no more.
+        pub fn is_terminal(self) -> bool {
+            matches!(self, Self::Completed | Self::Failed | Self::Canceled)
+        }
+    }
 }

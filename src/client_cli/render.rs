@@ -18,11 +18,6 @@ pub fn event_type_name(kind: EventType) -> &'static str {
     name.strip_prefix("EVENT_TYPE_").unwrap_or(name)
 }
 
-/// Whether a state is terminal.
-pub fn is_terminal(state: TaskState) -> bool {
-    matches!(state, TaskState::Completed | TaskState::Failed | TaskState::Canceled)
-}
-
 /// A protobuf timestamp as a UTC instant.
 pub fn instant(timestamp: &Timestamp) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(timestamp.seconds, u32::try_from(timestamp.nanos).unwrap_or(0))

@@ -8,7 +8,6 @@ use crate::{
     client_cli::{
         Session,
         failure::{Failure, reason, retry_delay},
-        render::is_terminal,
     },
     proto::{Task, WatchTaskRequest},
 };
@@ -37,7 +36,7 @@ pub async fn follow(session: &mut Session, task_id: &str) -> Result<Task, Failur
                         Ok(Ok(Some(event))) => {
                             interruptions = 0;
                             session.display.event(&event);
-                            if let Some(task) = event.task.filter(|t| is_terminal(t.state())) {
+                            if let Some(task) = event.task.filter(|t| t.state().is_terminal()) {
                                 return Ok(task);
                             }
                         }

@@ -63,7 +63,7 @@ impl EventStream {
                         Some(_) => None,
                     };
                     if let Some(kind) = kind {
-                        self.finished = poller::is_terminal(task.state());
+                        self.finished = task.state().is_terminal();
                         return Some(Ok(self.event(kind, &view)));
                     }
                 }

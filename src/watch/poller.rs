@@ -11,7 +11,7 @@ use super::{
     hub::{HubInner, Observation, ViewSender},
 };
 use crate::{
-    proto::{Task, TaskState},
+    proto::Task,
     service::{convert, errors},
     stream::UpstreamError,
 };
@@ -48,7 +48,7 @@ pub(super) async fn run(hub: Arc<HubInner>, task_id: String, sender: ViewSender)
                 failing_since = None;
                 failures = 0;
                 let task = convert::task(answer.body, polled_at);
-                let terminal = is_terminal(task.state());
+                let terminal = task.state().is_terminal();
                 let changed = publish(&sender, task, polled_at);
                 if terminal {
                     keep_final_state(&hub, &task_id, &sender, settings.terminal_retention).await;
@@ -123,11 +123,6 @@ pub(super) fn same_state(a: &Task, b: &Task) -> bool {
         && a.update_time == b.update_time
         && a.error == b.error
         && a.result.is_some() == b.result.is_some()
-}
-
-/// Whether a state is final.
-pub(super) fn is_terminal(state: TaskState) -> bool {
-    matches!(state, TaskState::Completed | TaskState::Failed | TaskState::Canceled)
 }
 
 /// Keeps a task's final state (or NOT_FOUND) for `retention`, for late watchers, then forgets it.
