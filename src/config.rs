@@ -11,13 +11,13 @@ use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use url::Url;
 
 use crate::{
-    export::ReadLimits,
+    export_file::ReadLimits,
     service::{
         CallLimits,
         caller::{CallerAuth, TokenTable},
     },
     telemetry::LogFormat,
-    watch::WatchSettings,
+    task_watch::WatchSettings,
 };
 
 /// The real Stream API: paths hang directly off this origin.
@@ -200,7 +200,7 @@ pub struct Settings {
     /// Address the gRPC server listens on.
     pub listen: SocketAddr,
     /// Where upstream requests go.
-    pub upstream: Upstream,
+    pub upstream: UpstreamSettings,
     /// Time allowed to open an upstream connection.
     pub upstream_connect_timeout: Duration,
     /// Time allowed for one upstream request.
@@ -223,7 +223,7 @@ pub struct Settings {
 
 impl Settings {
     /// Settings with every default, listening on `listen` and talking to `upstream`.
-    pub fn new(listen: SocketAddr, upstream: Upstream) -> Self {
+    pub fn new(listen: SocketAddr, upstream: UpstreamSettings) -> Self {
         Self {
             listen,
             upstream,
@@ -306,7 +306,7 @@ impl Default for IdempotencySettings {
 
 /// The Stream API the service talks to.
 #[derive(Debug)]
-pub enum Upstream {
+pub enum UpstreamSettings {
     /// A real (or externally run) Stream API.
     Remote {
         /// Origin of the API.
@@ -330,9 +330,9 @@ impl ServeArgs {
     pub fn into_settings(self) -> Result<Settings, ConfigError> {
         self.check_limits()?;
         let upstream = if self.emulator {
-            Upstream::Emulator
+            UpstreamSettings::Emulator
         } else {
-            Upstream::Remote {
+            UpstreamSettings::Remote {
                 base_url: parse_base_url(&self.stream_base_url)?,
                 api_key: required(self.stream_api_key.clone(), "STREAM_API_KEY (--stream-api-key)")?,
                 api_secret: self
@@ -508,7 +508,7 @@ mod tests {
     #[test]
     fn the_flags_defaults_are_the_default_settings() {
         let parsed = Serve::try_parse_from(["serve", "--emulator"]).unwrap().args.into_settings().unwrap();
-        let defaults = Settings::new(parsed.listen, Upstream::Emulator);
+        let defaults = Settings::new(parsed.listen, UpstreamSettings::Emulator);
         assert_eq!(format!("{parsed:#?}"), format!("{defaults:#?}"));
     }
 }

@@ -6,13 +6,13 @@ pub mod client_cli;
 pub mod codec;
 pub mod config;
 pub mod emulator;
-pub mod export;
-pub mod idempotency;
+pub mod export_file;
 pub mod service;
 pub mod startup;
-pub mod stream;
+pub mod store;
+pub mod task_watch;
 pub mod telemetry;
-pub mod watch;
+pub mod upstream;
 
 /// The generated protobuf types and gRPC stubs of `streamexport.v1`.
 pub mod proto {

@@ -3,8 +3,16 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use stream_export::{client_cli, config::ServeArgs, emulator, startup, telemetry};
+use rand::{Rng, distr::Alphanumeric};
+use secrecy::SecretString;
+use stream_export::{
+    client_cli,
+    config::{ServeArgs, Settings, UpstreamSettings, parse_base_url},
+    emulator, startup, telemetry,
+};
+use tokio::net::TcpListener;
 
 /// stream-export: Stream Chat exports over gRPC, without poll loops.
 #[derive(Parser, Debug)]
@@ -40,7 +48,7 @@ async fn main() -> ExitCode {
                 }
             };
             telemetry::init(settings.log_format);
-            report(startup::run(settings).await)
+            report(serve(settings).await)
         }
         Command::Emulator(args) => {
             telemetry::init(telemetry::LogFormat::Text);
@@ -49,6 +57,33 @@ async fn main() -> ExitCode {
         Command::Export(command) => client_cli::run_export(command).await,
         Command::Task(command) => client_cli::run_task(command).await,
     }
+}
+
+/// Runs the service until a shutdown signal. With `--emulator`, first starts the embedded
+/// emulator as its upstream, with fresh credentials that never leave the process. It is started
+/// here, in the binary, so that the library's service path never links the emulator in.
+async fn serve(mut settings: Settings) -> anyhow::Result<()> {
+    let embedded = match settings.upstream {
+        UpstreamSettings::Emulator => {
+            let random = |len| rand::rng().sample_iter(Alphanumeric).take(len).map(char::from).collect::<String>();
+            let (api_key, api_secret) = (format!("emulator-{}", random(12).to_lowercase()), random(48));
+            let listener = TcpListener::bind("127.0.0.1:0").await.context("binding the embedded emulator")?;
+            let handle = emulator::spawn(listener, emulator::EmulatorConfig::new(&api_key, &api_secret))
+                .await
+                .context("starting the embedded emulator")?;
+            let base_url = parse_base_url(&handle.base_url())?;
+            tracing::info!(%base_url, %api_key, "embedded Stream API emulator started");
+            settings.upstream =
+                UpstreamSettings::Remote { base_url, api_key, api_secret: SecretString::from(api_secret) };
+            Some(handle)
+        }
+        UpstreamSettings::Remote { .. } => None,
+    };
+    let outcome = startup::run(settings).await;
+    if let Some(emulator) = embedded {
+        emulator.shutdown().await;
+    }
+    outcome
 }
 
 /// Turns the outcome of a subcommand into the process exit code, printing a failure in one line.

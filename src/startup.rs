@@ -4,8 +4,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use rand::{Rng, distr::Alphanumeric};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -15,14 +14,13 @@ use tonic::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    config::{Settings, TlsSettings, TransportSettings, Upstream},
-    emulator::{self, EmulatorHandle},
-    idempotency::MemoryStore,
+    config::{Settings, TlsSettings, TransportSettings, UpstreamSettings},
+    store::MemoryStore,
     proto::{self, export_service_server::ExportServiceServer},
     service::{ExportApi, caller::CallerAuth},
-    stream::{ClientConfig, Credentials, RetryPolicy, StreamClient},
+    upstream::{ClientConfig, Credentials, RetryPolicy, StreamClient},
     telemetry::{self, layer::GrpcTelemetryLayer},
-    watch::WatchHub,
+    task_watch::WatchHub,
 };
 
 /// The name under which health reports the export service.
@@ -37,25 +35,14 @@ pub struct Application {
     auth: CallerAuth,
     transport: TransportSettings,
     unary_timeout: Duration,
-    /// Kept alive as long as the service runs, in `--emulator` mode.
-    emulator: Option<EmulatorHandle>,
 }
 
 impl Application {
-    /// Binds the listener, starts the embedded emulator if asked for, and builds the client.
+    /// Binds the listener and builds the upstream client.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let (base_url, api_key, api_secret, emulator) = match settings.upstream {
-            Upstream::Remote { base_url, api_key, api_secret } => (base_url, api_key, api_secret, None),
-            Upstream::Emulator => {
-                let (api_key, api_secret) = generated_credentials();
-                let listener = TcpListener::bind("127.0.0.1:0").await.context("binding the embedded emulator")?;
-                let handle = emulator::spawn(listener, emulator::EmulatorConfig::new(&api_key, &api_secret))
-                    .await
-                    .context("starting the embedded emulator")?;
-                let base_url = crate::config::parse_base_url(&handle.base_url())?;
-                tracing::info!(%base_url, %api_key, "embedded Stream API emulator started");
-                (base_url, api_key, SecretString::from(api_secret), Some(handle))
-            }
+        let UpstreamSettings::Remote { base_url, api_key, api_secret } = settings.upstream else {
+            // The library never links the emulator into the service path: the binary starts it.
+            anyhow::bail!("the embedded emulator is started by the stream-export binary (serve --emulator)");
         };
         let credentials = Credentials::new(api_key, &api_secret).context("signing the Stream server token")?;
         let client = StreamClient::new(ClientConfig {
@@ -75,7 +62,6 @@ impl Application {
             listener,
             api,
             hub,
-            emulator,
             auth: settings.auth,
             transport: settings.transport,
             unary_timeout: settings.limits.unary_timeout,
@@ -162,9 +148,6 @@ impl Application {
                 Ok(())
             }
         };
-        if let Some(emulator) = self.emulator {
-            emulator.shutdown().await;
-        }
         tracing::info!("stopped");
         result
     }
@@ -245,8 +228,3 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Fresh credentials for the embedded emulator: they never leave this process.
-fn generated_credentials() -> (String, String) {
-    let random = |len| rand::rng().sample_iter(Alphanumeric).take(len).map(char::from).collect::<String>();
-    (format!("emulator-{}", random(12).to_lowercase()), random(48))
-}

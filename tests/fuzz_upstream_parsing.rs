@@ -13,8 +13,8 @@ use reqwest::{
 use serde_json::{Map, Value, json};
 use stream_export::{
     service::{convert, errors},
-    stream::{
-        Operation, RateLimit, Upstream, UpstreamError, decode,
+    upstream::{
+        Operation, Answer, RateLimit, UpstreamError, decode,
         wire::{TaskCreated, TaskStatus, UserExport},
     },
 };
@@ -99,7 +99,7 @@ fn read_everything(status: u16, headers: &HeaderMap, body: &[u8]) {
     let Ok(status) = StatusCode::from_u16(status) else { return };
     let rate_limit = RateLimit::from_headers(headers);
     for operation in OPERATIONS {
-        let outcome: Result<Upstream<TaskStatus>, UpstreamError> = decode(operation, status, rate_limit, body);
+        let outcome: Result<Answer<TaskStatus>, UpstreamError> = decode(operation, status, rate_limit, body);
         match outcome {
             Ok(task) => {
                 let _ = convert::task(task.body, Utc::now());
@@ -180,7 +180,7 @@ proptest! {
 /// Reads an export file, cut into chunks of `chunk` bytes, as ReadExport does: the records'
 /// kinds, and whether it read OK.
 fn read_export_file(file: &[u8], chunk: usize, max_entity_bytes: usize) -> (Vec<String>, bool) {
-    use stream_export::export::{ReadLimits, Sink, read};
+    use stream_export::export_file::{ReadLimits, Sink, read};
     let chunks: Vec<Result<bytes::Bytes, reqwest::Error>> =
         file.chunks(chunk.max(1)).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
     let limits = ReadLimits { max_entity_bytes, ..ReadLimits::default() };

@@ -13,7 +13,7 @@ use common::{
 use serde_json::json;
 use stream_export::{
     emulator::EmulatorConfig,
-    export::ReadLimits,
+    export_file::ReadLimits,
     proto::{ExportRecord, GetTaskRequest, ReadExportRequest, TaskState},
 };
 use tonic::{Code, Status};

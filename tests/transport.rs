@@ -15,7 +15,7 @@ use common::{
 };
 use prost::Message;
 use stream_export::{
-    config::{Settings, TlsSettings, Upstream, parse_base_url},
+    config::{Settings, TlsSettings, UpstreamSettings, parse_base_url},
     emulator::{EmulatorConfig, data::KNOWN_USER},
     proto::{ExportUsersRequest, ExportUsersResponse, GetTaskRequest, Task},
     startup::Application,
@@ -73,7 +73,7 @@ async fn tls_connections_do_not_wait_for_delayed_acks_either() {
     let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().self_signed(&key).unwrap();
-    let upstream = Upstream::Remote {
+    let upstream = UpstreamSettings::Remote {
         base_url: parse_base_url(&emulator.base_url()).unwrap(),
         api_key: API_KEY.into(),
         api_secret: API_SECRET.into(),

@@ -12,7 +12,7 @@ use serde_json::json;
 use stream_export::{
     emulator::data::KNOWN_CHANNEL,
     proto::{ChannelRef, ExportChannelsRequest, TaskEvent, TaskState, WatchTaskRequest, task_event::EventType},
-    watch::WatchSettings,
+    task_watch::WatchSettings,
 };
 use tokio_stream::StreamExt;
 use tonic::{Code, Status, Streaming};

@@ -6,7 +6,7 @@ use serde_json::Map;
 
 use crate::{
     proto::{ExportUserResponse, Task, TaskError, TaskResult, TaskState},
-    stream::wire::{TaskStatus, UserExport},
+    upstream::wire::{TaskStatus, UserExport},
 };
 
 /// How long Stream's signed result URLs stay valid.

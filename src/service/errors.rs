@@ -8,7 +8,7 @@ use std::{collections::HashMap, time::Duration};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::stream::{Operation, UpstreamError};
+use crate::upstream::{Operation, UpstreamError};
 
 /// `ErrorInfo.domain` of every error this service returns.
 pub const DOMAIN: &str = "stream-export";

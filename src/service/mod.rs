@@ -25,15 +25,15 @@ use tonic::{Request, Response, Status};
 
 use self::{audit::Subject, caller::Caller};
 use crate::{
-    export::{self, ReadLimits},
-    idempotency::{Fingerprint, SubmitStore},
+    export_file::{self, ReadLimits},
+    store::{Fingerprint, SubmitStore},
     proto::{
         ExportChannelsRequest, ExportChannelsResponse, ExportRecord, ExportUserRequest, ExportUserResponse,
         ExportUsersRequest, ExportUsersResponse, GetTaskRequest, ReadExportRequest, Task, TaskEvent, TaskState,
         WatchTaskRequest, export_service_server::ExportService,
     },
-    stream::{Operation, StreamClient, Upstream, UpstreamError, wire::TaskCreated},
-    watch::{WatchHub, events},
+    upstream::{Operation, StreamClient, Answer, UpstreamError, wire::TaskCreated},
+    task_watch::{WatchHub, events},
 };
 
 /// Limits on the unary calls of one replica.
@@ -90,7 +90,7 @@ impl ExportApi {
 
     /// Checks a ReadExport request and opens its file: the task must be completed, and the
     /// stream takes one of the replica's ReadExport slots (or is refused at once).
-    async fn open_export(&self, request: &Request<ReadExportRequest>) -> Result<export::RecordStream, Status> {
+    async fn open_export(&self, request: &Request<ReadExportRequest>) -> Result<export_file::RecordStream, Status> {
         let ReadExportRequest { task_id, start_index } = request.get_ref();
         validation::task_id(task_id).map_err(errors::invalid_request)?;
         let reads = self.limits.reads;
@@ -112,7 +112,7 @@ impl ExportApi {
             tracing::warn!(%error, "export download refused");
             errors::download_not_started(&error, *start_index)
         })?;
-        Ok(export::session::start(response.bytes_stream(), *start_index, reads, slot, self.reads_ending.clone()))
+        Ok(export_file::session::start(response.bytes_stream(), *start_index, reads, slot, self.reads_ending.clone()))
     }
 
     /// Lets a call in (unary, or a stream being set up), or turns it away at once: while
@@ -149,7 +149,7 @@ impl ExportApi {
         upstream: impl FnOnce(Option<Instant>) -> F,
     ) -> Result<String, Status>
     where
-        F: Future<Output = Result<Upstream<TaskCreated>, UpstreamError>> + Send + 'static,
+        F: Future<Output = Result<Answer<TaskCreated>, UpstreamError>> + Send + 'static,
     {
         let submit = |deadline| {
             upstream(deadline)
@@ -171,7 +171,7 @@ impl ExportApi {
 }
 
 /// The largest response message the service sends and its CLI accepts. An `ExportUser` answer is
-/// one message holding the whole user (up to `stream::body::MAX_USER_EXPORT_BODY_BYTES` of JSON,
+/// one message holding the whole user (up to `upstream::body::MAX_USER_EXPORT_BODY_BYTES` of JSON,
 /// which protobuf's `Struct` can make up to about twice as large); gRPC clients accept 4 MiB by
 /// default, so a client of `ExportUser` raises its limit to this (see the README).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -302,7 +302,7 @@ fn annotate_span(caller: &Caller, task_id: Option<&str>) {
 }
 
 /// Logs an upstream failure and maps it to the caller's status.
-fn upstream_failure(error: &crate::stream::UpstreamError) -> Status {
+fn upstream_failure(error: &crate::upstream::UpstreamError) -> Status {
     tracing::warn!(%error, "upstream request failed");
     errors::upstream_status(error)
 }

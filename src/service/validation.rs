@@ -8,7 +8,7 @@ use tonic_types::FieldViolation;
 
 use crate::{
     proto::{ChannelRef, ExportChannelsRequest, ExportFormatVersion, ExportUsersRequest},
-    stream::wire::{ChannelExport, ExportChannelsBody, ExportUsersBody},
+    upstream::wire::{ChannelExport, ExportChannelsBody, ExportUsersBody},
 };
 
 /// Most channels or users one upstream export accepts.

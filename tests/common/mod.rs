@@ -10,11 +10,11 @@ use std::{net::SocketAddr, time::Duration};
 
 use serde_json::{Value, json};
 use stream_export::{
-    config::{Settings, Upstream, parse_base_url},
+    config::{Settings, UpstreamSettings, parse_base_url},
     emulator::{self, EmulatorConfig, EmulatorHandle},
     proto::export_service_client::ExportServiceClient,
     startup::Application,
-    watch::{WatchHub, WatchSettings},
+    task_watch::{WatchHub, WatchSettings},
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{Code, Status, transport::Channel};
@@ -89,7 +89,7 @@ pub async fn spawn_app() -> TestApp {
 /// Starts the emulator and the service.
 pub async fn spawn_app_with(options: Options) -> TestApp {
     let emulator = TestEmulator::spawn(options.emulator).await;
-    let upstream = Upstream::Remote {
+    let upstream = UpstreamSettings::Remote {
         base_url: parse_base_url(&options.base_url_override.unwrap_or_else(|| emulator.base_url())).unwrap(),
         api_key: options.service_key,
         api_secret: options.service_secret.into(),

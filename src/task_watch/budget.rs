@@ -15,7 +15,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::stream::RateLimit;
+use crate::upstream::RateLimit;
 
 /// Below this share of Stream's window left, pollers spread what is left over the window.
 const LOW_REMAINING_SHARE: f64 = 0.5;

@@ -13,7 +13,7 @@ use super::{
 use crate::{
     proto::Task,
     service::{convert, errors},
-    stream::UpstreamError,
+    upstream::UpstreamError,
 };
 
 /// How much longer the poll interval grows after each unchanged poll.

@@ -83,7 +83,7 @@ impl Default for RetryPolicy {
 
 /// A successful upstream answer with the rate-limit state it reported.
 #[derive(Clone, Debug)]
-pub struct Upstream<T> {
+pub struct Answer<T> {
     /// The decoded body.
     pub body: T,
     /// The route's rate-limit window after this request.
@@ -152,7 +152,7 @@ impl StreamClient {
         &self,
         body: &ExportChannelsBody,
         deadline: Option<Instant>,
-    ) -> Result<Upstream<TaskCreated>, UpstreamError> {
+    ) -> Result<Answer<TaskCreated>, UpstreamError> {
         self.send(Operation::ExportChannels, Method::POST, &["export_channels"], Some(body), deadline).await
     }
 
@@ -161,7 +161,7 @@ impl StreamClient {
         &self,
         body: &ExportUsersBody,
         deadline: Option<Instant>,
-    ) -> Result<Upstream<TaskCreated>, UpstreamError> {
+    ) -> Result<Answer<TaskCreated>, UpstreamError> {
         self.send(Operation::ExportUsers, Method::POST, &["export", "users"], Some(body), deadline).await
     }
 
@@ -170,7 +170,7 @@ impl StreamClient {
         &self,
         user_id: &str,
         deadline: Option<Instant>,
-    ) -> Result<Upstream<UserExport>, UpstreamError> {
+    ) -> Result<Answer<UserExport>, UpstreamError> {
         self.send(Operation::ExportUser, Method::GET, &["users", user_id, "export"], None::<&()>, deadline).await
     }
 
@@ -179,7 +179,7 @@ impl StreamClient {
         &self,
         task_id: &str,
         deadline: Option<Instant>,
-    ) -> Result<Upstream<TaskStatus>, UpstreamError> {
+    ) -> Result<Answer<TaskStatus>, UpstreamError> {
         self.send(Operation::GetTask, Method::GET, &["tasks", task_id], None::<&()>, deadline).await
     }
 
@@ -228,7 +228,7 @@ impl StreamClient {
         segments: &[&str],
         body: Option<&B>,
         deadline: Option<Instant>,
-    ) -> Result<Upstream<T>, UpstreamError> {
+    ) -> Result<Answer<T>, UpstreamError> {
         let attempt = || self.send_once(operation, method.clone(), segments, body, deadline);
         attempt
             .retry(self.retry.backoff())
@@ -247,7 +247,7 @@ impl StreamClient {
         segments: &[&str],
         body: Option<&B>,
         deadline: Option<Instant>,
-    ) -> Result<Upstream<T>, UpstreamError> {
+    ) -> Result<Answer<T>, UpstreamError> {
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if remaining.is_some_and(|r| r.is_zero()) {
             return Err(UpstreamError::DeadlineExceeded { operation });
@@ -354,14 +354,14 @@ pub fn decode<T: DeserializeOwned>(
     status: StatusCode,
     rate_limit: Option<RateLimit>,
     bytes: &[u8],
-) -> Result<Upstream<T>, UpstreamError> {
+) -> Result<Answer<T>, UpstreamError> {
     if status.is_success() {
         let body = serde_json::from_slice(bytes).map_err(|error| UpstreamError::Decode {
             operation,
             status: status.as_u16(),
             detail: error.to_string(),
         })?;
-        return Ok(Upstream { body, rate_limit });
+        return Ok(Answer { body, rate_limit });
     }
     Err(api_error(operation, status, bytes, rate_limit))
 }

@@ -15,7 +15,7 @@ use super::{WatchSettings, budget::PollBudget, poller};
 use crate::{
     proto::Task,
     service::errors,
-    stream::{RetryPolicy, StreamClient},
+    upstream::{RetryPolicy, StreamClient},
     telemetry,
 };
 

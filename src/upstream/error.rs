@@ -85,7 +85,7 @@ pub enum UpstreamError {
         /// What the transport said (without the URL).
         detail: String,
     },
-    /// A success status with a body larger than the operation's cap (see `stream::body`); the
+    /// A success status with a body larger than the operation's cap (see `upstream::body`); the
     /// rest of it was not read.
     #[error("{operation:?}: Stream's answer exceeded the {limit}-byte limit")]
     TooLarge {
@@ -95,7 +95,7 @@ pub enum UpstreamError {
         limit: usize,
     },
     /// The request was not sent, or a redirect not followed, because of where it would go (a
-    /// download to a private address or another origin, see `stream::destination`).
+    /// download to a private address or another origin, see `upstream::destination`).
     #[error("{operation:?}: refused: {detail}")]
     Refused {
         /// The endpoint.

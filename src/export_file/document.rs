@@ -160,7 +160,7 @@ mod tests {
     fn parse(document: &str, start: u64) -> (Result<(), ReadError>, Vec<(u64, String)>) {
         // Small chunks, so that values cross chunk boundaries.
         let chunks: Vec<_> = document.as_bytes().chunks(7).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
-        let mut scanner = Scanner::new(crate::export::boxed(futures::stream::iter(chunks)), 1 << 20);
+        let mut scanner = Scanner::new(crate::export_file::boxed(futures::stream::iter(chunks)), 1 << 20);
         let (sender, mut receiver) = mpsc::channel(1024);
         let mut sink = Sink::new(start, sender, std::time::Duration::from_secs(5));
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -218,7 +218,7 @@ impl ValueState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::boxed;
+    use crate::export_file::boxed;
 
     fn scanner(chunks: &[&'static str], cap: usize) -> Scanner {
         let body =

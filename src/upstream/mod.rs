@@ -12,6 +12,6 @@ mod rate_limit;
 pub mod wire;
 
 pub use auth::Credentials;
-pub use client::{ClientConfig, RetryPolicy, StreamClient, Upstream, decode};
+pub use client::{ClientConfig, RetryPolicy, StreamClient, Answer, decode};
 pub use error::{Operation, UpstreamError};
 pub use rate_limit::RateLimit;

@@ -3,7 +3,7 @@
 //! 400 MB task status costs at most the cap, not 400 MB. A body over its cap is not read on:
 //! the connection is dropped with the rest of it.
 //!
-//! Export files are not read here: they stream through the export parser (`crate::export`).
+//! Export files are not read here: they stream through the export parser (`crate::export_file`).
 
 use bytes::{Bytes, BytesMut};
 
