@@ -16,8 +16,8 @@ use crate::{
         CallLimits,
         caller::{CallerAuth, TokenTable},
     },
-    telemetry::LogFormat,
     task_watch::WatchSettings,
+    telemetry::LogFormat,
 };
 
 /// The real Stream API: paths hang directly off this origin.

@@ -5,7 +5,9 @@
 pub mod client_cli;
 pub mod codec;
 pub mod config;
+pub mod contract;
 pub mod emulator;
+pub mod error_chain;
 pub mod export_file;
 pub mod service;
 pub mod startup;
@@ -14,18 +16,4 @@ pub mod task_watch;
 pub mod telemetry;
 pub mod upstream;
 
-/// The generated protobuf types and gRPC stubs of `streamexport.v1`.
-pub mod proto {
-    #![allow(missing_docs, clippy::all)]
-    tonic::include_proto!("streamexport.v1");
-
-    /// The encoded descriptor set of the contract, served by gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("streamexport_descriptor");
-
-    impl TaskState {
-        /// Whether the task has ended (completed, failed or canceled): it changes no more.
-        pub fn is_terminal(self) -> bool {
-            matches!(self, Self::Completed | Self::Failed | Self::Canceled)
-        }
-    }
-}
+pub use contract::proto;

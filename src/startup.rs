@@ -15,12 +15,12 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     config::{Settings, TlsSettings, TransportSettings, UpstreamSettings},
-    store::MemoryStore,
     proto::{self, export_service_server::ExportServiceServer},
     service::{ExportApi, caller::CallerAuth},
-    upstream::{ClientConfig, Credentials, RetryPolicy, StreamClient},
-    telemetry::{self, layer::GrpcTelemetryLayer},
+    store::MemoryStore,
     task_watch::WatchHub,
+    telemetry::{self, layer::GrpcTelemetryLayer},
+    upstream::{ClientConfig, Credentials, RetryPolicy, StreamClient},
 };
 
 /// The name under which health reports the export service.
@@ -93,7 +93,7 @@ impl Application {
         let export = InterceptedService::new(
             ExportServiceServer::new(self.api)
                 .max_decoding_message_size(transport.max_request_bytes)
-                .max_encoding_message_size(crate::service::MAX_RESPONSE_BYTES),
+                .max_encoding_message_size(crate::contract::MAX_RESPONSE_BYTES),
             self.auth,
         );
 
@@ -227,4 +227,3 @@ pub async fn shutdown_signal() {
         () = terminate => {}
     }
 }
-

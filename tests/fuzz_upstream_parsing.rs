@@ -12,9 +12,9 @@ use reqwest::{
 };
 use serde_json::{Map, Value, json};
 use stream_export::{
-    service::{convert, errors},
+    contract::status as errors,
     upstream::{
-        Operation, Answer, RateLimit, UpstreamError, decode,
+        Answer, Operation, RateLimit, UpstreamError, convert, decode,
         wire::{TaskCreated, TaskStatus, UserExport},
     },
 };
@@ -105,8 +105,8 @@ fn read_everything(status: u16, headers: &HeaderMap, body: &[u8]) {
                 let _ = convert::task(task.body, Utc::now());
             }
             Err(error) => {
-                let status = errors::upstream_status(&error);
-                let _ = errors::watch_upstream_failing(&error, std::time::Duration::from_secs(60));
+                let status = error.to_status();
+                let _ = errors::watch_upstream_failing(&error.to_status(), std::time::Duration::from_secs(60));
                 assert!(!status.message().is_empty());
             }
         }
@@ -162,7 +162,7 @@ proptest! {
     ) {
         let count = fields.len();
         let error = UpstreamError::Api { operation, status, code, message, exception_fields: fields, rate_limit: None };
-        for status in [errors::upstream_status(&error), errors::watch_upstream_failing(&error, std::time::Duration::from_secs(60))] {
+        for status in [error.to_status(), errors::watch_upstream_failing(&error.to_status(), std::time::Duration::from_secs(60))] {
             let mut headers = reqwest::header::HeaderMap::new();
             status.add_header(&mut headers).expect("the status encodes");
             let bytes: usize = headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum();

@@ -11,12 +11,10 @@ use tonic::{
 };
 
 use crate::{
-    client_cli::{
-        ClientOptions,
-        failure::{Failure, chain},
-    },
+    client_cli::{ClientOptions, failure::Failure},
+    contract::MAX_RESPONSE_BYTES,
+    error_chain::one_line,
     proto::export_service_client::ExportServiceClient,
-    service::MAX_RESPONSE_BYTES,
 };
 
 /// A client of the service that sends the bearer token, if any.
@@ -45,7 +43,7 @@ pub async fn connect(options: &ClientOptions) -> Result<Client, Failure> {
     let endpoint = match endpoint.uri().scheme_str() {
         Some("https") => endpoint
             .tls_config(tls_config(options)?)
-            .map_err(|error| Failure::Usage(format!("TLS settings: {}", chain(&error))))?,
+            .map_err(|error| Failure::Usage(format!("TLS settings: {}", one_line(&error))))?,
         Some("http") if tls_wanted => {
             return Err(Failure::Usage(format!(
                 "--ca-cert, --client-cert and --client-key need an https:// --server, not {server}"
@@ -60,7 +58,7 @@ pub async fn connect(options: &ClientOptions) -> Result<Client, Failure> {
         .keep_alive_while_idle(true)
         .connect()
         .await
-        .map_err(|error| Failure::Unreachable(format!("cannot connect to {server}: {}", chain(&error))))?;
+        .map_err(|error| Failure::Unreachable(format!("cannot connect to {server}: {}", one_line(&error))))?;
     let token = match options.token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
         Some(token) => Some(
             MetadataValue::try_from(format!("Bearer {token}"))

@@ -2,6 +2,7 @@
 
 use std::{future::Future, io::Write, time::Duration};
 
+use backon::{ExponentialBuilder, Retryable};
 use chrono::DateTime;
 use prost_types::Timestamp;
 use serde_json::{Value, json};
@@ -13,9 +14,10 @@ use crate::{
         failure::{Failure, retry_delay},
         output::{AtomicJsonl, save_export},
         progress::Mode,
-        render::{self, struct_json, task_json},
+        render::{self, task_json},
         watch,
     },
+    contract::json::from_struct,
     proto::{
         ChannelRef, ExportChannelsRequest, ExportFormatVersion, ExportUserRequest, ExportUsersRequest, GetTaskRequest,
         TaskState,
@@ -147,9 +149,9 @@ pub async fn user(session: &mut Session, args: UserArgs) -> Result<(), Failure> 
     let records = export
         .user
         .iter()
-        .map(|item| ("user", struct_json(item)))
-        .chain(export.messages.iter().map(|item| ("message", struct_json(item))))
-        .chain(export.reactions.iter().map(|item| ("reaction", struct_json(item))));
+        .map(|item| ("user", from_struct(item)))
+        .chain(export.messages.iter().map(|item| ("message", from_struct(item))))
+        .chain(export.reactions.iter().map(|item| ("reaction", from_struct(item))));
     match &args.output {
         Some(path) => {
             let mut file = AtomicJsonl::create(path)?;
@@ -228,28 +230,30 @@ fn unary<T>(message: T) -> Request<T> {
 /// Runs `call` up to [`ATTEMPTS`] times while it fails with `UNAVAILABLE`, waiting the
 /// `RetryInfo` delay (or 0.5 s, 1 s) between attempts. A submit's closure reuses its request,
 /// `request_id` included, so that a retry never starts a second export.
-async fn with_retries<T, F, Fut>(session: &mut Session, action: &'static str, mut call: F) -> Result<T, Failure>
+async fn with_retries<T, F, Fut>(session: &mut Session, action: &'static str, call: F) -> Result<T, Failure>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Status>>,
 {
-    let mut attempt = 1;
-    loop {
-        match call().await {
-            Ok(value) => return Ok(value),
-            Err(status) if status.code() == Code::Unavailable && attempt < ATTEMPTS => {
-                let delay = retry_delay(&status, Duration::from_millis(500) * attempt);
-                session.display.note(&format!(
-                    "{action}: UNAVAILABLE ({}); retrying in {delay:?} ({attempt}/{})",
-                    status.message(),
-                    ATTEMPTS - 1
-                ));
-                tokio::time::sleep(delay).await;
-                attempt += 1;
-            }
-            Err(status) => return Err(Failure::rpc(action)(status)),
-        }
-    }
+    let delays = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(500))
+        .with_factor(2.0)
+        .with_max_times(ATTEMPTS as usize - 1);
+    let mut attempt = 0;
+    call.retry(delays)
+        .sleep(tokio::time::sleep)
+        .when(|status| status.code() == Code::Unavailable)
+        .adjust(|status, delay| delay.map(|fallback| retry_delay(status, fallback)))
+        .notify(|status, delay| {
+            attempt += 1;
+            session.display.note(&format!(
+                "{action}: UNAVAILABLE ({}); retrying in {delay:?} ({attempt}/{})",
+                status.message(),
+                ATTEMPTS - 1
+            ));
+        })
+        .await
+        .map_err(Failure::rpc(action))
 }
 
 #[cfg(test)]

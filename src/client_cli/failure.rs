@@ -139,18 +139,3 @@ pub fn retry_delay(status: &Status, fallback: Duration) -> Duration {
         .and_then(|info| info.retry_delay)
         .map_or(fallback, |delay| delay.min(Duration::from_secs(10)))
 }
-
-/// The error and its sources, joined with ": " (tonic's transport errors hide the cause).
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}

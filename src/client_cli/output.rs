@@ -14,8 +14,8 @@ use crate::{
     client_cli::{
         Session,
         failure::{Failure, metadata, reason, retry_delay},
-        render::struct_json,
     },
+    contract::json::from_struct,
     proto::ReadExportRequest,
 };
 
@@ -121,7 +121,7 @@ pub async fn save_export(session: &mut Session, task_id: &str, mut file: AtomicJ
                                     file.records, record.index
                                 )));
                             }
-                            let item = record.item.as_ref().map_or(Value::Null, struct_json);
+                            let item = record.item.as_ref().map_or(Value::Null, from_struct);
                             file.write(&record.kind, item)?;
                             session.display.records(file.records, file.bytes);
                         }
@@ -171,7 +171,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::service::errors;
+    use crate::contract::status as errors;
 
     #[test]
     fn any_unavailable_with_a_next_index_is_resumed_there() {

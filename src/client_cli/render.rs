@@ -1,8 +1,8 @@
 //! JSON renderings of tasks, events and records for the client's output.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use prost_types::{Struct, Timestamp, value::Kind};
-use serde_json::{Map, Value, json};
+use prost_types::Timestamp;
+use serde_json::{Value, json};
 
 use crate::proto::{Task, TaskEvent, TaskState, task_event::EventType};
 
@@ -59,36 +59,4 @@ pub fn event_json(event: &TaskEvent) -> Value {
         "task": event.task.as_ref().map_or(Value::Null, task_json),
         "observe_time": time_json(event.observe_time.as_ref()),
     })
-}
-
-/// A `Struct` as JSON. Whole numbers within ±2^53 are written as integers, as the export files
-/// have them (a `Struct` carries every number as a double).
-pub fn struct_json(value: &Struct) -> Value {
-    Value::Object(value.fields.iter().map(|(k, v)| (k.clone(), value_json(v))).collect::<Map<_, _>>())
-}
-
-fn value_json(value: &prost_types::Value) -> Value {
-    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
-    match &value.kind {
-        None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::BoolValue(b)) => json!(b),
-        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < EXACT => json!(*n as i64),
-        Some(Kind::NumberValue(n)) => json!(n),
-        Some(Kind::StringValue(s)) => json!(s),
-        Some(Kind::ListValue(list)) => Value::Array(list.values.iter().map(value_json).collect()),
-        Some(Kind::StructValue(s)) => struct_json(s),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn whole_numbers_stay_integers() {
-        let item = crate::service::convert::to_struct(
-            json!({"n": 3, "x": 1.5, "s": "a", "l": [1, null, true], "o": {"k": -2}}).as_object().cloned().unwrap(),
-        );
-        assert_eq!(struct_json(&item), json!({"n": 3, "x": 1.5, "s": "a", "l": [1, null, true], "o": {"k": -2}}));
-    }
 }

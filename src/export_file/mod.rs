@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::io::StreamReader;
 
-use crate::{proto::ExportRecord, service::convert};
+use crate::{contract::json, proto::ExportRecord};
 
 pub use session::{ReadLimits, RecordStream};
 
@@ -84,7 +84,7 @@ impl Sink {
         (index >= self.start).then(|| ExportRecord {
             index,
             kind: record.kind,
-            item: Some(convert::to_struct(record.item)),
+            item: Some(json::to_struct(record.item)),
         })
     }
 

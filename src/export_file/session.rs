@@ -22,7 +22,7 @@ use tonic::Status;
 use tracing::Instrument;
 
 use super::{ReadError, Sink};
-use crate::{proto::ExportRecord, service::errors};
+use crate::{contract::status, proto::ExportRecord};
 
 /// Limits of ReadExport streams.
 #[derive(Clone, Copy, Debug)]
@@ -125,15 +125,15 @@ impl RecordStream {
         let next_index = self.next_index;
         match ended {
             Ending::Reported(Ok(()) | Err(ReadError::Stopped)) => None,
-            Ending::Reported(Err(ReadError::Download(detail))) => Some(errors::download_failed(&detail, next_index)),
-            Ending::Reported(Err(ReadError::Parse(detail))) => Some(errors::export_unreadable(&detail, next_index)),
+            Ending::Reported(Err(ReadError::Download(detail))) => Some(status::download_failed(&detail, next_index)),
+            Ending::Reported(Err(ReadError::Parse(detail))) => Some(status::export_unreadable(&detail, next_index)),
             Ending::Reported(Err(error @ (ReadError::Idle(_) | ReadError::Lifetime(_)))) => {
-                Some(errors::read_interrupted(&error.to_string(), next_index))
+                Some(status::read_interrupted(&error.to_string(), next_index))
             }
-            Ending::Reported(Err(ReadError::ShuttingDown)) => Some(errors::read_shutting_down(next_index)),
+            Ending::Reported(Err(ReadError::ShuttingDown)) => Some(status::read_shutting_down(next_index)),
             Ending::Died => {
                 tracing::error!("the export reader stopped abnormally");
-                Some(errors::read_aborted(next_index))
+                Some(status::read_aborted(next_index))
             }
         }
     }

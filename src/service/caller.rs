@@ -7,7 +7,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status, service::Interceptor};
 
-use super::{errors, forwarded_cert};
+use super::forwarded_cert;
+use crate::contract::status;
 
 /// The identity of a caller, attached to each request by [`CallerAuth`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,7 +130,7 @@ impl Interceptor for CallerAuth {
                 let token = header.and_then(bearer_token);
                 match token.and_then(|token| tokens.caller(token)) {
                     Some(name) => Caller { name: name.to_owned(), source: CallerSource::Token },
-                    None => return Err(errors::unauthenticated(header.is_some())),
+                    None => return Err(status::unauthenticated(header.is_some())),
                 }
             }
             None => self.certificate_identity(&request).unwrap_or_else(Caller::anonymous),

@@ -7,9 +7,7 @@
 
 pub mod audit;
 pub mod caller;
-pub mod convert;
 mod deadline;
-pub mod errors;
 mod forwarded_cert;
 pub mod validation;
 
@@ -25,15 +23,17 @@ use tonic::{Request, Response, Status};
 
 use self::{audit::Subject, caller::Caller};
 use crate::{
+    contract::status,
     export_file::{self, ReadLimits},
-    store::{Fingerprint, SubmitStore},
     proto::{
         ExportChannelsRequest, ExportChannelsResponse, ExportRecord, ExportUserRequest, ExportUserResponse,
         ExportUsersRequest, ExportUsersResponse, GetTaskRequest, ReadExportRequest, Task, TaskEvent, TaskState,
         WatchTaskRequest, export_service_server::ExportService,
     },
-    upstream::{Operation, StreamClient, Answer, UpstreamError, wire::TaskCreated},
+    store::{Fingerprint, StoreError, SubmitStore},
     task_watch::{WatchHub, events},
+    upstream::convert,
+    upstream::{Answer, Operation, StreamClient, UpstreamError, wire::TaskCreated},
 };
 
 /// Limits on the unary calls of one replica.
@@ -90,29 +90,40 @@ impl ExportApi {
 
     /// Checks a ReadExport request and opens its file: the task must be completed, and the
     /// stream takes one of the replica's ReadExport slots (or is refused at once).
-    async fn open_export(&self, request: &Request<ReadExportRequest>) -> Result<export_file::RecordStream, Status> {
+    async fn open_export(
+        &self,
+        request: &Request<ReadExportRequest>,
+        call: &Call,
+    ) -> Result<export_file::RecordStream, Status> {
         let ReadExportRequest { task_id, start_index } = request.get_ref();
-        validation::task_id(task_id).map_err(errors::invalid_request)?;
+        validation::task_id(task_id).map_err(status::invalid_request)?;
         let reads = self.limits.reads;
         let slot = Arc::clone(&self.read_streams)
             .try_acquire_owned()
-            .map_err(|_| errors::read_limit_reached(reads.max_streams))?;
+            .map_err(|_| status::read_limit_reached(reads.max_streams))?;
         // Reading the task re-signs its URL; only that URL is ever fetched.
-        let status = self
-            .client
-            .get_task(task_id, Some(self.deadline(request)))
-            .await
-            .map_err(|error| upstream_failure(&error))?;
+        let status =
+            self.client.get_task(task_id, Some(call.deadline)).await.map_err(|error| upstream_failure(&error))?;
         let task = convert::task(status.body, Utc::now());
         let url = match (task.state(), task.result) {
             (TaskState::Completed, Some(result)) if !result.url.is_empty() => result.url,
-            _ => return Err(errors::task_not_completed(&task.upstream_status)),
+            _ => return Err(status::task_not_completed(&task.upstream_status)),
         };
         let response = self.client.download(&url).await.map_err(|error| {
             tracing::warn!(%error, "export download refused");
-            errors::download_not_started(&error, *start_index)
+            crate::upstream::download_not_started(&error, *start_index)
         })?;
         Ok(export_file::session::start(response.bytes_stream(), *start_index, reads, slot, self.reads_ending.clone()))
+    }
+
+    /// The prologue of every handler: names the caller and the task (if the request names one)
+    /// in the call's span, then admits the call (see [`ExportApi::admit`]) and sets the deadline
+    /// of its upstream work.
+    fn begin<T>(&self, request: &Request<T>, task_id: Option<&str>) -> Result<Call, Status> {
+        let caller = Caller::of(request);
+        annotate_span(&caller, task_id);
+        let admitted = self.admit()?;
+        Ok(Call { deadline: self.deadline(request), caller, _admitted: admitted })
     }
 
     /// Lets a call in (unary, or a stream being set up), or turns it away at once: while
@@ -120,9 +131,9 @@ impl ExportApi {
     /// (RESOURCE_EXHAUSTED).
     fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
         if self.hub.is_shutting_down() {
-            return Err(errors::shutting_down());
+            return Err(status::shutting_down());
         }
-        Arc::clone(&self.in_flight).try_acquire_owned().map_err(|_| errors::overloaded(self.limits.max_in_flight))
+        Arc::clone(&self.in_flight).try_acquire_owned().map_err(|_| status::overloaded(self.limits.max_in_flight))
     }
 
     /// When this call's upstream work must be done: the caller's deadline or the unary timeout.
@@ -142,39 +153,38 @@ impl ExportApi {
     async fn submit_once<F>(
         &self,
         operation: Operation,
-        caller: &Caller,
+        call: &Call,
         request_id: &str,
         fingerprint: Fingerprint,
-        deadline: Instant,
         upstream: impl FnOnce(Option<Instant>) -> F,
     ) -> Result<String, Status>
     where
         F: Future<Output = Result<Answer<TaskCreated>, UpstreamError>> + Send + 'static,
     {
-        let submit = |deadline| {
-            upstream(deadline)
-                .map(|outcome| outcome.map(|created| created.body.task_id).map_err(|e| upstream_failure(&e)))
-        };
+        let submit = |deadline| upstream(deadline).map(|outcome| outcome.map(|created| created.body.task_id));
         if request_id.is_empty() {
-            return submit(Some(deadline)).await;
+            return submit(Some(call.deadline)).await.map_err(|error| upstream_failure(&error));
         }
-        let key = format!("{}\n{}\n{request_id}", caller.name, operation.name());
+        let key = format!("{}\n{}\n{request_id}", call.caller.name, operation.name());
         let submitted =
-            tokio::time::timeout_at(deadline, self.submits.get_or_submit(key, fingerprint, submit(None).boxed()))
+            tokio::time::timeout_at(call.deadline, self.submits.get_or_submit(key, fingerprint, submit(None).boxed()))
                 .await
-                .map_err(|_| upstream_failure(&UpstreamError::DeadlineExceeded { operation }))??;
+                .map_err(|_| upstream_failure(&UpstreamError::DeadlineExceeded { operation }))?
+                .map_err(|error| store_failure(&error))?;
         if submitted.fingerprint != fingerprint {
-            return Err(errors::request_id_reused());
+            return Err(status::request_id_reused());
         }
         Ok(submitted.task_id)
     }
 }
 
-/// The largest response message the service sends and its CLI accepts. An `ExportUser` answer is
-/// one message holding the whole user (up to `upstream::body::MAX_USER_EXPORT_BODY_BYTES` of JSON,
-/// which protobuf's `Struct` can make up to about twice as large); gRPC clients accept 4 MiB by
-/// default, so a client of `ExportUser` raises its limit to this (see the README).
-pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// The status of a failed store call: the submit's own failure as any upstream failure.
+fn store_failure(error: &StoreError) -> Status {
+    match error {
+        StoreError::Submit(error) => upstream_failure(error),
+        StoreError::Aborted => status::submit_aborted(),
+    }
+}
 
 /// The stream type of `ReadExport`.
 pub type ExportRecordStream = Pin<Box<dyn Stream<Item = Result<ExportRecord, Status>> + Send>>;
@@ -188,25 +198,18 @@ impl ExportService for ExportApi {
         &self,
         request: Request<ExportChannelsRequest>,
     ) -> Result<Response<ExportChannelsResponse>, Status> {
-        let _admitted = self.admit()?;
-        let caller = Caller::of(&request);
-        annotate_span(&caller, None);
-        let deadline = self.deadline(&request);
+        let call = self.begin(&request, None)?;
         let message = request.get_ref();
         let subject = Subject::Channels(message.channels.iter().map(|c| format!("{}:{}", c.r#type, c.id)).collect());
         let outcome = async {
-            let body = validation::export_channels(message).map_err(errors::invalid_request)?;
+            let body = validation::export_channels(message).map_err(status::invalid_request)?;
             let fingerprint = Fingerprint::of("ExportChannels", &body);
             let client = self.client.clone();
             let upstream = move |deadline| async move { client.export_channels(&body, deadline).await };
-            self.submit_once(Operation::ExportChannels, &caller, &message.request_id, fingerprint, deadline, upstream)
-                .await
+            self.submit_once(Operation::ExportChannels, &call, &message.request_id, fingerprint, upstream).await
         }
         .await;
-        if let Ok(task_id) = &outcome {
-            annotate_span(&caller, Some(task_id));
-        }
-        audit::record(&caller, "ExportChannels", &subject, outcome.as_deref());
+        call.finish_submit("ExportChannels", &subject, &outcome);
         Ok(Response::new(ExportChannelsResponse { task_id: outcome? }))
     }
 
@@ -214,50 +217,39 @@ impl ExportService for ExportApi {
         &self,
         request: Request<ExportUsersRequest>,
     ) -> Result<Response<ExportUsersResponse>, Status> {
-        let _admitted = self.admit()?;
-        let caller = Caller::of(&request);
-        annotate_span(&caller, None);
-        let deadline = self.deadline(&request);
+        let call = self.begin(&request, None)?;
         let message = request.get_ref();
         let outcome = async {
-            let body = validation::export_users(message).map_err(errors::invalid_request)?;
+            let body = validation::export_users(message).map_err(status::invalid_request)?;
             let fingerprint = Fingerprint::of("ExportUsers", &body);
             let client = self.client.clone();
             let upstream = move |deadline| async move { client.export_users(&body, deadline).await };
-            self.submit_once(Operation::ExportUsers, &caller, &message.request_id, fingerprint, deadline, upstream)
-                .await
+            self.submit_once(Operation::ExportUsers, &call, &message.request_id, fingerprint, upstream).await
         }
         .await;
-        if let Ok(task_id) = &outcome {
-            annotate_span(&caller, Some(task_id));
-        }
-        audit::record(&caller, "ExportUsers", &Subject::Users(&message.user_ids), outcome.as_deref());
+        call.finish_submit("ExportUsers", &Subject::Users(&message.user_ids), &outcome);
         Ok(Response::new(ExportUsersResponse { task_id: outcome? }))
     }
 
     async fn export_user(&self, request: Request<ExportUserRequest>) -> Result<Response<ExportUserResponse>, Status> {
-        let _admitted = self.admit()?;
-        let caller = Caller::of(&request);
-        annotate_span(&caller, None);
-        let deadline = self.deadline(&request);
+        let call = self.begin(&request, None)?;
         let user_id = &request.get_ref().user_id;
         let outcome = async {
-            validation::user_id(user_id).map_err(errors::invalid_request)?;
-            self.client.export_user(user_id, Some(deadline)).await.map_err(|error| upstream_failure(&error))
+            validation::user_id(user_id).map_err(status::invalid_request)?;
+            self.client.export_user(user_id, Some(call.deadline)).await.map_err(|error| upstream_failure(&error))
         }
         .await;
         let users = std::slice::from_ref(user_id);
-        audit::record(&caller, "ExportUser", &Subject::Users(users), outcome.as_ref().map(|_| ""));
+        audit::record(&call.caller, "ExportUser", &Subject::Users(users), outcome.as_ref().map(|_| ""));
         Ok(Response::new(convert::user_export(outcome?.body)))
     }
 
     async fn get_task(&self, request: Request<GetTaskRequest>) -> Result<Response<Task>, Status> {
-        annotate_span(&Caller::of(&request), Some(&request.get_ref().task_id));
-        let _admitted = self.admit()?;
-        let deadline = self.deadline(&request);
         let task_id = &request.get_ref().task_id;
-        validation::task_id(task_id).map_err(errors::invalid_request)?;
-        let status = self.client.get_task(task_id, Some(deadline)).await.map_err(|error| upstream_failure(&error))?;
+        let call = self.begin(&request, Some(task_id))?;
+        validation::task_id(task_id).map_err(status::invalid_request)?;
+        let status =
+            self.client.get_task(task_id, Some(call.deadline)).await.map_err(|error| upstream_failure(&error))?;
         Ok(Response::new(convert::task(status.body, Utc::now())))
     }
 
@@ -267,27 +259,43 @@ impl ExportService for ExportApi {
         &self,
         request: Request<ReadExportRequest>,
     ) -> Result<Response<Self::ReadExportStream>, Status> {
-        let _admitted = self.admit()?;
-        let caller = Caller::of(&request);
         let task_id = &request.get_ref().task_id;
-        annotate_span(&caller, Some(task_id));
-        let opened = self.open_export(&request).await;
-        audit::record(&caller, "ReadExport", &Subject::Task(task_id), opened.as_ref().map(|_| task_id.as_str()));
+        let call = self.begin(&request, Some(task_id))?;
+        let opened = self.open_export(&request, &call).await;
+        audit::record(&call.caller, "ReadExport", &Subject::Task(task_id), opened.as_ref().map(|_| task_id.as_str()));
         Ok(Response::new(Box::pin(opened?)))
     }
 
     type WatchTaskStream = TaskEventStream;
 
     async fn watch_task(&self, request: Request<WatchTaskRequest>) -> Result<Response<Self::WatchTaskStream>, Status> {
-        annotate_span(&Caller::of(&request), Some(&request.get_ref().task_id));
+        let task_id = &request.get_ref().task_id;
         // Admitted like a unary call while the stream is set up (drain, in-flight limit);
         // the open stream then counts against the watch-stream limit, not the unary one.
-        let _admitted = self.admit()?;
+        let _call = self.begin(&request, Some(task_id))?;
+        // The stream lives as long as the caller's deadline allows, not the unary timeout.
         let deadline = deadline::from_metadata(request.metadata());
-        let task_id = &request.get_ref().task_id;
-        validation::task_id(task_id).map_err(errors::invalid_request)?;
+        validation::task_id(task_id).map_err(status::invalid_request)?;
         let watcher = self.hub.watch(task_id)?;
         Ok(Response::new(Box::pin(events::task_events(watcher, deadline))))
+    }
+}
+
+/// One admitted call: who called, by when its upstream work must be done, and its slot among
+/// the calls in flight (given back when the call ends).
+struct Call {
+    caller: Caller,
+    deadline: Instant,
+    _admitted: OwnedSemaphorePermit,
+}
+
+impl Call {
+    /// The epilogue of a submit: names the new task in the call's span, and audits the submit.
+    fn finish_submit(&self, rpc: &str, subject: &Subject<'_>, outcome: &Result<String, Status>) {
+        if let Ok(task_id) = outcome {
+            annotate_span(&self.caller, Some(task_id));
+        }
+        audit::record(&self.caller, rpc, subject, outcome.as_deref());
     }
 }
 
@@ -304,5 +312,5 @@ fn annotate_span(caller: &Caller, task_id: Option<&str>) {
 /// Logs an upstream failure and maps it to the caller's status.
 fn upstream_failure(error: &crate::upstream::UpstreamError) -> Status {
     tracing::warn!(%error, "upstream request failed");
-    errors::upstream_status(error)
+    error.to_status()
 }

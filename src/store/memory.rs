@@ -8,13 +8,13 @@ use futures::{
 };
 use moka::future::Cache;
 use tokio::sync::Mutex;
-use tonic::Status;
 use tracing::Instrument;
 
-use super::{Fingerprint, SubmitStore, Submitted};
+use super::{Fingerprint, StoreError, SubmitStore, Submitted};
+use crate::upstream::UpstreamError;
 
 /// The outcome of a submit, shared by every caller waiting for it.
-type SharedOutcome = Shared<BoxFuture<'static, Result<String, Status>>>;
+type SharedOutcome = Shared<BoxFuture<'static, Result<String, StoreError>>>;
 
 /// A submit that is still running, and what it asked for.
 #[derive(Clone)]
@@ -54,12 +54,12 @@ impl MemoryStore {
         &self,
         key: String,
         fingerprint: Fingerprint,
-        submit: BoxFuture<'static, Result<String, Status>>,
+        submit: BoxFuture<'static, Result<String, UpstreamError>>,
     ) -> Running {
         let (completed, running) = (self.completed.clone(), Arc::clone(&self.running));
         let task = tokio::spawn(
             async move {
-                let outcome = submit.await;
+                let outcome = submit.await.map_err(StoreError::from);
                 if let Ok(task_id) = &outcome {
                     completed.insert(key.clone(), Submitted { fingerprint, task_id: task_id.clone() }).await;
                 }
@@ -68,10 +68,7 @@ impl MemoryStore {
             }
             .in_current_span(),
         );
-        let outcome = task
-            .map(|joined| joined.unwrap_or_else(|_| Err(Status::internal("the submit ended abnormally"))))
-            .boxed()
-            .shared();
+        let outcome = task.map(|joined| joined.unwrap_or(Err(StoreError::Aborted))).boxed().shared();
         Running { fingerprint, outcome }
     }
 }
@@ -82,8 +79,8 @@ impl SubmitStore for MemoryStore {
         &self,
         key: String,
         fingerprint: Fingerprint,
-        submit: BoxFuture<'static, Result<String, Status>>,
-    ) -> Result<Submitted, Status> {
+        submit: BoxFuture<'static, Result<String, UpstreamError>>,
+    ) -> Result<Submitted, StoreError> {
         let running = {
             let mut running = self.running.lock().await;
             if let Some(submitted) = self.completed.get(&key).await {
@@ -116,8 +113,8 @@ mod tests {
 
     fn counting_submit(
         calls: &Arc<AtomicUsize>,
-        result: Result<&str, Status>,
-    ) -> BoxFuture<'static, Result<String, Status>> {
+        result: Result<&str, UpstreamError>,
+    ) -> BoxFuture<'static, Result<String, UpstreamError>> {
         let calls = Arc::clone(calls);
         let result = result.map(str::to_owned);
         async move {
@@ -126,6 +123,10 @@ mod tests {
             result
         }
         .boxed()
+    }
+
+    fn timeout() -> UpstreamError {
+        UpstreamError::Timeout { operation: crate::upstream::Operation::ExportChannels }
     }
 
     #[tokio::test]
@@ -146,9 +147,8 @@ mod tests {
         let store = MemoryStore::new(Duration::from_secs(60), 100);
         let calls = Arc::new(AtomicUsize::new(0));
         let fingerprint = Fingerprint::of("rpc", &"body");
-        let failed =
-            store.get_or_submit("k".into(), fingerprint, counting_submit(&calls, Err(Status::unavailable("x"))));
-        assert_eq!(failed.await.unwrap_err().code(), tonic::Code::Unavailable);
+        let failed = store.get_or_submit("k".into(), fingerprint, counting_submit(&calls, Err(timeout())));
+        assert!(matches!(failed.await, Err(StoreError::Submit(UpstreamError::Timeout { .. }))));
         let retried = store.get_or_submit("k".into(), fingerprint, counting_submit(&calls, Ok("task-2"))).await;
         assert_eq!(retried.unwrap().task_id, "task-2");
         assert_eq!(calls.load(Ordering::SeqCst), 2);

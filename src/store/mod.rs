@@ -2,14 +2,17 @@
 //! `ExportUsers` (a client retry, or a mesh sidecar replaying a call that returned
 //! UNAVAILABLE) return the task of the first submit instead of starting a second export.
 //!
-//! The store is a small trait so that a multi-replica deployment can put a shared store behind
-//! it; [`MemoryStore`] is the default.
+//! This module is the home of the service's stores: traits that a multi-replica deployment
+//! backs with a shared engine, each with an in-memory implementation as the single-process
+//! default, and one error type ([`StoreError`]) that the handlers map to statuses once.
+//! Today: the [`SubmitStore`] and its [`MemoryStore`].
 
 mod memory;
 
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
-use tonic::Status;
+
+use crate::upstream::UpstreamError;
 
 pub use memory::MemoryStore;
 
@@ -38,6 +41,17 @@ pub struct Submitted {
     pub task_id: String,
 }
 
+/// What a store call can fail with.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The submit itself failed; nothing was recorded, so a retry may succeed.
+    #[error(transparent)]
+    Submit(#[from] UpstreamError),
+    /// The submit's task ended without an outcome (it panicked or the runtime is stopping).
+    #[error("the submit ended abnormally")]
+    Aborted,
+}
+
 /// Where submits are recorded.
 #[tonic::async_trait]
 pub trait SubmitStore: Send + Sync + std::fmt::Debug + 'static {
@@ -53,6 +67,6 @@ pub trait SubmitStore: Send + Sync + std::fmt::Debug + 'static {
         &self,
         key: String,
         fingerprint: Fingerprint,
-        submit: BoxFuture<'static, Result<String, Status>>,
-    ) -> Result<Submitted, Status>;
+        submit: BoxFuture<'static, Result<String, UpstreamError>>,
+    ) -> Result<Submitted, StoreError>;
 }

@@ -11,11 +11,10 @@ use tonic::Status;
 use super::{
     Watcher,
     hub::{Observation, TaskView},
-    poller,
 };
 use crate::{
+    contract::{status, task::timestamp},
     proto::{Task, TaskEvent, task_event::EventType},
-    service::{convert, errors},
 };
 
 /// The state of one watch stream.
@@ -59,7 +58,7 @@ impl EventStream {
                 Observation::Task(ref task) => {
                     let kind = match &self.last_sent {
                         None => Some(EventType::Snapshot),
-                        Some(previous) if !poller::same_state(previous, task) => Some(EventType::Changed),
+                        Some(previous) if !previous.same_state(task) => Some(EventType::Changed),
                         Some(_) => None,
                     };
                     if let Some(kind) = kind {
@@ -74,17 +73,17 @@ impl EventStream {
             tokio::select! {
                 biased;
                 () = self.watcher.shutdown.cancelled() => {
-                    return self.finish(errors::watch_interrupted("the server is shutting down"));
+                    return self.finish(status::watch_interrupted("the server is shutting down"));
                 }
                 () = sleep_until_some(deadline) => {
                     return self.finish(Status::deadline_exceeded("the caller's deadline passed while watching"));
                 }
                 () = tokio::time::sleep_until(self.ends_at) => {
-                    return self.finish(errors::watch_interrupted("the watch reached its maximum lifetime"));
+                    return self.finish(status::watch_interrupted("the watch reached its maximum lifetime"));
                 }
                 changed = self.watcher.view.changed() => {
                     if changed.is_err() {
-                        return self.finish(errors::watch_interrupted("the task's poller stopped"));
+                        return self.finish(status::watch_interrupted("the task's poller stopped"));
                     }
                 }
                 // Also before the snapshot, while the first poll waits for the budget or for
@@ -110,7 +109,7 @@ impl EventStream {
             sequence: self.sequence,
             r#type: kind as i32,
             task: task.or_else(|| self.last_sent.clone()),
-            observe_time: view.polled_at.map(convert::timestamp),
+            observe_time: view.polled_at.map(timestamp),
         }
     }
 

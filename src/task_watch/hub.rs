@@ -13,10 +13,10 @@ use tracing::Instrument;
 
 use super::{WatchSettings, budget::PollBudget, poller};
 use crate::{
+    contract::status,
     proto::Task,
-    service::errors,
-    upstream::{RetryPolicy, StreamClient},
     telemetry,
+    upstream::{RetryPolicy, StreamClient},
 };
 
 /// What a task's watchers see. The poller replaces it; watchers only read it, so a slow
@@ -107,7 +107,7 @@ impl WatchHub {
     pub fn watch(&self, task_id: &str) -> Result<Watcher, Status> {
         let permit = Arc::clone(&self.inner.streams)
             .try_acquire_owned()
-            .map_err(|_| errors::watch_limit_reached(self.inner.settings.max_streams))?;
+            .map_err(|_| status::watch_limit_reached(self.inner.settings.max_streams))?;
         let view = {
             let mut tasks = self.inner.lock_tasks();
             match tasks.get(task_id) {

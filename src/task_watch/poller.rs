@@ -2,18 +2,19 @@
 
 use std::{sync::Arc, time::Duration};
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use chrono::Utc;
-use rand::Rng;
 use tokio::time::Instant;
 
 use super::{
+    WatchSettings,
     budget::Lane,
     hub::{HubInner, Observation, ViewSender},
 };
 use crate::{
+    contract::status,
     proto::Task,
-    service::{convert, errors},
-    upstream::UpstreamError,
+    upstream::{ErrorKind, UpstreamError, convert},
 };
 
 /// How much longer the poll interval grows after each unchanged poll.
@@ -27,7 +28,8 @@ pub(super) async fn run(hub: Arc<HubInner>, task_id: String, sender: ViewSender)
     let settings = &hub.settings;
     let mut interval = settings.poll_interval_min;
     let mut failing_since: Option<Instant> = None;
-    let mut failures: u32 = 0;
+    // The delays between polls while upstream fails; a fresh series after each success.
+    let mut failure_delays: Option<ExponentialBackoff> = None;
     // Until a poll answers, the watchers have no snapshot: that poll goes ahead of the queue.
     let mut lane = Lane::First;
 
@@ -46,7 +48,7 @@ pub(super) async fn run(hub: Arc<HubInner>, task_id: String, sender: ViewSender)
                 lane = Lane::Periodic;
                 hub.budget.record(answer.rate_limit);
                 failing_since = None;
-                failures = 0;
+                failure_delays = None;
                 let task = convert::task(answer.body, polled_at);
                 let terminal = task.state().is_terminal();
                 let changed = publish(&sender, task, polled_at);
@@ -61,23 +63,33 @@ pub(super) async fn run(hub: Arc<HubInner>, task_id: String, sender: ViewSender)
                 };
                 interval.max(hub.budget.rate_limit_spacing())
             }
-            Err(error) if is_transient(&error) => {
+            Err(error) if error.kind().is_temporary() => {
                 if let UpstreamError::Api { rate_limit, .. } = &error {
                     hub.budget.record(*rate_limit);
                 }
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= settings.failure_budget {
                     tracing::warn!(%task_id, %error, "upstream kept failing past the failure budget");
-                    end(&hub, &task_id, &sender, errors::watch_upstream_failing(&error, settings.failure_budget));
+                    end(
+                        &hub,
+                        &task_id,
+                        &sender,
+                        status::watch_upstream_failing(&error.to_status(), settings.failure_budget),
+                    );
                     return;
                 }
-                failures = failures.saturating_add(1);
-                tracing::debug!(%task_id, %error, failures, "transient upstream failure; backing off");
-                retry_delay(&error, failures, settings.poll_interval_min, settings.poll_interval_max)
+                let delays = failure_delays.get_or_insert_with(|| failure_backoff(settings));
+                let delay = delays.next().unwrap_or(settings.poll_interval_max);
+                tracing::debug!(%task_id, %error, ?delay, "transient upstream failure; backing off");
+                match error.kind() {
+                    // Never before Stream's window resets.
+                    ErrorKind::RateLimited { retry_after: Some(reset) } => delay.max(reset),
+                    _ => delay,
+                }
             }
             Err(error) => {
                 tracing::info!(%task_id, %error, "watching ended by upstream");
-                let status = errors::upstream_status(&error);
+                let status = error.to_status();
                 if status.code() == tonic::Code::NotFound {
                     // Kept like a final state, so that watchers of an unknown id arriving
                     // meanwhile get NOT_FOUND at once instead of each costing a request. Every
@@ -105,7 +117,7 @@ fn publish(sender: &ViewSender, task: Task, polled_at: chrono::DateTime<Utc>) ->
     sender.send_if_modified(|view| {
         view.polled_at = Some(polled_at);
         let changed = match &view.observation {
-            Observation::Task(previous) => !same_state(previous, &task),
+            Observation::Task(previous) => !previous.same_state(&task),
             Observation::Pending | Observation::Ended(_) => true,
         };
         if changed {
@@ -113,16 +125,6 @@ fn publish(sender: &ViewSender, task: Task, polled_at: chrono::DateTime<Utc>) ->
         }
         changed
     })
-}
-
-/// Whether two reads of a task show the same state. The result URL is left out: upstream
-/// re-signs it on every read.
-pub(super) fn same_state(a: &Task, b: &Task) -> bool {
-    a.state == b.state
-        && a.upstream_status == b.upstream_status
-        && a.update_time == b.update_time
-        && a.error == b.error
-        && a.result.is_some() == b.result.is_some()
 }
 
 /// Keeps a task's final state (or NOT_FOUND) for `retention`, for late watchers, then forgets it.
@@ -140,28 +142,15 @@ fn end(hub: &HubInner, task_id: &str, sender: &ViewSender, status: tonic::Status
     hub.forget(task_id, sender);
 }
 
-/// Failures that waiting may cure: Stream's 5xx, 408 and 429, timeouts, broken connections,
-/// garbled bodies. Anything else (404, 403, rejected credentials) will not change by itself.
-fn is_transient(error: &UpstreamError) -> bool {
-    match error {
-        UpstreamError::Api { status, code, .. } => {
-            *status == 408 || *status == 429 || *status >= 500 || *code == Some(9)
-        }
-        UpstreamError::Timeout { .. }
-        | UpstreamError::DeadlineExceeded { .. }
-        | UpstreamError::Connect { .. }
-        | UpstreamError::Transport { .. }
-        | UpstreamError::Decode { .. } => true,
-        UpstreamError::TooLarge { .. } | UpstreamError::Refused { .. } => false,
-    }
-}
-
-/// Exponential backoff with jitter; after a 429, at least until Stream's window resets.
-fn retry_delay(error: &UpstreamError, failures: u32, min: Duration, max: Duration) -> Duration {
-    let exponential = min.saturating_mul(2u32.saturating_pow(failures.min(16))).min(max);
-    let jittered = exponential.mul_f64(rand::rng().random_range(0.5..=1.0));
-    match error {
-        UpstreamError::Api { status: 429, rate_limit: Some(limit), .. } => jittered.max(limit.until_reset()),
-        _ => jittered,
-    }
+/// The delays between polls of a failing upstream: doubling from the shortest poll interval,
+/// with jitter (up to +100%, so that pollers that failed together do not retry together), never
+/// past the longest poll interval.
+fn failure_backoff(settings: &WatchSettings) -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(settings.poll_interval_min)
+        .with_max_delay(settings.poll_interval_max / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }

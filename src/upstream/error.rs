@@ -1,8 +1,9 @@
 //! What can go wrong talking to Stream, in terms the service can map to gRPC statuses.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use super::rate_limit::RateLimit;
+use crate::error_chain::one_line;
 
 /// The upstream endpoint a request was for; names follow Stream's operation names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -37,8 +38,42 @@ impl Operation {
     }
 }
 
+/// What a failed upstream request means, whoever sent it: the one classification behind the
+/// client's retries ([`UpstreamError::is_retryable`]), the watch poller's patience
+/// ([`ErrorKind::is_temporary`]) and the status a caller sees ([`UpstreamError::to_status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Waiting may cure it: Stream's 5xx or 408, a timeout, a refused or broken connection, an
+    /// unreadable answer.
+    Transient,
+    /// Stream's rate limit (HTTP 429 or Stream code 9): come back when its window resets.
+    RateLimited {
+        /// Until the window resets, when Stream said so.
+        retry_after: Option<Duration>,
+    },
+    /// The caller's deadline passed before Stream answered.
+    DeadlineExceeded,
+    /// Stream rejected this service's API key or secret (HTTP 401, codes 2, 5, 40–43): a
+    /// deployment problem, not the caller's.
+    CredentialsRejected,
+    /// Stream rejected the request's content (HTTP 400, code 4).
+    InvalidRequest,
+    /// What the request names does not exist (HTTP 404).
+    NotFound,
+    /// Nothing will change by waiting: 403, a redirect, an unexpected status, an answer over
+    /// its size cap, a refused download destination.
+    Permanent,
+}
+
+impl ErrorKind {
+    /// Whether waiting (and asking again later) may cure the failure: what a poller rides out.
+    pub fn is_temporary(self) -> bool {
+        matches!(self, Self::Transient | Self::RateLimited { .. } | Self::DeadlineExceeded)
+    }
+}
+
 /// A failed upstream request. Messages never contain the secret, the JWT or signed URLs.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// Stream answered with an error status. `code` is `None` when the body was not a Stream
     /// error document (an edge proxy's plain-text 429, say).
@@ -130,23 +165,34 @@ impl UpstreamError {
         }
     }
 
-    /// Whether sending the request again is safe and may help: connection failures always
-    /// (the request never left); for idempotent requests also 5xx, 408, timeouts and broken
-    /// connections. Never 429 (the caller is told when to come back) nor the caller's deadline.
-    pub fn is_retryable(&self) -> bool {
+    /// What the failure means; see [`ErrorKind`].
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            UpstreamError::Connect { .. } => true,
-            UpstreamError::Api { operation, status, .. } => {
-                operation.is_idempotent() && (*status >= 500 || *status == 408)
-            }
-            UpstreamError::Timeout { operation } | UpstreamError::Transport { operation, .. } => {
-                operation.is_idempotent()
-            }
-            UpstreamError::DeadlineExceeded { .. }
-            | UpstreamError::Decode { .. }
-            | UpstreamError::TooLarge { .. }
-            | UpstreamError::Refused { .. } => false,
+            UpstreamError::Api { status, code, rate_limit, .. } => match (*status, *code) {
+                (401, _) | (_, Some(2 | 5 | 40..=43)) => ErrorKind::CredentialsRejected,
+                (429, _) | (_, Some(9)) => {
+                    ErrorKind::RateLimited { retry_after: rate_limit.map(|limit| limit.until_reset()) }
+                }
+                (400, _) | (_, Some(4)) => ErrorKind::InvalidRequest,
+                (404, _) => ErrorKind::NotFound,
+                (408 | 500.., _) => ErrorKind::Transient,
+                _ => ErrorKind::Permanent,
+            },
+            UpstreamError::Connect { .. }
+            | UpstreamError::Timeout { .. }
+            | UpstreamError::Transport { .. }
+            | UpstreamError::Decode { .. } => ErrorKind::Transient,
+            UpstreamError::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
+            UpstreamError::TooLarge { .. } | UpstreamError::Refused { .. } => ErrorKind::Permanent,
         }
+    }
+
+    /// Whether the client should send the same request again at once: a transient failure of
+    /// a request that is harmless to repeat (a GET) or that never left (no connection). Never a
+    /// rate limit (the caller is told when to come back) nor the caller's deadline.
+    pub fn is_retryable(&self) -> bool {
+        self.kind() == ErrorKind::Transient
+            && (self.operation().is_idempotent() || matches!(self, UpstreamError::Connect { .. }))
     }
 
     /// Classifies a transport error. The URL is dropped from it: it carries the API key.
@@ -155,13 +201,13 @@ impl UpstreamError {
         if let Some(refused) = find_cause::<super::destination::Refused>(&error) {
             UpstreamError::Refused { operation, detail: refused.to_string() }
         } else if error.is_redirect() {
-            UpstreamError::Refused { operation, detail: error_chain(&error) }
+            UpstreamError::Refused { operation, detail: one_line(&error) }
         } else if error.is_timeout() {
             UpstreamError::Timeout { operation }
         } else if error.is_connect() {
-            UpstreamError::Connect { operation, detail: error_chain(&error) }
+            UpstreamError::Connect { operation, detail: one_line(&error) }
         } else {
-            UpstreamError::Transport { operation, detail: error_chain(&error) }
+            UpstreamError::Transport { operation, detail: one_line(&error) }
         }
     }
 }
@@ -176,17 +222,4 @@ fn find_cause<'a, E: std::error::Error + 'static>(error: &'a (dyn std::error::Er
         next = current.source();
     }
     None
-}
-
-/// An error and its sources in one line: reqwest's own message says little ("error sending
-/// request"); the cause ("connection refused") is in the chain.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -6,12 +6,15 @@
 mod auth;
 pub mod body;
 mod client;
+pub mod convert;
 pub mod destination;
 mod error;
 mod rate_limit;
+mod status;
 pub mod wire;
 
 pub use auth::Credentials;
-pub use client::{ClientConfig, RetryPolicy, StreamClient, Answer, decode};
-pub use error::{Operation, UpstreamError};
+pub use client::{Answer, ClientConfig, RetryPolicy, StreamClient, decode};
+pub use error::{ErrorKind, Operation, UpstreamError};
 pub use rate_limit::RateLimit;
+pub use status::download_not_started;

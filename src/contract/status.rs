@@ -1,20 +1,19 @@
-//! The one place where failures become gRPC statuses.
+//! The one place where gRPC statuses are built.
 //!
-//! Every status carries an `ErrorInfo` (domain [`DOMAIN`]) whose reason a client can branch on;
-//! upstream failures add the Stream operation, HTTP status and Stream code as metadata.
+//! Every status carries an `ErrorInfo` (domain [`DOMAIN`]) whose reason a client can branch on,
+//! and every one goes through [`build`], which keeps it within what gRPC clients accept.
+//! Upstream failures are mapped to these reasons by `upstream::UpstreamError::to_status`.
 
 use std::{collections::HashMap, time::Duration};
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::upstream::{Operation, UpstreamError};
-
 /// `ErrorInfo.domain` of every error this service returns.
 pub const DOMAIN: &str = "stream-export";
 
 /// How long to suggest waiting when upstream gives no better hint.
-const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
+pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// `ErrorInfo` reasons: stable identifiers a client can branch on.
 pub mod reason {
@@ -66,6 +65,8 @@ pub mod reason {
     pub const WATCH_LIMIT_REACHED: &str = "WATCH_LIMIT_REACHED";
     /// No valid bearer token (caller authentication is on).
     pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    /// A submit ended abnormally inside this service; retry with the same `request_id`.
+    pub const SUBMIT_ABORTED: &str = "SUBMIT_ABORTED";
     /// A `request_id` was reused for a different request.
     pub const REQUEST_ID_REUSED: &str = "REQUEST_ID_REUSED";
     /// The replica is handling as many calls as it allows: try again (another replica).
@@ -111,16 +112,6 @@ pub fn download_failed(detail: &str, next_index: u64) -> Status {
     build(Code::Unavailable, message, details)
 }
 
-/// The status of a ReadExport whose download could not start: FAILED_PRECONDITION
-/// `DOWNLOAD_REFUSED` when the destination is refused (retrying will not help), otherwise
-/// UNAVAILABLE `DOWNLOAD_FAILED` to resume at `next_index`.
-pub fn download_not_started(error: &UpstreamError, next_index: u64) -> Status {
-    match error {
-        UpstreamError::Refused { .. } => upstream_status(error),
-        _ => download_failed(&error.to_string(), next_index),
-    }
-}
-
 /// DATA_LOSS when an export file cannot be parsed; `next_index` is where it broke.
 pub fn export_unreadable(detail: &str, next_index: u64) -> Status {
     let details = ErrorDetails::with_error_info(reason::EXPORT_UNREADABLE, DOMAIN, next_index_metadata(next_index));
@@ -156,17 +147,24 @@ pub fn read_aborted(next_index: u64) -> Status {
 
 /// RESOURCE_EXHAUSTED, at once, when the replica has as many ReadExport streams as it allows.
 pub fn read_limit_reached(limit: usize) -> Status {
+    stream_limit_reached(reason::READ_LIMIT_REACHED, "read-streams", "ReadExport", limit)
+}
+
+/// RESOURCE_EXHAUSTED when the replica has as many watch streams as it allows.
+pub fn watch_limit_reached(limit: usize) -> Status {
+    stream_limit_reached(reason::WATCH_LIMIT_REACHED, "watch-streams", "watch", limit)
+}
+
+/// The one shape of both stream limits: `reason`, a quota violation on
+/// `stream-export:<quota>`, and the limit in the metadata.
+fn stream_limit_reached(reason: &str, quota: &str, streams: &str, limit: usize) -> Status {
     let mut details = ErrorDetails::with_retry_info(Some(DEFAULT_RETRY_DELAY));
-    details.set_error_info(
-        reason::READ_LIMIT_REACHED,
-        DOMAIN,
-        HashMap::from([("limit".to_owned(), limit.to_string())]),
-    );
+    details.set_error_info(reason, DOMAIN, HashMap::from([("limit".to_owned(), limit.to_string())]));
     details.add_quota_failure_violation(
-        "stream-export:read-streams",
-        format!("at most {limit} concurrent ReadExport streams"),
+        format!("stream-export:{quota}"),
+        format!("at most {limit} concurrent {streams} streams"),
     );
-    build(Code::ResourceExhausted, format!("too many ReadExport streams (limit {limit})"), details)
+    build(Code::ResourceExhausted, format!("too many {streams} streams (limit {limit})"), details)
 }
 
 fn next_index_metadata(next_index: u64) -> HashMap<String, String> {
@@ -192,6 +190,13 @@ pub fn request_id_reused() -> Status {
     );
     details.set_error_info(reason::REQUEST_ID_REUSED, DOMAIN, HashMap::new());
     build(Code::InvalidArgument, "request_id reused for a different request", details)
+}
+
+/// INTERNAL when a submit's task ended without an outcome (a fault of this service): whether
+/// Stream started the export is unknown, so the caller retries with the same `request_id`.
+pub fn submit_aborted() -> Status {
+    let details = ErrorDetails::with_error_info(reason::SUBMIT_ABORTED, DOMAIN, HashMap::new());
+    build(Code::Internal, "the submit ended abnormally; retry with the same request_id", details)
 }
 
 /// RESOURCE_EXHAUSTED, at once, when the replica is at its concurrency limit (load shedding
@@ -222,30 +227,15 @@ pub fn watch_interrupted(why: &str) -> Status {
     build(Code::Unavailable, format!("watch interrupted: {why}; call WatchTask again"), details)
 }
 
-/// UNAVAILABLE for a watch whose upstream kept failing past the failure budget.
-pub fn watch_upstream_failing(last_error: &UpstreamError, budget: Duration) -> Status {
-    let last = upstream_status(last_error);
+/// UNAVAILABLE for a watch whose upstream kept failing past the failure budget; `last` is the
+/// status of the last failure, whose metadata it keeps.
+pub fn watch_upstream_failing(last: &Status, budget: Duration) -> Status {
     let mut details = ErrorDetails::with_retry_info(Some(DEFAULT_RETRY_DELAY.max(budget / 10)));
     let mut metadata = last.get_error_details().error_info().map(|info| info.metadata.clone()).unwrap_or_default();
     metadata.insert("failing_for_seconds".into(), budget.as_secs().to_string());
     details.set_error_info(reason::UPSTREAM_FAILING, DOMAIN, metadata);
     let message = format!("Stream kept failing for {}s: {}", budget.as_secs(), last.message());
     build(Code::Unavailable, message, details)
-}
-
-/// RESOURCE_EXHAUSTED when the replica has as many watch streams as it allows.
-pub fn watch_limit_reached(limit: usize) -> Status {
-    let mut details = ErrorDetails::with_retry_info(Some(DEFAULT_RETRY_DELAY));
-    details.set_error_info(
-        reason::WATCH_LIMIT_REACHED,
-        DOMAIN,
-        HashMap::from([("limit".to_owned(), limit.to_string())]),
-    );
-    details.add_quota_failure_violation(
-        "stream-export:watch-streams",
-        format!("at most {limit} concurrent watch streams"),
-    );
-    build(Code::ResourceExhausted, format!("too many watch streams (limit {limit})"), details)
 }
 
 /// INVALID_ARGUMENT with one `BadRequest` violation per problem.
@@ -257,147 +247,6 @@ pub fn invalid_request(violations: Vec<FieldViolation>) -> Status {
     let mut details = ErrorDetails::with_bad_request(violations);
     details.set_error_info(reason::INVALID_REQUEST, DOMAIN, HashMap::new());
     build(Code::InvalidArgument, summary, details)
-}
-
-/// Maps an upstream failure to the status the caller sees.
-pub fn upstream_status(error: &UpstreamError) -> Status {
-    let operation = error.operation();
-    let mut metadata = HashMap::from([("operation".to_owned(), operation.name().to_owned())]);
-    let mut details = ErrorDetails::new();
-
-    let (code, reason, message) = match error {
-        UpstreamError::Api { status, code: stream_code, message, exception_fields, rate_limit, .. } => {
-            metadata.insert("upstream_http_status".into(), status.to_string());
-            if let Some(stream_code) = stream_code {
-                metadata.insert("stream_code".into(), stream_code.to_string());
-            }
-            match (*status, *stream_code) {
-                (401, _) | (_, Some(2 | 5 | 40..=43)) => (
-                    Code::Internal,
-                    reason::UPSTREAM_CREDENTIALS_REJECTED,
-                    "Stream rejected this service's credentials: check STREAM_API_KEY and STREAM_API_SECRET".to_owned(),
-                ),
-                (429, _) | (_, Some(9)) => {
-                    let delay = rate_limit
-                        .map(|limit| limit.until_reset())
-                        .filter(|delay| !delay.is_zero())
-                        .unwrap_or(DEFAULT_RETRY_DELAY);
-                    details.set_retry_info(Some(delay));
-                    let limit = rate_limit.map(|l| format!("{} requests per minute", l.limit));
-                    details.add_quota_failure_violation(
-                        format!("stream:{}", operation.name()),
-                        format!("Stream's rate limit ({}) is exhausted", limit.as_deref().unwrap_or("unknown")),
-                    );
-                    (
-                        Code::ResourceExhausted,
-                        reason::UPSTREAM_RATE_LIMITED,
-                        format!("Stream rate limit reached: {message}"),
-                    )
-                }
-                (400, _) if operation == Operation::ExportUser && mentions_message_limit(message) => (
-                    Code::FailedPrecondition,
-                    reason::USER_EXPORT_TOO_LARGE,
-                    "the user has more than 10,000 messages, too many for a synchronous export; use ExportUsers"
-                        .to_owned(),
-                ),
-                (400, _) | (_, Some(4)) => {
-                    for (field, description) in exception_fields {
-                        details.add_bad_request_violation(field.clone(), description.clone());
-                    }
-                    (
-                        Code::InvalidArgument,
-                        reason::UPSTREAM_INVALID_ARGUMENT,
-                        format!("Stream rejected the request: {message}"),
-                    )
-                }
-                (404, _) => match operation {
-                    Operation::GetTask => (Code::NotFound, reason::TASK_NOT_FOUND, "task not found".to_owned()),
-                    Operation::ExportUser => (Code::NotFound, reason::USER_NOT_FOUND, "user not found".to_owned()),
-                    _ => (Code::NotFound, reason::UPSTREAM_NOT_FOUND, format!("Stream: {message}")),
-                },
-                (403, _) => (
-                    Code::PermissionDenied,
-                    reason::UPSTREAM_PERMISSION_DENIED,
-                    format!("Stream refused the operation: {message}"),
-                ),
-                (300..=399, _) => (
-                    Code::Internal,
-                    reason::UPSTREAM_REDIRECTED,
-                    format!(
-                        "Stream answered with a redirect (HTTP {status}), which is not followed: check the upstream base URL"
-                    ),
-                ),
-                (408 | 500.., _) => {
-                    details.set_retry_info(Some(DEFAULT_RETRY_DELAY));
-                    (
-                        Code::Unavailable,
-                        reason::UPSTREAM_UNAVAILABLE,
-                        format!("Stream failed (HTTP {status}): {message}"),
-                    )
-                }
-                _ => (
-                    Code::Internal,
-                    reason::UPSTREAM_UNEXPECTED_STATUS,
-                    format!("Stream answered HTTP {status}: {message}"),
-                ),
-            }
-        }
-        UpstreamError::DeadlineExceeded { .. } => (
-            Code::DeadlineExceeded,
-            reason::DEADLINE_EXCEEDED,
-            "the call's deadline passed before Stream answered".to_owned(),
-        ),
-        UpstreamError::Timeout { .. } => {
-            details.set_retry_info(Some(DEFAULT_RETRY_DELAY));
-            (Code::Unavailable, reason::UPSTREAM_TIMEOUT, "Stream did not answer in time".to_owned())
-        }
-        UpstreamError::Connect { detail, .. } => {
-            details.set_retry_info(Some(DEFAULT_RETRY_DELAY));
-            (Code::Unavailable, reason::UPSTREAM_UNREACHABLE, format!("cannot connect to Stream: {detail}"))
-        }
-        UpstreamError::Transport { detail, .. } => {
-            details.set_retry_info(Some(DEFAULT_RETRY_DELAY));
-            (
-                Code::Unavailable,
-                reason::UPSTREAM_CONNECTION_FAILED,
-                format!("the connection to Stream failed: {detail}"),
-            )
-        }
-        UpstreamError::TooLarge { limit, .. } => {
-            metadata.insert("limit_bytes".into(), limit.to_string());
-            if operation == Operation::ExportUser {
-                (
-                    Code::FailedPrecondition,
-                    reason::USER_EXPORT_TOO_LARGE,
-                    format!(
-                        "the user's export is larger than the {limit} bytes a synchronous export may be; use ExportUsers"
-                    ),
-                )
-            } else {
-                (
-                    Code::Internal,
-                    reason::UPSTREAM_RESPONSE_TOO_LARGE,
-                    format!("Stream's answer was larger than the {limit} bytes read for {}", operation.name()),
-                )
-            }
-        }
-        UpstreamError::Refused { detail, .. } => {
-            (Code::FailedPrecondition, reason::DOWNLOAD_REFUSED, format!("the export download was refused: {detail}"))
-        }
-        UpstreamError::Decode { status, detail, .. } => {
-            metadata.insert("upstream_http_status".into(), status.to_string());
-            (Code::Internal, reason::UPSTREAM_BAD_RESPONSE, format!("Stream sent an unreadable response: {detail}"))
-        }
-    };
-    details.set_error_info(reason, DOMAIN, metadata);
-    build(code, message, details)
-}
-
-/// Whether a Stream error message is the one for a user over the synchronous export limit.
-/// Stream does not document a dedicated code for it, so the message is the only signal.
-fn mentions_message_limit(message: &str) -> bool {
-    let message = message.to_ascii_lowercase();
-    ["10000", "10,000", "10k"].iter().any(|limit| message.contains(limit))
 }
 
 /// Limits that keep a whole status inside the 8 KiB of metadata that common gRPC clients
@@ -422,7 +271,7 @@ pub const VIOLATIONS_DROPPED: &str = "violations_dropped";
 /// Every status of this module is built here, so that none outgrows what a client accepts:
 /// the message and each violation are cut to their limits, and violations past the details
 /// limit are dropped, saying how many (a last violation and `ErrorInfo` metadata).
-fn build(code: Code, message: impl Into<String>, mut details: ErrorDetails) -> Status {
+pub fn build(code: Code, message: impl Into<String>, mut details: ErrorDetails) -> Status {
     let message = truncate(message.into(), size::MAX_MESSAGE_BYTES);
     if let Some(bad_request) = details.bad_request() {
         let violations: Vec<FieldViolation> = bad_request
@@ -501,47 +350,7 @@ fn truncate(mut text: String, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-
-    /// Bytes of a status as trailers: every header name and value.
-    fn trailer_bytes(status: &Status) -> usize {
-        let mut headers = http::HeaderMap::new();
-        status.add_header(&mut headers).expect("the status encodes");
-        headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum()
-    }
-
-    fn huge_upstream_400() -> UpstreamError {
-        let exception_fields: BTreeMap<String, String> = (0..5_000)
-            .map(|n| (format!("channels[{n}].id"), format!("channel {n} is not valid: é{}", "x".repeat(40))))
-            .collect();
-        UpstreamError::Api {
-            operation: Operation::ExportChannels,
-            status: 400,
-            code: Some(4),
-            message: "ü".repeat(512 * 1024),
-            exception_fields,
-            rate_limit: None,
-        }
-    }
-
-    #[test]
-    fn a_huge_upstream_error_fits_the_metadata_limit_and_says_what_was_dropped() {
-        let status = upstream_status(&huge_upstream_400());
-        assert_eq!(status.code(), Code::InvalidArgument);
-        let bytes = trailer_bytes(&status);
-        assert!(bytes <= size::METADATA_LIMIT_BYTES, "{bytes} bytes of trailers");
-        let details = status.get_error_details();
-        let info = details.error_info().expect("ErrorInfo");
-        assert_eq!(info.reason, reason::UPSTREAM_INVALID_ARGUMENT);
-        let dropped: usize = info.metadata[VIOLATIONS_DROPPED].parse().expect("a count");
-        let violations = &details.bad_request().expect("BadRequest").field_violations;
-        assert!(violations.len() > 10, "only {} violations kept", violations.len());
-        assert_eq!(violations.len() - 1 + dropped, 5_000);
-        assert!(violations.last().is_some_and(|v| v.description.contains(&format!("{dropped} more"))));
-        assert!(status.message().len() <= size::MAX_MESSAGE_BYTES);
-    }
 
     #[test]
     fn a_small_error_is_left_whole() {

@@ -1,12 +1,13 @@
-//! Conversions between Stream's JSON and the protobuf messages.
+//! Stream's answers as contract messages: a task status as a `Task`, a user export as an
+//! `ExportUserResponse`.
 
 use chrono::{DateTime, Utc};
-use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
-use serde_json::Map;
 
-use crate::{
+use super::wire::{TaskStatus, UserExport};
+use crate::contract::{
+    json::to_struct,
     proto::{ExportUserResponse, Task, TaskError, TaskResult, TaskState},
-    upstream::wire::{TaskStatus, UserExport},
+    task::timestamp,
 };
 
 /// How long Stream's signed result URLs stay valid.
@@ -56,11 +57,6 @@ fn url_expiry(url: &str) -> Option<DateTime<Utc>> {
     signed.checked_add_signed(chrono::Duration::try_seconds(param("X-Amz-Expires")?.parse().ok()?)?)
 }
 
-/// Converts an instant to a protobuf timestamp.
-pub fn timestamp(instant: DateTime<Utc>) -> Timestamp {
-    Timestamp { seconds: instant.timestamp(), nanos: instant.timestamp_subsec_nanos() as i32 }
-}
-
 /// Builds the `ExportUser` response, keeping every field upstream sent.
 pub fn user_export(export: UserExport) -> ExportUserResponse {
     ExportUserResponse {
@@ -68,26 +64,6 @@ pub fn user_export(export: UserExport) -> ExportUserResponse {
         messages: export.messages.into_iter().map(to_struct).collect(),
         reactions: export.reactions.into_iter().map(to_struct).collect(),
     }
-}
-
-/// Converts a JSON object to a `google.protobuf.Struct`. Numbers become doubles, as the
-/// protobuf JSON mapping defines; integers up to 2^53 survive exactly.
-pub fn to_struct(object: Map<String, serde_json::Value>) -> Struct {
-    Struct { fields: object.into_iter().map(|(key, value)| (key, to_value(value))).collect() }
-}
-
-fn to_value(value: serde_json::Value) -> Value {
-    let kind = match value {
-        serde_json::Value::Null => Kind::NullValue(0),
-        serde_json::Value::Bool(b) => Kind::BoolValue(b),
-        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
-        serde_json::Value::String(s) => Kind::StringValue(s),
-        serde_json::Value::Array(items) => {
-            Kind::ListValue(ListValue { values: items.into_iter().map(to_value).collect() })
-        }
-        serde_json::Value::Object(object) => Kind::StructValue(to_struct(object)),
-    };
-    Value { kind: Some(kind) }
 }
 
 #[cfg(test)]
@@ -115,15 +91,5 @@ mod tests {
         let v4 = url_expiry("https://h/f?X-Amz-Date=20231114T221320Z&X-Amz-Expires=86400&X-Amz-Signature=x").unwrap();
         assert_eq!(v4.timestamp(), 1_700_000_000 + 86_400);
         assert_eq!(url_expiry("https://h/f?sig=x"), None);
-    }
-
-    #[test]
-    fn nested_json_survives_the_struct_conversion() {
-        let json = serde_json::json!({"id": "u", "n": 3, "tags": ["a", null], "meta": {"deep": true}});
-        let serde_json::Value::Object(object) = json else { unreachable!() };
-        let converted = to_struct(object);
-        let Some(Kind::StructValue(meta)) = &converted.fields["meta"].kind else { panic!("meta is not a struct") };
-        assert_eq!(meta.fields["deep"].kind, Some(Kind::BoolValue(true)));
-        assert_eq!(converted.fields["n"].kind, Some(Kind::NumberValue(3.0)));
     }
 }
