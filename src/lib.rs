@@ -1,6 +1,10 @@
 //! stream-export: a gRPC service that puts Stream Chat's asynchronous export API behind a
 //! protobuf contract, holds the Stream API secret so that clients never do, and ships a
 //! faithful emulator of the Stream API for trying it out and for every test.
+//!
+//! ARCHITECTURE.md is the map: the layers, which way imports point, and where to start reading.
+
+#![warn(missing_docs)]
 
 pub mod client_cli;
 pub mod codec;

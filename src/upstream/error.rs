@@ -43,9 +43,12 @@ impl Operation {
 /// ([`ErrorKind::is_temporary`]) and the status a caller sees ([`UpstreamError::to_status`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// Waiting may cure it: Stream's 5xx or 408, a timeout, a refused or broken connection, an
-    /// unreadable answer.
+    /// Waiting may cure it: Stream's 5xx or 408, a timeout, a refused or broken connection.
     Transient,
+    /// A success status whose body is not what the API documents. Asking again at once would
+    /// most likely get the same answer (and a submit may have started a task), so it is not
+    /// retried; a poller still rides it out within its failure budget.
+    BadResponse,
     /// Stream's rate limit (HTTP 429 or Stream code 9): come back when its window resets.
     RateLimited {
         /// Until the window resets, when Stream said so.
@@ -68,7 +71,7 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// Whether waiting (and asking again later) may cure the failure: what a poller rides out.
     pub fn is_temporary(self) -> bool {
-        matches!(self, Self::Transient | Self::RateLimited { .. } | Self::DeadlineExceeded)
+        matches!(self, Self::Transient | Self::BadResponse | Self::RateLimited { .. } | Self::DeadlineExceeded)
     }
 }
 
@@ -178,10 +181,10 @@ impl UpstreamError {
                 (408 | 500.., _) => ErrorKind::Transient,
                 _ => ErrorKind::Permanent,
             },
-            UpstreamError::Connect { .. }
-            | UpstreamError::Timeout { .. }
-            | UpstreamError::Transport { .. }
-            | UpstreamError::Decode { .. } => ErrorKind::Transient,
+            UpstreamError::Connect { .. } | UpstreamError::Timeout { .. } | UpstreamError::Transport { .. } => {
+                ErrorKind::Transient
+            }
+            UpstreamError::Decode { .. } => ErrorKind::BadResponse,
             UpstreamError::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
             UpstreamError::TooLarge { .. } | UpstreamError::Refused { .. } => ErrorKind::Permanent,
         }

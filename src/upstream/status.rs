@@ -85,6 +85,11 @@ impl UpstreamError {
                 reason::DEADLINE_EXCEEDED,
                 "the call's deadline passed before Stream answered".to_owned(),
             ),
+            (ErrorKind::BadResponse, error) => (
+                Code::Internal,
+                reason::UPSTREAM_BAD_RESPONSE,
+                format!("Stream sent an unreadable response: {}", detail_of(error)),
+            ),
             (ErrorKind::Transient, error) => transient(error, &mut details),
             (ErrorKind::Permanent, error) => permanent(error, &mut metadata),
         };
@@ -101,15 +106,19 @@ impl UpstreamError {
     }
 }
 
-/// A failure waiting may cure: UNAVAILABLE with a retry delay, except an unreadable answer.
-fn transient(error: &UpstreamError, details: &mut ErrorDetails) -> (Code, &'static str, String) {
-    if let UpstreamError::Decode { detail, .. } = error {
-        return (
-            Code::Internal,
-            reason::UPSTREAM_BAD_RESPONSE,
-            format!("Stream sent an unreadable response: {detail}"),
-        );
+/// What went wrong, for a failure that has a `detail`.
+fn detail_of(error: &UpstreamError) -> &str {
+    match error {
+        UpstreamError::Decode { detail, .. }
+        | UpstreamError::Connect { detail, .. }
+        | UpstreamError::Transport { detail, .. }
+        | UpstreamError::Refused { detail, .. } => detail,
+        _ => "",
     }
+}
+
+/// A failure waiting may cure: UNAVAILABLE with a retry delay.
+fn transient(error: &UpstreamError, details: &mut ErrorDetails) -> (Code, &'static str, String) {
     details.set_retry_info(Some(DEFAULT_RETRY_DELAY));
     match error {
         UpstreamError::Api { status, message, .. } => {

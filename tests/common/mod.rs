@@ -1,7 +1,9 @@
 //! Test harness: the real service and the emulator, each on a random loopback port.
 #![allow(dead_code)]
 
+pub mod emulator;
 pub mod fake_upstream;
+pub mod pki;
 pub mod process;
 pub mod raw_grpc;
 pub mod records;
@@ -11,12 +13,14 @@ use std::{net::SocketAddr, time::Duration};
 use serde_json::{Value, json};
 use stream_export::{
     config::{Settings, UpstreamSettings, parse_base_url},
-    emulator::{self, EmulatorConfig, EmulatorHandle},
+    emulator::EmulatorConfig,
     proto::export_service_client::ExportServiceClient,
     startup::Application,
     task_watch::{WatchHub, WatchSettings},
 };
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+pub use self::emulator::TestEmulator;
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -130,99 +134,15 @@ impl TestApp {
     }
 }
 
-/// The emulator, with helpers for its control endpoints.
-pub struct TestEmulator {
-    handle: EmulatorHandle,
-    /// An HTTP client for direct calls.
-    pub http: reqwest::Client,
+/// An HS256 token over `claims`, signed with `secret`.
+pub fn token(secret: &str, claims: Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap_or_default()
 }
 
-impl TestEmulator {
-    /// Starts an emulator on a random port.
-    pub async fn spawn(config: EmulatorConfig) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let handle = emulator::spawn(listener, config).await.expect("the emulator starts");
-        // Plain HTTP only, but reqwest wants a TLS provider chosen before it builds a client.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        Self { handle, http: reqwest::Client::new() }
-    }
-
-    /// The emulator's base URL.
-    pub fn base_url(&self) -> String {
-        self.handle.base_url()
-    }
-
-    /// Sends a control request and returns its JSON answer.
-    pub async fn control(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut request = self.http.request(method, format!("{}/_emulator/{path}", self.base_url()));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("control request");
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        assert!(status.is_success(), "control {path}: HTTP {status}: {text}");
-        serde_json::from_str(&text).unwrap_or(Value::Null)
-    }
-
-    /// Makes the next `count` requests of `route` fail with `fault`.
-    pub async fn inject(&self, route: &str, count: u32, fault: Value) {
-        self.control(reqwest::Method::POST, "faults", Some(json!({"route": route, "count": count, "fault": fault})))
-            .await;
-    }
-
-    /// Removes every pending fault.
-    pub async fn clear_faults(&self) {
-        self.control(reqwest::Method::DELETE, "faults", None).await;
-    }
-
-    /// Zeroes the request counters.
-    pub async fn reset_counters(&self) {
-        self.control(reqwest::Method::POST, "counters/reset", None).await;
-    }
-
-    /// Requests the emulator saw on `route` since start or the last reset.
-    pub async fn requests(&self, route: &str) -> u64 {
-        let counters = self.control(reqwest::Method::GET, "counters", None).await;
-        counters["routes"][route].as_u64().unwrap_or(0)
-    }
-
-    /// Upstream export tasks created so far.
-    pub async fn exports_created(&self) -> u64 {
-        let counters = self.control(reqwest::Method::GET, "counters", None).await;
-        counters["exports_created"].as_u64().unwrap_or(0)
-    }
-
-    /// Steers a task (hold it, or force its status).
-    pub async fn steer(&self, task_id: &str, body: Value) {
-        self.control(reqwest::Method::POST, &format!("tasks/{task_id}"), Some(body)).await;
-    }
-
-    /// Calls an API route directly, signed as an SDK would; returns status and JSON body.
-    pub async fn api_get(&self, path: &str) -> (u16, Value) {
-        let token = server_token(API_SECRET);
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base_url()))
-            .query(&[("api_key", API_KEY)])
-            .header("Authorization", token)
-            .header("stream-auth-type", "jwt")
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-}
-
-/// Signs Stream's server token.
+/// Stream's server token, the one the SDKs send: `{"server": true}` signed with `secret`.
 pub fn server_token(secret: &str) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"server": true}),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
+    token(secret, json!({"server": true}))
 }
 
 /// Asserts the code and `ErrorInfo` reason of a status and returns its details.

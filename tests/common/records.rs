@@ -1,7 +1,7 @@
 //! What an export file holds, and protobuf `Struct`s back to JSON, for comparing records.
 
-use prost_types::{Struct, value::Kind};
-use serde_json::{Map, Value, json};
+use prost_types::Struct;
+use serde_json::{Value, json};
 
 /// The records a file should give, computed from the whole file (fine for test sizes).
 pub fn expected_records(body: &str) -> Vec<(String, Value)> {
@@ -34,20 +34,10 @@ pub fn expected_records(body: &str) -> Vec<(String, Value)> {
     out
 }
 
-/// A `Struct` back to JSON, numbers as doubles.
+/// A `Struct` back to JSON (the crate's one conversion), numbers as doubles so that it
+/// compares with [`normalised`] JSON.
 pub fn json_of(value: &Struct) -> Value {
-    Value::Object(value.fields.iter().map(|(k, v)| (k.clone(), json_of_value(v))).collect::<Map<_, _>>())
-}
-
-pub fn json_of_value(value: &prost_types::Value) -> Value {
-    match &value.kind {
-        None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::BoolValue(b)) => json!(b),
-        Some(Kind::NumberValue(n)) => json!(n),
-        Some(Kind::StringValue(s)) => json!(s),
-        Some(Kind::ListValue(list)) => Value::Array(list.values.iter().map(json_of_value).collect()),
-        Some(Kind::StructValue(s)) => json_of(s),
-    }
+    normalised(&stream_export::contract::json::from_struct(value))
 }
 
 /// Numbers as doubles, as they are after a trip through `Struct`.

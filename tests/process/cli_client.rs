@@ -3,7 +3,7 @@
 //! too) in front of an in-process emulator that the tests steer. Checks the files, the output and
 //! the exit codes.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::BTreeMap,
@@ -14,6 +14,7 @@ use std::{
 
 use common::{
     API_KEY, API_SECRET, TestEmulator,
+    pki::Pki,
     process::ServiceProcess,
     records::{expected_records, normalised},
 };
@@ -430,23 +431,6 @@ async fn task_watch_on_a_terminal_shows_a_live_progress_display() {
     assert!(screen.contains("COMPLETED"), "{screen}");
 }
 
-/// A CA, and a server (`localhost`) and a client certificate signed by it, as PEM.
-fn pki() -> (String, (String, String), (String, String)) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "cli test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf = |names: Vec<String>, common_name: &str| {
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, common_name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &ca).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    (ca.pem(), leaf(vec!["localhost".into()], "localhost"), leaf(vec![], "cli-user"))
-}
-
 #[tokio::test]
 async fn bearer_token_and_mutual_tls_reach_a_guarded_service() {
     let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
@@ -458,7 +442,7 @@ async fn bearer_token_and_mutual_tls_reach_a_guarded_service() {
         path.to_str().unwrap().to_owned()
     };
     const TOKEN: &str = "cli-token-0123456789abcdef";
-    let (ca, (server_cert, server_key), (client_cert, client_key)) = pki();
+    let Pki { ca, server: (server_cert, server_key), client: (client_cert, client_key) } = Pki::new("cli-user");
     let (ca, server_cert, server_key) =
         (file("ca.pem", &ca), file("server.pem", &server_cert), file("server.key", &server_key));
     let (client_cert, client_key) = (file("client.pem", &client_cert), file("client.key", &client_key));

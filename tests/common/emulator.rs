@@ -1,5 +1,5 @@
-//! Helpers shared by the emulator's integration tests.
-#![allow(dead_code)]
+//! The emulator on a random loopback port, with an HTTP client signed as the SDKs sign, and
+//! helpers for its control endpoints (faults, counters, clock, task steering).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -8,25 +8,21 @@ use serde_json::{Value, json};
 use stream_export::emulator::{self, EmulatorConfig, EmulatorHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub const KEY: &str = "emulator-test-key";
-pub const SECRET: &str = "emulator-test-secret-0123456789abcdef0123456789";
+pub use super::{API_KEY as KEY, API_SECRET as SECRET};
 
 /// A running emulator and an HTTP client for it.
-pub struct Emu {
+pub struct TestEmulator {
+    /// The running emulator.
     pub handle: EmulatorHandle,
+    /// An HTTP client for direct calls.
     pub http: reqwest::Client,
+    /// The emulator's base URL.
     pub base: String,
 }
 
-/// An HS256 token over `claims`, signed with `secret`.
-pub fn token(secret: &str, claims: Value) -> String {
-    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
-    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap_or_default()
-}
-
-/// The token the SDKs send: `{"server": true}` signed with the test secret.
+/// The token the SDKs send, signed with the test secret.
 pub fn server_token() -> String {
-    token(SECRET, json!({"server": true}))
+    super::server_token(SECRET)
 }
 
 /// A decoded answer.
@@ -81,7 +77,7 @@ pub fn assert_timestamp(value: &Value) {
 }
 
 /// An emulator with short task timings (10/10/20 ms), so exports finish quickly.
-pub async fn start() -> Emu {
+pub async fn start() -> TestEmulator {
     let mut config = EmulatorConfig::new(KEY, SECRET);
     config.timings = stream_export::emulator::TaskTimings {
         waiting: Duration::from_millis(10),
@@ -91,17 +87,27 @@ pub async fn start() -> Emu {
     start_with(config).await
 }
 
-pub async fn start_with(config: EmulatorConfig) -> Emu {
+pub async fn start_with(config: EmulatorConfig) -> TestEmulator {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let handle = emulator::spawn(listener, config).await.expect("spawn");
     // reqwest is built without a default TLS provider; plain http still needs one installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
     let base = handle.base_url();
-    Emu { handle, http, base }
+    TestEmulator { handle, http, base }
 }
 
-impl Emu {
+impl TestEmulator {
+    /// Starts an emulator with `config` on a random port.
+    pub async fn spawn(config: EmulatorConfig) -> Self {
+        start_with(config).await
+    }
+
+    /// The emulator's base URL.
+    pub fn base_url(&self) -> String {
+        self.base.clone()
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.handle.addr()
     }
@@ -143,7 +149,7 @@ impl Emu {
         }
         let answer = Self::send(builder).await;
         assert!(answer.status.is_success(), "control {path}: {} {}", answer.status, answer.text);
-        answer.json()
+        serde_json::from_str(&answer.text).unwrap_or(Value::Null)
     }
 
     pub async fn advance_clock(&self, secs: i64) {
@@ -210,4 +216,55 @@ pub fn raw_request(method: &str, path_and_query: &str, headers: &[&str], body: &
     text.push_str("\r\n");
     text.push_str(body);
     text
+}
+
+/// The control endpoints (`/_emulator/...`).
+impl TestEmulator {
+    /// Makes the next `count` requests of `route` fail with `fault`.
+    pub async fn inject(&self, route: &str, count: u32, fault: Value) {
+        self.control(Method::POST, "faults", Some(json!({"route": route, "count": count, "fault": fault}))).await;
+    }
+
+    /// Removes every pending fault.
+    pub async fn clear_faults(&self) {
+        self.control(Method::DELETE, "faults", None).await;
+    }
+
+    /// Zeroes the request counters.
+    pub async fn reset_counters(&self) {
+        self.control(Method::POST, "counters/reset", None).await;
+    }
+
+    /// Requests the emulator saw on `route` since start or the last reset.
+    pub async fn requests(&self, route: &str) -> u64 {
+        let counters = self.control(Method::GET, "counters", None).await;
+        counters["routes"][route].as_u64().unwrap_or(0)
+    }
+
+    /// Upstream export tasks created so far.
+    pub async fn exports_created(&self) -> u64 {
+        let counters = self.control(Method::GET, "counters", None).await;
+        counters["exports_created"].as_u64().unwrap_or(0)
+    }
+
+    /// Steers a task (hold it, or force its status).
+    pub async fn steer(&self, task_id: &str, body: Value) {
+        self.control(Method::POST, &format!("tasks/{task_id}"), Some(body)).await;
+    }
+
+    /// Calls an API route directly, signed as an SDK would; returns status and JSON body.
+    pub async fn api_get(&self, path: &str) -> (u16, Value) {
+        let token = server_token();
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .query(&[("api_key", KEY)])
+            .header("Authorization", token)
+            .header("stream-auth-type", "jwt")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
 }

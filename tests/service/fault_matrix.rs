@@ -2,7 +2,7 @@
 //! the gRPC code and reason, how many requests reached upstream (GETs are retried, submits are
 //! never re-sent once they may have reached Stream), and that no export was created twice.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

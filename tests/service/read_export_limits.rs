@@ -2,7 +2,7 @@
 //! paused stream, the entity and file caps, and the audit of refused calls. Apart from
 //! `read_export.rs` so that these heavier tests do not compete with its large exports.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Every RPC's success path against the emulator, plus health and reflection.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The gRPC transport as clients other than tonic's see it: `TCP_NODELAY` on accepted
 //! connections, and the per-connection HTTP/2 limit the server advertises.
 
-mod common;
+use crate::common;
 
 use std::{
     sync::Arc,

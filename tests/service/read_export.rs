@@ -1,7 +1,7 @@
 //! ReadExport: every record of an export arrives once and in order, for both formats, small and
 //! large, also across a resume after a broken download.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

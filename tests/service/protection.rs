@@ -1,7 +1,7 @@
 //! Inbound protection: load shedding at the concurrency limit, request size limits, and the
 //! server-side timeout of unary calls.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

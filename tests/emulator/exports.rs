@@ -1,6 +1,6 @@
 //! Task lifecycle, signed result URLs and export file contents.
 
-mod emulator_support;
+use crate::common::emulator as emulator_support;
 
 use std::collections::BTreeSet;
 
@@ -116,17 +116,17 @@ async fn result_urls_are_signed_resigned_and_expire() {
     assert!((expires(&url) - now - 86_400).abs() <= 5);
 
     // valid
-    assert_eq!(Emu::send(emu.http.get(&url)).await.status, StatusCode::OK);
+    assert_eq!(TestEmulator::send(emu.http.get(&url)).await.status, StatusCode::OK);
     // tampered signature, tampered expiry, no signature
     let last = url.chars().last().expect("char");
     let tampered = format!("{}{}", &url[..url.len() - 1], if last == '0' { '1' } else { '0' });
-    let denied = Emu::send(emu.http.get(&tampered)).await;
+    let denied = TestEmulator::send(emu.http.get(&tampered)).await;
     assert_eq!(denied.status, StatusCode::FORBIDDEN);
     assert!(denied.text.contains("<Code>AccessDenied</Code>"), "{}", denied.text);
     let later = url.replace(&format!("Expires={}", expires(&url)), &format!("Expires={}", expires(&url) + 10));
-    assert_eq!(Emu::send(emu.http.get(&later)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(TestEmulator::send(emu.http.get(&later)).await.status, StatusCode::FORBIDDEN);
     let bare = url.split_once('?').map(|(u, _)| u.to_owned()).expect("query");
-    assert_eq!(Emu::send(emu.http.get(&bare)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(TestEmulator::send(emu.http.get(&bare)).await.status, StatusCode::FORBIDDEN);
 
     // re-signed on every read
     emu.advance_clock(5).await;
@@ -138,12 +138,12 @@ async fn result_urls_are_signed_resigned_and_expire() {
 
     // expiry after 24 h on the emulator clock
     emu.advance_clock(90_000).await;
-    let expired = Emu::send(emu.http.get(&url2)).await;
+    let expired = TestEmulator::send(emu.http.get(&url2)).await;
     assert_eq!(expired.status, StatusCode::FORBIDDEN);
     assert!(expired.text.contains("AccessDenied") && expired.text.contains("expired"), "{}", expired.text);
     let fresh = emu.get(&format!("/tasks/{task}")).await.json();
     let url3 = fresh["result"]["url"].as_str().expect("url");
-    assert_eq!(Emu::send(emu.http.get(url3)).await.status, StatusCode::OK);
+    assert_eq!(TestEmulator::send(emu.http.get(url3)).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -275,7 +275,7 @@ async fn export_users_file_and_heavy_user_failure() {
     assert_eq!(done["status"], "completed");
     let url = done["result"]["url"].as_str().expect("url");
     assert!(url.contains("/exports/users/"), "{url}");
-    let file = Emu::send(emu.http.get(url)).await;
+    let file = TestEmulator::send(emu.http.get(url)).await;
     assert_eq!(file.status, StatusCode::OK);
     let items = lines(&file.text);
     assert_eq!(items[0]["type"], "user");
@@ -309,7 +309,7 @@ async fn unfinished_or_unknown_files_are_not_served() {
         hex::encode(mac.finalize().into_bytes())
     };
     let url = format!("{}{path}?Expires={expires}&Signature={signature}", emu.base);
-    assert_eq!(Emu::send(emu.http.get(&url)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(TestEmulator::send(emu.http.get(&url)).await.status, StatusCode::NOT_FOUND);
     emu.control(Method::POST, &format!("tasks/{task}"), Some(json!({"status": "completed"}))).await;
-    assert_eq!(Emu::send(emu.http.get(&url)).await.status, StatusCode::OK);
+    assert_eq!(TestEmulator::send(emu.http.get(&url)).await.status, StatusCode::OK);
 }

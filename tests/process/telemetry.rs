@@ -1,7 +1,7 @@
 //! Telemetry: Prometheus metrics on the admin port of the real binary, and the caller's W3C
 //! trace context passed on to upstream requests.
 
-mod common;
+use crate::common;
 
 use std::{
     sync::{Arc, Mutex},

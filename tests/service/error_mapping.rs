@@ -1,7 +1,7 @@
 //! Upstream failures, injected in the emulator, reach the caller as the documented statuses
 //! with `google.rpc` details.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Every validation rule answers INVALID_ARGUMENT with a `BadRequest` violation per problem,
 //! and nothing reaches upstream.
 
-mod common;
+use crate::common;
 
 use common::{assert_status, spawn_app, violated_fields};
 use prost_types::Timestamp;

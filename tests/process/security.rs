@@ -1,12 +1,12 @@
 //! Security of the real binary: caller authentication, TLS and mutual TLS, the audit log's
 //! caller identity, and secrets (API secret, server JWT, signed URLs) never in logs or errors.
 
-mod common;
+use crate::common;
 
 use std::{path::PathBuf, time::Duration};
 
-use common::{API_KEY, API_SECRET, TestEmulator, process::ServiceProcess, server_token};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use common::{API_KEY, API_SECRET, TestEmulator, pki::Pki, process::ServiceProcess, server_token};
+
 use serde_json::json;
 use stream_export::{
     emulator::{
@@ -106,29 +106,6 @@ async fn bearer_tokens_guard_the_export_service_and_name_the_caller() {
     assert!(!log.contains(BILLING_TOKEN) && !log.contains(EXPORTS_TOKEN), "tokens never reach the log");
 }
 
-/// A CA, a server certificate for localhost, and a client certificate for `CN=batch-job`.
-struct Pki {
-    ca: String,
-    server: (String, String),
-    client: (String, String),
-}
-
-fn pki() -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "stream-export test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf = |names: Vec<String>, common_name: &str| {
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, common_name);
-        params.distinguished_name.push(DnType::OrganizationName, "Acme");
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &ca).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    Pki { server: leaf(vec!["localhost".into()], "localhost"), client: leaf(vec![], "batch-job"), ca: ca.pem() }
-}
-
 async fn tls_channel(port: u16, pki: &Pki, with_client_cert: bool) -> Result<Channel, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&pki.ca)).domain_name("localhost");
     if with_client_cert {
@@ -140,7 +117,7 @@ async fn tls_channel(port: u16, pki: &Pki, with_client_cert: bool) -> Result<Cha
 #[tokio::test]
 async fn mutual_tls_admits_certified_clients_and_audits_their_subject() {
     let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
-    let pki = pki();
+    let pki = Pki::new("batch-job");
     let dir = scratch("tls");
     let file = |name: &str, content: &str| {
         let path = dir.join(name);

@@ -1,6 +1,6 @@
 //! The emulator's API surface: auth, validation, status codes, rate limits, routes, user export.
 
-mod emulator_support;
+use crate::common::{emulator as emulator_support, token};
 
 use emulator_support::*;
 use reqwest::{Method, StatusCode};
@@ -16,12 +16,12 @@ fn one_channel() -> Value {
 #[tokio::test]
 async fn api_key_is_checked_first() {
     let emu = start().await;
-    let missing = Emu::send(emu.http.get(format!("{}/tasks/abc", emu.base))).await;
+    let missing = TestEmulator::send(emu.http.get(format!("{}/tasks/abc", emu.base))).await;
     let body = missing.assert_error(401, 2);
     assert_eq!(body["message"], json!("GetTask failed with error: \"api_key or app_id not provided\""));
     assert!(missing.header("x-ratelimit-limit").is_some());
 
-    let wrong = Emu::send(
+    let wrong = TestEmulator::send(
         emu.http
             .post(format!("{}/export_channels?api_key=nope", emu.base))
             .header("stream-auth-type", "jwt")
@@ -45,7 +45,7 @@ async fn jwt_and_auth_type_are_required() {
         if let Some(token) = token {
             builder = builder.header("Authorization", token);
         }
-        Emu::send(builder)
+        TestEmulator::send(builder)
     };
     call(None, Some(server_token())).await.assert_error(401, 5);
     call(Some("anonymous"), Some(server_token())).await.assert_error(401, 5);
@@ -119,7 +119,7 @@ async fn status_codes_durations_and_unknown_routes() {
         (Method::PUT, "/users/x/export"),
         (Method::GET, "/api/v1/export_channels"),
     ] {
-        let answer = Emu::send(emu.request(method.clone(), path)).await;
+        let answer = TestEmulator::send(emu.request(method.clone(), path)).await;
         answer.assert_error(404, 16);
         assert!(answer.header("x-ratelimit-limit").is_some(), "{method} {path}");
     }
@@ -159,7 +159,7 @@ async fn export_channels_validation() {
     )
     .await;
 
-    let malformed = Emu::send(
+    let malformed = TestEmulator::send(
         emu.request(Method::POST, "/export_channels")
             .header("content-type", "application/json")
             .body("{\"channels\": ["),
@@ -282,13 +282,14 @@ async fn control_values_that_would_overflow_the_clock_are_refused_and_break_noth
         (Method::PUT, "task_defaults", json!({"waiting_ms": u64::MAX})),
         (Method::PUT, "task_defaults", json!({"running_ms": 9_000_000_000_000_000_u64})),
     ] {
-        let answer = Emu::send(emu.http.request(method, format!("{}/_emulator/{path}", emu.base)).json(&body)).await;
+        let answer =
+            TestEmulator::send(emu.http.request(method, format!("{}/_emulator/{path}", emu.base)).json(&body)).await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{path} {body}: {}", answer.text);
         assert!(answer.text.contains("at most"), "the refusal says the limit: {}", answer.text);
     }
     // Repeated large steps add up to the limit, never past it.
     for _ in 0..3 {
-        let _ = Emu::send(
+        let _ = TestEmulator::send(
             emu.http
                 .request(Method::POST, format!("{}/_emulator/clock", emu.base))
                 .json(&json!({"advance_secs": 1_500_000_000})),

@@ -2,7 +2,7 @@
 //! as resumable interruptions, the unary call in flight finishes, new connections are refused,
 //! and the process exits within `--shutdown-grace` although a client holds a stream open.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

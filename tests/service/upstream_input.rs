@@ -3,7 +3,7 @@
 //! network, no `Referer` is ever sent, bodies are read only up to their caps, and an upstream
 //! error too large for a client's metadata limit arrives trimmed.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,6 @@
 //! Idempotent submits: a repeated `request_id` never starts a second export.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! terminal state, heartbeats, resilience to transient upstream failures, the upstream budget,
 //! and clean retirement of pollers.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

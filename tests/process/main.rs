@@ -1,0 +1,13 @@
+//! The `stream-export` binary as a child process: the CLI, TLS and tokens, logs, drain.
+//!
+//! One test binary (see ARCHITECTURE.md, "Tests"): each file below is a module; `common` is the
+//! one helper module that all three binaries share.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cli;
+mod cli_client;
+mod drain;
+mod security;
+mod telemetry;
