@@ -16,6 +16,7 @@ use crate::{
         CallLimits,
         caller::{CallerAuth, TokenTable},
     },
+    store::RedisSettings,
     task_watch::WatchSettings,
     telemetry::LogFormat,
 };
@@ -170,6 +171,16 @@ pub struct ServeArgs {
     #[arg(long, env = "STREAM_EXPORT_IDEMPOTENCY_CAPACITY", default_value_t = 100_000)]
     pub idempotency_capacity: u64,
 
+    /// Fleet mode: the Redis (or Valkey) that the replicas share, `redis://[user:password@]host:port`
+    /// or `rediss://` for TLS. Idempotent submits then hold across replicas. Unset: one process,
+    /// nothing else needed. Unreachable at start: the service starts anyway and says so.
+    #[arg(long, env = "STREAM_EXPORT_REDIS_URL", hide_env_values = true, value_parser = parse_secret)]
+    pub redis_url: Option<SecretString>,
+
+    /// Put before every Redis key, to share one Redis between deployments.
+    #[arg(long, env = "STREAM_EXPORT_REDIS_KEY_PREFIX", default_value = "")]
+    pub redis_key_prefix: String,
+
     /// Require `authorization: Bearer <token>` on ExportService; the file lists
     /// `<caller-name> <token>` per line. Health and reflection stay open.
     #[arg(long, env = "STREAM_EXPORT_AUTH_TOKENS_FILE")]
@@ -219,6 +230,8 @@ pub struct Settings {
     pub auth: CallerAuth,
     /// The idempotent-submit store.
     pub idempotency: IdempotencySettings,
+    /// Fleet mode: the shared Redis, if any.
+    pub redis: Option<RedisSettings>,
 }
 
 impl Settings {
@@ -236,6 +249,7 @@ impl Settings {
             transport: TransportSettings::default(),
             auth: CallerAuth::default(),
             idempotency: IdempotencySettings::default(),
+            redis: None,
         }
     }
 }
@@ -402,6 +416,7 @@ impl ServeArgs {
             },
             auth,
             idempotency: IdempotencySettings { ttl: self.idempotency_ttl, capacity: self.idempotency_capacity },
+            redis: self.redis_url.clone().map(|url| RedisSettings { url, key_prefix: self.redis_key_prefix.clone() }),
         })
     }
 }

@@ -17,7 +17,7 @@ use crate::{
     config::{Settings, TlsSettings, TransportSettings, UpstreamSettings},
     proto::{self, export_service_server::ExportServiceServer},
     service::{ExportApi, caller::CallerAuth},
-    store::MemoryStore,
+    store::{MemoryStore, Redis, RedisSubmitStore, SubmitStore},
     task_watch::WatchHub,
     telemetry::{self, layer::GrpcTelemetryLayer},
     upstream::{ClientConfig, Credentials, RetryPolicy, StreamClient},
@@ -44,7 +44,7 @@ impl Application {
             // The library never links the emulator into the service path: the binary starts it.
             anyhow::bail!("the embedded emulator is started by the stream-export binary (serve --emulator)");
         };
-        let credentials = Credentials::new(api_key, &api_secret).context("signing the Stream server token")?;
+        let credentials = Credentials::new(api_key.clone(), &api_secret).context("signing the Stream server token")?;
         let client = StreamClient::new(ClientConfig {
             base_url,
             credentials,
@@ -56,7 +56,17 @@ impl Application {
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
         let hub = WatchHub::new(client.clone(), settings.watch);
-        let submits = Arc::new(MemoryStore::new(settings.idempotency.ttl, settings.idempotency.capacity));
+        let submits: Arc<dyn SubmitStore> = match &settings.redis {
+            None => Arc::new(MemoryStore::new(settings.idempotency.ttl, settings.idempotency.capacity)),
+            Some(redis) => {
+                let redis = Redis::new(redis, &api_key).map_err(|why| anyhow::anyhow!("--redis-url: {why}"))?;
+                // Connected on first use: Redis is not needed to serve reads.
+                if let Err(error) = redis.connection().await {
+                    tracing::warn!(%error, "fleet mode: Redis is not reachable yet; starting anyway");
+                }
+                Arc::new(RedisSubmitStore::new(redis, settings.idempotency.ttl))
+            }
+        };
         let api = ExportApi::new(client, hub.clone(), submits, settings.limits);
         Ok(Self {
             listener,

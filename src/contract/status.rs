@@ -65,6 +65,8 @@ pub mod reason {
     pub const WATCH_LIMIT_REACHED: &str = "WATCH_LIMIT_REACHED";
     /// No valid bearer token (caller authentication is on).
     pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    /// The fleet's idempotency store (Redis) does not answer; the submit was not sent upstream.
+    pub const IDEMPOTENCY_STORE_UNAVAILABLE: &str = "IDEMPOTENCY_STORE_UNAVAILABLE";
     /// A submit ended abnormally inside this service; retry with the same `request_id`.
     pub const SUBMIT_ABORTED: &str = "SUBMIT_ABORTED";
     /// A `request_id` was reused for a different request.
@@ -197,6 +199,18 @@ pub fn request_id_reused() -> Status {
 pub fn submit_aborted() -> Status {
     let details = ErrorDetails::with_error_info(reason::SUBMIT_ABORTED, DOMAIN, HashMap::new());
     build(Code::Internal, "the submit ended abnormally; retry with the same request_id", details)
+}
+
+/// UNAVAILABLE when a submit with a `request_id` cannot be deduplicated because the fleet's
+/// store (Redis) does not answer: nothing was sent upstream, so a retry is safe.
+pub fn idempotency_store_unavailable() -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(DEFAULT_RETRY_DELAY));
+    details.set_error_info(reason::IDEMPOTENCY_STORE_UNAVAILABLE, DOMAIN, HashMap::new());
+    build(
+        Code::Unavailable,
+        "the idempotency store is unavailable; nothing was sent upstream, retry with the same request_id",
+        details,
+    )
 }
 
 /// RESOURCE_EXHAUSTED, at once, when the replica is at its concurrency limit (load shedding

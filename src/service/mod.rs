@@ -183,6 +183,10 @@ fn store_failure(error: &StoreError) -> Status {
     match error {
         StoreError::Submit(error) => upstream_failure(error),
         StoreError::Aborted => status::submit_aborted(),
+        StoreError::Unavailable(why) => {
+            tracing::warn!(%why, "a submit with a request_id was refused: the idempotency store is unavailable");
+            status::idempotency_store_unavailable()
+        }
     }
 }
 

@@ -8,12 +8,14 @@
 //! Today: the [`SubmitStore`] and its [`MemoryStore`].
 
 mod memory;
+pub mod redis;
 
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
 use crate::upstream::UpstreamError;
 
+pub use self::redis::{Redis, RedisSettings, RedisSubmitStore};
 pub use memory::MemoryStore;
 
 /// A digest of what a submit asked for: a repeat must ask for the same thing.
@@ -29,6 +31,18 @@ impl Fingerprint {
         // Serialising our own wire types cannot fail; an empty body would only weaken the check.
         hasher.update(serde_json::to_vec(body).unwrap_or_default());
         Self(hasher.finalize().into())
+    }
+
+    /// The digest in hex, as shared stores keep it.
+    pub fn to_hex(self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Reads [`Fingerprint::to_hex`]'s text back; `None` if it is not one.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(Self(bytes))
     }
 }
 
@@ -50,6 +64,9 @@ pub enum StoreError {
     /// The submit's task ended without an outcome (it panicked or the runtime is stopping).
     #[error("the submit ended abnormally")]
     Aborted,
+    /// The shared store cannot be reached; nothing was sent upstream.
+    #[error("the fleet store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Where submits are recorded.

@@ -7,6 +7,7 @@ pub mod pki;
 pub mod process;
 pub mod raw_grpc;
 pub mod records;
+pub mod redis;
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -9,5 +9,6 @@ mod common;
 mod cli;
 mod cli_client;
 mod drain;
+mod fleet;
 mod security;
 mod telemetry;

@@ -1,0 +1,187 @@
+//! Idempotent submits for the whole fleet: a repeat of a `request_id` on any replica finds the
+//! first submit, running or done.
+//!
+//! Per idempotency key, two keys in one hash-tag slot: `claim` (`<holder>|<fingerprint>`, with a
+//! short lease that its holder renews while the submit runs) and `done`
+//! (`<fingerprint>|<task id>`, kept for the idempotency TTL). A caller that finds `done` returns
+//! it; one that takes the free claim runs the submit; one that finds a claim with another
+//! fingerprint is told so (the request id was reused); one that finds a claim with its own
+//! fingerprint waits until `done` appears, or the claim goes (the submit failed: its holder
+//! released the claim; or the holder died: the lease ran out) and then claims it itself.
+//!
+//! The one case Stream's API makes unavoidable: Stream created the task, the answer was lost,
+//! and the holder died before recording it. Its lease runs out and a retry starts a second
+//! export; Stream has no idempotency key of its own to prevent it.
+
+use std::time::Duration;
+
+use futures::{
+    FutureExt,
+    future::{BoxFuture, Shared},
+};
+use redis::Script;
+
+use super::{Redis, StoreError};
+use crate::{
+    store::{Fingerprint, SubmitStore, Submitted},
+    upstream::UpstreamError,
+};
+
+/// How long a claim lasts unless its holder renews it: a replica that dies mid-submit blocks
+/// retries of its key for at most this long.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(5);
+
+/// How often a waiter looks for the outcome of a submit another caller is running.
+const WAIT_POLL: Duration = Duration::from_millis(50);
+
+/// Returns `done`, or takes the free claim, or returns the claim's holder.
+const CLAIM: &str = r"
+local done = redis.call('GET', KEYS[1])
+if done then return {'done', done} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'claimed', ''} end
+local held = redis.call('GET', KEYS[2])
+if held then return {'held', held} end
+return {'free', ''}
+";
+
+/// Extends the claim's lease, if the claim is still this holder's.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+";
+
+/// Records the task and lets go of the claim (if still held).
+const FINISH: &str = r"
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 1
+";
+
+/// Lets go of the claim after a failed submit, so that a retry can run.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// The [`SubmitStore`] of a fleet, in Redis.
+#[derive(Debug)]
+pub struct RedisSubmitStore {
+    redis: Redis,
+    ttl: Duration,
+}
+
+impl RedisSubmitStore {
+    /// A store that keeps each submit's task id for `ttl`.
+    pub fn new(redis: Redis, ttl: Duration) -> Self {
+        Self { redis, ttl }
+    }
+
+    /// Runs `submit` on its own task, holding (and renewing) the claim `holder` until it ends,
+    /// then records its task or releases the claim.
+    fn run_detached(
+        &self,
+        keys: [String; 2],
+        holder: String,
+        fingerprint: Fingerprint,
+        submit: BoxFuture<'static, Result<String, UpstreamError>>,
+    ) -> Shared<BoxFuture<'static, Result<String, StoreError>>> {
+        let (redis, ttl) = (self.redis.clone(), self.ttl);
+        let task = tokio::spawn(async move {
+            let [done, claim] = keys;
+            let renewal = tokio::spawn(renew_claim(redis.clone(), claim.clone(), holder.clone()));
+            let outcome = submit.await;
+            renewal.abort();
+            let mut connection = redis.connection().await?;
+            match outcome {
+                Ok(task_id) => {
+                    let recorded: redis::RedisResult<i64> = Script::new(FINISH)
+                        .key(&done)
+                        .key(&claim)
+                        .arg(&holder)
+                        .arg(format!("{}|{task_id}", fingerprint.to_hex()))
+                        .arg(millis(ttl))
+                        .invoke_async(&mut connection)
+                        .await;
+                    if let Err(error) = redis.observe(recorded) {
+                        // The caller gets its task; a repeat after the lease may not find it.
+                        tracing::warn!(%error, %task_id, "a submit's task could not be recorded in the fleet store");
+                    }
+                    Ok(task_id)
+                }
+                Err(error) => {
+                    let released: redis::RedisResult<i64> =
+                        Script::new(RELEASE).key(&claim).arg(&holder).invoke_async(&mut connection).await;
+                    let _ = redis.observe(released);
+                    Err(StoreError::Submit(error))
+                }
+            }
+        });
+        task.map(|joined| joined.unwrap_or(Err(StoreError::Aborted))).boxed().shared()
+    }
+}
+
+/// Extends the lease of `holder`'s claim every third of a lease, until aborted.
+async fn renew_claim(redis: Redis, claim: String, holder: String) {
+    loop {
+        tokio::time::sleep(CLAIM_LEASE / 3).await;
+        let Ok(mut connection) = redis.connection().await else { continue };
+        let renewed: redis::RedisResult<i64> =
+            Script::new(RENEW).key(&claim).arg(&holder).arg(millis(CLAIM_LEASE)).invoke_async(&mut connection).await;
+        let _ = redis.observe(renewed);
+    }
+}
+
+#[tonic::async_trait]
+impl SubmitStore for RedisSubmitStore {
+    async fn get_or_submit(
+        &self,
+        key: String,
+        fingerprint: Fingerprint,
+        submit: BoxFuture<'static, Result<String, UpstreamError>>,
+    ) -> Result<Submitted, StoreError> {
+        let digest = Fingerprint::of("key", &key).to_hex();
+        let done = self.redis.key("submit", &digest, "done");
+        let claim = self.redis.key("submit", &digest, "claim");
+        let holder = format!("{}|{}", uuid::Uuid::new_v4(), fingerprint.to_hex());
+        let mut submit = Some(submit);
+        loop {
+            let mut connection = self.redis.connection().await?;
+            let answer: redis::RedisResult<(String, String)> = Script::new(CLAIM)
+                .key(&done)
+                .key(&claim)
+                .arg(&holder)
+                .arg(millis(CLAIM_LEASE))
+                .invoke_async(&mut connection)
+                .await;
+            let (state, value) = self.redis.observe(answer)?;
+            match state.as_str() {
+                "done" => return recorded(&value),
+                "claimed" => {
+                    let Some(submit) = submit.take() else { return Err(StoreError::Aborted) };
+                    let task_id = self.run_detached([done, claim], holder, fingerprint, submit).await?;
+                    return Ok(Submitted { fingerprint, task_id });
+                }
+                "held" => {
+                    let theirs = value.rsplit('|').next().and_then(Fingerprint::from_hex);
+                    if let Some(theirs) = theirs.filter(|theirs| *theirs != fingerprint) {
+                        // Reused for another request: the caller is told, whatever the task.
+                        return Ok(Submitted { fingerprint: theirs, task_id: String::new() });
+                    }
+                    tokio::time::sleep(WAIT_POLL).await;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Reads a `done` value: `<fingerprint>|<task id>`.
+fn recorded(value: &str) -> Result<Submitted, StoreError> {
+    let (fingerprint, task_id) = value.split_once('|').ok_or(StoreError::Aborted)?;
+    let fingerprint = Fingerprint::from_hex(fingerprint).ok_or(StoreError::Aborted)?;
+    Ok(Submitted { fingerprint, task_id: task_id.to_owned() })
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}

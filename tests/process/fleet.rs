@@ -1,0 +1,169 @@
+//! Fleet mode (issue 12, idempotent submits): several `serve` processes sharing one real
+//! `redis-server` keep the promise one replica keeps: a `request_id` makes one export, whichever
+//! replicas its repeats reach.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use stream_export::{
+    emulator::EmulatorConfig,
+    proto::{ChannelRef, ExportChannelsRequest, GetTaskRequest, export_service_client::ExportServiceClient},
+};
+use tonic::{Code, transport::Channel};
+
+use crate::common::{API_KEY, API_SECRET, TestEmulator, assert_status, process::ServiceProcess, redis::RedisServer};
+
+/// Starts `count` replicas against `emulator`, sharing the Redis at `redis_url`.
+async fn replicas(count: usize, emulator: &TestEmulator, redis_url: &str) -> Vec<ServiceProcess> {
+    let base_url = emulator.base_url();
+    let env = [
+        ("STREAM_BASE_URL", base_url.as_str()),
+        ("STREAM_API_KEY", API_KEY),
+        ("STREAM_API_SECRET", API_SECRET),
+        ("STREAM_EXPORT_REDIS_URL", redis_url),
+        ("RUST_LOG", "info"),
+    ];
+    let started: Vec<ServiceProcess> = (0..count).map(|_| ServiceProcess::start(&[], &env)).collect();
+    for replica in &started {
+        replica.wait_ready(true).await;
+    }
+    started
+}
+
+async fn client(replica: &ServiceProcess) -> ExportServiceClient<Channel> {
+    ExportServiceClient::new(replica.channel().await)
+}
+
+fn export(channel_id: &str, request_id: &str) -> ExportChannelsRequest {
+    ExportChannelsRequest {
+        channels: vec![ChannelRef { r#type: "messaging".into(), id: channel_id.into(), ..Default::default() }],
+        request_id: request_id.into(),
+        ..Default::default()
+    }
+}
+
+async fn submit(replica: &ServiceProcess, request: ExportChannelsRequest) -> Result<String, tonic::Status> {
+    client(replica).await.export_channels(request).await.map(|response| response.into_inner().task_id)
+}
+
+/// Submits until it succeeds (Redis coming back), for at most 5 s, honouring no RetryInfo.
+async fn submit_until_ok(replica: &ServiceProcess, request: ExportChannelsRequest) -> String {
+    let started = Instant::now();
+    loop {
+        match submit(replica, request.clone()).await {
+            Ok(task_id) => return task_id,
+            Err(status) if started.elapsed() < Duration::from_secs(5) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("fleet mode did not come back without a restart: {status:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_id_makes_one_export_whichever_replicas_its_repeats_reach() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let concurrent = uuid::Uuid::new_v4().to_string();
+    let one_after_another = uuid::Uuid::new_v4().to_string();
+    let redis = RedisServer::start(None).await;
+    let fleet = replicas(3, &emulator, &redis.url()).await;
+
+    // One after another, on three replicas.
+    let mut task_ids = Vec::new();
+    for replica in &fleet {
+        task_ids.push(submit(replica, export("general", &one_after_another)).await.expect("the submit succeeds"));
+    }
+    assert!(task_ids.iter().all(|id| *id == task_ids[0]), "one task for one request_id: {task_ids:?}");
+    assert_eq!(emulator.exports_created().await, 1, "one upstream export");
+
+    // At the same time, on three replicas, while Stream is slow to answer.
+    emulator.inject("export_channels", 1, json!({"kind": "delay", "ms": 800})).await;
+    let concurrent =
+        futures::future::join_all(fleet.iter().map(|replica| submit(replica, export("general", &concurrent)))).await;
+    let concurrent: Vec<String> =
+        concurrent.into_iter().map(|outcome| outcome.expect("every repeat succeeds")).collect();
+    assert!(concurrent.iter().all(|id| *id == concurrent[0]), "{concurrent:?}");
+    assert_ne!(concurrent[0], task_ids[0]);
+    assert_eq!(emulator.exports_created().await, 2, "one more upstream export, not three");
+
+    // The same id with another request, on another replica.
+    let reused = submit(&fleet[2], export("random", &one_after_another)).await.expect_err("refused");
+    assert_status(&reused, Code::InvalidArgument, "REQUEST_ID_REUSED");
+    assert_eq!(emulator.exports_created().await, 2);
+}
+
+#[tokio::test]
+async fn a_failed_submit_releases_its_claim_and_a_dead_holder_blocks_retries_only_for_a_lease() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let fails_first = uuid::Uuid::new_v4().to_string();
+    let holder_dies = uuid::Uuid::new_v4().to_string();
+    let redis = RedisServer::start(None).await;
+    let mut fleet = replicas(2, &emulator, &redis.url()).await;
+
+    // Stream fails the first submit: the retry on the other replica runs it again and succeeds.
+    emulator.inject("export_channels", 1, json!({"kind": "status", "status": 500, "code": -1})).await;
+    let failed = submit(&fleet[0], export("general", &fails_first)).await.expect_err("Stream failed");
+    assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
+    submit(&fleet[1], export("general", &fails_first)).await.expect("the retry is not blocked");
+    assert_eq!(emulator.exports_created().await, 1);
+
+    // The replica holding a submit dies mid-request: a retry elsewhere waits at most about a
+    // lease (5 s), not the idempotency TTL.
+    emulator.inject("export_channels", 1, json!({"kind": "delay", "ms": 30_000})).await;
+    let holder = fleet[0].port;
+    let request = export("general", &holder_dies);
+    let abandoned = tokio::spawn(async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{holder}"))
+            .expect("a URL")
+            .connect()
+            .await
+            .expect("connects");
+        ExportServiceClient::new(channel).export_channels(request).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fleet[0].kill();
+    let _ = abandoned.await;
+    let started = Instant::now();
+    let task_id = submit(&fleet[1], export("general", &holder_dies)).await.expect("the retry runs the submit");
+    let waited = started.elapsed();
+    assert!(!task_id.is_empty());
+    assert!(waited < Duration::from_secs(8), "the retry waited {waited:?}, more than a lease and some");
+}
+
+#[tokio::test]
+async fn without_redis_a_deduplicated_submit_is_refused_before_stream_and_the_rest_keeps_working() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let after_the_outage = uuid::Uuid::new_v4().to_string();
+    let before_the_outage = uuid::Uuid::new_v4().to_string();
+    let during_the_outage = uuid::Uuid::new_v4().to_string();
+    const PASSWORD: &str = "fleet-redis-password-0123456789";
+    let mut redis = RedisServer::start(Some(PASSWORD)).await;
+    let fleet = replicas(2, &emulator, &redis.url()).await;
+    let task_id = submit(&fleet[0], export("general", &before_the_outage)).await.expect("fleet mode works");
+
+    redis.stop();
+    let refused = submit(&fleet[1], export("general", &during_the_outage)).await.expect_err("refused");
+    let details = assert_status(&refused, Code::Unavailable, "IDEMPOTENCY_STORE_UNAVAILABLE");
+    assert!(details.retry_info().is_some(), "the client is told when to retry");
+    assert_eq!(emulator.exports_created().await, 1, "nothing was sent upstream");
+    // What does not need Redis keeps working.
+    submit(&fleet[1], export("general", "")).await.expect("a submit without request_id");
+    let mut get = client(&fleet[0]).await;
+    get.get_task(GetTaskRequest { task_id: task_id.clone() }).await.expect("GetTask");
+    // A replica started while Redis is down starts anyway.
+    let late = replicas(1, &emulator, &redis.url()).await;
+
+    redis.restart().await;
+    let recovered = submit_until_ok(&fleet[1], export("general", &after_the_outage)).await;
+    // The late replica tried Redis a moment ago: it fails fast for up to a second, then joins.
+    let repeat = submit_until_ok(&late[0], export("general", &after_the_outage)).await;
+    assert_eq!(repeat, recovered, "the repeat on another replica finds the first submit");
+
+    for replica in fleet.iter().chain(&late) {
+        let log = replica.log();
+        assert!(!log.contains(PASSWORD), "the Redis password leaked into the log:\n{log}");
+        let outage_lines = log.matches("the fleet store (Redis) is unavailable").count();
+        assert!(outage_lines <= 1, "one line per outage, not per call ({outage_lines}):\n{log}");
+    }
+}
