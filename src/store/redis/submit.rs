@@ -15,10 +15,7 @@
 
 use std::time::Duration;
 
-use futures::{
-    FutureExt,
-    future::{BoxFuture, Shared},
-};
+use futures::{FutureExt, future::BoxFuture};
 use redis::Script;
 
 use super::{Redis, StoreError};
@@ -77,14 +74,15 @@ impl RedisSubmitStore {
     }
 
     /// Runs `submit` on its own task, holding (and renewing) the claim `holder` until it ends,
-    /// then records its task or releases the claim.
+    /// then records its task or releases the claim. On its own task so that a caller that
+    /// leaves never abandons a submit Stream may already have (see [`SubmitStore`]).
     fn run_detached(
         &self,
         keys: [String; 2],
         holder: String,
         fingerprint: Fingerprint,
         submit: BoxFuture<'static, Result<String, UpstreamError>>,
-    ) -> Shared<BoxFuture<'static, Result<String, StoreError>>> {
+    ) -> impl Future<Output = Result<String, StoreError>> + use<> {
         let (redis, ttl) = (self.redis.clone(), self.ttl);
         let task = tokio::spawn(async move {
             let [done, claim] = keys;
@@ -116,7 +114,7 @@ impl RedisSubmitStore {
                 }
             }
         });
-        task.map(|joined| joined.unwrap_or(Err(StoreError::Aborted))).boxed().shared()
+        task.map(|joined| joined.unwrap_or(Err(StoreError::Aborted)))
     }
 }
 
