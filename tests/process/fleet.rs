@@ -105,7 +105,10 @@ async fn a_failed_submit_releases_its_claim_and_a_dead_holder_blocks_retries_onl
     emulator.inject("export_channels", 1, json!({"kind": "status", "status": 500, "code": -1})).await;
     let failed = submit(&fleet[0], export("general", &fails_first)).await.expect_err("Stream failed");
     assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
-    submit(&fleet[1], export("general", &fails_first)).await.expect("the retry is not blocked");
+    let task_id = submit(&fleet[1], export("general", &fails_first)).await.expect("the retry is not blocked");
+    assert_eq!(emulator.exports_created().await, 1);
+    let repeat = submit(&fleet[0], export("general", &fails_first)).await.expect("a repeat where it failed");
+    assert_eq!(repeat, task_id, "the replica whose submit failed finds the retry's task");
     assert_eq!(emulator.exports_created().await, 1);
 
     // The replica holding a submit dies mid-request: a retry elsewhere waits at most about a
@@ -129,6 +132,9 @@ async fn a_failed_submit_releases_its_claim_and_a_dead_holder_blocks_retries_onl
     let waited = started.elapsed();
     assert!(!task_id.is_empty());
     assert!(waited < Duration::from_secs(8), "the retry waited {waited:?}, more than a lease and some");
+    // ... but it did wait for the lease: the dead replica's claim was seen (it might still have
+    // been talking to Stream), so no second export started at once.
+    assert!(waited > Duration::from_secs(2), "the retry did not honour the holder's claim ({waited:?})");
 }
 
 #[tokio::test]
