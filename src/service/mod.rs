@@ -32,8 +32,7 @@ use crate::{
     },
     store::{Fingerprint, StoreError, SubmitStore},
     task_watch::{WatchHub, events},
-    upstream::convert,
-    upstream::{Answer, Operation, StreamClient, UpstreamError, wire::TaskCreated},
+    upstream::{self, Answer, Operation, StreamClient, UpstreamError, convert, wire::TaskCreated},
 };
 
 /// Limits on the unary calls of one replica.
@@ -111,7 +110,7 @@ impl ExportApi {
         };
         let response = self.client.download(&url).await.map_err(|error| {
             tracing::warn!(%error, "export download refused");
-            crate::upstream::download_not_started(&error, *start_index)
+            upstream::download_not_started(&error, *start_index)
         })?;
         Ok(export_file::session::start(response.bytes_stream(), *start_index, reads, slot, self.reads_ending.clone()))
     }
