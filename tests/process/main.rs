@@ -11,3 +11,4 @@ mod cli_client;
 mod drain;
 mod security;
 mod telemetry;
+mod traces;
