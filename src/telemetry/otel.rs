@@ -19,12 +19,19 @@
 //! attributes are chosen to carry no secret.
 
 use std::{
-    sync::atomic::{AtomicBool, Ordering},
+    collections::VecDeque,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
 use anyhow::Context;
-use opentelemetry::{KeyValue, trace::TracerProvider as _};
+use opentelemetry::{
+    KeyValue,
+    trace::{SpanContext, TraceContextExt, TracerProvider as _},
+};
 use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -257,6 +264,59 @@ pub fn client_span_ended(span: &tracing::Span, outcome: ClientOutcome<'_>) {
             span.record("error.type", class);
             span.set_status(opentelemetry::trace::Status::error(""));
         }
+    }
+}
+
+/// The most watchers a poll span links to (the latest ones).
+pub const MAX_LINKS: usize = 32;
+
+/// The span contexts of a task's watchers' calls, for the poll spans to link to: a poller
+/// outlives any one watcher, so each poll is a trace of its own, linked to the calls that
+/// wait for it rather than a child of the first one.
+#[derive(Debug, Default)]
+pub struct WatcherLinks(Mutex<VecDeque<SpanContext>>);
+
+impl WatcherLinks {
+    /// Adds the call of `span` (a watcher's server span); nothing when spans are not exported.
+    pub fn add(&self, span: &tracing::Span) {
+        if !enabled() {
+            return;
+        }
+        let context = span.context().span().span_context().clone();
+        if context.is_valid() {
+            let mut links = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if links.len() == MAX_LINKS {
+                links.pop_front();
+            }
+            links.push_back(context);
+        }
+    }
+
+    fn snapshot(&self) -> Vec<SpanContext> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().cloned().collect()
+    }
+}
+
+/// The span of one poll of `task_id`: the root of its own trace, linked to the watchers'
+/// calls; a disabled span when spans are not exported.
+pub fn poll_span(task_id: &str, watchers: &WatcherLinks) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(target: SPAN_TARGET, parent: None, "poll", otel.name = "task_watch.poll", task_id);
+    for watcher in watchers.snapshot() {
+        span.add_link(watcher);
+    }
+    span
+}
+
+/// Records on a WatchTask call's span how many events its stream sent and how it ended
+/// (`terminal`, `upstream`, `shutdown`, `deadline`, `lifetime`, `poller_stopped`, or
+/// `cancelled` when the watcher left first).
+pub fn watch_ended(span: &tracing::Span, events_sent: u64, end: &'static str) {
+    if enabled() && !span.is_disabled() {
+        span.set_attribute("stream_export.watch.events_sent", events_sent as i64);
+        span.set_attribute("stream_export.watch.end", end);
     }
 }
 

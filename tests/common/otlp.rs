@@ -44,6 +44,8 @@ pub struct ReceivedSpan {
     pub attributes: BTreeMap<String, String>,
     /// OTLP status code (0 unset, 1 ok, 2 error).
     pub status_code: i32,
+    /// The span's links: (trace id, span id) in hex.
+    pub links: Vec<(String, String)>,
     /// The resource's attributes.
     pub resource: BTreeMap<String, String>,
 }
@@ -100,6 +102,35 @@ impl OtlpReceiver {
         Self { addr, recorder, shutdown: Some(shutdown), server: Some(server) }
     }
 
+    /// Starts an OTLP/HTTP receiver (protobuf bodies on `POST /v1/traces`) on a random
+    /// loopback port.
+    pub async fn start_http() -> Self {
+        use axum::{body::Bytes, routing::post};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let recorder = Recorder::default();
+        let requests = Arc::clone(&recorder.requests);
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            post(move |body: Bytes| async move {
+                let request = ExportTraceServiceRequest::decode(body).unwrap();
+                requests.lock().unwrap().push(request);
+                let response = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
+                ([("content-type", "application/x-protobuf")], response)
+            }),
+        );
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stop.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self { addr, recorder, shutdown: Some(shutdown), server: Some(server) }
+    }
+
     /// The endpoint for `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
@@ -128,6 +159,11 @@ impl OtlpReceiver {
                             trace_state: span.trace_state,
                             attributes: attributes(&span.attributes),
                             status_code: span.status.map(|status| status.code).unwrap_or_default(),
+                            links: span
+                                .links
+                                .iter()
+                                .map(|link| (hex::encode(&link.trace_id), hex::encode(&link.span_id)))
+                                .collect(),
                             resource: resource.clone(),
                         });
                     }

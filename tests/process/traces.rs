@@ -14,7 +14,7 @@ use serde_json::json;
 use stream_export::{
     emulator::{EmulatorConfig, data::KNOWN_USER},
     proto::{
-        ExportUserRequest, ExportUsersRequest, GetTaskRequest, ReadExportRequest,
+        ExportUserRequest, ExportUsersRequest, GetTaskRequest, ReadExportRequest, WatchTaskRequest,
         export_service_client::ExportServiceClient,
     },
 };
@@ -117,6 +117,20 @@ async fn a_call_continues_the_callers_trace_and_its_upstream_request_is_a_child_
 }
 
 #[tokio::test]
+async fn the_http_protobuf_protocol_is_used_when_the_variable_asks_for_it() {
+    let receiver = OtlpReceiver::start_http().await;
+    let emulator = emulator().await;
+    let protocol = [("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"), ("OTEL_SERVICE_NAME", "exports-http")];
+    let service = service(&emulator, &receiver.endpoint(), &protocol).await;
+    let mut client = client(&service).await;
+    client.export_user(request(ExportUserRequest { user_id: KNOWN_USER.into() }, true)).await.unwrap();
+    let spans = receiver.wait_for(|spans| server_span(spans, "ExportUser").is_some()).await;
+    let server = server_span(&spans, "ExportUser").unwrap_or_else(|| panic!("no server span in {spans:#?}"));
+    assert_eq!(server.trace_id, TRACE_ID);
+    assert_eq!(server.resource.get("service.name").map(String::as_str), Some("exports-http"));
+}
+
+#[tokio::test]
 async fn failed_and_retried_upstream_requests_are_error_spans_with_streams_code() {
     let receiver = OtlpReceiver::start().await;
     let emulator = emulator().await;
@@ -146,6 +160,64 @@ async fn failed_and_retried_upstream_requests_are_error_spans_with_streams_code(
     assert_eq!(second.attr("http.request.resend_count"), Some("1"));
     assert_eq!(second.attr("http.response.status_code"), Some("404"));
     assert!(second.attr("url.path").is_some_and(|path| path.starts_with("/tasks/")), "{second:#?}");
+}
+
+#[tokio::test]
+async fn each_poll_is_a_trace_of_its_own_linked_to_the_watchers_calls() {
+    let receiver = OtlpReceiver::start().await;
+    let emulator = emulator().await;
+    let poll_fast = [("STREAM_EXPORT_WATCH_POLL_MIN", "50ms"), ("STREAM_EXPORT_WATCH_POLL_MAX", "200ms")];
+    let service = service(&emulator, &receiver.endpoint(), &poll_fast).await;
+    let mut client = client(&service).await;
+    let submitted = ExportUsersRequest { user_ids: vec![KNOWN_USER.into()], ..Default::default() };
+    let task_id = client.export_users(request(submitted, false)).await.unwrap().into_inner().task_id;
+    emulator.steer(&task_id, json!({"hold": true})).await;
+
+    // Two watchers, the first one in the caller's trace; then the task completes.
+    let watch = || WatchTaskRequest { task_id: task_id.clone() };
+    let mut first = client.watch_task(request(watch(), true)).await.unwrap().into_inner();
+    first.next().await.unwrap().unwrap();
+    let mut second = client.watch_task(request(watch(), false)).await.unwrap().into_inner();
+    second.next().await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    emulator.steer(&task_id, json!({"status": "completed"})).await;
+    for stream in [&mut first, &mut second] {
+        while let Some(event) = stream.next().await {
+            event.unwrap();
+        }
+    }
+
+    let watchers = |spans: &[ReceivedSpan]| -> Vec<ReceivedSpan> {
+        spans.iter().filter(|span| span.attr("rpc.method") == Some("WatchTask")).cloned().collect()
+    };
+    let spans = receiver.wait_for(|spans| watchers(spans).len() == 2).await;
+    let watchers = watchers(&spans);
+    let [traced, other] = watchers.as_slice() else { panic!("two watch spans expected: {spans:#?}") };
+    let (traced, other) = if traced.trace_id == TRACE_ID { (traced, other) } else { (other, traced) };
+    assert_eq!(traced.trace_id, TRACE_ID);
+    for watcher in [traced, other] {
+        assert_eq!(watcher.attr("stream_export.watch.end"), Some("terminal"), "{watcher:#?}");
+        assert_eq!(watcher.attr("rpc.grpc.status_code"), Some("0"));
+        let sent: u64 = watcher.attr("stream_export.watch.events_sent").unwrap().parse().unwrap();
+        assert!(sent >= 2, "a snapshot and the change: {watcher:#?}");
+        // The polls are not children of a watcher's call.
+        assert!(children(&spans, watcher).is_empty(), "{:#?}", children(&spans, watcher));
+    }
+
+    let polls: Vec<_> = spans.iter().filter(|span| span.name == "task_watch.poll").collect();
+    assert!(!polls.is_empty(), "{spans:#?}");
+    for poll in &polls {
+        assert_eq!(poll.parent_span_id, "", "a poll is a root");
+        assert_ne!(poll.trace_id, TRACE_ID);
+        assert_eq!(poll.attr("task_id"), Some(task_id.as_str()));
+        let reads = children(&spans, poll);
+        assert!(reads.len() == 1 && reads[0].attr("url.path") == Some(&*format!("/tasks/{task_id}")), "{reads:#?}");
+    }
+    let linked_to = |watcher: &ReceivedSpan| (watcher.trace_id.clone(), watcher.span_id.clone());
+    assert!(
+        polls.iter().any(|poll| poll.links.contains(&linked_to(traced)) && poll.links.contains(&linked_to(other))),
+        "no poll linked to both watchers: {polls:#?}"
+    );
 }
 
 #[tokio::test]
