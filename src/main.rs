@@ -25,6 +25,10 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the gRPC export service.
+    ///
+    /// Spans are exported over OpenTelemetry's OTLP only when OTEL_EXPORTER_OTLP_ENDPOINT (or
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; the other standard OTEL_* variables configure
+    /// it (protocol, service name, resource attributes, sampler, batch processor).
     Serve(Box<ServeArgs>),
     /// Run the Stream API emulator alone, for SDKs and tests.
     Emulator(emulator::EmulatorArgs),
