@@ -21,8 +21,8 @@
 use std::{
     collections::VecDeque,
     sync::{
-        Mutex,
-        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -33,7 +33,11 @@ use opentelemetry::{
     trace::{SpanContext, TraceContextExt, TracerProvider as _},
 };
 use opentelemetry_otlp::{SpanExporter, WithExportConfig};
-use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use opentelemetry_sdk::{
+    Resource,
+    error::OTelSdkResult,
+    trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanProcessor},
+};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{Layer, Registry, filter::filter_fn};
 use url::Url;
@@ -78,6 +82,8 @@ pub struct OtelEnv {
     pub protocol: Protocol,
     /// Whether to set `service.name` to [`DEFAULT_SERVICE_NAME`] (no name was given).
     pub default_service_name: bool,
+    /// `OTEL_BSP_MAX_QUEUE_SIZE`: the most spans waiting for export.
+    pub max_queue_size: usize,
 }
 
 impl OtelEnv {
@@ -101,7 +107,10 @@ impl OtelEnv {
         let named = set("OTEL_SERVICE_NAME").is_some()
             || set("OTEL_RESOURCE_ATTRIBUTES")
                 .is_some_and(|attributes| attributes.split(',').any(|kv| kv.trim_start().starts_with("service.name=")));
-        Ok(Some(Self { protocol, default_service_name: !named }))
+        let max_queue_size = set("OTEL_BSP_MAX_QUEUE_SIZE")
+            .and_then(|size| size.parse().ok())
+            .unwrap_or(opentelemetry_sdk::trace::OTEL_BSP_MAX_QUEUE_SIZE_DEFAULT);
+        Ok(Some(Self { protocol, default_service_name: !named, max_queue_size }))
     }
 }
 
@@ -133,8 +142,13 @@ impl Tracing {
         }
         // The sampler (`OTEL_TRACES_SAMPLER`, parent-based by default) and the batch settings
         // (`OTEL_BSP_*`) are read by the SDK's defaults.
+        let pending = Arc::new(AtomicUsize::new(0));
+        let exporter = CountingExporter { inner: exporter, pending: Arc::clone(&pending) };
+        let batch =
+            BatchSpanProcessor::builder(exporter).with_batch_config(BatchConfigBuilder::default().build()).build();
+        let processor = CountingProcessor { inner: batch, pending, limit: env.max_queue_size };
         let provider =
-            SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build();
+            SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource.build()).build();
         ENABLED.store(true, Ordering::Relaxed);
         Ok(Self { provider })
     }
@@ -320,6 +334,80 @@ pub fn watch_ended(span: &tracing::Span, events_sent: u64, end: &'static str) {
     }
 }
 
+/// The batch processor, in front of which spans are counted: a span that would find the
+/// processor holding `limit` spans (queued or being exported) is dropped here and counted in
+/// [`super::metrics::SPANS_DROPPED`], so that the SDK's own queue (of the same size) never drops
+/// one uncounted.
+#[derive(Debug)]
+struct CountingProcessor {
+    inner: BatchSpanProcessor,
+    pending: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl SpanProcessor for CountingProcessor {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            super::metrics::spans_dropped("queue_full", 1);
+            return;
+        }
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The OTLP exporter, counting the spans that leave the processor (sent, or lost with a failed
+/// export: counted in [`super::metrics::SPANS_DROPPED`]).
+#[derive(Debug)]
+struct CountingExporter {
+    inner: SpanExporter,
+    pending: Arc<AtomicUsize>,
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for CountingExporter {
+    fn export(&self, batch: Vec<SpanData>) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        let spans = batch.len();
+        let pending = Arc::clone(&self.pending);
+        let export = self.inner.export(batch);
+        async move {
+            let result = export.await;
+            pending.fetch_sub(spans, Ordering::AcqRel);
+            if result.is_err() {
+                super::metrics::spans_dropped("export_failed", spans);
+            }
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
 /// The spans of this crate that may be exported: the per-call span and the client spans; not
 /// the emulator's (embedded with `serve --emulator`, it is not part of the service).
 fn is_exported(target: &str) -> bool {
@@ -343,7 +431,8 @@ mod tests {
         assert_eq!(read(&[endpoint, ("OTEL_SDK_DISABLED", "true")]).unwrap(), None);
         assert_eq!(read(&[endpoint, ("OTEL_TRACES_EXPORTER", "none")]).unwrap(), None);
         let on = read(&[endpoint]).unwrap().unwrap();
-        assert_eq!(on, OtelEnv { protocol: Protocol::Grpc, default_service_name: true });
+        assert_eq!(on, OtelEnv { protocol: Protocol::Grpc, default_service_name: true, max_queue_size: 2048 });
+        assert_eq!(read(&[endpoint, ("OTEL_BSP_MAX_QUEUE_SIZE", "8")]).unwrap().unwrap().max_queue_size, 8);
         assert!(read(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/v1/traces")]).unwrap().is_some());
     }
 

@@ -35,6 +35,16 @@ async fn emulator() -> TestEmulator {
 /// The service against `emulator`, exporting to `endpoint`, with `extra` variables; callers
 /// authenticate with [`CALLER_TOKEN`] as `billing`.
 async fn service(emulator: &TestEmulator, endpoint: &str, extra: &[(&str, &str)]) -> ServiceProcess {
+    service_with_args(emulator, endpoint, extra, &[]).await
+}
+
+/// [`service`] with more command-line arguments.
+async fn service_with_args(
+    emulator: &TestEmulator,
+    endpoint: &str,
+    extra: &[(&str, &str)],
+    args: &[&str],
+) -> ServiceProcess {
     let tokens = std::env::temp_dir().join(format!("stream-export-otel-tokens-{}", uuid::Uuid::new_v4()));
     std::fs::write(&tokens, format!("billing {CALLER_TOKEN}\n")).unwrap();
     let base_url = emulator.base_url();
@@ -47,7 +57,9 @@ async fn service(emulator: &TestEmulator, endpoint: &str, extra: &[(&str, &str)]
         ("RUST_LOG", "info"),
     ];
     env.extend_from_slice(extra);
-    let service = ServiceProcess::start(&["--auth-tokens-file", tokens.to_str().unwrap()], &env);
+    let mut args = args.to_vec();
+    args.extend(["--auth-tokens-file", tokens.to_str().unwrap()]);
+    let service = ServiceProcess::start(&args, &env);
     service.wait_ready(true).await;
     service
 }
@@ -335,4 +347,40 @@ async fn calls_succeed_and_stay_fast_when_the_collector_is_down_or_silent() {
         assert!(service.wait_exit(Duration::from_secs(15)).await.is_some(), "did not exit ({endpoint})");
         assert!(stopping.elapsed() < Duration::from_secs(10), "exit took {:?}", stopping.elapsed());
     }
+}
+
+/// A collector that accepts connections and never answers: exports hang until they time out.
+async fn silent_collector() -> String {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            held.push(connection);
+        }
+    });
+    endpoint
+}
+
+#[tokio::test]
+async fn spans_the_queue_cannot_hold_are_dropped_and_counted() {
+    let emulator = emulator().await;
+    let endpoint = silent_collector().await;
+    let metrics_addr = format!("127.0.0.1:{}", common::process::free_port());
+    let small_queue = [("OTEL_BSP_MAX_QUEUE_SIZE", "4")];
+    let service = service_with_args(&emulator, &endpoint, &small_queue, &["--metrics-listen", &metrics_addr]).await;
+    let mut client = client(&service).await;
+    // 20 calls, 2 spans each; the first 4 spans (health checks' or these) hang on the collector
+    // for its 10 s timeout, and every later one is dropped.
+    for _ in 0..20 {
+        client.export_user(request(ExportUserRequest { user_id: KNOWN_USER.into() }, false)).await.unwrap();
+    }
+    let text = reqwest::get(format!("http://{metrics_addr}/metrics")).await.unwrap().text().await.unwrap();
+    let dropped: f64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix(r#"stream_export_spans_dropped_total{reason="queue_full"} "#))
+        .unwrap_or_else(|| panic!("no dropped-span count in:\n{text}"))
+        .parse()
+        .unwrap();
+    assert!(dropped >= 36.0, "{dropped} spans counted as dropped");
 }
