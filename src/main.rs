@@ -25,6 +25,10 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the gRPC export service.
+    ///
+    /// Spans are exported over OpenTelemetry's OTLP only when OTEL_EXPORTER_OTLP_ENDPOINT (or
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; the other standard OTEL_* variables configure
+    /// it (protocol, service name, resource attributes, sampler, batch processor).
     Serve(Box<ServeArgs>),
     /// Run the Stream API emulator alone, for SDKs and tests.
     Emulator(emulator::EmulatorArgs),
@@ -47,11 +51,28 @@ async fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            telemetry::init(settings.log_format);
-            report(serve(settings).await)
+            let tracing = match telemetry::otel::OtelEnv::read(|name| std::env::var(name).ok())
+                .and_then(|env| env.map(|env| telemetry::otel::Tracing::start(&env)).transpose())
+            {
+                Ok(tracing) => tracing,
+                Err(error) => {
+                    eprintln!("stream-export: {error:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            telemetry::init(settings.log_format, tracing.as_ref());
+            if tracing.is_some() {
+                tracing::info!("exporting spans over OTLP");
+            }
+            let flush_limit = telemetry::otel::FLUSH_LIMIT.min(settings.transport.shutdown_grace);
+            let outcome = serve(settings).await;
+            if let Some(tracing) = tracing {
+                tracing.shutdown(flush_limit).await;
+            }
+            report(outcome)
         }
         Command::Emulator(args) => {
-            telemetry::init(telemetry::LogFormat::Text);
+            telemetry::init(telemetry::LogFormat::Text, None);
             report(emulator::run(args).await)
         }
         Command::Export(command) => client_cli::run_export(command).await,

@@ -8,6 +8,7 @@
 //! seconds: a smoke test, its numbers mean nothing.
 
 mod echo;
+mod otlp_sink;
 mod processes;
 mod procfs;
 #[path = "../../tests/common/raw_grpc.rs"]

@@ -112,6 +112,16 @@ pub async fn start_emulator() -> ChildProcess {
 /// `stream-export serve` against the emulator, with `extra` flags. It logs at its default level
 /// (`info`), as deployed.
 pub async fn start_service(name: &'static str, emulator: &ChildProcess, extra: &[&str]) -> ChildProcess {
+    start_service_with_env(name, emulator, extra, &[]).await
+}
+
+/// [`start_service`] with environment variables (`OTEL_*`, say).
+pub async fn start_service_with_env(
+    name: &'static str,
+    emulator: &ChildProcess,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> ChildProcess {
     let port = free_port();
     let mut command = Command::new(service_binary());
     command
@@ -119,7 +129,8 @@ pub async fn start_service(name: &'static str, emulator: &ChildProcess, extra: &
         .args(["--listen", &format!("127.0.0.1:{port}"), "--stream-base-url", &emulator.url()])
         .args(["--stream-api-key", API_KEY])
         .args(extra)
-        .env("STREAM_API_SECRET", API_SECRET);
+        .env("STREAM_API_SECRET", API_SECRET)
+        .envs(env.iter().copied());
     let mut child = spawn(name, command, port);
     child.wait_listening().await;
     child

@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 
 use crate::{
     Scale,
+    otlp_sink::OtlpSink,
     processes::{self, ChildProcess, EmulatorClient},
     procfs,
     raw_grpc::RawGrpc,
@@ -168,6 +169,44 @@ async fn latency_rounds(
     latencies
 }
 
+/// The cost of tracing: the service with span export on (`always_on`, to a receiver) against
+/// the same service with it off, loaded in alternating rounds; CPU per call and p50 latency as
+/// ratios (on / off).
+async fn tracing_cost(
+    scale: &Scale,
+    emulator_process: &ChildProcess,
+    untraced: &LoadedServer,
+    task_id: &str,
+) -> Vec<Figure> {
+    let sink = OtlpSink::start().await;
+    let endpoint = format!("http://{}", sink.addr);
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_TRACES_SAMPLER", "always_on")];
+    let process = processes::start_service_with_env("service-traced", emulator_process, &[], &env).await;
+    let traced = LoadedServer::connect(process, scale.unary_connections).await;
+    eprintln!("unary: tracing on, warming up");
+    traced.load(task_id, scale.unary_concurrency, scale.unary_window / 4).await;
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    let (mut on_lat, mut off_lat) = (Vec::new(), Vec::new());
+    for round in 0..scale.unary_rounds {
+        eprintln!("unary: tracing on/off round {}/{}", round + 1, scale.unary_rounds);
+        on.push(traced.load(task_id, scale.unary_concurrency, scale.unary_window).await);
+        off.push(untraced.load(task_id, scale.unary_concurrency, scale.unary_window).await);
+        on_lat.extend(traced.latencies(task_id, scale.latency_calls).await);
+        off_lat.extend(untraced.latencies(task_id, scale.latency_calls).await);
+    }
+    let cpu = |rounds: &[Round]| median(&rounds.iter().map(Round::cpu_us_per_call).collect::<Vec<_>>());
+    let (on_cpu, off_cpu) = (cpu(&on), cpu(&off));
+    let (on_p50, off_p50) = (quantile(&mut on_lat, 0.5), quantile(&mut off_lat, 0.5));
+    // The batch processor sends every 5 s: wait for the last batch before counting.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    vec![
+        Figure::info("unary_cpu_us_per_call_service_traced", on_cpu, "µs"),
+        Figure::info("unary_tracing_cost_ratio", on_cpu / off_cpu, "x"),
+        Figure::info("unary_tracing_p50_ratio", on_p50 / off_p50, "x"),
+        Figure::info("unary_tracing_spans_received", sink.spans() as f64, ""),
+    ]
+}
+
 /// Runs figures 1 and 4 and returns them.
 pub async fn run(scale: &Scale, emulator_process: &ChildProcess, emulator: &EmulatorClient) -> Vec<Figure> {
     let service_process = processes::start_service("service-unary", emulator_process, &[]).await;
@@ -190,6 +229,7 @@ pub async fn run(scale: &Scale, emulator_process: &ChildProcess, emulator: &Emul
         bare_non_tonic: mut bare_non_tonic_lat,
     } = latency_rounds(scale, &service, &bare, emulator, &task_id).await;
     let loaded_rss = procfs::rss_bytes(service.process.pid()) as f64 / MIB;
+    let tracing = tracing_cost(scale, emulator_process, &service, &task_id).await;
 
     let cpu = |rounds: &[Round]| median(&rounds.iter().map(Round::cpu_us_per_call).collect::<Vec<_>>());
     let rate = |rounds: &[Round]| median(&rounds.iter().map(Round::calls_per_second).collect::<Vec<_>>());
@@ -217,4 +257,7 @@ pub async fn run(scale: &Scale, emulator_process: &ChildProcess, emulator: &Emul
         Figure::target("idle_rss_mib", idle_rss, "MiB", Target::Below(30.0)),
         Figure::info("rss_after_unary_load_mib", loaded_rss, "MiB"),
     ]
+    .into_iter()
+    .chain(tracing)
+    .collect()
 }

@@ -88,8 +88,10 @@
 //! - `PUT /_emulator/task_defaults` `{"waiting_ms", "pending_ms", "running_ms", "outcome":
 //!   "completed"|"failed"}` (each optional) for tasks created afterwards; `GET` shows them.
 //! - `GET /_emulator/counters` → `{"routes": {"get_task": 3, …}, "tasks": {"<id>": <status
-//!   reads>}, "exports_created": N}` (every request to an API route counts, faulted or refused
-//!   ones too; unknown routes count as `unknown`); `POST /_emulator/counters/reset`.
+//!   reads>}, "exports_created": N, "traceparents": [{"route": "get_task", "traceparent": "00-…"
+//!   or null}, …]}` (every request to an API route counts, faulted or refused ones too; unknown
+//!   routes count as `unknown`; `traceparents` lists the latest 256 API requests in order, with
+//!   the W3C header each carried); `POST /_emulator/counters/reset`.
 //! - `PUT /_emulator/rate_limits` `{"get_task": 5, …}` sets per-minute limits and restarts those
 //!   windows; `GET` shows them.
 //! - `POST /_emulator/clock` `{"advance_secs": 90000}` moves the emulator clock forward (URL

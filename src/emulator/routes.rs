@@ -70,9 +70,10 @@ async fn edge(State(state): State<AppState>, request: Request, next: Next) -> Re
 
 async fn faulted(state: AppState, route: Route, timer: Timer, request: Request, next: Next) -> Response {
     let now_secs = state.now().timestamp();
+    let traceparent = request.headers().get("traceparent").and_then(|value| value.to_str().ok());
     let fault = {
         let mut inner = state.lock();
-        inner.counters.route(route);
+        inner.counters.route(route, traceparent);
         inner.faults.take(route)
     };
     match fault {

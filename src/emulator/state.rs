@@ -1,7 +1,7 @@
 //! Shared emulator state: settings, the data set, the clock, tasks, faults, limits and counters.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard},
 };
@@ -18,17 +18,26 @@ use super::{
     tasks::{Outcome, Task, TaskDefaults},
 };
 
-/// Request counts, for `GET /_emulator/counters`.
+/// The most `traceparent` headers kept (the latest ones).
+const MAX_TRACEPARENTS: usize = 256;
+
+/// Request counts, for `GET /_emulator/counters`, with the `traceparent` of the latest API
+/// requests (which route, and the header when there was one).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     routes: BTreeMap<&'static str, u64>,
     tasks: BTreeMap<String, u64>,
     exports_created: u64,
+    traceparents: VecDeque<(&'static str, Option<String>)>,
 }
 
 impl Counters {
-    pub(crate) fn route(&mut self, route: Route) {
+    pub(crate) fn route(&mut self, route: Route, traceparent: Option<&str>) {
         *self.routes.entry(route.name()).or_default() += 1;
+        if self.traceparents.len() == MAX_TRACEPARENTS {
+            self.traceparents.pop_front();
+        }
+        self.traceparents.push_back((route.name(), traceparent.map(str::to_owned)));
     }
 
     pub(crate) fn task_read(&mut self, id: Uuid) {
@@ -40,7 +49,13 @@ impl Counters {
     }
 
     pub(crate) fn json(&self) -> Value {
-        json!({"routes": self.routes, "tasks": self.tasks, "exports_created": self.exports_created})
+        let traceparents: Vec<Value> = self
+            .traceparents
+            .iter()
+            .map(|(route, traceparent)| json!({"route": route, "traceparent": traceparent}))
+            .collect();
+        json!({"routes": self.routes, "tasks": self.tasks, "exports_created": self.exports_created,
+            "traceparents": traceparents})
     }
 }
 

@@ -15,6 +15,7 @@ use super::{
 use crate::{
     contract::{status, task::timestamp},
     proto::{Task, TaskEvent, task_event::EventType},
+    telemetry::otel,
 };
 
 /// The state of one watch stream.
@@ -26,6 +27,16 @@ struct EventStream {
     ends_at: Instant,
     deadline: Option<Instant>,
     finished: bool,
+    /// How the stream ended, for the call's span (unset: the watcher left first).
+    end: Option<&'static str>,
+    /// The call's span, which records the events sent and the end.
+    span: tracing::Span,
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        otel::watch_ended(&self.span, self.sequence, self.end.unwrap_or("cancelled"));
+    }
 }
 
 /// The `WatchTask` stream of `watcher`: a snapshot, then every change, heartbeats while
@@ -41,6 +52,8 @@ pub fn task_events(watcher: Watcher, deadline: Option<Instant>) -> impl Stream<I
         last_event_at: now,
         deadline,
         finished: false,
+        end: None,
+        span: tracing::Span::current(),
     };
     futures::stream::unfold(state, |mut state| async move { state.next_event().await.map(|event| (event, state)) })
 }
@@ -54,7 +67,7 @@ impl EventStream {
             let view = self.watcher.view.borrow_and_update().clone();
             match view.observation {
                 Observation::Pending => {}
-                Observation::Ended(status) => return self.finish(status),
+                Observation::Ended(status) => return self.finish(status, "upstream"),
                 Observation::Task(ref task) => {
                     let kind = match &self.last_sent {
                         None => Some(EventType::Snapshot),
@@ -63,6 +76,9 @@ impl EventStream {
                     };
                     if let Some(kind) = kind {
                         self.finished = task.state().is_terminal();
+                        if self.finished {
+                            self.end = Some("terminal");
+                        }
                         return Some(Ok(self.event(kind, &view)));
                     }
                 }
@@ -73,17 +89,17 @@ impl EventStream {
             tokio::select! {
                 biased;
                 () = self.watcher.shutdown.cancelled() => {
-                    return self.finish(status::watch_interrupted("the server is shutting down"));
+                    return self.finish(status::watch_interrupted("the server is shutting down"), "shutdown");
                 }
                 () = sleep_until_some(deadline) => {
-                    return self.finish(Status::deadline_exceeded("the caller's deadline passed while watching"));
+                    return self.finish(Status::deadline_exceeded("the caller's deadline passed while watching"), "deadline");
                 }
                 () = tokio::time::sleep_until(self.ends_at) => {
-                    return self.finish(status::watch_interrupted("the watch reached its maximum lifetime"));
+                    return self.finish(status::watch_interrupted("the watch reached its maximum lifetime"), "lifetime");
                 }
                 changed = self.watcher.view.changed() => {
                     if changed.is_err() {
-                        return self.finish(status::watch_interrupted("the task's poller stopped"));
+                        return self.finish(status::watch_interrupted("the task's poller stopped"), "poller_stopped");
                     }
                 }
                 // Also before the snapshot, while the first poll waits for the budget or for
@@ -113,8 +129,9 @@ impl EventStream {
         }
     }
 
-    fn finish(&mut self, status: Status) -> Option<Result<TaskEvent, Status>> {
+    fn finish(&mut self, status: Status, end: &'static str) -> Option<Result<TaskEvent, Status>> {
         self.finished = true;
+        self.end = Some(end);
         Some(Err(status))
     }
 }

@@ -15,7 +15,7 @@ use super::{WatchSettings, budget::PollBudget, poller};
 use crate::{
     contract::status,
     proto::Task,
-    telemetry,
+    telemetry::{self, otel::WatcherLinks},
     upstream::{RetryPolicy, StreamClient},
 };
 
@@ -65,7 +65,8 @@ pub(super) struct HubInner {
     pub(super) settings: WatchSettings,
     pub(super) budget: PollBudget,
     pub(super) shutdown: CancellationToken,
-    tasks: Mutex<HashMap<String, ViewSender>>,
+    /// Each watched task's view and its watchers' calls (for the poll spans' links).
+    tasks: Mutex<HashMap<String, (ViewSender, Arc<WatcherLinks>)>>,
     streams: Arc<Semaphore>,
 }
 
@@ -111,13 +112,18 @@ impl WatchHub {
         let view = {
             let mut tasks = self.inner.lock_tasks();
             match tasks.get(task_id) {
-                Some(sender) => sender.subscribe(),
+                Some((sender, links)) => {
+                    links.add(&tracing::Span::current());
+                    sender.subscribe()
+                }
                 None => {
                     let (sender, view) =
                         watch::channel(TaskView { observation: Observation::Pending, polled_at: None });
                     let sender = Arc::new(sender);
-                    tasks.insert(task_id.to_owned(), Arc::clone(&sender));
-                    let poller = poller::run(Arc::clone(&self.inner), task_id.to_owned(), sender);
+                    let links = Arc::new(WatcherLinks::default());
+                    links.add(&tracing::Span::current());
+                    tasks.insert(task_id.to_owned(), (Arc::clone(&sender), Arc::clone(&links)));
+                    let poller = poller::run(Arc::clone(&self.inner), task_id.to_owned(), sender, links);
                     tokio::spawn(poller.instrument(tracing::debug_span!("poller", task_id)));
                     view
                 }
@@ -159,7 +165,7 @@ impl WatchHub {
 }
 
 impl HubInner {
-    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, ViewSender>> {
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, (ViewSender, Arc<WatcherLinks>)>> {
         self.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -179,8 +185,8 @@ impl HubInner {
         Self::remove_entry(&mut self.lock_tasks(), task_id, sender);
     }
 
-    fn remove_entry(tasks: &mut HashMap<String, ViewSender>, task_id: &str, sender: &ViewSender) {
-        if tasks.get(task_id).is_some_and(|current| Arc::ptr_eq(current, sender)) {
+    fn remove_entry(tasks: &mut HashMap<String, (ViewSender, Arc<WatcherLinks>)>, task_id: &str, sender: &ViewSender) {
+        if tasks.get(task_id).is_some_and(|(current, _)| Arc::ptr_eq(current, sender)) {
             tasks.remove(task_id);
         }
     }

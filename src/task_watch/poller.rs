@@ -11,9 +11,12 @@ use super::{
     budget::Lane,
     hub::{HubInner, Observation, ViewSender},
 };
+use tracing::Instrument;
+
 use crate::{
     contract::status,
     proto::Task,
+    telemetry::otel::{self, WatcherLinks},
     upstream::{ErrorKind, UpstreamError, convert},
 };
 
@@ -23,7 +26,8 @@ const BACKOFF_FACTOR: f64 = 1.5;
 /// Polls until the task is terminal, upstream fails for good, the last watcher leaves, or the
 /// hub shuts down. Publishes only changes; a poll that changes nothing updates `polled_at`
 /// without waking the watchers.
-pub(super) async fn run(hub: Arc<HubInner>, task_id: String, sender: ViewSender) {
+/// Each poll is a span of its own trace, linked to the watchers' calls in `watchers`.
+pub(super) async fn run(hub: Arc<HubInner>, task_id: String, sender: ViewSender, watchers: Arc<WatcherLinks>) {
     let _counted = hub.budget.enlist();
     let settings = &hub.settings;
     let mut interval = settings.poll_interval_min;
@@ -43,7 +47,8 @@ pub(super) async fn run(hub: Arc<HubInner>, task_id: String, sender: ViewSender)
             () = hub.shutdown.cancelled() => return,
         }
         let polled_at = Utc::now();
-        let delay = match hub.client.get_task(&task_id, None).await {
+        let poll = otel::poll_span(&task_id, &watchers);
+        let delay = match hub.client.get_task(&task_id, None).instrument(poll).await {
             Ok(answer) => {
                 lane = Lane::Periodic;
                 hub.budget.record(answer.rate_limit);

@@ -10,25 +10,32 @@ use std::{
 use http_body::{Body, Frame, SizeHint};
 use tonic::Code;
 
-use super::metrics;
+use super::{metrics, otel};
 
 /// A call not counted yet. It is counted exactly once: with the code given to
 /// [`PendingCall::finish`], or as CANCELLED if it is dropped first (the client reset the
 /// stream or went away before the end, or a drain cut the connection).
+/// While it is pending, it holds the call's span open (when spans are exported), so that a
+/// stream's server span lasts as long as the stream and ends with its final code.
 pub struct PendingCall {
     /// The call's `method` label until it is counted.
     method: Option<&'static str>,
+    /// The call's span, while spans are exported.
+    span: Option<tracing::Span>,
 }
 
 impl PendingCall {
-    /// A call that has started.
-    pub fn new(method: &'static str) -> Self {
-        Self { method: Some(method) }
+    /// A call that has started, in `span`.
+    pub fn new(method: &'static str, span: tracing::Span) -> Self {
+        Self { method: Some(method), span: otel::enabled().then_some(span) }
     }
 
     /// Counts the call with `code`, if it was not counted yet.
     pub fn finish(&mut self, code: Code) {
         if let Some(method) = self.method.take() {
+            if let Some(span) = self.span.take() {
+                otel::server_span_ended(&span, code);
+            }
             metrics::rpc_finished(method, code);
             tracing::debug!(method, code = metrics::code_label(code), "call finished");
         }

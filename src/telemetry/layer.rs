@@ -1,7 +1,9 @@
 //! The tower layer around every gRPC call: one span per call (method and trace id here, caller
 //! and task id recorded by the handlers, the code the response starts with here), the call's
 //! metrics (counted when the response body ends, with its final code: see [`CallBody`]), and
-//! the caller's W3C trace context made current for the upstream requests of the call.
+//! the caller's W3C trace context made current for the upstream requests of the call. When
+//! spans are exported ([`otel`]), the call's span is also its OpenTelemetry server span, a
+//! child of the caller's `traceparent`.
 
 use std::{
     future::Future,
@@ -15,7 +17,7 @@ use tracing::Instrument;
 
 use super::{
     call_body::{CallBody, PendingCall, status_of},
-    method, metrics,
+    method, metrics, otel,
     trace_context::TraceContext,
 };
 
@@ -53,15 +55,32 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = method::label(request.uri().path());
         let trace = TraceContext::from_headers(request.headers());
-        let span = tracing::info_span!(
-            "grpc",
-            method,
-            path = tracing::field::Empty,
-            trace_id = trace.as_ref().map(TraceContext::trace_id).unwrap_or_default(),
-            caller = tracing::field::Empty,
-            task_id = tracing::field::Empty,
-            code = tracing::field::Empty,
-        );
+        let span = if otel::enabled() {
+            // The same span, named and kinded for the trace backends.
+            let span = tracing::info_span!(
+                "grpc",
+                otel.name = method,
+                otel.kind = "server",
+                method,
+                path = tracing::field::Empty,
+                trace_id = trace.as_ref().map(TraceContext::trace_id).unwrap_or_default(),
+                caller = tracing::field::Empty,
+                task_id = tracing::field::Empty,
+                code = tracing::field::Empty,
+            );
+            otel::server_span(&span, method, trace.as_ref());
+            span
+        } else {
+            tracing::info_span!(
+                "grpc",
+                method,
+                path = tracing::field::Empty,
+                trace_id = trace.as_ref().map(TraceContext::trace_id).unwrap_or_default(),
+                caller = tracing::field::Empty,
+                task_id = tracing::field::Empty,
+                code = tracing::field::Empty,
+            )
+        };
         if method == method::UNKNOWN_METHOD {
             // For the logs only: a path is never a metric label.
             span.record("path", request.uri().path());
@@ -71,7 +90,7 @@ where
         let call = async move {
             // Counted as cancelled if the caller leaves before the answer (this future is
             // dropped then).
-            let mut pending = PendingCall::new(method);
+            let mut pending = PendingCall::new(method, tracing::Span::current());
             let response = match trace {
                 Some(trace) => trace.scope(call).await,
                 None => call.await,

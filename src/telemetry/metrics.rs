@@ -22,6 +22,10 @@ pub const WATCH_STREAMS: &str = "stream_export_watch_streams";
 /// Running task pollers.
 pub const WATCH_POLLERS: &str = "stream_export_watch_pollers";
 
+/// Spans not exported, by `reason`: `queue_full` (the batch processor's queue was full) or
+/// `export_failed` (the collector did not take a batch).
+pub const SPANS_DROPPED: &str = "stream_export_spans_dropped_total";
+
 /// Latency buckets, in seconds: from sub-millisecond local calls to slow upstream exports.
 const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
@@ -45,6 +49,7 @@ fn describe() {
     metrics::describe_gauge!(UPSTREAM_RATE_LIMIT_REMAINING, "x-ratelimit-remaining of the last Stream answer");
     metrics::describe_gauge!(WATCH_STREAMS, "open WatchTask streams");
     metrics::describe_gauge!(WATCH_POLLERS, "running task pollers");
+    metrics::describe_counter!(SPANS_DROPPED, "spans not exported, by reason (queue_full, export_failed)");
 }
 
 /// Records the start of a call's response: the latency until then, by method. `method` is
@@ -89,4 +94,9 @@ pub fn upstream(operation: &'static str, status: &str, elapsed: Duration, rate_l
     if let Some(remaining) = rate_limit_remaining {
         metrics::gauge!(UPSTREAM_RATE_LIMIT_REMAINING, "operation" => operation).set(remaining as f64);
     }
+}
+
+/// Counts spans that were not exported.
+pub fn spans_dropped(reason: &'static str, spans: usize) {
+    metrics::counter!(SPANS_DROPPED, "reason" => reason).increment(spans as u64);
 }

@@ -2,7 +2,14 @@
 //! call and passed on to the upstream requests made for it, so a distributed trace spans the
 //! service and Stream.
 
-use std::future::Future;
+use std::{collections::HashMap, future::Future};
+
+use opentelemetry::{
+    propagation::{Extractor, TextMapPropagator},
+    trace::TraceContextExt,
+};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 tokio::task_local! {
     static CURRENT: TraceContext;
@@ -38,9 +45,44 @@ impl TraceContext {
         CURRENT.try_with(Clone::clone).ok()
     }
 
+    /// The caller's span as the OpenTelemetry parent of the call's server span (its sampled
+    /// flag and `tracestate` included).
+    pub fn otel_context(&self) -> opentelemetry::Context {
+        TraceContextPropagator::new().extract(self)
+    }
+
+    /// The `traceparent` and `tracestate` to send upstream from within `span`: the span's own
+    /// (so the upstream request is a child of it) when spans are exported, else the caller's,
+    /// passed on untouched, if the call being served came with one.
+    pub fn outgoing(span: &tracing::Span) -> Option<Self> {
+        let context = span.context();
+        if context.span().span_context().is_valid() {
+            let mut headers = HashMap::new();
+            TraceContextPropagator::new().inject_context(&context, &mut headers);
+            let traceparent = headers.remove("traceparent")?;
+            let tracestate = headers.remove("tracestate").filter(|state| !state.is_empty());
+            return Some(Self { traceparent, tracestate });
+        }
+        Self::current()
+    }
+
     /// Runs `future` with this context as the current one.
     pub async fn scope<F: Future>(self, future: F) -> F::Output {
         CURRENT.scope(self, future).await
+    }
+}
+
+impl Extractor for TraceContext {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => Some(&self.traceparent),
+            "tracestate" => self.tracestate.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
     }
 }
 
@@ -75,5 +117,12 @@ mod tests {
         headers.insert("traceparent", valid.parse().unwrap());
         let context = TraceContext::from_headers(&headers).unwrap();
         assert_eq!(context.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+
+        let parent = TraceContext { tracestate: Some("vendor=opaque".into()), ..context }.otel_context();
+        let parent = parent.span().span_context().clone();
+        assert!(parent.is_remote() && parent.is_sampled());
+        assert_eq!(parent.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(parent.span_id().to_string(), "00f067aa0ba902b7");
+        assert_eq!(parent.trace_state().header(), "vendor=opaque");
     }
 }

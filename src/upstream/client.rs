@@ -13,7 +13,13 @@ use secrecy::ExposeSecret;
 use serde::{Serialize, de::DeserializeOwned};
 use url::Url;
 
-use crate::telemetry::{metrics, trace_context::TraceContext};
+use tracing::Instrument;
+
+use crate::telemetry::{
+    metrics,
+    otel::{self, ClientOutcome},
+    trace_context::TraceContext,
+};
 
 use super::{
     auth::Credentials,
@@ -202,9 +208,19 @@ impl StreamClient {
             .check_literal(&url)
             .await
             .map_err(|refused| UpstreamError::Refused { operation, detail: refused.to_string() })?;
-        let response =
-            self.downloads.get(url).send().await.map_err(|error| UpstreamError::from_reqwest(operation, error))?;
+        // The client span names the file by host and path: the query is the signature.
+        let span = otel::client_span("GET", &url, 0);
+        let sent = self.downloads.get(url).send().instrument(span.clone()).await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) => {
+                let error = UpstreamError::from_reqwest(operation, error);
+                otel::client_span_ended(&span, ClientOutcome::Failed(transport_label(&error)));
+                return Err(error);
+            }
+        };
         let status = response.status();
+        otel::client_span_ended(&span, ClientOutcome::Answered { status: status.as_u16(), stream_code: None });
         if status.is_success() {
             return Ok(response);
         }
@@ -229,7 +245,11 @@ impl StreamClient {
         body: Option<&B>,
         deadline: Option<Instant>,
     ) -> Result<Answer<T>, UpstreamError> {
-        let attempt = || self.send_once(operation, method.clone(), segments, body, deadline);
+        let attempts = std::sync::atomic::AtomicUsize::new(0);
+        let attempt = || {
+            let resend = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.send_once(operation, method.clone(), segments, body, deadline, resend)
+        };
         attempt
             .retry(self.retry.backoff())
             .sleep(tokio::time::sleep)
@@ -239,7 +259,8 @@ impl StreamClient {
             .await
     }
 
-    /// One attempt, bounded by the request timeout and what is left of `deadline`.
+    /// One attempt, bounded by the request timeout and what is left of `deadline`, in a client
+    /// span of its own (`resend`: the attempts before this one).
     async fn send_once<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         operation: Operation,
@@ -247,6 +268,7 @@ impl StreamClient {
         segments: &[&str],
         body: Option<&B>,
         deadline: Option<Instant>,
+        resend: usize,
     ) -> Result<Answer<T>, UpstreamError> {
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if remaining.is_some_and(|r| r.is_zero()) {
@@ -259,10 +281,12 @@ impl StreamClient {
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);
         }
+        // Named before the query (the api key) is added.
+        let span = otel::client_span(method.as_str(), &url, resend);
         url.query_pairs_mut().append_pair("api_key", self.credentials.api_key());
 
         let mut request = self.http.request(method, url).headers(self.auth_headers()).timeout(timeout);
-        if let Some(trace) = TraceContext::current() {
+        if let Some(trace) = TraceContext::outgoing(&span) {
             request = request.header("traceparent", trace.traceparent);
             if let Some(state) = trace.tracestate {
                 request = request.header("tracestate", state);
@@ -284,15 +308,34 @@ impl StreamClient {
             let bytes = body::read_capped(response, limit).await.map_err(transport_error)?;
             Ok((status, rate_limit, bytes))
         }
+        .instrument(span.clone())
         .await;
         let (status, rate_limit, bytes) = match answer {
             Ok(answer) => answer,
             Err(error) => {
                 metrics::upstream(operation.name(), transport_label(&error), started.elapsed(), None);
+                otel::client_span_ended(&span, ClientOutcome::Failed(transport_label(&error)));
                 return Err(error);
             }
         };
         metrics::upstream(operation.name(), status.as_str(), started.elapsed(), rate_limit.map(|l| l.remaining));
+        let decoded = self.decode_answer(operation, status, rate_limit, bytes);
+        let stream_code = match &decoded {
+            Err(UpstreamError::Api { code, .. }) => *code,
+            _ => None,
+        };
+        otel::client_span_ended(&span, ClientOutcome::Answered { status: status.as_u16(), stream_code });
+        decoded
+    }
+
+    /// The answer read by [`Self::send_once`], decoded.
+    fn decode_answer<T: DeserializeOwned>(
+        &self,
+        operation: Operation,
+        status: StatusCode,
+        rate_limit: Option<RateLimit>,
+        bytes: Result<bytes::Bytes, OverCap>,
+    ) -> Result<Answer<T>, UpstreamError> {
         match bytes {
             Ok(bytes) => decode(operation, status, rate_limit, &bytes),
             Err(OverCap { limit }) if status.is_success() => Err(UpstreamError::TooLarge { operation, limit }),

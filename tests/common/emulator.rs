@@ -241,6 +241,16 @@ impl TestEmulator {
         counters["routes"][route].as_u64().unwrap_or(0)
     }
 
+    /// The `traceparent` of each request to `route` (latest 256 API requests), in order.
+    pub async fn traceparents(&self, route: &str) -> Vec<Option<String>> {
+        let counters = self.control(Method::GET, "counters", None).await;
+        let seen = counters["traceparents"].as_array().cloned().unwrap_or_default();
+        seen.iter()
+            .filter(|seen| seen["route"] == route)
+            .map(|seen| seen["traceparent"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// Upstream export tasks created so far.
     pub async fn exports_created(&self) -> u64 {
         let counters = self.control(Method::GET, "counters", None).await;

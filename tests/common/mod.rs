@@ -3,6 +3,7 @@
 
 pub mod emulator;
 pub mod fake_upstream;
+pub mod otlp;
 pub mod pki;
 pub mod process;
 pub mod raw_grpc;

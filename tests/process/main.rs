@@ -12,3 +12,4 @@ mod drain;
 mod fleet;
 mod security;
 mod telemetry;
+mod traces;
