@@ -243,6 +243,35 @@ pub fn client_span(method: &str, url: &Url, resend: usize) -> tracing::Span {
     span
 }
 
+/// A client span for one Redis call in fleet mode (a child of the current span): the command
+/// and what it is for (`operation`, e.g. `EVALSHA submit.claim`), never its keys or arguments
+/// (request ids, task ids) nor the URL (it may hold a password). A disabled span when spans
+/// are not exported.
+pub fn redis_span(operation: &'static str) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
+    let command = operation.split(' ').next().unwrap_or(operation);
+    tracing::info_span!(
+        target: SPAN_TARGET,
+        "redis",
+        otel.name = operation,
+        otel.kind = "client",
+        db.system = "redis",
+        db.operation.name = command,
+        "error.type" = tracing::field::Empty,
+    )
+}
+
+/// Marks a Redis client span from [`redis_span`] as failed, with the error's class.
+pub fn redis_span_failed(span: &tracing::Span, class: &str) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("error.type", class);
+    span.set_status(opentelemetry::trace::Status::error(""));
+}
+
 /// How an upstream request ended, for its client span.
 #[derive(Clone, Copy, Debug)]
 pub enum ClientOutcome<'a> {

@@ -9,6 +9,7 @@ use common::{
     TestEmulator,
     otlp::{self, OtlpReceiver, ReceivedSpan},
     process::ServiceProcess,
+    redis::RedisServer,
 };
 use serde_json::json;
 use stream_export::{
@@ -383,4 +384,38 @@ async fn spans_the_queue_cannot_hold_are_dropped_and_counted() {
         .parse()
         .unwrap();
     assert!(dropped >= 36.0, "{dropped} spans counted as dropped");
+}
+
+#[tokio::test]
+async fn in_fleet_mode_redis_calls_are_client_spans_without_their_arguments() {
+    const PASSWORD: &str = "otel-redis-password-9c1e3b5d";
+    let mut receiver = OtlpReceiver::start().await;
+    let emulator = emulator().await;
+    let redis = RedisServer::start(Some(PASSWORD)).await;
+    let url = redis.url();
+    let service = service(&emulator, &receiver.endpoint(), &[("STREAM_EXPORT_REDIS_URL", url.as_str())]).await;
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let submitted = ExportUsersRequest { user_ids: vec![KNOWN_USER.into()], request_id: request_id.clone() };
+    let task_id = client(&service).await.export_users(request(submitted, true)).await.unwrap().into_inner().task_id;
+
+    let is_redis = |span: &&ReceivedSpan| span.attr("db.system") == Some("redis");
+    let spans = receiver
+        .wait_for(|spans| {
+            server_span(spans, "ExportUsers").is_some_and(|server| children(spans, server).iter().any(is_redis))
+                && spans.iter().any(|span| span.name == "EVALSHA submit.finish")
+        })
+        .await;
+    let server = server_span(&spans, "ExportUsers").unwrap_or_else(|| panic!("no server span in {spans:#?}"));
+    let claim = children(&spans, server).into_iter().find(is_redis).expect("a Redis span under the call");
+    assert_eq!(claim.kind, otlp::SPAN_KIND_CLIENT);
+    assert_eq!(claim.name, "EVALSHA submit.claim");
+    assert_eq!(claim.attr("db.operation.name"), Some("EVALSHA"));
+    for span in spans.iter().filter(is_redis) {
+        for value in span.attributes.values() {
+            for secret in [PASSWORD, request_id.as_str(), task_id.as_str(), url.as_str()] {
+                assert!(!value.contains(secret), "{secret} in a Redis span: {span:#?}");
+            }
+        }
+    }
+    receiver.stop().await;
 }

@@ -20,9 +20,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use tokio::{sync::Mutex, time::Instant};
+use tracing::Instrument;
 
 pub use self::submit::RedisSubmitStore;
 use super::StoreError;
+use crate::telemetry::otel;
 
 /// The longest one Redis call may take: well inside any caller's deadline, so that an
 /// unreachable Redis costs a call little.
@@ -101,6 +103,21 @@ impl Redis {
                 })?;
         state.manager = Some(connected.clone());
         Ok(connected)
+    }
+
+    /// Runs one Redis command (`call`) in a client span named `operation` (see
+    /// [`otel::redis_span`]) and notes its outcome (see [`Redis::observe`]).
+    pub async fn call<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let span = otel::redis_span(operation);
+        let outcome = call.instrument(span.clone()).await;
+        if let Err(error) = &outcome {
+            otel::redis_span_failed(&span, &format!("{:?}", error.kind()));
+        }
+        self.observe(outcome)
     }
 
     /// Notes the outcome of a call: logs the start and the end of an outage once each.

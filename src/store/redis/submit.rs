@@ -92,24 +92,27 @@ impl RedisSubmitStore {
             let mut connection = redis.connection().await?;
             match outcome {
                 Ok(task_id) => {
-                    let recorded: redis::RedisResult<i64> = Script::new(FINISH)
-                        .key(&done)
+                    let finish = Script::new(FINISH);
+                    let mut invocation = finish.key(&done);
+                    invocation
                         .key(&claim)
                         .arg(&holder)
                         .arg(format!("{}|{task_id}", fingerprint.to_hex()))
-                        .arg(millis(ttl))
-                        .invoke_async(&mut connection)
-                        .await;
-                    if let Err(error) = redis.observe(recorded) {
+                        .arg(millis(ttl));
+                    let recorded =
+                        redis.call("EVALSHA submit.finish", invocation.invoke_async::<i64>(&mut connection)).await;
+                    if let Err(error) = recorded {
                         // The caller gets its task; a repeat after the lease may not find it.
                         tracing::warn!(%error, %task_id, "a submit's task could not be recorded in the fleet store");
                     }
                     Ok(task_id)
                 }
                 Err(error) => {
-                    let released: redis::RedisResult<i64> =
-                        Script::new(RELEASE).key(&claim).arg(&holder).invoke_async(&mut connection).await;
-                    let _ = redis.observe(released);
+                    let release = Script::new(RELEASE);
+                    let mut invocation = release.key(&claim);
+                    invocation.arg(&holder);
+                    let released = invocation.invoke_async::<i64>(&mut connection);
+                    let _ = redis.call("EVALSHA submit.release", released).await;
                     Err(StoreError::Submit(error))
                 }
             }
@@ -123,9 +126,10 @@ async fn renew_claim(redis: Redis, claim: String, holder: String) {
     loop {
         tokio::time::sleep(CLAIM_LEASE / 3).await;
         let Ok(mut connection) = redis.connection().await else { continue };
-        let renewed: redis::RedisResult<i64> =
-            Script::new(RENEW).key(&claim).arg(&holder).arg(millis(CLAIM_LEASE)).invoke_async(&mut connection).await;
-        let _ = redis.observe(renewed);
+        let renew = Script::new(RENEW);
+        let mut invocation = renew.key(&claim);
+        invocation.arg(&holder).arg(millis(CLAIM_LEASE));
+        let _ = redis.call("EVALSHA submit.renew", invocation.invoke_async::<i64>(&mut connection)).await;
     }
 }
 
@@ -144,14 +148,11 @@ impl SubmitStore for RedisSubmitStore {
         let mut submit = Some(submit);
         loop {
             let mut connection = self.redis.connection().await?;
-            let answer: redis::RedisResult<(String, String)> = Script::new(CLAIM)
-                .key(&done)
-                .key(&claim)
-                .arg(&holder)
-                .arg(millis(CLAIM_LEASE))
-                .invoke_async(&mut connection)
-                .await;
-            let (state, value) = self.redis.observe(answer)?;
+            let script = Script::new(CLAIM);
+            let mut invocation = script.key(&done);
+            invocation.key(&claim).arg(&holder).arg(millis(CLAIM_LEASE));
+            let answer = invocation.invoke_async::<(String, String)>(&mut connection);
+            let (state, value) = self.redis.call("EVALSHA submit.claim", answer).await?;
             match state.as_str() {
                 "done" => return recorded(&value),
                 "claimed" => {
