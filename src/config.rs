@@ -12,11 +12,11 @@ use url::Url;
 
 use crate::{
     export_file::ReadLimits,
+    fleet::RedisSettings,
     service::{
         CallLimits,
         caller::{CallerAuth, TokenTable},
     },
-    store::RedisSettings,
     task_watch::WatchSettings,
     telemetry::LogFormat,
 };
@@ -103,9 +103,21 @@ pub struct ServeArgs {
     #[arg(long, env = "STREAM_EXPORT_WATCH_NOT_FOUND_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub watch_not_found_ttl: Duration,
 
-    /// Upstream task-status requests per second, all watched tasks together.
+    /// Upstream task-status requests per second, all watched tasks together; in fleet mode,
+    /// of all the replicas that share the Redis together.
     #[arg(long, env = "STREAM_EXPORT_UPSTREAM_POLL_BUDGET", default_value_t = 10.0)]
     pub upstream_poll_budget: f64,
+
+    /// Fleet mode: how long a replica's lease on polling a task lasts unless it renews it (every
+    /// third of it); another replica with watchers takes over a dead replica's polls within
+    /// about this long plus --watch-fleet-follow-interval.
+    #[arg(long, env = "STREAM_EXPORT_WATCH_FLEET_LEASE", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub watch_fleet_lease: Duration,
+
+    /// Fleet mode: how often a replica reads the shared state of a task that another replica
+    /// polls (the delay a change may take to reach its watchers).
+    #[arg(long, env = "STREAM_EXPORT_WATCH_FLEET_FOLLOW_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub watch_fleet_follow_interval: Duration,
 
     /// Most unary calls handled at once; past it, calls are shed at once with RESOURCE_EXHAUSTED.
     #[arg(long, env = "STREAM_EXPORT_MAX_IN_FLIGHT", default_value_t = 1024)]
@@ -393,6 +405,8 @@ impl ServeArgs {
                 upstream_budget_per_second: self.upstream_poll_budget,
                 terminal_retention: self.watch_retention,
                 not_found_retention: self.watch_not_found_ttl,
+                fleet_lease: self.watch_fleet_lease,
+                fleet_follow_interval: self.watch_fleet_follow_interval,
             },
             limits: CallLimits {
                 max_in_flight: self.max_in_flight,
@@ -434,6 +448,11 @@ impl ServeArgs {
             (self.idempotency_ttl, "STREAM_EXPORT_IDEMPOTENCY_TTL (--idempotency-ttl)"),
             (self.read_max_lifetime, "STREAM_EXPORT_READ_MAX_LIFETIME (--read-max-lifetime)"),
             (self.read_idle_timeout, "STREAM_EXPORT_READ_IDLE_TIMEOUT (--read-idle-timeout)"),
+            (self.watch_fleet_lease, "STREAM_EXPORT_WATCH_FLEET_LEASE (--watch-fleet-lease)"),
+            (
+                self.watch_fleet_follow_interval,
+                "STREAM_EXPORT_WATCH_FLEET_FOLLOW_INTERVAL (--watch-fleet-follow-interval)",
+            ),
         ];
         if let Some((_, name)) = positive_durations.iter().find(|(value, _)| value.is_zero()) {
             return Err(ConfigError(format!("{name} must be greater than zero")));

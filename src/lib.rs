@@ -13,6 +13,7 @@ pub mod contract;
 pub mod emulator;
 pub mod error_chain;
 pub mod export_file;
+pub mod fleet;
 pub mod service;
 pub mod startup;
 pub mod store;

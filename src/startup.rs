@@ -15,9 +15,10 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     config::{Settings, TlsSettings, TransportSettings, UpstreamSettings},
+    fleet::Redis,
     proto::{self, export_service_server::ExportServiceServer},
     service::{ExportApi, caller::CallerAuth},
-    store::{MemoryStore, Redis, RedisSubmitStore, SubmitStore},
+    store::{MemoryStore, RedisSubmitStore, SubmitStore},
     task_watch::WatchHub,
     telemetry::{self, layer::GrpcTelemetryLayer},
     upstream::{ClientConfig, Credentials, RetryPolicy, StreamClient},
@@ -55,17 +56,21 @@ impl Application {
         .context("building the Stream API client")?;
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
-        let hub = WatchHub::new(client.clone(), settings.watch);
-        let submits: Arc<dyn SubmitStore> = match &settings.redis {
-            None => Arc::new(MemoryStore::new(settings.idempotency.ttl, settings.idempotency.capacity)),
+        let redis = match &settings.redis {
+            None => None,
             Some(redis) => {
                 let redis = Redis::new(redis, &api_key).map_err(|why| anyhow::anyhow!("--redis-url: {why}"))?;
                 // Connected on first use: Redis is not needed to serve reads.
                 if let Err(error) = redis.connection().await {
                     tracing::warn!(%error, "fleet mode: Redis is not reachable yet; starting anyway");
                 }
-                Arc::new(RedisSubmitStore::new(redis, settings.idempotency.ttl))
+                Some(redis)
             }
+        };
+        let hub = WatchHub::new(client.clone(), settings.watch, redis.clone());
+        let submits: Arc<dyn SubmitStore> = match redis {
+            None => Arc::new(MemoryStore::new(settings.idempotency.ttl, settings.idempotency.capacity)),
+            Some(redis) => Arc::new(RedisSubmitStore::new(redis, settings.idempotency.ttl)),
         };
         let api = ExportApi::new(client, hub.clone(), submits, settings.limits);
         Ok(Self {

@@ -8,14 +8,14 @@
 //! Today: the [`SubmitStore`] and its [`MemoryStore`].
 
 mod memory;
-pub mod redis;
+mod redis_submit;
 
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
-use crate::upstream::UpstreamError;
+use crate::{fleet::Unavailable, upstream::UpstreamError};
 
-pub use self::redis::{Redis, RedisSettings, RedisSubmitStore};
+pub use self::redis_submit::RedisSubmitStore;
 pub use memory::MemoryStore;
 
 /// A digest of what a submit asked for: a repeat must ask for the same thing.
@@ -65,8 +65,8 @@ pub enum StoreError {
     #[error("the submit ended abnormally")]
     Aborted,
     /// The shared store cannot be reached; nothing was sent upstream.
-    #[error("the fleet store is unavailable: {0}")]
-    Unavailable(String),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
 }
 
 /// Where submits are recorded.

@@ -1,4 +1,5 @@
-//! The upstream request budget shared by every poller of a replica.
+//! The upstream request budget shared by every poller of a replica, and in fleet mode by
+//! every replica (see [`FleetBudget`]).
 
 use std::{
     collections::VecDeque,
@@ -15,6 +16,7 @@ use tokio::{
     time::Instant,
 };
 
+use super::fleet_budget::FleetBudget;
 use crate::upstream::RateLimit;
 
 /// Below this share of Stream's window left, pollers spread what is left over the window.
@@ -55,6 +57,7 @@ pub struct PollBudget {
     dispatcher: OnceLock<AbortHandle>,
     last_rate_limit: Mutex<Option<RateLimit>>,
     pollers: AtomicUsize,
+    fleet: Option<FleetBudget>,
 }
 
 /// The waiters of both lanes, shared with the dispatcher.
@@ -73,6 +76,11 @@ struct Lanes {
 }
 
 impl Lanes {
+    /// Whether a waiter still waits (departed ones at the front are dropped).
+    fn has_waiters(&mut self) -> bool {
+        self.first.has_waiters() || self.periodic.has_waiters()
+    }
+
     /// Grants the next waiter, first polls before periodic ones (up to
     /// [`FIRST_POLLS_IN_A_ROW`]); `false` if none waits.
     fn grant_next(&mut self) -> bool {
@@ -105,6 +113,13 @@ impl WaitQueue {
         self.waiters.push_back(waiter);
     }
 
+    fn has_waiters(&mut self) -> bool {
+        while self.waiters.front().is_some_and(oneshot::Sender::is_closed) {
+            self.waiters.pop_front();
+        }
+        !self.waiters.is_empty()
+    }
+
     /// Grants the oldest waiter still waiting; `false` if none is.
     fn grant(&mut self) -> bool {
         while let Some(waiter) = self.waiters.pop_front() {
@@ -117,8 +132,18 @@ impl WaitQueue {
 }
 
 impl PollBudget {
-    /// A budget of `per_second` upstream status requests per second.
+    /// A budget of `per_second` upstream status requests per second for this replica.
     pub fn new(per_second: f64) -> Self {
+        Self::build(per_second, None)
+    }
+
+    /// A budget of `per_second` upstream status requests per second for the whole fleet;
+    /// while Redis is unreachable, this replica keeps to its share of it.
+    pub fn for_fleet(per_second: f64, fleet: FleetBudget) -> Self {
+        Self::build(per_second, Some(fleet))
+    }
+
+    fn build(per_second: f64, fleet: Option<FleetBudget>) -> Self {
         Self {
             queues: Arc::new(Queues {
                 period: Duration::from_secs_f64(1.0 / per_second.max(0.001)),
@@ -128,13 +153,15 @@ impl PollBudget {
             dispatcher: OnceLock::new(),
             last_rate_limit: Mutex::new(None),
             pollers: AtomicUsize::new(0),
+            fleet,
         }
     }
 
     /// Waits for this poller's turn to send one request. Dropping the future gives up the
     /// place in the queue; nothing stays booked.
     pub async fn acquire(&self, lane: Lane) {
-        self.dispatcher.get_or_init(|| tokio::spawn(dispatch(Arc::clone(&self.queues))).abort_handle());
+        self.dispatcher
+            .get_or_init(|| tokio::spawn(dispatch(Arc::clone(&self.queues), self.fleet.clone())).abort_handle());
         let (grant, granted) = oneshot::channel();
         {
             let mut lanes = self.queues.lock_lanes();
@@ -149,10 +176,22 @@ impl PollBudget {
         let _ = granted.await;
     }
 
-    /// Records the rate-limit window that Stream reported on a status request.
+    /// Records the rate-limit window that Stream reported on a status request (and shares it
+    /// with the fleet when it runs low).
     pub fn record(&self, rate_limit: Option<RateLimit>) {
         if let Some(rate_limit) = rate_limit {
             *self.last_rate_limit.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(rate_limit);
+            if let Some(fleet) = &self.fleet {
+                fleet.share(rate_limit);
+            }
+        }
+    }
+
+    /// Stream answered 429 and said when to retry: in fleet mode, no replica polls before.
+    /// (This replica's own poller already waits for it.)
+    pub fn rate_limited(&self, retry_after: Duration) {
+        if let Some(fleet) = &self.fleet {
+            fleet.pause(retry_after);
         }
     }
 
@@ -206,21 +245,40 @@ impl Queues {
     fn grant_next(&self) -> bool {
         self.lock_lanes().grant_next()
     }
+
+    fn has_waiters(&self) -> bool {
+        self.lock_lanes().has_waiters()
+    }
 }
 
 /// Hands out one grant per period, for as long as the budget lives. Slots are planned a period
-/// apart (not a period after each grant), so timer lag does not lower the rate.
-async fn dispatch(queues: Arc<Queues>) {
+/// apart (not a period after each grant), so timer lag does not lower the rate. In fleet mode
+/// the period is the fleet's: each grant waits for a slot booked in Redis; while Redis is
+/// unreachable, for this replica's share (the period times the replicas last seen alive).
+async fn dispatch(queues: Arc<Queues>, fleet: Option<FleetBudget>) {
     let mut next_slot = Instant::now();
     loop {
         tokio::time::sleep_until(next_slot).await;
         let arrived = queues.arrived.notified();
-        if queues.grant_next() {
-            next_slot += queues.period;
-        } else {
+        if !queues.has_waiters() {
             arrived.await;
             // Idle until now: the next slot is the arrival.
             next_slot = next_slot.max(Instant::now());
+            continue;
+        }
+        let period = match &fleet {
+            None => queues.period,
+            Some(fleet) => match fleet.reserve(queues.period).await {
+                Ok(wait) => {
+                    tokio::time::sleep(wait).await;
+                    next_slot = Instant::now();
+                    Duration::ZERO
+                }
+                Err(_) => queues.period * u32::try_from(fleet.replicas()).unwrap_or(u32::MAX),
+            },
+        };
+        if queues.grant_next() {
+            next_slot += period;
         }
     }
 }

@@ -11,9 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::Instrument;
 
-use super::{WatchSettings, budget::PollBudget, poller};
+use super::{WatchSettings, budget::PollBudget, fleet_budget::FleetBudget, fleet_view::FleetView, poller};
 use crate::{
     contract::status,
+    fleet::{Redis, members::Members},
     proto::Task,
     telemetry::{self, otel::WatcherLinks},
     upstream::{RetryPolicy, StreamClient},
@@ -64,6 +65,8 @@ pub(super) struct HubInner {
     pub(super) client: StreamClient,
     pub(super) settings: WatchSettings,
     pub(super) budget: PollBudget,
+    /// Fleet mode: how this replica shares its tasks' polls with the others.
+    pub(super) fleet: Option<FleetView>,
     pub(super) shutdown: CancellationToken,
     /// Each watched task's view and its watchers' calls (for the poll spans' links).
     tasks: Mutex<HashMap<String, (ViewSender, Arc<WatcherLinks>)>>,
@@ -88,16 +91,29 @@ pub struct Watcher {
 }
 
 impl WatchHub {
-    /// A hub whose pollers use `client`.
-    pub fn new(client: StreamClient, settings: WatchSettings) -> Self {
+    /// A hub whose pollers use `client`. With `fleet`, the Redis that the replicas share,
+    /// each task is polled by one replica of the fleet and the budget is the fleet's.
+    pub fn new(client: StreamClient, settings: WatchSettings, fleet: Option<Redis>) -> Self {
+        let shutdown = CancellationToken::new();
+        let per_second = settings.upstream_budget_per_second;
+        let (budget, fleet) = match fleet {
+            None => (PollBudget::new(per_second), None),
+            Some(redis) => {
+                let members = Members::start(redis.clone(), shutdown.clone());
+                let budget = PollBudget::for_fleet(per_second, FleetBudget::new(redis.clone(), members.clone()));
+                let view = FleetView::new(redis, members, settings.fleet_lease, settings.fleet_follow_interval);
+                (budget, Some(view))
+            }
+        };
         Self {
             inner: Arc::new(HubInner {
                 // Pollers pace their own retries (backoff, failure budget).
                 client: client.with_retry(RetryPolicy::NONE),
-                budget: PollBudget::new(settings.upstream_budget_per_second),
+                budget,
+                fleet,
                 streams: Arc::new(Semaphore::new(settings.max_streams)),
                 settings,
-                shutdown: CancellationToken::new(),
+                shutdown,
                 tasks: Mutex::new(HashMap::new()),
             }),
         }

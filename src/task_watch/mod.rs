@@ -5,9 +5,13 @@
 //!   when the last watcher leaves (or keeps a finished task's final state for a while).
 //! - [`poller`] polls `GET /tasks/{id}` adaptively inside the shared [`budget`].
 //! - [`events`] turns what the poller publishes into one watcher's `TaskEvent` stream.
+//! - [`fleet_view`] and [`fleet_budget`]: fleet mode, where the replicas sharing a Redis poll
+//!   each task once and share one budget.
 
 pub mod budget;
 pub mod events;
+pub mod fleet_budget;
+pub mod fleet_view;
 pub mod hub;
 mod poller;
 
@@ -37,6 +41,11 @@ pub struct WatchSettings {
     /// How long upstream's NOT_FOUND for a task id is remembered: repeated watchers of an
     /// unknown id get it at once instead of each costing an upstream request.
     pub not_found_retention: Duration,
+    /// Fleet mode: how long a replica's lease on polling a task lasts unless renewed; a
+    /// replica that dies while polling is replaced within about this long.
+    pub fleet_lease: Duration,
+    /// Fleet mode: how often a replica that does not poll a task reads its shared state.
+    pub fleet_follow_interval: Duration,
 }
 
 impl Default for WatchSettings {
@@ -51,6 +60,8 @@ impl Default for WatchSettings {
             upstream_budget_per_second: 10.0,
             terminal_retention: Duration::from_secs(60),
             not_found_retention: Duration::from_secs(10),
+            fleet_lease: Duration::from_secs(3),
+            fleet_follow_interval: Duration::from_millis(250),
         }
     }
 }

@@ -1,4 +1,9 @@
 //! One task's poller: reads `GET /tasks/{id}` until the task ends or nobody watches it.
+//!
+//! In fleet mode a poller either leads (it holds the task's lease, polls Stream and shares
+//! each observation) or follows (it relays what the leading replica shares, and leads as soon
+//! as the lease is free). While Redis is unreachable it leads on its own, under this
+//! replica's share of the budget, and rejoins the fleet when Redis answers.
 
 use std::{sync::Arc, time::Duration};
 
@@ -9,7 +14,8 @@ use tokio::time::Instant;
 use super::{
     WatchSettings,
     budget::Lane,
-    hub::{HubInner, Observation, ViewSender},
+    fleet_view::FleetView,
+    hub::{HubInner, Observation, TaskView, ViewSender},
 };
 use tracing::Instrument;
 
@@ -23,101 +29,267 @@ use crate::{
 /// How much longer the poll interval grows after each unchanged poll.
 const BACKOFF_FACTOR: f64 = 1.5;
 
-/// Polls until the task is terminal, upstream fails for good, the last watcher leaves, or the
-/// hub shuts down. Publishes only changes; a poll that changes nothing updates `polled_at`
-/// without waking the watchers.
+/// Polls (or, in fleet mode, follows the replica that polls) until the task is terminal,
+/// upstream fails for good, the last watcher leaves, or the hub shuts down.
 /// Each poll is a span of its own trace, linked to the watchers' calls in `watchers`.
 pub(super) async fn run(hub: Arc<HubInner>, task_id: String, sender: ViewSender, watchers: Arc<WatcherLinks>) {
-    let _counted = hub.budget.enlist();
-    let settings = &hub.settings;
-    let mut interval = settings.poll_interval_min;
-    let mut failing_since: Option<Instant> = None;
-    // The delays between polls while upstream fails; a fresh series after each success.
-    let mut failure_delays: Option<ExponentialBackoff> = None;
-    // Until a poll answers, the watchers have no snapshot: that poll goes ahead of the queue.
-    let mut lane = Lane::First;
-
+    let mut poller = Poller { hub, task_id, sender, watchers, seq: 0 };
+    let mut role = if poller.hub.fleet.is_some() { Role::Follow } else { Role::Lead };
     loop {
-        tokio::select! {
-            () = hub.budget.acquire(lane) => {}
-            () = sender.closed() => {
-                if hub.retire_if_unwatched(&task_id, &sender) { return; }
-                continue;
-            }
-            () = hub.shutdown.cancelled() => return,
-        }
-        let polled_at = Utc::now();
-        let poll = otel::poll_span(&task_id, &watchers);
-        let delay = match hub.client.get_task(&task_id, None).instrument(poll).await {
-            Ok(answer) => {
-                lane = Lane::Periodic;
-                hub.budget.record(answer.rate_limit);
-                failing_since = None;
-                failure_delays = None;
-                let task = convert::task(answer.body, polled_at);
-                let terminal = task.state().is_terminal();
-                let changed = publish(&sender, task, polled_at);
-                if terminal {
-                    keep_final_state(&hub, &task_id, &sender, settings.terminal_retention).await;
-                    return;
-                }
-                interval = if changed {
-                    settings.poll_interval_min
-                } else {
-                    interval.mul_f64(BACKOFF_FACTOR).min(settings.poll_interval_max)
-                };
-                interval.max(hub.budget.rate_limit_spacing())
-            }
-            Err(error) if error.kind().is_temporary() => {
-                if let UpstreamError::Api { rate_limit, .. } = &error {
-                    hub.budget.record(*rate_limit);
-                }
-                let since = *failing_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= settings.failure_budget {
-                    tracing::warn!(%task_id, %error, "upstream kept failing past the failure budget");
-                    end(
-                        &hub,
-                        &task_id,
-                        &sender,
-                        status::watch_upstream_failing(&error.to_status(), settings.failure_budget),
-                    );
-                    return;
-                }
-                let delays = failure_delays.get_or_insert_with(|| failure_backoff(settings));
-                let delay = delays.next().unwrap_or(settings.poll_interval_max);
-                tracing::debug!(%task_id, %error, ?delay, "transient upstream failure; backing off");
-                match error.kind() {
-                    // Never before Stream's window resets.
-                    ErrorKind::RateLimited { retry_after: Some(reset) } => delay.max(reset),
-                    _ => delay,
-                }
-            }
-            Err(error) => {
-                tracing::info!(%task_id, %error, "watching ended by upstream");
-                let status = error.to_status();
-                if status.code() == tonic::Code::NotFound {
-                    // Kept like a final state, so that watchers of an unknown id arriving
-                    // meanwhile get NOT_FOUND at once instead of each costing a request. Every
-                    // kept entry cost one budgeted request, so at most budget x TTL are kept.
-                    sender.send_modify(|view| view.observation = Observation::Ended(status));
-                    keep_final_state(&hub, &task_id, &sender, settings.not_found_retention).await;
-                } else {
-                    end(&hub, &task_id, &sender, status);
-                }
-                return;
-            }
+        role = match role {
+            Role::Lead => poller.lead().await,
+            Role::Follow => poller.follow().await,
+            Role::Stop => return,
         };
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = sender.closed() => {
-                if hub.retire_if_unwatched(&task_id, &sender) { return; }
-            }
-            () = hub.shutdown.cancelled() => return,
-        }
     }
 }
 
-/// Publishes a poll's task; returns whether it changed what watchers see.
+/// What a poller does next.
+enum Role {
+    /// Poll Stream.
+    Lead,
+    /// Relay what another replica polls.
+    Follow,
+    /// Nothing: the watch is over, or nobody watches.
+    Stop,
+}
+
+/// How a wait of a leading poller ended.
+enum Waited {
+    /// What it waited for came.
+    Done,
+    /// Stop polling: nobody watches, or the hub shuts down.
+    Stop,
+    /// Another replica leads now.
+    Follow,
+}
+
+struct Poller {
+    hub: Arc<HubInner>,
+    task_id: String,
+    sender: ViewSender,
+    watchers: Arc<WatcherLinks>,
+    /// The number of the last shared observation seen or written (fleet mode).
+    seq: i64,
+}
+
+impl Poller {
+    /// Follows the shared view until this replica leads, the task ends, or nobody watches.
+    /// While Redis is unreachable, leads (on its own).
+    async fn follow(&mut self) -> Role {
+        let Some(fleet) = self.hub.fleet.clone() else { return Role::Lead };
+        loop {
+            let followed = match fleet.follow(&self.task_id, self.seq).await {
+                Ok(followed) => followed,
+                Err(error) => {
+                    tracing::debug!(task_id = %self.task_id, %error, "fleet store unavailable; polling on our own");
+                    return Role::Lead;
+                }
+            };
+            if let Some(update) = followed.update {
+                self.seq = update.seq;
+                if let Some(retention) = self.apply(update.view) {
+                    self.keep_final_state(retention).await;
+                    return Role::Stop;
+                }
+            }
+            if followed.leading {
+                return Role::Lead;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(fleet.follow_interval) => {}
+                () = self.sender.closed() => {
+                    if self.hub.retire_if_unwatched(&self.task_id, &self.sender) { return Role::Stop; }
+                }
+                () = self.hub.shutdown.cancelled() => return Role::Stop,
+            }
+        }
+    }
+
+    /// Relays a view shared by the leading replica; returns how long to keep it when it is
+    /// final (`Some(ZERO)`: forget it at once).
+    fn apply(&self, shared: TaskView) -> Option<Duration> {
+        let settings = &self.hub.settings;
+        match shared.observation {
+            Observation::Pending => None,
+            Observation::Task(task) => {
+                let terminal = task.state().is_terminal();
+                if let Some(polled_at) = shared.polled_at {
+                    publish(&self.sender, *task, polled_at);
+                }
+                terminal.then_some(settings.terminal_retention)
+            }
+            Observation::Ended(status) => {
+                let retention =
+                    if status.code() == tonic::Code::NotFound { settings.not_found_retention } else { Duration::ZERO };
+                self.sender.send_modify(|view| view.observation = Observation::Ended(status));
+                Some(retention)
+            }
+        }
+    }
+
+    /// Polls Stream until the task ends, nobody watches, or (fleet mode) another replica leads.
+    /// Publishes only changes to the watchers; a poll that changes nothing updates `polled_at`
+    /// without waking them.
+    async fn lead(&mut self) -> Role {
+        let hub = Arc::clone(&self.hub);
+        let _counted = hub.budget.enlist();
+        let settings = &hub.settings;
+        let mut interval = settings.poll_interval_min;
+        let mut failing_since: Option<Instant> = None;
+        // The delays between polls while upstream fails; a fresh series after each success.
+        let mut failure_delays: Option<ExponentialBackoff> = None;
+        loop {
+            // Until a poll answers, the watchers have no snapshot: that poll goes ahead of the queue.
+            let lane = if self.sender.borrow().task().is_some() { Lane::Periodic } else { Lane::First };
+            match self.wait_leading(hub.budget.acquire(lane)).await {
+                Waited::Done => {}
+                Waited::Stop => return Role::Stop,
+                Waited::Follow => return Role::Follow,
+            }
+            let polled_at = Utc::now();
+            let poll = otel::poll_span(&self.task_id, &self.watchers);
+            let delay = match hub.client.get_task(&self.task_id, None).instrument(poll).await {
+                Ok(answer) => {
+                    hub.budget.record(answer.rate_limit);
+                    failing_since = None;
+                    failure_delays = None;
+                    let task = convert::task(answer.body, polled_at);
+                    let terminal = task.state().is_terminal();
+                    let changed = publish(&self.sender, task, polled_at);
+                    if terminal {
+                        self.share(Some(settings.terminal_retention)).await;
+                        self.keep_final_state(settings.terminal_retention).await;
+                        return Role::Stop;
+                    }
+                    if !self.share(None).await {
+                        return Role::Follow;
+                    }
+                    interval = if changed {
+                        settings.poll_interval_min
+                    } else {
+                        interval.mul_f64(BACKOFF_FACTOR).min(settings.poll_interval_max)
+                    };
+                    interval.max(hub.budget.rate_limit_spacing())
+                }
+                Err(error) if error.kind().is_temporary() => {
+                    if let UpstreamError::Api { rate_limit, .. } = &error {
+                        hub.budget.record(*rate_limit);
+                    }
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= settings.failure_budget {
+                        tracing::warn!(task_id = %self.task_id, %error, "upstream kept failing past the failure budget");
+                        let status = status::watch_upstream_failing(&error.to_status(), settings.failure_budget);
+                        self.end(status, Duration::ZERO).await;
+                        return Role::Stop;
+                    }
+                    let delays = failure_delays.get_or_insert_with(|| failure_backoff(settings));
+                    let delay = delays.next().unwrap_or(settings.poll_interval_max);
+                    tracing::debug!(task_id = %self.task_id, %error, ?delay, "transient upstream failure; backing off");
+                    match error.kind() {
+                        // Never before Stream's window resets; nor, in fleet mode, any replica.
+                        ErrorKind::RateLimited { retry_after: Some(reset) } => {
+                            hub.budget.rate_limited(reset);
+                            delay.max(reset)
+                        }
+                        _ => delay,
+                    }
+                }
+                Err(error) => {
+                    tracing::info!(task_id = %self.task_id, %error, "watching ended by upstream");
+                    let status = error.to_status();
+                    // NOT_FOUND is kept like a final state, so that watchers of an unknown id
+                    // arriving meanwhile get it at once instead of each costing a request.
+                    // Every kept entry cost one budgeted request, so at most budget x TTL are kept.
+                    let retention = if status.code() == tonic::Code::NotFound {
+                        settings.not_found_retention
+                    } else {
+                        Duration::ZERO
+                    };
+                    self.end(status, retention).await;
+                    return Role::Stop;
+                }
+            };
+            match self.wait_leading(tokio::time::sleep(delay)).await {
+                Waited::Done => {}
+                Waited::Stop => return Role::Stop,
+                Waited::Follow => return Role::Follow,
+            }
+        }
+    }
+
+    /// Waits for `until` while leading: renews the lease meanwhile (fleet mode), and gives up
+    /// when nobody watches any more (releasing the lease), the hub shuts down, or the lease is
+    /// lost to another replica.
+    async fn wait_leading(&self, until: impl Future<Output = ()>) -> Waited {
+        let fleet = self.hub.fleet.as_ref();
+        let mut renewals = tokio::time::interval(fleet.map_or(Duration::from_secs(3600), FleetView::renew_interval));
+        renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate; the lease was just taken or written.
+        renewals.reset();
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                () = &mut until => return Waited::Done,
+                () = self.sender.closed() => {
+                    if self.hub.retire_if_unwatched(&self.task_id, &self.sender) {
+                        if let Some(fleet) = fleet {
+                            fleet.release(&self.task_id);
+                        }
+                        return Waited::Stop;
+                    }
+                }
+                () = self.hub.shutdown.cancelled() => return Waited::Stop,
+                _ = renewals.tick(), if fleet.is_some() => {
+                    // An unreachable Redis (`Err`) is no reason to stop: keep polling on our own.
+                    if let Some(fleet) = fleet
+                        && let Ok(false) = fleet.renew(&self.task_id).await
+                    {
+                        return Waited::Follow;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Shares this replica's latest observation with the fleet (kept for `last` when final).
+    /// Returns `false` when another replica leads now; `true` otherwise, also when Redis is
+    /// unreachable (this replica then keeps polling on its own).
+    async fn share(&mut self, last: Option<Duration>) -> bool {
+        let Some(fleet) = &self.hub.fleet else { return true };
+        let view = self.sender.borrow().clone();
+        match fleet.publish(&self.task_id, &view, last, self.hub.settings.poll_interval_max).await {
+            Ok(Some(seq)) => {
+                self.seq = seq;
+                true
+            }
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// Ends every watcher of the task with `status` (on every replica in fleet mode), keeping
+    /// it for `retention` for watchers who arrive meanwhile.
+    async fn end(&mut self, status: tonic::Status, retention: Duration) {
+        self.sender.send_modify(|view| view.observation = Observation::Ended(status));
+        // Shared also when not kept, so that the other replicas' watchers end too.
+        self.share(Some(retention.max(self.hub.settings.fleet_follow_interval * 4))).await;
+        self.keep_final_state(retention).await;
+    }
+
+    /// Keeps a task's final state (or NOT_FOUND) for `retention`, for late watchers, then forgets it.
+    async fn keep_final_state(&self, retention: Duration) {
+        if !retention.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(retention) => {}
+                () = self.hub.shutdown.cancelled() => {}
+            }
+        }
+        self.hub.forget(&self.task_id, &self.sender);
+    }
+}
+
+/// Publishes a poll's task to the watchers; returns whether it changed what they see.
 fn publish(sender: &ViewSender, task: Task, polled_at: chrono::DateTime<Utc>) -> bool {
     sender.send_if_modified(|view| {
         view.polled_at = Some(polled_at);
@@ -130,21 +302,6 @@ fn publish(sender: &ViewSender, task: Task, polled_at: chrono::DateTime<Utc>) ->
         }
         changed
     })
-}
-
-/// Keeps a task's final state (or NOT_FOUND) for `retention`, for late watchers, then forgets it.
-async fn keep_final_state(hub: &HubInner, task_id: &str, sender: &ViewSender, retention: Duration) {
-    tokio::select! {
-        () = tokio::time::sleep(retention) => {}
-        () = hub.shutdown.cancelled() => {}
-    }
-    hub.forget(task_id, sender);
-}
-
-/// Ends every watcher of the task with `status`.
-fn end(hub: &HubInner, task_id: &str, sender: &ViewSender, status: tonic::Status) {
-    sender.send_modify(|view| view.observation = Observation::Ended(status));
-    hub.forget(task_id, sender);
 }
 
 /// The delays between polls of a failing upstream: doubling from the shortest poll interval,

@@ -15,14 +15,25 @@ use crate::common::{API_KEY, API_SECRET, TestEmulator, assert_status, process::S
 
 /// Starts `count` replicas against `emulator`, sharing the Redis at `redis_url`.
 async fn replicas(count: usize, emulator: &TestEmulator, redis_url: &str) -> Vec<ServiceProcess> {
+    replicas_with(count, emulator, redis_url, &[]).await
+}
+
+/// [`replicas`] with more environment (settings) for each.
+pub async fn replicas_with(
+    count: usize,
+    emulator: &TestEmulator,
+    redis_url: &str,
+    settings: &[(&str, &str)],
+) -> Vec<ServiceProcess> {
     let base_url = emulator.base_url();
-    let env = [
+    let mut env = vec![
         ("STREAM_BASE_URL", base_url.as_str()),
         ("STREAM_API_KEY", API_KEY),
         ("STREAM_API_SECRET", API_SECRET),
         ("STREAM_EXPORT_REDIS_URL", redis_url),
         ("RUST_LOG", "info"),
     ];
+    env.extend_from_slice(settings);
     let started: Vec<ServiceProcess> = (0..count).map(|_| ServiceProcess::start(&[], &env)).collect();
     for replica in &started {
         replica.wait_ready(true).await;
@@ -30,7 +41,7 @@ async fn replicas(count: usize, emulator: &TestEmulator, redis_url: &str) -> Vec
     started
 }
 
-async fn client(replica: &ServiceProcess) -> ExportServiceClient<Channel> {
+pub async fn client(replica: &ServiceProcess) -> ExportServiceClient<Channel> {
     ExportServiceClient::new(replica.channel().await)
 }
 

@@ -10,6 +10,7 @@ mod cli;
 mod cli_client;
 mod drain;
 mod fleet;
+mod fleet_watch;
 mod security;
 mod telemetry;
 mod traces;

@@ -18,9 +18,9 @@ use std::time::Duration;
 use futures::{FutureExt, future::BoxFuture};
 use redis::Script;
 
-use super::{Redis, StoreError};
 use crate::{
-    store::{Fingerprint, SubmitStore, Submitted},
+    fleet::Redis,
+    store::{Fingerprint, StoreError, SubmitStore, Submitted},
     upstream::UpstreamError,
 };
 

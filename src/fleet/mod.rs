@@ -1,12 +1,13 @@
 //! The fleet's shared engine: Redis (7.x, or Valkey), reached through redis-rs's connection
-//! manager (reconnects by itself, TLS with `rediss://`, scripts).
+//! manager (reconnects by itself, TLS with `rediss://`, scripts). The stores and the watch hub
+//! keep their fleet state in it; [`members`] counts the replicas that share it.
 //!
 //! The service starts without Redis and keeps serving what does not need it: the first
 //! connection is made on first use, and while Redis is unreachable every call fails at once
-//! with [`StoreError::Unavailable`] (after at most [`CALL_TIMEOUT`]). The outage is logged once,
-//! and its end once, not per call; the `stream_export_fleet_store_up` gauge says which it is.
+//! with [`Unavailable`] (after at most [`CALL_TIMEOUT`]). The outage is logged once, and its
+//! end once, not per call; the `stream_export_fleet_store_up` gauge says which it is.
 
-mod submit;
+pub mod members;
 
 use std::{
     sync::{
@@ -22,9 +23,12 @@ use sha2::{Digest, Sha256};
 use tokio::{sync::Mutex, time::Instant};
 use tracing::Instrument;
 
-pub use self::submit::RedisSubmitStore;
-use super::StoreError;
 use crate::telemetry::otel;
+
+/// Redis could not be reached or did not answer in time; the words never hold the URL.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("the fleet store is unavailable: {0}")]
+pub struct Unavailable(pub String);
 
 /// The longest one Redis call may take: well inside any caller's deadline, so that an
 /// unreachable Redis costs a call little.
@@ -80,13 +84,13 @@ impl Redis {
 
     /// A connection, made now if there is none yet. After a failed attempt the next one waits
     /// [`CALL_TIMEOUT`]: meanwhile calls fail at once instead of queueing behind connects.
-    pub async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    pub async fn connection(&self) -> Result<ConnectionManager, Unavailable> {
         let mut state = self.connection.lock().await;
         if let Some(connected) = state.manager.as_ref() {
             return Ok(connected.clone());
         }
         if state.retry_at.is_some_and(|at| Instant::now() < at) {
-            return Err(StoreError::Unavailable("cannot reach Redis".into()));
+            return Err(Unavailable("cannot reach Redis".into()));
         }
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CALL_TIMEOUT))
@@ -111,7 +115,7 @@ impl Redis {
         &self,
         operation: &'static str,
         call: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, StoreError> {
+    ) -> Result<T, Unavailable> {
         let span = otel::redis_span(operation);
         let outcome = call.instrument(span.clone()).await;
         if let Err(error) = &outcome {
@@ -120,8 +124,18 @@ impl Redis {
         self.observe(outcome)
     }
 
+    /// Runs a Lua script (`invocation`) as [`Redis::call`] does, connecting first if needed.
+    pub async fn eval<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, Unavailable> {
+        let mut connection = self.connection().await?;
+        self.call(operation, invocation.invoke_async(&mut connection)).await
+    }
+
     /// Notes the outcome of a call: logs the start and the end of an outage once each.
-    pub fn observe<T>(&self, outcome: redis::RedisResult<T>) -> Result<T, StoreError> {
+    pub fn observe<T>(&self, outcome: redis::RedisResult<T>) -> Result<T, Unavailable> {
         match outcome {
             Ok(value) => {
                 if self.down.swap(false, Ordering::Relaxed) {
@@ -134,12 +148,12 @@ impl Redis {
         }
     }
 
-    fn failed(&self, error: &redis::RedisError) -> StoreError {
+    fn failed(&self, error: &redis::RedisError) -> Unavailable {
         if !self.down.swap(true, Ordering::Relaxed) {
             tracing::warn!(error = %describe(error), "the fleet store (Redis) is unavailable");
             metrics::gauge!(FLEET_STORE_UP).set(0.0);
         }
-        StoreError::Unavailable(describe(error))
+        Unavailable(describe(error))
     }
 }
 

@@ -1,0 +1,88 @@
+//! The replicas that share the fleet's Redis, counted by heartbeat. While Redis is
+//! unreachable, each replica polls under its share of the fleet's upstream budget: the budget
+//! divided by the number of replicas last seen alive.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use redis::Script;
+use tokio_util::sync::CancellationToken;
+
+use super::Redis;
+
+/// How often a replica says it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// A replica not heard from for this long is no longer counted.
+pub const ALIVE_FOR: Duration = Duration::from_secs(5);
+
+/// Records this replica's heartbeat (on Redis's clock), forgets the silent ones, and returns
+/// how many are alive.
+const BEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return redis.call('ZCARD', KEYS[1])
+";
+
+/// Leaves the fleet (at shutdown), so that the others' share grows at once.
+const LEAVE: &str = "return redis.call('ZREM', KEYS[1], ARGV[1])";
+
+/// This replica's membership of the fleet. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Members {
+    id: Arc<str>,
+    alive: Arc<AtomicUsize>,
+}
+
+impl Members {
+    /// Joins the fleet: beats every [`HEARTBEAT`] until `shutdown`, then leaves.
+    pub fn start(redis: Redis, shutdown: CancellationToken) -> Self {
+        let members = Self { id: uuid::Uuid::new_v4().to_string().into(), alive: Arc::new(AtomicUsize::new(1)) };
+        tokio::spawn(members.clone().beat(redis, shutdown));
+        members
+    }
+
+    /// This replica's id in the fleet (random, one per process).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The replicas alive at the last heartbeat that Redis answered, this one included.
+    pub fn last_seen_alive(&self) -> usize {
+        self.alive.load(Ordering::Relaxed).max(1)
+    }
+
+    async fn beat(self, redis: Redis, shutdown: CancellationToken) {
+        let key = redis.key("members", "fleet", "replicas");
+        let (beat, leave) = (Script::new(BEAT), Script::new(LEAVE));
+        let mut ticks = tokio::time::interval(HEARTBEAT);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = shutdown.cancelled() => break,
+            }
+            let mut invocation = beat.key(&key);
+            invocation.arg(&*self.id).arg(millis(ALIVE_FOR));
+            if let Ok(alive) = redis.eval::<usize>("EVALSHA members.beat", &invocation).await {
+                self.alive.store(alive, Ordering::Relaxed);
+            }
+        }
+        let mut invocation = leave.key(&key);
+        invocation.arg(&*self.id);
+        let _ = redis.eval::<i64>("EVALSHA members.leave", &invocation).await;
+    }
+}
+
+/// Whole milliseconds, as Redis takes them.
+pub fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}

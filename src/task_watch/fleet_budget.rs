@@ -1,0 +1,125 @@
+//! The upstream budget of a fleet: one rate for all the replicas that share a Redis.
+//!
+//! A GCRA in Redis, on Redis's clock: one key holds the fleet's theoretical arrival time (the
+//! earliest moment the next status request may go), and each replica books the next slot when
+//! it has a poll waiting, then waits for it. Slots are one budget period apart, so over any
+//! one-second window the fleet sends at most the budget plus one; a replica books one slot at
+//! a time, so the replicas take turns and none books ahead of what it can use. Stream's
+//! rate-limit window is shared through the same keys: a replica that sees it exhausted (or a
+//! 429) pushes the fleet's next slot to the reset, and one that sees it low spreads what is
+//! left over the window for everyone.
+
+use std::{sync::LazyLock, time::Duration};
+
+use redis::Script;
+
+use crate::{
+    fleet::{Redis, Unavailable, members::Members},
+    upstream::RateLimit,
+};
+
+/// Books the next slot; returns how long to wait for it (microseconds).
+static RESERVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local step = tonumber(ARGV[1])
+local slower = tonumber(redis.call('GET', KEYS[2]) or '0')
+if slower > step then step = slower end
+local next = tat + step
+redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', math.floor((next - now) / 1000) + 1000)
+return tat - now
+",
+    )
+});
+
+/// No slot before `now + ARGV[1]` µs.
+static PAUSE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local resume = now + tonumber(ARGV[1])
+if resume > tonumber(redis.call('GET', KEYS[1]) or '0') then
+  redis.call('SET', KEYS[1], string.format('%.0f', resume), 'PX', math.floor(tonumber(ARGV[1]) / 1000) + 1000)
+end
+return 1
+",
+    )
+});
+
+/// Slots at least `ARGV[1]` µs apart for the next `ARGV[2]` ms.
+static SLOW_DOWN: LazyLock<Script> =
+    LazyLock::new(|| Script::new("redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1"));
+
+/// Below this share of Stream's window left, the fleet spreads what is left over the window.
+const LOW_REMAINING_SHARE: f64 = 0.5;
+
+/// The fleet's upstream budget in Redis.
+#[derive(Clone, Debug)]
+pub struct FleetBudget {
+    redis: Redis,
+    members: Members,
+    next_slot: String,
+    spacing: String,
+}
+
+impl FleetBudget {
+    /// The budget of the fleet that `members` belongs to, kept in `redis`.
+    pub fn new(redis: Redis, members: Members) -> Self {
+        let next_slot = redis.key("budget", "polls", "next_slot");
+        let spacing = redis.key("budget", "polls", "spacing");
+        Self { redis, members, next_slot, spacing }
+    }
+
+    /// Books the fleet's next slot one `period` after the last one booked; returns how long to
+    /// wait before using it.
+    pub async fn reserve(&self, period: Duration) -> Result<Duration, Unavailable> {
+        let mut invocation = RESERVE.key(&self.next_slot);
+        invocation.key(&self.spacing).arg(micros(period));
+        let wait: i64 = self.redis.eval("EVALSHA budget.reserve", &invocation).await?;
+        Ok(Duration::from_micros(u64::try_from(wait).unwrap_or(0)))
+    }
+
+    /// How many replicas share the budget: while Redis is unreachable, each replica keeps to
+    /// its share.
+    pub fn replicas(&self) -> usize {
+        self.members.last_seen_alive()
+    }
+
+    /// Shares what Stream said of its rate-limit window: exhausted, nobody polls before the
+    /// reset; low, the fleet's polls are spread over what is left. Nothing while plenty is left.
+    pub fn share(&self, rate_limit: RateLimit) {
+        let until_reset = rate_limit.until_reset();
+        if until_reset.is_zero() || (rate_limit.remaining as f64) >= (rate_limit.limit as f64) * LOW_REMAINING_SHARE {
+            return;
+        }
+        if rate_limit.remaining == 0 {
+            return self.pause(until_reset);
+        }
+        let spacing = until_reset / u32::try_from(rate_limit.remaining).unwrap_or(u32::MAX);
+        let (redis, key) = (self.redis.clone(), self.spacing.clone());
+        tokio::spawn(async move {
+            let mut invocation = SLOW_DOWN.key(&key);
+            invocation.arg(micros(spacing)).arg(crate::fleet::members::millis(until_reset).max(1));
+            let _ = redis.eval::<i64>("EVALSHA budget.slow_down", &invocation).await;
+        });
+    }
+
+    /// No replica polls for `duration` (Stream answered 429, or its window is spent).
+    pub fn pause(&self, duration: Duration) {
+        let (redis, key) = (self.redis.clone(), self.next_slot.clone());
+        tokio::spawn(async move {
+            let mut invocation = PAUSE.key(&key);
+            invocation.arg(micros(duration));
+            let _ = redis.eval::<i64>("EVALSHA budget.pause", &invocation).await;
+        });
+    }
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}

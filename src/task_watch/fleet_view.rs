@@ -1,0 +1,280 @@
+//! The hub's fleet mode: one poller per task for all the replicas that share a Redis.
+//!
+//! Per task, two keys in one hash-tag slot: `lease` (the id of the replica that polls it, with
+//! a short lease that it renews while it polls) and `view` (a hash: `seq`, the latest
+//! observation as `data`, `final` once the task ended). The replica that holds the lease polls
+//! Stream and writes each observation to `view`; the others follow: every follow interval they
+//! read `view`, relay what is new to their watchers, and take the lease when it is free (its
+//! holder died, or stopped because its last watcher left). A final observation stays for the
+//! retention period, so that no replica polls a finished task again.
+
+use std::{sync::LazyLock, time::Duration};
+
+use chrono::{DateTime, Utc};
+use prost::Message;
+use redis::Script;
+use tonic::Status;
+
+use super::hub::{Observation, TaskView};
+use crate::{
+    contract::task::timestamp,
+    fleet::{
+        Redis, Unavailable,
+        members::{Members, millis},
+    },
+    proto::Task,
+};
+
+/// Reads `view` (unless it is still at the caller's `seq`) and takes or renews the lease
+/// unless the task is final. Returns `{leading, seq, data}`.
+static FOLLOW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local leading = 0
+if redis.call('HEXISTS', KEYS[2], 'final') == 0 then
+  local holder = redis.call('GET', KEYS[1])
+  if not holder then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    leading = 1
+  elseif holder == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    leading = 1
+  end
+end
+local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
+if seq == tonumber(ARGV[3]) then return {leading, seq, ''} end
+return {leading, seq, redis.call('HGET', KEYS[2], 'data') or ''}
+",
+    )
+});
+
+/// Writes an observation if this replica leads (taking a free lease: after a Redis restart
+/// the first replica to write leads). Returns its `seq`, or 0 if another replica leads.
+static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+redis.call('HSET', KEYS[2], 'data', ARGV[3])
+if ARGV[4] == '1' then
+  redis.call('HSET', KEYS[2], 'final', '1')
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return seq
+",
+    )
+});
+
+/// Extends the lease if this replica holds it (or takes it if free); 0 if another replica leads.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+if redis.call('HEXISTS', KEYS[2], 'final') == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+",
+    )
+});
+
+/// Gives the lease up if this replica holds it.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+",
+    )
+});
+
+/// How long a task's latest (not final) observation is kept after its last write: long enough
+/// for a poller at the longest interval to write again, short enough that a late watcher of a
+/// task nobody polled for a while waits for a fresh poll instead of an old snapshot.
+const VIEW_TTL_FACTOR: u32 = 3;
+
+/// How the replicas of a fleet share their tasks' polls, through Redis.
+#[derive(Clone, Debug)]
+pub struct FleetView {
+    redis: Redis,
+    members: Members,
+    lease: Duration,
+    /// How often a follower reads the shared view.
+    pub follow_interval: Duration,
+}
+
+/// A follower's read of the shared view.
+pub(super) struct Followed {
+    /// Whether this replica now holds the lease (and must poll).
+    pub leading: bool,
+    /// The shared observation, unless it is still the one at the caller's `seq`.
+    pub update: Option<SharedView>,
+}
+
+/// One observation as the fleet shares it.
+pub(super) struct SharedView {
+    /// Its number: each write adds one.
+    pub seq: i64,
+    /// What the polling replica observed.
+    pub view: TaskView,
+}
+
+/// The wire form of a [`TaskView`] in Redis.
+#[derive(Clone, PartialEq, Message)]
+struct StoredView {
+    #[prost(message, optional, tag = "1")]
+    task: Option<Task>,
+    #[prost(message, optional, tag = "2")]
+    polled_at: Option<prost_types::Timestamp>,
+    /// The gRPC code of an ended watch (0: not ended).
+    #[prost(int32, tag = "3")]
+    status_code: i32,
+    #[prost(string, tag = "4")]
+    status_message: String,
+    #[prost(bytes = "vec", tag = "5")]
+    status_details: Vec<u8>,
+}
+
+impl FleetView {
+    /// Shares polls through `redis`, as the replica `members` names. A replica that dies while
+    /// polling is replaced after `lease` at most (plus a follow interval).
+    pub fn new(redis: Redis, members: Members, lease: Duration, follow_interval: Duration) -> Self {
+        Self { redis, members, lease, follow_interval }
+    }
+
+    /// The replica's membership (its id, and how many replicas are alive).
+    pub fn members(&self) -> &Members {
+        &self.members
+    }
+
+    /// How often a leading replica renews its lease.
+    pub fn renew_interval(&self) -> Duration {
+        self.lease / 3
+    }
+
+    fn keys(&self, task_id: &str) -> (String, String) {
+        (self.redis.key("watch", task_id, "lease"), self.redis.key("watch", task_id, "view"))
+    }
+
+    /// Reads what the leading replica shared since `seq`, taking the lease if it is free.
+    pub(super) async fn follow(&self, task_id: &str, seq: i64) -> Result<Followed, Unavailable> {
+        let (lease, view) = self.keys(task_id);
+        let mut invocation = FOLLOW.key(&lease);
+        invocation.key(&view).arg(self.members.id()).arg(millis(self.lease)).arg(seq);
+        let (leading, seq, data): (i64, i64, Vec<u8>) = self.redis.eval("EVALSHA watch.follow", &invocation).await?;
+        let update = (!data.is_empty()).then(|| decode(&data)).flatten().map(|view| SharedView { seq, view });
+        Ok(Followed { leading: leading == 1, update })
+    }
+
+    /// Shares an observation, kept for `ttl` when `last` (the task ended, or its watch did).
+    /// Returns its `seq`, or `None` if another replica leads now.
+    pub(super) async fn publish(
+        &self,
+        task_id: &str,
+        view: &TaskView,
+        last: Option<Duration>,
+        poll_interval_max: Duration,
+    ) -> Result<Option<i64>, Unavailable> {
+        let (lease, key) = self.keys(task_id);
+        let ttl = last.unwrap_or(poll_interval_max * VIEW_TTL_FACTOR).max(Duration::from_millis(1));
+        let mut invocation = PUBLISH.key(&lease);
+        invocation
+            .key(&key)
+            .arg(self.members.id())
+            .arg(millis(self.lease))
+            .arg(encode(view))
+            .arg(if last.is_some() { "1" } else { "0" })
+            .arg(millis(ttl));
+        let seq: i64 = self.redis.eval("EVALSHA watch.publish", &invocation).await?;
+        Ok((seq > 0).then_some(seq))
+    }
+
+    /// Extends this replica's lease; `false` if another replica leads now.
+    pub(super) async fn renew(&self, task_id: &str) -> Result<bool, Unavailable> {
+        let (lease, view) = self.keys(task_id);
+        let mut invocation = RENEW.key(&lease);
+        invocation.key(&view).arg(self.members.id()).arg(millis(self.lease));
+        Ok(self.redis.eval::<i64>("EVALSHA watch.renew", &invocation).await? == 1)
+    }
+
+    /// Gives the lease up (the last watcher left), so that a replica that still has watchers
+    /// takes the poll over at its next follow instead of after the lease.
+    pub(super) fn release(&self, task_id: &str) {
+        let (lease, _) = self.keys(task_id);
+        let (redis, id) = (self.redis.clone(), self.members.id().to_owned());
+        tokio::spawn(async move {
+            let mut invocation = RELEASE.key(&lease);
+            invocation.arg(id);
+            let _ = redis.eval::<i64>("EVALSHA watch.release", &invocation).await;
+        });
+    }
+}
+
+fn encode(view: &TaskView) -> Vec<u8> {
+    let mut stored = StoredView { polled_at: view.polled_at.map(timestamp), ..StoredView::default() };
+    match &view.observation {
+        Observation::Pending => {}
+        Observation::Task(task) => stored.task = Some(Task::clone(task)),
+        Observation::Ended(status) => {
+            stored.status_code = status.code() as i32;
+            stored.status_message = status.message().to_owned();
+            stored.status_details = status.details().to_vec();
+        }
+    }
+    stored.encode_to_vec()
+}
+
+/// Reads a stored view; `None` if it is not one (written by an incompatible version).
+fn decode(data: &[u8]) -> Option<TaskView> {
+    let stored = StoredView::decode(data).ok()?;
+    let polled_at = stored
+        .polled_at
+        .and_then(|at| DateTime::<Utc>::from_timestamp(at.seconds, u32::try_from(at.nanos).unwrap_or(0)));
+    let observation = match (stored.task, stored.status_code) {
+        (_, code) if code != 0 => Observation::Ended(Status::with_details(
+            tonic::Code::from_i32(code),
+            stored.status_message,
+            stored.status_details.into(),
+        )),
+        (Some(task), _) => Observation::Task(Box::new(task)),
+        (None, _) => Observation::Pending,
+    };
+    Some(TaskView { observation, polled_at })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::TaskState;
+
+    #[test]
+    fn views_survive_the_round_trip_through_redis() {
+        let polled_at = DateTime::<Utc>::from_timestamp(1_764_000_000, 123_456_000);
+        let mut task = Task { task_id: "t-1".into(), ..Task::default() };
+        task.set_state(TaskState::Completed);
+        let view = TaskView { observation: Observation::Task(Box::new(task.clone())), polled_at };
+        let back = decode(&encode(&view)).expect("decodes");
+        assert_eq!(back.task(), Some(&task));
+        assert_eq!(back.polled_at, polled_at);
+
+        let ended = TaskView {
+            observation: Observation::Ended(Status::with_details(
+                tonic::Code::NotFound,
+                "no such task",
+                vec![1, 2].into(),
+            )),
+            polled_at: None,
+        };
+        let Observation::Ended(status) = decode(&encode(&ended)).expect("decodes").observation else {
+            panic!("not ended")
+        };
+        assert_eq!(
+            (status.code(), status.message(), status.details()),
+            (tonic::Code::NotFound, "no such task", &[1u8, 2][..])
+        );
+    }
+}

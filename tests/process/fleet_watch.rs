@@ -1,0 +1,211 @@
+//! Fleet mode (issue 12, watches): replicas sharing one real `redis-server` poll each task
+//! once for the whole fleet, hand the poll over when the polling replica dies, keep one
+//! upstream budget, and keep watches going while Redis is down.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use serde_json::json;
+use stream_export::{
+    emulator::EmulatorConfig,
+    proto::{ChannelRef, ExportChannelsRequest, TaskEvent, TaskState, WatchTaskRequest, task_event::EventType},
+};
+use tokio_stream::StreamExt;
+use tonic::{Status, Streaming};
+
+use super::fleet::{client, replicas_with};
+use crate::common::{API_KEY, API_SECRET, TestEmulator, process::ServiceProcess, redis::RedisServer};
+
+/// Pollers poll every 100 ms (a steady rate, so that one poller's reads are easy to bound), a
+/// dead replica's lease runs out after 1 s.
+const STEADY: &[(&str, &str)] = &[
+    ("STREAM_EXPORT_WATCH_POLL_MIN", "100ms"),
+    ("STREAM_EXPORT_WATCH_POLL_MAX", "100ms"),
+    ("STREAM_EXPORT_WATCH_FLEET_LEASE", "1s"),
+    ("STREAM_EXPORT_UPSTREAM_POLL_BUDGET", "50"),
+];
+
+/// Submits a channel export through `replica` and freezes its task in `waiting`.
+async fn held_task(replica: &ServiceProcess, emulator: &TestEmulator) -> String {
+    let channel = ChannelRef { r#type: "messaging".into(), id: "general".into(), ..Default::default() };
+    let request = ExportChannelsRequest { channels: vec![channel], ..Default::default() };
+    let task_id = client(replica).await.export_channels(request).await.expect("submits").into_inner().task_id;
+    emulator.steer(&task_id, json!({"hold": true})).await;
+    task_id
+}
+
+async fn watch(replica: &ServiceProcess, task_id: &str) -> Streaming<TaskEvent> {
+    let request = WatchTaskRequest { task_id: task_id.into() };
+    client(replica).await.watch_task(request).await.expect("the watch starts").into_inner()
+}
+
+/// The next event that carries a task (heartbeats before the snapshot carry none).
+async fn next(stream: &mut Streaming<TaskEvent>) -> Result<TaskEvent, Status> {
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("an event in time")
+            .expect("the stream is still open");
+        match item {
+            Ok(event) if event.r#type() == EventType::Heartbeat => continue,
+            other => return other,
+        }
+    }
+}
+
+/// The next event's type and task state.
+async fn next_state(stream: &mut Streaming<TaskEvent>) -> (EventType, TaskState) {
+    let event = next(stream).await.expect("an event, not an error");
+    (event.r#type(), event.task.as_ref().map_or(TaskState::Unspecified, |task| task.state()))
+}
+
+/// Reads a stream to its end: it must end OK after the terminal event, which is returned.
+async fn terminal(stream: &mut Streaming<TaskEvent>) -> TaskEvent {
+    let event = next(stream).await.expect("the terminal event");
+    assert!(event.task.as_ref().is_some_and(|task| task.state() == TaskState::Completed), "{event:?}");
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("the stream ends");
+    assert!(end.is_none(), "OK after the terminal state, not {end:?}");
+    event
+}
+
+async fn status_reads(emulator: &TestEmulator, task_ids: &[String]) -> u64 {
+    let counters = emulator.control(reqwest::Method::GET, "counters", None).await;
+    task_ids.iter().map(|id| counters["tasks"][id].as_u64().unwrap_or(0)).sum()
+}
+
+#[tokio::test]
+async fn watchers_of_one_task_on_three_replicas_cost_stream_one_pollers_reads() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let redis = RedisServer::start(None).await;
+    let fleet = replicas_with(3, &emulator, &redis.url(), STEADY).await;
+    let task_id = held_task(&fleet[0], &emulator).await;
+    let started = Instant::now();
+
+    let mut streams = Vec::new();
+    for replica in &fleet {
+        for _ in 0..3 {
+            streams.push(watch(replica, &task_id).await);
+        }
+    }
+    for stream in &mut streams {
+        assert_eq!(next_state(stream).await, (EventType::Snapshot, TaskState::Waiting));
+    }
+    emulator.steer(&task_id, json!({"status": "running"})).await;
+    for stream in &mut streams {
+        assert_eq!(next_state(stream).await, (EventType::Changed, TaskState::Running));
+    }
+    emulator.steer(&task_id, json!({"status": "completed"})).await;
+    let terminals = join_all(streams.iter_mut().map(terminal)).await;
+    let elapsed = started.elapsed();
+
+    // One observation, relayed everywhere: the same observe_time on every replica.
+    assert!(terminals.iter().all(|event| event.observe_time == terminals[0].observe_time), "{terminals:?}");
+    let reads = status_reads(&emulator, std::slice::from_ref(&task_id)).await;
+    let one_poller = elapsed.as_millis() as u64 / 100 + 3;
+    assert!(reads <= one_poller, "{reads} status reads in {elapsed:?}; one poller makes at most {one_poller}");
+}
+
+#[tokio::test]
+async fn when_the_polling_replica_is_killed_another_takes_over_and_its_watchers_see_the_end() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let redis = RedisServer::start(None).await;
+    let mut fleet = replicas_with(3, &emulator, &redis.url(), STEADY).await;
+    let task_id = held_task(&fleet[1], &emulator).await;
+    // The first watcher's replica takes the lease and polls.
+    let mut on_the_poller = watch(&fleet[0], &task_id).await;
+    assert_eq!(next_state(&mut on_the_poller).await, (EventType::Snapshot, TaskState::Waiting));
+    let mut elsewhere = vec![watch(&fleet[1], &task_id).await, watch(&fleet[2], &task_id).await];
+    for stream in &mut elsewhere {
+        assert_eq!(next_state(stream).await, (EventType::Snapshot, TaskState::Waiting));
+    }
+
+    fleet[0].kill();
+    let killed = Instant::now();
+    emulator.steer(&task_id, json!({"status": "running"})).await;
+    for stream in &mut elsewhere {
+        assert_eq!(next_state(stream).await, (EventType::Changed, TaskState::Running));
+    }
+    let takeover = killed.elapsed();
+    // A lease (1 s), a follow interval (250 ms), a poll interval (100 ms), and some slack.
+    assert!(takeover < Duration::from_secs(4), "the change took {takeover:?} to reach the other replicas");
+    emulator.steer(&task_id, json!({"status": "completed"})).await;
+    for stream in &mut elsewhere {
+        terminal(stream).await;
+    }
+}
+
+#[tokio::test]
+async fn the_fleet_keeps_to_one_upstream_budget_with_many_tasks_watched_on_every_replica() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let redis = RedisServer::start(None).await;
+    // Pollers want 20 reads per second per task; the budget allows 5 for the whole fleet.
+    let settings = [
+        ("STREAM_EXPORT_WATCH_POLL_MIN", "50ms"),
+        ("STREAM_EXPORT_WATCH_POLL_MAX", "50ms"),
+        ("STREAM_EXPORT_UPSTREAM_POLL_BUDGET", "5"),
+    ];
+    let fleet = replicas_with(3, &emulator, &redis.url(), &settings).await;
+    let mut task_ids = Vec::new();
+    for _ in 0..12 {
+        task_ids.push(held_task(&fleet[0], &emulator).await);
+    }
+    let mut streams = Vec::new();
+    for task_id in &task_ids {
+        for replica in &fleet {
+            streams.push(watch(replica, task_id).await);
+        }
+    }
+    join_all(streams.iter_mut().map(next_state)).await;
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = status_reads(&emulator, &task_ids).await;
+    let window = Duration::from_secs(4);
+    tokio::time::sleep(window).await;
+    let reads = status_reads(&emulator, &task_ids).await - before;
+    // Three replicas each keeping to 5/s would read about 60 times.
+    assert!(reads <= 5 * 4 + 2, "{reads} status reads in {window:?} at a fleet budget of 5/s");
+    assert!(reads >= 5 * 4 / 2, "the budget is used ({reads} reads in {window:?})");
+    drop(streams);
+}
+
+#[tokio::test]
+async fn watches_go_on_while_redis_is_down_and_the_fleet_polls_once_again_when_it_is_back() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let mut redis = RedisServer::start(None).await;
+    let fleet = replicas_with(3, &emulator, &redis.url(), STEADY).await;
+    let task_id = held_task(&fleet[0], &emulator).await;
+    let mut streams = Vec::new();
+    for replica in &fleet {
+        streams.push(watch(replica, &task_id).await);
+    }
+    for stream in &mut streams {
+        assert_eq!(next_state(stream).await, (EventType::Snapshot, TaskState::Waiting));
+    }
+
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    emulator.steer(&task_id, json!({"status": "running"})).await;
+    for stream in &mut streams {
+        assert_eq!(next_state(stream).await, (EventType::Changed, TaskState::Running));
+    }
+
+    redis.restart().await;
+    // Back in fleet mode within a few seconds: one replica polls again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let before = status_reads(&emulator, std::slice::from_ref(&task_id)).await;
+    let window = Duration::from_secs(2);
+    tokio::time::sleep(window).await;
+    let reads = status_reads(&emulator, std::slice::from_ref(&task_id)).await - before;
+    // One poller reads about 20 times in 2 s; three polling on their own, about 60.
+    assert!(reads <= 26, "{reads} status reads in {window:?} after Redis came back");
+
+    emulator.steer(&task_id, json!({"status": "completed"})).await;
+    for stream in &mut streams {
+        terminal(stream).await;
+    }
+    for replica in &fleet {
+        let log = replica.log();
+        let outage_lines = log.matches("the fleet store (Redis) is unavailable").count();
+        assert!(outage_lines <= 1, "one line per outage, not per call ({outage_lines}):\n{log}");
+    }
+}
