@@ -30,6 +30,9 @@ const SWEEP_AT_LEAST: usize = 256;
 /// that a flood of new watchers slows the polls of watched tasks down instead of stopping them.
 const FIRST_POLLS_IN_A_ROW: u32 = 3;
 
+/// How long the dispatcher paces on its own after Redis failed to book a fleet slot.
+const FLEET_RETRY: Duration = Duration::from_secs(1);
+
 /// Which queue a poll waits in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lane {
@@ -257,6 +260,9 @@ impl Queues {
 /// unreachable, for this replica's share (the period times the replicas last seen alive).
 async fn dispatch(queues: Arc<Queues>, fleet: Option<FleetBudget>) {
     let mut next_slot = Instant::now();
+    // After a failed booking, Redis is left alone for a while: a partitioned Redis would
+    // otherwise cost every grant a call timeout.
+    let mut fleet_retry_at = Instant::now();
     loop {
         tokio::time::sleep_until(next_slot).await;
         let arrived = queues.arrived.notified();
@@ -268,14 +274,24 @@ async fn dispatch(queues: Arc<Queues>, fleet: Option<FleetBudget>) {
         }
         let period = match &fleet {
             None => queues.period,
-            Some(fleet) => match fleet.reserve(queues.period).await {
-                Ok(wait) => {
-                    tokio::time::sleep(wait).await;
-                    next_slot = Instant::now();
-                    Duration::ZERO
+            Some(fleet) => {
+                let mut booked = None;
+                if Instant::now() >= fleet_retry_at {
+                    booked = fleet.reserve(queues.period).await.ok();
+                    if booked.is_none() {
+                        fleet_retry_at = Instant::now() + FLEET_RETRY;
+                    }
                 }
-                Err(_) => queues.period * u32::try_from(fleet.replicas()).unwrap_or(u32::MAX),
-            },
+                match booked {
+                    Some(wait) => {
+                        tokio::time::sleep(wait).await;
+                        next_slot = Instant::now();
+                        Duration::ZERO
+                    }
+                    // This replica's share of the budget.
+                    None => queues.period * u32::try_from(fleet.replicas()).unwrap_or(u32::MAX),
+                }
+            }
         };
         if queues.grant_next() {
             next_slot += period;

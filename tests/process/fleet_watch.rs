@@ -209,3 +209,56 @@ async fn watches_go_on_while_redis_is_down_and_the_fleet_polls_once_again_when_i
         assert!(outage_lines <= 1, "one line per outage, not per call ({outage_lines}):\n{log}");
     }
 }
+
+/// Two replicas' budgets sharing one Redis: their slots interleave one period apart, a pause
+/// seen by one holds the other, and a low window seen by one slows both.
+#[tokio::test]
+async fn replicas_take_turns_in_one_budget_and_share_what_stream_says_of_its_window() {
+    use stream_export::{
+        fleet::{Redis, RedisSettings, members::Members},
+        task_watch::fleet_budget::FleetBudget,
+        upstream::RateLimit,
+    };
+    use tokio_util::sync::CancellationToken;
+
+    let server = RedisServer::start(None).await;
+    let settings = RedisSettings { url: server.url().into(), key_prefix: String::new() };
+    let shutdown = CancellationToken::new();
+    let budgets: Vec<FleetBudget> = (0..2)
+        .map(|_| {
+            let redis = Redis::new(&settings, API_KEY).expect("a valid URL");
+            FleetBudget::new(redis.clone(), Members::start(redis, shutdown.clone()))
+        })
+        .collect();
+    let period = Duration::from_millis(100);
+
+    // Alternating bookings: each slot one period after the previous one, whoever booked it.
+    let started = Instant::now();
+    let mut slots = Vec::new();
+    for round in 0..10 {
+        let wait = budgets[round % 2].reserve(period).await.expect("Redis answers");
+        slots.push(started.elapsed() + wait);
+    }
+    for pair in slots.windows(2) {
+        let gap = pair[1].saturating_sub(pair[0]);
+        assert!(gap >= Duration::from_millis(90) && gap <= Duration::from_millis(130), "slots {slots:?}");
+    }
+    tokio::time::sleep(slots[9].saturating_sub(started.elapsed())).await;
+
+    // A 429 on one replica: the other does not poll before the reset.
+    budgets[0].pause(Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let wait = budgets[1].reserve(period).await.expect("Redis answers");
+    assert!(wait >= Duration::from_millis(1700), "the other replica would poll in {wait:?}");
+    tokio::time::sleep(wait).await;
+
+    // A window running low on one replica (10 left for 5 s): both space their polls 500 ms apart.
+    let reset = chrono::Utc::now() + chrono::Duration::seconds(5);
+    budgets[1].share(RateLimit { limit: 100, remaining: 10, reset });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let first = budgets[0].reserve(period).await.expect("Redis answers");
+    let second = budgets[1].reserve(period).await.expect("Redis answers");
+    let gap = second.saturating_sub(first);
+    assert!(gap >= Duration::from_millis(400), "polls {gap:?} apart with 10 requests left for 5 s");
+    shutdown.cancel();
+}
