@@ -146,11 +146,6 @@ impl FleetView {
         Self { redis, members, lease, follow_interval }
     }
 
-    /// The replica's membership (its id, and how many replicas are alive).
-    pub fn members(&self) -> &Members {
-        &self.members
-    }
-
     /// How often a leading replica renews its lease.
     pub fn renew_interval(&self) -> Duration {
         self.lease / 3

@@ -239,7 +239,13 @@ impl Poller {
                         return Waited::Stop;
                     }
                 }
-                () = self.hub.shutdown.cancelled() => return Waited::Stop,
+                () = self.hub.shutdown.cancelled() => {
+                    // A draining replica hands its polls over at once, not after the lease.
+                    if let Some(fleet) = fleet {
+                        fleet.release(&self.task_id);
+                    }
+                    return Waited::Stop;
+                }
                 _ = renewals.tick(), if fleet.is_some() => {
                     // An unreachable Redis (`Err`) is no reason to stop: keep polling on our own.
                     if let Some(fleet) = fleet
