@@ -13,7 +13,7 @@ use std::{
 use redis::Script;
 use tokio_util::sync::CancellationToken;
 
-use super::Redis;
+use super::{Redis, millis};
 
 /// How often a replica says it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -80,9 +80,4 @@ impl Members {
         invocation.arg(&*self.id);
         let _ = redis.eval::<i64>("EVALSHA members.leave", &invocation).await;
     }
-}
-
-/// Whole milliseconds, as Redis takes them.
-pub fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -167,6 +167,11 @@ struct Connection {
 /// The gauge that says whether the fleet store answers (1) or not (0).
 pub const FLEET_STORE_UP: &str = "stream_export_fleet_store_up";
 
+/// Whole milliseconds, as Redis takes them (`PX`, `PEXPIRE`).
+pub fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// A Redis error in words that never hold the URL (nor its password).
 fn describe(error: &redis::RedisError) -> String {
     match error.kind() {

@@ -19,7 +19,7 @@ use futures::{FutureExt, future::BoxFuture};
 use redis::Script;
 
 use crate::{
-    fleet::Redis,
+    fleet::{Redis, millis},
     store::{Fingerprint, StoreError, SubmitStore, Submitted},
     upstream::UpstreamError,
 };
@@ -179,8 +179,4 @@ fn recorded(value: &str) -> Result<Submitted, StoreError> {
     let (fingerprint, task_id) = value.split_once('|').ok_or(StoreError::Aborted)?;
     let fingerprint = Fingerprint::from_hex(fingerprint).ok_or(StoreError::Aborted)?;
     Ok(Submitted { fingerprint, task_id: task_id.to_owned() })
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

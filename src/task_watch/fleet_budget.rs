@@ -104,7 +104,7 @@ impl FleetBudget {
         let (redis, key) = (self.redis.clone(), self.spacing.clone());
         tokio::spawn(async move {
             let mut invocation = SLOW_DOWN.key(&key);
-            invocation.arg(micros(spacing)).arg(crate::fleet::members::millis(until_reset).max(1));
+            invocation.arg(micros(spacing)).arg(crate::fleet::millis(until_reset).max(1));
             let _ = redis.eval::<i64>("EVALSHA budget.slow_down", &invocation).await;
         });
     }

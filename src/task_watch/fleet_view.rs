@@ -18,10 +18,7 @@ use tonic::Status;
 use super::hub::{Observation, TaskView};
 use crate::{
     contract::task::timestamp,
-    fleet::{
-        Redis, Unavailable,
-        members::{Members, millis},
-    },
+    fleet::{Redis, Unavailable, members::Members, millis},
     proto::Task,
 };
 
