@@ -5,9 +5,11 @@
 //! loopback, loads them with the project's own generated client, reads CPU time and memory
 //! from `/proc/<pid>/`, prints a table, and prints one `BENCH {json}` line per figure.
 //! `--quick` (or `STREAM_EXPORT_BENCH_QUICK=1`) runs every figure at a small scale in a few
-//! seconds: a smoke test, its numbers mean nothing.
+//! seconds: a smoke test, its numbers mean nothing. `--only unary|fanout|budget|fleet` runs one
+//! section alone.
 
 mod echo;
+mod fleet;
 mod otlp_sink;
 mod processes;
 mod procfs;
@@ -36,6 +38,15 @@ pub struct Scale {
     budget_per_second: u32,
     budget_window: Duration,
     budget_connections: usize,
+    fleet_fanout_tasks: usize,
+    fleet_fanout_watchers_per_task: usize,
+    /// All replicas together.
+    fleet_fanout_connections: usize,
+    fleet_window: Duration,
+    fleet_budget_tasks: usize,
+    fleet_budget_connections_per_replica: usize,
+    fleet_budget_window: Duration,
+    fleet_takeover_trials: usize,
 }
 
 impl Scale {
@@ -57,6 +68,14 @@ impl Scale {
             budget_per_second: 50,
             budget_window: Duration::from_secs(30),
             budget_connections: 10,
+            fleet_fanout_tasks: 100,
+            fleet_fanout_watchers_per_task: 100,
+            fleet_fanout_connections: 102,
+            fleet_window: Duration::from_secs(10),
+            fleet_budget_tasks: 400,
+            fleet_budget_connections_per_replica: 4,
+            fleet_budget_window: Duration::from_secs(30),
+            fleet_takeover_trials: 5,
         }
     }
 
@@ -77,6 +96,14 @@ impl Scale {
             budget_per_second: 50,
             budget_window: Duration::from_secs(3),
             budget_connections: 2,
+            fleet_fanout_tasks: 10,
+            fleet_fanout_watchers_per_task: 30,
+            fleet_fanout_connections: 6,
+            fleet_window: Duration::from_secs(3),
+            fleet_budget_tasks: 100,
+            fleet_budget_connections_per_replica: 1,
+            fleet_budget_window: Duration::from_secs(3),
+            fleet_takeover_trials: 2,
         }
     }
 }
@@ -88,22 +115,40 @@ fn main() {
         echo::run(addr.expect("--echo-server ADDR TASK_HEX"), task.expect("--echo-server ADDR TASK_HEX"));
         return;
     }
-    // `cargo bench` appends `--bench`; anything else but `--quick` is ignored.
+    // `cargo bench` appends `--bench`; anything else but `--quick` and `--only SECTION` is ignored.
     let quick = args.iter().any(|a| a == "--quick") || std::env::var_os("STREAM_EXPORT_BENCH_QUICK").is_some();
+    let only = args.iter().position(|a| a == "--only").map(|at| args.get(at + 1).expect("--only SECTION").clone());
+    if let Some(section) = &only {
+        assert!(SECTIONS.contains(&section.as_str()), "--only {section}: the sections are {SECTIONS:?}");
+    }
     let scale = if quick { Scale::quick() } else { Scale::full() };
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
-    runtime.block_on(run(&scale, quick));
+    runtime.block_on(run(&scale, quick, only.as_deref()));
 }
 
-async fn run(scale: &Scale, quick: bool) {
+/// The sections that `--only` can pick (every one runs without it).
+const SECTIONS: [&str; 4] = ["unary", "fanout", "budget", "fleet"];
+
+async fn run(scale: &Scale, quick: bool, only: Option<&str>) {
+    let runs = |section: &str| only.is_none_or(|only| only == section);
     let started = Instant::now();
     println!("stream-export benchmark ({}), machine: {}", if quick { "quick" } else { "full" }, procfs::machine());
     let emulator_process = processes::start_emulator().await;
     let emulator = processes::EmulatorClient::new(emulator_process.url());
 
-    let mut figures = unary::run(scale, &emulator_process, &emulator).await;
-    figures.extend(watch::fan_out(scale, &emulator_process, &emulator).await);
-    figures.extend(watch::budget(scale, &emulator_process, &emulator).await);
+    let mut figures = Vec::new();
+    if runs("unary") {
+        figures.extend(unary::run(scale, &emulator_process, &emulator).await);
+    }
+    if runs("fanout") {
+        figures.extend(watch::fan_out(scale, &emulator_process, &emulator).await);
+    }
+    if runs("budget") {
+        figures.extend(watch::budget(scale, &emulator_process, &emulator).await);
+    }
+    if runs("fleet") {
+        figures.extend(fleet::run(scale, &emulator_process, &emulator).await);
+    }
     report::print(&figures);
     println!("finished in {:.1} s", started.elapsed().as_secs_f64());
 }

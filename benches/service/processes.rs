@@ -54,6 +54,12 @@ impl ChildProcess {
         panic!("{} did not listen within 20 s; see {}", self.name, log_path(self.name).display());
     }
 
+    /// Kills the child now (SIGKILL, like `kill -9`) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// A new HTTP/2 connection to the child (a tonic channel is one connection).
     pub async fn channel(&self) -> Channel {
         Endpoint::from_shared(self.url()).expect("a valid URL").connect().await.expect("connects to the child")
@@ -68,7 +74,7 @@ impl Drop for ChildProcess {
 }
 
 /// A free loopback port (the listener is closed again; the child binds it right after).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
 }
 
@@ -77,7 +83,7 @@ fn log_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-{name}.log"))
 }
 
-fn spawn(name: &'static str, mut command: Command, port: u16) -> ChildProcess {
+pub fn spawn(name: &'static str, mut command: Command, port: u16) -> ChildProcess {
     let log = File::create(log_path(name)).expect("create the child's log file");
     let child = command
         .env("NO_COLOR", "1")

@@ -34,14 +34,14 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 /// Progress shared by all watchers of a run, so the bench can wait for "everyone has X".
 #[derive(Default)]
-struct Progress {
-    snapshots: AtomicUsize,
-    running_seen: AtomicUsize,
+pub(crate) struct Progress {
+    pub(crate) snapshots: AtomicUsize,
+    pub(crate) running_seen: AtomicUsize,
 }
 
 /// One watch stream: counts its snapshot, notes when it sees `RUNNING`, reads to the end.
 /// Returns the instant the `RUNNING` change arrived, if it did.
-fn spawn_watcher(
+pub(crate) fn spawn_watcher(
     mut client: ExportServiceClient<Channel>,
     task_id: String,
     progress: Arc<Progress>,
@@ -67,7 +67,7 @@ fn spawn_watcher(
 }
 
 /// Waits until `counter` reaches `target`, at most `limit`; returns whether it did.
-async fn wait_for(counter: &AtomicUsize, target: usize, limit: Duration) -> bool {
+pub(crate) async fn wait_for(counter: &AtomicUsize, target: usize, limit: Duration) -> bool {
     let started = Instant::now();
     while counter.load(Ordering::Relaxed) < target {
         if started.elapsed() > limit {
@@ -78,7 +78,7 @@ async fn wait_for(counter: &AtomicUsize, target: usize, limit: Duration) -> bool
     true
 }
 
-async fn connect(process: &ChildProcess, connections: usize) -> Vec<ExportServiceClient<Channel>> {
+pub(crate) async fn connect(process: &ChildProcess, connections: usize) -> Vec<ExportServiceClient<Channel>> {
     join_all((0..connections).map(|_| process.channel())).await.into_iter().map(ExportServiceClient::new).collect()
 }
 
@@ -170,7 +170,7 @@ fn open_streams(
 
 /// Status reads over `window` of the watched tasks (mean) per read of the control task, and
 /// the control task's reads.
-async fn reads_per_round(
+pub(crate) async fn reads_per_round(
     emulator: &EmulatorClient,
     task_ids: &[String],
     control_id: &str,
@@ -238,20 +238,20 @@ async fn bare_tonic_stream_kib(
 }
 
 /// One reading of the emulator's `get_task` counter.
-struct Sample {
-    at: Instant,
+pub(crate) struct Sample {
+    pub(crate) at: Instant,
     unix_secs: f64,
-    requests: u64,
+    pub(crate) requests: u64,
 }
 
-async fn sample(emulator: &EmulatorClient) -> Sample {
+pub(crate) async fn sample(emulator: &EmulatorClient) -> Sample {
     let counters = emulator.counters().await;
     let unix_secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     Sample { at: Instant::now(), unix_secs, requests: counters["routes"]["get_task"].as_u64().unwrap_or(0) }
 }
 
 /// The highest upstream rate over any window of about one second (raw: requests / length).
-fn max_window_rate(samples: &[Sample]) -> f64 {
+pub(crate) fn max_window_rate(samples: &[Sample]) -> f64 {
     one_second_windows(samples).map(|(requests, secs)| requests as f64 / secs).fold(0.0, f64::max)
 }
 
@@ -259,7 +259,7 @@ fn max_window_rate(samples: &[Sample]) -> f64 {
 /// budget allows in its length, B·t. Paced requests put at most B·t + 1 into a window (the
 /// fencepost); the emulator counts a request when it arrives while the budget paces its
 /// sending, and the bench reads the counter over HTTP, which adds up to about one more.
-fn max_excess_requests(samples: &[Sample], budget: f64) -> f64 {
+pub(crate) fn max_excess_requests(samples: &[Sample], budget: f64) -> f64 {
     let (Some(first), Some(last)) = (samples.first(), samples.last()) else { return 0.0 };
     let whole = (last.requests.saturating_sub(first.requests), last.at.duration_since(first.at).as_secs_f64());
     one_second_windows(samples)
@@ -280,7 +280,7 @@ fn one_second_windows(samples: &[Sample]) -> impl Iterator<Item = (u64, f64)> + 
 /// calendar minute (its clock is real time here) and refuses past the limit. For each minute
 /// the window overlaps, the requests counted between the last sample before the minute and the
 /// first sample after it bound those the limiter saw; only what exceeds the limit can be a 429.
-fn possible_429s(samples: &[Sample], limit: u64) -> u64 {
+pub(crate) fn possible_429s(samples: &[Sample], limit: u64) -> u64 {
     let (Some(first), Some(last)) = (samples.first(), samples.last()) else { return 0 };
     let first_minute = (first.unix_secs / 60.0).floor() as i64;
     let last_minute = (last.unix_secs / 60.0).floor() as i64;

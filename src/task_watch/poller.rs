@@ -148,8 +148,11 @@ impl Poller {
                 Waited::Follow => return Role::Follow,
             }
             let polled_at = Utc::now();
+            let started = Instant::now();
             let poll = otel::poll_span(&self.task_id, &self.watchers);
-            let delay = match hub.client.get_task(&self.task_id, None).instrument(poll).await {
+            // When to poll next: an interval after this poll started (the time spent asking and
+            // sharing is part of it), or a failure delay after it ended.
+            let next_poll = match hub.client.get_task(&self.task_id, None).instrument(poll).await {
                 Ok(answer) => {
                     hub.budget.record(answer.rate_limit);
                     failing_since = None;
@@ -170,7 +173,7 @@ impl Poller {
                     } else {
                         interval.mul_f64(BACKOFF_FACTOR).min(settings.poll_interval_max)
                     };
-                    interval.max(hub.budget.rate_limit_spacing())
+                    started + interval.max(hub.budget.rate_limit_spacing())
                 }
                 Err(error) if error.kind().is_temporary() => {
                     if let UpstreamError::Api { rate_limit, .. } = &error {
@@ -186,14 +189,15 @@ impl Poller {
                     let delays = failure_delays.get_or_insert_with(|| failure_backoff(settings));
                     let delay = delays.next().unwrap_or(settings.poll_interval_max);
                     tracing::debug!(task_id = %self.task_id, %error, ?delay, "transient upstream failure; backing off");
-                    match error.kind() {
-                        // Never before Stream's window resets; nor, in fleet mode, any replica.
-                        ErrorKind::RateLimited { retry_after: Some(reset) } => {
-                            hub.budget.rate_limited(reset);
-                            delay.max(reset)
+                    Instant::now()
+                        + match error.kind() {
+                            // Never before Stream's window resets; nor, in fleet mode, any replica.
+                            ErrorKind::RateLimited { retry_after: Some(reset) } => {
+                                hub.budget.rate_limited(reset);
+                                delay.max(reset)
+                            }
+                            _ => delay,
                         }
-                        _ => delay,
-                    }
                 }
                 Err(error) => {
                     tracing::info!(task_id = %self.task_id, %error, "watching ended by upstream");
@@ -210,7 +214,7 @@ impl Poller {
                     return Role::Stop;
                 }
             };
-            match self.wait_leading(tokio::time::sleep(delay)).await {
+            match self.wait_leading(tokio::time::sleep_until(next_poll)).await {
                 Waited::Done => {}
                 Waited::Stop => return Role::Stop,
                 Waited::Follow => return Role::Follow,
