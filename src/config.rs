@@ -15,6 +15,7 @@ use crate::{
     fleet::RedisSettings,
     service::{
         CallLimits,
+        authorization::Policies,
         caller::{CallerAuth, TokenTable},
     },
     task_watch::WatchSettings,
@@ -198,6 +199,15 @@ pub struct ServeArgs {
     #[arg(long, env = "STREAM_EXPORT_AUTH_TOKENS_FILE")]
     pub auth_tokens_file: Option<PathBuf>,
 
+    /// Authorization policies (Cedar; schema in policy/stream-export.cedarschema): what each caller
+    /// may export and read. Unset: every caller may do everything. SIGHUP reloads the file.
+    #[arg(long, env = "STREAM_EXPORT_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
+
+    /// Most tasks kept in the task registry (ListTasks, task owners); the oldest go first.
+    #[arg(long, env = "STREAM_EXPORT_TASK_REGISTRY_CAPACITY", default_value_t = 100_000)]
+    pub task_registry_capacity: usize,
+
     /// Take the caller's identity for the audit log from the last element of
     /// `x-forwarded-client-cert` (only behind an Envoy sidecar in SANITIZE_SET or
     /// APPEND_FORWARD mode).
@@ -244,6 +254,10 @@ pub struct Settings {
     pub idempotency: IdempotencySettings,
     /// Fleet mode: the shared Redis, if any.
     pub redis: Option<RedisSettings>,
+    /// The authorization policies.
+    pub policies: Policies,
+    /// Most tasks kept in the task registry.
+    pub task_registry_capacity: usize,
 }
 
 impl Settings {
@@ -262,6 +276,8 @@ impl Settings {
             auth: CallerAuth::default(),
             idempotency: IdempotencySettings::default(),
             redis: None,
+            policies: Policies::permit_all(),
+            task_registry_capacity: 100_000,
         }
     }
 }
@@ -431,6 +447,13 @@ impl ServeArgs {
             auth,
             idempotency: IdempotencySettings { ttl: self.idempotency_ttl, capacity: self.idempotency_capacity },
             redis: self.redis_url.clone().map(|url| RedisSettings { url, key_prefix: self.redis_key_prefix.clone() }),
+            policies: match &self.policy_file {
+                Some(path) => Policies::load(path).map_err(|error| {
+                    ConfigError(format!("invalid setting STREAM_EXPORT_POLICY_FILE (--policy-file): {error}"))
+                })?,
+                None => Policies::permit_all(),
+            },
+            task_registry_capacity: self.task_registry_capacity,
         })
     }
 }
@@ -463,6 +486,7 @@ impl ServeArgs {
             (u64::from(self.max_concurrent_streams), "STREAM_EXPORT_MAX_CONCURRENT_STREAMS (--max-concurrent-streams)"),
             (self.watch_max_streams as u64, "STREAM_EXPORT_WATCH_MAX_STREAMS (--watch-max-streams)"),
             (self.idempotency_capacity, "STREAM_EXPORT_IDEMPOTENCY_CAPACITY (--idempotency-capacity)"),
+            (self.task_registry_capacity as u64, "STREAM_EXPORT_TASK_REGISTRY_CAPACITY (--task-registry-capacity)"),
             (self.max_read_streams as u64, "STREAM_EXPORT_MAX_READ_STREAMS (--max-read-streams)"),
             (self.max_export_entity_bytes as u64, "STREAM_EXPORT_MAX_EXPORT_ENTITY_BYTES (--max-export-entity-bytes)"),
             (self.max_export_file_bytes, "STREAM_EXPORT_MAX_EXPORT_FILE_BYTES (--max-export-file-bytes)"),

@@ -17,9 +17,9 @@ use crate::{
     config::{Settings, TlsSettings, TransportSettings, UpstreamSettings},
     fleet::Redis,
     proto::{self, export_service_server::ExportServiceServer},
-    service::{ExportApi, caller::CallerAuth},
-    store::{MemoryStore, RedisSubmitStore, SubmitStore},
-    task_watch::WatchHub,
+    service::{ExportApi, Stores, authorization::Policies, caller::CallerAuth},
+    store::{MemoryRegistry, MemoryStore, RedisRegistry, RedisSubmitStore, TaskRegistry},
+    task_watch::{ChangeObserver, WatchHub},
     telemetry::{self, layer::GrpcTelemetryLayer},
     upstream::{ClientConfig, Credentials, RetryPolicy, StreamClient},
 };
@@ -33,6 +33,7 @@ pub struct Application {
     listener: TcpListener,
     api: ExportApi,
     hub: WatchHub,
+    policies: Policies,
     auth: CallerAuth,
     transport: TransportSettings,
     unary_timeout: Duration,
@@ -67,16 +68,30 @@ impl Application {
                 Some(redis)
             }
         };
-        let hub = WatchHub::new(client.clone(), settings.watch, redis.clone());
-        let submits: Arc<dyn SubmitStore> = match redis {
-            None => Arc::new(MemoryStore::new(settings.idempotency.ttl, settings.idempotency.capacity)),
-            Some(redis) => Arc::new(RedisSubmitStore::new(redis, settings.idempotency.ttl)),
+        let capacity = settings.task_registry_capacity;
+        let stores = match redis.clone() {
+            None => Stores {
+                submits: Arc::new(MemoryStore::new(settings.idempotency.ttl, settings.idempotency.capacity)),
+                registry: Arc::new(MemoryRegistry::new(capacity)),
+            },
+            Some(redis) => Stores {
+                submits: Arc::new(RedisSubmitStore::new(redis.clone(), settings.idempotency.ttl)),
+                registry: Arc::new(RedisRegistry::new(redis, capacity)),
+            },
         };
-        let api = ExportApi::new(client, hub.clone(), submits, settings.limits);
+        let hub = WatchHub::new(
+            client.clone(),
+            settings.watch,
+            redis,
+            Some(Arc::new(RegistryObserver(Arc::clone(&stores.registry)))),
+        );
+        let policies = settings.policies;
+        let api = ExportApi::new(client, hub.clone(), stores, policies.clone(), settings.limits);
         Ok(Self {
             listener,
             api,
             hub,
+            policies,
             auth: settings.auth,
             transport: settings.transport,
             unary_timeout: settings.limits.unary_timeout,
@@ -105,6 +120,7 @@ impl Application {
         let addr = self.local_addr()?;
         let transport = &self.transport;
         let reads_ending = self.api.read_streams_ending();
+        reload_policies_on_sighup(self.policies.clone());
         let export = InterceptedService::new(
             ExportServiceServer::new(self.api)
                 .max_decoding_message_size(transport.max_request_bytes)
@@ -241,4 +257,43 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
+}
+
+/// Notes every change the watch pollers observe in the task registry, in the background: a
+/// poller never waits for the registry.
+#[derive(Debug)]
+struct RegistryObserver(Arc<dyn TaskRegistry>);
+
+impl ChangeObserver for RegistryObserver {
+    fn observed(&self, task: &proto::Task, at: chrono::DateTime<chrono::Utc>) {
+        let (registry, task) = (Arc::clone(&self.0), task.clone());
+        tokio::spawn(async move {
+            if let Err(error) = registry.observed(&task, at).await {
+                tracing::debug!(%error, "the task registry did not take an observation");
+            }
+        });
+    }
+}
+
+/// Reloads the policy file on each SIGHUP until the process ends; a file that does not parse
+/// or validate is refused (logged) and the policies in force stay.
+fn reload_policies_on_sighup(policies: Policies) {
+    if !policies.is_enforced() {
+        return;
+    }
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; the policy file will not be reloaded");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match policies.reload() {
+                Ok(count) => tracing::info!(policies = count, "SIGHUP: the policy file was reloaded"),
+                Err(error) => tracing::error!(%error, "SIGHUP: the new policy file was refused; the old policies stay"),
+            }
+        }
+    });
 }

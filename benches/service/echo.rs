@@ -9,7 +9,8 @@ use futures::StreamExt;
 use prost::Message;
 use stream_export::proto::{
     ExportChannelsRequest, ExportChannelsResponse, ExportRecord, ExportUserRequest, ExportUserResponse,
-    ExportUsersRequest, ExportUsersResponse, GetTaskRequest, ReadExportRequest, Task, TaskEvent, WatchTaskRequest,
+    ExportUsersRequest, ExportUsersResponse, GetTaskRequest, ListTasksRequest, ListTasksResponse, ReadExportRequest,
+    Task, TaskEvent, WatchTaskRequest,
     export_service_server::{ExportService, ExportServiceServer},
     task_event::EventType,
 };
@@ -34,6 +35,10 @@ impl ExportService for Echo {
     }
 
     async fn export_user(&self, _: Request<ExportUserRequest>) -> Result<Response<ExportUserResponse>, Status> {
+        Err(Status::unimplemented("echo server"))
+    }
+
+    async fn list_tasks(&self, _: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
         Err(Status::unimplemented("echo server"))
     }
 

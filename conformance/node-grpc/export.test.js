@@ -315,3 +315,95 @@ describe('reading an export', () => {
     assert.deepEqual(fromStruct(tail[0].item), expected.at(-1).item);
   });
 });
+
+describe('the task list', () => {
+  /** Every page of ListTasks with the given page size: no page larger, no task twice. */
+  async function listAll(pageSize) {
+    const tasks = [];
+    let token = '';
+    for (let pages = 0; pages < 10_000; pages++) {
+      const reply = await unary('ListTasks', { page_size: pageSize, page_token: token });
+      assert.ok(reply.tasks.length <= pageSize, `${reply.tasks.length} tasks in a page of ${pageSize}`);
+      tasks.push(...reply.tasks);
+      if (!reply.next_page_token) {
+        const ids = tasks.map((t) => t.task_id);
+        assert.equal(new Set(ids).size, ids.length, 'a task listed twice');
+        return tasks;
+      }
+      assert.notEqual(reply.next_page_token, token);
+      token = reply.next_page_token;
+    }
+    assert.fail('ListTasks: more than 10000 pages');
+  }
+
+  const nanos = (ts) => BigInt(ts.seconds) * 1_000_000_000n + BigInt(ts.nanos);
+
+  test('ListTasks lists the submitted tasks, newest first, and paginates', async () => {
+    const channelsRequestId = randomUUID();
+    const channels = await unary('ExportChannels', {
+      channels: [{ type: 'messaging', id: 'general' }],
+      version: 'EXPORT_FORMAT_VERSION_V2',
+      request_id: channelsRequestId,
+    });
+    const usersRequestId = randomUUID();
+    const users = await unary('ExportUsers', { user_ids: ['user-01'], request_id: usersRequestId });
+
+    const tasks = await listAll(1000);
+    const ids = tasks.map((t) => t.task_id);
+    const channelsAt = ids.indexOf(channels.task_id);
+    const usersAt = ids.indexOf(users.task_id);
+    assert.ok(channelsAt >= 0, 'the ExportChannels task is listed');
+    assert.ok(usersAt >= 0, 'the ExportUsers task is listed');
+    assert.ok(usersAt < channelsAt, 'newest first');
+
+    const channelsRecord = tasks[channelsAt];
+    assert.equal(channelsRecord.rpc, 'ExportChannels');
+    assert.equal(channelsRecord.owner, 'anonymous');
+    assert.equal(channelsRecord.submit, 'export_channels');
+    assert.deepEqual(
+      channelsRecord.export_channels.channels.map((c) => [c.type, c.id]),
+      [['messaging', 'general']],
+    );
+    assert.equal(channelsRecord.export_channels.version, 'EXPORT_FORMAT_VERSION_V2');
+    assert.equal(channelsRecord.export_channels.request_id, channelsRequestId);
+    const usersRecord = tasks[usersAt];
+    assert.equal(usersRecord.rpc, 'ExportUsers');
+    assert.equal(usersRecord.owner, 'anonymous');
+    assert.equal(usersRecord.submit, 'export_users');
+    assert.deepEqual(usersRecord.export_users.user_ids, ['user-01']);
+    assert.equal(usersRecord.export_users.request_id, usersRequestId);
+    for (const task of tasks) assert.ok(task.create_time && Number(task.create_time.seconds) > 0, task.task_id);
+    for (let i = 1; i < tasks.length; i++) {
+      assert.ok(nanos(tasks[i].create_time) <= nanos(tasks[i - 1].create_time), 'newest first');
+    }
+
+    // page_size=1: a next_page_token, and the next page continues with another task.
+    const first = await unary('ListTasks', { page_size: 1 });
+    assert.equal(first.tasks.length, 1);
+    assert.ok(first.next_page_token);
+    const second = await unary('ListTasks', { page_size: 1, page_token: first.next_page_token });
+    assert.equal(second.tasks.length, 1);
+    assert.notEqual(second.tasks[0].task_id, first.tasks[0].task_id);
+    // Every page of one, walked to the end, is the same list as one large page.
+    assert.deepEqual(
+      (await listAll(1)).map((t) => t.task_id),
+      ids,
+    );
+  });
+
+  test('ListTasks rejects a negative page size and a foreign token with INVALID_ARGUMENT', async () => {
+    for (const [field, request] of [
+      ['page_size', { page_size: -1 }],
+      ['page_token', { page_token: 'not-a-page-token' }],
+    ]) {
+      const err = await failing('ListTasks', request);
+      assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+      const details = statusDetails(err);
+      assert.equal(details.ErrorInfo.reason, 'INVALID_REQUEST');
+      assert.deepEqual(
+        details.BadRequest.fieldViolations.map((v) => v.field),
+        [field],
+      );
+    }
+  });
+});

@@ -293,3 +293,73 @@ def test_read_export_of_an_unfinished_task_is_failed_precondition(stub):
         list(stub.ReadExport(pb.ReadExportRequest(task_id=reply.task_id), timeout=DEADLINE))
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert details(raised.value)["ErrorInfo"].reason == "TASK_NOT_COMPLETED"
+
+
+# --- the task list ----------------------------------------------------------------------------
+
+
+def list_all(stub, page_size: int) -> list:
+    """Every page of ListTasks with the given page size: no page larger, no task twice."""
+    tasks, token = [], ""
+    for _ in range(10_000):
+        reply = stub.ListTasks(pb.ListTasksRequest(page_size=page_size, page_token=token), timeout=DEADLINE)
+        assert len(reply.tasks) <= page_size
+        tasks.extend(reply.tasks)
+        if not reply.next_page_token:
+            ids = [task.task_id for task in tasks]
+            assert len(ids) == len(set(ids)), "a task listed twice"
+            return tasks
+        assert reply.next_page_token != token
+        token = reply.next_page_token
+    raise AssertionError("ListTasks: more than 10000 pages")
+
+
+def test_list_tasks_lists_the_submitted_tasks_newest_first_and_paginates(stub):
+    channels_request = pb.ExportChannelsRequest(
+        channels=[pb.ChannelRef(type="messaging", id="general")],
+        version=pb.EXPORT_FORMAT_VERSION_V2,
+        request_id=str(uuid.uuid4()),
+    )
+    channels = stub.ExportChannels(channels_request, timeout=DEADLINE)
+    users_request = pb.ExportUsersRequest(user_ids=["user-01"], request_id=str(uuid.uuid4()))
+    users = stub.ExportUsers(users_request, timeout=DEADLINE)
+
+    tasks = list_all(stub, 1000)
+    by_id = {task.task_id: (i, task) for i, task in enumerate(tasks)}
+    assert channels.task_id in by_id, "the ExportChannels task is listed"
+    assert users.task_id in by_id, "the ExportUsers task is listed"
+    channels_at, channels_record = by_id[channels.task_id]
+    users_at, users_record = by_id[users.task_id]
+    assert users_at < channels_at, "newest first"
+    assert (channels_record.rpc, channels_record.owner) == ("ExportChannels", "anonymous")
+    assert channels_record.WhichOneof("submit") == "export_channels"
+    assert channels_record.export_channels == channels_request
+    assert (users_record.rpc, users_record.owner) == ("ExportUsers", "anonymous")
+    assert users_record.WhichOneof("submit") == "export_users"
+    assert users_record.export_users == users_request
+    for task in tasks:
+        assert task.HasField("create_time") and task.create_time.seconds > 0
+    stamps = [task.create_time.ToDatetime(UTC) for task in tasks]
+    assert stamps == sorted(stamps, reverse=True), "newest first"
+
+    # page_size=1: a next_page_token, and the next page continues with another task.
+    first = stub.ListTasks(pb.ListTasksRequest(page_size=1), timeout=DEADLINE)
+    assert len(first.tasks) == 1 and first.next_page_token
+    second = stub.ListTasks(pb.ListTasksRequest(page_size=1, page_token=first.next_page_token), timeout=DEADLINE)
+    assert len(second.tasks) == 1
+    assert second.tasks[0].task_id != first.tasks[0].task_id
+    # Every page of one, walked to the end, is the same list as one large page.
+    assert [t.task_id for t in list_all(stub, 1)] == [t.task_id for t in tasks]
+
+
+def test_list_tasks_rejects_a_negative_page_size_and_a_foreign_token(stub):
+    for field, request in (
+        ("page_size", pb.ListTasksRequest(page_size=-1)),
+        ("page_token", pb.ListTasksRequest(page_token="not-a-page-token")),
+    ):
+        with pytest.raises(grpc.RpcError) as error:
+            stub.ListTasks(request, timeout=DEADLINE)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        found = details(error.value)
+        assert found["ErrorInfo"].reason == "INVALID_REQUEST"
+        assert [v.field for v in found["BadRequest"].field_violations] == [field]

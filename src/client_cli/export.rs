@@ -221,7 +221,7 @@ fn parse_time(text: &str) -> Result<Option<Timestamp>, String> {
 }
 
 /// A unary request with the client's deadline.
-fn unary<T>(message: T) -> Request<T> {
+pub(crate) fn unary<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(UNARY_TIMEOUT);
     request
@@ -230,7 +230,7 @@ fn unary<T>(message: T) -> Request<T> {
 /// Runs `call` up to [`ATTEMPTS`] times while it fails with `UNAVAILABLE`, waiting the
 /// `RetryInfo` delay (or 0.5 s, 1 s) between attempts. A submit's closure reuses its request,
 /// `request_id` included, so that a retry never starts a second export.
-async fn with_retries<T, F, Fut>(session: &mut Session, action: &'static str, call: F) -> Result<T, Failure>
+pub(crate) async fn with_retries<T, F, Fut>(session: &mut Session, action: &'static str, call: F) -> Result<T, Failure>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Status>>,

@@ -19,6 +19,7 @@ macro_rules! say {
 mod connect;
 mod export;
 mod failure;
+mod list;
 mod output;
 mod progress;
 mod render;
@@ -177,6 +178,14 @@ enum TaskWhat {
         /// The task id.
         task_id: String,
     },
+    /// List the tasks submitted through the service that you may see, newest first (a table
+    /// on a terminal; JSON lines with --json or when the output is not a terminal).
+    #[command(after_help = EXIT_CODES_HELP)]
+    List {
+        /// The most tasks to list.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Watch a task until it ends, and optionally save its export.
     #[command(after_help = EXIT_CODES_HELP)]
     Watch {
@@ -224,6 +233,7 @@ pub async fn run_task(command: TaskCommand) -> ExitCode {
         let mut session = session?;
         match what {
             TaskWhat::Get { task_id } => export::get(&mut session, &task_id).await,
+            TaskWhat::List { limit } => list::list(&mut session, limit).await,
             TaskWhat::Watch { task_id, output } => {
                 export::follow(&mut session, &task_id, WaitArgs { wait: true, output }).await
             }

@@ -67,6 +67,12 @@ pub mod reason {
     pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
     /// The fleet's idempotency store (Redis) does not answer; the submit was not sent upstream.
     pub const IDEMPOTENCY_STORE_UNAVAILABLE: &str = "IDEMPOTENCY_STORE_UNAVAILABLE";
+    /// The authorization policies do not permit the call; `ErrorInfo.metadata` names the
+    /// action and the refused resource.
+    pub const NOT_AUTHORIZED: &str = "NOT_AUTHORIZED";
+    /// The task registry (Redis in fleet mode) does not answer, and the call needs it: a task
+    /// read under policies (to know its owner), or `ListTasks`.
+    pub const TASK_REGISTRY_UNAVAILABLE: &str = "TASK_REGISTRY_UNAVAILABLE";
     /// A submit ended abnormally inside this service; retry with the same `request_id`.
     pub const SUBMIT_ABORTED: &str = "SUBMIT_ABORTED";
     /// A `request_id` was reused for a different request.
@@ -211,6 +217,29 @@ pub fn idempotency_store_unavailable() -> Status {
         "the idempotency store is unavailable; nothing was sent upstream, retry with the same request_id",
         details,
     )
+}
+
+/// PERMISSION_DENIED when the policies do not let the caller do `action` on `resource` (as Cedar
+/// names it, e.g. `Channel::"messaging:general"`). Nothing was sent upstream.
+pub fn not_authorized(action: &str, resource: &str) -> Status {
+    let metadata =
+        HashMap::from([("action".to_owned(), action.to_owned()), ("resource".to_owned(), resource.to_owned())]);
+    let details = ErrorDetails::with_error_info(reason::NOT_AUTHORIZED, DOMAIN, metadata);
+    build(Code::PermissionDenied, format!("not authorized: {action} on {resource}"), details)
+}
+
+/// UNAVAILABLE when the task registry (the fleet's Redis) does not answer and the call needs it.
+pub fn task_registry_unavailable() -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(DEFAULT_RETRY_DELAY));
+    details.set_error_info(reason::TASK_REGISTRY_UNAVAILABLE, DOMAIN, HashMap::new());
+    build(Code::Unavailable, "the task registry is unavailable; try again", details)
+}
+
+/// INVALID_ARGUMENT for a `ListTasks` request whose page size or token is not usable.
+pub fn invalid_page(field: &str, why: &str) -> Status {
+    let mut details = ErrorDetails::with_bad_request_violation(field, why);
+    details.set_error_info(reason::INVALID_REQUEST, DOMAIN, HashMap::new());
+    build(Code::InvalidArgument, format!("{field} {why}"), details)
 }
 
 /// RESOURCE_EXHAUSTED, at once, when the replica is at its concurrency limit (load shedding

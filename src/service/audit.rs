@@ -1,4 +1,4 @@
-//! The audit log: one event per submit or export, under the `audit` tracing target, so that a
+//! The audit log: one event per submit or export, and one per call the policies refuse, under the `audit` tracing target, so that a
 //! log pipeline can route it apart (`RUST_LOG=audit=info`).
 
 use tonic::Status;
@@ -36,5 +36,18 @@ pub fn record(caller: &Caller, rpc: &str, subject: &Subject<'_>, outcome: Result
         task_id,
         code,
         "audit"
+    );
+}
+
+/// Records a call the authorization policies refused: who, which action, on what.
+pub fn refused(caller: &Caller, action: &str, resource: &str) {
+    tracing::info!(
+        target: "audit",
+        caller = %caller,
+        caller_source = ?caller.source,
+        rpc = action,
+        resource,
+        code = "PermissionDenied",
+        "audit: not authorized"
     );
 }

@@ -3,9 +3,12 @@
 //! Each handler is admitted (load shedding, drain), validates (see [`validation`]), makes its
 //! upstream call through the [`StreamClient`] (submits through the idempotency store), and
 //! converts the answer (see [`convert`]); every failure becomes a status in [`errors`]. Submits
-//! and exports are written to the [`audit`] log with the [`caller`].
+//! and exports are written to the [`audit`] log with the [`caller`]. Every call is checked
+//! against the [`authorization`] policies before it goes upstream; submits are recorded in the
+//! task registry, which answers `ListTasks` and names a task's owner to the policies.
 
 pub mod audit;
+pub mod authorization;
 pub mod caller;
 mod deadline;
 mod forwarded_cert;
@@ -21,16 +24,21 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use self::{audit::Subject, caller::Caller};
+use self::{
+    audit::Subject,
+    authorization::{Action, Policies, Resource},
+    caller::Caller,
+};
 use crate::{
     contract::status,
     export_file::{self, ReadLimits},
     proto::{
-        ExportChannelsRequest, ExportChannelsResponse, ExportRecord, ExportUserRequest, ExportUserResponse,
-        ExportUsersRequest, ExportUsersResponse, GetTaskRequest, ReadExportRequest, Task, TaskEvent, TaskState,
-        WatchTaskRequest, export_service_server::ExportService,
+        ExportChannelsRequest, ExportChannelsResponse, ExportFormatVersion, ExportRecord, ExportUserRequest,
+        ExportUserResponse, ExportUsersRequest, ExportUsersResponse, GetTaskRequest, ListTasksRequest,
+        ListTasksResponse, ReadExportRequest, Task, TaskEvent, TaskRecord, TaskState, WatchTaskRequest,
+        export_service_server::ExportService, task_record,
     },
-    store::{Fingerprint, StoreError, SubmitStore},
+    store::{Fingerprint, StoreError, SubmitStore, TaskRegistry, registry::Cursor},
     task_watch::{WatchHub, events},
     upstream::{self, Answer, Operation, StreamClient, UpstreamError, convert, wire::TaskCreated},
 };
@@ -58,6 +66,8 @@ pub struct ExportApi {
     client: StreamClient,
     hub: WatchHub,
     submits: Arc<dyn SubmitStore>,
+    registry: Arc<dyn TaskRegistry>,
+    policies: Policies,
     limits: CallLimits,
     in_flight: Arc<Semaphore>,
     /// One permit per ReadExport stream that is reading its file.
@@ -67,13 +77,16 @@ pub struct ExportApi {
 }
 
 impl ExportApi {
-    /// A service that sends every request through `client`, watches tasks through `hub` and
-    /// records submits in `submits`.
-    pub fn new(client: StreamClient, hub: WatchHub, submits: Arc<dyn SubmitStore>, limits: CallLimits) -> Self {
+    /// A service that sends every request through `client`, watches tasks through `hub`,
+    /// deduplicates submits in `stores.submits`, records their tasks in `stores.registry`, and
+    /// lets callers do what `policies` permit.
+    pub fn new(client: StreamClient, hub: WatchHub, stores: Stores, policies: Policies, limits: CallLimits) -> Self {
         Self {
             client,
             hub,
-            submits,
+            submits: stores.submits,
+            registry: stores.registry,
+            policies,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             read_streams: Arc::new(Semaphore::new(limits.reads.max_streams)),
             reads_ending: CancellationToken::new(),
@@ -96,6 +109,7 @@ impl ExportApi {
     ) -> Result<export_file::RecordStream, Status> {
         let ReadExportRequest { task_id, start_index } = request.get_ref();
         validation::task_id(task_id).map_err(status::invalid_request)?;
+        self.authorize_task(&call.caller, Action::ReadExport, task_id).await?;
         let reads = self.limits.reads;
         let slot = Arc::clone(&self.read_streams)
             .try_acquire_owned()
@@ -177,6 +191,156 @@ impl ExportApi {
     }
 }
 
+/// The service's stores.
+#[derive(Clone, Debug)]
+pub struct Stores {
+    /// Idempotent submits.
+    pub submits: Arc<dyn SubmitStore>,
+    /// The tasks submitted through the service.
+    pub registry: Arc<dyn TaskRegistry>,
+}
+
+/// The most records one `ListTasks` call reads from the registry: a caller who may see few
+/// tasks gets short pages (each with a token to go on) instead of a scan of every record.
+const LIST_SCAN_LIMIT: usize = 5_000;
+
+/// `ListTasks` page sizes: the default, and the most.
+const DEFAULT_PAGE_SIZE: usize = 50;
+const MAX_PAGE_SIZE: usize = 1_000;
+
+impl ExportApi {
+    /// Refuses `action` on a task unless the policies permit it to this caller; the task's
+    /// owner and RPC come from the registry (none for a task not submitted here).
+    async fn authorize_task(&self, caller: &Caller, action: Action, task_id: &str) -> Result<(), Status> {
+        if !self.policies.is_enforced() {
+            return Ok(());
+        }
+        let record = self.registry.get(task_id).await.map_err(|error| registry_failure(&error))?;
+        self.policies.check(caller, action, &task_resource(task_id, record.as_ref()))
+    }
+
+    /// Records a submitted task (owner, request, time); a registry failure is logged, not
+    /// returned: the export has started, and the caller needs its task id.
+    async fn record_submit(&self, caller: &Caller, task_id: &str, submit: task_record::Submit) {
+        let rpc = match &submit {
+            task_record::Submit::ExportChannels(_) => "ExportChannels",
+            task_record::Submit::ExportUsers(_) => "ExportUsers",
+        };
+        let record = TaskRecord {
+            task_id: task_id.to_owned(),
+            owner: caller.name.clone(),
+            rpc: rpc.to_owned(),
+            submit: Some(submit),
+            create_time: Some(crate::contract::task::timestamp(Utc::now())),
+            ..TaskRecord::default()
+        };
+        if let Err(error) = self.registry.record(record).await {
+            tracing::warn!(%error, task_id, "a submitted task could not be recorded in the task registry");
+        }
+    }
+
+    /// Notes a task's state, read by this call, in the registry (in the background).
+    fn note_observed(&self, task: &Task) {
+        let (registry, task, at) = (Arc::clone(&self.registry), task.clone(), Utc::now());
+        tokio::spawn(async move {
+            if let Err(error) = registry.observed(&task, at).await {
+                tracing::debug!(%error, "the task registry did not take an observation");
+            }
+        });
+    }
+
+    /// One page of `ListTasks`: the records this caller may see (`GetTask` on each), newest first.
+    async fn list_page(&self, caller: &Caller, request: &ListTasksRequest) -> Result<ListTasksResponse, Status> {
+        let size = match request.page_size {
+            size if size < 0 => return Err(status::invalid_page("page_size", "must not be negative")),
+            0 => DEFAULT_PAGE_SIZE,
+            size => usize::try_from(size).unwrap_or(MAX_PAGE_SIZE).min(MAX_PAGE_SIZE),
+        };
+        let mut after =
+            match request.page_token.as_str() {
+                "" => None,
+                token => Some(page_token::read(token, caller).ok_or_else(|| {
+                    status::invalid_page("page_token", "is not a token that ListTasks gave this caller")
+                })?),
+            };
+        let mut tasks = Vec::new();
+        let mut scanned = 0;
+        loop {
+            let batch_size = (size + 1).min(LIST_SCAN_LIMIT - scanned).max(1);
+            let batch =
+                self.registry.page(after.as_ref(), batch_size).await.map_err(|error| registry_failure(&error))?;
+            let exhausted = batch.len() < batch_size;
+            for record in batch {
+                scanned += 1;
+                let visible =
+                    self.policies.allows(caller, Action::GetTask, &task_resource(&record.task_id, Some(&record)));
+                if visible && tasks.len() == size {
+                    // One more visible task: the page is full and another follows.
+                    return Ok(ListTasksResponse { next_page_token: page_token::write(&after, caller), tasks });
+                }
+                after = Some(Cursor::of(&record));
+                if visible {
+                    tasks.push(record);
+                }
+            }
+            if exhausted {
+                return Ok(ListTasksResponse { tasks, next_page_token: String::new() });
+            }
+            if scanned >= LIST_SCAN_LIMIT {
+                // A short page; the caller goes on from where the scan stopped.
+                return Ok(ListTasksResponse { next_page_token: page_token::write(&after, caller), tasks });
+            }
+        }
+    }
+}
+
+/// The policy resource of a task, with what the registry knows of it.
+fn task_resource<'a>(task_id: &'a str, record: Option<&'a TaskRecord>) -> Resource<'a> {
+    Resource::Task {
+        id: task_id,
+        owner: record.map(|record| record.owner.as_str()),
+        rpc: record.map(|record| record.rpc.as_str()),
+    }
+}
+
+/// The status of a failed registry call.
+fn registry_failure(error: &StoreError) -> Status {
+    tracing::warn!(%error, "the task registry is unavailable");
+    status::task_registry_unavailable()
+}
+
+/// `ListTasks` page tokens: the position of the last record a page returned, bound to the
+/// caller (a digest of its name), so that a token is only good for the caller it was given to.
+/// Opaque to clients (hex); not a secret: it only says where a listing stopped.
+mod page_token {
+    use sha2::{Digest, Sha256};
+
+    use super::{Caller, Cursor};
+
+    const VERSION: &str = "v1";
+
+    fn caller_digest(caller: &Caller) -> String {
+        hex::encode(&Sha256::digest(caller.name.as_bytes())[..8])
+    }
+
+    /// The token that continues after `after` (empty when there is no position).
+    pub fn write(after: &Option<Cursor>, caller: &Caller) -> String {
+        after.as_ref().map_or_else(String::new, |after| {
+            hex::encode(format!("{VERSION}|{}|{}|{}", caller_digest(caller), after.created_micros, after.task_id))
+        })
+    }
+
+    /// The position in a token, if it is one of this caller's.
+    pub fn read(token: &str, caller: &Caller) -> Option<Cursor> {
+        let text = String::from_utf8(hex::decode(token).ok()?).ok()?;
+        let mut fields = text.splitn(4, '|');
+        let (version, digest, micros, task_id) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+        (version == VERSION && digest == caller_digest(caller))
+            .then(|| Some(Cursor { created_micros: micros.parse().ok()?, task_id: task_id.to_owned() }))
+            .flatten()
+    }
+}
+
 /// The status of a failed store call: the submit's own failure as any upstream failure.
 fn store_failure(error: &StoreError) -> Status {
     match error {
@@ -206,6 +370,12 @@ impl ExportService for ExportApi {
         let subject = Subject::Channels(message.channels.iter().map(|c| format!("{}:{}", c.r#type, c.id)).collect());
         let outcome = async {
             let body = validation::export_channels(message).map_err(status::invalid_request)?;
+            // Every channel must be permitted, or nothing goes upstream.
+            let version = if message.version() == ExportFormatVersion::V2 { "v2" } else { "v1" };
+            for channel in &message.channels {
+                let resource = Resource::Channel { kind: &channel.r#type, id: &channel.id, version };
+                self.policies.check(&call.caller, Action::ExportChannels, &resource)?;
+            }
             let fingerprint = Fingerprint::of("ExportChannels", &body);
             let client = self.client.clone();
             let upstream = move |deadline| async move { client.export_channels(&body, deadline).await };
@@ -213,7 +383,9 @@ impl ExportService for ExportApi {
         }
         .await;
         call.finish_submit("ExportChannels", &subject, &outcome);
-        Ok(Response::new(ExportChannelsResponse { task_id: outcome? }))
+        let task_id = outcome?;
+        self.record_submit(&call.caller, &task_id, task_record::Submit::ExportChannels(message.clone())).await;
+        Ok(Response::new(ExportChannelsResponse { task_id }))
     }
 
     async fn export_users(
@@ -224,6 +396,9 @@ impl ExportService for ExportApi {
         let message = request.get_ref();
         let outcome = async {
             let body = validation::export_users(message).map_err(status::invalid_request)?;
+            for user_id in &message.user_ids {
+                self.policies.check(&call.caller, Action::ExportUsers, &Resource::User(user_id))?;
+            }
             let fingerprint = Fingerprint::of("ExportUsers", &body);
             let client = self.client.clone();
             let upstream = move |deadline| async move { client.export_users(&body, deadline).await };
@@ -231,7 +406,9 @@ impl ExportService for ExportApi {
         }
         .await;
         call.finish_submit("ExportUsers", &Subject::Users(&message.user_ids), &outcome);
-        Ok(Response::new(ExportUsersResponse { task_id: outcome? }))
+        let task_id = outcome?;
+        self.record_submit(&call.caller, &task_id, task_record::Submit::ExportUsers(message.clone())).await;
+        Ok(Response::new(ExportUsersResponse { task_id }))
     }
 
     async fn export_user(&self, request: Request<ExportUserRequest>) -> Result<Response<ExportUserResponse>, Status> {
@@ -239,6 +416,7 @@ impl ExportService for ExportApi {
         let user_id = &request.get_ref().user_id;
         let outcome = async {
             validation::user_id(user_id).map_err(status::invalid_request)?;
+            self.policies.check(&call.caller, Action::ExportUser, &Resource::User(user_id))?;
             self.client.export_user(user_id, Some(call.deadline)).await.map_err(|error| upstream_failure(&error))
         }
         .await;
@@ -251,9 +429,12 @@ impl ExportService for ExportApi {
         let task_id = &request.get_ref().task_id;
         let call = self.begin(&request, Some(task_id))?;
         validation::task_id(task_id).map_err(status::invalid_request)?;
+        self.authorize_task(&call.caller, Action::GetTask, task_id).await?;
         let status =
             self.client.get_task(task_id, Some(call.deadline)).await.map_err(|error| upstream_failure(&error))?;
-        Ok(Response::new(convert::task(status.body, Utc::now())))
+        let task = convert::task(status.body, Utc::now());
+        self.note_observed(&task);
+        Ok(Response::new(task))
     }
 
     type ReadExportStream = ExportRecordStream;
@@ -275,12 +456,19 @@ impl ExportService for ExportApi {
         let task_id = &request.get_ref().task_id;
         // Admitted like a unary call while the stream is set up (drain, in-flight limit);
         // the open stream then counts against the watch-stream limit, not the unary one.
-        let _call = self.begin(&request, Some(task_id))?;
+        let call = self.begin(&request, Some(task_id))?;
         // The stream lives as long as the caller's deadline allows, not the unary timeout.
         let deadline = deadline::from_metadata(request.metadata());
         validation::task_id(task_id).map_err(status::invalid_request)?;
+        self.authorize_task(&call.caller, Action::WatchTask, task_id).await?;
         let watcher = self.hub.watch(task_id)?;
         Ok(Response::new(Box::pin(events::task_events(watcher, deadline))))
+    }
+
+    async fn list_tasks(&self, request: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
+        let call = self.begin(&request, None)?;
+        self.policies.check(&call.caller, Action::ListTasks, &Resource::Service)?;
+        Ok(Response::new(self.list_page(&call.caller, request.get_ref()).await?))
     }
 }
 

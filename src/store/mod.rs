@@ -5,17 +5,24 @@
 //! This module is the home of the service's stores: traits that a multi-replica deployment
 //! backs with a shared engine, each with an in-memory implementation as the single-process
 //! default, and one error type ([`StoreError`]) that the handlers map to statuses once.
-//! Today: the [`SubmitStore`] and its [`MemoryStore`].
+//! Today: the [`SubmitStore`] (idempotent submits) and the [`TaskRegistry`] (who submitted
+//! which task), each in memory or in the fleet's Redis.
 
 mod memory;
+mod redis_registry;
 mod redis_submit;
+pub mod registry;
 
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
 use crate::{fleet::Unavailable, upstream::UpstreamError};
 
-pub use self::redis_submit::RedisSubmitStore;
+pub use self::{
+    redis_registry::RedisRegistry,
+    redis_submit::RedisSubmitStore,
+    registry::{MemoryRegistry, TaskRegistry},
+};
 pub use memory::MemoryStore;
 
 /// A digest of what a submit asked for: a repeat must ask for the same thing.

@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::Instrument;
 
-use super::{WatchSettings, budget::PollBudget, fleet_budget::FleetBudget, fleet_view::FleetView, poller};
+use super::{
+    ChangeObserver, WatchSettings, budget::PollBudget, fleet_budget::FleetBudget, fleet_view::FleetView, poller,
+};
 use crate::{
     contract::status,
     fleet::{Redis, members::Members},
@@ -67,6 +69,8 @@ pub(super) struct HubInner {
     pub(super) budget: PollBudget,
     /// Fleet mode: how this replica shares its tasks' polls with the others.
     pub(super) fleet: Option<FleetView>,
+    /// Told of every observed change.
+    pub(super) observer: Option<Arc<dyn ChangeObserver>>,
     pub(super) shutdown: CancellationToken,
     /// Each watched task's view and its watchers' calls (for the poll spans' links).
     tasks: Mutex<HashMap<String, (ViewSender, Arc<WatcherLinks>)>>,
@@ -93,7 +97,13 @@ pub struct Watcher {
 impl WatchHub {
     /// A hub whose pollers use `client`. With `fleet`, the Redis that the replicas share,
     /// each task is polled by one replica of the fleet and the budget is the fleet's.
-    pub fn new(client: StreamClient, settings: WatchSettings, fleet: Option<Redis>) -> Self {
+    /// `observer` is told of every change the pollers observe.
+    pub fn new(
+        client: StreamClient,
+        settings: WatchSettings,
+        fleet: Option<Redis>,
+        observer: Option<Arc<dyn ChangeObserver>>,
+    ) -> Self {
         let shutdown = CancellationToken::new();
         let per_second = settings.upstream_budget_per_second;
         let (budget, fleet) = match fleet {
@@ -111,6 +121,7 @@ impl WatchHub {
                 client: client.with_retry(RetryPolicy::NONE),
                 budget,
                 fleet,
+                observer,
                 streams: Arc::new(Semaphore::new(settings.max_streams)),
                 settings,
                 shutdown,

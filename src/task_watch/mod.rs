@@ -19,6 +19,12 @@ use std::time::Duration;
 
 pub use hub::{WatchHub, Watcher};
 
+/// Told of every change a poller observes; in fleet mode only the polling replica tells.
+pub trait ChangeObserver: Send + Sync + std::fmt::Debug {
+    /// `task` changed, as polled at `at`. Called on the poller's task: it must not block.
+    fn observed(&self, task: &crate::proto::Task, at: chrono::DateTime<chrono::Utc>);
+}
+
 /// Tuning of the hub; every value has a flag in `stream-export serve`.
 #[derive(Clone, Debug)]
 pub struct WatchSettings {

@@ -160,6 +160,12 @@ impl Poller {
                     let task = convert::task(answer.body, polled_at);
                     let terminal = task.state().is_terminal();
                     let changed = publish(&self.sender, task, polled_at);
+                    if changed && let Some(observer) = &hub.observer {
+                        let observed = self.sender.borrow().task().cloned();
+                        if let Some(task) = observed {
+                            observer.observed(&task, polled_at);
+                        }
+                    }
                     if terminal {
                         self.share(Some(settings.terminal_retention)).await;
                         self.keep_final_state(settings.terminal_retention).await;

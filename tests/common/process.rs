@@ -93,6 +93,12 @@ impl ServiceProcess {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGHUP (reload the policy file).
+    pub fn hang_up(&self) {
+        let status = Command::new("kill").args(["-HUP", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();

@@ -184,3 +184,46 @@ async fn without_redis_a_deduplicated_submit_is_refused_before_stream_and_the_re
         assert!(outage_lines <= 1, "one line per outage, not per call ({outage_lines}):\n{log}");
     }
 }
+
+#[tokio::test]
+async fn every_replica_lists_the_tasks_submitted_on_any_replica() {
+    use stream_export::proto::{ListTasksRequest, WatchTaskRequest};
+    use tokio_stream::StreamExt;
+
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let redis = RedisServer::start(None).await;
+    let fleet = replicas(2, &emulator, &redis.url()).await;
+    let first = submit(&fleet[0], export("general", "")).await.expect("a submit");
+    let second = submit(&fleet[1], export("general", "")).await.expect("a submit");
+    // Watched to the end on one replica: the registry records what it observed.
+    let mut watch =
+        client(&fleet[1]).await.watch_task(WatchTaskRequest { task_id: first.clone() }).await.unwrap().into_inner();
+    while let Some(event) = watch.next().await {
+        event.expect("the watch ends OK");
+    }
+
+    for replica in &fleet {
+        let page =
+            client(replica).await.list_tasks(ListTasksRequest { page_size: 10, page_token: String::new() }).await;
+        let tasks = page.expect("ListTasks").into_inner().tasks;
+        let ids: Vec<&str> = tasks.iter().map(|task| task.task_id.as_str()).collect();
+        assert_eq!(ids, [second.as_str(), first.as_str()], "newest first, from both replicas");
+        assert_eq!(tasks[0].rpc, "ExportChannels");
+    }
+    // The final state observed by the watch is recorded (written in the background).
+    let mut last = None;
+    for _ in 0..30 {
+        let page =
+            client(&fleet[0]).await.list_tasks(ListTasksRequest { page_size: 10, page_token: String::new() }).await;
+        last = page.expect("ListTasks").into_inner().tasks.into_iter().find(|task| task.task_id == first);
+        if last
+            .as_ref()
+            .and_then(|task| task.last_observed.as_ref())
+            .is_some_and(|task| task.state() == stream_export::proto::TaskState::Completed)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the registry did not record the completed state: {last:?}");
+}

@@ -11,6 +11,7 @@ mod cli_client;
 mod drain;
 mod fleet;
 mod fleet_watch;
+mod policies;
 mod security;
 mod telemetry;
 mod traces;

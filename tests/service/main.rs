@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod authorization;
 mod error_mapping;
 mod export_service;
 mod fault_matrix;

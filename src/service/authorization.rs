@@ -1,0 +1,310 @@
+//! Who may do what: per-caller authorization with Cedar policies (`--policy-file`).
+//!
+//! Without a policy file every caller may do everything (as before policies existed). With
+//! one, Cedar's semantics hold: what no policy permits is denied, and `forbid` wins. The entity
+//! model is the schema in `policy/stream-export.cedarschema` (compiled in), against which every
+//! policy set is validated, at start-up and at each reload (SIGHUP): a set that does not parse
+//! or validate is refused whole.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::{Arc, RwLock},
+};
+
+use cedar_policy::{
+    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet, Request,
+    RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use tonic::Status;
+
+use super::caller::{Caller, CallerSource};
+use crate::contract::status;
+
+/// The schema that every policy set must validate against.
+pub const SCHEMA: &str = include_str!("../../policy/stream-export.cedarschema");
+
+/// The actions of the entity model, one per RPC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// `Action::"ExportChannels"`, once per channel.
+    ExportChannels,
+    /// `Action::"ExportUsers"`, once per user.
+    ExportUsers,
+    /// `Action::"ExportUser"`.
+    ExportUser,
+    /// `Action::"GetTask"`.
+    GetTask,
+    /// `Action::"WatchTask"`.
+    WatchTask,
+    /// `Action::"ReadExport"`.
+    ReadExport,
+    /// `Action::"ListTasks"`.
+    ListTasks,
+}
+
+impl Action {
+    /// The action's id (its RPC's name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ExportChannels => "ExportChannels",
+            Self::ExportUsers => "ExportUsers",
+            Self::ExportUser => "ExportUser",
+            Self::GetTask => "GetTask",
+            Self::WatchTask => "WatchTask",
+            Self::ReadExport => "ReadExport",
+            Self::ListTasks => "ListTasks",
+        }
+    }
+}
+
+/// What an action is about.
+#[derive(Clone, Debug)]
+pub enum Resource<'a> {
+    /// `Channel::"<type>:<id>"`, with the export's format version (`"v1"`/`"v2"`).
+    Channel {
+        /// The channel type.
+        kind: &'a str,
+        /// The channel id.
+        id: &'a str,
+        /// `context.version`.
+        version: &'static str,
+    },
+    /// `User::"<id>"`.
+    User(&'a str),
+    /// `Task::"<id>"`, with its owner and submit RPC when the service recorded it.
+    Task {
+        /// The task id.
+        id: &'a str,
+        /// Who submitted it through this service.
+        owner: Option<&'a str>,
+        /// The submit's RPC.
+        rpc: Option<&'a str>,
+    },
+    /// `Service::"stream-export"`.
+    Service,
+}
+
+impl Resource<'_> {
+    /// The resource as Cedar names it, e.g. `Channel::"messaging:general"`.
+    pub fn uid(&self) -> String {
+        let (kind, id) = match self {
+            Self::Channel { kind, id, .. } => ("Channel", format!("{kind}:{id}")),
+            Self::User(id) => ("User", (*id).to_owned()),
+            Self::Task { id, .. } => ("Task", (*id).to_owned()),
+            Self::Service => ("Service", "stream-export".to_owned()),
+        };
+        format!("{kind}::{}", serde_json::Value::String(id))
+    }
+}
+
+/// The policies in force, reloadable. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Policies {
+    inner: Option<Arc<Loaded>>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    path: PathBuf,
+    schema: Schema,
+    actions: Entities,
+    set: RwLock<Arc<PolicySet>>,
+    authorizer: Authorizer,
+}
+
+impl Policies {
+    /// No policy file: every caller may do everything.
+    pub fn permit_all() -> Self {
+        Self { inner: None }
+    }
+
+    /// Reads, parses and validates the policy set at `path`. The error is Cedar's message.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let (schema, _warnings) = Schema::from_cedarschema_str(SCHEMA).map_err(|error| error.to_string())?;
+        let actions = schema.action_entities().map_err(|error| error.to_string())?;
+        let set = read(path, &schema)?;
+        let loaded = Loaded {
+            path: path.to_owned(),
+            schema,
+            actions,
+            set: RwLock::new(Arc::new(set)),
+            authorizer: Authorizer::new(),
+        };
+        Ok(Self { inner: Some(Arc::new(loaded)) })
+    }
+
+    /// Whether a policy file is in force.
+    pub fn is_enforced(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Reads the policy file again; a set that does not parse or validate is refused and the
+    /// old one stays. Returns the number of policies now in force.
+    pub fn reload(&self) -> Result<usize, String> {
+        let Some(loaded) = &self.inner else { return Ok(0) };
+        let set = read(&loaded.path, &loaded.schema)?;
+        let count = set.policies().count();
+        *loaded.set.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(set);
+        Ok(count)
+    }
+
+    /// Whether `caller` may do `action` on `resource`.
+    pub fn allows(&self, caller: &Caller, action: Action, resource: &Resource<'_>) -> bool {
+        let Some(loaded) = &self.inner else { return true };
+        match loaded.decide(caller, action, resource) {
+            Ok(decision) => decision == Decision::Allow,
+            Err(error) => {
+                // The request did not fit the schema (a bug of this service): refused.
+                tracing::error!(%error, action = action.name(), "an authorization request could not be built");
+                false
+            }
+        }
+    }
+
+    /// [`Policies::allows`], as a status: PERMISSION_DENIED `NOT_AUTHORIZED` naming the action
+    /// and the resource, with an audit event.
+    pub fn check(&self, caller: &Caller, action: Action, resource: &Resource<'_>) -> Result<(), Status> {
+        if self.allows(caller, action, resource) {
+            return Ok(());
+        }
+        let resource = resource.uid();
+        super::audit::refused(caller, action.name(), &resource);
+        Err(status::not_authorized(action.name(), &resource))
+    }
+}
+
+impl Loaded {
+    fn decide(&self, caller: &Caller, action: Action, resource: &Resource<'_>) -> Result<Decision, String> {
+        let principal = uid("Caller", &caller.name)?;
+        let principal_entity = Entity::new(
+            principal.clone(),
+            HashMap::from([("source".to_owned(), RestrictedExpression::new_string(source(caller.source).into()))]),
+            HashSet::new(),
+        )
+        .map_err(|error| error.to_string())?;
+        let mut context = Vec::new();
+        let (resource_uid, attrs) = match resource {
+            Resource::Channel { kind, id, version } => {
+                context.push(("version".to_owned(), RestrictedExpression::new_string((*version).to_owned())));
+                let attrs = HashMap::from([
+                    ("type".to_owned(), RestrictedExpression::new_string((*kind).to_owned())),
+                    ("id".to_owned(), RestrictedExpression::new_string((*id).to_owned())),
+                ]);
+                (uid("Channel", &format!("{kind}:{id}"))?, attrs)
+            }
+            Resource::User(id) => (uid("User", id)?, HashMap::new()),
+            Resource::Task { id, owner, rpc } => {
+                let mut attrs = HashMap::new();
+                if let Some(owner) = owner {
+                    attrs.insert("owner".to_owned(), RestrictedExpression::new_entity_uid(uid("Caller", owner)?));
+                }
+                if let Some(rpc) = rpc {
+                    attrs.insert("rpc".to_owned(), RestrictedExpression::new_string((*rpc).to_owned()));
+                }
+                (uid("Task", id)?, attrs)
+            }
+            Resource::Service => (uid("Service", "stream-export")?, HashMap::new()),
+        };
+        let resource_entity =
+            Entity::new(resource_uid.clone(), attrs, HashSet::new()).map_err(|error| error.to_string())?;
+        let entities = Entities::from_entities([principal_entity, resource_entity], Some(&self.schema))
+            .map_err(|error| error.to_string())?
+            .add_entities(self.actions.iter().cloned(), Some(&self.schema))
+            .map_err(|error| error.to_string())?;
+        let context = Context::from_pairs(context).map_err(|error| error.to_string())?;
+        let request = Request::new(principal, uid("Action", action.name())?, resource_uid, context, Some(&self.schema))
+            .map_err(|error| error.to_string())?;
+        let set = Arc::clone(&self.set.read().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        Ok(self.authorizer.is_authorized(&request, &set, &entities).decision())
+    }
+}
+
+/// Parses and validates a policy file against the schema.
+fn read(path: &Path, schema: &Schema) -> Result<PolicySet, String> {
+    let text = std::fs::read_to_string(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let set = PolicySet::from_str(&text).map_err(|error| format!("{}: {error}", path.display()))?;
+    let validation = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+    if !validation.validation_passed() {
+        let errors: Vec<String> = validation.validation_errors().map(ToString::to_string).collect();
+        return Err(format!(
+            "{}: the policies do not validate against the schema: {}",
+            path.display(),
+            errors.join("; ")
+        ));
+    }
+    Ok(set)
+}
+
+fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
+    let kind = EntityTypeName::from_str(kind).map_err(|error| error.to_string())?;
+    Ok(EntityUid::from_type_name_and_id(kind, EntityId::new(id)))
+}
+
+/// The `source` attribute of a caller.
+fn source(source: CallerSource) -> &'static str {
+    match source {
+        CallerSource::Token => "token",
+        CallerSource::MtlsPeer => "mtls",
+        CallerSource::ForwardedClientCert => "forwarded_client_cert",
+        CallerSource::Anonymous => "anonymous",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(name: &str) -> Caller {
+        Caller { name: name.into(), source: CallerSource::Token }
+    }
+
+    fn example() -> Policies {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/examples/teams.cedar");
+        Policies::load(&path).expect("the example policies validate")
+    }
+
+    #[test]
+    fn the_example_policies_decide_as_the_readme_says() {
+        let policies = example();
+        let livestream = |version| Resource::Channel { kind: "livestream", id: "finals", version };
+        assert!(policies.allows(&caller("analytics"), Action::ExportChannels, &livestream("v2")));
+        assert!(!policies.allows(&caller("analytics"), Action::ExportChannels, &livestream("v1")));
+        assert!(!policies.allows(&caller("privacy"), Action::ExportChannels, &livestream("v2")));
+        assert!(policies.allows(&caller("privacy"), Action::ExportUser, &Resource::User("u-1")));
+        let task = Resource::Task { id: "t-1", owner: Some("analytics"), rpc: Some("ExportChannels") };
+        assert!(policies.allows(&caller("analytics"), Action::ReadExport, &task));
+        assert!(!policies.allows(&caller("privacy"), Action::ReadExport, &task));
+        assert!(policies.allows(&caller("platform"), Action::ReadExport, &task));
+        let unknown = Resource::Task { id: "t-2", owner: None, rpc: None };
+        assert!(!policies.allows(&caller("analytics"), Action::GetTask, &unknown));
+        assert!(policies.allows(&caller("platform"), Action::GetTask, &unknown));
+        assert!(policies.allows(&caller("anonymous"), Action::ListTasks, &Resource::Service));
+        assert!(Policies::permit_all().allows(&caller("anyone"), Action::ExportUsers, &Resource::User("u")));
+    }
+
+    #[test]
+    fn a_refusal_names_the_action_and_the_resource() {
+        let refused = example()
+            .check(
+                &caller("analytics"),
+                Action::ExportChannels,
+                &Resource::Channel { kind: "backoffice", id: "a\"b", version: "v2" },
+            )
+            .expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(refused.message().contains(r#"Channel::"backoffice:a\"b""#), "{}", refused.message());
+    }
+
+    #[test]
+    fn policies_that_do_not_validate_are_refused_with_cedars_message() {
+        let path = std::env::temp_dir().join(format!("stream-export-policy-{}.cedar", std::process::id()));
+        std::fs::write(&path, "permit (principal, action == Action::\"Delete\", resource);").expect("writes");
+        let error = Policies::load(&path).expect_err("an unknown action does not validate");
+        assert!(error.contains("Delete"), "{error}");
+        std::fs::write(&path, "permit (principal, action, resource) when { resource.colour == 1 ").expect("writes");
+        assert!(Policies::load(&path).is_err(), "a parse error");
+        let _ = std::fs::remove_file(&path);
+    }
+}

@@ -1,0 +1,135 @@
+//! The task registry of a fleet, in Redis: any replica knows every task's owner.
+//!
+//! Two keys under one hash tag: `index`, a sorted set whose members are
+//! `<create time in µs, 20 digits>|<task id>` (all with score 0, so that their lexical order is
+//! the time order and a page is one `ZREVRANGEBYLEX`), and `records`, a hash from task id to the
+//! record (protobuf). Recording trims records past the retention and the capacity, oldest first.
+
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
+use prost::Message;
+use redis::Script;
+
+use super::{
+    StoreError,
+    registry::{Cursor, RETENTION, TaskRegistry, note_observed},
+};
+use crate::{
+    fleet::Redis,
+    proto::{Task, TaskRecord},
+};
+
+/// Adds a record unless the task has one; drops those past the retention or the capacity.
+static RECORD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end
+redis.call('ZADD', KEYS[1], 0, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+local gone = redis.call('ZRANGEBYLEX', KEYS[1], '-', '(' .. ARGV[5], 'LIMIT', 0, 100)
+local excess = redis.call('ZCARD', KEYS[1]) - #gone - tonumber(ARGV[4])
+if excess > 0 then
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[1], #gone, #gone + excess - 1)) do
+    table.insert(gone, member)
+  end
+end
+for _, member in ipairs(gone) do
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('HDEL', KEYS[2], string.sub(member, 22))
+end
+return 1
+",
+    )
+});
+
+/// Up to `ARGV[2]` records, newest first, below the index member `ARGV[1]` (exclusive bound
+/// `(member`, or `+`).
+static PAGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local records = {}
+for _, member in ipairs(redis.call('ZREVRANGEBYLEX', KEYS[1], ARGV[1], '-', 'LIMIT', 0, tonumber(ARGV[2]))) do
+  local record = redis.call('HGET', KEYS[2], string.sub(member, 22))
+  if record then table.insert(records, record) end
+end
+return records
+",
+    )
+});
+
+/// The [`TaskRegistry`] of a fleet, in Redis.
+#[derive(Debug)]
+pub struct RedisRegistry {
+    redis: Redis,
+    capacity: usize,
+    index: String,
+    records: String,
+}
+
+impl RedisRegistry {
+    /// A registry of at most `capacity` records in `redis`.
+    pub fn new(redis: Redis, capacity: usize) -> Self {
+        let index = redis.key("registry", "tasks", "index");
+        let records = redis.key("registry", "tasks", "records");
+        Self { redis, capacity: capacity.max(1), index, records }
+    }
+
+    async fn read(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        let mut connection = self.redis.connection().await?;
+        let found: Option<Vec<u8>> = self
+            .redis
+            .call(
+                "HGET registry.record",
+                redis::cmd("HGET").arg(&self.records).arg(task_id).query_async(&mut connection),
+            )
+            .await?;
+        Ok(found.and_then(|bytes| TaskRecord::decode(bytes.as_slice()).ok()))
+    }
+}
+
+/// The index member of a position.
+fn member(cursor: &Cursor) -> String {
+    format!("{:020}|{}", cursor.created_micros.max(0), cursor.task_id)
+}
+
+#[tonic::async_trait]
+impl TaskRegistry for RedisRegistry {
+    async fn record(&self, record: TaskRecord) -> Result<(), StoreError> {
+        let cutoff = Cursor { created_micros: (Utc::now() - RETENTION).timestamp_micros(), task_id: String::new() };
+        let mut invocation = RECORD.key(&self.index);
+        invocation
+            .key(&self.records)
+            .arg(member(&Cursor::of(&record)))
+            .arg(&record.task_id)
+            .arg(record.encode_to_vec())
+            .arg(self.capacity)
+            .arg(member(&cutoff));
+        self.redis.eval::<i64>("EVALSHA registry.record", &invocation).await?;
+        Ok(())
+    }
+
+    async fn get(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        self.read(task_id).await
+    }
+
+    async fn observed(&self, task: &Task, at: DateTime<Utc>) -> Result<(), StoreError> {
+        // Read, change, write: replicas observing one task at once write states a poll apart.
+        let Some(mut record) = self.read(&task.task_id).await? else { return Ok(()) };
+        note_observed(&mut record, task, at);
+        let mut connection = self.redis.connection().await?;
+        let mut command = redis::cmd("HSET");
+        command.arg(&self.records).arg(&task.task_id).arg(record.encode_to_vec());
+        let write = command.query_async::<i64>(&mut connection);
+        self.redis.call("HSET registry.observed", write).await?;
+        Ok(())
+    }
+
+    async fn page(&self, after: Option<&Cursor>, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
+        let below = after.map_or_else(|| "+".to_owned(), |cursor| format!("({}", member(cursor)));
+        let mut invocation = PAGE.key(&self.index);
+        invocation.key(&self.records).arg(below).arg(limit);
+        let records: Vec<Vec<u8>> = self.redis.eval("EVALSHA registry.page", &invocation).await?;
+        Ok(records.iter().filter_map(|bytes| TaskRecord::decode(bytes.as_slice()).ok()).collect())
+    }
+}

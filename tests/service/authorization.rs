@@ -1,0 +1,216 @@
+//! Authorization policies (issue 13): with the example policy set (policy/examples/teams.cedar)
+//! and three callers identified by tokens, each caller may export and read what the policies
+//! permit and nothing else; refusals come before any upstream request; `ListTasks` lists what
+//! each caller may read, page by page.
+
+use crate::common;
+
+use std::path::Path;
+
+use common::{Options, TestApp, assert_status, spawn_app_with};
+use stream_export::{
+    emulator::data::KNOWN_USER,
+    proto::{
+        ChannelRef, ExportChannelsRequest, ExportFormatVersion, ExportUserRequest, ExportUsersRequest, GetTaskRequest,
+        ListTasksRequest, ReadExportRequest, TaskRecord, WatchTaskRequest, task_record,
+    },
+    service::{
+        authorization::Policies,
+        caller::{CallerAuth, TokenTable},
+    },
+};
+use tokio_stream::StreamExt;
+use tonic::{Code, Request, Status};
+
+const ANALYTICS: &str = "analytics-token-0123456789";
+const PRIVACY: &str = "privacy-token-0123456789";
+const PLATFORM: &str = "platform-token-0123456789";
+
+/// The service with the example policies and a token per team.
+async fn app() -> TestApp {
+    let tokens = std::env::temp_dir().join(format!("stream-export-tokens-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::write(&tokens, format!("analytics {ANALYTICS}\nprivacy {PRIVACY}\nplatform {PLATFORM}\n")).unwrap();
+    let table = TokenTable::load(&tokens).expect("a tokens file");
+    let _ = std::fs::remove_file(&tokens);
+    let policies = Policies::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/examples/teams.cedar"))
+        .expect("the example policies");
+    spawn_app_with(Options {
+        tweak: Some(Box::new(move |settings| {
+            settings.auth = CallerAuth { tokens: Some(std::sync::Arc::new(table)), trust_forwarded_client_cert: false };
+            settings.policies = policies;
+        })),
+        ..Options::default()
+    })
+    .await
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn as_caller<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+fn channels(cids: &[&str], version: ExportFormatVersion) -> ExportChannelsRequest {
+    let channels = cids
+        .iter()
+        .map(|cid| {
+            let (kind, id) = cid.split_once(':').unwrap();
+            ChannelRef { r#type: kind.into(), id: id.into(), ..Default::default() }
+        })
+        .collect();
+    ExportChannelsRequest { channels, version: version as i32, ..Default::default() }
+}
+
+async fn export_channels(app: &TestApp, token: &str, request: ExportChannelsRequest) -> Result<String, Status> {
+    let mut client = app.client.clone();
+    client.export_channels(as_caller(token, request)).await.map(|response| response.into_inner().task_id)
+}
+
+async fn list(
+    app: &TestApp,
+    token: &str,
+    page_size: i32,
+    page_token: &str,
+) -> Result<(Vec<TaskRecord>, String), Status> {
+    let request = ListTasksRequest { page_size, page_token: page_token.into() };
+    let response = app.client.clone().list_tasks(as_caller(token, request)).await?.into_inner();
+    Ok((response.tasks, response.next_page_token))
+}
+
+/// Asserts PERMISSION_DENIED `NOT_AUTHORIZED` naming `resource`.
+fn assert_refused(status: &Status, resource: &str) {
+    let details = assert_status(status, Code::PermissionDenied, "NOT_AUTHORIZED");
+    let info = details.error_info().expect("ErrorInfo");
+    assert_eq!(info.metadata.get("resource").map(String::as_str), Some(resource), "{status:?}");
+}
+
+#[tokio::test]
+async fn channel_exports_are_authorized_channel_by_channel_before_anything_goes_upstream() {
+    let app = app().await;
+    let v2 = ExportFormatVersion::V2;
+    let task_id = export_channels(&app, ANALYTICS, channels(&["livestream:launch"], v2)).await.expect("permitted");
+    assert!(!task_id.is_empty());
+    assert_eq!(app.emulator.exports_created().await, 1);
+
+    // v1 is not permitted to analytics; a mixed list is refused whole; another team may not.
+    let refused = export_channels(&app, ANALYTICS, channels(&["livestream:launch"], ExportFormatVersion::V1)).await;
+    assert_refused(&refused.expect_err("v1 is refused"), r#"Channel::"livestream:launch""#);
+    let mixed = export_channels(&app, ANALYTICS, channels(&["livestream:launch", "messaging:general"], v2)).await;
+    assert_refused(&mixed.expect_err("a mixed list is refused"), r#"Channel::"messaging:general""#);
+    let other_team = export_channels(&app, PRIVACY, channels(&["livestream:launch"], v2)).await;
+    assert_refused(&other_team.expect_err("privacy may not export channels"), r#"Channel::"livestream:launch""#);
+    assert_eq!(app.emulator.exports_created().await, 1, "no refused submit reached Stream");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn user_exports_are_authorized_user_by_user() {
+    let app = app().await;
+    let mut client = app.client.clone();
+    let users = ExportUsersRequest { user_ids: vec![KNOWN_USER.into()], ..Default::default() };
+    client.export_users(as_caller(PRIVACY, users.clone())).await.expect("privacy exports users");
+    let refused = client.export_users(as_caller(ANALYTICS, users)).await.expect_err("analytics may not");
+    assert_refused(&refused, &format!("User::\"{KNOWN_USER}\""));
+    let one = ExportUserRequest { user_id: KNOWN_USER.into() };
+    client.export_user(as_caller(PRIVACY, one.clone())).await.expect("privacy exports a user");
+    let refused = client.export_user(as_caller(ANALYTICS, one)).await.expect_err("analytics may not");
+    assert_refused(&refused, &format!("User::\"{KNOWN_USER}\""));
+    assert_eq!(app.emulator.exports_created().await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_task_is_read_by_its_owner_and_the_admin_and_by_nobody_else() {
+    let app = app().await;
+    let task_id = export_channels(&app, ANALYTICS, channels(&["livestream:launch"], ExportFormatVersion::V2))
+        .await
+        .expect("permitted");
+    app.emulator.wait_done(&task_id).await;
+    let mut client = app.client.clone();
+    for token in [ANALYTICS, PLATFORM] {
+        client.get_task(as_caller(token, GetTaskRequest { task_id: task_id.clone() })).await.expect("GetTask");
+        let mut watch = client
+            .watch_task(as_caller(token, WatchTaskRequest { task_id: task_id.clone() }))
+            .await
+            .expect("WatchTask")
+            .into_inner();
+        assert!(watch.next().await.expect("an event").is_ok());
+        let mut records = client
+            .read_export(as_caller(token, ReadExportRequest { task_id: task_id.clone(), start_index: 0 }))
+            .await
+            .expect("ReadExport")
+            .into_inner();
+        assert!(records.next().await.expect("a record").is_ok());
+    }
+    let resource = format!("Task::\"{task_id}\"");
+    let get = client.get_task(as_caller(PRIVACY, GetTaskRequest { task_id: task_id.clone() })).await;
+    assert_refused(&get.expect_err("not the owner"), &resource);
+    let watch = client.watch_task(as_caller(PRIVACY, WatchTaskRequest { task_id: task_id.clone() })).await;
+    let Err(refused) = watch else { panic!("WatchTask by another caller was allowed") };
+    assert_refused(&refused, &resource);
+    let read =
+        client.read_export(as_caller(PRIVACY, ReadExportRequest { task_id: task_id.clone(), start_index: 0 })).await;
+    let Err(refused) = read else { panic!("ReadExport by another caller was allowed") };
+    assert_refused(&refused, &resource);
+    // A task the service does not know (not submitted through it): only the admin reads it.
+    let unknown = app.emulator.export_channels(serde_json::json!({"channels": [{"cid": "messaging:general"}]})).await;
+    let refused = client.get_task(as_caller(ANALYTICS, GetTaskRequest { task_id: unknown.clone() })).await;
+    assert_refused(&refused.expect_err("no owner"), &format!("Task::\"{unknown}\""));
+    client.get_task(as_caller(PLATFORM, GetTaskRequest { task_id: unknown })).await.expect("the admin reads it");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn list_tasks_shows_each_caller_what_it_may_read_newest_first_page_by_page() {
+    let app = app().await;
+    let mut analytics_tasks = Vec::new();
+    for _ in 0..5 {
+        let request = channels(&["livestream:launch"], ExportFormatVersion::V2);
+        analytics_tasks.push(export_channels(&app, ANALYTICS, request).await.expect("permitted"));
+    }
+    let users = ExportUsersRequest { user_ids: vec![KNOWN_USER.into()], ..Default::default() };
+    let privacy_task = app.client.clone().export_users(as_caller(PRIVACY, users)).await.unwrap().into_inner().task_id;
+
+    // Analytics sees its five, newest first, two per page.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let (tasks, next) = list(&app, ANALYTICS, 2, &token).await.expect("ListTasks");
+        assert!(tasks.len() <= 2);
+        pages += 1;
+        for task in &tasks {
+            assert_eq!((task.owner.as_str(), task.rpc.as_str()), ("analytics", "ExportChannels"));
+            assert!(task.create_time.is_some());
+            let Some(task_record::Submit::ExportChannels(submit)) = &task.submit else { panic!("{task:?}") };
+            assert_eq!(submit.channels[0].r#type, "livestream");
+        }
+        seen.extend(tasks.into_iter().map(|task| task.task_id));
+        if next.is_empty() {
+            break;
+        }
+        token = next;
+    }
+    analytics_tasks.reverse();
+    assert_eq!(seen, analytics_tasks, "every task once, newest first");
+    assert_eq!(pages, 3);
+
+    // Privacy sees its own; the admin sees everything.
+    let (privacy, _) = list(&app, PRIVACY, 0, "").await.unwrap();
+    assert_eq!(privacy.iter().map(|task| task.task_id.as_str()).collect::<Vec<_>>(), [privacy_task.as_str()]);
+    let (all, next) = list(&app, PLATFORM, 100, "").await.unwrap();
+    assert_eq!((all.len(), next.as_str()), (6, ""));
+    assert_eq!(all[0].task_id, privacy_task);
+
+    // A token is good for the caller it was given to only; a bad page size is refused.
+    let (_, analytics_token) = list(&app, ANALYTICS, 1, "").await.unwrap();
+    let stolen = list(&app, PRIVACY, 1, &analytics_token).await.expect_err("another caller's token");
+    assert_status(&stolen, Code::InvalidArgument, "INVALID_REQUEST");
+    let negative = list(&app, ANALYTICS, -1, "").await.expect_err("a negative page size");
+    assert_status(&negative, Code::InvalidArgument, "INVALID_REQUEST");
+    app.stop().await;
+}
