@@ -272,6 +272,16 @@ async fn task_get_and_task_watch_follow_an_existing_task() {
 
     let output = env.run(&["task", "get", "no-such-task"]).await;
     assert_exit(&output, 4);
+
+    // `task list` (stdout is not a terminal here: JSON lines) shows the task, last seen completed.
+    let output = env.run(&["task", "list"]).await;
+    assert_exit(&output, 0);
+    let listed = json_lines(&output);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["task_id"], task_id.as_str());
+    assert_eq!(listed[0]["rpc"], "ExportChannels");
+    assert_eq!(listed[0]["channels"], json!([KNOWN_CHANNEL]));
+    assert_eq!(listed[0]["last_observed"]["state"], "COMPLETED");
 }
 
 #[tokio::test]
@@ -429,6 +439,26 @@ async fn task_watch_on_a_terminal_shows_a_live_progress_display() {
     assert!(screen.contains("elapsed") && screen.contains("last upstream poll"), "{screen}");
     assert!(screen.contains("\u{1b}["), "it redraws in place (terminal escapes):\n{screen}");
     assert!(screen.contains("COMPLETED"), "{screen}");
+
+    // On a terminal, `task list` prints a table.
+    let mut command = Command::new("script");
+    command
+        .args(["-q", "-e", "-c", &format!("stty cols 160 rows 40; exec {BIN} task list"), "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TERM", "xterm-256color")
+        .env("STREAM_EXPORT_SERVER", env.service.url("http"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let output = command.output().await.expect("script(1) runs");
+    let table = text(&output.stdout);
+    let mut lines = table.lines().filter(|line| !line.trim().is_empty());
+    let header = lines.next().unwrap_or_default();
+    assert!(header.starts_with("TASK ID") && header.contains("OWNER") && header.contains("STATE"), "{table}");
+    let row = lines.next().unwrap_or_default();
+    assert!(row.starts_with(&task_id) && row.contains("anonymous") && row.contains("COMPLETED"), "{table}");
+    assert!(row.contains(KNOWN_CHANNEL), "{table}");
 }
 
 #[tokio::test]
