@@ -72,7 +72,7 @@ impl Members {
             }
             let mut invocation = beat.key(&key);
             invocation.arg(&*self.id).arg(millis(ALIVE_FOR));
-            if let Ok(alive) = redis.eval::<usize>("EVALSHA members.beat", &invocation).await {
+            if let Ok(alive) = redis.eval_quiet::<usize>(&invocation).await {
                 self.alive.store(alive, Ordering::Relaxed);
             }
         }

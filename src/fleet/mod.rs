@@ -134,6 +134,17 @@ impl Redis {
         self.call(operation, invocation.invoke_async(&mut connection)).await
     }
 
+    /// Runs a Lua script without a span: for the periodic calls every replica makes in the
+    /// background (heartbeats, follows, lease renewals, budget bookings), which would otherwise
+    /// be hundreds of root spans per second with no caller to attach them to.
+    pub async fn eval_quiet<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, Unavailable> {
+        let mut connection = self.connection().await?;
+        self.observe(invocation.invoke_async(&mut connection).await)
+    }
+
     /// Notes the outcome of a call: logs the start and the end of an outage once each.
     pub fn observe<T>(&self, outcome: redis::RedisResult<T>) -> Result<T, Unavailable> {
         match outcome {

@@ -80,7 +80,7 @@ impl FleetBudget {
     pub async fn reserve(&self, period: Duration) -> Result<Duration, Unavailable> {
         let mut invocation = RESERVE.key(&self.next_slot);
         invocation.key(&self.spacing).arg(micros(period));
-        let wait: i64 = self.redis.eval("EVALSHA budget.reserve", &invocation).await?;
+        let wait: i64 = self.redis.eval_quiet(&invocation).await?;
         Ok(Duration::from_micros(u64::try_from(wait).unwrap_or(0)))
     }
 

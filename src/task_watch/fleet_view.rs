@@ -157,7 +157,7 @@ impl FleetView {
         let (lease, view) = self.keys(task_id);
         let mut invocation = FOLLOW.key(&lease);
         invocation.key(&view).arg(self.members.id()).arg(millis(self.lease)).arg(seq);
-        let (leading, seq, data): (i64, i64, Vec<u8>) = self.redis.eval("EVALSHA watch.follow", &invocation).await?;
+        let (leading, seq, data): (i64, i64, Vec<u8>) = self.redis.eval_quiet(&invocation).await?;
         let update = (!data.is_empty()).then(|| decode(&data)).flatten().map(|view| SharedView { seq, view });
         Ok(Followed { leading: leading == 1, update })
     }
@@ -190,7 +190,7 @@ impl FleetView {
         let (lease, view) = self.keys(task_id);
         let mut invocation = RENEW.key(&lease);
         invocation.key(&view).arg(self.members.id()).arg(millis(self.lease));
-        Ok(self.redis.eval::<i64>("EVALSHA watch.renew", &invocation).await? == 1)
+        Ok(self.redis.eval_quiet::<i64>(&invocation).await? == 1)
     }
 
     /// Gives the lease up (the last watcher left), so that a replica that still has watchers

@@ -152,7 +152,7 @@ impl Poller {
             let poll = otel::poll_span(&self.task_id, &self.watchers);
             // When to poll next: an interval after this poll started (the time spent asking and
             // sharing is part of it), or a failure delay after it ended.
-            let next_poll = match hub.client.get_task(&self.task_id, None).instrument(poll).await {
+            let next_poll = match hub.client.get_task(&self.task_id, None).instrument(poll.clone()).await {
                 Ok(answer) => {
                     hub.budget.record(answer.rate_limit);
                     failing_since = None;
@@ -166,12 +166,13 @@ impl Poller {
                             observer.observed(&task, polled_at);
                         }
                     }
+                    // Sharing the observation is part of the poll's trace.
                     if terminal {
-                        self.share(Some(settings.terminal_retention)).await;
+                        self.share(Some(settings.terminal_retention)).instrument(poll).await;
                         self.keep_final_state(settings.terminal_retention).await;
                         return Role::Stop;
                     }
-                    if !self.share(None).await {
+                    if !self.share(None).instrument(poll).await {
                         return Role::Follow;
                     }
                     interval = if changed {
