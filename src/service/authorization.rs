@@ -224,7 +224,10 @@ impl Loaded {
 /// Parses and validates a policy file against the schema.
 fn read(path: &Path, schema: &Schema) -> Result<PolicySet, String> {
     let text = std::fs::read_to_string(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-    let set = PolicySet::from_str(&text).map_err(|error| format!("{}: {error}", path.display()))?;
+    let set = PolicySet::from_str(&text).map_err(|errors| {
+        let located: Vec<String> = errors.iter().map(|error| locate(&text, error)).collect();
+        format!("{}: {}", path.display(), located.join("; "))
+    })?;
     let validation = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
     if !validation.validation_passed() {
         let errors: Vec<String> = validation.validation_errors().map(ToString::to_string).collect();
@@ -235,6 +238,21 @@ fn read(path: &Path, schema: &Schema) -> Result<PolicySet, String> {
         ));
     }
     Ok(set)
+}
+
+/// A parse error with where it is: `line L, column C: <error>`.
+fn locate(text: &str, error: &cedar_policy::ParseError) -> String {
+    use miette::Diagnostic;
+    let offset = error.labels().and_then(|mut labels| labels.next()).map(|label| label.offset());
+    match offset {
+        Some(offset) => {
+            let before = &text[..offset.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |last| last.chars().count()) + 1;
+            format!("line {line}, column {column}: {error}")
+        }
+        None => error.to_string(),
+    }
 }
 
 fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
@@ -303,8 +321,9 @@ mod tests {
         std::fs::write(&path, "permit (principal, action == Action::\"Delete\", resource);").expect("writes");
         let error = Policies::load(&path).expect_err("an unknown action does not validate");
         assert!(error.contains("Delete"), "{error}");
-        std::fs::write(&path, "permit (principal, action, resource) when { resource.colour == 1 ").expect("writes");
-        assert!(Policies::load(&path).is_err(), "a parse error");
+        std::fs::write(&path, "permit (principal, action, resource)\nwhen { resource.colour == };").expect("writes");
+        let error = Policies::load(&path).expect_err("a parse error");
+        assert!(error.contains("line 2, column 27: unexpected token"), "{error}");
         let _ = std::fs::remove_file(&path);
     }
 }
