@@ -30,6 +30,8 @@ pub struct Scale {
     unary_connections: usize,
     latency_rounds: usize,
     latency_calls: usize,
+    /// `Policies::allows` calls timed in process for `policy_eval_us`.
+    policy_eval_calls: usize,
     fanout_tasks: usize,
     fanout_watchers_per_task: usize,
     fanout_connections: usize,
@@ -59,6 +61,7 @@ impl Scale {
             unary_connections: 4,
             latency_rounds: 5,
             latency_calls: 400,
+            policy_eval_calls: 100_000,
             fanout_tasks: 100,
             fanout_watchers_per_task: 100,
             // HTTP/2 servers cap concurrent streams per connection (often 100 to 200).
@@ -88,6 +91,7 @@ impl Scale {
             unary_connections: 2,
             latency_rounds: 1,
             latency_calls: 50,
+            policy_eval_calls: 2_000,
             fanout_tasks: 10,
             fanout_watchers_per_task: 20,
             fanout_connections: 4,

@@ -1,6 +1,7 @@
 //! Figure 1 (unary cost: CPU per call, throughput and latency of `GetTask`, against a bare
 //! tonic server and a direct HTTP call, latency also from a client that is not tonic's) and
-//! figure 4 (idle memory).
+//! figure 4 (idle memory), and the cost of tracing and of authorization (tokens, Cedar
+//! policies) next to the same service without them.
 //!
 //! The service and the bare server are loaded in alternating rounds within one run, and the
 //! figures are ratios of per-round medians: on a shared machine absolute times drift, but two
@@ -10,8 +11,18 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use prost::Message;
-use stream_export::proto::{GetTaskRequest, export_service_client::ExportServiceClient};
-use tonic::transport::Channel;
+use stream_export::{
+    emulator::data::LIVESTREAM_CHANNEL,
+    proto::{GetTaskRequest, export_service_client::ExportServiceClient},
+    service::{
+        authorization::{Action, Policies, Resource},
+        caller::{Caller, CallerSource},
+    },
+};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    transport::Channel,
+};
 
 use crate::{
     Scale,
@@ -46,12 +57,29 @@ impl Round {
 struct LoadedServer {
     process: ChildProcess,
     clients: Vec<ExportServiceClient<Channel>>,
+    /// `authorization` sent with every `GetTask` (`Bearer <token>`), for a service with tokens.
+    authorization: Option<MetadataValue<Ascii>>,
 }
 
 impl LoadedServer {
     async fn connect(process: ChildProcess, connections: usize) -> Self {
         let channels = join_all((0..connections).map(|_| process.channel())).await;
-        Self { process, clients: channels.into_iter().map(ExportServiceClient::new).collect() }
+        Self { process, clients: channels.into_iter().map(ExportServiceClient::new).collect(), authorization: None }
+    }
+
+    /// [`LoadedServer::connect`], sending `authorization: Bearer <token>` with every call.
+    async fn connect_as(process: ChildProcess, connections: usize, token: &str) -> Self {
+        let authorization = format!("Bearer {token}").parse().expect("an ASCII header value");
+        Self { authorization: Some(authorization), ..Self::connect(process, connections).await }
+    }
+
+    /// A `GetTask` request, with the server's `authorization` if it has one.
+    fn get_task_request(authorization: Option<&MetadataValue<Ascii>>, task_id: &str) -> tonic::Request<GetTaskRequest> {
+        let mut request = tonic::Request::new(GetTaskRequest { task_id: task_id.to_owned() });
+        if let Some(authorization) = authorization {
+            request.metadata_mut().insert("authorization", authorization.clone());
+        }
+        request
     }
 
     /// `concurrency` callers send `GetTask` back to back for `window`; the process's CPU time
@@ -62,11 +90,12 @@ impl LoadedServer {
         let deadline = started + window;
         let workers = (0..concurrency).map(|i| {
             let mut client = self.clients[i % self.clients.len()].clone();
-            let task_id = task_id.to_owned();
+            let (task_id, authorization) = (task_id.to_owned(), self.authorization.clone());
             tokio::spawn(async move {
                 let mut calls = 0u64;
                 while Instant::now() < deadline {
-                    client.get_task(GetTaskRequest { task_id: task_id.clone() }).await.expect("GetTask succeeds");
+                    let request = Self::get_task_request(authorization.as_ref(), &task_id);
+                    client.get_task(request).await.expect("GetTask succeeds");
                     calls += 1;
                 }
                 calls
@@ -82,8 +111,9 @@ impl LoadedServer {
         let mut client = self.clients[0].clone();
         let mut samples = Vec::with_capacity(calls);
         for _ in 0..calls {
+            let request = Self::get_task_request(self.authorization.as_ref(), task_id);
             let started = Instant::now();
-            client.get_task(GetTaskRequest { task_id: task_id.to_owned() }).await.expect("GetTask succeeds");
+            client.get_task(request).await.expect("GetTask succeeds");
             samples.push(started.elapsed().as_secs_f64() * 1e6);
         }
         samples
@@ -207,6 +237,118 @@ async fn tracing_cost(
     ]
 }
 
+/// The example policy set (README "Authorization policies"): `platform` may read every task.
+const POLICY_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policy/examples/teams.cedar");
+
+/// The callers of the tokens file, with their tokens (at least 16 characters each).
+const CALLERS: [(&str, &str); 3] = [
+    ("analytics", "bench-token-analytics-0123456789"),
+    ("privacy", "bench-token-privacy-0123456789ab"),
+    ("platform", "bench-token-platform-0123456789a"),
+];
+
+/// The token of a caller in [`CALLERS`].
+fn token(caller: &str) -> &'static str {
+    CALLERS.iter().find(|(name, _)| *name == caller).map(|(_, token)| *token).expect("a caller of the tokens file")
+}
+
+/// Writes the tokens file of [`CALLERS`] and returns its path.
+fn write_tokens_file() -> String {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-tokens.txt");
+    let lines: String = CALLERS.iter().map(|(name, token)| format!("{name} {token}\n")).collect();
+    std::fs::write(&path, lines).expect("write the bench tokens file");
+    path.to_str().expect("a UTF-8 path").to_owned()
+}
+
+/// The cost of authorization: the same `GetTask` load on the service without callers (`plain`,
+/// the process of figure 1), on one with the tokens file only (token check, no policy), and on
+/// one with the tokens file and `teams.cedar` (token check, task-registry lookup, one Cedar
+/// evaluation), in rotating rounds. The task of the last two was submitted through them by
+/// `analytics`; the load is `platform`'s, whom the policy lets read every task.
+async fn policy_cost(
+    scale: &Scale,
+    emulator_process: &ChildProcess,
+    plain: &LoadedServer,
+    plain_task: &str,
+) -> Vec<Figure> {
+    let tokens_file = write_tokens_file();
+    let tokens_args = ["--auth-tokens-file", tokens_file.as_str()];
+    let policy_args = ["--auth-tokens-file", tokens_file.as_str(), "--policy-file", POLICY_FILE];
+    let tokens_process = processes::start_service("service-tokens", emulator_process, &tokens_args).await;
+    let policy_process = processes::start_service("service-policy", emulator_process, &policy_args).await;
+    let tokens = LoadedServer::connect_as(tokens_process, scale.unary_connections, token("platform")).await;
+    let policy = LoadedServer::connect_as(policy_process, scale.unary_connections, token("platform")).await;
+    let analytics = format!("Bearer {}", token("analytics"));
+    let tokens_task = tasks::create_as(&tokens.clients[0], &analytics, LIVESTREAM_CHANNEL).await;
+    let policy_task = tasks::create_as(&policy.clients[0], &analytics, LIVESTREAM_CHANNEL).await;
+
+    // The policies are in force: `privacy` may not read `analytics`' task.
+    let privacy = format!("Bearer {}", token("privacy")).parse().expect("an ASCII header value");
+    let refused =
+        policy.clients[0].clone().get_task(LoadedServer::get_task_request(Some(&privacy), &policy_task)).await;
+    assert_eq!(
+        refused.map(|_| ()).map_err(|status| status.code()),
+        Err(tonic::Code::PermissionDenied),
+        "the policy service refuses privacy's GetTask of an analytics task"
+    );
+
+    let servers = [(plain, plain_task), (&tokens, tokens_task.as_str()), (&policy, policy_task.as_str())];
+    eprintln!("unary: tokens and policies, warming up");
+    for (server, task_id) in &servers[1..] {
+        server.load(task_id, scale.unary_concurrency, scale.unary_window / 4).await;
+    }
+    let mut rounds: [Vec<Round>; 3] = Default::default();
+    let mut latencies: [Vec<f64>; 3] = Default::default();
+    for round in 0..scale.unary_rounds {
+        eprintln!("unary: plain/tokens/policy round {}/{}", round + 1, scale.unary_rounds);
+        // Each round starts with another server, so that no server always follows the same one.
+        for k in 0..servers.len() {
+            let at = (round + k) % servers.len();
+            let (server, task_id) = servers[at];
+            rounds[at].push(server.load(task_id, scale.unary_concurrency, scale.unary_window).await);
+            latencies[at].extend(server.latencies(task_id, scale.latency_calls).await);
+        }
+    }
+    let cpu = |rounds: &[Round]| median(&rounds.iter().map(Round::cpu_us_per_call).collect::<Vec<_>>());
+    let [plain_cpu, tokens_cpu, policy_cpu] = [cpu(&rounds[0]), cpu(&rounds[1]), cpu(&rounds[2])];
+    let [plain_lat, tokens_lat, policy_lat] = &mut latencies;
+    let [plain_p50, tokens_p50, policy_p50] =
+        [quantile(plain_lat, 0.5), quantile(tokens_lat, 0.5), quantile(policy_lat, 0.5)];
+    vec![
+        Figure::info("unary_cpu_us_per_call_service_plain", plain_cpu, "µs"),
+        Figure::info("unary_cpu_us_per_call_service_tokens", tokens_cpu, "µs"),
+        Figure::info("unary_cpu_us_per_call_service_policy", policy_cpu, "µs"),
+        Figure::info("unary_token_cpu_ratio", tokens_cpu / plain_cpu, "x"),
+        Figure::target("unary_policy_cpu_ratio", policy_cpu / plain_cpu, "x", Target::AtMost(1.10)),
+        Figure::info("unary_p50_us_service_plain", plain_p50, "µs"),
+        Figure::info("unary_p50_us_service_tokens", tokens_p50, "µs"),
+        Figure::info("unary_p50_us_service_policy", policy_p50, "µs"),
+        Figure::info("unary_token_added_p50_us", tokens_p50 - plain_p50, "µs"),
+        Figure::info("unary_policy_added_p50_us", policy_p50 - plain_p50, "µs"),
+    ]
+}
+
+/// One `Policies::allows` of `teams.cedar`, in process: `platform`'s `GetTask` of a task that
+/// `analytics` submitted (the decision the policy service makes on every call above), timed
+/// over `calls` calls on one thread. Microseconds per call.
+async fn policy_eval(calls: usize) -> Vec<Figure> {
+    let micros = tokio::task::spawn_blocking(move || {
+        let policies = Policies::load(std::path::Path::new(POLICY_FILE)).expect("teams.cedar loads");
+        let caller = Caller { name: "platform".to_owned(), source: CallerSource::Token };
+        let task_id = "7f1c2a9e-0b6d-4c1e-9a53-2f4e8d6b1c70";
+        let resource = Resource::Task { id: task_id, owner: Some("analytics"), rpc: Some("ExportChannels") };
+        let allowed =
+            |count: usize| (0..count).filter(|_| policies.allows(&caller, Action::GetTask, &resource)).count();
+        assert_eq!(allowed(calls / 10 + 1), calls / 10 + 1, "teams.cedar lets platform read every task");
+        let started = Instant::now();
+        assert_eq!(std::hint::black_box(allowed(calls)), calls);
+        started.elapsed().as_secs_f64() * 1e6 / calls.max(1) as f64
+    })
+    .await
+    .expect("the policy evaluation timing");
+    vec![Figure::info("policy_eval_us", micros, "µs")]
+}
+
 /// Runs figures 1 and 4 and returns them.
 pub async fn run(scale: &Scale, emulator_process: &ChildProcess, emulator: &EmulatorClient) -> Vec<Figure> {
     let service_process = processes::start_service("service-unary", emulator_process, &[]).await;
@@ -230,6 +372,8 @@ pub async fn run(scale: &Scale, emulator_process: &ChildProcess, emulator: &Emul
     } = latency_rounds(scale, &service, &bare, emulator, &task_id).await;
     let loaded_rss = procfs::rss_bytes(service.process.pid()) as f64 / MIB;
     let tracing = tracing_cost(scale, emulator_process, &service, &task_id).await;
+    let policy = policy_cost(scale, emulator_process, &service, &task_id).await;
+    let eval = policy_eval(scale.policy_eval_calls).await;
 
     let cpu = |rounds: &[Round]| median(&rounds.iter().map(Round::cpu_us_per_call).collect::<Vec<_>>());
     let rate = |rounds: &[Round]| median(&rounds.iter().map(Round::calls_per_second).collect::<Vec<_>>());
@@ -259,5 +403,7 @@ pub async fn run(scale: &Scale, emulator_process: &ChildProcess, emulator: &Emul
     ]
     .into_iter()
     .chain(tracing)
+    .chain(policy)
+    .chain(eval)
     .collect()
 }
