@@ -10,7 +10,10 @@ use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     str::FromStr,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use cedar_policy::{
@@ -24,6 +27,9 @@ use crate::contract::status;
 
 /// The schema that every policy set must validate against.
 pub const SCHEMA: &str = include_str!("../../policy/stream-export.cedarschema");
+
+/// How many decisions are remembered (least recently used go first).
+const DECISIONS_REMEMBERED: u64 = 10_000;
 
 /// The actions of the entity model, one per RPC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,7 +115,11 @@ pub struct Policies {
 struct Loaded {
     path: PathBuf,
     schema: Schema,
-    actions: Entities,
+    types: EntityTypes,
+    /// Remembered decisions, by [`Loaded::decision_key`].
+    decisions: moka::sync::Cache<String, bool>,
+    /// Bumped at each reload; part of every decision's key.
+    generation: AtomicU64,
     set: RwLock<Arc<PolicySet>>,
     authorizer: Authorizer,
 }
@@ -123,12 +133,13 @@ impl Policies {
     /// Reads, parses and validates the policy set at `path`. The error is Cedar's message.
     pub fn load(path: &Path) -> Result<Self, String> {
         let (schema, _warnings) = Schema::from_cedarschema_str(SCHEMA).map_err(|error| error.to_string())?;
-        let actions = schema.action_entities().map_err(|error| error.to_string())?;
         let set = read(path, &schema)?;
         let loaded = Loaded {
             path: path.to_owned(),
             schema,
-            actions,
+            types: EntityTypes::new()?,
+            decisions: moka::sync::Cache::new(DECISIONS_REMEMBERED),
+            generation: AtomicU64::new(0),
             set: RwLock::new(Arc::new(set)),
             authorizer: Authorizer::new(),
         };
@@ -147,20 +158,31 @@ impl Policies {
         let set = read(&loaded.path, &loaded.schema)?;
         let count = set.policies().count();
         *loaded.set.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(set);
+        // Decisions of the old set: a new generation never matches them, and they are dropped.
+        loaded.generation.fetch_add(1, Ordering::Relaxed);
+        loaded.decisions.invalidate_all();
         Ok(count)
     }
 
-    /// Whether `caller` may do `action` on `resource`.
+    /// Whether `caller` may do `action` on `resource`. Decisions are remembered (a decision
+    /// depends on nothing but its inputs and the policy set): a caller polling one task pays
+    /// for one evaluation, not one per call.
     pub fn allows(&self, caller: &Caller, action: Action, resource: &Resource<'_>) -> bool {
         let Some(loaded) = &self.inner else { return true };
-        match loaded.decide(caller, action, resource) {
+        let key = loaded.decision_key(caller, action, resource);
+        if let Some(allowed) = loaded.decisions.get(&key) {
+            return allowed;
+        }
+        let allowed = match loaded.decide(caller, action, resource) {
             Ok(decision) => decision == Decision::Allow,
             Err(error) => {
                 // The request did not fit the schema (a bug of this service): refused.
                 tracing::error!(%error, action = action.name(), "an authorization request could not be built");
                 false
             }
-        }
+        };
+        loaded.decisions.insert(key, allowed);
+        allowed
     }
 
     /// [`Policies::allows`], as a status: PERMISSION_DENIED `NOT_AUTHORIZED` naming the action
@@ -176,8 +198,31 @@ impl Policies {
 }
 
 impl Loaded {
+    /// Everything a decision depends on besides the policy set, and the set's generation.
+    fn decision_key(&self, caller: &Caller, action: Action, resource: &Resource<'_>) -> String {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let (owner, rpc, version) = match resource {
+            Resource::Task { owner, rpc, .. } => (owner.unwrap_or("\u{1}"), rpc.unwrap_or("\u{1}"), ""),
+            Resource::Channel { version, .. } => ("", "", *version),
+            Resource::User(_) | Resource::Service => ("", "", ""),
+        };
+        format!(
+            "{generation}\0{}\0{}\0{:?}\0{}\0{owner}\0{rpc}\0{version}",
+            action.name(),
+            caller.name,
+            caller.source,
+            resource.uid()
+        )
+    }
+
+    /// `kind::"id"`, for a type of the model.
+    fn uid(&self, kind: &str, id: &str) -> Result<EntityUid, String> {
+        let kind = self.types.0.get(kind).ok_or_else(|| format!("no entity type {kind}"))?;
+        Ok(EntityUid::from_type_name_and_id(kind.clone(), EntityId::new(id)))
+    }
+
     fn decide(&self, caller: &Caller, action: Action, resource: &Resource<'_>) -> Result<Decision, String> {
-        let principal = uid("Caller", &caller.name)?;
+        let principal = self.uid("Caller", &caller.name)?;
         let principal_entity = Entity::new(
             principal.clone(),
             HashMap::from([("source".to_owned(), RestrictedExpression::new_string(source(caller.source).into()))]),
@@ -192,29 +237,30 @@ impl Loaded {
                     ("type".to_owned(), RestrictedExpression::new_string((*kind).to_owned())),
                     ("id".to_owned(), RestrictedExpression::new_string((*id).to_owned())),
                 ]);
-                (uid("Channel", &format!("{kind}:{id}"))?, attrs)
+                (self.uid("Channel", &format!("{kind}:{id}"))?, attrs)
             }
-            Resource::User(id) => (uid("User", id)?, HashMap::new()),
+            Resource::User(id) => (self.uid("User", id)?, HashMap::new()),
             Resource::Task { id, owner, rpc } => {
                 let mut attrs = HashMap::new();
                 if let Some(owner) = owner {
-                    attrs.insert("owner".to_owned(), RestrictedExpression::new_entity_uid(uid("Caller", owner)?));
+                    attrs.insert("owner".to_owned(), RestrictedExpression::new_entity_uid(self.uid("Caller", owner)?));
                 }
                 if let Some(rpc) = rpc {
                     attrs.insert("rpc".to_owned(), RestrictedExpression::new_string((*rpc).to_owned()));
                 }
-                (uid("Task", id)?, attrs)
+                (self.uid("Task", id)?, attrs)
             }
-            Resource::Service => (uid("Service", "stream-export")?, HashMap::new()),
+            Resource::Service => (self.uid("Service", "stream-export")?, HashMap::new()),
         };
         let resource_entity =
             Entity::new(resource_uid.clone(), attrs, HashSet::new()).map_err(|error| error.to_string())?;
-        let entities = Entities::from_entities([principal_entity, resource_entity], Some(&self.schema))
-            .map_err(|error| error.to_string())?
-            .add_entities(self.actions.iter().cloned(), Some(&self.schema))
-            .map_err(|error| error.to_string())?;
+        // Built here to the schema (the unit tests check the example set's decisions), so they
+        // are not validated against it again per call: that doubled the cost of a decision.
+        // The schema has no action groups, so the action entities are not needed either.
+        let entities =
+            Entities::from_entities([principal_entity, resource_entity], None).map_err(|error| error.to_string())?;
         let context = Context::from_pairs(context).map_err(|error| error.to_string())?;
-        let request = Request::new(principal, uid("Action", action.name())?, resource_uid, context, Some(&self.schema))
+        let request = Request::new(principal, self.uid("Action", action.name())?, resource_uid, context, None)
             .map_err(|error| error.to_string())?;
         let set = Arc::clone(&self.set.read().unwrap_or_else(|poisoned| poisoned.into_inner()));
         Ok(self.authorizer.is_authorized(&request, &set, &entities).decision())
@@ -255,9 +301,19 @@ fn locate(text: &str, error: &cedar_policy::ParseError) -> String {
     }
 }
 
-fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
-    let kind = EntityTypeName::from_str(kind).map_err(|error| error.to_string())?;
-    Ok(EntityUid::from_type_name_and_id(kind, EntityId::new(id)))
+/// The entity types of the model, parsed once (parsing a name costs more than a decision's
+/// bookkeeping).
+#[derive(Debug)]
+struct EntityTypes(HashMap<&'static str, EntityTypeName>);
+
+impl EntityTypes {
+    fn new() -> Result<Self, String> {
+        ["Caller", "Channel", "User", "Task", "Service", "Action"]
+            .into_iter()
+            .map(|name| EntityTypeName::from_str(name).map(|parsed| (name, parsed)).map_err(|error| error.to_string()))
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
 }
 
 /// The `source` attribute of a caller.
