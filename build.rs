@@ -25,6 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Small initial buffers: see src/codec.rs.
         .codec_path("crate::codec::LeanCodec")
+        // JSON records are slices of the downloaded file: `Bytes`, not copied into a `Vec`.
+        .bytes(".streamexport.v1.ExportRecord.json")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -14,10 +14,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "read_export/save.rs"]
+mod save;
+
 use serde_json::json;
 use stream_export::{
     emulator::{self, EmulatorConfig},
-    proto::{ReadExportRequest, export_service_client::ExportServiceClient},
+    proto::{ReadExportRequest, RecordEncoding, export_service_client::ExportServiceClient},
 };
 use tokio_stream::StreamExt;
 
@@ -29,6 +32,7 @@ const MIB: u64 = 1024 * 1024;
 /// One measured read.
 struct Run {
     version: &'static str,
+    encoding: RecordEncoding,
     file_mib: u64,
     records: u64,
     seconds: f64,
@@ -48,6 +52,7 @@ async fn main() {
     let control = reqwest::Client::new();
 
     let mut runs = Vec::new();
+    let mut largest = Vec::new();
     for version in ["v2", "v1"] {
         for &mib in sizes_mib {
             let records = mib * MIB / RECORD_BYTES as u64;
@@ -61,79 +66,129 @@ async fn main() {
                 .await
                 .expect("its task id");
             let task_id = created["task_id"].as_str().expect("a task id").to_owned();
-            runs.push(measure(&binary, &emulator.base_url(), version, mib, &task_id).await);
+            for encoding in [RecordEncoding::Struct, RecordEncoding::Json] {
+                runs.push(measure(&binary, &emulator.base_url(), version, encoding, mib, &task_id).await);
+            }
+            if Some(&mib) == sizes_mib.last() {
+                largest.push((version, task_id));
+            }
         }
     }
     report(&runs);
+    let largest_mib = sizes_mib.last().copied().unwrap_or(0);
+    for (version, task_id) in &largest {
+        save::compare(&binary, &emulator.base_url(), version, largest_mib, task_id).await;
+    }
     emulator.shutdown().await;
 }
 
 /// Reads the whole export through a fresh service process and measures it.
-async fn measure(binary: &PathBuf, base_url: &str, version: &'static str, file_mib: u64, task_id: &str) -> Run {
+async fn measure(
+    binary: &PathBuf,
+    base_url: &str,
+    version: &'static str,
+    encoding: RecordEncoding,
+    file_mib: u64,
+    task_id: &str,
+) -> Run {
     let mut service = Service::start(binary, base_url);
     let idle_rss_kib = service.status_kib("VmRSS");
     let mut client = ExportServiceClient::new(service.channel().await);
     let started = Instant::now();
     let mut stream = client
-        .read_export(ReadExportRequest { task_id: task_id.into(), start_index: 0 })
+        .read_export(ReadExportRequest { task_id: task_id.into(), start_index: 0, encoding: encoding.into() })
         .await
         .expect("ReadExport starts")
         .into_inner();
     let mut records = 0u64;
-    while let Some(record) = stream.next().await {
-        let record = record.expect("every record arrives");
-        assert_eq!(record.index, records, "records arrive in order");
-        records += 1;
+    while let Some(message) = stream.next().await {
+        let message = message.expect("every record arrives");
+        assert_eq!(message.index, records, "records arrive in order");
+        records += message.json.len().max(1) as u64;
     }
     let seconds = started.elapsed().as_secs_f64();
     let peak_rss_kib = service.status_kib("VmHWM");
     service.stop();
-    Run { version, file_mib, records, seconds, peak_rss_kib, idle_rss_kib }
+    Run { version, encoding, file_mib, records, seconds, peak_rss_kib, idle_rss_kib }
 }
 
 fn report(runs: &[Run]) {
     println!("\nReadExport: records streamed to a gRPC client, file generated on the fly by the emulator");
     println!(
-        "{:<8} {:>9} {:>10} {:>9} {:>12} {:>9} {:>14}",
-        "format", "file MiB", "records", "seconds", "records/s", "MiB/s", "peak RSS MiB"
+        "{:<8} {:<9} {:>9} {:>10} {:>9} {:>12} {:>9} {:>14}",
+        "format", "encoding", "file MiB", "records", "seconds", "records/s", "MiB/s", "peak RSS MiB"
     );
     for run in runs {
         println!(
-            "{:<8} {:>9} {:>10} {:>9.2} {:>12.0} {:>9.1} {:>14.1}",
+            "{:<8} {:<9} {:>9} {:>10} {:>9.2} {:>12.0} {:>9.1} {:>14.1}",
             run.version,
+            encoding_name(run.encoding),
             run.file_mib,
             run.records,
             run.seconds,
-            run.records as f64 / run.seconds,
+            run.records_per_second(),
             run.file_mib as f64 / run.seconds,
             run.peak_rss_kib as f64 / 1024.0
         );
+        // The Struct figures keep their names from before the JSON encoding existed.
+        let prefix = if run.encoding == RecordEncoding::Json { "read_export_json" } else { "read_export" };
         let summary = json!({
-            "figure": format!("read_export_{}_{}mib", run.version, run.file_mib),
+            "figure": format!("{prefix}_{}_{}mib", run.version, run.file_mib),
             "records": run.records,
-            "records_per_second": (run.records as f64 / run.seconds).round(),
+            "records_per_second": run.records_per_second().round(),
             "mib_per_second": (run.file_mib as f64 / run.seconds * 10.0).round() / 10.0,
             "peak_rss_mib": (run.peak_rss_kib as f64 / 102.4).round() / 10.0,
             "idle_rss_mib": (run.idle_rss_kib as f64 / 102.4).round() / 10.0,
         });
         println!("BENCH {summary}");
     }
-    // Flat memory: the largest file's peak against the smallest's, per format.
     for version in ["v2", "v1"] {
-        let of_version: Vec<&Run> = runs.iter().filter(|r| r.version == version).collect();
-        if let (Some(small), Some(large)) = (of_version.first(), of_version.last()) {
+        // Flat memory: the largest file's peak against the smallest's, per format and encoding.
+        for encoding in [RecordEncoding::Struct, RecordEncoding::Json] {
+            let of: Vec<&Run> = runs.iter().filter(|r| r.version == version && r.encoding == encoding).collect();
+            let (Some(small), Some(large)) = (of.first(), of.last()) else { continue };
             let growth = large.peak_rss_kib as f64 / small.peak_rss_kib.max(1) as f64;
             let flat = growth <= 1.25;
             println!(
-                "{version}: file {}x larger, peak memory {:.2}x ({})",
+                "{version} {}: file {}x larger, peak memory {growth:.2}x ({})",
+                encoding_name(encoding),
                 large.file_mib / small.file_mib.max(1),
-                growth,
                 if flat { "flat" } else { "NOT flat" }
             );
-            let summary = json!({"figure": format!("read_export_{version}_memory_growth"), "value": (growth * 100.0).round() / 100.0, "target": "<=1.25", "met": flat});
+            let name = match encoding {
+                RecordEncoding::Json => format!("read_export_json_{version}_memory_growth"),
+                _ => format!("read_export_{version}_memory_growth"),
+            };
+            let summary =
+                json!({"figure": name, "value": (growth * 100.0).round() / 100.0, "target": "<=1.25", "met": flat});
+            println!("BENCH {summary}");
+        }
+        // JSON against Struct on the largest file, in this run.
+        let largest = |encoding| runs.iter().rfind(|r| r.version == version && r.encoding == encoding);
+        if let (Some(structs), Some(json)) = (largest(RecordEncoding::Struct), largest(RecordEncoding::Json)) {
+            let speedup = json.records_per_second() / structs.records_per_second();
+            let target = if version == "v2" { 4.0 } else { 3.0 };
+            println!("{version}: JSON records/s {speedup:.2}x the Struct encoding's (target >= {target}x)");
+            let summary = json!({
+                "figure": format!("read_export_json_speedup_{version}"),
+                "value": (speedup * 100.0).round() / 100.0,
+                "unit": "x",
+                "target": format!(">={target}"),
+                "met": speedup >= target,
+            });
             println!("BENCH {summary}");
         }
     }
+}
+
+impl Run {
+    fn records_per_second(&self) -> f64 {
+        self.records as f64 / self.seconds
+    }
+}
+
+fn encoding_name(encoding: RecordEncoding) -> &'static str {
+    if encoding == RecordEncoding::Json { "json" } else { "struct" }
 }
 
 /// The service binary that cargo built for this bench (release profile).

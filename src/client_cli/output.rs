@@ -16,8 +16,12 @@ use crate::{
         failure::{Failure, metadata, reason, retry_delay},
     },
     contract::json::from_struct,
-    proto::ReadExportRequest,
+    proto::{ExportRecord, ReadExportRequest, RecordEncoding},
 };
+
+/// The output file's write buffer: large, so that a gigabyte costs a thousand `write`s, not
+/// a hundred thousand.
+const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 
 /// How many times an interrupted read (`UNAVAILABLE` with `next_index`) is resumed before giving up.
 const MAX_RESUMES: u32 = 5;
@@ -45,17 +49,50 @@ impl AtomicJsonl {
         let temp = directory.join(format!(".{}.{}.part", name.to_string_lossy(), uuid::Uuid::new_v4().simple()));
         let file = File::create_new(&temp)
             .map_err(|error| Failure::Local(format!("cannot create {}: {error}", temp.display())))?;
-        Ok(Self { path: path.to_owned(), temp, writer: Some(BufWriter::new(file)), records: 0, bytes: 0 })
+        Ok(Self {
+            path: path.to_owned(),
+            temp,
+            writer: Some(BufWriter::with_capacity(WRITE_BUFFER_BYTES, file)),
+            records: 0,
+            bytes: 0,
+        })
     }
 
     /// Appends `{"type": kind, "item": item}` as one line.
     pub fn write(&mut self, kind: &str, item: Value) -> Result<(), Failure> {
         // Written by hand so that `type` comes first (serde_json sorts object keys).
-        let line = format!("{{\"type\":{},\"item\":{item}}}\n", Value::from(kind));
+        let line = format!("{{\"type\":{},\"item\":{item}}}", Value::from(kind));
+        self.write_line(line.as_bytes())
+    }
+
+    /// Appends one line of JSON text (given without its line ending).
+    pub fn write_line(&mut self, json: &[u8]) -> Result<(), Failure> {
         let writer = self.writer.as_mut().ok_or_else(|| Failure::Local("the output file is closed".into()))?;
-        writer.write_all(line.as_bytes()).map_err(|error| self.io_failure(error))?;
+        let written = writer.write_all(json).and_then(|()| writer.write_all(b"\n"));
+        written.map_err(|error| self.io_failure(error))?;
         self.records += 1;
-        self.bytes += line.len() as u64;
+        self.bytes += json.len() as u64 + 1;
+        Ok(())
+    }
+
+    /// Appends the records of a `ReadExport` message (JSON, or a `Struct` from a server that
+    /// ignores the encoding) that this file does not hold yet: after a resume, the records
+    /// before [`Self::records`] are skipped, and a gap is an error.
+    pub fn write_message(&mut self, message: ExportRecord) -> Result<(), Failure> {
+        if message.index > self.records {
+            return Err(Failure::Local(format!("the service skipped records {}..{}", self.records, message.index)));
+        }
+        if message.json.is_empty() {
+            if message.index == self.records {
+                let item = message.item.as_ref().map_or(Value::Null, from_struct);
+                self.write(&message.kind, item)?;
+            }
+            return Ok(());
+        }
+        let already = usize::try_from(self.records - message.index).unwrap_or(usize::MAX);
+        for json in message.json.iter().skip(already) {
+            self.write_line(json)?;
+        }
         Ok(())
     }
 
@@ -104,25 +141,15 @@ pub async fn save_export(session: &mut Session, task_id: &str, mut file: AtomicJ
     let mut resumes = 0;
     let mut start_index = 0;
     loop {
-        let request = ReadExportRequest { task_id: task_id.to_owned(), start_index };
+        let request =
+            ReadExportRequest { task_id: task_id.to_owned(), start_index, encoding: RecordEncoding::Json.into() };
         let ended = match session.client.read_export(request).await {
             Ok(response) => {
                 let mut stream = response.into_inner();
                 loop {
                     match stream.message().await {
-                        Ok(Some(record)) => {
-                            // After a resume, skip what this file already holds.
-                            if record.index < file.records {
-                                continue;
-                            }
-                            if record.index > file.records {
-                                return Err(Failure::Local(format!(
-                                    "the service skipped records {}..{}",
-                                    file.records, record.index
-                                )));
-                            }
-                            let item = record.item.as_ref().map_or(Value::Null, from_struct);
-                            file.write(&record.kind, item)?;
+                        Ok(Some(message)) => {
+                            file.write_message(message)?;
                             session.display.records(file.records, file.bytes);
                         }
                         Ok(None) => break None,

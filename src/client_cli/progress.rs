@@ -150,11 +150,10 @@ impl Display {
     /// Progress of the download.
     pub fn records(&mut self, records: u64, bytes: u64) {
         if let Some(bar) = &self.bar {
+            // Once per message: a JSON message carries many records.
             bar.set_position(records);
-            if records % 64 == 1 {
-                let path = self.download.as_deref().unwrap_or_default();
-                bar.set_message(format!("({}) → {path}", HumanBytes(bytes)));
-            }
+            let path = self.download.as_deref().unwrap_or_default();
+            bar.set_message(format!("({}) → {path}", HumanBytes(bytes)));
         }
     }
 

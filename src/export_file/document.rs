@@ -11,9 +11,12 @@
 //! `reaction` per entry of its `latest_reactions` (the message keeps them too), and each
 //! `user`. Keys other than these are skipped.
 
-use serde_json::{Map, Value};
+use prost_types::value::Kind;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
-use super::{ReadError, Record, Sink, scan::Scanner};
+use super::{Encoding, ReadError, Sink, not_an_object, scan::Scanner};
+use crate::contract::json::struct_from_slice;
 
 /// Parses the document in `scanner` into `sink`; `Ok` only once the whole document was read.
 pub async fn read(scanner: &mut Scanner, sink: &mut Sink) -> Result<(), ReadError> {
@@ -71,8 +74,8 @@ async fn block(scanner: &mut Scanner, sink: &mut Sink) -> Result<(), ReadError> 
 async fn block_entry(scanner: &mut Scanner, sink: &mut Sink, key: &str) -> Result<(), ReadError> {
     match key {
         "channel" => {
-            let channel = entity(scanner, "channel").await?;
-            sink.send(Record { kind: "channel".into(), item: channel }).await
+            let channel = scanner.value().await?;
+            sink.entity("channel", &channel).await
         }
         "members" => entities(scanner, sink, Element::Plain("member")).await,
         "messages" => entities(scanner, sink, Element::Message).await,
@@ -108,22 +111,10 @@ async fn entities(scanner: &mut Scanner, sink: &mut Sink, element: Element) -> R
         return Ok(());
     }
     loop {
+        let item = scanner.value().await?;
         match element {
-            Element::Plain(kind) => {
-                let item = entity(scanner, kind).await?;
-                sink.send(Record { kind: kind.to_owned(), item }).await?;
-            }
-            Element::Message => {
-                let message = entity(scanner, "message").await?;
-                let reactions: Vec<Map<String, Value>> = match message.get("latest_reactions") {
-                    Some(Value::Array(reactions)) => reactions.iter().filter_map(|r| r.as_object().cloned()).collect(),
-                    _ => Vec::new(),
-                };
-                sink.send(Record { kind: "message".into(), item: message }).await?;
-                for reaction in reactions {
-                    sink.send(Record { kind: "reaction".into(), item: reaction }).await?;
-                }
-            }
+            Element::Plain(kind) => sink.entity(kind, &item).await?,
+            Element::Message => message(&item, sink).await?,
         }
         if !scanner.next_separator(b']').await? {
             return Ok(());
@@ -145,10 +136,47 @@ async fn array_start(scanner: &mut Scanner) -> Result<bool, ReadError> {
     Ok(!scanner.empty_container(b']').await?)
 }
 
-/// One entity: a JSON object of at most the entity cap.
-async fn entity(scanner: &mut Scanner, kind: &str) -> Result<Map<String, Value>, ReadError> {
-    let bytes = scanner.value().await?;
-    serde_json::from_slice(&bytes).map_err(|error| ReadError::Parse(format!("a {kind} is not a JSON object: {error}")))
+/// A message, then its `latest_reactions` (each an object; the message keeps them too).
+async fn message(json: &[u8], sink: &mut Sink) -> Result<(), ReadError> {
+    match sink.encoding() {
+        Encoding::Struct => {
+            let message = struct_from_slice(json).map_err(|error| not_an_object("message", &error))?;
+            let reactions: Vec<_> = match message.fields.get("latest_reactions").and_then(|v| v.kind.as_ref()) {
+                Some(Kind::ListValue(list)) => list
+                    .values
+                    .iter()
+                    .filter_map(|reaction| match &reaction.kind {
+                        Some(Kind::StructValue(reaction)) => Some(reaction.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            sink.parsed("message", message).await?;
+            for reaction in reactions {
+                sink.parsed("reaction", reaction).await?;
+            }
+        }
+        Encoding::Json => {
+            /// What of a message is read to find its reactions (the rest is checked, not built).
+            #[derive(Deserialize)]
+            struct MessageShape<'a> {
+                #[serde(borrow, default)]
+                latest_reactions: Option<Vec<&'a RawValue>>,
+            }
+            if json.first() != Some(&b'{') {
+                return Err(ReadError::Parse("a message is not a JSON object".into()));
+            }
+            let shape: MessageShape = serde_json::from_slice(json).map_err(|error| not_an_object("message", &error))?;
+            sink.checked_entity("message", json).await?;
+            for reaction in shape.latest_reactions.unwrap_or_default() {
+                if reaction.get().starts_with('{') {
+                    sink.checked_entity("reaction", reaction.get().as_bytes()).await?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -157,18 +185,36 @@ mod tests {
 
     use super::*;
 
+    /// The records of `document` from `start` as (index, kind), read in both encodings, which
+    /// must agree; and how reading ended.
     fn parse(document: &str, start: u64) -> (Result<(), ReadError>, Vec<(u64, String)>) {
+        let (outcome, records) = parse_as(document, start, Encoding::Struct);
+        let (json_outcome, json_records) = parse_as(document, start, Encoding::Json);
+        assert_eq!(json_records, records, "JSON and Struct give the same records");
+        assert_eq!(json_outcome.is_ok(), outcome.is_ok(), "{json_outcome:?} / {outcome:?}");
+        (outcome, records)
+    }
+
+    fn parse_as(document: &str, start: u64, encoding: Encoding) -> (Result<(), ReadError>, Vec<(u64, String)>) {
         // Small chunks, so that values cross chunk boundaries.
         let chunks: Vec<_> = document.as_bytes().chunks(7).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
         let mut scanner = Scanner::new(crate::export_file::boxed(futures::stream::iter(chunks)), 1 << 20);
         let (sender, mut receiver) = mpsc::channel(1024);
-        let mut sink = Sink::new(start, sender, std::time::Duration::from_secs(5));
+        let mut sink = Sink::new(start, encoding, sender, std::time::Duration::from_secs(5));
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let outcome = runtime.block_on(read(&mut scanner, &mut sink));
+        runtime.block_on(sink.flush()).unwrap();
         drop(sink);
         let mut records = Vec::new();
         while let Ok(record) = receiver.try_recv() {
-            records.push((record.index, record.kind));
+            if record.json.is_empty() {
+                records.push((record.index, record.kind));
+            }
+            for (offset, line) in record.json.iter().enumerate() {
+                let line: serde_json::Value = serde_json::from_slice(line).unwrap();
+                assert!(line["item"].is_object(), "{line}");
+                records.push((record.index + offset as u64, line["type"].as_str().unwrap().to_owned()));
+            }
         }
         (outcome, records)
     }

@@ -23,22 +23,30 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
-use serde_json::{Map, Value};
+use prost_types::Struct;
+use serde::Deserialize;
 use tokio::sync::mpsc;
-use tokio_util::io::StreamReader;
 
-use crate::{contract::json, proto::ExportRecord};
+use crate::{
+    contract::json::{JsonStruct, struct_from_slice},
+    proto::ExportRecord,
+};
 
 pub use session::{ReadLimits, RecordStream};
 
-/// One entity of an export file.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Record {
-    /// `channel`, `member`, `message`, `reaction`, `user`, ...
-    pub kind: String,
-    /// The entity as the file holds it.
-    pub item: Map<String, Value>,
+/// How records are put into messages (`ReadExportRequest.encoding`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// One record per message, parsed into a `Struct`.
+    Struct,
+    /// Records as JSON text, batched (see [`JSON_BATCH_BYTES`]).
+    Json,
 }
+
+/// A JSON message is sent once its records reach this many bytes, or earlier when the client has
+/// nothing left to read (so batching never delays a record a waiting client could have). With the
+/// record buffer, this bounds what one stream holds: about `64 x 32 KiB`.
+pub const JSON_BATCH_BYTES: usize = 32 * 1024;
 
 /// Why reading stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -63,34 +71,156 @@ pub enum ReadError {
     ShuttingDown,
 }
 
-/// Numbers records, skips those before `start`, and hands the rest to the client's channel,
-/// giving up when the client has not taken one for the idle timeout.
+/// Numbers records, skips those before `start`, encodes the rest and hands them to the client's
+/// channel, giving up when the client has not taken one for the idle timeout.
 pub struct Sink {
     next_index: u64,
     start: u64,
+    encoding: Encoding,
     sender: mpsc::Sender<ExportRecord>,
     idle_timeout: Duration,
+    /// JSON records not sent yet, the first of them at `batch_index`.
+    batch: Vec<Bytes>,
+    batch_index: u64,
+    batch_bytes: usize,
+}
+
+/// A JSON-lines record, checked the way [`Encoding::Json`] checks it: `type` a string, `item` an
+/// object; nothing is built or copied.
+#[derive(Deserialize)]
+struct EnvelopeShape<'a> {
+    #[serde(rename = "type", borrow)]
+    _kind: std::borrow::Cow<'a, str>,
+    #[serde(rename = "item")]
+    _item: AnObject,
+}
+
+/// Any JSON object, checked and thrown away (what `serde::de::IgnoredAny` is for any value).
+struct AnObject;
+
+impl<'de> Deserialize<'de> for AnObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> serde::de::Visitor<'de> for ObjectVisitor {
+            type Value = AnObject;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<AnObject, A::Error> {
+                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                Ok(AnObject)
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// A JSON-lines record parsed for [`Encoding::Struct`].
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+    item: JsonStruct,
 }
 
 impl Sink {
     /// A sink that delivers records from index `start` into `sender`.
-    pub fn new(start: u64, sender: mpsc::Sender<ExportRecord>, idle_timeout: Duration) -> Self {
-        Self { next_index: 0, start, sender, idle_timeout }
+    pub fn new(start: u64, encoding: Encoding, sender: mpsc::Sender<ExportRecord>, idle_timeout: Duration) -> Self {
+        Self { next_index: 0, start, encoding, sender, idle_timeout, batch: Vec::new(), batch_index: 0, batch_bytes: 0 }
     }
 
-    fn record(&mut self, record: Record) -> Option<ExportRecord> {
-        let index = self.next_index;
+    /// The encoding records are delivered in.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// Takes the next index; `false` if that record comes before `start` (it is skipped, unparsed).
+    fn take_index(&mut self) -> bool {
         self.next_index += 1;
-        (index >= self.start).then(|| ExportRecord {
-            index,
-            kind: record.kind,
-            item: Some(json::to_struct(record.item)),
-        })
+        self.next_index > self.start
     }
 
-    /// Delivers a record, waiting (at most the idle timeout) while the client's buffer is full.
-    pub async fn send(&mut self, record: Record) -> Result<(), ReadError> {
-        let Some(record) = self.record(record) else { return Ok(()) };
+    /// Delivers one line of a JSON-lines file (without its line ending), line `number` of the file.
+    pub async fn line(&mut self, line: Bytes, number: u64) -> Result<(), ReadError> {
+        let not_an_entity = |error: serde_json::Error| {
+            ReadError::Parse(format!("line {number} is not a {{type, item}} entity: {error}"))
+        };
+        if !self.take_index() {
+            return Ok(());
+        }
+        match self.encoding {
+            Encoding::Struct => {
+                let envelope: Envelope = serde_json::from_slice(&line).map_err(not_an_entity)?;
+                self.deliver_struct(envelope.kind, envelope.item.0).await
+            }
+            Encoding::Json => {
+                serde_json::from_slice::<EnvelopeShape>(&line).map_err(not_an_entity)?;
+                self.deliver_json(line).await
+            }
+        }
+    }
+
+    /// Delivers an entity of a V1 document: its kind and its JSON bytes as the document holds them.
+    pub async fn entity(&mut self, kind: &'static str, json: &[u8]) -> Result<(), ReadError> {
+        if self.encoding == Encoding::Json && self.next_index >= self.start {
+            check_object(kind, json)?;
+        }
+        self.checked_entity(kind, json).await
+    }
+
+    /// [`Sink::entity`] for JSON already known to be an object (under [`Encoding::Json`] it is
+    /// passed on unchecked).
+    pub(super) async fn checked_entity(&mut self, kind: &'static str, json: &[u8]) -> Result<(), ReadError> {
+        if !self.take_index() {
+            return Ok(());
+        }
+        match self.encoding {
+            Encoding::Struct => {
+                let item = struct_from_slice(json).map_err(|error| not_an_object(kind, &error))?;
+                self.deliver_struct(kind.to_owned(), item).await
+            }
+            Encoding::Json => self.deliver_json(enveloped(kind, json)).await,
+        }
+    }
+
+    /// Delivers an entity already parsed (a reaction taken out of its message).
+    pub async fn parsed(&mut self, kind: &'static str, item: Struct) -> Result<(), ReadError> {
+        if !self.take_index() {
+            return Ok(());
+        }
+        self.deliver_struct(kind.to_owned(), item).await
+    }
+
+    async fn deliver_struct(&mut self, kind: String, item: Struct) -> Result<(), ReadError> {
+        let record = ExportRecord { index: self.next_index - 1, kind, item: Some(item), json: Vec::new() };
+        self.deliver(record).await
+    }
+
+    async fn deliver_json(&mut self, json: Bytes) -> Result<(), ReadError> {
+        if self.batch.is_empty() {
+            self.batch_index = self.next_index - 1;
+        }
+        self.batch_bytes += json.len();
+        self.batch.push(json);
+        // A client that has read everything else is waiting for this record.
+        let client_waiting = self.sender.capacity() == self.sender.max_capacity();
+        if self.batch_bytes >= JSON_BATCH_BYTES || client_waiting { self.flush().await } else { Ok(()) }
+    }
+
+    /// Sends the JSON records gathered so far, if any.
+    pub async fn flush(&mut self) -> Result<(), ReadError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let json = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        self.deliver(ExportRecord { index: self.batch_index, kind: String::new(), item: None, json }).await
+    }
+
+    /// Hands a message to the client's channel, waiting (at most the idle timeout) while it is full.
+    async fn deliver(&mut self, record: ExportRecord) -> Result<(), ReadError> {
         match tokio::time::timeout(self.idle_timeout, self.sender.reserve()).await {
             Ok(Ok(slot)) => {
                 slot.send(record);
@@ -102,6 +232,26 @@ impl Sink {
     }
 }
 
+/// `{"type":"<kind>","item":<json>}`: a V1 entity in the JSON-lines envelope, its bytes untouched.
+fn enveloped(kind: &str, json: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(json.len() + kind.len() + 20);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"item\":");
+    line.extend_from_slice(json);
+    line.push(b'}');
+    Bytes::from(line)
+}
+
+/// Checks that `json` is one JSON object, without building it.
+fn check_object(kind: &str, json: &[u8]) -> Result<(), ReadError> {
+    serde_json::from_slice::<AnObject>(json).map(drop).map_err(|error| not_an_object(kind, &error))
+}
+
+pub(super) fn not_an_object(kind: &str, error: &serde_json::Error) -> ReadError {
+    ReadError::Parse(format!("a {kind} is not a JSON object: {error}"))
+}
+
 /// Reads the export file in `body` into `sink`, within the entity and file caps of `limits`;
 /// `Ok` only once the file was read to its end.
 pub async fn read<S>(body: S, sink: &mut Sink, limits: &ReadLimits) -> Result<(), ReadError>
@@ -111,12 +261,23 @@ where
     let body = capped(body.map_err(|error| std::io::Error::other(error.without_url())), limits.max_file_bytes);
     let (format, body) = format::sniff(body).await?;
     tracing::debug!(?format, "reading export");
-    match format {
-        format::Format::JsonLines => lines::read(StreamReader::new(body), sink, limits.max_entity_bytes).await,
+    let outcome = match format {
+        format::Format::JsonLines => lines::read(body, sink, limits.max_entity_bytes).await,
         format::Format::Document => {
             let mut scanner = scan::Scanner::new(body, limits.max_entity_bytes);
             document::read(&mut scanner, sink).await
         }
+    };
+    // The records read before the end, or before a broken download or file, still go out; a
+    // client that left or stalled gets nothing more.
+    match outcome {
+        Ok(()) | Err(ReadError::Download(_) | ReadError::Parse(_)) => {
+            if let Err(stopped) = sink.flush().await {
+                return outcome.and(Err(stopped));
+            }
+            outcome
+        }
+        Err(_) => outcome,
     }
 }
 

@@ -176,10 +176,20 @@ impl ValueState {
 
     /// Reads `bytes` until the value ends: how many bytes belong to it, and whether it ended.
     fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), ReadError> {
-        for (i, &byte) in bytes.iter().enumerate() {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.in_string && !self.escaped {
+                // Most of an export is string contents: jump to the next quote or backslash.
+                let Some(offset) = memchr::memchr2(b'"', b'\\', &bytes[i..]) else {
+                    return Ok((bytes.len(), false));
+                };
+                i += offset;
+            }
+            let byte = bytes[i];
+            i += 1;
             if self.scalar {
                 if matches!(byte, b',' | b'}' | b']' | b':') || byte.is_ascii_whitespace() {
-                    return Ok((i, true));
+                    return Ok((i - 1, true));
                 }
                 continue;
             }
@@ -191,7 +201,7 @@ impl ValueState {
                 } else if byte == b'"' {
                     self.in_string = false;
                     if self.stack.is_empty() {
-                        return Ok((i + 1, true));
+                        return Ok((i, true));
                     }
                 }
                 continue;
@@ -205,7 +215,7 @@ impl ValueState {
                         return Err(ReadError::Parse(format!("unbalanced `{}`", byte as char)));
                     }
                     if self.stack.is_empty() {
-                        return Ok((i + 1, true));
+                        return Ok((i, true));
                     }
                 }
                 _ => {}

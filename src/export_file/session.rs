@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::Instrument;
 
-use super::{ReadError, Sink};
+use super::{Encoding, ReadError, Sink};
 use crate::{contract::status, proto::ExportRecord};
 
 /// Limits of ReadExport streams.
@@ -61,6 +61,7 @@ const RECORD_BUFFER: usize = 64;
 pub fn start<S>(
     body: S,
     start: u64,
+    encoding: Encoding,
     limits: ReadLimits,
     permit: OwnedSemaphorePermit,
     ending: CancellationToken,
@@ -71,7 +72,7 @@ where
     let (sender, records) = mpsc::channel(RECORD_BUFFER);
     let (report, end) = oneshot::channel();
     let reading = async move {
-        let mut sink = Sink::new(start, sender, limits.idle_timeout);
+        let mut sink = Sink::new(start, encoding, sender, limits.idle_timeout);
         let outcome = tokio::select! {
             outcome = super::read(body, &mut sink, &limits) => outcome,
             () = tokio::time::sleep(limits.max_lifetime) => Err(ReadError::Lifetime(limits.max_lifetime)),
@@ -162,7 +163,8 @@ impl Stream for RecordStream {
         }
         match self.records.poll_recv(cx) {
             Poll::Ready(Some(record)) => {
-                self.next_index = record.index + 1;
+                // A JSON message carries several records; any other, one.
+                self.next_index = record.index + record.json.len().max(1) as u64;
                 Poll::Ready(Some(Ok(record)))
             }
             // Every record is out: the report says how the stream ends. It is sent before the
@@ -185,7 +187,7 @@ mod tests {
     use super::*;
 
     fn record(index: u64) -> ExportRecord {
-        ExportRecord { index, kind: "user".into(), item: None }
+        ExportRecord { index, kind: "user".into(), item: None, json: Vec::new() }
     }
 
     fn next_index(status: &Status) -> String {

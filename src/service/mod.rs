@@ -107,8 +107,8 @@ impl ExportApi {
         request: &Request<ReadExportRequest>,
         call: &Call,
     ) -> Result<export_file::RecordStream, Status> {
-        let ReadExportRequest { task_id, start_index } = request.get_ref();
-        validation::task_id(task_id).map_err(status::invalid_request)?;
+        let ReadExportRequest { task_id, start_index, encoding } = request.get_ref();
+        let encoding = validation::read_export(task_id, *encoding).map_err(status::invalid_request)?;
         self.authorize_task(&call.caller, Action::ReadExport, task_id).await?;
         let reads = self.limits.reads;
         let slot = Arc::clone(&self.read_streams)
@@ -126,7 +126,14 @@ impl ExportApi {
             tracing::warn!(%error, "export download refused");
             upstream::download_not_started(&error, *start_index)
         })?;
-        Ok(export_file::session::start(response.bytes_stream(), *start_index, reads, slot, self.reads_ending.clone()))
+        Ok(export_file::session::start(
+            response.bytes_stream(),
+            *start_index,
+            encoding,
+            reads,
+            slot,
+            self.reads_ending.clone(),
+        ))
     }
 
     /// The prologue of every handler: names the caller and the task (if the request names one)

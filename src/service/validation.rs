@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use tonic_types::FieldViolation;
 
 use crate::{
-    proto::{ChannelRef, ExportChannelsRequest, ExportFormatVersion, ExportUsersRequest},
+    export_file::Encoding,
+    proto::{ChannelRef, ExportChannelsRequest, ExportFormatVersion, ExportUsersRequest, RecordEncoding},
     upstream::wire::{ChannelExport, ExportChannelsBody, ExportUsersBody},
 };
 
@@ -109,6 +110,21 @@ pub fn user_id(user_id: &str) -> Result<(), Vec<FieldViolation>> {
     let mut problems = Violations::default();
     check_user_id(&mut problems, "user_id", user_id);
     problems.finish(())
+}
+
+/// Validates a `ReadExport` request: its task id and its record encoding.
+pub fn read_export(task_id: &str, encoding: i32) -> Result<Encoding, Vec<FieldViolation>> {
+    let mut problems = Violations::default();
+    check_token(&mut problems, "task_id", task_id, MAX_TASK_ID_LEN);
+    let encoding = match RecordEncoding::try_from(encoding) {
+        Ok(RecordEncoding::Unspecified | RecordEncoding::Struct) => Encoding::Struct,
+        Ok(RecordEncoding::Json) => Encoding::Json,
+        Err(_) => {
+            problems.add("encoding", format!("{encoding} is not a RecordEncoding (1: STRUCT, 2: JSON)"));
+            Encoding::Struct
+        }
+    };
+    problems.finish(encoding)
 }
 
 /// Validates a task id.

@@ -168,9 +168,20 @@ pub async fn read_export_to_end(
     task_id: &str,
     start_index: u64,
 ) -> (Vec<stream_export::proto::ExportRecord>, Option<Status>) {
+    read_export_encoded(app, task_id, start_index, stream_export::proto::RecordEncoding::Struct).await
+}
+
+/// [`read_export_to_end`] in an encoding: the messages as they arrived.
+pub async fn read_export_encoded(
+    app: &TestApp,
+    task_id: &str,
+    start_index: u64,
+    encoding: stream_export::proto::RecordEncoding,
+) -> (Vec<stream_export::proto::ExportRecord>, Option<Status>) {
     use tokio_stream::StreamExt;
     let mut client = app.client.clone();
-    let request = stream_export::proto::ReadExportRequest { task_id: task_id.into(), start_index };
+    let request =
+        stream_export::proto::ReadExportRequest { task_id: task_id.into(), start_index, encoding: encoding.into() };
     let mut stream = match client.read_export(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => return (Vec::new(), Some(status)),

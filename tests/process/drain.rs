@@ -107,7 +107,11 @@ async fn read_export_streams_open_at_the_end_of_the_grace_end_resumable_with_nex
             Some(json!({"records": 200_000, "version": "v2", "record_bytes": 512})),
         )
         .await;
-    let request = ReadExportRequest { task_id: created["task_id"].as_str().unwrap().into(), start_index: 0 };
+    let request = ReadExportRequest {
+        task_id: created["task_id"].as_str().unwrap().into(),
+        start_index: 0,
+        ..Default::default()
+    };
     let mut stream = client.read_export(request).await.unwrap().into_inner();
     assert_eq!(stream.message().await.unwrap().unwrap().index, 0);
 

@@ -247,8 +247,11 @@ async fn no_secret_reaches_the_collector() {
     let task = client.get_task(request(GetTaskRequest { task_id: task_id.clone() }, false)).await.unwrap();
     let signed_url = task.into_inner().result.expect("a completed task").url;
     let signature = signed_url.split_once('?').map(|(_, query)| query.to_owned()).expect("a signed URL");
-    let mut records =
-        client.read_export(request(ReadExportRequest { task_id, start_index: 0 }, false)).await.unwrap().into_inner();
+    let mut records = client
+        .read_export(request(ReadExportRequest { task_id, start_index: 0, ..Default::default() }, false))
+        .await
+        .unwrap()
+        .into_inner();
     let mut read = 0;
     while let Some(record) = records.next().await {
         record.unwrap();

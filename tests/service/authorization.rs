@@ -140,7 +140,10 @@ async fn a_task_is_read_by_its_owner_and_the_admin_and_by_nobody_else() {
             .into_inner();
         assert!(watch.next().await.expect("an event").is_ok());
         let mut records = client
-            .read_export(as_caller(token, ReadExportRequest { task_id: task_id.clone(), start_index: 0 }))
+            .read_export(as_caller(
+                token,
+                ReadExportRequest { task_id: task_id.clone(), start_index: 0, ..Default::default() },
+            ))
             .await
             .expect("ReadExport")
             .into_inner();
@@ -152,8 +155,12 @@ async fn a_task_is_read_by_its_owner_and_the_admin_and_by_nobody_else() {
     let watch = client.watch_task(as_caller(PRIVACY, WatchTaskRequest { task_id: task_id.clone() })).await;
     let Err(refused) = watch else { panic!("WatchTask by another caller was allowed") };
     assert_refused(&refused, &resource);
-    let read =
-        client.read_export(as_caller(PRIVACY, ReadExportRequest { task_id: task_id.clone(), start_index: 0 })).await;
+    let read = client
+        .read_export(as_caller(
+            PRIVACY,
+            ReadExportRequest { task_id: task_id.clone(), start_index: 0, ..Default::default() },
+        ))
+        .await;
     let Err(refused) = read else { panic!("ReadExport by another caller was allowed") };
     assert_refused(&refused, &resource);
     // A task the service does not know (not submitted through it): only the admin reads it.

@@ -376,7 +376,7 @@ async fn every_download_fault_against_read_export() {
         for (name, fault, expected) in &rows {
             app.emulator.clear_faults().await;
             app.emulator.inject("download", 1, fault.clone()).await;
-            let request = ReadExportRequest { task_id: task_id.clone(), start_index: 0 };
+            let request = ReadExportRequest { task_id: task_id.clone(), start_index: 0, ..Default::default() };
             let (mut received, mut end) = (0u64, None);
             match client.read_export(request).await {
                 Ok(response) => {

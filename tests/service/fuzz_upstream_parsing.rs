@@ -177,21 +177,41 @@ proptest! {
     }
 }
 
-/// Reads an export file, cut into chunks of `chunk` bytes, as ReadExport does: the records'
-/// kinds, and whether it read OK.
+/// Reads an export file, cut into chunks of `chunk` bytes, as ReadExport does, in both
+/// encodings (which must agree): the records' kinds, and whether it read OK.
 fn read_export_file(file: &[u8], chunk: usize, max_entity_bytes: usize) -> (Vec<String>, bool) {
+    use stream_export::export_file::Encoding;
+    let as_structs = read_export_file_as(file, chunk, max_entity_bytes, Encoding::Struct);
+    let as_json = read_export_file_as(file, chunk, max_entity_bytes, Encoding::Json);
+    assert_eq!(as_json, as_structs, "the JSON and Struct encodings give the same records");
+    as_structs
+}
+
+fn read_export_file_as(
+    file: &[u8],
+    chunk: usize,
+    max_entity_bytes: usize,
+    encoding: stream_export::export_file::Encoding,
+) -> (Vec<String>, bool) {
     use stream_export::export_file::{ReadLimits, Sink, read};
     let chunks: Vec<Result<bytes::Bytes, reqwest::Error>> =
         file.chunks(chunk.max(1)).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
     let limits = ReadLimits { max_entity_bytes, ..ReadLimits::default() };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (sender, mut receiver) = tokio::sync::mpsc::channel(1 << 16);
-    let mut sink = Sink::new(0, sender, std::time::Duration::from_secs(5));
+    let mut sink = Sink::new(0, encoding, sender, std::time::Duration::from_secs(5));
     let outcome = runtime.block_on(read(futures::stream::iter(chunks), &mut sink, &limits));
     drop(sink);
     let mut kinds = Vec::new();
     while let Ok(record) = receiver.try_recv() {
-        kinds.push(record.kind);
+        if record.json.is_empty() {
+            kinds.push(record.kind);
+        }
+        for json in &record.json {
+            let line: Value = serde_json::from_slice(json).expect("a JSON record is JSON");
+            assert!(line["item"].is_object(), "{line}");
+            kinds.push(line["type"].as_str().expect("a type").to_owned());
+        }
     }
     (kinds, outcome.is_ok())
 }

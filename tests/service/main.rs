@@ -14,6 +14,7 @@ mod fuzz_upstream_parsing;
 mod idempotency;
 mod protection;
 mod read_export;
+mod read_export_json;
 mod read_export_limits;
 mod transport;
 mod upstream_input;

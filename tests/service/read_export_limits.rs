@@ -42,7 +42,7 @@ async fn spawn_with_reads(tweak: impl FnOnce(&mut ReadLimits) + Send + 'static) 
 }
 
 async fn open(app: &TestApp, task_id: &str) -> tonic::Streaming<ExportRecord> {
-    let request = ReadExportRequest { task_id: task_id.into(), start_index: 0 };
+    let request = ReadExportRequest { task_id: task_id.into(), start_index: 0, ..Default::default() };
     app.client.clone().read_export(request).await.expect("the stream opens").into_inner()
 }
 
@@ -60,7 +60,7 @@ async fn past_the_read_stream_limit_a_stream_is_refused_at_once_and_the_slot_com
         stream.message().await.unwrap().expect("a first record");
         held.push(stream);
     }
-    let request = ReadExportRequest { task_id: task_id.clone(), start_index: 0 };
+    let request = ReadExportRequest { task_id: task_id.clone(), start_index: 0, ..Default::default() };
     let refused = app.client.clone().read_export(request.clone()).await.expect_err("a third stream is refused");
     assert_status(&refused, Code::ResourceExhausted, "READ_LIMIT_REACHED");
 
@@ -130,7 +130,7 @@ async fn paused_v1_streams_hold_no_thread_and_unary_calls_still_succeed() {
     let before = threads();
     let mut held = Vec::new();
     for _ in 0..STREAMS {
-        let request = ReadExportRequest { task_id: task_id.clone(), start_index: 0 };
+        let request = ReadExportRequest { task_id: task_id.clone(), start_index: 0, ..Default::default() };
         let mut stream = client.clone().read_export(request).await.expect("the stream opens").into_inner();
         stream.message().await.unwrap().expect("a first record");
         held.push(stream);
@@ -198,7 +198,7 @@ async fn read_export_failures_before_the_download_are_audited() {
     let mut client = stream_export::proto::export_service_client::ExportServiceClient::new(service.channel().await);
     let unknown = uuid::Uuid::new_v4().to_string();
     for (task_id, code) in [(unknown.as_str(), "NotFound"), ("not a task id!", "InvalidArgument")] {
-        let request = ReadExportRequest { task_id: task_id.into(), start_index: 0 };
+        let request = ReadExportRequest { task_id: task_id.into(), start_index: 0, ..Default::default() };
         client.read_export(request).await.expect_err("refused");
         let expected = [r#"rpc="ReadExport""#.to_owned(), format!(r#"code="{code}""#)];
         let mut found = false;

@@ -40,7 +40,7 @@ fn two_records() -> &'static str {
 /// Reads a whole ReadExport stream: the records' count, or the status it ended with.
 async fn read_export(app: &TestApp) -> Result<usize, tonic::Status> {
     let mut client = app.client.clone();
-    let request = ReadExportRequest { task_id: TASK.into(), start_index: 0 };
+    let request = ReadExportRequest { task_id: TASK.into(), start_index: 0, ..Default::default() };
     let mut stream = client.read_export(request).await?.into_inner();
     let mut count = 0;
     while let Some(record) = stream.next().await {

@@ -1,0 +1,70 @@
+"""The README's Python example: saves a completed export as a JSON-lines file.
+
+`ReadExport` with `RECORD_ENCODING_JSON` sends the records as the export file's own JSON
+text, several per message, so the client writes bytes: no `Struct` to decode, no
+`json.dumps`. Resumes where a broken stream says to (`next_index`).
+
+Run as a script (the ReadExport benchmark does, and the Python conformance suite imports it):
+    python save_export.py HOST:PORT TASK_ID FILE
+"""
+
+import sys
+
+import grpc
+
+
+def save_export(stub, task_id: str, path: str) -> int:
+    """Writes every record of a completed export to `path`, one JSON line each; returns the count."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+    from streamexport.v1 import export_pb2
+
+    count = 0
+    with open(path, "wb") as out:
+        while True:
+            request = export_pb2.ReadExportRequest(
+                task_id=task_id, start_index=count, encoding=export_pb2.RECORD_ENCODING_JSON
+            )
+            try:
+                for message in stub.ReadExport(request):
+                    out.write(b"\n".join(message.json) + b"\n")
+                    count += len(message.json)
+                return count
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                # The stream broke: resume at the first record not received (ErrorInfo's
+                # next_index, which is `count` here), unless the service did not say.
+                status = rpc_status.from_call(error)
+                info = error_details_pb2.ErrorInfo()
+                if status is None or not any(d.Unpack(info) for d in status.details):
+                    raise
+
+
+def _generate_stubs() -> None:
+    """Compiles proto/ into a temporary directory on sys.path (grpcio-tools' bundled protoc)."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from grpc_tools import protoc
+
+    proto = Path(__file__).resolve().parents[2] / "proto"
+    well_known = Path(protoc.__file__).resolve().parent / "_proto"
+    out = tempfile.mkdtemp(prefix="stream-export-pystubs-")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
+    args = ["protoc", f"-I{proto}", f"-I{well_known}", f"--python_out={out}", f"--grpc_python_out={out}"]
+    if protoc.main(args + [str(proto / "streamexport" / "v1" / "export.proto")]) != 0:
+        raise RuntimeError("grpc_tools.protoc failed")
+    sys.path.insert(0, out)
+
+
+if __name__ == "__main__":
+    target, task_id, path = sys.argv[1:4]
+    _generate_stubs()
+    from streamexport.v1 import export_pb2_grpc
+
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    stub = export_pb2_grpc.ExportServiceStub(grpc.insecure_channel(target, options=options))
+    print(save_export(stub, task_id, path))
