@@ -33,6 +33,9 @@ impl Interceptor for Bearer {
     }
 }
 
+/// The HTTP/2 receive windows of the connection and of each stream.
+const RECEIVE_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
+
 /// Connects to `--server`. Bad settings are [`Failure::Usage`]; a service that cannot be reached
 /// is [`Failure::Unreachable`].
 pub async fn connect(options: &ClientOptions) -> Result<Client, Failure> {
@@ -56,6 +59,10 @@ pub async fn connect(options: &ClientOptions) -> Result<Client, Failure> {
         .connect_timeout(Duration::from_secs(10))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true)
+        // Flow-control windows of a few megabytes (h2's default is 64 KiB): a gigabyte export
+        // then streams without the service pausing for a window update every few frames.
+        .initial_stream_window_size(RECEIVE_WINDOW_BYTES)
+        .initial_connection_window_size(RECEIVE_WINDOW_BYTES)
         .connect()
         .await
         .map_err(|error| Failure::Unreachable(format!("cannot connect to {server}: {}", one_line(&error))))?;
