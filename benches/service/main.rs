@@ -28,6 +28,8 @@ pub struct Scale {
     unary_window: Duration,
     unary_concurrency: usize,
     unary_connections: usize,
+    /// Calls per second of the paced unary comparison (both servers sustain it).
+    unary_paced_rate: f64,
     latency_rounds: usize,
     latency_calls: usize,
     /// `Policies::allows` calls timed in process for `policy_eval_us`.
@@ -59,6 +61,7 @@ impl Scale {
             unary_window: Duration::from_secs(3),
             unary_concurrency: 16,
             unary_connections: 4,
+            unary_paced_rate: 8_000.0,
             latency_rounds: 5,
             latency_calls: 400,
             policy_eval_calls: 100_000,
@@ -89,6 +92,7 @@ impl Scale {
             unary_window: Duration::from_millis(500),
             unary_concurrency: 4,
             unary_connections: 2,
+            unary_paced_rate: 1_000.0,
             latency_rounds: 1,
             latency_calls: 50,
             policy_eval_calls: 2_000,
