@@ -489,6 +489,85 @@ func TestReadExportStreamsEveryRecordAndResumesByIndex(t *testing.T) {
 	}
 }
 
+// readExportJSON reads a ReadExport stream with RECORD_ENCODING_JSON to its end: the JSON text
+// of each record, after checking that each message starts at the count of records before it.
+func readExportJSON(t *testing.T, taskID string, startIndex uint64) [][]byte {
+	t.Helper()
+	request := &pb.ReadExportRequest{
+		TaskId: taskID, StartIndex: startIndex, Encoding: pb.RecordEncoding_RECORD_ENCODING_JSON,
+	}
+	stream, err := client.ReadExport(ctx(t), request)
+	must(t, err, "ReadExport")
+	var texts [][]byte
+	for {
+		message, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return texts
+		}
+		must(t, err, "ReadExport stream")
+		if want := startIndex + uint64(len(texts)); message.GetIndex() != want {
+			t.Fatalf("message index %d, want %d (the records before it)", message.GetIndex(), want)
+		}
+		if message.GetKind() != "" || message.GetItem() != nil || len(message.GetJson()) == 0 {
+			t.Fatalf("a JSON message has kind %q, item %v and %d records", message.GetKind(), message.GetItem(),
+				len(message.GetJson()))
+		}
+		texts = append(texts, message.GetJson()...)
+	}
+}
+
+func TestReadExportAsJSONGivesTheSameRecordsAsStructs(t *testing.T) {
+	for _, version := range []pb.ExportFormatVersion{
+		pb.ExportFormatVersion_EXPORT_FORMAT_VERSION_V2, pb.ExportFormatVersion_EXPORT_FORMAT_VERSION_V1,
+	} {
+		reply, err := client.ExportChannels(ctx(t), &pb.ExportChannelsRequest{
+			Channels:    []*pb.ChannelRef{{Type: "messaging", Id: "general"}},
+			Version:     version,
+			ExportUsers: true,
+		})
+		must(t, err, "ExportChannels")
+		events := watchToEnd(t, reply.GetTaskId())
+		structs := readExport(t, reply.GetTaskId(), 0)
+		if len(structs) < 2 {
+			t.Fatalf("%v: the export has %d records", version, len(structs))
+		}
+		texts := readExportJSON(t, reply.GetTaskId(), 0)
+		if len(texts) != len(structs) {
+			t.Fatalf("%v: %d JSON records, %d Struct records", version, len(texts), len(structs))
+		}
+		for i, text := range texts {
+			var envelope map[string]json.RawMessage
+			must(t, json.Unmarshal(text, &envelope), "a JSON record")
+			if len(envelope) != 2 || envelope["type"] == nil || envelope["item"] == nil {
+				t.Fatalf("%v: record %d is not a {type, item} envelope: %s", version, i, text)
+			}
+			// Both sides decode numbers as float64, as encoding/json and structpb do.
+			var record map[string]interface{}
+			must(t, json.Unmarshal(text, &record), "a JSON record")
+			if !reflect.DeepEqual(record, structs[i]) {
+				t.Fatalf("%v: record %d differs from the Struct encoding's:\n got %v\nwant %v", version, i, record,
+					structs[i])
+			}
+		}
+		if version == pb.ExportFormatVersion_EXPORT_FORMAT_VERSION_V2 {
+			file := download(t, events[len(events)-1].GetTask().GetResult().GetUrl())
+			var lines [][]byte
+			for _, line := range bytes.Split(file, []byte("\n")) {
+				if len(bytes.TrimSpace(line)) > 0 {
+					lines = append(lines, line)
+				}
+			}
+			if !reflect.DeepEqual(texts, lines) {
+				t.Fatalf("the JSON records are not the V2 file's lines verbatim")
+			}
+		}
+		start := uint64(len(texts) - 2)
+		if tail := readExportJSON(t, reply.GetTaskId(), start); !reflect.DeepEqual(tail, texts[start:]) {
+			t.Errorf("%v: resuming at %d gave %q", version, start, tail)
+		}
+	}
+}
+
 func TestReadExportOfAnUnfinishedTaskIsFailedPrecondition(t *testing.T) {
 	reply, err := client.ExportUsers(ctx(t), &pb.ExportUsersRequest{UserIds: []string{"heavy-user"}})
 	must(t, err, "ExportUsers")

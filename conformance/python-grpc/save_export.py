@@ -13,32 +13,43 @@ import sys
 import grpc
 
 
-def save_export(stub, task_id: str, path: str) -> int:
-    """Writes every record of a completed export to `path`, one JSON line each; returns the count."""
+def save_export(stub, task_id: str, path: str, max_resumes: int = 5) -> int:
+    """Writes every record of a completed export to `path`, one JSON line each; returns the count.
+
+    A broken stream is resumed where it broke, after the delay the service asks for; after
+    `max_resumes` breaks in a row without a new record, the error is raised.
+    """
+    import time
+
     from google.rpc import error_details_pb2
     from grpc_status import rpc_status
     from streamexport.v1 import export_pb2
 
-    count = 0
+    count, resumes = 0, 0
     with open(path, "wb") as out:
         while True:
             request = export_pb2.ReadExportRequest(
                 task_id=task_id, start_index=count, encoding=export_pb2.RECORD_ENCODING_JSON
             )
+            before = count
             try:
                 for message in stub.ReadExport(request):
                     out.write(b"\n".join(message.json) + b"\n")
                     count += len(message.json)
                 return count
             except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                resumes = 0 if count > before else resumes + 1
+                if error.code() != grpc.StatusCode.UNAVAILABLE or resumes > max_resumes:
                     raise
                 # The stream broke: resume at the first record not received (ErrorInfo's
                 # next_index, which is `count` here), unless the service did not say.
                 status = rpc_status.from_call(error)
-                info = error_details_pb2.ErrorInfo()
-                if status is None or not any(d.Unpack(info) for d in status.details):
+                info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
+                details = status.details if status is not None else []
+                if not any(d.Unpack(info) for d in details):
                     raise
+                delay = next((retry.retry_delay.ToTimedelta() for d in details if d.Unpack(retry)), None)
+                time.sleep(min(delay.total_seconds(), 30.0) if delay else 1.0)
 
 
 def _generate_stubs() -> None:

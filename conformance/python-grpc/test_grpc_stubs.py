@@ -283,6 +283,46 @@ def test_read_export_writes_every_record_to_a_jsonl_file(stub, tmp_path):
     assert [json.loads(line) for line in tail.read_text().splitlines()] == expected[-2:]
 
 
+def test_read_export_as_json_saves_the_same_records_as_structs(stub, tmp_path):
+    """save_export.py (the README's example, RECORD_ENCODING_JSON) against the Struct records."""
+    from save_export import save_export as save_export_json
+
+    for version in (pb.EXPORT_FORMAT_VERSION_V2, pb.EXPORT_FORMAT_VERSION_V1):
+        reply = stub.ExportChannels(
+            pb.ExportChannelsRequest(
+                channels=[pb.ChannelRef(type="messaging", id="general")], version=version, export_users=True
+            ),
+            timeout=DEADLINE,
+        )
+        events = watch_to_end(stub, reply.task_id)
+        structs = [
+            {"type": r.kind, "item": json_format.MessageToDict(r.item)}
+            for r in stub.ReadExport(pb.ReadExportRequest(task_id=reply.task_id), timeout=DEADLINE)
+        ]
+        assert len(structs) >= 2, version
+
+        path = tmp_path / f"export-{version}.jsonl"
+        assert save_export_json(stub, reply.task_id, str(path)) == len(structs)
+        lines = path.read_bytes().split(b"\n")
+        assert lines.pop() == b"", "every record ends with a line ending"
+        saved = [json.loads(line) for line in lines]
+        assert all(list(record) == ["type", "item"] for record in saved), version
+        assert saved == structs, version  # numbers compare equal as int or float
+        if version == pb.EXPORT_FORMAT_VERSION_V2:
+            file = download(events[-1].task.result.url)
+            assert lines == [line for line in file.splitlines() if line.strip()], "the V2 lines verbatim"
+
+        # Each message's index is the count of records before it (a resume goes on from any index).
+        request = pb.ReadExportRequest(task_id=reply.task_id, start_index=1, encoding=pb.RECORD_ENCODING_JSON)
+        count = 1
+        for message in stub.ReadExport(request, timeout=DEADLINE):
+            assert message.index == count and not message.kind and not message.HasField("item")
+            assert message.json, "a message carries at least one record"
+            assert list(message.json) == lines[count : count + len(message.json)]
+            count += len(message.json)
+        assert count == len(structs)
+
+
 def test_read_export_of_an_unfinished_task_is_failed_precondition(stub):
     reply = stub.ExportUsers(pb.ExportUsersRequest(user_ids=["heavy-user"]), timeout=DEADLINE)
     deadline = time.monotonic() + DEADLINE

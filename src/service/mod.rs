@@ -246,14 +246,21 @@ impl ExportApi {
         }
     }
 
-    /// Notes a task's state, read by this call, in the registry (in the background).
+    /// Notes a task's state, read by this call, in the registry. A registry that answers at once
+    /// (in memory) is done here; one that must wait (Redis) finishes in the background, so that
+    /// the call never waits for it. Spawning only then saves a task and a worker wakeup per call.
     fn note_observed(&self, task: &Task) {
         let (registry, task, at) = (Arc::clone(&self.registry), task.clone(), Utc::now());
-        tokio::spawn(async move {
+        let mut observation = Box::pin(async move {
             if let Err(error) = registry.observed(&task, at).await {
                 tracing::debug!(%error, "the task registry did not take an observation");
             }
         });
+        // A future that is pending registers the waker of its next poll: the spawned task's.
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        if observation.as_mut().poll(&mut context).is_pending() {
+            tokio::spawn(observation);
+        }
     }
 
     /// One page of `ListTasks`: the records this caller may see (`GetTask` on each), newest first.

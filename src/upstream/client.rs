@@ -118,9 +118,9 @@ impl StreamClient {
     /// the server token to wherever it points. Downloads follow a few within the result URL's
     /// origin and reach only the destinations [`DestinationPolicy`] allows.
     pub fn new(config: ClientConfig) -> anyhow::Result<Self> {
-        let builder = || {
+        let builder = |headers: HeaderMap| {
             reqwest::Client::builder()
-                .default_headers(static_headers())
+                .default_headers(headers)
                 .connect_timeout(config.connect_timeout)
                 // Per read, so a long download is fine while a stalled one is not.
                 .read_timeout(config.request_timeout)
@@ -128,10 +128,14 @@ impl StreamClient {
                 .pool_idle_timeout(Duration::from_secs(55))
                 .referer(false)
         };
-        let http =
-            builder().tls_backend_preconfigured(tls_config()?).redirect(reqwest::redirect::Policy::none()).build()?;
+        // The API client signs every request with headers built once; the download client
+        // never carries them (a result URL is signed itself).
+        let http = builder(api_headers(&config.credentials)?)
+            .tls_backend_preconfigured(tls_config()?)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
         let destinations = Arc::new(DestinationPolicy::new(config.base_url.clone()));
-        let downloads = builder()
+        let downloads = builder(static_headers())
             .tls_backend_preconfigured(tls_config()?)
             .redirect(reqwest::redirect::Policy::custom(same_origin_redirects))
             .dns_resolver(CheckingResolver(Arc::clone(&destinations)))
@@ -285,7 +289,7 @@ impl StreamClient {
         let span = otel::client_span(method.as_str(), &url, resend);
         url.query_pairs_mut().append_pair("api_key", self.credentials.api_key());
 
-        let mut request = self.http.request(method, url).headers(self.auth_headers()).timeout(timeout);
+        let mut request = self.http.request(method, url).timeout(timeout);
         if let Some(trace) = TraceContext::outgoing(&span) {
             request = request.header("traceparent", trace.traceparent);
             if let Some(state) = trace.tracestate {
@@ -348,17 +352,6 @@ impl StreamClient {
                 rate_limit,
             }),
         }
-    }
-
-    fn auth_headers(&self) -> HeaderMap {
-        let mut headers = HeaderMap::with_capacity(2);
-        headers.insert(HeaderName::from_static("stream-auth-type"), HeaderValue::from_static("jwt"));
-        // A JWT is base64url and dots: always a valid header value.
-        if let Ok(mut token) = HeaderValue::from_str(self.credentials.server_token().expose_secret()) {
-            token.set_sensitive(true);
-            headers.insert(AUTHORIZATION, token);
-        }
-        headers
     }
 }
 
@@ -424,6 +417,18 @@ fn quote_body(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let quoted: String = text.chars().filter(|c| !c.is_control() || *c == ' ').take(MAX_QUOTED_BODY).collect();
     if quoted.trim().is_empty() { "(empty body)".to_owned() } else { quoted.trim().to_owned() }
+}
+
+/// The headers of every API request: [`static_headers`] and Stream's server-side auth (the
+/// JWT marked sensitive, so that no debug output of a request shows it).
+fn api_headers(credentials: &Credentials) -> anyhow::Result<HeaderMap> {
+    let mut headers = static_headers();
+    headers.insert(HeaderName::from_static("stream-auth-type"), HeaderValue::from_static("jwt"));
+    let mut token = HeaderValue::from_str(credentials.server_token().expose_secret())
+        .map_err(|_| anyhow::anyhow!("the server token is not a valid header value"))?;
+    token.set_sensitive(true);
+    headers.insert(AUTHORIZATION, token);
+    Ok(headers)
 }
 
 fn static_headers() -> HeaderMap {
