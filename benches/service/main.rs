@@ -61,7 +61,9 @@ impl Scale {
             unary_window: Duration::from_secs(3),
             unary_concurrency: 16,
             unary_connections: 4,
-            unary_paced_rate: 8_000.0,
+            // Both servers must sustain it: on two shared cores neither reliably reached 8,000/s
+            // (the load generator and the emulator run on the same cores).
+            unary_paced_rate: 5_000.0,
             latency_rounds: 5,
             latency_calls: 400,
             policy_eval_calls: 100_000,
