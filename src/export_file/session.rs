@@ -51,9 +51,11 @@ impl Default for ReadLimits {
     }
 }
 
-/// Records buffered between the export parser and a ReadExport client: enough to keep the
+/// Messages buffered between the export parser and a ReadExport client: enough to keep the
 /// download busy, small enough that a slow client slows the download instead of filling memory.
+/// A `Struct` message holds one record; a JSON one up to [`JSON_BATCH_BYTES`](super::JSON_BATCH_BYTES).
 const RECORD_BUFFER: usize = 64;
+const JSON_MESSAGE_BUFFER: usize = 8;
 
 /// Starts reading `body` from record `start` on its own task and returns the client's stream.
 /// `permit` (the stream's slot) is released when reading ends; `ending` ends it as the server
@@ -69,7 +71,11 @@ pub fn start<S>(
 where
     S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
 {
-    let (sender, records) = mpsc::channel(RECORD_BUFFER);
+    let buffer = match encoding {
+        Encoding::Struct => RECORD_BUFFER,
+        Encoding::Json => JSON_MESSAGE_BUFFER,
+    };
+    let (sender, records) = mpsc::channel(buffer);
     let (report, end) = oneshot::channel();
     let reading = async move {
         let mut sink = Sink::new(start, encoding, sender, limits.idle_timeout);

@@ -40,7 +40,8 @@ async fn completed_channel_export(app: &TestApp, cids: &[&str], version: ExportF
     wait_completed(app, task_id).await
 }
 
-async fn wait_completed(app: &TestApp, task_id: String) -> (String, String) {
+/// Waits until `task_id` completes; returns it with its result URL.
+pub(crate) async fn wait_completed(app: &TestApp, task_id: String) -> (String, String) {
     let mut client = app.client.clone();
     for _ in 0..200 {
         let task = client.get_task(GetTaskRequest { task_id: task_id.clone() }).await.unwrap().into_inner();
@@ -52,7 +53,8 @@ async fn wait_completed(app: &TestApp, task_id: String) -> (String, String) {
     panic!("task {task_id} did not complete");
 }
 
-async fn download(app: &TestApp, url: &str) -> String {
+/// The file at a result URL, as text.
+pub(crate) async fn download(app: &TestApp, url: &str) -> String {
     app.emulator.http.get(url).send().await.unwrap().text().await.unwrap()
 }
 

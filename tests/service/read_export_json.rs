@@ -1,7 +1,10 @@
 //! ReadExport with `RECORD_ENCODING_JSON`: records as the file's own JSON text, several to a
 //! message, with the same numbering, resume and errors as the `Struct` encoding.
 
-use crate::common;
+use crate::{
+    common,
+    read_export::{download, wait_completed},
+};
 
 use std::time::Duration;
 
@@ -14,27 +17,14 @@ use common::{
 use serde_json::{Value, json};
 use stream_export::{
     emulator::data::{HEAVY_CHANNEL, KNOWN_CHANNEL, KNOWN_USER, TEAM_CHANNEL},
+    export_file::JSON_BATCH_BYTES,
     proto::{
-        ChannelRef, ExportChannelsRequest, ExportFormatVersion, ExportRecord, ExportUsersRequest, GetTaskRequest,
-        ReadExportRequest, RecordEncoding, TaskState,
+        ChannelRef, ExportChannelsRequest, ExportFormatVersion, ExportRecord, ExportUsersRequest, ReadExportRequest,
+        RecordEncoding,
     },
 };
 use tokio_stream::StreamExt;
 use tonic::Code;
-
-/// Submits a channel export and waits until it completes; returns the task id and its URL.
-async fn completed(app: &TestApp, submit: impl std::future::Future<Output = String>) -> (String, String) {
-    let task_id = submit.await;
-    let mut client = app.client.clone();
-    for _ in 0..200 {
-        let task = client.get_task(GetTaskRequest { task_id: task_id.clone() }).await.unwrap().into_inner();
-        if task.state() == TaskState::Completed {
-            return (task_id, task.result.unwrap().url);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("task {task_id} did not complete");
-}
 
 async fn channel_export(app: &TestApp, version: ExportFormatVersion) -> String {
     export_of(app, &[KNOWN_CHANNEL, TEAM_CHANNEL], version).await
@@ -68,11 +58,7 @@ async fn synthetic_export(app: &TestApp, version: &str, records: u64) -> (String
         )
         .await;
     let task_id = created["task_id"].as_str().unwrap().to_owned();
-    completed(app, async { task_id }).await
-}
-
-async fn download(app: &TestApp, url: &str) -> String {
-    app.emulator.http.get(url).send().await.unwrap().text().await.unwrap()
+    wait_completed(app, task_id).await
 }
 
 /// The records of JSON messages, numbered, checking that messages are JSON-only and follow each
@@ -111,9 +97,9 @@ async fn json_records_are_the_files_own_text_and_the_same_records_as_structs() {
         app.client.clone().export_users(request).await.unwrap().into_inner().task_id
     };
     let exports = [
-        ("v2", completed(&app, channel_export(&app, ExportFormatVersion::V2)).await),
-        ("v1", completed(&app, channel_export(&app, ExportFormatVersion::V1)).await),
-        ("users", completed(&app, users).await),
+        ("v2", wait_completed(&app, channel_export(&app, ExportFormatVersion::V2).await).await),
+        ("v1", wait_completed(&app, channel_export(&app, ExportFormatVersion::V1).await).await),
+        ("users", wait_completed(&app, users.await).await),
     ];
     for (name, (task_id, url)) in exports {
         let file = download(&app, &url).await;
@@ -161,7 +147,7 @@ async fn a_slow_client_gets_records_batched_and_resumes_inside_a_batch() {
     let batch = messages.iter().max_by_key(|m| m.json.len()).unwrap();
     assert!(batch.json.len() > 10, "records waiting for a slow client go several to a message: {}", batch.json.len());
     let bytes: usize = batch.json.iter().map(Bytes::len).sum();
-    assert!(bytes <= 32 * 1024 + 1024, "a message stays small: {bytes} bytes");
+    assert!(bytes <= JSON_BATCH_BYTES + 1024, "a message stays within a batch (and one record): {bytes} bytes");
 
     // Resuming at a record in the middle of that message starts exactly there.
     let inside = batch.index + 3;
@@ -177,7 +163,7 @@ async fn a_slow_client_gets_records_batched_and_resumes_inside_a_batch() {
 async fn a_broken_download_in_json_mode_says_where_to_resume_and_the_resume_completes_it() {
     let app = spawn_app().await;
     for version in [ExportFormatVersion::V2, ExportFormatVersion::V1] {
-        let (task_id, url) = completed(&app, export_of(&app, &[HEAVY_CHANNEL], version)).await;
+        let (task_id, url) = wait_completed(&app, export_of(&app, &[HEAVY_CHANNEL], version).await).await;
         let expected = expected_records(&download(&app, &url).await);
         app.emulator.inject("download", 1, json!({"kind": "truncated"})).await;
         let (first, end) = read_export_encoded(&app, &task_id, 0, RecordEncoding::Json).await;
