@@ -40,7 +40,6 @@ use opentelemetry_sdk::{
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{Layer, Registry, filter::filter_fn};
-use url::Url;
 
 use super::trace_context::TraceContext;
 
@@ -219,7 +218,7 @@ pub fn server_span_ended(span: &tracing::Span, code: tonic::Code) {
 /// a disabled span when spans are not exported. It names the request by method and path only:
 /// never the query (it holds the api key) nor a signed URL's query. `resend` counts the
 /// attempts before this one (`http.request.resend_count`, set on resends only).
-pub fn client_span(method: &str, url: &Url, resend: usize) -> tracing::Span {
+pub fn client_span(method: &str, host: &str, port: Option<u16>, path: &str, resend: usize) -> tracing::Span {
     if !enabled() {
         return tracing::Span::none();
     }
@@ -229,9 +228,9 @@ pub fn client_span(method: &str, url: &Url, resend: usize) -> tracing::Span {
         otel.name = method,
         otel.kind = "client",
         http.request.method = method,
-        url.path = url.path(),
-        server.address = url.host_str().unwrap_or_default(),
-        server.port = url.port_or_known_default(),
+        url.path = path,
+        server.address = host,
+        server.port = port,
         http.request.resend_count = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
         stream.error_code = tracing::field::Empty,

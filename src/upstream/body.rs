@@ -6,6 +6,7 @@
 //! Export files are not read here: they stream through the export parser (`crate::export_file`).
 
 use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 
 use super::error::Operation;
 
@@ -40,23 +41,36 @@ pub struct OverCap {
     pub limit: usize,
 }
 
-/// Reads `response`'s body chunk by chunk, up to `limit` bytes. A declared `Content-Length`
+/// Reads a `body` chunk by chunk, up to `limit` bytes. A declared length (`Content-Length`)
 /// over the cap fails before any byte is read; otherwise reading stops at the first chunk that
-/// crosses it.
-pub async fn read_capped(
-    mut response: reqwest::Response,
-    limit: usize,
-) -> Result<Result<Bytes, OverCap>, reqwest::Error> {
-    let declared = response.content_length().and_then(|length| usize::try_from(length).ok());
+/// crosses it. A body of one chunk (the usual task status) is returned without a copy.
+pub async fn read_capped<B>(mut body: B, limit: usize) -> Result<Result<Bytes, OverCap>, B::Error>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let declared = body.size_hint().exact().and_then(|length| usize::try_from(length).ok());
     if declared.is_some_and(|length| length > limit) {
         return Ok(Err(OverCap { limit }));
     }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(64 * 1024));
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > limit {
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    let mut length = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(chunk) = frame?.into_data() else { continue };
+        length += chunk.len();
+        if length > limit {
             return Ok(Err(OverCap { limit }));
         }
-        body.extend_from_slice(&chunk);
+        match (&mut joined, first.take()) {
+            (Some(joined), _) => joined.extend_from_slice(&chunk),
+            (None, None) => first = Some(chunk),
+            (None, Some(previous)) => {
+                let mut buffer = BytesMut::with_capacity(declared.unwrap_or(0).max(length).min(limit));
+                buffer.extend_from_slice(&previous);
+                buffer.extend_from_slice(&chunk);
+                joined = Some(buffer);
+            }
+        }
     }
-    Ok(Ok(body.freeze()))
+    Ok(Ok(joined.map_or_else(|| first.unwrap_or_default(), BytesMut::freeze)))
 }

@@ -5,10 +5,12 @@ use std::{sync::Arc, time::Duration};
 use backon::{ExponentialBuilder, Retryable};
 use tokio::time::Instant;
 
-use reqwest::{
+use bytes::Bytes;
+use http::{
     Method, StatusCode,
-    header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue},
+    header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderName, HeaderValue},
 };
+use hyper_util::client::proxy::matcher::Matcher;
 use secrecy::ExposeSecret;
 use serde::{Serialize, de::DeserializeOwned};
 use url::Url;
@@ -22,6 +24,7 @@ use crate::telemetry::{
 };
 
 use super::{
+    api_http::{ApiHttp, ApiHttpConfig},
     auth::Credentials,
     body::{self, MAX_ERROR_BODY_BYTES, OverCap},
     destination::{CheckingResolver, DestinationPolicy, Refused, same_origin},
@@ -99,56 +102,48 @@ pub struct Answer<T> {
 /// The Stream export API client. Cheap to clone: clones share one connection pool.
 #[derive(Clone, Debug)]
 pub struct StreamClient {
-    http: reqwest::Client,
-    /// The client for export files: another redirect policy and a checking resolver.
+    /// The client of API calls (hyper's, lean: see [`ApiHttp`]).
+    api: ApiHttp,
+    /// The client for export files: a redirect policy and a checking resolver.
     downloads: reqwest::Client,
     destinations: Arc<DestinationPolicy>,
-    base_url: Arc<Url>,
-    credentials: Arc<Credentials>,
     request_timeout: Duration,
     retry: RetryPolicy,
 }
 
 impl StreamClient {
     /// Builds the client: rustls with the bundled web PKI roots (so it runs in a scratch
-    /// container), HTTP/1.1 or HTTP/2 by ALPN, pooled connections, never a `Referer` (it would
-    /// carry the api key or a signed URL).
+    /// container), HTTP/1.1 or HTTP/2 by ALPN, pooled connections, the proxy environment
+    /// (`HTTPS_PROXY`, `NO_PROXY`, …), never a `Referer` (it would carry the api key or a signed
+    /// URL).
     ///
     /// API calls follow no redirect: Stream does not send any, and following one would carry
     /// the server token to wherever it points. Downloads follow a few within the result URL's
     /// origin and reach only the destinations [`DestinationPolicy`] allows.
     pub fn new(config: ClientConfig) -> anyhow::Result<Self> {
-        let builder = |headers: HeaderMap| {
-            reqwest::Client::builder()
-                .default_headers(headers)
-                .connect_timeout(config.connect_timeout)
-                // Per read, so a long download is fine while a stalled one is not.
-                .read_timeout(config.request_timeout)
-                // Stream's load balancers drop idle connections after 60 s.
-                .pool_idle_timeout(Duration::from_secs(55))
-                .referer(false)
-        };
         // The API client signs every request with headers built once; the download client
         // never carries them (a result URL is signed itself).
-        let http = builder(api_headers(&config.credentials)?)
-            .tls_backend_preconfigured(tls_config()?)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        let destinations = Arc::new(DestinationPolicy::new(config.base_url.clone()));
-        let downloads = builder(static_headers())
+        let api = ApiHttp::new(ApiHttpConfig {
+            base_url: &config.base_url,
+            api_key: config.credentials.api_key(),
+            headers: api_headers(&config.credentials)?,
+            connect_timeout: config.connect_timeout,
+            tls: tls_config()?,
+            proxies: Matcher::from_env(),
+        })?;
+        let destinations = Arc::new(DestinationPolicy::new(config.base_url));
+        let downloads = reqwest::Client::builder()
+            .default_headers(static_headers())
+            .connect_timeout(config.connect_timeout)
+            // Per read, so a long download is fine while a stalled one is not.
+            .read_timeout(config.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(55))
+            .referer(false)
             .tls_backend_preconfigured(tls_config()?)
             .redirect(reqwest::redirect::Policy::custom(same_origin_redirects))
             .dns_resolver(CheckingResolver(Arc::clone(&destinations)))
             .build()?;
-        Ok(Self {
-            http,
-            downloads,
-            destinations,
-            base_url: Arc::new(config.base_url),
-            credentials: Arc::new(config.credentials),
-            request_timeout: config.request_timeout,
-            retry: config.retry,
-        })
+        Ok(Self { api, downloads, destinations, request_timeout: config.request_timeout, retry: config.retry })
     }
 
     /// The same client with another retry policy (the watch pollers keep their own pace).
@@ -213,7 +208,8 @@ impl StreamClient {
             .await
             .map_err(|refused| UpstreamError::Refused { operation, detail: refused.to_string() })?;
         // The client span names the file by host and path: the query is the signature.
-        let span = otel::client_span("GET", &url, 0);
+        let span =
+            otel::client_span("GET", url.host_str().unwrap_or_default(), url.port_or_known_default(), url.path(), 0);
         let sent = self.downloads.get(url).send().instrument(span.clone()).await;
         let response = match sent {
             Ok(response) => response,
@@ -281,39 +277,44 @@ impl StreamClient {
         let timeout = remaining.map_or(self.request_timeout, |r| r.min(self.request_timeout));
         let cut_by_deadline = timeout < self.request_timeout;
 
-        let mut url = (*self.base_url).clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().extend(segments);
-        }
-        // Named before the query (the api key) is added.
-        let span = otel::client_span(method.as_str(), &url, resend);
-        url.query_pairs_mut().append_pair("api_key", self.credentials.api_key());
-
-        let mut request = self.http.request(method, url).timeout(timeout);
+        let path = self.api.path(segments);
+        let span = otel::client_span(method.as_str(), self.api.host(), self.api.port(), &path, resend);
+        let mut headers = HeaderMap::new();
         if let Some(trace) = TraceContext::outgoing(&span) {
-            request = request.header("traceparent", trace.traceparent);
-            if let Some(state) = trace.tracestate {
-                request = request.header("tracestate", state);
+            if let Ok(parent) = HeaderValue::try_from(trace.traceparent) {
+                headers.insert(HeaderName::from_static("traceparent"), parent);
+            }
+            if let Some(Ok(state)) = trace.tracestate.map(HeaderValue::try_from) {
+                headers.insert(HeaderName::from_static("tracestate"), state);
             }
         }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let transport_error = |error: reqwest::Error| match UpstreamError::from_reqwest(operation, error) {
-            UpstreamError::Timeout { .. } if cut_by_deadline => UpstreamError::DeadlineExceeded { operation },
-            other => other,
+        let body = match body.map(serde_json::to_vec).transpose() {
+            Ok(body) => body.map(Bytes::from),
+            Err(error) => return Err(UpstreamError::Transport { operation, detail: error.to_string() }),
+        };
+        let timed_out = || {
+            if cut_by_deadline {
+                UpstreamError::DeadlineExceeded { operation }
+            } else {
+                UpstreamError::Timeout { operation }
+            }
         };
         let started = std::time::Instant::now();
-        let answer = async {
-            let response = request.send().await.map_err(transport_error)?;
+        let exchange = async {
+            let response =
+                self.api.send(method, &path, headers, body).await.map_err(|error| error.classify(operation))?;
             let status = response.status();
             let rate_limit = RateLimit::from_headers(response.headers());
             let limit = if status.is_success() { operation.max_body_bytes() } else { MAX_ERROR_BODY_BYTES };
-            let bytes = body::read_capped(response, limit).await.map_err(transport_error)?;
+            let bytes = body::read_capped(response.into_body(), limit)
+                .await
+                .map_err(|error| UpstreamError::from_transport(operation, &error, false))?;
             Ok((status, rate_limit, bytes))
-        }
-        .instrument(span.clone())
-        .await;
+        };
+        let answer = tokio::time::timeout(timeout, exchange)
+            .instrument(span.clone())
+            .await
+            .unwrap_or_else(|_elapsed| Err(timed_out()));
         let (status, rate_limit, bytes) = match answer {
             Ok(answer) => answer,
             Err(error) => {
@@ -423,6 +424,7 @@ fn quote_body(bytes: &[u8]) -> String {
 /// JWT marked sensitive, so that no debug output of a request shows it).
 fn api_headers(credentials: &Credentials) -> anyhow::Result<HeaderMap> {
     let mut headers = static_headers();
+    headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
     headers.insert(HeaderName::from_static("stream-auth-type"), HeaderValue::from_static("jwt"));
     let mut token = HeaderValue::from_str(credentials.server_token().expose_secret())
         .map_err(|_| anyhow::anyhow!("the server token is not a valid header value"))?;

@@ -215,6 +215,25 @@ impl UpstreamError {
     }
 }
 
+impl UpstreamError {
+    /// Classifies an API call's transport error (hyper's, which never carries the URL): a
+    /// timeout anywhere in the chain (connecting included, as reqwest counted it), a failure
+    /// while `connecting`, or a failed exchange.
+    pub(crate) fn from_transport(
+        operation: Operation,
+        error: &(dyn std::error::Error + 'static),
+        connecting: bool,
+    ) -> Self {
+        if find_cause::<std::io::Error>(error).is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            UpstreamError::Timeout { operation }
+        } else if connecting {
+            UpstreamError::Connect { operation, detail: one_line(error) }
+        } else {
+            UpstreamError::Transport { operation, detail: one_line(error) }
+        }
+    }
+}
+
 /// The first error of type `E` in `error`'s chain.
 fn find_cause<'a, E: std::error::Error + 'static>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a E> {
     let mut next = Some(error);

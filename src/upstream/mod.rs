@@ -3,6 +3,7 @@
 //! Everything here follows the real API's wire format (`shared/stream-api.md`), so the same
 //! code talks to Stream itself or to the emulator, by base URL alone.
 
+mod api_http;
 mod auth;
 pub mod body;
 mod client;

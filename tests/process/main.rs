@@ -12,6 +12,7 @@ mod drain;
 mod fleet;
 mod fleet_watch;
 mod policies;
+mod proxy;
 mod security;
 mod telemetry;
 mod traces;
