@@ -20,7 +20,6 @@ use bytes::Bytes;
 use http::{
     HeaderMap, HeaderValue, Method, Request, Response, Uri,
     header::{CONTENT_TYPE, PROXY_AUTHORIZATION},
-    uri::PathAndQuery,
 };
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -202,8 +201,7 @@ impl ApiHttp {
         extra: HeaderMap,
         body: Option<Bytes>,
     ) -> Result<Response<Incoming>, SendError> {
-        let path_and_query = PathAndQuery::try_from(format!("{path}?{}", self.query)).map_err(SendError::Uri)?;
-        let uri = Uri::try_from(format!("{}{path_and_query}", self.origin)).map_err(SendError::Uri)?;
+        let uri = Uri::try_from(format!("{}{path}?{}", self.origin, self.query)).map_err(SendError::Uri)?;
         let has_body = body.is_some();
         let mut request = Request::new(Full::new(body.unwrap_or_default()));
         *request.method_mut() = method;

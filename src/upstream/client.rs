@@ -292,13 +292,6 @@ impl StreamClient {
             Ok(body) => body.map(Bytes::from),
             Err(error) => return Err(UpstreamError::Transport { operation, detail: error.to_string() }),
         };
-        let timed_out = || {
-            if cut_by_deadline {
-                UpstreamError::DeadlineExceeded { operation }
-            } else {
-                UpstreamError::Timeout { operation }
-            }
-        };
         let started = std::time::Instant::now();
         let exchange = async {
             let response =
@@ -314,7 +307,11 @@ impl StreamClient {
         let answer = tokio::time::timeout(timeout, exchange)
             .instrument(span.clone())
             .await
-            .unwrap_or_else(|_elapsed| Err(timed_out()));
+            .unwrap_or(Err(UpstreamError::Timeout { operation }))
+            .map_err(|error| match error {
+                UpstreamError::Timeout { .. } if cut_by_deadline => UpstreamError::DeadlineExceeded { operation },
+                other => other,
+            });
         let (status, rate_limit, bytes) = match answer {
             Ok(answer) => answer,
             Err(error) => {
