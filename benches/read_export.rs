@@ -14,6 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "python_grpc.rs"]
+mod python_grpc;
 #[path = "read_export/save.rs"]
 mod save;
 

@@ -12,7 +12,7 @@ use std::{
 use serde_json::json;
 use stream_export::proto::{GetTaskRequest, export_service_client::ExportServiceClient};
 
-use super::Service;
+use super::{Service, python_grpc::python_with_grpcio};
 
 /// Trials per way of saving.
 const TRIALS: usize = 3;
@@ -152,16 +152,4 @@ fn plain_download(url: &str, file: &Path) {
     })
     .join()
     .expect("the download thread");
-}
-
-/// The Python of the Python conformance venv, if grpcio and grpcio-tools import there.
-fn python_with_grpcio() -> Option<PathBuf> {
-    let python = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/python-grpc/bin/python"));
-    let works = Command::new(&python)
-        .args(["-c", "import grpc, grpc_tools"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    works.then_some(python)
 }

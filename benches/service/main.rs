@@ -13,6 +13,8 @@ mod fleet;
 mod otlp_sink;
 mod processes;
 mod procfs;
+#[path = "../python_grpc.rs"]
+mod python_grpc;
 #[path = "../../tests/common/raw_grpc.rs"]
 mod raw_grpc;
 mod report;

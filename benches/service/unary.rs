@@ -7,7 +7,10 @@
 //! figures are ratios of per-round medians: on a shared machine absolute times drift, but two
 //! servers measured side by side drift together.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use futures::future::join_all;
 use prost::Message;
@@ -29,6 +32,7 @@ use crate::{
     otlp_sink::OtlpSink,
     processes::{self, ChildProcess, EmulatorClient},
     procfs,
+    python_grpc::python_with_grpcio,
     raw_grpc::RawGrpc,
     report::{Figure, Target, median, quantile},
     tasks,
@@ -171,6 +175,19 @@ impl LoadedServer {
     }
 }
 
+/// Latencies of `calls` sequential `GetTask` calls from grpcio on one channel (after a warm-up),
+/// in microseconds: `conformance/python-grpc/unary_latency.py` run by the venv's `python`.
+async fn grpcio_latencies(python: &Path, port: u16, task_id: &str, calls: usize) -> Vec<f64> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/conformance/python-grpc/unary_latency.py");
+    let output = tokio::process::Command::new(python)
+        .args([script, &format!("127.0.0.1:{port}"), task_id, &calls.to_string()])
+        .output()
+        .await
+        .expect("python runs");
+    assert!(output.status.success(), "unary_latency.py: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("a JSON list of latencies")
+}
+
 /// Latencies of `calls` sequential direct `GET /tasks/{id}` to the emulator, in microseconds.
 async fn direct_latencies(emulator: &EmulatorClient, task_id: &str, calls: usize) -> Vec<f64> {
     let mut samples = Vec::with_capacity(calls);
@@ -227,16 +244,21 @@ struct Latencies {
     direct: Vec<f64>,
     service_non_tonic: Vec<f64>,
     bare_non_tonic: Vec<f64>,
+    /// From grpcio (Python), when the Python conformance venv is there.
+    service_grpcio: Vec<f64>,
+    bare_grpcio: Vec<f64>,
 }
 
-/// One-in-flight latencies of the service, the bare server (each from tonic's client and from
-/// a raw HTTP/2 client) and a direct HTTP call, in alternating rounds.
+/// One-in-flight latencies of the service, the bare server (each from tonic's client, from a
+/// raw HTTP/2 client and, with `python`, from grpcio) and a direct HTTP call, in alternating
+/// rounds.
 async fn latency_rounds(
     scale: &Scale,
     service: &LoadedServer,
     bare: &LoadedServer,
     emulator: &EmulatorClient,
     task_id: &str,
+    python: Option<&Path>,
 ) -> Latencies {
     let mut latencies = Latencies::default();
     for round in 0..scale.latency_rounds {
@@ -246,6 +268,11 @@ async fn latency_rounds(
         latencies.direct.extend(direct_latencies(emulator, task_id, scale.latency_calls).await);
         latencies.service_non_tonic.extend(service.non_tonic_latencies(task_id, scale.latency_calls).await);
         latencies.bare_non_tonic.extend(bare.non_tonic_latencies(task_id, scale.latency_calls).await);
+        if let Some(python) = python {
+            let calls = scale.latency_calls;
+            latencies.service_grpcio.extend(grpcio_latencies(python, service.process.port, task_id, calls).await);
+            latencies.bare_grpcio.extend(grpcio_latencies(python, bare.process.port, task_id, calls).await);
+        }
     }
     latencies
 }
@@ -408,6 +435,7 @@ async fn policy_eval(calls: usize) -> Vec<Figure> {
 
 /// Runs figures 1 and 4 and returns them.
 pub async fn run(scale: &Scale, emulator_process: &ChildProcess, emulator: &EmulatorClient) -> Vec<Figure> {
+    let python = python_with_grpcio();
     let service_process = processes::start_service("service-unary", emulator_process, &[]).await;
     // Idle: started and listening, no connection yet.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -427,7 +455,9 @@ pub async fn run(scale: &Scale, emulator_process: &ChildProcess, emulator: &Emul
         direct: mut direct_lat,
         service_non_tonic: mut service_non_tonic_lat,
         bare_non_tonic: mut bare_non_tonic_lat,
-    } = latency_rounds(scale, &service, &bare, emulator, &task_id).await;
+        service_grpcio: mut service_grpcio_lat,
+        bare_grpcio: mut bare_grpcio_lat,
+    } = latency_rounds(scale, &service, &bare, emulator, &task_id, python.as_deref()).await;
     let loaded_rss = procfs::rss_bytes(service.process.pid()) as f64 / MIB;
     let tracing = tracing_cost(scale, emulator_process, &service, &task_id).await;
     let policy = policy_cost(scale, emulator_process, &service, &task_id).await;
@@ -441,6 +471,24 @@ pub async fn run(scale: &Scale, emulator_process: &ChildProcess, emulator: &Emul
     let service_p50 = quantile(&mut service_lat, 0.5);
     let direct_p50 = quantile(&mut direct_lat, 0.5);
     let service_non_tonic_p50 = quantile(&mut service_non_tonic_lat, 0.5);
+    let grpcio = match python {
+        Some(_) => {
+            let (service_p50, bare_p50) = (quantile(&mut service_grpcio_lat, 0.5), quantile(&mut bare_grpcio_lat, 0.5));
+            vec![
+                Figure::info("unary_p50_us_service_grpcio", service_p50, "µs"),
+                Figure::info("unary_p50_us_bare_tonic_grpcio", bare_p50, "µs"),
+                Figure::target("unary_added_p50_us_grpcio", service_p50 - direct_p50, "µs", Target::Below(150.0)),
+                Figure::info("unary_added_p50_us_grpcio_over_bare", service_p50 - bare_p50, "µs"),
+            ]
+        }
+        None => {
+            println!("unary_added_p50_us_grpcio: skipped, no Python with grpcio (run conformance/python-grpc/run.sh)");
+            println!(
+                r#"BENCH {{"figure":"unary_added_p50_us_grpcio","skipped":"no Python with grpcio in .venv/python-grpc"}}"#
+            );
+            Vec::new()
+        }
+    };
     vec![
         Figure::info("unary_cpu_us_per_call_service", service_cpu, "µs"),
         Figure::info("unary_cpu_us_per_call_bare_tonic", bare_cpu, "µs"),
@@ -473,6 +521,7 @@ pub async fn run(scale: &Scale, emulator_process: &ChildProcess, emulator: &Emul
         Figure::info("rss_after_unary_load_mib", loaded_rss, "MiB"),
     ]
     .into_iter()
+    .chain(grpcio)
     .chain(tracing)
     .chain(policy)
     .chain(eval)
