@@ -106,9 +106,10 @@ impl ApiHttp {
     pub(super) fn new(config: ApiHttpConfig<'_>) -> anyhow::Result<Self> {
         let base_url = config.base_url;
         let host = base_url.host_str().ok_or_else(|| anyhow::anyhow!("the upstream URL has no host"))?;
+        // `host_str` brackets an IPv6 address, as an authority needs it.
         let origin = match base_url.port() {
-            Some(port) => format!("{}://{}:{port}", base_url.scheme(), bracketed(host)),
-            None => format!("{}://{}", base_url.scheme(), bracketed(host)),
+            Some(port) => format!("{}://{host}:{port}", base_url.scheme()),
+            None => format!("{}://{host}", base_url.scheme()),
         };
         let origin_uri: Uri = origin.parse()?;
         let mut headers = config.headers;
@@ -236,11 +237,6 @@ impl SendError {
             SendError::Http(error) => UpstreamError::from_transport(operation, &error, error.is_connect()),
         }
     }
-}
-
-/// An IPv6 host in brackets, as a URI's authority needs it.
-fn bracketed(host: &str) -> std::borrow::Cow<'_, str> {
-    if host.contains(':') && !host.starts_with('[') { format!("[{host}]").into() } else { host.into() }
 }
 
 /// The TLS settings without ALPN protocols: the connector builder sets them per connection kind.
