@@ -39,10 +39,26 @@ enum Command {
     Task(client_cli::TaskCommand),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    // The client commands run on one thread: a save is a pipeline of socket reads, decoding and
+    // file writes, and handing each message to another thread costs more than it gains.
+    let runtime = match cli.command {
+        Command::Export(_) | Command::Task(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Command::Serve(_) | Command::Emulator(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(cli.command)),
+        Err(error) => {
+            eprintln!("stream-export: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one command to its end.
+async fn run(command: Command) -> ExitCode {
+    match command {
         Command::Serve(args) => {
             let settings = match args.into_settings() {
                 Ok(settings) => settings,
