@@ -40,6 +40,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     // The client commands run on one thread: a save is a pipeline of socket reads, decoding and
     // file writes, and handing each message to another thread costs more than it gains.
@@ -52,6 +53,30 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("stream-export: cannot start the async runtime: {error}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Keeps glibc's malloc from handing memory back to the kernel after every large message.
+///
+/// By default glibc serves blocks of 128 KiB and more with a fresh `mmap` and trims a thread's
+/// arena as soon as 128 KiB at its top are free, so every 128 KiB `ReadExport` batch, encode
+/// buffer and download chunk was mapped, faulted in page by page, and unmapped again: saving a
+/// 1 GiB export cost the service 100,000 page faults and a quarter of its CPU. Blocks below
+/// 1 MiB now come from the arenas, and up to 4 MiB free at an arena's top stays mapped: a bound
+/// per arena (glibc makes at most eight per core), not per stream. Must run before any thread
+/// starts.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const MMAP_THRESHOLD_BYTES: libc::c_int = 1024 * 1024;
+        const TRIM_THRESHOLD_BYTES: libc::c_int = 4 * 1024 * 1024;
+        // SAFETY: mallopt only changes malloc's parameters; it is called before any other
+        // thread exists, so nothing allocates concurrently. A refusal (return 0) leaves the
+        // defaults, which are correct, only slower.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES);
         }
     }
 }

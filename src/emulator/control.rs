@@ -121,7 +121,8 @@ async fn task_state(State(state): State<AppState>, Path(id): Path<String>) -> Re
 }
 
 /// Creates a completed task whose file is generated on the fly (`SyntheticSpec`), for
-/// benchmarks of reading large exports: `{"records": N, "version": "v1"|"v2", "record_bytes": B}`.
+/// benchmarks of reading large exports: `{"records": N, "version": "v1"|"v2", "record_bytes": B}`,
+/// and optionally `"mib_per_second": R` to serve the file no faster than a remote store would.
 async fn synthetic_export(State(state): State<AppState>, body: Bytes) -> Response {
     let spec: SyntheticSpec = match parse(&body) {
         Ok(spec) => spec,

@@ -14,6 +14,10 @@
 //! Message windows: `messages_since` is exclusive and `messages_until` inclusive
 //! (`since < created_at <= until`), so consecutive windows neither overlap nor leave gaps.
 
+use std::fmt::Write as _;
+
+use futures::StreamExt as _;
+
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -66,6 +70,10 @@ pub(crate) struct SyntheticSpec {
     pub(crate) version: Version,
     #[serde(default = "default_record_bytes")]
     pub(crate) record_bytes: usize,
+    /// Serve the file no faster than this, as a remote file store would; unpaced when absent
+    /// (then as fast as the generator, several GiB/s).
+    #[serde(default)]
+    pub(crate) mib_per_second: Option<std::num::NonZeroU32>,
 }
 
 fn default_record_bytes() -> usize {
@@ -89,18 +97,26 @@ impl SyntheticSpec {
             let last = (first + SYNTHETIC_CHUNK_RECORDS).min(self.records);
             let mut text = String::with_capacity((last - first) as usize * (self.record_bytes + 32));
             for n in first..last {
-                let message = json!({"id": format!("m-{n}"), "n": n, "text": padding});
+                // Written out rather than built as a `Value`: the generator must be much faster
+                // than the service reading it, or benchmarks measure the generator. The text is
+                // what `json!` prints (keys in insertion order); `synthetic_records_are_serde_json_text`.
                 match self.version {
                     Version::V1 => {
                         if n > 0 {
                             text.push(',');
                         }
-                        text.push_str(&message.to_string());
+                        let _ = write!(text, "{{\"id\":\"m-{n}\",\"n\":{n},\"text\":\"{padding}\"}}");
                     }
                     Version::V2 => {
-                        text.push_str(&line("message", message));
+                        let _ = writeln!(
+                            text,
+                            "{{\"type\":\"message\",\"item\":{{\"id\":\"m-{n}\",\"n\":{n},\"text\":\"{padding}\"}}}}"
+                        );
                         if n % 10 == 9 {
-                            text.push_str(&line("reaction", json!({"message_id": format!("m-{n}"), "type": "like"})));
+                            let _ = writeln!(
+                                text,
+                                "{{\"type\":\"reaction\",\"item\":{{\"message_id\":\"m-{n}\",\"type\":\"like\"}}}}"
+                            );
                         }
                     }
                 }
@@ -111,11 +127,28 @@ impl SyntheticSpec {
             Version::V1 => "]}]}".to_owned(),
             Version::V2 => String::new(),
         };
-        futures::stream::iter(
+        let file = futures::stream::iter(
             std::iter::once(Ok(bytes::Bytes::from(head)))
                 .chain(chunks)
                 .chain(std::iter::once(Ok(bytes::Bytes::from(tail)))),
-        )
+        );
+        // Each chunk waits until the bytes before it are due at the rate since the first chunk
+        // (a schedule, not a sleep per chunk, so that timer slack does not add up).
+        let bytes_per_second = self.mib_per_second.map(|rate| f64::from(rate.get()) * 1024.0 * 1024.0);
+        let (mut started, mut sent) = (None::<tokio::time::Instant>, 0u64);
+        file.then(move |chunk| {
+            let due = bytes_per_second.map(|rate| {
+                let start = *started.get_or_insert_with(tokio::time::Instant::now);
+                start + std::time::Duration::from_secs_f64(sent as f64 / rate)
+            });
+            sent += chunk.as_ref().map_or(0, |bytes| bytes.len() as u64);
+            async move {
+                if let Some(due) = due {
+                    tokio::time::sleep_until(due).await;
+                }
+                chunk
+            }
+        })
     }
 }
 
@@ -334,5 +367,48 @@ mod tests {
         assert!(!verify("secret", "/exports/channels/t/f.json", 101, &sig));
         assert!(!verify("other", "/exports/channels/t/f.json", 100, &sig));
         assert!(!verify("secret", "/exports/channels/t/f.json", 100, "zz"));
+    }
+
+    /// The generator writes its records by hand; they must be what serde_json prints.
+    #[test]
+    fn synthetic_records_are_serde_json_text() {
+        for version in [Version::V1, Version::V2] {
+            let spec = SyntheticSpec { records: 300, version, record_bytes: 200, mib_per_second: None };
+            let chunks = futures::executor::block_on(spec.stream().collect::<Vec<_>>());
+            let text: Vec<u8> = chunks.into_iter().flat_map(|chunk| chunk.unwrap().to_vec()).collect();
+            let padding = "x".repeat(200 - 96);
+            let records = (0..300u64).map(|n| json!({"id": format!("m-{n}"), "n": n, "text": padding}));
+            let expected = match version {
+                Version::V1 => {
+                    let messages: Vec<Value> = records.collect();
+                    let channel = json!({"cid": "synthetic:bench", "type": "synthetic"});
+                    json!({"channels": [{"channel": channel, "members": [], "messages": messages}]}).to_string()
+                }
+                Version::V2 => {
+                    let mut lines = line("channel", json!({"cid": "synthetic:bench", "type": "synthetic"}));
+                    for (n, message) in records.enumerate() {
+                        lines.push_str(&line("message", message));
+                        if n % 10 == 9 {
+                            lines.push_str(&line("reaction", json!({"message_id": format!("m-{n}"), "type": "like"})));
+                        }
+                    }
+                    lines
+                }
+            };
+            assert_eq!(String::from_utf8(text).unwrap(), expected, "{version:?}");
+        }
+    }
+
+    /// Paced, a synthetic file arrives no faster than asked.
+    #[tokio::test]
+    async fn a_paced_synthetic_file_keeps_its_rate() {
+        let rate = std::num::NonZeroU32::new(8);
+        let spec = SyntheticSpec { records: 4096, version: Version::V2, record_bytes: 1024, mib_per_second: rate };
+        let started = std::time::Instant::now();
+        let bytes: usize =
+            spec.stream().map(|chunk| chunk.map_or(0, |bytes| bytes.len())).collect::<Vec<_>>().await.iter().sum();
+        let floor = bytes as f64 / (8.0 * 1024.0 * 1024.0) - 0.05;
+        assert!(bytes > 4_000_000, "{bytes}");
+        assert!(started.elapsed().as_secs_f64() >= floor, "{:?} for {bytes} bytes at 8 MiB/s", started.elapsed());
     }
 }
