@@ -16,9 +16,8 @@
 
 use std::fmt::Write as _;
 
-use futures::StreamExt as _;
-
 use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
