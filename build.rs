@@ -27,6 +27,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::codec::LeanCodec")
         // JSON records are slices of the downloaded file: `Bytes`, not copied into a `Vec`.
         .bytes(".streamexport.v1.ExportRecord.json")
+        // Records can carry a `Struct` already encoded: see src/contract/wire_struct.rs.
+        .extern_path(".google.protobuf.Struct", "crate::contract::wire_struct::WireStruct")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

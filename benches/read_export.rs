@@ -2,7 +2,8 @@
 //! exports of growing size (up to 1 GiB and more), generated on the fly by the emulator.
 //!
 //! `cargo bench --bench read_export` runs the full sizes; `-- --quick` (or
-//! `STREAM_EXPORT_BENCH_QUICK=1`) a few megabytes, for CI. The service runs as its own release
+//! `STREAM_EXPORT_BENCH_QUICK=1`) a few megabytes, for CI; `-- --only v2:1024` one format and size
+//! alone (both encodings, no saves), for profiling. The service runs as its own release
 //! process, so its memory is read from `/proc/<pid>/status` (VmHWM,
 //! the peak resident set), a fresh process per file so that each peak is that file's alone.
 //! Prints a table and one `BENCH {json}` line per figure.
@@ -46,6 +47,14 @@ struct Run {
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick") || std::env::var_os("STREAM_EXPORT_BENCH_QUICK").is_some();
     let sizes_mib: &[u64] = if quick { &[2, 8] } else { &[64, 256, 1024] };
+    // For profiling one case: `-- --only v2:1024` reads that file alone and skips the saves.
+    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let only =
+        only.as_deref().and_then(|o| o.split_once(':')).map(|(v, m)| (v.to_owned(), m.parse::<u64>().unwrap_or(0)));
+    let sizes_mib: &[u64] = match &only {
+        Some((_, mib)) => std::slice::from_ref(mib),
+        None => sizes_mib,
+    };
     let binary = release_binary();
     let _ = rustls::crypto::ring::default_provider().install_default();
 
@@ -56,6 +65,9 @@ async fn main() {
     let mut runs = Vec::new();
     let mut largest = Vec::new();
     for version in ["v2", "v1"] {
+        if only.as_ref().is_some_and(|(v, _)| v != version) {
+            continue;
+        }
         for &mib in sizes_mib {
             let records = mib * MIB / RECORD_BYTES as u64;
             let spec = json!({"records": records, "version": version, "record_bytes": RECORD_BYTES});
@@ -69,6 +81,10 @@ async fn main() {
         }
     }
     report(&runs);
+    if only.is_some() {
+        emulator.shutdown().await;
+        return;
+    }
     let largest_mib = sizes_mib.last().copied().unwrap_or(0);
     // Saving, first from a source paced like a remote file store (the issue measured its plain
     // download at 2.5-2.8 s per GiB), then from the unpaced generator: the service's own ceiling.

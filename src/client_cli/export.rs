@@ -12,12 +12,11 @@ use crate::{
     client_cli::{
         ChannelsArgs, Session, UserArgs, UsersArgs, WaitArgs,
         failure::{Failure, retry_delay},
-        output::{AtomicJsonl, save_export},
+        output::{AtomicJsonl, item_json, save_export},
         progress::Mode,
         render::{self, task_json},
         watch,
     },
-    contract::json::from_struct,
     proto::{
         ChannelRef, ExportChannelsRequest, ExportFormatVersion, ExportUserRequest, ExportUsersRequest, GetTaskRequest,
         TaskState,
@@ -146,12 +145,14 @@ pub async fn user(session: &mut Session, args: UserArgs) -> Result<(), Failure> 
         async move { client.export_user(unary(ExportUserRequest { user_id })).await.map(|r| r.into_inner()) }
     })
     .await?;
-    let records = export
+    let records: Vec<(&str, Value)> = export
         .user
         .iter()
-        .map(|item| ("user", from_struct(item)))
-        .chain(export.messages.iter().map(|item| ("message", from_struct(item))))
-        .chain(export.reactions.iter().map(|item| ("reaction", from_struct(item))));
+        .map(|item| ("user", item))
+        .chain(export.messages.iter().map(|item| ("message", item)))
+        .chain(export.reactions.iter().map(|item| ("reaction", item)))
+        .map(|(kind, item)| item_json(item).map(|item| (kind, item)))
+        .collect::<Result<_, _>>()?;
     match &args.output {
         Some(path) => {
             let mut file = AtomicJsonl::create(path)?;

@@ -15,7 +15,7 @@ use crate::{
         Session,
         failure::{Failure, metadata, reason, retry_delay},
     },
-    contract::json::from_struct,
+    contract::{json::from_struct, wire_struct::WireStruct},
     proto::{ExportRecord, ReadExportRequest, RecordEncoding},
 };
 
@@ -25,6 +25,12 @@ const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 
 /// How many times an interrupted read (`UNAVAILABLE` with `next_index`) is resumed before giving up.
 const MAX_RESUMES: u32 = 5;
+
+/// A received record's `Struct` as JSON.
+pub fn item_json(item: &WireStruct) -> Result<Value, Failure> {
+    let item = item.to_struct().map_err(|error| Failure::Local(format!("a record does not decode: {error}")))?;
+    Ok(from_struct(&item))
+}
 
 /// A JSON-lines file that appears under its final name only when complete: records go to a
 /// temporary file in the same directory, renamed over the final name by [`AtomicJsonl::commit`].
@@ -84,7 +90,7 @@ impl AtomicJsonl {
         }
         if message.json.is_empty() {
             if message.index == self.records {
-                let item = message.item.as_ref().map_or(Value::Null, from_struct);
+                let item = message.item.as_ref().map_or(Ok(Value::Null), item_json)?;
                 self.write(&message.kind, item)?;
             }
             return Ok(());

@@ -2,12 +2,14 @@
 //!
 //! The generated `streamexport.v1` types ([`proto`]), the task model's helpers on them
 //! ([`task`]), the one place where failures become gRPC statuses ([`status`]), and the one
-//! conversion between JSON and `google.protobuf.Struct` ([`json`]). Nothing here knows Stream's
+//! conversion between JSON and `google.protobuf.Struct` ([`json`]) and the `Struct` that generated
+//! messages hold, parsed or already encoded ([`wire_struct`]). Nothing here knows Stream's
 //! wire format or any other module of the crate.
 
 pub mod json;
 pub mod status;
 pub mod task;
+pub mod wire_struct;
 
 /// The generated protobuf types and gRPC stubs of `streamexport.v1`.
 pub mod proto {

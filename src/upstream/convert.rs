@@ -60,9 +60,9 @@ fn url_expiry(url: &str) -> Option<DateTime<Utc>> {
 /// Builds the `ExportUser` response, keeping every field upstream sent.
 pub fn user_export(export: UserExport) -> ExportUserResponse {
     ExportUserResponse {
-        user: export.user.map(to_struct),
-        messages: export.messages.into_iter().map(to_struct).collect(),
-        reactions: export.reactions.into_iter().map(to_struct).collect(),
+        user: export.user.map(|user| to_struct(user).into()),
+        messages: export.messages.into_iter().map(|message| to_struct(message).into()).collect(),
+        reactions: export.reactions.into_iter().map(|reaction| to_struct(reaction).into()).collect(),
     }
 }
 

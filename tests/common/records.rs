@@ -1,7 +1,7 @@
 //! What an export file holds, and protobuf `Struct`s back to JSON, for comparing records.
 
-use prost_types::Struct;
 use serde_json::{Value, json};
+use stream_export::contract::wire_struct::WireStruct;
 
 /// The records a file should give, computed from the whole file (fine for test sizes).
 pub fn expected_records(body: &str) -> Vec<(String, Value)> {
@@ -36,8 +36,8 @@ pub fn expected_records(body: &str) -> Vec<(String, Value)> {
 
 /// A `Struct` back to JSON (the crate's one conversion), numbers as doubles so that it
 /// compares with [`normalised`] JSON.
-pub fn json_of(value: &Struct) -> Value {
-    normalised(&stream_export::contract::json::from_struct(value))
+pub fn json_of(value: &WireStruct) -> Value {
+    normalised(&stream_export::contract::json::from_struct(&value.to_struct().expect("a received Struct")))
 }
 
 /// Numbers as doubles, as they are after a trip through `Struct`.
