@@ -44,7 +44,12 @@ pub struct AtomicJsonl {
     pub records: u64,
     /// Bytes written so far.
     pub bytes: u64,
+    /// Bytes whose writeback to disk has been started (see [`AtomicJsonl::start_writeback`]).
+    writeback_started: u64,
 }
+
+/// How often the file's writeback is started while it is written.
+const WRITEBACK_EVERY_BYTES: u64 = 32 * 1024 * 1024;
 
 impl AtomicJsonl {
     /// Creates the temporary file beside `path`.
@@ -61,6 +66,7 @@ impl AtomicJsonl {
             writer: Some(BufWriter::with_capacity(WRITE_BUFFER_BYTES, file)),
             records: 0,
             bytes: 0,
+            writeback_started: 0,
         })
     }
 
@@ -78,7 +84,31 @@ impl AtomicJsonl {
         written.map_err(|error| self.io_failure(error))?;
         self.records += 1;
         self.bytes += json.len() as u64 + 1;
+        if self.bytes - self.writeback_started >= WRITEBACK_EVERY_BYTES {
+            self.start_writeback();
+        }
         Ok(())
+    }
+
+    /// Asks the kernel to start writing what the file holds so far to disk, without waiting, so
+    /// that the `fsync` of [`AtomicJsonl::commit`] finds little left to write.
+    fn start_writeback(&mut self) {
+        #[cfg(target_os = "linux")]
+        if let Some(writer) = &self.writer {
+            use std::os::fd::AsRawFd;
+            let in_file = self.bytes - writer.buffer().len() as u64;
+            let (from, len) = (self.writeback_started, in_file - self.writeback_started);
+            // SAFETY: a plain syscall on a descriptor this value owns; no memory is passed.
+            let _ = unsafe {
+                libc::sync_file_range(
+                    writer.get_ref().as_raw_fd(),
+                    from as libc::off64_t,
+                    len as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            self.writeback_started = in_file;
+        }
     }
 
     /// Appends the records of a `ReadExport` message (JSON, or a `Struct` from a server that
