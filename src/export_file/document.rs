@@ -187,7 +187,8 @@ mod tests {
 
     /// The records of `document` from `start` as (index, kind), read in both encodings, which
     /// must agree; and how reading ended.
-    fn parse(document: &str, start: u64) -> (Result<(), ReadError>, Vec<(u64, String)>) {
+    fn parse(document: impl AsRef<[u8]>, start: u64) -> (Result<(), ReadError>, Vec<(u64, String)>) {
+        let document = document.as_ref();
         let (outcome, records) = parse_as(document, start, Encoding::Struct);
         let (json_outcome, json_records) = parse_as(document, start, Encoding::Json);
         assert_eq!(json_records, records, "JSON and Struct give the same records");
@@ -195,9 +196,9 @@ mod tests {
         (outcome, records)
     }
 
-    fn parse_as(document: &str, start: u64, encoding: Encoding) -> (Result<(), ReadError>, Vec<(u64, String)>) {
+    fn parse_as(document: &[u8], start: u64, encoding: Encoding) -> (Result<(), ReadError>, Vec<(u64, String)>) {
         // Small chunks, so that values cross chunk boundaries.
-        let chunks: Vec<_> = document.as_bytes().chunks(7).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+        let chunks: Vec<_> = document.chunks(7).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
         let mut scanner = Scanner::new(crate::export_file::boxed(futures::stream::iter(chunks)), 1 << 20);
         let (sender, mut receiver) = mpsc::channel(1024);
         let mut sink = Sink::new(start, encoding, sender, std::time::Duration::from_secs(5));
@@ -225,6 +226,18 @@ mod tests {
          "extra": {"ignored": [1, 2]}},
         {"members": null, "channel": {"cid": "messaging:b"}, "messages": []}
     ], "version": "v1", "users": [{"id": "u1"}]}"#;
+
+    #[test]
+    fn an_entity_that_is_not_utf8_ends_the_read_in_both_encodings() {
+        for bad in [&b"{\"id\": \"m\xff\"}"[..], b"{\"id\": \"m\", \"latest_reactions\": [{\"t\xe9\": 1}]}"] {
+            let mut document = br#"{"channels": [{"channel": {"cid": "messaging:a"}, "messages": ["#.to_vec();
+            document.extend_from_slice(bad);
+            document.extend_from_slice(br#"]}], "version": "v1"}"#);
+            let (outcome, records) = parse(&document, 0);
+            let error = outcome.unwrap_err().to_string();
+            assert!(error.contains("message") && records.len() == 1, "{error} {records:?}");
+        }
+    }
 
     #[test]
     fn entities_come_out_in_document_order() {

@@ -87,9 +87,16 @@ mod tests {
     use crate::export_file::{Encoding, boxed};
 
     async fn read_in(chunks: &[&'static str], encoding: Encoding, cap: usize) -> (Result<(), ReadError>, Vec<Bytes>) {
-        let body = boxed(futures::stream::iter(
-            chunks.iter().map(|c| Ok(Bytes::from_static(c.as_bytes()))).collect::<Vec<_>>(),
-        ));
+        read_bytes_in(chunks.iter().map(|c| c.as_bytes()).collect(), encoding, cap).await
+    }
+
+    async fn read_bytes_in(
+        chunks: Vec<&'static [u8]>,
+        encoding: Encoding,
+        cap: usize,
+    ) -> (Result<(), ReadError>, Vec<Bytes>) {
+        let body =
+            boxed(futures::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from_static(c))).collect::<Vec<_>>()));
         let (sender, mut receiver) = mpsc::channel(1024);
         let mut sink = Sink::new(0, encoding, sender, Duration::from_secs(5));
         let mut outcome = read(body, &mut sink, cap).await;
@@ -139,6 +146,22 @@ mod tests {
                 let (outcome, _) = read_in(&["{\"type\":\"user\",\"item\":{}}\n", bad], encoding, 1024).await;
                 let error = outcome.unwrap_err().to_string();
                 assert!(error.contains("line 2"), "{bad} {encoding:?}: {error}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_line_that_is_not_utf8_is_a_parse_error_in_both_encodings() {
+        // Inside a string and inside a member name: serde_json skips both without checking them.
+        for bad in
+            [&b"{\"type\":\"user\",\"item\":{\"id\":\"\xff\"}}\n"[..], b"{\"type\":\"user\",\"item\":{\"\xc3\":1}}\n"]
+        {
+            for encoding in [Encoding::Json, Encoding::Struct] {
+                let (outcome, lines) =
+                    read_bytes_in(vec![b"{\"type\":\"user\",\"item\":{}}\n", bad], encoding, 1024).await;
+                let error = outcome.unwrap_err().to_string();
+                assert!(error.contains("line 2"), "{encoding:?}: {error}");
+                assert!(lines.len() <= 1, "{encoding:?}: the bad line never reaches the client");
             }
         }
     }

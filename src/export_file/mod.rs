@@ -143,6 +143,7 @@ impl Sink {
             }
             Encoding::Json => {
                 serde_json::from_slice::<EnvelopeShape>(&line).map_err(not_an_entity)?;
+                check_text(&line, || format!("line {number}"))?;
                 self.deliver_json(line).await
             }
         }
@@ -156,8 +157,8 @@ impl Sink {
         self.checked_entity(kind, json).await
     }
 
-    /// [`Sink::entity`] for JSON already known to be an object (under [`Encoding::Json`] it is
-    /// passed on unchecked).
+    /// [`Sink::entity`] for JSON already known to be an object (under [`Encoding::Json`] only its
+    /// UTF-8 is checked).
     pub(super) async fn checked_entity(&mut self, kind: &'static str, json: &[u8]) -> Result<(), ReadError> {
         if !self.take_index() {
             return Ok(());
@@ -169,7 +170,10 @@ impl Sink {
                 let item = WireStruct::encoded(self.arena.split().freeze());
                 self.deliver_struct(kind.to_owned(), item).await
             }
-            Encoding::Json => self.deliver_json(enveloped(kind, json)).await,
+            Encoding::Json => {
+                check_text(json, || format!("a {kind}"))?;
+                self.deliver_json(enveloped(kind, json)).await
+            }
         }
     }
 
@@ -247,6 +251,15 @@ fn enveloped(kind: &str, json: &[u8]) -> Bytes {
     line.extend_from_slice(json);
     line.push(b'}');
     Bytes::from(line)
+}
+
+/// Checks that a JSON record passed on as bytes is UTF-8 text (`what` names it for the error):
+/// clients decode it as text, and serde_json does not check the strings it skips.
+fn check_text(json: &[u8], what: impl FnOnce() -> String) -> Result<(), ReadError> {
+    match simdutf8::basic::from_utf8(json) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(ReadError::Parse(format!("{} is not UTF-8 text", what()))),
+    }
 }
 
 /// Checks that `json` is one JSON object, without building it.
