@@ -12,8 +12,8 @@ use serde::{
 
 use crate::contract::wire_struct::StructSeed;
 
-/// A JSON-lines record, checked the way [`Encoding::Json`](super::Encoding::Json) checks it: `type` a string, `item` an
-/// object; nothing is built or copied.
+/// A JSON-lines record, checked the way [`Encoding::Json`](super::Encoding::Json) checks it:
+/// `type` a string, `item` an object; nothing is built or copied.
 #[derive(Deserialize)]
 pub(super) struct EnvelopeShape<'a> {
     #[serde(rename = "type", borrow)]
@@ -28,15 +28,15 @@ pub(super) struct AnObject;
 impl<'de> Deserialize<'de> for AnObject {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct ObjectVisitor;
-        impl<'de> serde::de::Visitor<'de> for ObjectVisitor {
+        impl<'de> Visitor<'de> for ObjectVisitor {
             type Value = AnObject;
 
-            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
                 formatter.write_str("a JSON object")
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<AnObject, A::Error> {
-                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AnObject, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
                 Ok(AnObject)
             }
         }
