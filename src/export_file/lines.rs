@@ -140,8 +140,14 @@ mod tests {
             read_in(&["{\"type\":\"user\",", "\"item\":{\"id\":\"abcdefgh\"}}\n"], Encoding::Json, 30).await;
         let error = outcome.unwrap_err().to_string();
         assert!(error.contains("line 1 is longer than the limit of 30 bytes"), "{error}");
-        for bad in ["{\"type\":\"user\",\"item\":[]}\n", "{\"type\":3,\"item\":{}}\n", "{\"type\":\"u\",\"item\":{}\n"]
-        {
+        for bad in [
+            "{\"type\":\"user\",\"item\":[]}\n",
+            "{\"type\":3,\"item\":{}}\n",
+            "{\"type\":\"u\",\"item\":{}\n",
+            "[\"user\",{}]\n",
+            "{\"item\":{}}\n",
+            "{\"type\":\"u\",\"item\":{},\"type\":\"v\"}\n",
+        ] {
             for encoding in [Encoding::Json, Encoding::Struct] {
                 let (outcome, _) = read_in(&["{\"type\":\"user\",\"item\":{}}\n", bad], encoding, 1024).await;
                 let error = outcome.unwrap_err().to_string();

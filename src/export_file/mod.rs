@@ -142,6 +142,10 @@ impl Sink {
                 self.deliver_struct(kind, item).await
             }
             Encoding::Json => {
+                // serde's derive would also take `["type", {...}]`; a record must be an object.
+                if line.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+                    return Err(ReadError::Parse(format!("line {number} is not a {{type, item}} object")));
+                }
                 serde_json::from_slice::<EnvelopeShape>(&line).map_err(not_an_entity)?;
                 check_text(&line, || format!("line {number}"))?;
                 self.deliver_json(line).await
