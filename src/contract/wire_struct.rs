@@ -3,7 +3,7 @@
 //!
 //! A record read from an export file is transcoded from its JSON text straight into the bytes of
 //! a `Struct` ([`transcode`], [`StructSeed`]): no tree of maps, strings and values is built,
-//! encoded and dropped for every record (the `Struct` encoding of ReadExport spent more than half
+//! encoded and dropped for every record (the `Struct` encoding of ReadExport spent about half
 //! its time on that). Every other `Struct`, and every one a client decodes, is a parsed
 //! [`prost_types::Struct`]. On the wire the two are the same message; `build.rs` maps
 //! `google.protobuf.Struct` to [`WireStruct`].
@@ -40,7 +40,7 @@ impl WireStruct {
         Self(Repr::Encoded(fields))
     }
 
-    /// The struct, decoded if it is held encoded (a received message's always is parsed).
+    /// The struct, decoded if it is held encoded (a received message's is always parsed).
     pub fn to_struct(&self) -> Result<Cow<'_, Struct>, DecodeError> {
         match &self.0 {
             Repr::Parsed(parsed) => Ok(Cow::Borrowed(parsed)),
