@@ -37,8 +37,7 @@ pub fn struct_from_slice(json: &[u8]) -> serde_json::Result<Struct> {
 }
 
 /// A `Struct` as a serde target: deserializes from a JSON object only.
-#[derive(Debug)]
-pub struct JsonStruct(pub Struct);
+struct JsonStruct(Struct);
 
 impl<'de> Deserialize<'de> for JsonStruct {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

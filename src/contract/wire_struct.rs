@@ -121,12 +121,20 @@ impl Message for WireStruct {
 /// last of repeated keys wins), in one pass and without allocating.
 pub fn transcode(json: &[u8], out: &mut BytesMut) -> serde_json::Result<()> {
     let start = out.len();
-    let mut deserializer = serde_json::Deserializer::from_slice(json);
-    let parsed = StructSeed(&mut *out).deserialize(&mut deserializer).and_then(|()| deserializer.end());
+    let parsed = deserialize_whole(json, StructSeed(&mut *out));
     if parsed.is_err() {
         out.truncate(start);
     }
     parsed
+}
+
+/// Deserializes `json` with `seed`, which must take all of it (trailing characters other than
+/// whitespace are an error, as `serde_json::from_slice` has it for a plain `Deserialize`).
+pub fn deserialize_whole<'de, S: DeserializeSeed<'de>>(json: &'de [u8], seed: S) -> serde_json::Result<S::Value> {
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    let value = seed.deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(value)
 }
 
 /// Deserializes a JSON object into `Struct` wire bytes appended to the buffer (nothing appended

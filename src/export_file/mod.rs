@@ -25,11 +25,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost_types::Struct;
-use serde::de::DeserializeSeed;
 use tokio::sync::mpsc;
 
 use crate::{
-    contract::wire_struct::{WireStruct, transcode},
+    contract::wire_struct::{WireStruct, deserialize_whole, transcode},
     proto::ExportRecord,
 };
 use envelope::{AnObject, EnvelopeSeed, EnvelopeShape};
@@ -132,9 +131,7 @@ impl Sink {
         match self.encoding {
             Encoding::Struct => {
                 self.make_room(line.len());
-                let mut deserializer = serde_json::Deserializer::from_slice(&line);
-                let kind = EnvelopeSeed(&mut self.arena).deserialize(&mut deserializer);
-                let kind = kind.and_then(|kind| deserializer.end().map(|()| kind)).map_err(|error| {
+                let kind = deserialize_whole(&line, EnvelopeSeed(&mut self.arena)).map_err(|error| {
                     self.arena.clear();
                     not_an_entity(error)
                 })?;
