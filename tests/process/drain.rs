@@ -95,7 +95,7 @@ async fn read_export_streams_open_at_the_end_of_the_grace_end_resumable_with_nex
     let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
     let base_url = emulator.base_url();
     let mut service = ServiceProcess::start(
-        &["--shutdown-grace", "2s"],
+        &["--shutdown-grace", "4s"],
         &[("STREAM_BASE_URL", &base_url), ("STREAM_API_KEY", API_KEY), ("STREAM_API_SECRET", API_SECRET)],
     );
     service.wait_ready(true).await;
@@ -104,7 +104,7 @@ async fn read_export_streams_open_at_the_end_of_the_grace_end_resumable_with_nex
         .control(
             reqwest::Method::POST,
             "synthetic_exports",
-            Some(json!({"records": 200_000, "version": "v2", "record_bytes": 512})),
+            Some(json!({"records": 1_000_000, "version": "v2", "record_bytes": 512})),
         )
         .await;
     let request = ReadExportRequest {
@@ -115,9 +115,11 @@ async fn read_export_streams_open_at_the_end_of_the_grace_end_resumable_with_nex
     let mut stream = client.read_export(request).await.unwrap().into_inner();
     assert_eq!(stream.message().await.unwrap().unwrap().index, 0);
 
-    // A paused reader: it reads again only after the drain has begun, near the end of the grace.
+    // A paused reader: it reads again only when the drain ends the stream, 1 s before the 4 s
+    // grace closes the connections; that second is the time it has to read what was buffered and
+    // the status (with a 2 s grace it had 0.3 s, which a loaded machine sometimes overslept).
     service.terminate();
-    tokio::time::sleep(Duration::from_millis(1700)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let mut received = 1u64;
     let status = loop {
         match stream.message().await {

@@ -40,17 +40,19 @@ async fn completed_channel_export(app: &TestApp, cids: &[&str], version: ExportF
     wait_completed(app, task_id).await
 }
 
-/// Waits until `task_id` completes; returns it with its result URL.
+/// Waits until `task_id` completes; returns it with its result URL. The deadline is generous:
+/// a loaded machine building a large export file in a debug build can take many seconds.
 pub(crate) async fn wait_completed(app: &TestApp, task_id: String) -> (String, String) {
     let mut client = app.client.clone();
-    for _ in 0..200 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
         let task = client.get_task(GetTaskRequest { task_id: task_id.clone() }).await.unwrap().into_inner();
         if task.state() == TaskState::Completed {
             return (task_id, task.result.unwrap().url);
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("task {task_id} did not complete");
+    panic!("task {task_id} did not complete in 60 s");
 }
 
 /// The file at a result URL, as text.

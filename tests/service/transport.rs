@@ -21,13 +21,14 @@ use stream_export::{
     startup::Application,
 };
 
-/// The median latency of 30 sequential `GetTask`s of `task_id` (after 5 to warm up).
+/// The lower-quartile latency of 32 sequential `GetTask`s of `task_id` (after 5 to warm up).
 ///
 /// Nagle's algorithm on the server's socket holds the second of two small writes (here the
 /// answer to the call, after the answer to the client's PING) until the client's delayed ACK:
 /// 40 ms on Linux. A client that does not write in the meantime, as grpcio does not and this
-/// one does not, waits that long on every call.
-async fn median_get_task_latency(client: &mut RawGrpc, task_id: &str) -> Duration {
+/// one does not, waits that long on every call, so even the fastest quarter of the calls is that
+/// slow; a loaded machine slows some calls, not every one (a median did fail under load).
+async fn lower_quartile_get_task_latency(client: &mut RawGrpc, task_id: &str) -> Duration {
     let request = GetTaskRequest { task_id: task_id.to_owned() }.encode_to_vec();
     let path = "/streamexport.v1.ExportService/GetTask";
     // A fresh connection starts in quick-ACK mode; the delay shows once it has left it.
@@ -35,7 +36,7 @@ async fn median_get_task_latency(client: &mut RawGrpc, task_id: &str) -> Duratio
         client.unary(path, &request).await;
     }
     let mut latencies = Vec::new();
-    for _ in 0..30 {
+    for _ in 0..32 {
         let started = Instant::now();
         let reply = client.unary(path, &request).await;
         latencies.push(started.elapsed());
@@ -43,7 +44,7 @@ async fn median_get_task_latency(client: &mut RawGrpc, task_id: &str) -> Duratio
         Task::decode(reply.message).expect("a Task");
     }
     latencies.sort();
-    latencies[latencies.len() / 2]
+    latencies[latencies.len() / 4]
 }
 
 /// Submits a user export through `client` and returns its task id.
@@ -63,8 +64,8 @@ async fn sequential_calls_of_a_non_tonic_client_do_not_wait_for_delayed_acks() {
     let app = spawn_app().await;
     let mut client = RawGrpc::connect(app.addr).await;
     let task_id = submit(&mut client).await;
-    let median = median_get_task_latency(&mut client, &task_id).await;
-    assert!(median < FAR_BELOW_A_DELAYED_ACK, "median GetTask latency {median:?}");
+    let latency = lower_quartile_get_task_latency(&mut client, &task_id).await;
+    assert!(latency < FAR_BELOW_A_DELAYED_ACK, "lower-quartile GetTask latency {latency:?}");
     app.stop().await;
 }
 
@@ -101,8 +102,8 @@ async fn tls_connections_do_not_wait_for_delayed_acks_either() {
         .expect("a TLS handshake");
     let mut client = RawGrpc::over(tls, "localhost").await;
     let task_id = submit(&mut client).await;
-    let median = median_get_task_latency(&mut client, &task_id).await;
-    assert!(median < FAR_BELOW_A_DELAYED_ACK, "median GetTask latency over TLS {median:?}");
+    let latency = lower_quartile_get_task_latency(&mut client, &task_id).await;
+    assert!(latency < FAR_BELOW_A_DELAYED_ACK, "lower-quartile GetTask latency over TLS {latency:?}");
 
     let _ = stop.send(());
     server.await.unwrap().unwrap();
