@@ -95,6 +95,10 @@ pub struct ServeArgs {
     #[arg(long, env = "STREAM_EXPORT_WATCH_MAX_STREAMS", default_value_t = 20_000)]
     pub watch_max_streams: usize,
 
+    /// WatchTask: most concurrent watch streams of one caller on this replica.
+    #[arg(long, env = "STREAM_EXPORT_WATCH_MAX_STREAMS_PER_CALLER", default_value_t = 2_000)]
+    pub watch_max_streams_per_caller: usize,
+
     /// WatchTask: how long a finished task's final state is kept for late watchers.
     #[arg(long, env = "STREAM_EXPORT_WATCH_RETENTION", default_value = "60s", value_parser = humantime::parse_duration)]
     pub watch_retention: Duration,
@@ -418,6 +422,7 @@ impl ServeArgs {
                 failure_budget: self.watch_failure_budget,
                 max_stream_lifetime: self.watch_max_lifetime,
                 max_streams: self.watch_max_streams,
+                max_streams_per_caller: self.watch_max_streams_per_caller,
                 upstream_budget_per_second: self.upstream_poll_budget,
                 terminal_retention: self.watch_retention,
                 not_found_retention: self.watch_not_found_ttl,
@@ -485,6 +490,10 @@ impl ServeArgs {
             (self.max_request_bytes as u64, "STREAM_EXPORT_MAX_REQUEST_BYTES (--max-request-bytes)"),
             (u64::from(self.max_concurrent_streams), "STREAM_EXPORT_MAX_CONCURRENT_STREAMS (--max-concurrent-streams)"),
             (self.watch_max_streams as u64, "STREAM_EXPORT_WATCH_MAX_STREAMS (--watch-max-streams)"),
+            (
+                self.watch_max_streams_per_caller as u64,
+                "STREAM_EXPORT_WATCH_MAX_STREAMS_PER_CALLER (--watch-max-streams-per-caller)",
+            ),
             (self.idempotency_capacity, "STREAM_EXPORT_IDEMPOTENCY_CAPACITY (--idempotency-capacity)"),
             (self.task_registry_capacity as u64, "STREAM_EXPORT_TASK_REGISTRY_CAPACITY (--task-registry-capacity)"),
             (self.max_read_streams as u64, "STREAM_EXPORT_MAX_READ_STREAMS (--max-read-streams)"),

@@ -5,7 +5,10 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
-use tokio::net::TcpListener;
+use tokio::{
+    net::TcpListener,
+    signal::unix::{Signal, SignalKind},
+};
 use tokio_util::sync::CancellationToken;
 use tonic::{
     service::interceptor::InterceptedService,
@@ -37,11 +40,14 @@ pub struct Application {
     auth: CallerAuth,
     transport: TransportSettings,
     unary_timeout: Duration,
+    hangups: Option<Signal>,
 }
 
 impl Application {
     /// Binds the listener and builds the upstream client.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // First: until a SIGHUP handler is installed, SIGHUP ends the process.
+        let hangups = listen_for_hangups();
         let UpstreamSettings::Remote { base_url, api_key, api_secret } = settings.upstream else {
             // The library never links the emulator into the service path: the binary starts it.
             anyhow::bail!("the embedded emulator is started by the stream-export binary (serve --emulator)");
@@ -95,6 +101,7 @@ impl Application {
             auth: settings.auth,
             transport: settings.transport,
             unary_timeout: settings.limits.unary_timeout,
+            hangups,
         })
     }
 
@@ -120,7 +127,7 @@ impl Application {
         let addr = self.local_addr()?;
         let transport = &self.transport;
         let reads_ending = self.api.read_streams_ending();
-        reload_policies_on_sighup(self.policies.clone());
+        reload_policies_on_sighup(self.policies.clone(), self.hangups);
         let export = InterceptedService::new(
             ExportServiceServer::new(self.api)
                 .max_decoding_message_size(transport.max_request_bytes)
@@ -275,21 +282,28 @@ impl ChangeObserver for RegistryObserver {
     }
 }
 
-/// Reloads the policy file on each SIGHUP until the process ends; a file that does not parse
-/// or validate is refused (logged) and the policies in force stay.
-fn reload_policies_on_sighup(policies: Policies) {
-    if !policies.is_enforced() {
-        return;
-    }
-    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(hangups) => hangups,
+/// Installs the SIGHUP handler (SIGHUP's default action ends the process).
+fn listen_for_hangups() -> Option<Signal> {
+    match tokio::signal::unix::signal(SignalKind::hangup()) {
+        Ok(hangups) => Some(hangups),
         Err(error) => {
             tracing::warn!(%error, "cannot listen for SIGHUP; the policy file will not be reloaded");
-            return;
+            None
         }
-    };
+    }
+}
+
+/// Reloads the policy file on each SIGHUP until the process ends; a file that does not parse
+/// or validate is refused (logged) and the policies in force stay. Without a policy file, a
+/// SIGHUP is logged and otherwise ignored.
+fn reload_policies_on_sighup(policies: Policies, hangups: Option<Signal>) {
+    let Some(mut hangups) = hangups else { return };
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
+            if !policies.is_enforced() {
+                tracing::info!("SIGHUP: no policy file to reload (--policy-file is not set)");
+                continue;
+            }
             match policies.reload() {
                 Ok(count) => tracing::info!(policies = count, "SIGHUP: the policy file was reloaded"),
                 Err(error) => tracing::error!(%error, "SIGHUP: the new policy file was refused; the old policies stay"),

@@ -95,6 +95,24 @@ pub mod reason {
     pub const READ_ABORTED: &str = "READ_ABORTED";
     /// The replica has as many ReadExport streams open as it allows.
     pub const READ_LIMIT_REACHED: &str = "READ_LIMIT_REACHED";
+    /// ReadExport: `start_index` is past the file's last record (`record_count` says how many).
+    pub const START_INDEX_PAST_END: &str = "START_INDEX_PAST_END";
+}
+
+/// OUT_OF_RANGE when ReadExport's `start_index` is past the end of a file of `record_count`
+/// records (a `start_index` equal to it reads nothing, OK: a resume after the last record).
+pub fn start_index_past_end(start_index: u64, record_count: u64) -> Status {
+    let mut details = ErrorDetails::with_error_info(
+        reason::START_INDEX_PAST_END,
+        DOMAIN,
+        HashMap::from([("record_count".to_owned(), record_count.to_string())]),
+    );
+    details.add_bad_request_violation(
+        "start_index",
+        format!("must be at most {record_count}, the number of records in the export"),
+    );
+    let message = format!("start_index {start_index} is past the end of the export ({record_count} records)");
+    build(Code::OutOfRange, message, details)
 }
 
 /// FAILED_PRECONDITION when ReadExport asks for a task that has no file.
@@ -155,24 +173,28 @@ pub fn read_aborted(next_index: u64) -> Status {
 
 /// RESOURCE_EXHAUSTED, at once, when the replica has as many ReadExport streams as it allows.
 pub fn read_limit_reached(limit: usize) -> Status {
-    stream_limit_reached(reason::READ_LIMIT_REACHED, "read-streams", "ReadExport", limit)
+    stream_limit_reached(reason::READ_LIMIT_REACHED, "read-streams", "ReadExport streams", limit)
 }
 
 /// RESOURCE_EXHAUSTED when the replica has as many watch streams as it allows.
 pub fn watch_limit_reached(limit: usize) -> Status {
-    stream_limit_reached(reason::WATCH_LIMIT_REACHED, "watch-streams", "watch", limit)
+    stream_limit_reached(reason::WATCH_LIMIT_REACHED, "watch-streams", "watch streams", limit)
 }
 
-/// The one shape of both stream limits: `reason`, a quota violation on
+/// RESOURCE_EXHAUSTED `WATCH_LIMIT_REACHED`: the caller has as many open watch streams as one
+/// caller may.
+pub fn caller_watch_limit_reached(limit: usize) -> Status {
+    stream_limit_reached(reason::WATCH_LIMIT_REACHED, "watch-streams-per-caller", "watch streams of one caller", limit)
+}
+
+/// The one shape of the stream limits: `reason`, a quota violation on
 /// `stream-export:<quota>`, and the limit in the metadata.
 fn stream_limit_reached(reason: &str, quota: &str, streams: &str, limit: usize) -> Status {
     let mut details = ErrorDetails::with_retry_info(Some(DEFAULT_RETRY_DELAY));
     details.set_error_info(reason, DOMAIN, HashMap::from([("limit".to_owned(), limit.to_string())]));
-    details.add_quota_failure_violation(
-        format!("stream-export:{quota}"),
-        format!("at most {limit} concurrent {streams} streams"),
-    );
-    build(Code::ResourceExhausted, format!("too many {streams} streams (limit {limit})"), details)
+    details
+        .add_quota_failure_violation(format!("stream-export:{quota}"), format!("at most {limit} concurrent {streams}"));
+    build(Code::ResourceExhausted, format!("too many {streams} (limit {limit})"), details)
 }
 
 fn next_index_metadata(next_index: u64) -> HashMap<String, String> {

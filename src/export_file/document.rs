@@ -212,6 +212,7 @@ mod tests {
                 records.push((record.index, record.kind));
             }
             for (offset, line) in record.json.iter().enumerate() {
+                assert!(!line.iter().any(|byte| matches!(byte, b'\n' | b'\r')), "a record is one line");
                 let line: serde_json::Value = serde_json::from_slice(line).unwrap();
                 assert!(line["item"].is_object(), "{line}");
                 records.push((record.index + offset as u64, line["type"].as_str().unwrap().to_owned()));
@@ -237,6 +238,16 @@ mod tests {
             let error = outcome.unwrap_err().to_string();
             assert!(error.contains("message") && records.len() == 1, "{error} {records:?}");
         }
+    }
+
+    #[test]
+    fn a_pretty_printed_document_gives_one_line_per_record() {
+        let document: serde_json::Value = serde_json::from_str(DOCUMENT).unwrap();
+        let pretty = serde_json::to_string_pretty(&document).unwrap();
+        assert!(pretty.contains("{\n"), "entities span several lines");
+        let (outcome, records) = parse(&pretty, 0);
+        outcome.unwrap();
+        assert_eq!(records.len(), parse(DOCUMENT, 0).1.len());
     }
 
     #[test]

@@ -72,6 +72,12 @@ pub enum ReadError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The file was read to its end, and `start` is past its last record.
+    #[error("the export has {records} records, fewer than the start index")]
+    PastTheEnd {
+        /// How many records the file holds.
+        records: u64,
+    },
 }
 
 /// Numbers records, skips those before `start`, encodes the rest and hands them to the client's
@@ -243,13 +249,21 @@ impl Sink {
     }
 }
 
-/// `{"type":"<kind>","item":<json>}`: a V1 entity in the JSON-lines envelope, its bytes untouched.
+/// `{"type":"<kind>","item":<json>}`: a V1 entity in the JSON-lines envelope, on one line.
+///
+/// A pretty-printed V1 document has line breaks between an entity's tokens; a record is one line
+/// of a JSON-lines file, so they become spaces. (In valid JSON a raw line break can only be such
+/// white space: inside a string it must be escaped.) Every other byte is the document's.
 fn enveloped(kind: &str, json: &[u8]) -> Bytes {
     let mut line = Vec::with_capacity(json.len() + kind.len() + 20);
     line.extend_from_slice(b"{\"type\":\"");
     line.extend_from_slice(kind.as_bytes());
     line.extend_from_slice(b"\",\"item\":");
+    let item = line.len();
     line.extend_from_slice(json);
+    for at in memchr::memchr2_iter(b'\n', b'\r', json) {
+        line[item + at] = b' ';
+    }
     line.push(b'}');
     Bytes::from(line)
 }

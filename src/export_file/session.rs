@@ -57,9 +57,12 @@ impl Default for ReadLimits {
 const RECORD_BUFFER: usize = 64;
 const JSON_MESSAGE_BUFFER: usize = 8;
 
+/// Called with the number of records in the file once it was read to its end.
+pub type CountedRecords = Box<dyn FnOnce(u64) + Send>;
+
 /// Starts reading `body` from record `start` on its own task and returns the client's stream.
 /// `permit` (the stream's slot) is released when reading ends; `ending` ends it as the server
-/// shuts down.
+/// shuts down; `counted` learns how many records the file has, if it is read to its end.
 pub fn start<S>(
     body: S,
     start: u64,
@@ -67,6 +70,7 @@ pub fn start<S>(
     limits: ReadLimits,
     permit: OwnedSemaphorePermit,
     ending: CancellationToken,
+    counted: CountedRecords,
 ) -> RecordStream
 where
     S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
@@ -79,11 +83,18 @@ where
     let (report, end) = oneshot::channel();
     let reading = async move {
         let mut sink = Sink::new(start, encoding, sender, limits.idle_timeout);
-        let outcome = tokio::select! {
+        let mut outcome = tokio::select! {
             outcome = super::read(body, &mut sink, &limits) => outcome,
             () = tokio::time::sleep(limits.max_lifetime) => Err(ReadError::Lifetime(limits.max_lifetime)),
             () = ending.cancelled() => Err(ReadError::ShuttingDown),
         };
+        if outcome.is_ok() {
+            let records = sink.next_index;
+            counted(records);
+            if start > records {
+                outcome = Err(ReadError::PastTheEnd { records });
+            }
+        }
         if let Err(error) = &outcome {
             tracing::debug!(%error, "ReadExport stream ended early");
         }
@@ -138,6 +149,9 @@ impl RecordStream {
                 Some(status::read_interrupted(&error.to_string(), next_index))
             }
             Ending::Reported(Err(ReadError::ShuttingDown)) => Some(status::read_shutting_down(next_index)),
+            Ending::Reported(Err(ReadError::PastTheEnd { records })) => {
+                Some(status::start_index_past_end(next_index, records))
+            }
             Ending::Died => {
                 tracing::error!("the export reader stopped abnormally");
                 Some(status::read_aborted(next_index))

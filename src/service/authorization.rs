@@ -120,6 +120,8 @@ struct Loaded {
     decisions: moka::sync::Cache<String, bool>,
     /// Bumped at each reload; part of every decision's key.
     generation: AtomicU64,
+    /// Told of each reload, so that open streams are checked again.
+    reloads: tokio::sync::watch::Sender<u64>,
     set: RwLock<Arc<PolicySet>>,
     authorizer: Authorizer,
 }
@@ -140,6 +142,7 @@ impl Policies {
             types: EntityTypes::new()?,
             decisions: moka::sync::Cache::new(DECISIONS_REMEMBERED),
             generation: AtomicU64::new(0),
+            reloads: tokio::sync::watch::Sender::new(0),
             set: RwLock::new(Arc::new(set)),
             authorizer: Authorizer::new(),
         };
@@ -159,9 +162,15 @@ impl Policies {
         let count = set.policies().count();
         *loaded.set.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(set);
         // Decisions of the old set: a new generation never matches them, and they are dropped.
-        loaded.generation.fetch_add(1, Ordering::Relaxed);
+        let generation = loaded.generation.fetch_add(1, Ordering::Relaxed) + 1;
         loaded.decisions.invalidate_all();
+        loaded.reloads.send_replace(generation);
         Ok(count)
+    }
+
+    /// Changes at each reload that took effect; `None` without a policy file (nothing to reload).
+    pub fn reloads(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.as_ref().map(|loaded| loaded.reloads.subscribe())
     }
 
     /// Whether `caller` may do `action` on `resource`. Decisions are remembered (a decision

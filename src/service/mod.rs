@@ -12,15 +12,15 @@ pub mod authorization;
 pub mod caller;
 mod deadline;
 mod forwarded_cert;
+mod revocation;
 pub mod validation;
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -28,6 +28,7 @@ use self::{
     audit::Subject,
     authorization::{Action, Policies, Resource},
     caller::Caller,
+    revocation::TaskGrant,
 };
 use crate::{
     contract::status,
@@ -74,7 +75,13 @@ pub struct ExportApi {
     read_streams: Arc<Semaphore>,
     /// Cancelled when the drain ends the ReadExport streams still open.
     reads_ending: CancellationToken,
+    /// How many records each task's file has, once a read went to its end (a task's file never
+    /// changes): a `start_index` past the end is refused without downloading the file again.
+    record_counts: moka::sync::Cache<String, u64>,
 }
+
+/// How many tasks' record counts are remembered.
+const RECORD_COUNTS_REMEMBERED: u64 = 10_000;
 
 impl ExportApi {
     /// A service that sends every request through `client`, watches tasks through `hub`,
@@ -90,6 +97,7 @@ impl ExportApi {
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             read_streams: Arc::new(Semaphore::new(limits.reads.max_streams)),
             reads_ending: CancellationToken::new(),
+            record_counts: moka::sync::Cache::new(RECORD_COUNTS_REMEMBERED),
             limits,
         }
     }
@@ -101,22 +109,27 @@ impl ExportApi {
     }
 
     /// Checks a ReadExport request and opens its file: the task must be completed, and the
-    /// stream takes one of the replica's ReadExport slots (or is refused at once).
+    /// stream takes one of the replica's ReadExport slots (or is refused at once). Returns the
+    /// task id in its canonical spelling with the stream.
     async fn open_export(
         &self,
         request: &Request<ReadExportRequest>,
         call: &Call,
-    ) -> Result<export_file::RecordStream, Status> {
+    ) -> Result<(String, ExportRecordStream), Status> {
         let ReadExportRequest { task_id, start_index, encoding } = request.get_ref();
-        let encoding = validation::read_export(task_id, *encoding).map_err(status::invalid_request)?;
-        self.authorize_task(&call.caller, Action::ReadExport, task_id).await?;
+        let (task_id, encoding) = validation::read_export(task_id, *encoding).map_err(status::invalid_request)?;
+        annotate_span(&call.caller, Some(&task_id));
+        let grant = self.authorize_task(&call.caller, Action::ReadExport, &task_id).await?;
+        if let Some(records) = self.record_counts.get(&task_id).filter(|records| start_index > records) {
+            return Err(status::start_index_past_end(*start_index, records));
+        }
         let reads = self.limits.reads;
         let slot = Arc::clone(&self.read_streams)
             .try_acquire_owned()
             .map_err(|_| status::read_limit_reached(reads.max_streams))?;
         // Reading the task re-signs its URL; only that URL is ever fetched.
         let status =
-            self.client.get_task(task_id, Some(call.deadline)).await.map_err(|error| upstream_failure(&error))?;
+            self.client.get_task(&task_id, Some(call.deadline)).await.map_err(|error| upstream_failure(&error))?;
         let task = convert::task(status.body, Utc::now());
         let url = match (task.state(), task.result) {
             (TaskState::Completed, Some(result)) if !result.url.is_empty() => result.url,
@@ -126,14 +139,17 @@ impl ExportApi {
             tracing::warn!(%error, "export download refused");
             upstream::download_not_started(&error, *start_index)
         })?;
-        Ok(export_file::session::start(
+        let (record_counts, counted_task) = (self.record_counts.clone(), task_id.clone());
+        let records = export_file::session::start(
             response.bytes_stream(),
             *start_index,
             encoding,
             reads,
             slot,
             self.reads_ending.clone(),
-        ))
+            Box::new(move |records| record_counts.insert(counted_task, records)),
+        );
+        Ok((task_id, revocation::end_when_revoked(Box::pin(records), &self.policies, grant)))
     }
 
     /// The prologue of every handler: names the caller and the task (if the request names one)
@@ -217,13 +233,16 @@ const MAX_PAGE_SIZE: usize = 1_000;
 
 impl ExportApi {
     /// Refuses `action` on a task unless the policies permit it to this caller; the task's
-    /// owner and RPC come from the registry (none for a task not submitted here).
-    async fn authorize_task(&self, caller: &Caller, action: Action, task_id: &str) -> Result<(), Status> {
+    /// owner and RPC come from the registry (none for a task not submitted here). Returns what
+    /// was granted, for a stream to be checked again when the policies are reloaded.
+    async fn authorize_task(&self, caller: &Caller, action: Action, task_id: &str) -> Result<TaskGrant, Status> {
+        let mut grant = TaskGrant { caller: caller.clone(), action, task_id: task_id.to_owned(), record: None };
         if !self.policies.is_enforced() {
-            return Ok(());
+            return Ok(grant);
         }
-        let record = self.registry.get(task_id).await.map_err(|error| registry_failure(&error))?;
-        self.policies.check(caller, action, &task_resource(task_id, record.as_ref()))
+        grant.record = self.registry.get(task_id).await.map_err(|error| registry_failure(&error))?;
+        self.policies.check(caller, action, &task_resource(task_id, grant.record.as_ref()))?;
+        Ok(grant)
     }
 
     /// Records a submitted task (owner, request, time); a registry failure is logged, not
@@ -368,10 +387,10 @@ fn store_failure(error: &StoreError) -> Status {
 }
 
 /// The stream type of `ReadExport`.
-pub type ExportRecordStream = Pin<Box<dyn Stream<Item = Result<ExportRecord, Status>> + Send>>;
+pub type ExportRecordStream = revocation::BoxedStream<ExportRecord>;
 
 /// The stream type of `WatchTask`.
-pub type TaskEventStream = Pin<Box<dyn Stream<Item = Result<TaskEvent, Status>> + Send>>;
+pub type TaskEventStream = revocation::BoxedStream<TaskEvent>;
 
 #[tonic::async_trait]
 impl ExportService for ExportApi {
@@ -440,9 +459,9 @@ impl ExportService for ExportApi {
     }
 
     async fn get_task(&self, request: Request<GetTaskRequest>) -> Result<Response<Task>, Status> {
-        let task_id = &request.get_ref().task_id;
-        let call = self.begin(&request, Some(task_id))?;
-        validation::task_id(task_id).map_err(status::invalid_request)?;
+        let call = self.begin(&request, None)?;
+        let task_id = &validation::task_id(&request.get_ref().task_id).map_err(status::invalid_request)?;
+        annotate_span(&call.caller, Some(task_id));
         self.authorize_task(&call.caller, Action::GetTask, task_id).await?;
         let status =
             self.client.get_task(task_id, Some(call.deadline)).await.map_err(|error| upstream_failure(&error))?;
@@ -457,26 +476,27 @@ impl ExportService for ExportApi {
         &self,
         request: Request<ReadExportRequest>,
     ) -> Result<Response<Self::ReadExportStream>, Status> {
-        let task_id = &request.get_ref().task_id;
-        let call = self.begin(&request, Some(task_id))?;
+        let call = self.begin(&request, None)?;
         let opened = self.open_export(&request, &call).await;
-        audit::record(&call.caller, "ReadExport", &Subject::Task(task_id), opened.as_ref().map(|_| task_id.as_str()));
-        Ok(Response::new(Box::pin(opened?)))
+        let task_id = opened.as_ref().map_or(request.get_ref().task_id.as_str(), |(task_id, _)| task_id.as_str());
+        audit::record(&call.caller, "ReadExport", &Subject::Task(task_id), opened.as_ref().map(|_| task_id));
+        Ok(Response::new(opened?.1))
     }
 
     type WatchTaskStream = TaskEventStream;
 
     async fn watch_task(&self, request: Request<WatchTaskRequest>) -> Result<Response<Self::WatchTaskStream>, Status> {
-        let task_id = &request.get_ref().task_id;
         // Admitted like a unary call while the stream is set up (drain, in-flight limit);
         // the open stream then counts against the watch-stream limit, not the unary one.
-        let call = self.begin(&request, Some(task_id))?;
+        let call = self.begin(&request, None)?;
         // The stream lives as long as the caller's deadline allows, not the unary timeout.
         let deadline = deadline::from_metadata(request.metadata());
-        validation::task_id(task_id).map_err(status::invalid_request)?;
-        self.authorize_task(&call.caller, Action::WatchTask, task_id).await?;
-        let watcher = self.hub.watch(task_id)?;
-        Ok(Response::new(Box::pin(events::task_events(watcher, deadline))))
+        let task_id = &validation::task_id(&request.get_ref().task_id).map_err(status::invalid_request)?;
+        annotate_span(&call.caller, Some(task_id));
+        let grant = self.authorize_task(&call.caller, Action::WatchTask, task_id).await?;
+        let watcher = self.hub.watch(task_id, &call.caller.name)?;
+        let events = Box::pin(events::task_events(watcher, deadline));
+        Ok(Response::new(revocation::end_when_revoked(events, &self.policies, grant)))
     }
 
     async fn list_tasks(&self, request: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {

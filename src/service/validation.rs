@@ -18,8 +18,6 @@ pub const MAX_ITEMS_PER_EXPORT: usize = 25;
 pub const MAX_CHANNEL_FIELD_LEN: usize = 64;
 /// Longest user id Stream accepts.
 pub const MAX_USER_ID_LEN: usize = 255;
-/// Longest task id this service forwards (Stream's are UUIDs).
-pub const MAX_TASK_ID_LEN: usize = 128;
 
 /// Collects the problems of one request.
 #[derive(Default)]
@@ -112,10 +110,11 @@ pub fn user_id(user_id: &str) -> Result<(), Vec<FieldViolation>> {
     problems.finish(())
 }
 
-/// Validates a `ReadExport` request: its task id and its record encoding.
-pub fn read_export(task_id: &str, encoding: i32) -> Result<Encoding, Vec<FieldViolation>> {
+/// Validates a `ReadExport` request: its task id (in its canonical spelling, see [`task_id`])
+/// and its record encoding.
+pub fn read_export(task_id: &str, encoding: i32) -> Result<(String, Encoding), Vec<FieldViolation>> {
     let mut problems = Violations::default();
-    check_token(&mut problems, "task_id", task_id, MAX_TASK_ID_LEN);
+    let task_id = canonical_task_id(&mut problems, task_id);
     let encoding = match RecordEncoding::try_from(encoding) {
         Ok(RecordEncoding::Unspecified | RecordEncoding::Struct) => Encoding::Struct,
         Ok(RecordEncoding::Json) => Encoding::Json,
@@ -124,14 +123,38 @@ pub fn read_export(task_id: &str, encoding: i32) -> Result<Encoding, Vec<FieldVi
             Encoding::Struct
         }
     };
-    problems.finish(encoding)
+    problems.finish((task_id, encoding))
 }
 
-/// Validates a task id.
-pub fn task_id(task_id: &str) -> Result<(), Vec<FieldViolation>> {
+/// Validates a task id and returns its one canonical spelling.
+///
+/// Stream's task ids are UUIDs, and Stream (like the emulator) accepts every spelling of one:
+/// upper case, braces, `urn:uuid:`, 32 hex digits. The registry, the policies, the hub and the
+/// upstream call must all see the same string, or another spelling of a task would be a task
+/// with no owner that policies cannot match, and a second poller. So the id is canonicalised
+/// here, once, and everything after validation uses only that.
+pub fn task_id(task_id: &str) -> Result<String, Vec<FieldViolation>> {
     let mut problems = Violations::default();
-    check_token(&mut problems, "task_id", task_id, MAX_TASK_ID_LEN);
-    problems.finish(())
+    let task_id = canonical_task_id(&mut problems, task_id);
+    problems.finish(task_id)
+}
+
+/// The lower-case hyphenated form of a task id, or a violation (and an empty string).
+fn canonical_task_id(problems: &mut Violations, task_id: &str) -> String {
+    if task_id.is_empty() {
+        problems.add("task_id", "is required");
+        return String::new();
+    }
+    match uuid::Uuid::try_parse(task_id) {
+        Ok(uuid) => uuid.hyphenated().to_string(),
+        Err(_) => {
+            problems.add(
+                "task_id",
+                "must be a task id as a submit returned it (a UUID, e.g. 0b6c7d7e-52d9-4f4e-9d4a-3c1d2b8e9f10)",
+            );
+            String::new()
+        }
+    }
 }
 
 fn check_count(problems: &mut Violations, field: &str, count: usize) {
@@ -188,6 +211,11 @@ fn channel_export(problems: &mut Violations, field: &str, channel: &ChannelRef) 
 
 fn check_user_id(problems: &mut Violations, field: &str, user_id: &str) {
     check_token(problems, field, user_id, MAX_USER_ID_LEN);
+    // A user id is a path segment upstream (`/users/{id}/export`): `.` and `..` would be read
+    // as dot segments by any proxy that normalises paths, and reach another endpoint.
+    if matches!(user_id, "." | "..") {
+        problems.add(field, "must not be \".\" or \"..\"");
+    }
 }
 
 /// An identifier: present, not too long, no white space or control characters.
@@ -272,5 +300,36 @@ mod tests {
         assert_eq!(fields(&export_users(&many).unwrap_err()), ["user_ids"]);
         let dup = ExportUsersRequest { user_ids: vec!["a".into(), "".into(), "a".into()], ..Default::default() };
         assert_eq!(fields(&export_users(&dup).unwrap_err()), ["user_ids[1]", "user_ids[2]"]);
+    }
+
+    #[test]
+    fn every_spelling_of_a_task_id_is_one_id() {
+        let canonical = "0b6c7d7e-52d9-4f4e-9d4a-3c1d2b8e9f10";
+        for spelling in [
+            canonical,
+            "0B6C7D7E-52D9-4F4E-9D4A-3C1D2B8E9F10",
+            "{0b6c7d7e-52d9-4f4e-9d4a-3c1d2b8e9f10}",
+            "urn:uuid:0b6c7d7e-52d9-4f4e-9d4a-3c1d2b8e9f10",
+            "0b6c7d7e52d94f4e9d4a3c1d2b8e9f10",
+        ] {
+            assert_eq!(task_id(spelling).unwrap(), canonical, "{spelling}");
+        }
+    }
+
+    #[test]
+    fn a_task_id_that_is_no_uuid_is_refused() {
+        for bad in ["", "t-1", "..", "0b6c7d7e-52d9-4f4e-9d4a-3c1d2b8e9f1", "0b6c7d7e-52d9-4f4e-9d4a-3c1d2b8e9f10/x"] {
+            assert_eq!(fields(&task_id(bad).unwrap_err()), ["task_id"], "{bad:?}");
+        }
+        assert_eq!(fields(&read_export("T", 0).unwrap_err()), ["task_id"]);
+    }
+
+    #[test]
+    fn dot_segments_are_no_user_ids() {
+        for bad in [".", ".."] {
+            assert_eq!(fields(&user_id(bad).unwrap_err()), ["user_id"], "{bad:?}");
+        }
+        assert!(user_id("john.doe").is_ok());
+        assert!(user_id("...").is_ok());
     }
 }

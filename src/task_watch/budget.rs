@@ -2,7 +2,7 @@
 //! every replica (see [`FleetBudget`]).
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicUsize, Ordering},
@@ -34,10 +34,12 @@ const FIRST_POLLS_IN_A_ROW: u32 = 3;
 const FLEET_RETRY: Duration = Duration::from_secs(1);
 
 /// Which queue a poll waits in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lane {
-    /// A task's first poll, whose watchers have nothing yet: served before any periodic poll.
-    First,
+    /// A task's first poll, whose watchers have nothing yet: served before any periodic poll,
+    /// taking turns between the callers who started the watches (named here), so that one
+    /// caller's flood of watches (of unknown ids, say) cannot hold back another's snapshot.
+    First(Arc<str>),
     /// A poll of a task its watchers have already seen.
     Periodic,
 }
@@ -73,7 +75,7 @@ struct Queues {
 
 #[derive(Debug, Default)]
 struct Lanes {
-    first: WaitQueue,
+    first: TakingTurns,
     periodic: WaitQueue,
     first_in_a_row: u32,
 }
@@ -97,6 +99,54 @@ impl Lanes {
         }
         self.first_in_a_row = 0;
         self.periodic.grant()
+    }
+}
+
+/// Waiters queued by caller: each grant goes to the oldest waiter of the next caller in turn.
+#[derive(Debug, Default)]
+struct TakingTurns {
+    queues: HashMap<Arc<str>, WaitQueue>,
+    /// The callers with a queue, the next one to be served first.
+    turns: VecDeque<Arc<str>>,
+}
+
+impl TakingTurns {
+    fn push(&mut self, caller: Arc<str>, waiter: oneshot::Sender<()>) {
+        let queue = self.queues.entry(Arc::clone(&caller)).or_insert_with(|| {
+            self.turns.push_back(caller);
+            WaitQueue::default()
+        });
+        queue.push(waiter);
+    }
+
+    /// Whether a waiter still waits; callers whose waiters all left lose their turn.
+    fn has_waiters(&mut self) -> bool {
+        let queues = &mut self.queues;
+        self.turns.retain(|caller| {
+            let waiting = queues.get_mut(caller).is_some_and(WaitQueue::has_waiters);
+            if !waiting {
+                queues.remove(caller);
+            }
+            waiting
+        });
+        !self.turns.is_empty()
+    }
+
+    /// Grants the oldest waiter of the next caller with one; `false` if none waits.
+    fn grant(&mut self) -> bool {
+        while let Some(caller) = self.turns.pop_front() {
+            let Some(queue) = self.queues.get_mut(&caller) else { continue };
+            if queue.grant() {
+                if queue.has_waiters() {
+                    self.turns.push_back(caller);
+                } else {
+                    self.queues.remove(&caller);
+                }
+                return true;
+            }
+            self.queues.remove(&caller);
+        }
+        false
     }
 }
 
@@ -169,7 +219,7 @@ impl PollBudget {
         {
             let mut lanes = self.queues.lock_lanes();
             match lane {
-                Lane::First => lanes.first.push(grant),
+                Lane::First(caller) => lanes.first.push(caller, grant),
                 Lane::Periodic => lanes.periodic.push(grant),
             }
         }
@@ -328,7 +378,7 @@ mod tests {
         budget.acquire(Lane::Periodic).await;
         for _ in 0..100 {
             // Polled once, so it is queued, then dropped: the watcher left.
-            let left = budget.acquire(Lane::First);
+            let left = budget.acquire(Lane::First("caller".into()));
             assert!(tokio::time::timeout(Duration::from_millis(1), left).await.is_err());
         }
         let start = Instant::now();
@@ -348,7 +398,7 @@ mod tests {
             .collect();
         tokio::time::sleep(Duration::from_millis(1)).await;
         let start = Instant::now();
-        budget.acquire(Lane::First).await;
+        budget.acquire(Lane::First("caller".into())).await;
         assert!(start.elapsed() <= Duration::from_millis(200), "waited {:?}", start.elapsed());
         for waiter in periodic {
             waiter.abort();
@@ -362,7 +412,7 @@ mod tests {
         let flood: Vec<_> = (0..100)
             .map(|_| {
                 let budget = Arc::clone(&budget);
-                tokio::spawn(async move { budget.acquire(Lane::First).await })
+                tokio::spawn(async move { budget.acquire(Lane::First("caller".into())).await })
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -370,6 +420,27 @@ mod tests {
         budget.acquire(Lane::Periodic).await;
         let waited = start.elapsed();
         assert!(waited <= Duration::from_millis(400) + Duration::from_millis(100), "waited {waited:?}");
+        for waiter in flood {
+            waiter.abort();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_polls_take_turns_between_callers() {
+        let budget = Arc::new(PollBudget::new(10.0));
+        budget.acquire(Lane::Periodic).await;
+        // One caller floods the lane with sixty first polls (watches of unknown ids, say)...
+        let flood: Vec<_> = (0..60)
+            .map(|_| {
+                let budget = Arc::clone(&budget);
+                tokio::spawn(async move { budget.acquire(Lane::First("flooder".into())).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // ...and another caller's first poll is served within two grants, not sixty.
+        let start = Instant::now();
+        budget.acquire(Lane::First("patient".into())).await;
+        assert!(start.elapsed() <= Duration::from_millis(200), "waited {:?}", start.elapsed());
         for waiter in flood {
             waiter.abort();
         }

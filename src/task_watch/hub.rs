@@ -75,12 +75,50 @@ pub(super) struct HubInner {
     /// Each watched task's view and its watchers' calls (for the poll spans' links).
     tasks: Mutex<HashMap<String, (ViewSender, Arc<WatcherLinks>)>>,
     streams: Arc<Semaphore>,
+    /// Open watch streams per caller, so that no caller takes the whole [`Self::streams`].
+    streams_by_caller: Arc<Mutex<HashMap<Arc<str>, usize>>>,
 }
 
 impl Drop for Watcher {
     fn drop(&mut self) {
         metrics::gauge!(telemetry::metrics::WATCH_STREAMS).decrement(1);
     }
+}
+
+/// One caller's place among its open watch streams, given back when the stream ends.
+struct CallerStream {
+    counts: Arc<Mutex<HashMap<Arc<str>, usize>>>,
+    caller: Arc<str>,
+}
+
+impl CallerStream {
+    /// Counts one more stream of `caller`, unless it already has `limit`.
+    fn open(counts: &Arc<Mutex<HashMap<Arc<str>, usize>>>, caller: &str, limit: usize) -> Option<Self> {
+        let mut by_caller = lock(counts);
+        let caller: Arc<str> = match by_caller.get_key_value(caller) {
+            Some((_, count)) if *count >= limit => return None,
+            Some((name, _)) => Arc::clone(name),
+            None => caller.into(),
+        };
+        *by_caller.entry(Arc::clone(&caller)).or_insert(0) += 1;
+        Some(Self { counts: Arc::clone(counts), caller })
+    }
+}
+
+impl Drop for CallerStream {
+    fn drop(&mut self) {
+        let mut by_caller = lock(&self.counts);
+        if let Some(count) = by_caller.get_mut(&self.caller) {
+            *count -= 1;
+            if *count == 0 {
+                by_caller.remove(&self.caller);
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One watcher of one task: its view of the task and its place among the open streams.
@@ -92,6 +130,7 @@ pub struct Watcher {
     /// The hub's settings.
     pub settings: WatchSettings,
     _permit: OwnedSemaphorePermit,
+    _caller_stream: CallerStream,
 }
 
 impl WatchHub {
@@ -123,6 +162,7 @@ impl WatchHub {
                 fleet,
                 observer,
                 streams: Arc::new(Semaphore::new(settings.max_streams)),
+                streams_by_caller: Arc::default(),
                 settings,
                 shutdown,
                 tasks: Mutex::new(HashMap::new()),
@@ -130,12 +170,16 @@ impl WatchHub {
         }
     }
 
-    /// Joins the watchers of `task_id`, starting its poller if it has none. A watcher of a
-    /// task that is already polled sees the last observation at once, with no upstream call.
-    pub fn watch(&self, task_id: &str) -> Result<Watcher, Status> {
+    /// Joins `caller` to the watchers of `task_id`, starting its poller if it has none. A
+    /// watcher of a task that is already polled sees the last observation at once, with no
+    /// upstream call. A new poller's first poll takes its turn among `caller`'s.
+    pub fn watch(&self, task_id: &str, caller: &str) -> Result<Watcher, Status> {
+        let settings = &self.inner.settings;
+        let caller_stream = CallerStream::open(&self.inner.streams_by_caller, caller, settings.max_streams_per_caller)
+            .ok_or_else(|| status::caller_watch_limit_reached(settings.max_streams_per_caller))?;
         let permit = Arc::clone(&self.inner.streams)
             .try_acquire_owned()
-            .map_err(|_| status::watch_limit_reached(self.inner.settings.max_streams))?;
+            .map_err(|_| status::watch_limit_reached(settings.max_streams))?;
         let view = {
             let mut tasks = self.inner.lock_tasks();
             match tasks.get(task_id) {
@@ -150,7 +194,8 @@ impl WatchHub {
                     let links = Arc::new(WatcherLinks::default());
                     links.add(&tracing::Span::current());
                     tasks.insert(task_id.to_owned(), (Arc::clone(&sender), Arc::clone(&links)));
-                    let poller = poller::run(Arc::clone(&self.inner), task_id.to_owned(), sender, links);
+                    let first_caller = Arc::clone(&caller_stream.caller);
+                    let poller = poller::run(Arc::clone(&self.inner), task_id.to_owned(), first_caller, sender, links);
                     tokio::spawn(poller.instrument(tracing::debug_span!("poller", task_id)));
                     view
                 }
@@ -162,6 +207,7 @@ impl WatchHub {
             shutdown: self.inner.shutdown.clone(),
             settings: self.inner.settings.clone(),
             _permit: permit,
+            _caller_stream: caller_stream,
         })
     }
 
@@ -193,7 +239,7 @@ impl WatchHub {
 
 impl HubInner {
     fn lock_tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, (ViewSender, Arc<WatcherLinks>)>> {
-        self.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.tasks)
     }
 
     /// Removes the task's entry if it has no watcher left; `false` if one joined meanwhile.

@@ -40,6 +40,9 @@ pub struct WatchSettings {
     pub max_stream_lifetime: Duration,
     /// Most concurrent watch streams; past it, RESOURCE_EXHAUSTED.
     pub max_streams: usize,
+    /// Most concurrent watch streams of one caller, so that no caller can take them all;
+    /// past it, RESOURCE_EXHAUSTED. (Per connection, HTTP/2's concurrent-stream limit holds.)
+    pub max_streams_per_caller: usize,
     /// Upstream status requests per second, all pollers together.
     pub upstream_budget_per_second: f64,
     /// How long a finished task's final state is kept for late watchers.
@@ -63,6 +66,7 @@ impl Default for WatchSettings {
             failure_budget: Duration::from_secs(60),
             max_stream_lifetime: Duration::from_secs(3600),
             max_streams: 20_000,
+            max_streams_per_caller: 2_000,
             upstream_budget_per_second: 10.0,
             terminal_retention: Duration::from_secs(60),
             not_found_retention: Duration::from_secs(10),

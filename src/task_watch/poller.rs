@@ -32,8 +32,14 @@ const BACKOFF_FACTOR: f64 = 1.5;
 /// Polls (or, in fleet mode, follows the replica that polls) until the task is terminal,
 /// upstream fails for good, the last watcher leaves, or the hub shuts down.
 /// Each poll is a span of its own trace, linked to the watchers' calls in `watchers`.
-pub(super) async fn run(hub: Arc<HubInner>, task_id: String, sender: ViewSender, watchers: Arc<WatcherLinks>) {
-    let mut poller = Poller { hub, task_id, sender, watchers, seq: 0 };
+pub(super) async fn run(
+    hub: Arc<HubInner>,
+    task_id: String,
+    first_caller: Arc<str>,
+    sender: ViewSender,
+    watchers: Arc<WatcherLinks>,
+) {
+    let mut poller = Poller { hub, task_id, first_caller, sender, watchers, seq: 0 };
     let mut role = if poller.hub.fleet.is_some() { Role::Follow } else { Role::Lead };
     loop {
         role = match role {
@@ -67,6 +73,9 @@ enum Waited {
 struct Poller {
     hub: Arc<HubInner>,
     task_id: String,
+    /// The caller whose watch started this poller: its first polls take their turn among that
+    /// caller's.
+    first_caller: Arc<str>,
     sender: ViewSender,
     watchers: Arc<WatcherLinks>,
     /// The number of the last shared observation seen or written (fleet mode).
@@ -141,7 +150,11 @@ impl Poller {
         let mut failure_delays: Option<ExponentialBackoff> = None;
         loop {
             // Until a poll answers, the watchers have no snapshot: that poll goes ahead of the queue.
-            let lane = if self.sender.borrow().task().is_some() { Lane::Periodic } else { Lane::First };
+            let lane = if self.sender.borrow().task().is_some() {
+                Lane::Periodic
+            } else {
+                Lane::First(Arc::clone(&self.first_caller))
+            };
             match self.wait_leading(hub.budget.acquire(lane)).await {
                 Waited::Done => {}
                 Waited::Stop => return Role::Stop,

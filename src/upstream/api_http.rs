@@ -40,9 +40,11 @@ use url::Url;
 
 use super::error::{Operation, UpstreamError};
 
-/// The characters a path segment escapes: the same set as `url`'s `path_segments_mut`, so an id
-/// with a `/`, `?` or `%` stays one segment.
+/// The characters a path segment escapes: the set of `url`'s `path_segments_mut`, so an id with a
+/// `/`, `?` or `%` stays one segment, and `.`, so that no id can become a dot segment (`..`) that
+/// a proxy normalising the path would resolve to another endpoint.
 const PATH_SEGMENT: &AsciiSet = &CONTROLS
+    .add(b'.')
     .add(b' ')
     .add(b'"')
     .add(b'#')
@@ -366,6 +368,8 @@ mod tests {
         let api = build("https://api.example.com/", Matcher::builder().build()).unwrap();
         assert_eq!(api.path(&["tasks", "a/b c?%"]), "/tasks/a%2Fb%20c%3F%25");
         assert_eq!(api.path(&["users", "zoë", "export"]), "/users/zo%C3%AB/export");
+        assert_eq!(api.path(&["users", "..", "export"]), "/users/%2E%2E/export", "never a dot segment");
+        assert_eq!(api.path(&["users", "john.doe", "export"]), "/users/john%2Edoe/export");
         assert_eq!(api.query, "api_key=key%26%3D%2B+%C3%A9");
         assert_eq!((api.host(), api.port()), ("api.example.com", Some(443)));
         let local = build("http://[::1]:8080/v1/", Matcher::builder().build()).unwrap();

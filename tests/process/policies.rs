@@ -120,3 +120,54 @@ async fn sighup_reloads_the_policies_without_dropping_streams_and_refusals_are_a
     let still_open = tokio::time::timeout(Duration::from_millis(300), watch.next()).await;
     assert!(still_open.is_err(), "the watch stream ended: {still_open:?}");
 }
+
+#[tokio::test]
+async fn a_reload_that_takes_a_permission_away_ends_the_streams_opened_with_it() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let dir = scratch("revoke");
+    std::fs::write(dir.join("policies.cedar"), PRIVACY_MAY_EXPORT_USERS).unwrap();
+    let service = start(&emulator, &dir);
+    service.wait_ready(true).await;
+    let mut client = ExportServiceClient::new(service.channel().await);
+    let task_id = emulator.export_channels(serde_json::json!({"channels": [{"cid": "messaging:general"}]})).await;
+    emulator.steer(&task_id, serde_json::json!({"hold": true})).await;
+    let mut watch = client.watch_task(as_privacy(WatchTaskRequest { task_id })).await.expect("watch").into_inner();
+    assert!(watch.next().await.expect("an event").is_ok());
+
+    // The new policies no longer let anyone watch: the open stream ends, refused.
+    std::fs::write(dir.join("policies.cedar"), r#"permit (principal, action == Action::"ExportUser", resource);"#)
+        .unwrap();
+    service.hang_up();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.next().await {
+                Some(Ok(_heartbeat_or_change)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends after the reload");
+    let refused = ended.expect("a final status").expect_err("refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("WatchTask"), "{refused:?}");
+}
+
+#[tokio::test]
+async fn sighup_without_a_policy_file_does_not_end_the_process() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let base_url = emulator.base_url();
+    let env = [
+        ("STREAM_BASE_URL", base_url.as_str()),
+        ("STREAM_API_KEY", API_KEY),
+        ("STREAM_API_SECRET", API_SECRET),
+        ("RUST_LOG", "info"),
+    ];
+    let mut service = ServiceProcess::start(&[], &env);
+    service.wait_ready(true).await;
+    service.hang_up();
+    assert!(service.wait_exit(Duration::from_millis(500)).await.is_none(), "SIGHUP ended the process");
+    service.wait_ready(true).await;
+    let log = service.log();
+    assert!(log.contains("SIGHUP: no policy file to reload"), "{log}");
+}

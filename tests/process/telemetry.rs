@@ -178,11 +178,11 @@ async fn the_callers_traceparent_reaches_upstream() {
     let app = spawn_app_with(Options { base_url_override: Some(format!("http://{addr}")), ..Options::default() }).await;
     let mut client = app.client.clone();
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let mut request = tonic::Request::new(GetTaskRequest { task_id: "t-1".into() });
+    let mut request = tonic::Request::new(GetTaskRequest { task_id: uuid::Uuid::new_v4().to_string() });
     request.metadata_mut().insert("traceparent", traceparent.parse().unwrap());
     request.metadata_mut().insert("tracestate", "vendor=opaque".parse().unwrap());
     client.get_task(request).await.unwrap();
-    client.get_task(GetTaskRequest { task_id: "t-2".into() }).await.unwrap();
+    client.get_task(GetTaskRequest { task_id: uuid::Uuid::new_v4().to_string() }).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     let seen = seen.lock().unwrap().clone();

@@ -28,12 +28,21 @@ const PLATFORM: &str = "platform-token-0123456789";
 
 /// The service with the example policies and a token per team.
 async fn app() -> TestApp {
+    app_with_policies("").await
+}
+
+/// The service with the example policies, `extra` policies after them, and a token per team.
+async fn app_with_policies(extra: &str) -> TestApp {
     let tokens = std::env::temp_dir().join(format!("stream-export-tokens-{}-{}", std::process::id(), rand_suffix()));
     std::fs::write(&tokens, format!("analytics {ANALYTICS}\nprivacy {PRIVACY}\nplatform {PLATFORM}\n")).unwrap();
     let table = TokenTable::load(&tokens).expect("a tokens file");
     let _ = std::fs::remove_file(&tokens);
-    let policies = Policies::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/examples/teams.cedar"))
-        .expect("the example policies");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/examples/teams.cedar");
+    let policy_file =
+        std::env::temp_dir().join(format!("stream-export-policies-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::write(&policy_file, std::fs::read_to_string(examples).unwrap() + extra).unwrap();
+    let policies = Policies::load(&policy_file).expect("the example policies");
+    let _ = std::fs::remove_file(&policy_file);
     spawn_app_with(Options {
         tweak: Some(Box::new(move |settings| {
             settings.auth = CallerAuth { tokens: Some(std::sync::Arc::new(table)), trust_forwarded_client_cert: false };
@@ -219,5 +228,66 @@ async fn list_tasks_shows_each_caller_what_it_may_read_newest_first_page_by_page
     assert_status(&stolen, Code::InvalidArgument, "INVALID_REQUEST");
     let negative = list(&app, ANALYTICS, -1, "").await.expect_err("a negative page size");
     assert_status(&negative, Code::InvalidArgument, "INVALID_REQUEST");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_spelling_of_a_task_id_is_the_same_task_to_the_policies() {
+    // The admin reads every task, but nobody reads user exports.
+    let forbid_user_exports = r#"
+forbid (principal, action == Action::"ReadExport", resource)
+when { resource has rpc && resource.rpc == "ExportUsers" };
+"#;
+    let app = app_with_policies(forbid_user_exports).await;
+    let mut client = app.client.clone();
+    let users = ExportUsersRequest { user_ids: vec![KNOWN_USER.into()], ..Default::default() };
+    let task_id = client.export_users(as_caller(PRIVACY, users)).await.expect("permitted").into_inner().task_id;
+    app.emulator.wait_done(&task_id).await;
+    let resource = format!("Task::\"{task_id}\"");
+    let uuid = uuid::Uuid::parse_str(&task_id).unwrap();
+    let spellings = [
+        task_id.to_uppercase(),
+        format!("{{{task_id}}}"),
+        format!("urn:uuid:{task_id}"),
+        uuid.simple().to_string(),
+        uuid.simple().to_string().to_uppercase(),
+    ];
+    for spelling in &spellings {
+        let read = ReadExportRequest { task_id: spelling.clone(), start_index: 0, ..Default::default() };
+        let Err(refused) = client.read_export(as_caller(PLATFORM, read)).await else {
+            panic!("ReadExport of a user export through {spelling:?} was allowed")
+        };
+        assert_refused(&refused, &resource);
+        let refused = client.get_task(as_caller(ANALYTICS, GetTaskRequest { task_id: spelling.clone() })).await;
+        assert_refused(&refused.expect_err("not the owner"), &resource);
+        // The owner's task is its own however it spells it, and the answer names it canonically.
+        let task = client.get_task(as_caller(PRIVACY, GetTaskRequest { task_id: spelling.clone() })).await;
+        assert_eq!(task.expect("the owner reads its task").into_inner().task_id, task_id, "{spelling}");
+    }
+    // Not a UUID in any spelling: refused before any policy or upstream request.
+    for bad in ["t-1", "..", &format!("{task_id}/../x")] {
+        let refused = client.get_task(as_caller(PLATFORM, GetTaskRequest { task_id: bad.to_owned() })).await;
+        assert_status(&refused.expect_err("not a task id"), Code::InvalidArgument, "INVALID_REQUEST");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_spelling_of_a_task_id_shares_one_poller() {
+    let app = app().await;
+    let mut client = app.client.clone();
+    let task_id = export_channels(&app, ANALYTICS, channels(&["livestream:launch"], ExportFormatVersion::V2))
+        .await
+        .expect("permitted");
+    app.emulator.steer(&task_id, serde_json::json!({"hold": true})).await;
+    let mut streams = Vec::new();
+    for spelling in [task_id.clone(), task_id.to_uppercase(), format!("{{{task_id}}}")] {
+        let request = as_caller(ANALYTICS, WatchTaskRequest { task_id: spelling });
+        let mut stream = client.watch_task(request).await.expect("WatchTask").into_inner();
+        let snapshot = stream.next().await.expect("a snapshot").expect("an event");
+        assert_eq!(snapshot.task.expect("the task").task_id, task_id);
+        streams.push(stream);
+    }
+    assert_eq!(app.hub.watched_tasks(), 1, "one poller for one task, however its id is spelled");
     app.stop().await;
 }

@@ -307,7 +307,8 @@ async fn connection_refused_is_unavailable_for_every_rpc() {
     })
     .await;
     for rpc in Rpc::ALL {
-        let status = rpc.call(&app, "some-task", None).await.expect_err("nothing listens upstream");
+        let status =
+            rpc.call(&app, "5b7d2d8c-1111-4222-8333-444455556666", None).await.expect_err("nothing listens upstream");
         assert_status(&status, Code::Unavailable, "UPSTREAM_UNREACHABLE");
     }
     app.stop().await;

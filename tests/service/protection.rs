@@ -70,7 +70,7 @@ async fn unary_calls_end_at_the_server_timeout_without_a_caller_deadline() {
     app.emulator.inject("get_task", 10, json!({"kind": "delay", "ms": 3000})).await;
     let started = Instant::now();
     let mut client = app.client.clone();
-    let status = client.get_task(GetTaskRequest { task_id: "t".into() }).await.unwrap_err();
+    let status = client.get_task(GetTaskRequest { task_id: uuid::Uuid::new_v4().to_string() }).await.unwrap_err();
     assert_status(&status, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
     assert!(started.elapsed() < Duration::from_millis(1500), "took {:?}", started.elapsed());
     app.stop().await;

@@ -228,3 +228,31 @@ async fn every_v1_document_shape_is_read_and_only_a_complete_one_ends_ok() {
     assert_eq!(next_index(&status), records.len() as u64);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_start_index_past_the_end_is_out_of_range_and_once_the_count_is_known_costs_no_download() {
+    let app = spawn_app().await;
+    let (task_id, _) = completed_channel_export(&app, &[KNOWN_CHANNEL], ExportFormatVersion::V2).await;
+    // Not known yet: the file is read to its end, then refused.
+    let (rest, end) = read_export_to_end(&app, &task_id, 1 << 40).await;
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_status(&end.expect("refused"), Code::OutOfRange, "START_INDEX_PAST_END");
+    let (records, end) = read_export_to_end(&app, &task_id, 0).await;
+    assert!(end.is_none(), "{end:?}");
+    let count = records.len() as u64;
+    // A resume right after the last record reads nothing, OK.
+    let (rest, end) = read_export_to_end(&app, &task_id, count).await;
+    assert!(rest.is_empty() && end.is_none(), "{rest:?} {end:?}");
+
+    app.emulator.reset_counters().await;
+    for start_index in [count + 1, u64::MAX] {
+        let (rest, end) = read_export_to_end(&app, &task_id, start_index).await;
+        assert!(rest.is_empty(), "{rest:?}");
+        let status = end.expect("refused");
+        let details = assert_status(&status, Code::OutOfRange, "START_INDEX_PAST_END");
+        let info = details.error_info().expect("ErrorInfo");
+        assert_eq!(info.metadata["record_count"], count.to_string());
+    }
+    assert_eq!(app.emulator.requests("download").await, 0, "the count was known: no download");
+    app.stop().await;
+}

@@ -465,3 +465,65 @@ async fn not_found_is_forgotten_after_its_ttl() {
     assert_eq!(app.emulator.requests("get_task").await, 2);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn one_callers_flood_of_watches_holds_back_neither_another_callers_snapshot_nor_its_streams() {
+    use std::sync::Arc;
+    use stream_export::service::caller::{CallerAuth, TokenTable};
+    const FLOODER: &str = "flooder-token-0123456789";
+    const PATIENT: &str = "patient-token-0123456789";
+    let path = std::env::temp_dir().join(format!("stream-export-watch-tokens-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&path, format!("flooder {FLOODER}\npatient {PATIENT}\n")).unwrap();
+    let tokens = TokenTable::load(&path).expect("a tokens file");
+    let _ = std::fs::remove_file(&path);
+    let mut app = spawn_app_with(Options {
+        watch: WatchSettings {
+            poll_interval_min: Duration::from_millis(50),
+            poll_interval_max: Duration::from_millis(400),
+            upstream_budget_per_second: 5.0,
+            max_streams_per_caller: 30,
+            ..WatchSettings::default()
+        },
+        tweak: Some(Box::new(move |settings| {
+            settings.auth = CallerAuth { tokens: Some(Arc::new(tokens)), trust_forwarded_client_cert: false };
+        })),
+        ..Options::default()
+    })
+    .await;
+    let as_caller = |token: &str, task_id: &str| {
+        let mut request = tonic::Request::new(WatchTaskRequest { task_id: task_id.into() });
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    };
+    let (kind, id) = KNOWN_CHANNEL.split_once(':').unwrap();
+    let channel = ChannelRef { r#type: kind.into(), id: id.into(), ..Default::default() };
+    let mut submit = tonic::Request::new(ExportChannelsRequest { channels: vec![channel], ..Default::default() });
+    submit.metadata_mut().insert("authorization", format!("Bearer {PATIENT}").parse().unwrap());
+    let task_id = app.client.export_channels(submit).await.unwrap().into_inner().task_id;
+    app.emulator.steer(&task_id, json!({"hold": true})).await;
+
+    // Thirty watches of tasks that stay open: thirty first polls queued at 5 a second.
+    let mut held = Vec::new();
+    for _ in 0..31 {
+        let other = app.emulator.export_channels(json!({"channels": [{"cid": KNOWN_CHANNEL}]})).await;
+        app.emulator.steer(&other, json!({"hold": true})).await;
+        held.push(other);
+    }
+    let mut client = app.client.clone();
+    let mut flood = Vec::new();
+    for other in &held[..30] {
+        flood.push(client.watch_task(as_caller(FLOODER, other)).await.expect("within the caller's limit"));
+    }
+    let refused = client.watch_task(as_caller(FLOODER, &held[30])).await;
+    assert_status(&refused.expect_err("one past the caller's limit"), Code::ResourceExhausted, "WATCH_LIMIT_REACHED");
+
+    // The other caller's first poll takes its turn: its snapshot does not wait behind thirty
+    // (six seconds at this budget).
+    let started = Instant::now();
+    let mut stream = client.watch_task(as_caller(PATIENT, &task_id)).await.expect("another caller").into_inner();
+    let snapshot = stream.next().await.expect("a snapshot").expect("an event");
+    assert_eq!(snapshot.r#type(), EventType::Snapshot);
+    assert!(started.elapsed() < Duration::from_secs(3), "the snapshot waited {:?}", started.elapsed());
+    drop(flood);
+    app.stop().await;
+}

@@ -1,0 +1,86 @@
+//! Streams opened under policies that may change: a WatchTask or ReadExport stream ends with
+//! PERMISSION_DENIED as soon as a policy reload takes away the permission it was opened with,
+//! instead of going on for as long as its caller keeps it open.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use tokio_stream::Stream;
+use tonic::Status;
+
+use super::{
+    authorization::{Action, Policies, Resource},
+    caller::Caller,
+};
+use crate::proto::TaskRecord;
+
+/// What a stream on a task was opened with: checked again at each policy reload.
+pub struct TaskGrant {
+    /// Who opened the stream.
+    pub caller: Caller,
+    /// The action it was permitted.
+    pub action: Action,
+    /// The task, in its canonical spelling.
+    pub task_id: String,
+    /// What the registry knew of the task (its owner and RPC) when the stream opened.
+    pub record: Option<TaskRecord>,
+}
+
+/// A boxed stream of a streaming RPC.
+pub type BoxedStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// `stream`, ended with PERMISSION_DENIED (and audited) when a reload of `policies` refuses
+/// `grant`. Without a policy file there is nothing to reload, and `stream` is returned as it is.
+pub fn end_when_revoked<T: Send + 'static>(
+    stream: BoxedStream<T>,
+    policies: &Policies,
+    grant: TaskGrant,
+) -> BoxedStream<T> {
+    let Some(mut reloads) = policies.reloads() else { return stream };
+    let policies = policies.clone();
+    let revoked = async move {
+        loop {
+            if reloads.changed().await.is_err() {
+                // The policies are gone with the service; the stream ends with it.
+                return std::future::pending().await;
+            }
+            let TaskGrant { caller, action, task_id, record } = &grant;
+            let resource = Resource::Task {
+                id: task_id,
+                owner: record.as_ref().map(|record| record.owner.as_str()),
+                rpc: record.as_ref().map(|record| record.rpc.as_str()),
+            };
+            if let Err(refused) = policies.check(caller, *action, &resource) {
+                return refused;
+            }
+        }
+    };
+    Box::pin(UntilRevoked { inner: Some(stream), revoked: Box::pin(revoked) })
+}
+
+struct UntilRevoked<T> {
+    /// The stream; dropped (freeing what it holds, a read slot say) once revoked.
+    inner: Option<BoxedStream<T>>,
+    revoked: Pin<Box<dyn Future<Output = Status> + Send>>,
+}
+
+impl<T> Stream for UntilRevoked<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
+        if let Poll::Ready(item) = inner.as_mut().poll_next(context) {
+            return Poll::Ready(item);
+        }
+        match self.revoked.as_mut().poll(context) {
+            Poll::Ready(refused) => {
+                self.inner = None;
+                Poll::Ready(Some(Err(refused)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
