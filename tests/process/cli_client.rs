@@ -270,7 +270,7 @@ async fn task_get_and_task_watch_follow_an_existing_task() {
     assert!(!messages.is_empty());
     assert!(messages.iter().all(|m| m["created_at"].as_str() >= Some("2024-02-01")), "{:?}", messages[0]);
 
-    let output = env.run(&["task", "get", "no-such-task"]).await;
+    let output = env.run(&["task", "get", "5b7d2d8c-1111-4222-8333-444455556666"]).await;
     assert_exit(&output, 4);
 
     // `task list` (stdout is not a terminal here: JSON lines) shows the task, last seen completed.
