@@ -18,11 +18,13 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     config::{Settings, TlsSettings, TransportSettings, UpstreamSettings},
-    fleet::Redis,
+    fleet::{Redis, members::Members},
     proto::{self, export_service_server::ExportServiceServer},
     service::{ExportApi, Stores, authorization::Policies, caller::CallerAuth},
     store::{MemoryRegistry, MemoryStore, RedisRegistry, RedisSubmitStore, TaskRegistry},
-    task_watch::{ChangeObserver, WatchHub},
+    task_watch::{
+        ChangeObserver, Coordination, WatchHub, WatchSettings, fleet_budget::FleetBudget, fleet_view::FleetView,
+    },
     telemetry::{self, layer::GrpcTelemetryLayer},
     upstream::{ClientConfig, Credentials, RetryPolicy, StreamClient},
 };
@@ -41,6 +43,8 @@ pub struct Application {
     transport: TransportSettings,
     unary_timeout: Duration,
     hangups: Option<Signal>,
+    /// Cancelled at the drain: the replica leaves the fleet (if it is in one).
+    leaving_fleet: CancellationToken,
 }
 
 impl Application {
@@ -85,10 +89,15 @@ impl Application {
                 registry: Arc::new(RedisRegistry::new(redis, capacity)),
             },
         };
+        let leaving_fleet = CancellationToken::new();
+        let coordination = match redis {
+            None => Coordination::solo(),
+            Some(redis) => fleet_coordination(redis, &settings.watch, leaving_fleet.clone()),
+        };
         let hub = WatchHub::new(
             client.clone(),
             settings.watch,
-            redis,
+            coordination,
             Some(Arc::new(RegistryObserver(Arc::clone(&stores.registry)))),
         );
         let policies = settings.policies;
@@ -102,6 +111,7 @@ impl Application {
             transport: settings.transport,
             unary_timeout: settings.limits.unary_timeout,
             hangups,
+            leaving_fleet,
         })
     }
 
@@ -153,7 +163,7 @@ impl Application {
         tracing::info!(%addr, tls = transport.tls.is_some(), "stream-export serving gRPC");
 
         let drain_health = health.clone();
-        let hub = self.hub.clone();
+        let (hub, leaving_fleet) = (self.hub.clone(), self.leaving_fleet);
         let draining = CancellationToken::new();
         let drain_started = draining.clone();
         let serve = server
@@ -168,6 +178,7 @@ impl Application {
                 // Watch streams end as interrupted, so clients resume elsewhere and the
                 // server's graceful stop does not wait on them.
                 hub.shutdown();
+                leaving_fleet.cancel();
                 drain_started.cancel();
             });
         let grace = transport.shutdown_grace;
@@ -291,6 +302,14 @@ fn listen_for_hangups() -> Option<Signal> {
             None
         }
     }
+}
+
+/// The coordination of watches in a fleet: this replica joins the fleet's members (a heartbeat
+/// until `leaving`), and its polls and their budget are shared through Redis.
+fn fleet_coordination(redis: Redis, watch: &WatchSettings, leaving: CancellationToken) -> Coordination {
+    let members = Members::start(redis.clone(), leaving);
+    let polls = FleetView::new(redis.clone(), members.clone(), watch.fleet_lease, watch.fleet_follow_interval);
+    Coordination { polls: Arc::new(polls), slots: Arc::new(FleetBudget::new(redis, members)) }
 }
 
 /// Reloads the policy file on each SIGHUP until the process ends; a file that does not parse

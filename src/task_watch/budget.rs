@@ -16,7 +16,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::fleet_budget::FleetBudget;
+use super::coordination::{Booking, SlotBooker};
 use crate::upstream::RateLimit;
 
 /// Below this share of Stream's window left, pollers spread what is left over the window.
@@ -29,9 +29,6 @@ const SWEEP_AT_LEAST: usize = 256;
 /// While both lanes wait, at most this many first polls go in a row before a periodic one, so
 /// that a flood of new watchers slows the polls of watched tasks down instead of stopping them.
 const FIRST_POLLS_IN_A_ROW: u32 = 3;
-
-/// How long the dispatcher paces on its own after Redis failed to book a fleet slot.
-const FLEET_RETRY: Duration = Duration::from_secs(1);
 
 /// Which queue a poll waits in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,7 +59,8 @@ pub struct PollBudget {
     dispatcher: OnceLock<AbortHandle>,
     last_rate_limit: Mutex<Option<RateLimit>>,
     pollers: AtomicUsize,
-    fleet: Option<FleetBudget>,
+    /// Books each request's slot: the budget is this replica's alone, or the fleet's.
+    slots: Arc<dyn SlotBooker>,
 }
 
 /// The waiters of both lanes, shared with the dispatcher.
@@ -185,18 +183,9 @@ impl WaitQueue {
 }
 
 impl PollBudget {
-    /// A budget of `per_second` upstream status requests per second for this replica.
-    pub fn new(per_second: f64) -> Self {
-        Self::build(per_second, None)
-    }
-
-    /// A budget of `per_second` upstream status requests per second for the whole fleet;
-    /// while Redis is unreachable, this replica keeps to its share of it.
-    pub fn for_fleet(per_second: f64, fleet: FleetBudget) -> Self {
-        Self::build(per_second, Some(fleet))
-    }
-
-    fn build(per_second: f64, fleet: Option<FleetBudget>) -> Self {
+    /// A budget of `per_second` upstream status requests per second, for this replica alone or
+    /// for every replica sharing `slots`.
+    pub fn new(per_second: f64, slots: Arc<dyn SlotBooker>) -> Self {
         Self {
             queues: Arc::new(Queues {
                 period: Duration::from_secs_f64(1.0 / per_second.max(0.001)),
@@ -206,7 +195,7 @@ impl PollBudget {
             dispatcher: OnceLock::new(),
             last_rate_limit: Mutex::new(None),
             pollers: AtomicUsize::new(0),
-            fleet,
+            slots,
         }
     }
 
@@ -214,7 +203,7 @@ impl PollBudget {
     /// place in the queue; nothing stays booked.
     pub async fn acquire(&self, lane: Lane) {
         self.dispatcher
-            .get_or_init(|| tokio::spawn(dispatch(Arc::clone(&self.queues), self.fleet.clone())).abort_handle());
+            .get_or_init(|| tokio::spawn(dispatch(Arc::clone(&self.queues), Arc::clone(&self.slots))).abort_handle());
         let (grant, granted) = oneshot::channel();
         {
             let mut lanes = self.queues.lock_lanes();
@@ -234,18 +223,14 @@ impl PollBudget {
     pub fn record(&self, rate_limit: Option<RateLimit>) {
         if let Some(rate_limit) = rate_limit {
             *self.last_rate_limit.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(rate_limit);
-            if let Some(fleet) = &self.fleet {
-                fleet.share(rate_limit);
-            }
+            self.slots.share(rate_limit);
         }
     }
 
     /// Stream answered 429 and said when to retry: in fleet mode, no replica polls before.
     /// (This replica's own poller already waits for it.)
     pub fn rate_limited(&self, retry_after: Duration) {
-        if let Some(fleet) = &self.fleet {
-            fleet.pause(retry_after);
-        }
+        self.slots.pause(retry_after);
     }
 
     /// The least time one poller should leave between polls so that all pollers together
@@ -305,14 +290,11 @@ impl Queues {
 }
 
 /// Hands out one grant per period, for as long as the budget lives. Slots are planned a period
-/// apart (not a period after each grant), so timer lag does not lower the rate. In fleet mode
-/// the period is the fleet's: each grant waits for a slot booked in Redis; while Redis is
-/// unreachable, for this replica's share (the period times the replicas last seen alive).
-async fn dispatch(queues: Arc<Queues>, fleet: Option<FleetBudget>) {
+/// apart (not a period after each grant), so timer lag does not lower the rate. When the budget
+/// is shared, each grant waits for the slot `slots` booked; while the shared budget cannot be
+/// reached, for this replica's share (the period times the replicas last seen).
+async fn dispatch(queues: Arc<Queues>, slots: Arc<dyn SlotBooker>) {
     let mut next_slot = Instant::now();
-    // After a failed booking, Redis is left alone for a while: a partitioned Redis would
-    // otherwise cost every grant a call timeout.
-    let mut fleet_retry_at = Instant::now();
     loop {
         tokio::time::sleep_until(next_slot).await;
         let arrived = queues.arrived.notified();
@@ -322,26 +304,14 @@ async fn dispatch(queues: Arc<Queues>, fleet: Option<FleetBudget>) {
             next_slot = next_slot.max(Instant::now());
             continue;
         }
-        let period = match &fleet {
-            None => queues.period,
-            Some(fleet) => {
-                let mut booked = None;
-                if Instant::now() >= fleet_retry_at {
-                    booked = fleet.reserve(queues.period).await.ok();
-                    if booked.is_none() {
-                        fleet_retry_at = Instant::now() + FLEET_RETRY;
-                    }
-                }
-                match booked {
-                    Some(wait) => {
-                        tokio::time::sleep(wait).await;
-                        next_slot = Instant::now();
-                        Duration::ZERO
-                    }
-                    // This replica's share of the budget.
-                    None => queues.period * u32::try_from(fleet.replicas()).unwrap_or(u32::MAX),
-                }
+        let period = match slots.book(queues.period).await {
+            Booking::Paced => queues.period,
+            Booking::In(wait) => {
+                tokio::time::sleep(wait).await;
+                next_slot = Instant::now();
+                Duration::ZERO
             }
+            Booking::Alone { replicas } => queues.period * replicas.max(1),
         };
         if queues.grant_next() {
             next_slot += period;
@@ -361,10 +331,11 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
+    use crate::task_watch::coordination::Coordination;
 
     #[tokio::test(start_paused = true)]
     async fn slots_are_spaced_by_the_period() {
-        let budget = PollBudget::new(10.0);
+        let budget = PollBudget::new(10.0, Coordination::solo().slots);
         let start = Instant::now();
         for _ in 0..5 {
             budget.acquire(Lane::Periodic).await;
@@ -374,7 +345,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn waiters_that_leave_hold_no_slot() {
-        let budget = PollBudget::new(10.0);
+        let budget = PollBudget::new(10.0, Coordination::solo().slots);
         budget.acquire(Lane::Periodic).await;
         for _ in 0..100 {
             // Polled once, so it is queued, then dropped: the watcher left.
@@ -388,7 +359,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn first_polls_go_before_periodic_ones() {
-        let budget = Arc::new(PollBudget::new(10.0));
+        let budget = Arc::new(PollBudget::new(10.0, Coordination::solo().slots));
         budget.acquire(Lane::Periodic).await;
         let periodic: Vec<_> = (0..50)
             .map(|_| {
@@ -407,7 +378,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_flood_of_first_polls_slows_periodic_polls_without_stopping_them() {
-        let budget = Arc::new(PollBudget::new(10.0));
+        let budget = Arc::new(PollBudget::new(10.0, Coordination::solo().slots));
         budget.acquire(Lane::Periodic).await;
         let flood: Vec<_> = (0..100)
             .map(|_| {
@@ -427,7 +398,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn first_polls_take_turns_between_callers() {
-        let budget = Arc::new(PollBudget::new(10.0));
+        let budget = Arc::new(PollBudget::new(10.0, Coordination::solo().slots));
         budget.acquire(Lane::Periodic).await;
         // One caller floods the lane with sixty first polls (watches of unknown ids, say)...
         let flood: Vec<_> = (0..60)
@@ -448,7 +419,7 @@ mod tests {
 
     #[test]
     fn spacing_spreads_the_remaining_window_over_the_pollers() {
-        let budget = PollBudget::new(10.0);
+        let budget = PollBudget::new(10.0, Coordination::solo().slots);
         let _a = budget.enlist();
         let _b = budget.enlist();
         let reset = Utc::now() + chrono::Duration::seconds(30);

@@ -10,7 +10,7 @@ use tonic::Status;
 
 use super::{
     Watcher,
-    hub::{Observation, TaskView},
+    view::{Observation, TaskView},
 };
 use crate::{
     contract::{status, task::timestamp},

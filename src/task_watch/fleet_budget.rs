@@ -9,10 +9,15 @@
 //! 429) pushes the fleet's next slot to the reset, and one that sees it low spreads what is
 //! left over the window for everyone.
 
-use std::{sync::LazyLock, time::Duration};
+use std::{
+    sync::{LazyLock, Mutex},
+    time::Duration,
+};
 
 use redis::Script;
+use tokio::time::Instant;
 
+use super::coordination::{Booking, SlotBooker};
 use crate::{
     fleet::{Redis, Unavailable, members::Members},
     upstream::RateLimit,
@@ -58,13 +63,19 @@ static SLOW_DOWN: LazyLock<Script> =
 /// Below this share of Stream's window left, the fleet spreads what is left over the window.
 const LOW_REMAINING_SHARE: f64 = 0.5;
 
+/// How long a replica paces on its own after Redis failed to book a slot: a partitioned Redis
+/// would otherwise cost every grant a call timeout.
+const ALONE_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
 /// The fleet's upstream budget in Redis.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct FleetBudget {
     redis: Redis,
     members: Members,
     next_slot: String,
     spacing: String,
+    /// Until when Redis is left alone after a failed booking.
+    alone_until: Mutex<Option<Instant>>,
 }
 
 impl FleetBudget {
@@ -72,7 +83,7 @@ impl FleetBudget {
     pub fn new(redis: Redis, members: Members) -> Self {
         let next_slot = redis.key("budget", "polls", "next_slot");
         let spacing = redis.key("budget", "polls", "spacing");
-        Self { redis, members, next_slot, spacing }
+        Self { redis, members, next_slot, spacing, alone_until: Mutex::new(None) }
     }
 
     /// Books the fleet's next slot one `period` after the last one booked; returns how long to
@@ -83,16 +94,28 @@ impl FleetBudget {
         let wait: i64 = self.redis.eval_quiet(&invocation).await?;
         Ok(Duration::from_micros(u64::try_from(wait).unwrap_or(0)))
     }
+}
 
-    /// How many replicas share the budget: while Redis is unreachable, each replica keeps to
-    /// its share.
-    pub fn replicas(&self) -> usize {
-        self.members.last_seen_alive()
+#[tonic::async_trait]
+impl SlotBooker for FleetBudget {
+    /// Books the fleet's next slot; while Redis is unreachable (and for a while after it failed
+    /// to answer), paces alone at this replica's share of the budget.
+    async fn book(&self, period: Duration) -> Booking {
+        let now = Instant::now();
+        let mut alone_until = self.alone_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if alone_until.is_none_or(|until| now >= until) {
+            match self.reserve(period).await {
+                Ok(wait) => return Booking::In(wait),
+                Err(_) => alone_until = Some(Instant::now() + ALONE_AFTER_FAILURE),
+            }
+        }
+        *self.alone_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = alone_until;
+        Booking::Alone { replicas: u32::try_from(self.members.last_seen_alive()).unwrap_or(u32::MAX) }
     }
 
-    /// Shares what Stream said of its rate-limit window: exhausted, nobody polls before the
-    /// reset; low, the fleet's polls are spread over what is left. Nothing while plenty is left.
-    pub fn share(&self, rate_limit: RateLimit) {
+    /// Exhausted, nobody polls before the reset; low, the fleet's polls are spread over what is
+    /// left. Nothing while plenty is left.
+    fn share(&self, rate_limit: RateLimit) {
         let until_reset = rate_limit.until_reset();
         if until_reset.is_zero() || (rate_limit.remaining as f64) >= (rate_limit.limit as f64) * LOW_REMAINING_SHARE {
             return;
@@ -109,8 +132,7 @@ impl FleetBudget {
         });
     }
 
-    /// No replica polls for `duration` (Stream answered 429, or its window is spent).
-    pub fn pause(&self, duration: Duration) {
+    fn pause(&self, duration: Duration) {
         let (redis, key) = (self.redis.clone(), self.next_slot.clone());
         tokio::spawn(async move {
             let mut invocation = PAUSE.key(&key);

@@ -15,7 +15,10 @@ use prost::Message;
 use redis::Script;
 use tonic::Status;
 
-use super::hub::{Observation, TaskView};
+use super::{
+    coordination::{Followed, PollCoordinator, SharedView, Unreachable},
+    view::{Observation, TaskView},
+};
 use crate::{
     contract::task::timestamp,
     fleet::{Redis, Unavailable, members::Members, millis},
@@ -101,23 +104,7 @@ pub struct FleetView {
     members: Members,
     lease: Duration,
     /// How often a follower reads the shared view.
-    pub follow_interval: Duration,
-}
-
-/// A follower's read of the shared view.
-pub(super) struct Followed {
-    /// Whether this replica now holds the lease (and must poll).
-    pub leading: bool,
-    /// The shared observation, unless it is still the one at the caller's `seq`.
-    pub update: Option<SharedView>,
-}
-
-/// One observation as the fleet shares it.
-pub(super) struct SharedView {
-    /// Its number: each write adds one.
-    pub seq: i64,
-    /// What the polling replica observed.
-    pub view: TaskView,
+    follow_interval: Duration,
 }
 
 /// The wire form of a [`TaskView`] in Redis.
@@ -143,34 +130,46 @@ impl FleetView {
         Self { redis, members, lease, follow_interval }
     }
 
-    /// How often a leading replica renews its lease.
-    pub fn renew_interval(&self) -> Duration {
-        self.lease / 3
-    }
-
     fn keys(&self, task_id: &str) -> (String, String) {
         (self.redis.key("watch", task_id, "lease"), self.redis.key("watch", task_id, "view"))
     }
+}
 
-    /// Reads what the leading replica shared since `seq`, taking the lease if it is free.
-    pub(super) async fn follow(&self, task_id: &str, seq: i64) -> Result<Followed, Unavailable> {
+fn unreachable(error: Unavailable) -> Unreachable {
+    Unreachable(error.0)
+}
+
+#[tonic::async_trait]
+impl PollCoordinator for FleetView {
+    fn leads_at_once(&self) -> bool {
+        false
+    }
+
+    fn follow_interval(&self) -> Duration {
+        self.follow_interval
+    }
+
+    fn renew_interval(&self) -> Option<Duration> {
+        Some(self.lease / 3)
+    }
+
+    async fn follow(&self, task_id: &str, seq: i64) -> Result<Followed, Unreachable> {
         let (lease, view) = self.keys(task_id);
         let mut invocation = FOLLOW.key(&lease);
         invocation.key(&view).arg(self.members.id()).arg(millis(self.lease)).arg(seq);
-        let (leading, seq, data): (i64, i64, Vec<u8>) = self.redis.eval_quiet(&invocation).await?;
+        let (leading, seq, data): (i64, i64, Vec<u8>) =
+            self.redis.eval_quiet(&invocation).await.map_err(unreachable)?;
         let update = (!data.is_empty()).then(|| decode(&data)).flatten().map(|view| SharedView { seq, view });
         Ok(Followed { leading: leading == 1, update })
     }
 
-    /// Shares an observation, kept for `ttl` when `last` (the task ended, or its watch did).
-    /// Returns its `seq`, or `None` if another replica leads now.
-    pub(super) async fn publish(
+    async fn publish(
         &self,
         task_id: &str,
         view: &TaskView,
         last: Option<Duration>,
         poll_interval_max: Duration,
-    ) -> Result<Option<i64>, Unavailable> {
+    ) -> Result<Option<i64>, Unreachable> {
         let (lease, key) = self.keys(task_id);
         let ttl = last.unwrap_or(poll_interval_max * VIEW_TTL_FACTOR).max(Duration::from_millis(1));
         let mut invocation = PUBLISH.key(&lease);
@@ -181,21 +180,18 @@ impl FleetView {
             .arg(encode(view))
             .arg(if last.is_some() { "1" } else { "0" })
             .arg(millis(ttl));
-        let seq: i64 = self.redis.eval("EVALSHA watch.publish", &invocation).await?;
+        let seq: i64 = self.redis.eval("EVALSHA watch.publish", &invocation).await.map_err(unreachable)?;
         Ok((seq > 0).then_some(seq))
     }
 
-    /// Extends this replica's lease; `false` if another replica leads now.
-    pub(super) async fn renew(&self, task_id: &str) -> Result<bool, Unavailable> {
+    async fn renew(&self, task_id: &str) -> Result<bool, Unreachable> {
         let (lease, view) = self.keys(task_id);
         let mut invocation = RENEW.key(&lease);
         invocation.key(&view).arg(self.members.id()).arg(millis(self.lease));
-        Ok(self.redis.eval_quiet::<i64>(&invocation).await? == 1)
+        Ok(self.redis.eval_quiet::<i64>(&invocation).await.map_err(unreachable)? == 1)
     }
 
-    /// Gives the lease up (the last watcher left), so that a replica that still has watchers
-    /// takes the poll over at its next follow instead of after the lease.
-    pub(super) fn release(&self, task_id: &str) {
+    fn release(&self, task_id: &str) {
         let (lease, _) = self.keys(task_id);
         let (redis, id) = (self.redis.clone(), self.members.id().to_owned());
         tokio::spawn(async move {

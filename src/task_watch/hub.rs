@@ -5,77 +5,31 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::Instrument;
 
 use super::{
-    ChangeObserver, WatchSettings, budget::PollBudget, fleet_budget::FleetBudget, fleet_view::FleetView, poller,
+    ChangeObserver, WatchSettings,
+    budget::PollBudget,
+    coordination::Coordination,
+    poller,
+    shared::{Shared, lock},
+    view::TaskView,
 };
 use crate::{
     contract::status,
-    fleet::{Redis, members::Members},
-    proto::Task,
     telemetry::{self, otel::WatcherLinks},
     upstream::{RetryPolicy, StreamClient},
 };
 
-/// What a task's watchers see. The poller replaces it; watchers only read it, so a slow
-/// watcher never slows the poller or another watcher, and always sees the latest state.
-#[derive(Clone, Debug)]
-pub struct TaskView {
-    /// The latest outcome of polling.
-    pub observation: Observation,
-    /// When upstream was last polled, changed or not.
-    pub polled_at: Option<DateTime<Utc>>,
-}
-
-impl TaskView {
-    /// The task, when one has been observed.
-    pub fn task(&self) -> Option<&Task> {
-        match &self.observation {
-            Observation::Task(task) => Some(task),
-            _ => None,
-        }
-    }
-}
-
-/// The latest outcome of polling a task.
-#[derive(Clone, Debug)]
-pub enum Observation {
-    /// No poll has answered yet.
-    Pending,
-    /// The task as last read upstream.
-    Task(Box<Task>),
-    /// Watching ended with this status (NOT_FOUND, or UNAVAILABLE after the failure budget).
-    Ended(Status),
-}
-
-/// The sending side of one task's view, shared by the hub (to subscribe) and its poller.
-pub(super) type ViewSender = Arc<watch::Sender<TaskView>>;
-
 /// Starts, shares and retires pollers. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct WatchHub {
-    inner: Arc<HubInner>,
-}
-
-#[derive(Debug)]
-pub(super) struct HubInner {
-    pub(super) client: StreamClient,
-    pub(super) settings: WatchSettings,
-    pub(super) budget: PollBudget,
-    /// Fleet mode: how this replica shares its tasks' polls with the others.
-    pub(super) fleet: Option<FleetView>,
-    /// Told of every observed change.
-    pub(super) observer: Option<Arc<dyn ChangeObserver>>,
-    pub(super) shutdown: CancellationToken,
-    /// Each watched task's view and its watchers' calls (for the poll spans' links).
-    tasks: Mutex<HashMap<String, (ViewSender, Arc<WatcherLinks>)>>,
+    shared: Arc<Shared>,
     streams: Arc<Semaphore>,
-    /// Open watch streams per caller, so that no caller takes the whole [`Self::streams`].
+    /// Open watch streams per caller, so that no caller takes the whole of [`Self::streams`].
     streams_by_caller: Arc<Mutex<HashMap<Arc<str>, usize>>>,
 }
 
@@ -117,10 +71,6 @@ impl Drop for CallerStream {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// One watcher of one task: its view of the task and its place among the open streams.
 pub struct Watcher {
     /// The task's view, as the poller publishes it.
@@ -134,39 +84,22 @@ pub struct Watcher {
 }
 
 impl WatchHub {
-    /// A hub whose pollers use `client`. With `fleet`, the Redis that the replicas share,
-    /// each task is polled by one replica of the fleet and the budget is the fleet's.
-    /// `observer` is told of every change the pollers observe.
+    /// A hub whose pollers use `client`, and agree with other replicas (if any) through
+    /// `coordination`. `observer` is told of every change the pollers observe.
     pub fn new(
         client: StreamClient,
         settings: WatchSettings,
-        fleet: Option<Redis>,
+        coordination: Coordination,
         observer: Option<Arc<dyn ChangeObserver>>,
     ) -> Self {
-        let shutdown = CancellationToken::new();
-        let per_second = settings.upstream_budget_per_second;
-        let (budget, fleet) = match fleet {
-            None => (PollBudget::new(per_second), None),
-            Some(redis) => {
-                let members = Members::start(redis.clone(), shutdown.clone());
-                let budget = PollBudget::for_fleet(per_second, FleetBudget::new(redis.clone(), members.clone()));
-                let view = FleetView::new(redis, members, settings.fleet_lease, settings.fleet_follow_interval);
-                (budget, Some(view))
-            }
-        };
+        let budget = PollBudget::new(settings.upstream_budget_per_second, coordination.slots);
+        let streams = Arc::new(Semaphore::new(settings.max_streams));
+        // Pollers pace their own retries (backoff, failure budget).
+        let client = client.with_retry(RetryPolicy::NONE);
         Self {
-            inner: Arc::new(HubInner {
-                // Pollers pace their own retries (backoff, failure budget).
-                client: client.with_retry(RetryPolicy::NONE),
-                budget,
-                fleet,
-                observer,
-                streams: Arc::new(Semaphore::new(settings.max_streams)),
-                streams_by_caller: Arc::default(),
-                settings,
-                shutdown,
-                tasks: Mutex::new(HashMap::new()),
-            }),
+            shared: Arc::new(Shared::new(client, settings, budget, coordination.polls, observer)),
+            streams,
+            streams_by_caller: Arc::default(),
         }
     }
 
@@ -174,28 +107,27 @@ impl WatchHub {
     /// watcher of a task that is already polled sees the last observation at once, with no
     /// upstream call. A new poller's first poll takes its turn among `caller`'s.
     pub fn watch(&self, task_id: &str, caller: &str) -> Result<Watcher, Status> {
-        let settings = &self.inner.settings;
-        let caller_stream = CallerStream::open(&self.inner.streams_by_caller, caller, settings.max_streams_per_caller)
+        let settings = &self.shared.settings;
+        let caller_stream = CallerStream::open(&self.streams_by_caller, caller, settings.max_streams_per_caller)
             .ok_or_else(|| status::caller_watch_limit_reached(settings.max_streams_per_caller))?;
-        let permit = Arc::clone(&self.inner.streams)
+        let permit = Arc::clone(&self.streams)
             .try_acquire_owned()
             .map_err(|_| status::watch_limit_reached(settings.max_streams))?;
         let view = {
-            let mut tasks = self.inner.lock_tasks();
+            let mut tasks = self.shared.lock_tasks();
             match tasks.get(task_id) {
                 Some((sender, links)) => {
                     links.add(&tracing::Span::current());
                     sender.subscribe()
                 }
                 None => {
-                    let (sender, view) =
-                        watch::channel(TaskView { observation: Observation::Pending, polled_at: None });
+                    let (sender, view) = watch::channel(TaskView::pending());
                     let sender = Arc::new(sender);
                     let links = Arc::new(WatcherLinks::default());
                     links.add(&tracing::Span::current());
                     tasks.insert(task_id.to_owned(), (Arc::clone(&sender), Arc::clone(&links)));
                     let first_caller = Arc::clone(&caller_stream.caller);
-                    let poller = poller::run(Arc::clone(&self.inner), task_id.to_owned(), first_caller, sender, links);
+                    let poller = poller::run(Arc::clone(&self.shared), task_id.to_owned(), first_caller, sender, links);
                     tokio::spawn(poller.instrument(tracing::debug_span!("poller", task_id)));
                     view
                 }
@@ -204,8 +136,8 @@ impl WatchHub {
         metrics::gauge!(telemetry::metrics::WATCH_STREAMS).increment(1);
         Ok(Watcher {
             view,
-            shutdown: self.inner.shutdown.clone(),
-            settings: self.inner.settings.clone(),
+            shutdown: self.shared.shutdown.clone(),
+            settings: self.shared.settings.clone(),
             _permit: permit,
             _caller_stream: caller_stream,
         })
@@ -213,54 +145,26 @@ impl WatchHub {
 
     /// Ends every watch stream as interrupted (resumable) and stops the pollers.
     pub fn shutdown(&self) {
-        self.inner.shutdown.cancel();
+        self.shared.shutdown.cancel();
     }
 
     /// Whether [`Self::shutdown`] was called.
     pub fn is_shutting_down(&self) -> bool {
-        self.inner.shutdown.is_cancelled()
+        self.shared.shutdown.is_cancelled()
     }
 
     /// Tasks with a running poller (or a retained final state).
     pub fn watched_tasks(&self) -> usize {
-        self.inner.lock_tasks().len()
+        self.shared.lock_tasks().len()
     }
 
     /// Pollers polling now.
     pub fn active_pollers(&self) -> usize {
-        self.inner.budget.active_pollers()
+        self.shared.budget.active_pollers()
     }
 
     /// Open watch streams.
     pub fn open_streams(&self) -> usize {
-        self.inner.settings.max_streams - self.inner.streams.available_permits()
-    }
-}
-
-impl HubInner {
-    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, (ViewSender, Arc<WatcherLinks>)>> {
-        lock(&self.tasks)
-    }
-
-    /// Removes the task's entry if it has no watcher left; `false` if one joined meanwhile.
-    /// Watchers subscribe under the same lock, so none can slip in between.
-    pub(super) fn retire_if_unwatched(&self, task_id: &str, sender: &ViewSender) -> bool {
-        let mut tasks = self.lock_tasks();
-        if sender.receiver_count() > 0 {
-            return false;
-        }
-        Self::remove_entry(&mut tasks, task_id, sender);
-        true
-    }
-
-    /// Removes the task's entry: its watchers keep their last view, new ones start afresh.
-    pub(super) fn forget(&self, task_id: &str, sender: &ViewSender) {
-        Self::remove_entry(&mut self.lock_tasks(), task_id, sender);
-    }
-
-    fn remove_entry(tasks: &mut HashMap<String, (ViewSender, Arc<WatcherLinks>)>, task_id: &str, sender: &ViewSender) {
-        if tasks.get(task_id).is_some_and(|(current, _)| Arc::ptr_eq(current, sender)) {
-            tasks.remove(task_id);
-        }
+        self.shared.settings.max_streams - self.streams.available_permits()
     }
 }

@@ -5,18 +5,24 @@
 //!   when the last watcher leaves (or keeps a finished task's final state for a while).
 //! - [`poller`] polls `GET /tasks/{id}` adaptively inside the shared [`budget`].
 //! - [`events`] turns what the poller publishes into one watcher's `TaskEvent` stream.
-//! - [`fleet_view`] and [`fleet_budget`]: fleet mode, where the replicas sharing a Redis poll
-//!   each task once and share one budget.
+//! - [`view`] is what a task's watchers see; [`shared`] what the hub and its pollers share.
+//! - [`coordination`] is the seam between one process and a fleet: who polls each task, and
+//!   whose budget the polls spend. [`fleet_view`] and [`fleet_budget`] are the fleet's side,
+//!   where the replicas sharing a Redis poll each task once and share one budget.
 
 pub mod budget;
+pub mod coordination;
 pub mod events;
 pub mod fleet_budget;
 pub mod fleet_view;
 pub mod hub;
 mod poller;
+mod shared;
+pub mod view;
 
 use std::time::Duration;
 
+pub use coordination::Coordination;
 pub use hub::{WatchHub, Watcher};
 
 /// Told of every change a poller observes; in fleet mode only the polling replica tells.

@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use super::{
     WatchSettings,
     budget::Lane,
-    fleet_view::FleetView,
-    hub::{HubInner, Observation, TaskView, ViewSender},
+    shared::Shared,
+    view::{Observation, TaskView, ViewSender},
 };
 use tracing::Instrument;
 
@@ -33,14 +33,14 @@ const BACKOFF_FACTOR: f64 = 1.5;
 /// upstream fails for good, the last watcher leaves, or the hub shuts down.
 /// Each poll is a span of its own trace, linked to the watchers' calls in `watchers`.
 pub(super) async fn run(
-    hub: Arc<HubInner>,
+    hub: Arc<Shared>,
     task_id: String,
     first_caller: Arc<str>,
     sender: ViewSender,
     watchers: Arc<WatcherLinks>,
 ) {
     let mut poller = Poller { hub, task_id, first_caller, sender, watchers, seq: 0 };
-    let mut role = if poller.hub.fleet.is_some() { Role::Follow } else { Role::Lead };
+    let mut role = if poller.hub.polls.leads_at_once() { Role::Lead } else { Role::Follow };
     loop {
         role = match role {
             Role::Lead => poller.lead().await,
@@ -71,7 +71,7 @@ enum Waited {
 }
 
 struct Poller {
-    hub: Arc<HubInner>,
+    hub: Arc<Shared>,
     task_id: String,
     /// The caller whose watch started this poller: its first polls take their turn among that
     /// caller's.
@@ -86,9 +86,9 @@ impl Poller {
     /// Follows the shared view until this replica leads, the task ends, or nobody watches.
     /// While Redis is unreachable, leads (on its own).
     async fn follow(&mut self) -> Role {
-        let Some(fleet) = self.hub.fleet.clone() else { return Role::Lead };
+        let polls = Arc::clone(&self.hub.polls);
         loop {
-            let followed = match fleet.follow(&self.task_id, self.seq).await {
+            let followed = match polls.follow(&self.task_id, self.seq).await {
                 Ok(followed) => followed,
                 Err(error) => {
                     tracing::debug!(task_id = %self.task_id, %error, "fleet store unavailable; polling on our own");
@@ -106,7 +106,7 @@ impl Poller {
                 return Role::Lead;
             }
             tokio::select! {
-                () = tokio::time::sleep(fleet.follow_interval) => {}
+                () = tokio::time::sleep(polls.follow_interval()) => {}
                 () = self.sender.closed() => {
                     if self.hub.retire_if_unwatched(&self.task_id, &self.sender) { return Role::Stop; }
                 }
@@ -246,8 +246,9 @@ impl Poller {
     /// when nobody watches any more (releasing the lease), the hub shuts down, or the lease is
     /// lost to another replica.
     async fn wait_leading(&self, until: impl Future<Output = ()>) -> Waited {
-        let fleet = self.hub.fleet.as_ref();
-        let mut renewals = tokio::time::interval(fleet.map_or(Duration::from_secs(3600), FleetView::renew_interval));
+        let polls = &self.hub.polls;
+        let renew_every = polls.renew_interval();
+        let mut renewals = tokio::time::interval(renew_every.unwrap_or(Duration::from_secs(3600)));
         renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is immediate; the lease was just taken or written.
         renewals.reset();
@@ -257,24 +258,18 @@ impl Poller {
                 () = &mut until => return Waited::Done,
                 () = self.sender.closed() => {
                     if self.hub.retire_if_unwatched(&self.task_id, &self.sender) {
-                        if let Some(fleet) = fleet {
-                            fleet.release(&self.task_id);
-                        }
+                        polls.release(&self.task_id);
                         return Waited::Stop;
                     }
                 }
                 () = self.hub.shutdown.cancelled() => {
                     // A draining replica hands its polls over at once, not after the lease.
-                    if let Some(fleet) = fleet {
-                        fleet.release(&self.task_id);
-                    }
+                    polls.release(&self.task_id);
                     return Waited::Stop;
                 }
-                _ = renewals.tick(), if fleet.is_some() => {
-                    // An unreachable Redis (`Err`) is no reason to stop: keep polling on our own.
-                    if let Some(fleet) = fleet
-                        && let Ok(false) = fleet.renew(&self.task_id).await
-                    {
+                _ = renewals.tick(), if renew_every.is_some() => {
+                    // Unreachable shared state (`Err`) is no reason to stop: keep polling on our own.
+                    if let Ok(false) = polls.renew(&self.task_id).await {
                         return Waited::Follow;
                     }
                 }
@@ -286,9 +281,8 @@ impl Poller {
     /// Returns `false` when another replica leads now; `true` otherwise, also when Redis is
     /// unreachable (this replica then keeps polling on its own).
     async fn share(&mut self, last: Option<Duration>) -> bool {
-        let Some(fleet) = &self.hub.fleet else { return true };
         let view = self.sender.borrow().clone();
-        match fleet.publish(&self.task_id, &view, last, self.hub.settings.poll_interval_max).await {
+        match self.hub.polls.publish(&self.task_id, &view, last, self.hub.settings.poll_interval_max).await {
             Ok(Some(seq)) => {
                 self.seq = seq;
                 true
