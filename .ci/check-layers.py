@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fails when a module of src/ imports a module above it.
+"""Fails when a module of src/ imports a module above it, or when the submodules of one module
+import each other in a circle.
 
 The layers are read from ARCHITECTURE.md (the fenced block tagged `layers`), so the map and
 this check cannot disagree: every top-level module of src/ must be listed there, a module may
@@ -7,7 +8,9 @@ import only modules of lower layers, and the modules `beside` the service (the e
 CLI) may import only layer 0 and are imported by no module of the library.
 
 Imports are found as `crate::<module>` paths, grouped `use crate::{a::.., b}` included, after
-comments and string literals are removed. Usage: .ci/check-layers.py [repo root]
+comments and string literals are removed. Inside a module, a submodule's imports of its siblings
+are its `super::<sibling>` and `crate::<module>::<sibling>` paths (the module's own mod.rs, which
+declares and re-exports them, is not a sibling). Usage: .ci/check-layers.py [repo root]
 """
 
 import os
@@ -44,9 +47,10 @@ def strip(source):
     return re.sub(r'"(\\.|[^"\\])*"', '""', source)
 
 
-def imported_modules(source):
+def imported_modules(source, prefix=r"\bcrate::"):
+    """The first identifiers of the paths after `prefix` (a regex), groups included."""
     found = set()
-    for match in re.finditer(r"\bcrate::", source):
+    for match in re.finditer(prefix, source):
         rest = source[match.end():]
         if rest.startswith("{"):
             depth, items = 0, ""
@@ -80,9 +84,59 @@ def imported_modules(source):
     return found
 
 
+def sibling_edges():
+    """For each module with submodules: submodule -> the sibling submodules it imports."""
+    edges = {}
+    for module in sorted(os.listdir(SRC)):
+        directory = os.path.join(SRC, module)
+        if not os.path.isdir(directory):
+            continue
+        siblings = {
+            name.removesuffix(".rs")
+            for name in os.listdir(directory)
+            if name != "mod.rs" and (name.endswith(".rs") or os.path.isdir(os.path.join(directory, name)))
+        }
+        graph = {sibling: set() for sibling in siblings}
+        for current, _, files in os.walk(directory):
+            for file in files:
+                if not file.endswith(".rs"):
+                    continue
+                relative = os.path.relpath(os.path.join(current, file), directory).split(os.sep)
+                sibling = relative[0].removesuffix(".rs")
+                if sibling == "mod":
+                    continue
+                source = strip(open(os.path.join(current, file), encoding="utf-8").read())
+                found = imported_modules(source, rf"\bcrate::{module}::")
+                if len(relative) == 1:
+                    found |= imported_modules(source, r"\bsuper::")
+                graph[sibling] |= {name for name in found if name in siblings and name != sibling}
+        edges[module] = graph
+    return edges
+
+
+def circles(graph):
+    """The circles of a directed graph, each once (as its path from its smallest node)."""
+    found = set()
+
+    def walk(start, node, path):
+        for following in sorted(graph[node]):
+            if following == start:
+                found.add(tuple(path))
+            elif following not in path and following > start:
+                walk(start, following, path + [following])
+
+    for start in sorted(graph):
+        walk(start, start, [start])
+    return sorted(found)
+
+
 def main():
     layers = read_layers()
     problems = []
+    for module, graph in sibling_edges().items():
+        for circle in circles(graph):
+            names = " -> ".join(f"{module}::{name}" for name in circle + (circle[0],))
+            problems.append(f"src/{module}/: submodules import each other in a circle: {names}")
     present = set()
     for directory, _, files in os.walk(SRC):
         for file in sorted(files):
@@ -118,7 +172,7 @@ def main():
         print(problem)
     if problems:
         sys.exit(f"check-layers: {len(problems)} problem(s)")
-    print(f"check-layers: {len(present)} modules, every import points down")
+    print(f"check-layers: {len(present)} modules, every import points down, no circle inside a module")
 
 
 if __name__ == "__main__":

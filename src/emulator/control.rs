@@ -128,7 +128,7 @@ async fn synthetic_export(State(state): State<AppState>, body: Bytes) -> Respons
         Ok(spec) => spec,
         Err(refusal) => return refuse(refusal),
     };
-    let id = super::routes::create_task(&state, ExportKind::Synthetic(spec), None);
+    let id = state.create_task(ExportKind::Synthetic(spec), None);
     let now = state.now();
     if let Some(task) = state.lock().tasks.get_mut(&id) {
         task.steer(Status::Completed, None, now);

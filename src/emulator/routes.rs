@@ -26,7 +26,7 @@ use super::{
     files::{ChannelExportSpec, ChannelSelection, ExportKind, Version},
     rate_limit::RateInfo,
     state::AppState,
-    tasks::{Status, Task, TaskError},
+    tasks::{Status, TaskError},
     wire::{ApiError, Timer, json, timestamp},
 };
 
@@ -318,20 +318,10 @@ fn parse_export_channels(state: &AppState, body: &Bytes) -> Result<ChannelExport
     })
 }
 
-pub(crate) fn create_task(state: &AppState, kind: ExportKind, error: Option<TaskError>) -> Uuid {
-    let now = state.now();
-    let mut inner = state.lock();
-    let task = Task::new(kind, now, inner.task_defaults, error);
-    let id = task.id;
-    inner.tasks.insert(id, task);
-    inner.counters.export_created();
-    id
-}
-
 async fn export_channels(State(state): State<AppState>, Extension(timer): Extension<Timer>, body: Bytes) -> Response {
     match parse_export_channels(&state, &body) {
         Ok(spec) => {
-            let id = create_task(&state, ExportKind::Channels(spec), None);
+            let id = state.create_task(ExportKind::Channels(spec), None);
             json(StatusCode::CREATED, timer, json!({"task_id": id.to_string()}))
         }
         Err(error) => error.response(timer),
@@ -372,7 +362,7 @@ async fn export_users(State(state): State<AppState>, Extension(timer): Extension
                     kind: "validation_error".to_owned(),
                     description: format!("user {id} has more than {USER_EXPORT_MESSAGE_LIMIT} messages"),
                 });
-            let id = create_task(&state, ExportKind::Users(ids), error);
+            let id = state.create_task(ExportKind::Users(ids), error);
             json(StatusCode::CREATED, timer, json!({"task_id": id.to_string()}))
         }
         Err(error) => error.response(timer),

@@ -15,7 +15,8 @@ use super::{
     data::DataSet,
     faults::Faults,
     rate_limit::RateLimiter,
-    tasks::{Outcome, Task, TaskDefaults},
+    files::ExportKind,
+    tasks::{Outcome, Task, TaskDefaults, TaskError},
 };
 
 /// The most `traceparent` headers kept (the latest ones).
@@ -110,5 +111,16 @@ impl AppState {
     /// The emulator clock: real time plus the offset moved by `POST /_emulator/clock`.
     pub(crate) fn now(&self) -> DateTime<Utc> {
         Utc::now() + self.lock().clock_offset
+    }
+
+    /// Creates an export task (counted as an export) and returns its id.
+    pub(crate) fn create_task(&self, kind: ExportKind, error: Option<TaskError>) -> Uuid {
+        let now = self.now();
+        let mut inner = self.lock();
+        let task = Task::new(kind, now, inner.task_defaults, error);
+        let id = task.id;
+        inner.tasks.insert(id, task);
+        inner.counters.export_created();
+        id
     }
 }
