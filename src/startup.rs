@@ -21,7 +21,7 @@ use crate::{
     store::{MemoryRegistry, MemoryStore, RedisRegistry, RedisSubmitStore, TaskRegistry},
     task_watch::{ChangeObserver, WatchHub},
     telemetry::{self, layer::GrpcTelemetryLayer},
-    upstream::{ClientConfig, Credentials, RetryPolicy, StreamClient},
+    upstream::{ClientConfig, CredentialCheck, Credentials, RetryPolicy, StreamClient},
 };
 
 /// The name under which health reports the export service.
@@ -37,6 +37,7 @@ pub struct Application {
     auth: CallerAuth,
     transport: TransportSettings,
     unary_timeout: Duration,
+    credential_check: CredentialCheck,
 }
 
 impl Application {
@@ -48,13 +49,14 @@ impl Application {
         };
         let credentials = Credentials::new(api_key.clone(), &api_secret).context("signing the Stream server token")?;
         let client = StreamClient::new(ClientConfig {
-            base_url,
+            base_url: base_url.clone(),
             credentials,
             connect_timeout: settings.upstream_connect_timeout,
             request_timeout: settings.upstream_timeout,
             retry: RetryPolicy::default(),
         })
         .context("building the Stream API client")?;
+        let credential_check = CredentialCheck::new(client.clone(), base_url, settings.upstream_timeout);
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
         let redis = match &settings.redis {
@@ -95,6 +97,7 @@ impl Application {
             auth: settings.auth,
             transport: settings.transport,
             unary_timeout: settings.limits.unary_timeout,
+            credential_check,
         })
     }
 
@@ -210,13 +213,16 @@ fn tls_config(tls: &TlsSettings) -> ServerTlsConfig {
 }
 
 /// Builds and runs the service until SIGINT or SIGTERM, with the metrics exporter if asked for
-/// (the exporter is process-wide, so tests that build several applications leave it off).
+/// (the exporter is process-wide, so tests that build several applications leave it off),
+/// after checking the Stream credentials once ([`CredentialCheck`]: rejected ones stop here).
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(addr) = settings.metrics_listen {
         telemetry::metrics::install(addr)?;
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
-    Application::build(settings).await?.run_until(shutdown_signal()).await
+    let app = Application::build(settings).await?;
+    app.credential_check.run().await?;
+    app.run_until(shutdown_signal()).await
 }
 
 /// Reflection over the export contract and the health service.

@@ -11,6 +11,7 @@ pub mod convert;
 pub mod destination;
 mod error;
 mod rate_limit;
+mod startup_check;
 mod status;
 pub mod wire;
 
@@ -18,4 +19,5 @@ pub use auth::Credentials;
 pub use client::{Answer, ClientConfig, RetryPolicy, StreamClient, decode};
 pub use error::{ErrorKind, Operation, UpstreamError};
 pub use rate_limit::RateLimit;
+pub use startup_check::CredentialCheck;
 pub use status::download_not_started;
