@@ -1,7 +1,8 @@
 //! The client of the Stream Chat REST API: authentication, HTTP, wire types and errors.
 //!
-//! Everything here follows the real API's wire format (`shared/stream-api.md`), so the same
-//! code talks to Stream itself or to the emulator, by base URL alone.
+//! Everything here follows the real API's wire format (as the official SDKs send it;
+//! `docs/emulator.md` describes it), so the same code talks to Stream itself or to the emulator, by
+//! base URL alone.
 
 mod api_http;
 mod auth;
