@@ -1,5 +1,6 @@
-//! Telemetry: Prometheus metrics on the admin port of the real binary, and the caller's W3C
-//! trace context passed on to upstream requests.
+//! Telemetry: Prometheus metrics on the admin port of the real binary, the caller's W3C trace
+//! context passed on to upstream requests, the log lines (plain off a terminal, each field once,
+//! gRPC's code names), and the start-up check of the Stream credentials.
 
 use crate::common;
 
