@@ -1,9 +1,9 @@
 """Checks the deployment properties that schema validation cannot see (run in .venv/ci-tools).
 
 kubernetes-validate proves the manifests are well-formed; this proves they say what the service
-needs: gRPC health probes, a restrictive security context, credentials from a Secret, a grace
-period longer than the drain, a gRPC-named Service port, and a PodDisruptionBudget that selects
-the pods.
+needs: gRPC health probes, a restrictive security context, credentials from a Secret, caller
+authentication with tokens from a Secret, the metrics port, a grace period longer than the drain,
+a gRPC-named Service port, and a PodDisruptionBudget that selects the pods.
 """
 
 import sys
@@ -55,6 +55,25 @@ env = {item["name"]: item for item in container.get("env", [])}
 for name in ("STREAM_API_KEY", "STREAM_API_SECRET"):
     check("secretKeyRef" in env.get(name, {}).get("valueFrom", {}), f"{name} must come from a secretKeyRef")
 
+# Caller authentication: the tokens file lies in a volume mounted from a Secret.
+tokens_file = env.get("STREAM_EXPORT_AUTH_TOKENS_FILE", {}).get("value", "")
+secret_volumes = {v["name"] for v in pod.get("volumes", []) if "secret" in v}
+check(
+    any(
+        m["name"] in secret_volumes and tokens_file.startswith(m["mountPath"].rstrip("/") + "/")
+        for m in container.get("volumeMounts", [])
+    ),
+    "STREAM_EXPORT_AUTH_TOKENS_FILE must name a file in a volume mounted from a Secret",
+)
+
+# Metrics: served, on a named container port, at the address the Deployment gives.
+metrics = env.get("STREAM_EXPORT_METRICS_LISTEN", {}).get("value", "")
+metrics_port = next((p["containerPort"] for p in container.get("ports", []) if p.get("name") == "metrics"), None)
+check(
+    metrics_port is not None and metrics.endswith(f":{metrics_port}"),
+    "STREAM_EXPORT_METRICS_LISTEN must be set, on the container port named metrics",
+)
+
 pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
 grace = pod.get("terminationGracePeriodSeconds", 30)
 check(grace > pre_stop + DRAIN_SECONDS, f"terminationGracePeriodSeconds {grace} <= preStop {pre_stop} + drain {DRAIN_SECONDS}")
@@ -70,4 +89,4 @@ check(deployment["spec"]["replicas"] >= 2, "at least 2 replicas, or the PDB bloc
 
 if problems:
     sys.exit("deploy/ manifests:\n  " + "\n  ".join(problems))
-print("deploy/ manifests: probes, security context, secrets, grace period, Service and PDB as required")
+print("deploy/ manifests: probes, security context, secrets, caller tokens, metrics, grace period, Service and PDB as required")

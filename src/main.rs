@@ -35,7 +35,7 @@ enum Command {
     /// Submit a channel or user export to a running service; with --wait, follow it; with
     /// --output, save its records to a file.
     Export(client_cli::ExportCommand),
-    /// Get or watch an existing task (and save its export).
+    /// Get, watch or list tasks (task get | watch | list), and save a task's export.
     Task(client_cli::TaskCommand),
 }
 

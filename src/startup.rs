@@ -26,7 +26,7 @@ use crate::{
         ChangeObserver, Coordination, WatchHub, WatchSettings, fleet_budget::FleetBudget, fleet_view::FleetView,
     },
     telemetry::{self, layer::GrpcTelemetryLayer},
-    upstream::{ClientConfig, Credentials, RetryPolicy, StreamClient},
+    upstream::{ClientConfig, CredentialCheck, Credentials, RetryPolicy, StreamClient},
 };
 
 /// The name under which health reports the export service.
@@ -45,6 +45,7 @@ pub struct Application {
     hangups: Option<Signal>,
     /// Cancelled at the drain: the replica leaves the fleet (if it is in one).
     leaving_fleet: CancellationToken,
+    credential_check: CredentialCheck,
 }
 
 impl Application {
@@ -58,13 +59,14 @@ impl Application {
         };
         let credentials = Credentials::new(api_key.clone(), &api_secret).context("signing the Stream server token")?;
         let client = StreamClient::new(ClientConfig {
-            base_url,
+            base_url: base_url.clone(),
             credentials,
             connect_timeout: settings.upstream_connect_timeout,
             request_timeout: settings.upstream_timeout,
             retry: RetryPolicy::default(),
         })
         .context("building the Stream API client")?;
+        let credential_check = CredentialCheck::new(client.clone(), base_url, settings.upstream_timeout);
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
         let redis = match &settings.redis {
@@ -112,6 +114,7 @@ impl Application {
             unary_timeout: settings.limits.unary_timeout,
             hangups,
             leaving_fleet,
+            credential_check,
         })
     }
 
@@ -228,13 +231,16 @@ fn tls_config(tls: &TlsSettings) -> ServerTlsConfig {
 }
 
 /// Builds and runs the service until SIGINT or SIGTERM, with the metrics exporter if asked for
-/// (the exporter is process-wide, so tests that build several applications leave it off).
+/// (the exporter is process-wide, so tests that build several applications leave it off),
+/// after checking the Stream credentials once ([`CredentialCheck`]: rejected ones stop here).
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(addr) = settings.metrics_listen {
         telemetry::metrics::install(addr)?;
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
-    Application::build(settings).await?.run_until(shutdown_signal()).await
+    let app = Application::build(settings).await?;
+    app.credential_check.run().await?;
+    app.run_until(shutdown_signal()).await
 }
 
 /// Reflection over the export contract and the health service.

@@ -1,4 +1,4 @@
-"""The README's Python example: saves a completed export as a JSON-lines file.
+"""The Python example of docs/clients.md: saves a completed export as a JSON-lines file.
 
 `ReadExport` with `RECORD_ENCODING_JSON` sends the records as the export file's own JSON
 text, several per message, so the client writes bytes: no `Struct` to decode, no

@@ -250,7 +250,7 @@ def test_heavy_user_is_failed_precondition(stub):
 
 
 def save_export(stub, task_id: str, path, start_index: int = 0) -> int:
-    """The README's example: every record of an export into a JSON-lines file."""
+    """docs/clients.md's example: every record of an export into a JSON-lines file."""
     count = 0
     request = pb.ReadExportRequest(task_id=task_id, start_index=start_index)
     with open(path, "w") as out:
@@ -284,7 +284,7 @@ def test_read_export_writes_every_record_to_a_jsonl_file(stub, tmp_path):
 
 
 def test_read_export_as_json_saves_the_same_records_as_structs(stub, tmp_path):
-    """save_export.py (the README's example, RECORD_ENCODING_JSON) against the Struct records."""
+    """save_export.py (docs/clients.md's example, RECORD_ENCODING_JSON) against the Struct records."""
     from save_export import save_export as save_export_json
 
     for version in (pb.EXPORT_FORMAT_VERSION_V2, pb.EXPORT_FORMAT_VERSION_V1):

@@ -1,7 +1,7 @@
 //! A faithful emulator of the Stream Chat server-side export API, for the service's tests, for
 //! trying the service without a Stream account, and for the official SDKs (see
-//! `conformance/python-sdk`). It follows `stream-api.md` (section 1.10); `docs/emulator.md` has
-//! the same content for readers of the repository.
+//! `conformance/python-sdk`). What it follows, and where Stream's documentation is silent what it
+//! decides, is written down in `docs/emulator.md`, with the same content as below.
 //!
 //! # Routes (at the root, like the real API)
 //!

@@ -4,6 +4,7 @@
 use tonic::Status;
 
 use super::caller::Caller;
+use crate::telemetry::code_name;
 
 /// What an audited call was about.
 pub enum Subject<'a> {
@@ -23,8 +24,8 @@ pub fn record(caller: &Caller, rpc: &str, subject: &Subject<'_>, outcome: Result
         Subject::Task(_) => (String::new(), String::new()),
     };
     let (task_id, code) = match outcome {
-        Ok(task_id) => (task_id, "OK".to_owned()),
-        Err(status) => ("", format!("{:?}", status.code())),
+        Ok(task_id) => (task_id, code_name(tonic::Code::Ok)),
+        Err(status) => ("", code_name(status.code())),
     };
     tracing::info!(
         target: "audit",
@@ -47,7 +48,7 @@ pub fn refused(caller: &Caller, action: &str, resource: &str) {
         caller_source = ?caller.source,
         rpc = action,
         resource,
-        code = "PermissionDenied",
+        code = code_name(tonic::Code::PermissionDenied),
         "audit: not authorized"
     );
 }

@@ -37,7 +37,7 @@ impl PendingCall {
                 otel::server_span_ended(&span, code);
             }
             metrics::rpc_finished(method, code);
-            tracing::debug!(method, code = metrics::code_label(code), "call finished");
+            tracing::debug!(method, code = super::code_name(code), "call finished");
         }
     }
 }

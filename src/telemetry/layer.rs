@@ -63,7 +63,7 @@ where
                 otel.kind = "server",
                 method,
                 path = tracing::field::Empty,
-                trace_id = trace.as_ref().map(TraceContext::trace_id).unwrap_or_default(),
+                trace_id = tracing::field::Empty,
                 caller = tracing::field::Empty,
                 task_id = tracing::field::Empty,
                 code = tracing::field::Empty,
@@ -75,12 +75,16 @@ where
                 "grpc",
                 method,
                 path = tracing::field::Empty,
-                trace_id = trace.as_ref().map(TraceContext::trace_id).unwrap_or_default(),
+                trace_id = tracing::field::Empty,
                 caller = tracing::field::Empty,
                 task_id = tracing::field::Empty,
                 code = tracing::field::Empty,
             )
         };
+        // Only a call that came with a trace names one: no `trace_id=""` on the others' lines.
+        if let Some(trace) = &trace {
+            span.record("trace_id", trace.trace_id());
+        }
         if method == method::UNKNOWN_METHOD {
             // For the logs only: a path is never a metric label.
             span.record("path", request.uri().path());
@@ -112,7 +116,7 @@ where
                     (tonic::Code::Unknown, Err(error))
                 }
             };
-            tracing::Span::current().record("code", metrics::code_label(code));
+            tracing::Span::current().record("code", super::code_name(code));
             tracing::debug!(elapsed = ?started.elapsed(), "call answered");
             response
         };

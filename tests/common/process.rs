@@ -24,8 +24,8 @@ pub fn free_port() -> u16 {
 }
 
 impl ServiceProcess {
-    /// Starts `stream-export serve --listen 127.0.0.1:<free port> <args>` with only `env` (and
-    /// no color in the log).
+    /// Starts `stream-export serve --listen 127.0.0.1:<free port> <args>` with only `env` (its
+    /// log goes to a pipe: no colour, as `tests/process/telemetry.rs` checks).
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_stream-export"))
@@ -33,7 +33,6 @@ impl ServiceProcess {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)
             .env_clear()
-            .env("NO_COLOR", "1")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -8,6 +8,7 @@ mod common;
 
 mod cli;
 mod cli_client;
+mod docs;
 mod drain;
 mod fleet;
 mod fleet_watch;

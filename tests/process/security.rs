@@ -229,16 +229,13 @@ async fn secrets_never_appear_in_debug_logs_or_errors() {
     messages
         .push(client.export_user(ExportUserRequest { user_id: HEAVY_USER.into() }).await.unwrap_err().message().into());
 
-    // A service with the wrong secret: the credential error path.
+    // A service with the wrong secret: the start-up check finds it, and the process stops.
     let mut wrong = env.clone();
     wrong.retain(|(key, _)| *key != "STREAM_API_SECRET");
     wrong.push(("STREAM_API_SECRET", "wrong-secret-0123456789abcdef0123456789".into()));
-    let misconfigured = start(&[], &wrong);
-    misconfigured.wait_ready(true).await;
-    let mut other = ExportServiceClient::new(misconfigured.channel().await);
-    let status = other.get_task(GetTaskRequest { task_id: task_id.clone() }).await.unwrap_err();
-    assert_eq!(status.code(), Code::Internal);
-    messages.push(status.message().to_owned());
+    let mut misconfigured = start(&[], &wrong);
+    let exit = misconfigured.wait_exit(Duration::from_secs(20)).await.expect("a rejected secret stops start-up");
+    assert!(!exit.success());
 
     tokio::time::sleep(Duration::from_millis(200)).await;
     let logs = format!("{}\n{}", service.log(), misconfigured.log());

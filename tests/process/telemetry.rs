@@ -1,5 +1,6 @@
-//! Telemetry: Prometheus metrics on the admin port of the real binary, and the caller's W3C
-//! trace context passed on to upstream requests.
+//! Telemetry: Prometheus metrics on the admin port of the real binary, the caller's W3C trace
+//! context passed on to upstream requests, the log lines (plain off a terminal, each field once,
+//! gRPC's code names), and the start-up check of the Stream credentials.
 
 use crate::common;
 
@@ -192,4 +193,131 @@ async fn the_callers_traceparent_reaches_upstream() {
         "the first call's context is passed on, and nothing leaks into the next call"
     );
     app.stop().await;
+}
+
+/// The log lines of the service that came with `message`.
+fn lines_with<'a>(log: &'a str, message: &str) -> Vec<&'a str> {
+    log.lines().filter(|line| line.contains(message)).collect()
+}
+
+#[tokio::test]
+async fn log_lines_in_a_pipe_are_plain_and_name_each_field_once() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let base_url = emulator.base_url();
+    // The log goes to a pipe, and nothing in the environment asks for or against colour.
+    let service = ServiceProcess::start(
+        &[],
+        &[
+            ("STREAM_BASE_URL", &base_url),
+            ("STREAM_API_KEY", API_KEY),
+            ("STREAM_API_SECRET", API_SECRET),
+            ("RUST_LOG", "info,stream_export::telemetry=debug"),
+        ],
+    );
+    service.wait_ready(true).await;
+    let mut client = ExportServiceClient::new(service.channel().await);
+    client.export_user(ExportUserRequest { user_id: KNOWN_USER.into() }).await.unwrap();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut traced = tonic::Request::new(GetTaskRequest { task_id: uuid::Uuid::new_v4().to_string() });
+    traced.metadata_mut().insert("traceparent", traceparent.parse().unwrap());
+    let status = client.get_task(traced).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = service.log();
+
+    assert!(!log.contains('\x1b'), "ANSI escapes in a log written to a pipe:\n{log:?}");
+
+    // The audit event names its caller itself; the call's span does not repeat it.
+    let audit = lines_with(&log, " audit:");
+    assert!(!audit.is_empty(), "no audit line:\n{log}");
+    for line in &audit {
+        assert_eq!(line.matches("caller=").count(), 1, "the caller twice: {line}");
+        assert!(line.contains("caller=anonymous"), "{line}");
+        assert!(!line.contains("trace_id"), "an untraced call names no trace: {line}");
+    }
+    // The other lines of a call still name the caller (from the span), and a traced call its trace.
+    let failed = lines_with(&log, "upstream request failed");
+    assert!(
+        failed.iter().any(|line| line.contains(r#"caller="anonymous""#)
+            && line.contains(r#"trace_id="4bf92f3577b34da6a3ce929d0e0e4736""#)),
+        "the failed call's line names its caller and trace:\n{log}"
+    );
+
+    // Status codes are spelled as gRPC spells them, on every line that names one.
+    let finished = lines_with(&log, "call finished");
+    assert!(finished.iter().any(|line| line.contains(r#"code="OK""#)), "{log}");
+    assert!(finished.iter().any(|line| line.contains(r#"code="NOT_FOUND""#)), "{log}");
+    for spelling in [r#"code="Ok""#, r#"code="NotFound""#, "code=Ok", "code=NotFound"] {
+        assert!(!log.contains(spelling), "{spelling} in:\n{log}");
+    }
+}
+
+#[tokio::test]
+async fn json_log_lines_name_each_field_once() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let base_url = emulator.base_url();
+    let service = ServiceProcess::start(
+        &["--log-format", "json"],
+        &[("STREAM_BASE_URL", &base_url), ("STREAM_API_KEY", API_KEY), ("STREAM_API_SECRET", API_SECRET)],
+    );
+    service.wait_ready(true).await;
+    let mut client = ExportServiceClient::new(service.channel().await);
+    client.export_user(ExportUserRequest { user_id: KNOWN_USER.into() }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = service.log();
+
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("not JSON ({error}): {line}")))
+        .collect();
+    let audit = lines.iter().find(|line| line["target"] == "audit").unwrap_or_else(|| panic!("no audit line:\n{log}"));
+    assert_eq!(audit["fields"]["caller"], "anonymous", "{audit}");
+    assert_eq!(audit["span"]["name"], "grpc", "{audit}");
+    assert!(audit["span"].get("caller").is_none(), "the caller twice: {audit}");
+    assert!(audit["span"].get("trace_id").is_none(), "an untraced call names no trace: {audit}");
+    assert!(audit.get("spans").is_none(), "the span's fields a second time: {audit}");
+    assert_eq!(audit["span"]["method"], "streamexport.v1.ExportService/ExportUser", "{audit}");
+}
+
+#[tokio::test]
+async fn start_up_names_the_upstream_and_checks_the_credentials_once() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let base_url = emulator.base_url();
+    let origin = base_url.trim_end_matches('/');
+
+    let service = ServiceProcess::start(
+        &[],
+        &[("STREAM_BASE_URL", &base_url), ("STREAM_API_KEY", API_KEY), ("STREAM_API_SECRET", API_SECRET)],
+    );
+    service.wait_ready(true).await;
+    let log = service.log();
+    let accepted = lines_with(&log, "Stream accepted the API key and secret");
+    assert!(accepted.len() == 1 && accepted[0].contains(&format!("upstream={origin}")), "{log}");
+
+    // A wrong secret is found at start: one clear line, no secret in it, and no service.
+    let wrong_secret = "wrong-secret-0123456789abcdef0123456789";
+    let mut misconfigured = ServiceProcess::start(
+        &[],
+        &[("STREAM_BASE_URL", &base_url), ("STREAM_API_KEY", API_KEY), ("STREAM_API_SECRET", wrong_secret)],
+    );
+    let exit = misconfigured.wait_exit(Duration::from_secs(20)).await.expect("a rejected secret stops start-up");
+    assert!(!exit.success(), "{exit:?}");
+    let log = misconfigured.log();
+    let rejected = lines_with(&log, "Stream rejected the API key or secret");
+    assert!(!rejected.is_empty() && rejected[0].contains(&format!("upstream={origin}")), "{log}");
+    assert!(!log.contains(wrong_secret) && !log.contains(API_SECRET), "a secret reached the log:\n{log}");
+    assert!(!log.contains("serving gRPC"), "it served with rejected credentials:\n{log}");
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_at_start_is_logged_and_the_service_serves() {
+    let closed = format!("http://127.0.0.1:{}", common::process::free_port());
+    let service = ServiceProcess::start(
+        &["--upstream-timeout", "2s"],
+        &[("STREAM_BASE_URL", &closed), ("STREAM_API_KEY", API_KEY), ("STREAM_API_SECRET", API_SECRET)],
+    );
+    service.wait_ready(true).await;
+    let log = service.log();
+    let untested = lines_with(&log, "cannot check the Stream credentials now; starting anyway");
+    assert!(untested.len() == 1 && untested[0].contains(&format!("upstream={closed}")), "{log}");
 }
