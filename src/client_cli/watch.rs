@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use tonic::Code;
-
 use crate::{
     client_cli::{
         Session,
-        failure::{Failure, reason, retry_delay},
+        failure::{Failure, retry_delay},
+        output::is_interruption,
+        progress,
     },
     proto::{Task, WatchTaskRequest},
 };
@@ -19,9 +19,9 @@ const MAX_INTERRUPTIONS: u32 = 10;
 
 /// Watches `task_id` until it reaches a terminal state and returns the task as last seen.
 ///
-/// A stream that ends with `UNAVAILABLE` `WATCH_INTERRUPTED` (server shutdown, maximum stream
-/// lifetime), or ends before the terminal state, is called again after the `RetryInfo` delay:
-/// the new stream starts with a fresh snapshot, so nothing is lost.
+/// A stream that is interrupted (`UNAVAILABLE`: server shutdown, maximum stream lifetime, a
+/// replica restarting; or a broken connection) or ends before the terminal state is called again
+/// after the `RetryInfo` delay: the new stream starts with a fresh snapshot, so nothing is lost.
 pub async fn follow(session: &mut Session, task_id: &str) -> Result<Task, Failure> {
     session.display.watching(task_id);
     let mut interruptions = 0;
@@ -47,21 +47,20 @@ pub async fn follow(session: &mut Session, task_id: &str) -> Result<Task, Failur
             }
             Err(status) => Some(status),
         };
-        let delay = match &ended {
+        let delay = match ended {
             None => Duration::from_millis(200),
-            Some(status)
-                if status.code() == Code::Unavailable && reason(status).as_deref() == Some("WATCH_INTERRUPTED") =>
-            {
-                retry_delay(status, Duration::from_millis(500))
-            }
-            Some(_) => return Err(ended.map(Failure::rpc("watching the task")).unwrap_or(Failure::Interrupted)),
+            Some(ref status) if is_interruption(status) => retry_delay(status, Duration::from_millis(500)),
+            Some(status) => return Err(Failure::rpc("watching the task")(status)),
         };
         interruptions += 1;
         if interruptions > MAX_INTERRUPTIONS {
             let status = ended.unwrap_or_else(|| tonic::Status::unavailable("the watch stream keeps ending"));
             return Err(Failure::rpc("watching the task")(status));
         }
-        session.display.note(&format!("watch interrupted; resuming ({interruptions}/{MAX_INTERRUPTIONS})"));
+        session.display.note(&format!(
+            "watch interrupted; resuming in {} ({interruptions}/{MAX_INTERRUPTIONS})",
+            progress::seconds(delay)
+        ));
         tokio::time::sleep(delay).await;
     }
 }
