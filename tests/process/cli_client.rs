@@ -846,3 +846,19 @@ async fn a_save_resumes_after_the_service_is_killed_and_replaced_and_the_file_is
         expected.len()
     );
 }
+
+#[tokio::test]
+async fn a_watch_resumes_after_the_service_is_killed_and_replaced() {
+    let mut env = setup().await;
+    let output = env.run(&["export", "channels", KNOWN_CHANNEL]).await;
+    let task_id = text(&output.stdout).trim().to_owned();
+    env.emulator.steer(&task_id, json!({"hold": true})).await;
+    let watcher = env.command(&["task", "watch", &task_id]).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    env.replace_service().await;
+    env.emulator.steer(&task_id, json!({"status": "completed"})).await;
+    let output = finish(watcher).await;
+    assert_exit(&output, 0);
+    assert!(text(&output.stderr).contains("watch interrupted; resuming"), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).starts_with("http"), "the result URL: {}", text(&output.stdout));
+}
