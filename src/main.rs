@@ -41,7 +41,8 @@ enum Command {
 
 fn main() -> ExitCode {
     tune_allocator();
-    let cli = Cli::parse();
+    // `stream-export --server URL export …` works as well as `stream-export export --server URL …`.
+    let cli = Cli::parse_from(client_cli::hoist_client_options(std::env::args_os().collect()));
     // The client commands run on one thread: a save is a pipeline of socket reads, decoding and
     // file writes, and handing each message to another thread costs more than it gains.
     let runtime = match cli.command {

@@ -1,36 +1,47 @@
 //! The commands: submit channel and user exports, export one user, get and follow tasks.
 
-use std::{future::Future, io::Write, time::Duration};
+use std::{future::Future, time::Duration};
 
 use backon::{ExponentialBuilder, Retryable};
-use chrono::DateTime;
+use chrono::{DateTime, NaiveDate};
 use prost_types::Timestamp;
 use serde_json::{Value, json};
 use tonic::{Code, Request, Status};
 
 use crate::{
     client_cli::{
-        ChannelsArgs, Session, UserArgs, UsersArgs, WaitArgs,
-        failure::{Failure, retry_delay},
-        output::{AtomicJsonl, item_json, save_export},
-        progress::Mode,
+        ChannelsArgs, Session, UserArgs, UsersArgs,
+        failure::{Failure, reason, retry_delay},
+        output::{Output, Sink, item_json, save_export},
+        progress::{self, Mode},
         render::{self, task_json},
         watch,
     },
+    contract::status::reason as reasons,
     proto::{
         ChannelRef, ExportChannelsRequest, ExportFormatVersion, ExportUserRequest, ExportUsersRequest, GetTaskRequest,
         TaskState,
     },
 };
 
+/// A channel with a message window, as the usage errors show it.
+pub const WINDOW_EXAMPLE: &str = "messaging:general@2024-02-01..2024-03-01";
+
 /// Attempts of a call that fails with `UNAVAILABLE` (submits reuse their `request_id`).
 const ATTEMPTS: u32 = 3;
 /// Deadline of one unary call.
 const UNARY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `export channels`.
-pub async fn channels(session: &mut Session, args: ChannelsArgs) -> Result<(), Failure> {
+/// `export channels`; `output` is the checked `--output`.
+pub async fn channels(session: &mut Session, args: ChannelsArgs, output: Option<Output>) -> Result<(), Failure> {
     let channels = args.channels.iter().map(|spec| parse_channel(spec)).collect::<Result<Vec<_>, _>>()?;
+    // The file is created before the submit: an unwritable directory costs no export.
+    let sink = output.as_ref().map(Output::open).transpose()?;
+    // Stream leaves a soft-deleted channel out of the file unless asked: an empty file then
+    // says why it may be empty.
+    let empty_hint = (!args.include_soft_deleted).then_some(
+        "the export holds no records: a soft-deleted channel is left out unless --include-soft-deleted is given",
+    );
     let request = ExportChannelsRequest {
         channels,
         include_truncated_messages: args.include_truncated,
@@ -47,12 +58,13 @@ pub async fn channels(session: &mut Session, args: ChannelsArgs) -> Result<(), F
         async move { client.export_channels(unary(request)).await.map(|r| r.into_inner().task_id) }
     })
     .await?;
-    submitted(session, &task_id, args.wait).await
+    submitted(session, &task_id, args.wait.wait, sink, empty_hint).await
 }
 
-/// `export users`.
-pub async fn users(session: &mut Session, args: UsersArgs) -> Result<(), Failure> {
+/// `export users`; `output` is the checked `--output`.
+pub async fn users(session: &mut Session, args: UsersArgs, output: Option<Output>) -> Result<(), Failure> {
     check_user_ids(&args.user_ids)?;
+    let sink = output.as_ref().map(Output::open).transpose()?;
     let request = ExportUsersRequest { user_ids: args.user_ids, request_id: uuid::Uuid::new_v4().to_string() };
     let client = session.client.clone();
     let task_id = with_retries(session, "submitting the export", || {
@@ -61,50 +73,67 @@ pub async fn users(session: &mut Session, args: UsersArgs) -> Result<(), Failure
         async move { client.export_users(unary(request)).await.map(|r| r.into_inner().task_id) }
     })
     .await?;
-    submitted(session, &task_id, args.wait).await
+    submitted(session, &task_id, args.wait.wait, sink, None).await
 }
 
 /// After a submit: print the task id, or follow the task (and save its export).
-async fn submitted(session: &mut Session, task_id: &str, wait: WaitArgs) -> Result<(), Failure> {
-    if wait.wait || wait.output.is_some() {
+async fn submitted(
+    session: &mut Session,
+    task_id: &str,
+    wait: bool,
+    sink: Option<Sink>,
+    empty_hint: Option<&str>,
+) -> Result<(), Failure> {
+    if wait || sink.is_some() {
         session.display.submitted(task_id);
-        return follow(session, task_id, wait).await;
+        return follow(session, task_id, sink, empty_hint).await;
     }
     // Without --wait the task id is the whole answer: alone on its line, for `$(...)`.
-    session.display.result(json!({"event": "submitted", "task_id": task_id}), task_id);
+    session.display.result(json!({"event": "submitted", "task_id": task_id}), "", Some(task_id));
     Ok(())
 }
 
-/// Watches a task to its end; with an output file, saves its export there.
+/// Watches a task to its end; with a sink (opened before anything was submitted), saves its
+/// export there. `empty_hint` is said when the export holds no record.
 ///
-/// The output's temporary file is created first, so that an unwritable path fails at once rather
-/// than after a long wait.
-pub async fn follow(session: &mut Session, task_id: &str, wait: WaitArgs) -> Result<(), Failure> {
-    let file = wait.output.as_deref().map(AtomicJsonl::create).transpose()?;
+/// Stdout gets the answer a script wants: the result URL, or, once the records are saved to a
+/// file, the task id (nothing when the records themselves went to stdout).
+pub async fn follow(
+    session: &mut Session,
+    task_id: &str,
+    sink: Option<Sink>,
+    empty_hint: Option<&str>,
+) -> Result<(), Failure> {
+    session.set_pickup(task_id, sink.as_ref());
     let task = watch::follow(session, task_id).await?;
     if task.state() != TaskState::Completed {
         session.display.clear();
         return Err(Failure::TaskEnded(Box::new(task)));
     }
     let mut result = json!({"event": "result", "task": task_json(&task)});
-    let human = match file {
-        Some(file) => {
-            let saved = save_export(session, task_id, file).await?;
-            result["output"] = json!(saved.path.display().to_string());
+    let url = task.result.as_ref().map(|r| r.url.as_str()).filter(|url| !url.is_empty());
+    let (human, answer) = match sink {
+        Some(sink) => {
+            let destination = sink.name();
+            let saved = save_export(session, task_id, sink).await?;
+            result["output"] = json!(saved.path.as_ref().map(|path| path.display().to_string()));
             result["records"] = json!(saved.records);
             result["bytes"] = json!(saved.bytes);
-            format!(
-                "task {task_id} COMPLETED: wrote {} records ({} bytes) to {}",
+            if saved.records == 0
+                && let Some(hint) = empty_hint
+            {
+                session.display.note(&format!("note: {hint}"));
+            }
+            let human = format!(
+                "task {task_id} COMPLETED: wrote {} records ({}) to {destination}",
                 saved.records,
-                saved.bytes,
-                saved.path.display()
-            )
+                progress::size(saved.bytes)
+            );
+            (human, saved.path.is_some().then_some(task_id))
         }
-        None => {
-            format!("task {task_id} COMPLETED: {}", task.result.as_ref().map_or("(no result URL)", |r| r.url.as_str()))
-        }
+        None => (format!("task {task_id} COMPLETED: {}", url.unwrap_or("(no result URL)")), url),
     };
-    session.display.result(result, &human);
+    session.display.result(result, &human, answer);
     Ok(())
 }
 
@@ -131,20 +160,42 @@ pub async fn get(session: &mut Session, task_id: &str) -> Result<(), Failure> {
         }
         return Err(Failure::TaskEnded(Box::new(task)));
     }
-    session.display.result(value, &human);
+    session.display.clear();
+    if session.display.mode() == Mode::Json {
+        say!("{value}");
+    } else {
+        say!("{human}");
+    }
     Ok(())
 }
 
-/// `export user`: the synchronous export, as JSON lines to stdout or to a file.
-pub async fn user(session: &mut Session, args: UserArgs) -> Result<(), Failure> {
+/// `export user`: the synchronous export, as JSON lines to stdout or to a file (`output`, checked).
+pub async fn user(session: &mut Session, args: UserArgs, output: Option<Output>) -> Result<(), Failure> {
     check_user_ids(std::slice::from_ref(&args.user_id))?;
+    let mut sink = output.unwrap_or(Output::Stdout).open()?;
     let client = session.client.clone();
     let export = with_retries(session, "exporting the user", || {
         let mut client = client.clone();
         let user_id = args.user_id.clone();
         async move { client.export_user(unary(ExportUserRequest { user_id })).await.map(|r| r.into_inner()) }
     })
-    .await?;
+    .await
+    .map_err(|failure| match failure.status() {
+        Some(status) if reason(status).as_deref() == Some(reasons::USER_EXPORT_TOO_LARGE) => {
+            let reworded = Status::with_details_and_metadata(
+                status.code(),
+                format!(
+                    "user {} has more than 10,000 messages, too many for a synchronous export; \
+                     export it with `stream-export export users {} --output FILE`",
+                    args.user_id, args.user_id
+                ),
+                status.details().to_vec().into(),
+                status.metadata().clone(),
+            );
+            Failure::rpc("exporting the user")(reworded)
+        }
+        _ => failure,
+    })?;
     let records: Vec<(&str, Value)> = export
         .user
         .iter()
@@ -153,30 +204,21 @@ pub async fn user(session: &mut Session, args: UserArgs) -> Result<(), Failure> 
         .chain(export.reactions.iter().map(|item| ("reaction", item)))
         .map(|(kind, item)| item_json(item).map(|item| (kind, item)))
         .collect::<Result<_, _>>()?;
-    match &args.output {
-        Some(path) => {
-            let mut file = AtomicJsonl::create(path)?;
-            for (kind, item) in records {
-                file.write(kind, item)?;
-            }
-            let (count, bytes) = (file.records, file.bytes);
-            let path = file.commit()?;
-            let value = json!({"event": "result", "user_id": args.user_id, "output": path.display().to_string(),
-                               "records": count, "bytes": bytes});
-            let human = format!("user {}: wrote {count} records ({bytes} bytes) to {}", args.user_id, path.display());
-            session.display.result(value, &human);
+    for (kind, item) in records {
+        sink.write(kind, item)?;
+        // The reader went away (`| head`): that is not an error of this command.
+        if sink.closed() {
+            return Ok(());
         }
-        None => {
-            let mut stdout = std::io::stdout().lock();
-            for (kind, item) in records {
-                match writeln!(stdout, "{{\"type\":{},\"item\":{item}}}", Value::from(kind)) {
-                    Ok(()) => {}
-                    // The reader went away (`| head`): that is not an error of this command.
-                    Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-                    Err(error) => return Err(Failure::Local(format!("cannot write to stdout: {error}"))),
-                }
-            }
-        }
+    }
+    let (count, bytes, destination) = (sink.records(), sink.bytes(), sink.name());
+    // Records on stdout are the whole answer; a file gets a summary (on stderr, or as JSON).
+    if let Some(path) = sink.commit()? {
+        let value = json!({"event": "result", "user_id": args.user_id, "output": path.display().to_string(),
+                           "records": count, "bytes": bytes});
+        let human =
+            format!("user {}: wrote {count} records ({}) to {destination}", args.user_id, progress::size(bytes));
+        session.display.result(value, &human, None);
     }
     Ok(())
 }
@@ -189,12 +231,20 @@ pub fn check_user_ids(ids: &[String]) -> Result<(), Failure> {
     }
 }
 
-/// Parses `TYPE:ID[@SINCE..UNTIL]` (RFC 3339 instants, either may be empty). A channel id may
-/// itself contain `@`: only a last `@` followed by `..` starts a window.
+/// Parses `TYPE:ID[@SINCE..UNTIL]` (dates or RFC 3339 instants, either may be empty). A channel
+/// id may itself contain `@`: only a last `@` followed by `..` starts a window, and a last `@`
+/// followed by a time alone is refused as a window without its `..`.
 pub fn parse_channel(spec: &str) -> Result<ChannelRef, Failure> {
-    let bad = |why: &str| Failure::Usage(format!("channel {spec:?}: {why} (expected TYPE:ID[@SINCE..UNTIL])"));
+    let bad = |why: &str| {
+        Failure::Usage(format!("channel {spec:?}: {why} (expected TYPE:ID[@SINCE..UNTIL], e.g. {WINDOW_EXAMPLE})"))
+    };
     let (cid, window) = match spec.rsplit_once('@') {
         Some((cid, window)) if window.contains("..") => (cid, Some(window)),
+        Some((_, time)) if parse_time(time).is_ok_and(|t| t.is_some()) => {
+            return Err(bad(&format!(
+                "a window needs `..`: `@{time}..` for the messages since then, `@{time}..UNTIL` for a range"
+            )));
+        }
         _ => (spec, None),
     };
     let (kind, id) = cid.split_once(':').ok_or_else(|| bad("no `:` between type and id"))?;
@@ -213,11 +263,20 @@ pub fn parse_channel(spec: &str) -> Result<ChannelRef, Failure> {
     Ok(channel)
 }
 
+/// One end of a window: an RFC 3339 instant, or a date alone meaning its midnight UTC.
 fn parse_time(text: &str) -> Result<Option<Timestamp>, String> {
     if text.is_empty() {
         return Ok(None);
     }
-    let instant = DateTime::parse_from_rfc3339(text).map_err(|error| format!("{text:?} is not RFC 3339: {error}"))?;
+    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        let midnight = date.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp()).unwrap_or_default();
+        return Ok(Some(Timestamp { seconds: midnight, nanos: 0 }));
+    }
+    let instant = DateTime::parse_from_rfc3339(text).map_err(|error| {
+        format!(
+            "{text:?} is neither a date (2024-02-01, UTC midnight) nor an RFC 3339 time (2024-02-01T12:00:00Z): {error}"
+        )
+    })?;
     Ok(Some(Timestamp { seconds: instant.timestamp(), nanos: instant.timestamp_subsec_nanos() as i32 }))
 }
 
@@ -248,8 +307,9 @@ where
         .notify(|status, delay| {
             attempt += 1;
             session.display.note(&format!(
-                "{action}: UNAVAILABLE ({}); retrying in {delay:?} ({attempt}/{})",
+                "{action}: UNAVAILABLE ({}); retrying in {} ({attempt}/{})",
                 status.message(),
+                progress::seconds(delay),
                 ATTEMPTS - 1
             ));
         })
@@ -279,5 +339,20 @@ mod tests {
         for bad in ["general", ":general", "messaging:", "messaging:general@yesterday..", "messaging:general@.."] {
             assert!(matches!(parse_channel(bad), Err(Failure::Usage(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn dates_alone_are_utc_midnight_and_a_window_without_dots_is_refused() {
+        let dates = parse_channel(WINDOW_EXAMPLE).unwrap();
+        assert_eq!(dates.messages_since.unwrap().seconds, 1_706_745_600, "2024-02-01T00:00:00Z");
+        assert_eq!(dates.messages_until.unwrap().seconds, 1_709_251_200, "2024-03-01T00:00:00Z");
+        for spec in ["messaging:general@2024-02-01", "messaging:general@2024-02-01T00:00:00Z"] {
+            let Err(Failure::Usage(message)) = parse_channel(spec) else { panic!("{spec} is refused") };
+            assert!(message.contains("needs `..`") && message.contains(WINDOW_EXAMPLE), "{message}");
+        }
+        let Err(Failure::Usage(message)) = parse_channel("messaging:general@2024-02-01T00:00..") else {
+            panic!("a time without a zone is refused")
+        };
+        assert!(message.contains("2024-02-01T12:00:00Z"), "with an example: {message}");
     }
 }

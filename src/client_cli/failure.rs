@@ -32,19 +32,55 @@ pub enum Failure {
         action: &'static str,
         /// The status.
         status: Status,
+        /// What the person should do, in the CLI's own terms (the status speaks of RPCs and
+        /// headers); shown after the status's own text.
+        advice: Option<String>,
     },
     /// The task ended in FAILED or CANCELED.
     TaskEnded(Box<Task>),
     /// A local problem (the output file).
     Local(String),
-    /// Ctrl-C.
-    Interrupted,
+    /// Ctrl-C; with what goes on upstream and how to pick it up, once a task exists.
+    Interrupted(Option<String>),
 }
 
 impl Failure {
     /// A gRPC error while doing `action`.
     pub fn rpc(action: &'static str) -> impl FnOnce(Status) -> Failure {
-        move |status| Failure::Rpc { action, status }
+        move |status| {
+            let advice = advice(&status);
+            Failure::Rpc { action, status, advice }
+        }
+    }
+
+    /// The same failure with `advice` in place of the generic one.
+    pub fn advised(self, advice: String) -> Failure {
+        match self {
+            Failure::Rpc { action, status, .. } => Failure::Rpc { action, status, advice: Some(advice) },
+            other => other,
+        }
+    }
+
+    /// For a call whose connection to `server` failed: says plainly when the URL's scheme does
+    /// not match what the server speaks.
+    pub fn explained(self, server: &str) -> Failure {
+        let mismatch = match &self {
+            Failure::Rpc { status, advice: None, .. } => std::error::Error::source(status)
+                .and_then(|source| super::connect::scheme_mismatch(server, &crate::error_chain::one_line(source))),
+            _ => None,
+        };
+        match mismatch {
+            Some(advice) => self.advised(advice),
+            None => self,
+        }
+    }
+
+    /// The gRPC status, for a failed call.
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            Failure::Rpc { status, .. } => Some(status),
+            _ => None,
+        }
     }
 
     /// The process exit code; see [`super::EXIT_CODES_HELP`].
@@ -54,7 +90,7 @@ impl Failure {
             Failure::Unreachable(_) => EXIT_UNAVAILABLE,
             Failure::TaskEnded(_) => EXIT_FAILED,
             Failure::Local(_) => EXIT_REFUSED,
-            Failure::Interrupted => EXIT_INTERRUPTED,
+            Failure::Interrupted(_) => EXIT_INTERRUPTED,
             Failure::Rpc { status, .. } => match status.code() {
                 Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted => {
                     EXIT_UNAVAILABLE
@@ -69,7 +105,8 @@ impl Failure {
     pub fn message(&self) -> String {
         match self {
             Failure::Usage(text) | Failure::Unreachable(text) | Failure::Local(text) => text.clone(),
-            Failure::Interrupted => "interrupted".into(),
+            Failure::Interrupted(None) => "interrupted".into(),
+            Failure::Interrupted(Some(next)) => format!("interrupted; {next}"),
             Failure::TaskEnded(task) => {
                 let state = render::state_name(task.state());
                 match &task.error {
@@ -79,19 +116,28 @@ impl Failure {
                     _ => format!("task {} {state}", task.task_id),
                 }
             }
-            Failure::Rpc { action, status } => {
-                let mut line = format!("{action}: {:?}", status.code());
+            Failure::Rpc { action, status, advice } => {
+                let mut line = format!("{action}: {}", code_name(status.code()));
                 if let Some(reason) = reason(status) {
                     line.push_str(&format!(" ({reason})"));
                 }
-                if !status.message().is_empty() {
+                // The service's message already summarises its BadRequest violations: each
+                // violation is shown once, as `field: problem`, instead of the summary.
+                let violations: Vec<String> = status
+                    .get_error_details()
+                    .bad_request()
+                    .map(|bad| bad.field_violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect())
+                    .unwrap_or_default();
+                if !violations.is_empty() {
+                    line.push_str(&format!(": {}", violations.join("; ")));
+                } else if let Some(source) = std::error::Error::source(status) {
+                    // A failure of the connection, not a status the service sent: its causes.
+                    line.push_str(&format!(": {}", crate::error_chain::one_line(source)));
+                } else if !status.message().is_empty() {
                     line.push_str(&format!(": {}", status.message()));
                 }
-                let details = status.get_error_details();
-                if let Some(bad) = details.bad_request() {
-                    for violation in &bad.field_violations {
-                        line.push_str(&format!("; {}: {}", violation.field, violation.description));
-                    }
+                if let Some(advice) = advice {
+                    line.push_str(&format!(" ({advice})"));
                 }
                 line.replace('\n', " ")
             }
@@ -103,7 +149,7 @@ impl Failure {
         let mut value = json!({"event": "error", "exit_code": self.exit_code(), "message": self.message()});
         match self {
             Failure::Rpc { status, .. } => {
-                value["code"] = json!(format!("{:?}", status.code()));
+                value["code"] = json!(code_name(status.code()));
                 value["reason"] = json!(reason(status));
             }
             Failure::TaskEnded(task) => value["task"] = render::task_json(task),
@@ -121,14 +167,42 @@ impl Failure {
     }
 }
 
+/// A gRPC code as the gRPC specification and every other client spell it: `INVALID_ARGUMENT`.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// What to do about a status that the person can fix from the command line.
+fn advice(status: &Status) -> Option<String> {
+    match status.code() {
+        Code::Unauthenticated => {
+            Some("give the service's bearer token with --token or the STREAM_EXPORT_TOKEN environment variable".into())
+        }
+        _ => None,
+    }
+}
+
 /// The `ErrorInfo` reason of a status, if it has one.
 pub fn reason(status: &Status) -> Option<String> {
     status.get_error_details().error_info().map(|info| info.reason.clone())
-}
-
-/// An `ErrorInfo` metadata value of a status.
-pub fn metadata(status: &Status, key: &str) -> Option<String> {
-    status.get_error_details().error_info().and_then(|info| info.metadata.get(key).cloned())
 }
 
 /// How long to wait before trying again: the status's `RetryInfo` (at most 10 s), or `fallback`.

@@ -3,8 +3,9 @@
 //!
 //! It talks to a running service over gRPC like any other client. Layout: this module holds the
 //! arguments and the run loop (Ctrl-C, exit codes); [`connect`] the channel, TLS and bearer token;
-//! [`export`] the submits; [`watch`] `WatchTask` with resume; [`output`] `ReadExport` into an
-//! atomically written JSON-lines file; [`progress`] what the person (or script) sees;
+//! [`export`] the submits; [`watch`] `WatchTask` with resume; [`output`] `--output` (checked
+//! before anything is submitted) and `ReadExport` into an atomically written JSON-lines file or
+//! stdout, resumed after any interruption; [`progress`] what the person (or script) sees;
 //! [`render`] JSON renderings; [`failure`] errors and their exit codes.
 
 /// Prints a line on stdout. A closed stdout (`| head`) means nobody wants the rest: not a
@@ -25,31 +26,45 @@ mod progress;
 mod render;
 mod watch;
 
-use std::{future::Future, path::PathBuf, process::ExitCode};
+use std::{
+    ffi::OsString,
+    future::Future,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+};
 
 use clap::{Args, Subcommand};
 
 pub use failure::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE, Failure};
 
-use crate::client_cli::{connect::Client, progress::Display};
+use crate::client_cli::{
+    connect::Client,
+    output::{Output, Sink},
+    progress::Display,
+};
 
 /// The exit codes, shown under `--help` of the client commands.
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0    done (the export was submitted, completed and saved, as asked)
   1    the task failed or was canceled upstream
-  2    bad usage: invalid arguments, or the service rejected the request as invalid (INVALID_ARGUMENT)
+  2    bad usage: invalid arguments (an --output that cannot be written or already exists
+       included: checked before anything is submitted), or the service rejected the request as
+       invalid (INVALID_ARGUMENT)
   3    the service or Stream is unavailable: connection refused, UNAVAILABLE, DEADLINE_EXCEEDED,
        RESOURCE_EXHAUSTED (rate limits, overload): trying again later may work
   4    the service refused or failed otherwise: NOT_FOUND (no such task or user), UNAUTHENTICATED,
        PERMISSION_DENIED, FAILED_PRECONDITION (e.g. user too large for `export user`), INTERNAL,
        DATA_LOSS, or the output file could not be written
-  130  interrupted (Ctrl-C); no partial file is left behind";
+  130  interrupted (Ctrl-C); no partial file is left behind; a submitted export goes on upstream
+       (`stream-export task watch ID --output FILE` picks it up)";
 
-/// How to reach the service; accepted anywhere on the command line.
+/// How to reach the service; accepted anywhere on the command line, before the command too
+/// (see [`hoist_client_options`]).
 #[derive(Args, Debug, Clone)]
 pub struct ClientOptions {
-    /// The service's URL; `https://` uses TLS.
+    /// The service's URL; `https://` uses TLS; `HOST:PORT` alone means `http://HOST:PORT`.
     #[arg(long, global = true, env = "STREAM_EXPORT_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
 
@@ -103,8 +118,9 @@ enum ExportWhat {
 /// Arguments of `export channels`.
 #[derive(Args, Debug)]
 pub struct ChannelsArgs {
-    /// Channels as TYPE:ID, optionally with a message window in RFC 3339, either end open:
-    /// `messaging:general@2024-02-01T00:00:00Z..2024-03-01T00:00:00Z`, `messaging:general@2024-02-01T00:00:00Z..`.
+    /// Channels as TYPE:ID, optionally with a message window SINCE..UNTIL, either end open; each
+    /// end a date (UTC midnight) or an RFC 3339 time: `messaging:general@2024-02-01..2024-03-01`,
+    /// `messaging:general@2024-02-01T12:00:00Z..`.
     #[arg(required = true, value_name = "TYPE:ID[@SINCE..UNTIL]")]
     channels: Vec<String>,
     /// Export format V2 (JSON lines upstream) instead of V1 (one JSON document).
@@ -143,9 +159,13 @@ pub struct WaitArgs {
     #[arg(long)]
     wait: bool,
     /// Save the export's records to FILE as JSON lines `{"type": kind, "item": {...}}`
-    /// (written atomically: a temporary file, then a rename). Implies --wait.
+    /// (written atomically: a temporary file, then a rename), or to stdout with `-`. Implies
+    /// --wait. An existing FILE is refused unless --overwrite is given.
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Replace --output FILE if it exists.
+    #[arg(long, requires = "output")]
+    overwrite: bool,
 }
 
 /// Arguments of `export user`.
@@ -154,9 +174,13 @@ pub struct UserArgs {
     /// The user id.
     #[arg(value_name = "ID")]
     user_id: String,
-    /// Write the records to FILE (atomically) instead of stdout.
+    /// Write the records to FILE (atomically) instead of stdout (`-` is stdout). An existing
+    /// FILE is refused unless --overwrite is given.
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Replace --output FILE if it exists.
+    #[arg(long, requires = "output")]
+    overwrite: bool,
 }
 
 /// `stream-export task …`.
@@ -186,41 +210,130 @@ enum TaskWhat {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
-    /// Watch a task until it ends, and optionally save its export.
+    /// Watch a task until it ends, and optionally save its export (this is how an export
+    /// interrupted with Ctrl-C is picked up).
     #[command(after_help = EXIT_CODES_HELP)]
     Watch {
         /// The task id.
         task_id: String,
-        /// Save the export's records to FILE as JSON lines (atomically).
+        /// Save the export's records to FILE as JSON lines (atomically), or to stdout with `-`.
+        /// An existing FILE is refused unless --overwrite is given.
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Replace --output FILE if it exists.
+        #[arg(long, requires = "output")]
+        overwrite: bool,
     },
 }
 
-/// What every command works with: the client and the display.
+/// What every command works with: the client, the display, and what to say on Ctrl-C.
 pub(crate) struct Session {
     client: Client,
     display: Display,
+    pickup: Pickup,
+}
+
+/// Once a task exists, how a person picks it up after Ctrl-C.
+type Pickup = Arc<Mutex<Option<String>>>;
+
+impl Session {
+    /// The task being followed (and saved to `sink`): what Ctrl-C leaves running upstream.
+    fn set_pickup(&self, task_id: &str, sink: Option<&Sink>) {
+        let command = match sink {
+            Some(Sink::File(file)) => {
+                format!("`stream-export task watch {task_id} --output {}`", file.path().display())
+            }
+            Some(Sink::Stdout(_)) => format!("`stream-export task watch {task_id} --output -`"),
+            None => format!("`stream-export task watch {task_id}` (with --output FILE to save it)"),
+        };
+        let text = format!("the export {task_id} continues upstream; {command} picks it up");
+        if let Ok(mut pickup) = self.pickup.lock() {
+            *pickup = Some(text);
+        }
+    }
+}
+
+/// `--output` checked before anything is sent; `-` (stdout) cannot share stdout with `--json`.
+fn checked_output(path: Option<&PathBuf>, overwrite: bool, json: bool) -> Result<Option<Output>, Failure> {
+    let Some(path) = path else { return Ok(None) };
+    let output = Output::check(path, overwrite)?;
+    if json && output == Output::Stdout {
+        return Err(Failure::Usage(
+            "--output - writes the records to stdout, where --json writes its events: use one or the other".into(),
+        ));
+    }
+    Ok(Some(output))
+}
+
+/// The flags of [`ClientOptions`] that take a value.
+const CLIENT_OPTIONS_WITH_VALUE: &[&str] = &["--server", "--token", "--ca-cert", "--client-cert", "--client-key"];
+
+/// Moves the client options given before the command (`stream-export --server URL export …`)
+/// after it, where clap expects them; any other arguments are returned as they were.
+pub fn hoist_client_options(args: Vec<OsString>) -> Vec<OsString> {
+    let Some(command) = args.iter().skip(1).position(|arg| arg == "export" || arg == "task").map(|i| i + 1) else {
+        return args;
+    };
+    let mut hoisted = Vec::new();
+    let mut index = 1;
+    let mut before = vec![args[0].clone()];
+    while index < command {
+        let arg = &args[index];
+        let text = arg.to_string_lossy();
+        let name = text.split_once('=').map_or(&*text, |(name, _)| name);
+        if CLIENT_OPTIONS_WITH_VALUE.contains(&name) {
+            hoisted.push(arg.clone());
+            if !text.contains('=') && index + 1 < command {
+                index += 1;
+                hoisted.push(args[index].clone());
+            }
+        } else if text == "--json" {
+            hoisted.push(arg.clone());
+        } else {
+            // Not a client option (`--help`, a typo): leave everything for clap to judge.
+            return args;
+        }
+        index += 1;
+    }
+    if hoisted.is_empty() {
+        return args;
+    }
+    before.push(args[command].clone());
+    before.extend(hoisted);
+    before.extend(args[command + 1..].iter().cloned());
+    before
 }
 
 /// Runs `stream-export export …`; returns the process exit code.
+///
+/// The arguments, `--output` included, are checked before anything is sent.
 pub async fn run_export(command: ExportCommand) -> ExitCode {
     let ExportCommand { options, what } = command;
+    let json = options.json;
     let checked = match &what {
-        ExportWhat::Channels(args) => args.channels.iter().try_for_each(|spec| export::parse_channel(spec).map(drop)),
-        ExportWhat::Users(args) => export::check_user_ids(&args.user_ids),
-        ExportWhat::User(args) => export::check_user_ids(std::slice::from_ref(&args.user_id)),
+        ExportWhat::Channels(args) => args
+            .channels
+            .iter()
+            .try_for_each(|spec| export::parse_channel(spec).map(drop))
+            .and_then(|()| checked_output(args.wait.output.as_ref(), args.wait.overwrite, json)),
+        ExportWhat::Users(args) => export::check_user_ids(&args.user_ids)
+            .and_then(|()| checked_output(args.wait.output.as_ref(), args.wait.overwrite, json)),
+        ExportWhat::User(args) => export::check_user_ids(std::slice::from_ref(&args.user_id))
+            .and_then(|()| checked_output(args.output.as_ref(), args.overwrite, false)),
     };
-    if let Err(failure) = checked {
-        failure.report(options.json);
-        return ExitCode::from(failure.exit_code());
-    }
+    let output = match checked {
+        Ok(output) => output,
+        Err(failure) => {
+            failure.report(json);
+            return ExitCode::from(failure.exit_code());
+        }
+    };
     run(options, |session| async move {
         let mut session = session?;
         match what {
-            ExportWhat::Channels(args) => export::channels(&mut session, args).await,
-            ExportWhat::Users(args) => export::users(&mut session, args).await,
-            ExportWhat::User(args) => export::user(&mut session, args).await,
+            ExportWhat::Channels(args) => export::channels(&mut session, args, output).await,
+            ExportWhat::Users(args) => export::users(&mut session, args, output).await,
+            ExportWhat::User(args) => export::user(&mut session, args, output).await,
         }
     })
     .await
@@ -229,13 +342,25 @@ pub async fn run_export(command: ExportCommand) -> ExitCode {
 /// Runs `stream-export task …`; returns the process exit code.
 pub async fn run_task(command: TaskCommand) -> ExitCode {
     let TaskCommand { options, what } = command;
+    let output = match &what {
+        TaskWhat::Watch { output, overwrite, .. } => checked_output(output.as_ref(), *overwrite, options.json),
+        TaskWhat::Get { .. } | TaskWhat::List { .. } => Ok(None),
+    };
+    let output = match output {
+        Ok(output) => output,
+        Err(failure) => {
+            failure.report(options.json);
+            return ExitCode::from(failure.exit_code());
+        }
+    };
     run(options, |session| async move {
         let mut session = session?;
         match what {
             TaskWhat::Get { task_id } => export::get(&mut session, &task_id).await,
             TaskWhat::List { limit } => list::list(&mut session, limit).await,
-            TaskWhat::Watch { task_id, output } => {
-                export::follow(&mut session, &task_id, WaitArgs { wait: true, output }).await
+            TaskWhat::Watch { task_id, .. } => {
+                let sink = output.as_ref().map(Output::open).transpose()?;
+                export::follow(&mut session, &task_id, sink, None).await
             }
         }
     })
@@ -245,26 +370,52 @@ pub async fn run_task(command: TaskCommand) -> ExitCode {
 /// Connects, runs `work` until it ends or Ctrl-C, and reports a failure in one line.
 ///
 /// On Ctrl-C the work's future is dropped, which removes a temporary output file (see
-/// [`output::AtomicJsonl`]) and clears the progress display.
+/// [`output::AtomicJsonl`]) and clears the progress display; the message says that a submitted
+/// export goes on upstream, and how to pick it up.
 async fn run<F, Fut>(options: ClientOptions, work: F) -> ExitCode
 where
     F: FnOnce(Result<Session, Failure>) -> Fut,
     Fut: Future<Output = Result<(), Failure>>,
 {
     let json = options.json;
+    let pickup = Pickup::default();
     let work = async {
-        let session = connect::connect(&options).await.map(|client| Session { client, display: Display::new(json) });
+        let session = connect::connect(&options).await.map(|client| Session {
+            client,
+            display: Display::new(json),
+            pickup: Arc::clone(&pickup),
+        });
         work(session).await
     };
     let outcome = tokio::select! {
         outcome = work => outcome,
-        _ = tokio::signal::ctrl_c() => Err(Failure::Interrupted),
+        _ = tokio::signal::ctrl_c() => Err(Failure::Interrupted(pickup.lock().ok().and_then(|p| p.clone()))),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
+            let failure = failure.explained(&options.server);
             failure.report(json);
             ExitCode::from(failure.exit_code())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hoisted(line: &str) -> String {
+        let args = line.split(' ').map(OsString::from).collect();
+        hoist_client_options(args).iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn client_options_before_the_command_move_after_it() {
+        assert_eq!(hoisted("se --server h:1 --token=t export users u"), "se export --server h:1 --token=t users u");
+        assert_eq!(hoisted("se --json task get x"), "se task --json get x");
+        assert_eq!(hoisted("se export users u --server h:1"), "se export users u --server h:1", "already in place");
+        assert_eq!(hoisted("se --listen x serve"), "se --listen x serve", "not a client command");
+        assert_eq!(hoisted("se --bogus export users u"), "se --bogus export users u", "clap judges the rest");
     }
 }

@@ -1,19 +1,22 @@
-//! Saving records: an atomically written JSON-lines file, and `ReadExport` into it with resume.
+//! Saving records: where `--output` points (checked before anything is submitted), an
+//! atomically written JSON-lines file or stdout, and `ReadExport` into it with resume.
 
 use std::{
+    error::Error as _,
     fs::File,
     io::{BufWriter, Write},
     path::{Path, PathBuf},
     time::Duration,
 };
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use serde_json::Value;
-use tonic::Code;
+use tonic::{Code, Status};
 
 use crate::{
     client_cli::{
         Session,
-        failure::{Failure, metadata, reason, retry_delay},
+        failure::{Failure, reason, retry_delay},
     },
     contract::{json::from_struct, wire_struct::WireStruct},
     proto::{ExportRecord, ReadExportRequest, RecordEncoding},
@@ -23,8 +26,206 @@ use crate::{
 /// a hundred thousand.
 const WRITE_BUFFER_BYTES: usize = 1024 * 1024;
 
-/// How many times an interrupted read (`UNAVAILABLE` with `next_index`) is resumed before giving up.
-const MAX_RESUMES: u32 = 5;
+/// How many times in a row an interrupted read is resumed without receiving a record in between
+/// before giving up.
+const MAX_RESUMES: usize = 5;
+
+/// Where `--output` sends the records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// `--output -`: JSON lines on stdout (progress and the summary then go to stderr only).
+    Stdout,
+    /// A file, written atomically; `overwrite` allows replacing an existing one.
+    File {
+        /// The path as the user typed it.
+        path: PathBuf,
+        /// `--overwrite` was given.
+        overwrite: bool,
+    },
+}
+
+impl Output {
+    /// `--output PATH`, checked before anything is submitted, so that a typo costs no export:
+    /// the path is not a directory, its directory exists, and an existing file is replaced only
+    /// with `--overwrite`. (Whether the directory is writable is found by [`Output::open`], which
+    /// creates the temporary file.)
+    pub fn check(path: &Path, overwrite: bool) -> Result<Self, Failure> {
+        if path.as_os_str() == "-" {
+            return Ok(Output::Stdout);
+        }
+        let usage = |why: String| Failure::Usage(format!("--output {}: {why}", path.display()));
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => return Err(usage("is a directory; give a file name".into())),
+            Ok(_) if !overwrite => {
+                return Err(usage("already exists; choose another name, or add --overwrite to replace it".into()));
+            }
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(usage(error.to_string())),
+        }
+        if path.file_name().is_none() {
+            return Err(usage("not a file name".into()));
+        }
+        let directory = directory_of(path);
+        match std::fs::metadata(directory) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(usage(format!("{} is not a directory", directory.display()))),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(usage(format!("the directory {} does not exist", directory.display())));
+            }
+            Err(error) => return Err(usage(format!("{}: {error}", directory.display()))),
+        }
+        Ok(Output::File { path: path.to_owned(), overwrite })
+    }
+
+    /// Opens the destination: creates the temporary file (proving the directory writable), or
+    /// takes stdout.
+    pub fn open(&self) -> Result<Sink, Failure> {
+        match self {
+            Output::Stdout => Ok(Sink::Stdout(StdoutJsonl::default())),
+            Output::File { path, overwrite } => AtomicJsonl::create(path, *overwrite).map(Sink::File),
+        }
+    }
+}
+
+/// The directory a file path names, `.` for a bare name.
+fn directory_of(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// An opened `--output`: records go to a file or to stdout.
+#[derive(Debug)]
+pub enum Sink {
+    /// An atomically written file.
+    File(AtomicJsonl),
+    /// Stdout.
+    Stdout(StdoutJsonl),
+}
+
+impl Sink {
+    /// Records written so far.
+    pub fn records(&self) -> u64 {
+        match self {
+            Sink::File(file) => file.records,
+            Sink::Stdout(out) => out.records,
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Sink::File(file) => file.bytes,
+            Sink::Stdout(out) => out.bytes,
+        }
+    }
+
+    /// Whoever read stdout went away (`| head`): nothing more is wanted.
+    pub fn closed(&self) -> bool {
+        matches!(self, Sink::Stdout(out) if out.closed)
+    }
+
+    /// What the destination is called in messages: the path as typed, or `stdout`.
+    pub fn name(&self) -> String {
+        match self {
+            Sink::File(file) => file.path.display().to_string(),
+            Sink::Stdout(_) => "stdout".into(),
+        }
+    }
+
+    /// Appends `{"type": kind, "item": item}`.
+    pub fn write(&mut self, kind: &str, item: Value) -> Result<(), Failure> {
+        match self {
+            Sink::File(file) => file.write(kind, item),
+            Sink::Stdout(out) => out.write_line(record_line(kind, &item).as_bytes()),
+        }
+    }
+
+    /// Appends the records of a `ReadExport` message that are not written yet (see
+    /// [`AtomicJsonl::write_message`]).
+    pub fn write_message(&mut self, message: ExportRecord) -> Result<(), Failure> {
+        match self {
+            Sink::File(file) => file.write_message(message),
+            Sink::Stdout(out) => write_new_records(out.records, message, |line| out.write_line(line)),
+        }
+    }
+
+    /// Completes the output: the file is committed (its final path returned), stdout flushed.
+    pub fn commit(self) -> Result<Option<PathBuf>, Failure> {
+        match self {
+            Sink::File(file) => file.commit().map(Some),
+            Sink::Stdout(mut out) => out.flush().map(|()| None),
+        }
+    }
+}
+
+/// JSON lines on stdout, counted like a file's, so that an interrupted read resumes after the
+/// last whole line written.
+#[derive(Debug, Default)]
+pub struct StdoutJsonl {
+    records: u64,
+    bytes: u64,
+    closed: bool,
+    buffer: Vec<u8>,
+}
+
+impl StdoutJsonl {
+    fn write_line(&mut self, json: &[u8]) -> Result<(), Failure> {
+        if self.closed {
+            return Ok(());
+        }
+        self.buffer.extend_from_slice(json);
+        self.buffer.push(b'\n');
+        self.records += 1;
+        self.bytes += json.len() as u64 + 1;
+        if self.buffer.len() >= WRITE_BUFFER_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Failure> {
+        if self.closed || self.buffer.is_empty() {
+            return Ok(());
+        }
+        let mut stdout = std::io::stdout().lock();
+        match stdout.write_all(&self.buffer).and_then(|()| stdout.flush()) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => self.closed = true,
+            Err(error) => return Err(Failure::Local(format!("cannot write to stdout: {error}"))),
+        }
+        self.buffer.clear();
+        Ok(())
+    }
+}
+
+/// One record as a JSON line (without its line ending), `type` first.
+fn record_line(kind: &str, item: &Value) -> String {
+    // Written by hand so that `type` comes first (serde_json sorts object keys).
+    format!("{{\"type\":{},\"item\":{item}}}", Value::from(kind))
+}
+
+/// Writes the records of `message` from index `written` on (a resumed read may repeat some).
+fn write_new_records(
+    written: u64,
+    message: ExportRecord,
+    mut write_line: impl FnMut(&[u8]) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    if message.index > written {
+        return Err(Failure::Local(format!("the service skipped records {written}..{}", message.index)));
+    }
+    if message.json.is_empty() {
+        if message.index == written {
+            let item = message.item.as_ref().map_or(Ok(Value::Null), item_json)?;
+            write_line(record_line(&message.kind, &item).as_bytes())?;
+        }
+        return Ok(());
+    }
+    let already = usize::try_from(written - message.index).unwrap_or(usize::MAX);
+    for json in message.json.iter().skip(already) {
+        write_line(json)?;
+    }
+    Ok(())
+}
 
 /// A received record's `Struct` as JSON.
 pub fn item_json(item: &WireStruct) -> Result<Value, Failure> {
@@ -39,6 +240,7 @@ pub fn item_json(item: &WireStruct) -> Result<Value, Failure> {
 pub struct AtomicJsonl {
     path: PathBuf,
     temp: PathBuf,
+    overwrite: bool,
     writer: Option<BufWriter<File>>,
     /// Records written so far.
     pub records: u64,
@@ -52,17 +254,24 @@ pub struct AtomicJsonl {
 const WRITEBACK_EVERY_BYTES: u64 = 32 * 1024 * 1024;
 
 impl AtomicJsonl {
-    /// Creates the temporary file beside `path`.
-    pub fn create(path: &Path) -> Result<Self, Failure> {
+    /// Creates the temporary file beside `path`; `overwrite` allows [`AtomicJsonl::commit`] to
+    /// replace an existing file. Errors name `path` as given, not the temporary file.
+    pub fn create(path: &Path, overwrite: bool) -> Result<Self, Failure> {
         let name =
             path.file_name().ok_or_else(|| Failure::Usage(format!("--output {}: not a file name", path.display())))?;
-        let directory = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let directory = directory_of(path);
         let temp = directory.join(format!(".{}.{}.part", name.to_string_lossy(), uuid::Uuid::new_v4().simple()));
-        let file = File::create_new(&temp)
-            .map_err(|error| Failure::Local(format!("cannot create {}: {error}", temp.display())))?;
+        let file = File::create_new(&temp).map_err(|error| {
+            Failure::Usage(format!(
+                "--output {}: cannot create a file in {}: {error}",
+                path.display(),
+                directory.display()
+            ))
+        })?;
         Ok(Self {
             path: path.to_owned(),
             temp,
+            overwrite,
             writer: Some(BufWriter::with_capacity(WRITE_BUFFER_BYTES, file)),
             records: 0,
             bytes: 0,
@@ -70,11 +279,14 @@ impl AtomicJsonl {
         })
     }
 
+    /// The final path, as the user gave it.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Appends `{"type": kind, "item": item}` as one line.
     pub fn write(&mut self, kind: &str, item: Value) -> Result<(), Failure> {
-        // Written by hand so that `type` comes first (serde_json sorts object keys).
-        let line = format!("{{\"type\":{},\"item\":{item}}}", Value::from(kind));
-        self.write_line(line.as_bytes())
+        self.write_line(record_line(kind, &item).as_bytes())
     }
 
     /// Appends one line of JSON text (given without its line ending).
@@ -115,29 +327,37 @@ impl AtomicJsonl {
     /// ignores the encoding) that this file does not hold yet: after a resume, the records
     /// before [`Self::records`] are skipped, and a gap is an error.
     pub fn write_message(&mut self, message: ExportRecord) -> Result<(), Failure> {
-        if message.index > self.records {
-            return Err(Failure::Local(format!("the service skipped records {}..{}", self.records, message.index)));
-        }
-        if message.json.is_empty() {
-            if message.index == self.records {
-                let item = message.item.as_ref().map_or(Ok(Value::Null), item_json)?;
-                self.write(&message.kind, item)?;
-            }
-            return Ok(());
-        }
-        let already = usize::try_from(self.records - message.index).unwrap_or(usize::MAX);
-        for json in message.json.iter().skip(already) {
-            self.write_line(json)?;
-        }
-        Ok(())
+        write_new_records(self.records, message, |line| self.write_line(line))
     }
 
-    /// Flushes, syncs and renames the file to its final name.
+    /// Flushes, syncs and renames the file to its final name. Without `overwrite`, a file that
+    /// appeared under that name meanwhile is not replaced: the records stay in the temporary
+    /// file, which the error names.
     pub fn commit(mut self) -> Result<PathBuf, Failure> {
         let writer = self.writer.take().ok_or_else(|| Failure::Local("the output file is closed".into()))?;
         let file = writer.into_inner().map_err(|error| self.io_failure(error.into_error()))?;
         file.sync_all().map_err(|error| self.io_failure(error))?;
         drop(file);
+        if !self.overwrite {
+            // A hard link is a rename that refuses to replace; where links are not supported,
+            // a check just before the rename.
+            match std::fs::hard_link(&self.temp, &self.path) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&self.temp);
+                    self.temp = PathBuf::new();
+                    return Ok(self.path.clone());
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists || self.path.exists() => {
+                    let kept = std::mem::take(&mut self.temp);
+                    return Err(Failure::Local(format!(
+                        "--output {}: a file of that name appeared while saving; not replaced (the records are in {})",
+                        self.path.display(),
+                        kept.display()
+                    )));
+                }
+                Err(_) => {}
+            }
+        }
         std::fs::rename(&self.temp, &self.path)
             .map_err(|error| Failure::Local(format!("cannot rename to {}: {error}", self.path.display())))?;
         self.temp = PathBuf::new();
@@ -145,7 +365,7 @@ impl AtomicJsonl {
     }
 
     fn io_failure(&self, error: std::io::Error) -> Failure {
-        Failure::Local(format!("cannot write {}: {error}", self.temp.display()))
+        Failure::Local(format!("cannot write {}: {error}", self.path.display()))
     }
 }
 
@@ -161,22 +381,33 @@ impl Drop for AtomicJsonl {
 /// What a saved export amounts to.
 #[derive(Debug)]
 pub struct Saved {
-    /// The final file.
-    pub path: PathBuf,
+    /// The final file (none for stdout).
+    pub path: Option<PathBuf>,
     /// Records written.
     pub records: u64,
     /// Bytes written.
     pub bytes: u64,
 }
 
-/// Reads a completed task's records with `ReadExport` into `file` and commits it. An interrupted
-/// read (see [`resume_index`]: a broken download, a drained or idle stream) is resumed, at most
-/// [`MAX_RESUMES`] times; a record already written is never written twice.
-pub async fn save_export(session: &mut Session, task_id: &str, mut file: AtomicJsonl) -> Result<Saved, Failure> {
-    session.display.start_download(&file.path);
+/// Reads a completed task's records with `ReadExport` into `sink` and completes it.
+///
+/// An interrupted read (see [`is_interruption`]: a drained or killed replica, a broken download,
+/// a lost connection) is resumed from the records the sink already holds, over a new connection
+/// if need be, after backon's delays; [`MAX_RESUMES`] interruptions in a row without a record
+/// received between them end it. A record already written is never written twice.
+pub async fn save_export(session: &mut Session, task_id: &str, mut sink: Sink) -> Result<Saved, Failure> {
+    session.display.start_download(&sink.name());
+    let resume_delays = || {
+        ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(500))
+            .with_factor(2.0)
+            .with_max_times(MAX_RESUMES)
+            .build()
+    };
+    let mut delays = resume_delays();
     let mut resumes = 0;
-    let mut start_index = 0;
     loop {
+        let start_index = sink.records();
         let request =
             ReadExportRequest { task_id: task_id.to_owned(), start_index, encoding: RecordEncoding::Json.into() };
         let ended = match session.client.read_export(request).await {
@@ -185,8 +416,11 @@ pub async fn save_export(session: &mut Session, task_id: &str, mut file: AtomicJ
                 loop {
                     match stream.message().await {
                         Ok(Some(message)) => {
-                            file.write_message(message)?;
-                            session.display.records(file.records, file.bytes);
+                            sink.write_message(message)?;
+                            session.display.records(sink.records(), sink.bytes());
+                            if sink.closed() {
+                                break None;
+                            }
                         }
                         Ok(None) => break None,
                         Err(status) => break Some(status),
@@ -196,36 +430,41 @@ pub async fn save_export(session: &mut Session, task_id: &str, mut file: AtomicJ
             Err(status) => Some(status),
         };
         let Some(status) = ended else {
-            let (records, bytes) = (file.records, file.bytes);
-            let path = file.commit()?;
+            let (records, bytes) = (sink.records(), sink.bytes());
+            let path = sink.commit()?;
             session.display.finish_download();
             return Ok(Saved { path, records, bytes });
         };
-        let resume_at = resume_index(&status, file.records);
-        let Some(next) = resume_at.filter(|_| resumes < MAX_RESUMES) else {
-            return Err(Failure::rpc("reading the export")(status));
+        if sink.records() > start_index {
+            // Progress since the last interruption: a fresh series of tries.
+            delays = resume_delays();
+            resumes = 0;
+        }
+        let delay = match delays.next() {
+            Some(delay) if is_interruption(&status) => retry_delay(&status, delay),
+            _ => return Err(Failure::rpc("reading the export")(status)),
         };
         resumes += 1;
-        start_index = next;
         session.display.note(&format!(
-            "reading stopped after {} records ({}); resuming at record {start_index} ({resumes}/{MAX_RESUMES})",
-            file.records,
-            reason(&status).unwrap_or_else(|| "UNAVAILABLE".into())
+            "reading stopped after {} records ({}); resuming at record {} in {} ({resumes}/{MAX_RESUMES})",
+            sink.records(),
+            reason(&status).unwrap_or_else(|| super::failure::code_name(status.code()).to_owned()),
+            sink.records(),
+            super::progress::seconds(delay),
         ));
-        tokio::time::sleep(retry_delay(&status, Duration::from_millis(500))).await;
+        tokio::time::sleep(delay).await;
     }
 }
 
-/// Where to resume a read that ended with `status`, if it can be: any `UNAVAILABLE` that says
-/// where (`ErrorInfo.metadata["next_index"]`: a broken download, a drained replica, an idle or
-/// too-long stream), and a `DOWNLOAD_FAILED` without it at the records already `written`.
-pub fn resume_index(status: &tonic::Status, written: u64) -> Option<u64> {
-    if status.code() != Code::Unavailable {
-        return None;
-    }
-    match metadata(status, "next_index").and_then(|n| n.parse().ok()) {
-        Some(next) => Some(next),
-        None => (reason(status).as_deref() == Some("DOWNLOAD_FAILED")).then_some(written),
+/// Whether a read that ended with `status` was interrupted rather than refused: any
+/// `UNAVAILABLE` (a drained replica, a broken download, an idle or too-long stream, a refused
+/// connection while a replica restarts), or a failure of the connection itself, which tonic
+/// reports with the transport's error as the status's source (a replica killed mid-stream).
+pub fn is_interruption(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Unknown | Code::Internal | Code::Cancelled => status.source().is_some(),
+        _ => false,
     }
 }
 
@@ -237,13 +476,16 @@ mod tests {
     use crate::contract::status as errors;
 
     #[test]
-    fn any_unavailable_with_a_next_index_is_resumed_there() {
-        assert_eq!(resume_index(&errors::read_shutting_down(7), 3), Some(7), "a drained replica");
-        assert_eq!(resume_index(&errors::read_interrupted("idle", 9), 3), Some(9));
-        assert_eq!(resume_index(&errors::download_failed("cut", 5), 3), Some(5));
-        assert_eq!(resume_index(&errors::shutting_down(), 3), None, "no next_index: where would it resume?");
-        assert_eq!(resume_index(&errors::export_unreadable("bad", 4), 3), None, "DATA_LOSS is final");
-        assert_eq!(resume_index(&errors::read_aborted(4), 3), None);
+    fn any_unavailable_or_broken_connection_is_an_interruption() {
+        assert!(is_interruption(&errors::read_shutting_down(7)), "a drained replica");
+        assert!(is_interruption(&errors::read_interrupted("idle", 9)));
+        assert!(is_interruption(&errors::download_failed("cut", 5)));
+        assert!(is_interruption(&errors::shutting_down()), "without next_index too: the file knows where");
+        assert!(!is_interruption(&errors::export_unreadable("bad", 4)), "DATA_LOSS is final");
+        assert!(!is_interruption(&errors::read_aborted(4)));
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(is_interruption(&Status::from_error(Box::new(reset))), "a transport error");
+        assert!(!is_interruption(&Status::unknown("the server said so")), "a status the server sent");
     }
 
     #[test]
@@ -252,13 +494,13 @@ mod tests {
         std::fs::create_dir_all(&directory).unwrap();
         let path = directory.join("out.jsonl");
 
-        let mut file = AtomicJsonl::create(&path).unwrap();
+        let mut file = AtomicJsonl::create(&path, false).unwrap();
         file.write("user", json!({"id": "u"})).unwrap();
         assert!(!path.exists());
         drop(file);
         assert_eq!(std::fs::read_dir(&directory).unwrap().count(), 0, "the temporary file is removed");
 
-        let mut file = AtomicJsonl::create(&path).unwrap();
+        let mut file = AtomicJsonl::create(&path, false).unwrap();
         file.write("user", json!({"id": "u"})).unwrap();
         file.write("message", json!({"n": 1})).unwrap();
         file.commit().unwrap();

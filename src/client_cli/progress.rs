@@ -1,16 +1,18 @@
 //! What the person or script sees while a command runs.
 //!
 //! Three modes: on a terminal (stderr), a live spinner with the task's state, the elapsed time and
-//! the last upstream poll, then a record/byte counter while the file is written; otherwise plain
-//! lines on stdout, one per change; with `--json`, one JSON object per line on stdout.
+//! the last upstream poll, then a record/size counter while the file is written; otherwise plain
+//! lines on stderr, one per change; with `--json`, one JSON object per line on stdout.
+//!
+//! Outside `--json`, stdout holds only the command's answer (a task id, a result URL, records),
+//! so that `$(…)` captures it. Elapsed time is always `m:ss` (`h:mm:ss` past an hour), sizes
+//! always in binary units (`1.50 MiB`).
 
 use std::{
     io::IsTerminal,
-    path::Path,
     time::{Duration, Instant},
 };
 
-use chrono::Utc;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
@@ -38,7 +40,7 @@ pub struct Display {
     started: Instant,
     task_id: String,
     state: Option<TaskState>,
-    observed: Option<chrono::DateTime<Utc>>,
+    observed: Option<chrono::DateTime<chrono::Utc>>,
     download: Option<String>,
 }
 
@@ -73,8 +75,7 @@ impl Display {
         self.task_id = task_id.to_owned();
         match self.mode {
             Mode::Json => say!("{}", json!({"event": "submitted", "task_id": task_id})),
-            Mode::Plain => say!("submitted task {task_id}"),
-            Mode::Terminal => eprintln!("submitted task {task_id}"),
+            Mode::Plain | Mode::Terminal => eprintln!("submitted task {task_id}"),
         }
     }
 
@@ -105,7 +106,7 @@ impl Display {
         }
         match self.mode {
             Mode::Json => say!("{}", event_json(event)),
-            Mode::Plain if changed => say!("task {}: {}", self.task_id, self.status_text()),
+            Mode::Plain if changed => eprintln!("task {}: {}", self.task_id, self.status_text()),
             Mode::Plain => {}
             Mode::Terminal => self.refresh(),
         }
@@ -123,27 +124,31 @@ impl Display {
         match (self.mode, &self.bar) {
             (Mode::Json, _) => say!("{}", json!({"event": "notice", "message": text})),
             (Mode::Terminal, Some(bar)) => bar.println(text),
-            (Mode::Terminal, None) => eprintln!("{text}"),
-            (Mode::Plain, _) => say!("{text}"),
+            (Mode::Terminal, None) | (Mode::Plain, _) => eprintln!("{text}"),
         }
     }
 
-    /// `ReadExport` starts writing `path`: on a terminal the spinner becomes a record/byte counter.
-    pub fn start_download(&mut self, path: &Path) {
-        self.download = Some(path.display().to_string());
+    /// `ReadExport` starts writing to `destination` (a path, or `stdout`): on a terminal the
+    /// spinner becomes a record/size counter.
+    pub fn start_download(&mut self, destination: &str) {
+        self.download = Some(destination.to_owned());
         match self.mode {
             Mode::Terminal => {
                 let bar = self.bar.take().unwrap_or_else(ProgressBar::new_spinner);
+                let started = self.started;
                 bar.set_style(
-                    ProgressStyle::with_template("{spinner:.green} [{elapsed_precise}] {pos} records {wide_msg}")
-                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    ProgressStyle::with_template("{spinner:.green} {since_start} elapsed, {pos} records {wide_msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+                        .with_key("since_start", move |_: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
+                            let _ = out.write_str(&clock(started.elapsed()));
+                        }),
                 );
                 bar.set_position(0);
-                bar.set_message(format!("(0 B) → {}", path.display()));
+                bar.set_message(format!("({}) → {destination}", size(0)));
                 self.bar = Some(bar);
             }
-            Mode::Plain => say!("saving records to {}", path.display()),
-            Mode::Json => say!("{}", json!({"event": "download_started", "output": path.display().to_string()})),
+            Mode::Plain => eprintln!("saving records to {destination}"),
+            Mode::Json => say!("{}", json!({"event": "download_started", "output": destination})),
         }
     }
 
@@ -152,8 +157,8 @@ impl Display {
         if let Some(bar) = &self.bar {
             // Once per message: a JSON message carries many records.
             bar.set_position(records);
-            let path = self.download.as_deref().unwrap_or_default();
-            bar.set_message(format!("({}) → {path}", HumanBytes(bytes)));
+            let destination = self.download.as_deref().unwrap_or_default();
+            bar.set_message(format!("({}) → {destination}", size(bytes)));
         }
     }
 
@@ -162,12 +167,18 @@ impl Display {
         self.clear();
     }
 
-    /// The final result: `value` with `--json`, else `human` on stdout.
-    pub fn result(&mut self, value: Value, human: &str) {
+    /// The final result: `value` with `--json`; otherwise `human` on stderr and `answer`, the
+    /// part a script uses, alone on stdout.
+    pub fn result(&mut self, value: Value, human: &str, answer: Option<&str>) {
         self.clear();
         match self.mode {
             Mode::Json => say!("{value}"),
-            Mode::Plain | Mode::Terminal => say!("{human}"),
+            Mode::Plain | Mode::Terminal => {
+                eprintln!("{human}");
+                if let Some(answer) = answer {
+                    say!("{answer}");
+                }
+            }
         }
     }
 
@@ -178,14 +189,16 @@ impl Display {
         }
     }
 
-    /// The state, the time since the command started and since upstream was last polled.
+    /// The state, the time since the command started, and when upstream was last polled as far
+    /// as the client knows: the `observe_time` of the last event (a heartbeat carries the latest).
+    /// It is shown as the instant it is, not as an age: between events the service keeps polling
+    /// without saying so, and an age counted from the last event would make a healthy export look
+    /// stuck.
     fn status_text(&self) -> String {
         let state = self.state.map_or("CONNECTING", state_name);
-        let elapsed = self.started.elapsed().as_secs();
-        let mut text = format!("{state}, {}:{:02} elapsed", elapsed / 60, elapsed % 60);
+        let mut text = format!("{state}, {} elapsed", clock(self.started.elapsed()));
         if let Some(observed) = self.observed {
-            let ago = (Utc::now() - observed).num_milliseconds().max(0) as f64 / 1000.0;
-            text.push_str(&format!(", last upstream poll {ago:.1}s ago"));
+            text.push_str(&format!(", last upstream poll at {}", observed.format("%H:%M:%S UTC")));
         }
         text
     }
@@ -197,8 +210,40 @@ impl Display {
     }
 }
 
+/// Elapsed time as a clock: `0:21`, `12:05`, `1:02:03`.
+pub fn clock(elapsed: Duration) -> String {
+    let seconds = elapsed.as_secs();
+    let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    if hours > 0 { format!("{hours}:{minutes:02}:{seconds:02}") } else { format!("{minutes}:{seconds:02}") }
+}
+
+/// A short delay in seconds: `0.5s`, `2.0s`.
+pub fn seconds(delay: Duration) -> String {
+    format!("{:.1}s", delay.as_secs_f64())
+}
+
+/// A size in binary units: `512 B`, `1.50 MiB`.
+pub fn size(bytes: u64) -> String {
+    HumanBytes(bytes).to_string()
+}
+
 impl Drop for Display {
     fn drop(&mut self) {
         self.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_clock_format_and_one_size_unit() {
+        assert_eq!(clock(Duration::from_millis(21_900)), "0:21");
+        assert_eq!(clock(Duration::from_secs(725)), "12:05");
+        assert_eq!(clock(Duration::from_secs(3723)), "1:02:03");
+        assert_eq!(size(512), "512 B");
+        assert_eq!(size(1536 * 1024), "1.50 MiB");
+        assert_eq!(seconds(Duration::from_millis(500)), "0.5s");
     }
 }

@@ -2,12 +2,14 @@
 
 use std::time::Duration;
 
-use tonic::Code;
+use backon::{BackoffBuilder, ExponentialBuilder};
 
 use crate::{
     client_cli::{
         Session,
-        failure::{Failure, reason, retry_delay},
+        failure::{Failure, retry_delay},
+        output::is_interruption,
+        progress,
     },
     proto::{Task, WatchTaskRequest},
 };
@@ -15,15 +17,28 @@ use crate::{
 /// How often the live display is refreshed while no event arrives.
 const TICK: Duration = Duration::from_millis(250);
 /// Interruptions in a row (without an event between them) before giving up.
-const MAX_INTERRUPTIONS: u32 = 10;
+const MAX_INTERRUPTIONS: usize = 10;
+
+/// The delays before calling again: backon's series from 0.2 s, doubling up to 5 s (about half a
+/// minute in all: time for a replica to restart), unless the status says how long.
+fn retry_delays() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(200))
+        .with_factor(2.0)
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_times(MAX_INTERRUPTIONS)
+        .build()
+}
 
 /// Watches `task_id` until it reaches a terminal state and returns the task as last seen.
 ///
-/// A stream that ends with `UNAVAILABLE` `WATCH_INTERRUPTED` (server shutdown, maximum stream
-/// lifetime), or ends before the terminal state, is called again after the `RetryInfo` delay:
-/// the new stream starts with a fresh snapshot, so nothing is lost.
+/// A stream that is interrupted (`UNAVAILABLE`: server shutdown, maximum stream lifetime, a
+/// replica restarting; or a broken connection) or ends before the terminal state is called again
+/// after the `RetryInfo` delay or the next of [`retry_delays`] (a fresh series once an event
+/// arrives): the new stream starts with a fresh snapshot, so nothing is lost.
 pub async fn follow(session: &mut Session, task_id: &str) -> Result<Task, Failure> {
     session.display.watching(task_id);
+    let mut delays = retry_delays();
     let mut interruptions = 0;
     loop {
         let request = WatchTaskRequest { task_id: task_id.to_owned() };
@@ -34,7 +49,10 @@ pub async fn follow(session: &mut Session, task_id: &str) -> Result<Task, Failur
                     match tokio::time::timeout(TICK, stream.message()).await {
                         Err(_) => session.display.tick(),
                         Ok(Ok(Some(event))) => {
-                            interruptions = 0;
+                            if interruptions > 0 {
+                                delays = retry_delays();
+                                interruptions = 0;
+                            }
                             session.display.event(&event);
                             if let Some(task) = event.task.filter(|t| t.state().is_terminal()) {
                                 return Ok(task);
@@ -47,21 +65,19 @@ pub async fn follow(session: &mut Session, task_id: &str) -> Result<Task, Failur
             }
             Err(status) => Some(status),
         };
-        let delay = match &ended {
-            None => Duration::from_millis(200),
-            Some(status)
-                if status.code() == Code::Unavailable && reason(status).as_deref() == Some("WATCH_INTERRUPTED") =>
-            {
-                retry_delay(status, Duration::from_millis(500))
-            }
-            Some(_) => return Err(ended.map(Failure::rpc("watching the task")).unwrap_or(Failure::Interrupted)),
-        };
-        interruptions += 1;
-        if interruptions > MAX_INTERRUPTIONS {
+        if let Some(status) = ended.as_ref().filter(|status| !is_interruption(status)) {
+            return Err(Failure::rpc("watching the task")(status.clone()));
+        }
+        let Some(fallback) = delays.next() else {
             let status = ended.unwrap_or_else(|| tonic::Status::unavailable("the watch stream keeps ending"));
             return Err(Failure::rpc("watching the task")(status));
-        }
-        session.display.note(&format!("watch interrupted; resuming ({interruptions}/{MAX_INTERRUPTIONS})"));
+        };
+        let delay = ended.as_ref().map_or(fallback, |status| retry_delay(status, fallback));
+        interruptions += 1;
+        session.display.note(&format!(
+            "watch interrupted; resuming in {} ({interruptions}/{MAX_INTERRUPTIONS})",
+            progress::seconds(delay)
+        ));
         tokio::time::sleep(delay).await;
     }
 }

@@ -27,7 +27,11 @@ impl ServiceProcess {
     /// Starts `stream-export serve --listen 127.0.0.1:<free port> <args>` with only `env` (its
     /// log goes to a pipe: no colour, as `tests/process/telemetry.rs` checks).
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let port = free_port();
+        Self::start_on(free_port(), args, env)
+    }
+
+    /// [`ServiceProcess::start`] on a given port (a replacement for one that was killed).
+    pub fn start_on(port: u16, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_stream-export"))
             .arg("serve")
             .args(["--listen", &format!("127.0.0.1:{port}")])
