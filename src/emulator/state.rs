@@ -14,8 +14,8 @@ use super::{
     config::{EmulatorConfig, Route},
     data::DataSet,
     faults::Faults,
-    rate_limit::RateLimiter,
     files::ExportKind,
+    rate_limit::RateLimiter,
     tasks::{Outcome, Task, TaskDefaults, TaskError},
 };
 
