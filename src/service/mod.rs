@@ -118,7 +118,7 @@ impl ExportApi {
     ) -> Result<(String, ExportRecordStream), Status> {
         let ReadExportRequest { task_id, start_index, encoding } = request.get_ref();
         let (task_id, encoding) = validation::read_export(task_id, *encoding).map_err(status::invalid_request)?;
-        annotate_span(&call.caller, Some(&task_id));
+        annotate_task(&task_id);
         let grant = self.authorize_task(&call.caller, Action::ReadExport, &task_id).await?;
         if let Some(records) = self.record_counts.get(&task_id).filter(|records| start_index > records) {
             return Err(status::start_index_past_end(*start_index, records));
@@ -152,12 +152,11 @@ impl ExportApi {
         Ok((task_id, revocation::end_when_revoked(Box::pin(records), &self.policies, grant)))
     }
 
-    /// The prologue of every handler: names the caller and the task (if the request names one)
-    /// in the call's span, then admits the call (see [`ExportApi::admit`]) and sets the deadline
-    /// of its upstream work.
-    fn begin<T>(&self, request: &Request<T>, task_id: Option<&str>) -> Result<Call, Status> {
+    /// The prologue of every handler: names the caller in the call's span, then admits the call
+    /// (see [`ExportApi::admit`]) and sets the deadline of its upstream work.
+    fn begin<T>(&self, request: &Request<T>) -> Result<Call, Status> {
         let caller = Caller::of(request);
-        annotate_span(&caller, task_id);
+        tracing::Span::current().record("caller", caller.name.as_str());
         let admitted = self.admit()?;
         Ok(Call { deadline: self.deadline(request), caller, _admitted: admitted })
     }
@@ -398,7 +397,7 @@ impl ExportService for ExportApi {
         &self,
         request: Request<ExportChannelsRequest>,
     ) -> Result<Response<ExportChannelsResponse>, Status> {
-        let call = self.begin(&request, None)?;
+        let call = self.begin(&request)?;
         let message = request.get_ref();
         let subject = Subject::Channels(message.channels.iter().map(|c| format!("{}:{}", c.r#type, c.id)).collect());
         let outcome = async {
@@ -425,7 +424,7 @@ impl ExportService for ExportApi {
         &self,
         request: Request<ExportUsersRequest>,
     ) -> Result<Response<ExportUsersResponse>, Status> {
-        let call = self.begin(&request, None)?;
+        let call = self.begin(&request)?;
         let message = request.get_ref();
         let outcome = async {
             let body = validation::export_users(message).map_err(status::invalid_request)?;
@@ -445,7 +444,7 @@ impl ExportService for ExportApi {
     }
 
     async fn export_user(&self, request: Request<ExportUserRequest>) -> Result<Response<ExportUserResponse>, Status> {
-        let call = self.begin(&request, None)?;
+        let call = self.begin(&request)?;
         let user_id = &request.get_ref().user_id;
         let outcome = async {
             validation::user_id(user_id).map_err(status::invalid_request)?;
@@ -459,9 +458,9 @@ impl ExportService for ExportApi {
     }
 
     async fn get_task(&self, request: Request<GetTaskRequest>) -> Result<Response<Task>, Status> {
-        let call = self.begin(&request, None)?;
+        let call = self.begin(&request)?;
         let task_id = &validation::task_id(&request.get_ref().task_id).map_err(status::invalid_request)?;
-        annotate_span(&call.caller, Some(task_id));
+        annotate_task(task_id);
         self.authorize_task(&call.caller, Action::GetTask, task_id).await?;
         let status =
             self.client.get_task(task_id, Some(call.deadline)).await.map_err(|error| upstream_failure(&error))?;
@@ -476,7 +475,7 @@ impl ExportService for ExportApi {
         &self,
         request: Request<ReadExportRequest>,
     ) -> Result<Response<Self::ReadExportStream>, Status> {
-        let call = self.begin(&request, None)?;
+        let call = self.begin(&request)?;
         let opened = self.open_export(&request, &call).await;
         let task_id = opened.as_ref().map_or(request.get_ref().task_id.as_str(), |(task_id, _)| task_id.as_str());
         audit::record(&call.caller, "ReadExport", &Subject::Task(task_id), opened.as_ref().map(|_| task_id));
@@ -488,11 +487,11 @@ impl ExportService for ExportApi {
     async fn watch_task(&self, request: Request<WatchTaskRequest>) -> Result<Response<Self::WatchTaskStream>, Status> {
         // Admitted like a unary call while the stream is set up (drain, in-flight limit);
         // the open stream then counts against the watch-stream limit, not the unary one.
-        let call = self.begin(&request, None)?;
+        let call = self.begin(&request)?;
         // The stream lives as long as the caller's deadline allows, not the unary timeout.
         let deadline = deadline::from_metadata(request.metadata());
         let task_id = &validation::task_id(&request.get_ref().task_id).map_err(status::invalid_request)?;
-        annotate_span(&call.caller, Some(task_id));
+        annotate_task(task_id);
         let grant = self.authorize_task(&call.caller, Action::WatchTask, task_id).await?;
         let watcher = self.hub.watch(task_id, &call.caller.name)?;
         let events = Box::pin(events::task_events(watcher, deadline));
@@ -500,7 +499,7 @@ impl ExportService for ExportApi {
     }
 
     async fn list_tasks(&self, request: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
-        let call = self.begin(&request, None)?;
+        let call = self.begin(&request)?;
         self.policies.check(&call.caller, Action::ListTasks, &Resource::Service)?;
         Ok(Response::new(self.list_page(&call.caller, request.get_ref()).await?))
     }
@@ -518,20 +517,18 @@ impl Call {
     /// The epilogue of a submit: names the new task in the call's span, and audits the submit.
     fn finish_submit(&self, rpc: &str, subject: &Subject<'_>, outcome: &Result<String, Status>) {
         if let Ok(task_id) = outcome {
-            annotate_span(&self.caller, Some(task_id));
+            annotate_task(task_id);
         }
         audit::record(&self.caller, rpc, subject, outcome.as_deref());
     }
 }
 
-/// Adds the caller and the task id to the call's span (opened by the telemetry layer): one
-/// span per call, so that a log line of the call carries all of them.
-fn annotate_span(caller: &Caller, task_id: Option<&str>) {
-    let span = tracing::Span::current();
-    span.record("caller", caller.name.as_str());
-    if let Some(task_id) = task_id {
-        span.record("task_id", task_id);
-    }
+/// Adds the task id, once known in its canonical spelling (or once a submit returned it), to the
+/// call's span (opened by the telemetry layer): one span per call, so that a log line of the
+/// call carries the caller and the task. Each field is recorded once: a field recorded twice
+/// is printed twice.
+fn annotate_task(task_id: &str) {
+    tracing::Span::current().record("task_id", task_id);
 }
 
 /// Logs an upstream failure and maps it to the caller's status.

@@ -242,6 +242,10 @@ async fn log_lines_in_a_pipe_are_plain_and_name_each_field_once() {
             && line.contains(r#"trace_id="4bf92f3577b34da6a3ce929d0e0e4736""#)),
         "the failed call's line names its caller and trace:\n{log}"
     );
+    for line in &failed {
+        assert_eq!(line.matches("caller=").count(), 1, "the caller twice: {line}");
+        assert_eq!(line.matches("task_id=").count(), 1, "the task twice: {line}");
+    }
 
     // Status codes are spelled as gRPC spells them, on every line that names one.
     let finished = lines_with(&log, "call finished");

@@ -197,7 +197,7 @@ async fn read_export_failures_before_the_download_are_audited() {
     service.wait_ready(true).await;
     let mut client = stream_export::proto::export_service_client::ExportServiceClient::new(service.channel().await);
     let unknown = uuid::Uuid::new_v4().to_string();
-    for (task_id, code) in [(unknown.as_str(), "NotFound"), ("not a task id!", "InvalidArgument")] {
+    for (task_id, code) in [(unknown.as_str(), "NOT_FOUND"), ("not a task id!", "INVALID_ARGUMENT")] {
         let request = ReadExportRequest { task_id: task_id.into(), start_index: 0, ..Default::default() };
         client.read_export(request).await.expect_err("refused");
         let expected = [r#"rpc="ReadExport""#.to_owned(), format!(r#"code="{code}""#)];
