@@ -14,11 +14,14 @@ use tonic::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    config::{Settings, TlsSettings, TransportSettings, UpstreamSettings},
+    config::{IdempotencySettings, Settings, StateSettings, TlsSettings, TransportSettings, UpstreamSettings},
     fleet::Redis,
     proto::{self, export_service_server::ExportServiceServer},
     service::{ExportApi, Stores, authorization::Policies, caller::CallerAuth},
-    store::{MemoryRegistry, MemoryStore, RedisRegistry, RedisSubmitStore, TaskRegistry},
+    store::{
+        MemoryRegistry, MemoryStore, RedisRegistry, RedisSubmitStore, TaskRegistry,
+        embedded::{EmbeddedRegistry, EmbeddedSubmitStore, StateDir},
+    },
     task_watch::{ChangeObserver, WatchHub},
     telemetry::{self, layer::GrpcTelemetryLayer},
     upstream::{ClientConfig, Credentials, RetryPolicy, StreamClient},
@@ -55,6 +58,15 @@ impl Application {
             retry: RetryPolicy::default(),
         })
         .context("building the Stream API client")?;
+        // The state first: a second process on the same directory stops here, before it binds.
+        let state = match (&settings.redis, &settings.state) {
+            (None, StateSettings::Dir(dir)) => {
+                let state = StateDir::open(dir)?;
+                tracing::info!(state_dir = %dir.display(), "state kept on disk");
+                Some(state)
+            }
+            _ => None,
+        };
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
         let redis = match &settings.redis {
@@ -68,17 +80,7 @@ impl Application {
                 Some(redis)
             }
         };
-        let capacity = settings.task_registry_capacity;
-        let stores = match redis.clone() {
-            None => Stores {
-                submits: Arc::new(MemoryStore::new(settings.idempotency.ttl, settings.idempotency.capacity)),
-                registry: Arc::new(MemoryRegistry::new(capacity)),
-            },
-            Some(redis) => Stores {
-                submits: Arc::new(RedisSubmitStore::new(redis.clone(), settings.idempotency.ttl)),
-                registry: Arc::new(RedisRegistry::new(redis, capacity)),
-            },
-        };
+        let stores = stores(settings.idempotency, settings.task_registry_capacity, redis.clone(), state.as_ref())?;
         let hub = WatchHub::new(
             client.clone(),
             settings.watch,
@@ -183,6 +185,47 @@ impl Application {
         result
     }
 }
+
+/// The stores of the mode: the fleet's Redis, the state directory, or memory (by choice).
+fn stores(
+    idempotency: IdempotencySettings,
+    registry_capacity: Option<usize>,
+    redis: Option<Redis>,
+    state: Option<&StateDir>,
+) -> anyhow::Result<Stores> {
+    let capacity = |default| registry_capacity.unwrap_or(default);
+    Ok(match (redis, state) {
+        (Some(redis), _) => Stores {
+            submits: Arc::new(RedisSubmitStore::new(redis.clone(), idempotency.ttl)),
+            registry: Arc::new(RedisRegistry::new(redis, capacity(MEMORY_REGISTRY_CAPACITY))),
+        },
+        (None, Some(state)) => {
+            let submits = EmbeddedSubmitStore::new(state.db(), idempotency.ttl, idempotency.capacity)
+                .context("reading the idempotency records of the state directory")?;
+            Stores {
+                submits: Arc::new(submits),
+                registry: Arc::new(EmbeddedRegistry::new(state.db(), capacity(DISK_REGISTRY_CAPACITY))),
+            }
+        }
+        (None, None) => {
+            tracing::warn!(
+                "state kept in memory only (--memory-state): a restart forgets every request_id and every task's \
+                 owner"
+            );
+            Stores {
+                submits: Arc::new(MemoryStore::new(idempotency.ttl, idempotency.capacity)),
+                registry: Arc::new(MemoryRegistry::new(capacity(MEMORY_REGISTRY_CAPACITY))),
+            }
+        }
+    })
+}
+
+/// The task registry's default capacity in memory and in Redis, which hold every record in RAM.
+const MEMORY_REGISTRY_CAPACITY: usize = 100_000;
+
+/// The task registry's default capacity on disk: large enough that records leave by their 60
+/// days, not by eviction, below about 33,000 submits a day.
+const DISK_REGISTRY_CAPACITY: usize = 2_000_000;
 
 /// The connections accepted on `listener`, with `TCP_NODELAY` set on each (TLS is layered on
 /// top of them, so it is covered too). Serving from our own bound listener skips tonic's

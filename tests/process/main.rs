@@ -14,5 +14,6 @@ mod fleet_watch;
 mod policies;
 mod proxy;
 mod security;
+mod state;
 mod telemetry;
 mod traces;
