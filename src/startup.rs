@@ -4,7 +4,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -80,7 +80,8 @@ impl Application {
                 Some(redis)
             }
         };
-        let stores = stores(settings.idempotency, settings.task_registry_capacity, redis.clone(), state.as_ref())?;
+        let stores =
+            stores(settings.idempotency, settings.task_registry_capacity, redis.clone(), state.as_ref(), &api_secret)?;
         let hub = WatchHub::new(
             client.clone(),
             settings.watch,
@@ -192,12 +193,14 @@ fn stores(
     registry_capacity: Option<usize>,
     redis: Option<Redis>,
     state: Option<&StateDir>,
+    api_secret: &SecretString,
 ) -> anyhow::Result<Stores> {
     let capacity = |default| registry_capacity.unwrap_or(default);
     Ok(match (redis, state) {
         (Some(redis), _) => Stores {
             submits: Arc::new(RedisSubmitStore::new(redis.clone(), idempotency.ttl)),
-            registry: Arc::new(RedisRegistry::new(redis, capacity(MEMORY_REGISTRY_CAPACITY))),
+            registry: Arc::new(RedisRegistry::new(redis.clone(), capacity(MEMORY_REGISTRY_CAPACITY))),
+            page_token_key: fleet_page_token_key(api_secret, &redis.key("registry", "tasks", "page-tokens")),
         },
         (None, Some(state)) => {
             let submits = EmbeddedSubmitStore::new(state.db(), idempotency.ttl, idempotency.capacity)
@@ -205,6 +208,7 @@ fn stores(
             Stores {
                 submits: Arc::new(submits),
                 registry: Arc::new(EmbeddedRegistry::new(state.db(), capacity(DISK_REGISTRY_CAPACITY))),
+                page_token_key: state.page_token_key(),
             }
         }
         (None, None) => {
@@ -215,9 +219,23 @@ fn stores(
             Stores {
                 submits: Arc::new(MemoryStore::new(idempotency.ttl, idempotency.capacity)),
                 registry: Arc::new(MemoryRegistry::new(capacity(MEMORY_REGISTRY_CAPACITY))),
+                // Tokens live as long as the registry they point into.
+                page_token_key: rand::random(),
             }
         }
     })
+}
+
+/// The page-token key of a fleet: every replica derives the same one from what they share (the
+/// API secret and the deployment's key namespace), so a token from one replica is good on
+/// another, and none is kept in Redis. Rotating the API secret ends the tokens given before.
+fn fleet_page_token_key(api_secret: &SecretString, namespace: &str) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(api_secret.expose_secret().as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+    mac.update(b"stream-export ListTasks page tokens\0");
+    mac.update(namespace.as_bytes());
+    mac.finalize().into_bytes().into()
 }
 
 /// The task registry's default capacity in memory and in Redis, which hold every record in RAM.

@@ -70,12 +70,7 @@ impl EmbeddedRegistry {
     }
 
     /// The owner's records, newest first, after `after` (from the newest when `None`).
-    pub fn page_of_owner(
-        &self,
-        owner: &str,
-        after: Option<&Cursor>,
-        limit: usize,
-    ) -> Result<Vec<TaskRecord>, StoreError> {
+    fn owner_page(&self, owner: &str, after: Option<&Cursor>, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
         self.db.read(|tx| {
             let Ok(index) = tx.open_table(TASKS_BY_OWNER) else { return Ok(Vec::new()) };
             let tasks = tx.open_table(TASKS)?;
@@ -208,6 +203,15 @@ impl TaskRegistry for EmbeddedRegistry {
         .await
     }
 
+    async fn page_of_owner(
+        &self,
+        owner: &str,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        self.owner_page(owner, after, limit)
+    }
+
     async fn page(&self, after: Option<&Cursor>, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
         self.db.read(|tx| {
             let Ok(index) = tx.open_table(TASKS_BY_TIME) else { return Ok(Vec::new()) };
@@ -271,11 +275,11 @@ mod tests {
         assert_eq!(registry.get("b").await.unwrap().unwrap().owner, "y", "a task keeps its first record");
         let next = registry.page(Some(&Cursor::of(&first[2])), 3).await.unwrap();
         assert_eq!(ids(&next), ["a"]);
-        let xs = registry.page_of_owner("x", None, 10).unwrap();
+        let xs = registry.page_of_owner("x", None, 10).await.unwrap();
         assert_eq!(ids(&xs), ["c", "a"]);
-        let after_c = registry.page_of_owner("x", Some(&Cursor::of(&xs[0])), 10).unwrap();
+        let after_c = registry.page_of_owner("x", Some(&Cursor::of(&xs[0])), 10).await.unwrap();
         assert_eq!(ids(&after_c), ["a"]);
-        assert!(registry.page_of_owner("nobody", None, 10).unwrap().is_empty());
+        assert!(registry.page_of_owner("nobody", None, 10).await.unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -290,7 +294,7 @@ mod tests {
         }
         assert_eq!(registry.len().unwrap(), 3);
         assert_eq!(ids(&registry.page(None, 10).await.unwrap()), ["d", "c", "b"]);
-        assert_eq!(ids(&registry.page_of_owner("x", None, 10).unwrap()), ["d", "c", "b"]);
+        assert_eq!(ids(&registry.page_of_owner("x", None, 10).await.unwrap()), ["d", "c", "b"]);
         assert!(registry.get("ancient").await.unwrap().is_none());
         assert!(registry.get("a").await.unwrap().is_none());
     }
