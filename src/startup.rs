@@ -21,6 +21,7 @@ use crate::{
     store::{
         MemoryRegistry, MemoryStore, RedisRegistry, RedisSubmitStore, TaskRegistry,
         embedded::{EmbeddedRegistry, EmbeddedSubmitStore, StateDir},
+        pending::{KeptUntilStored, PENDING_CAPACITY},
     },
     task_watch::{ChangeObserver, WatchHub},
     telemetry::{self, layer::GrpcTelemetryLayer},
@@ -45,6 +46,7 @@ pub struct Application {
 impl Application {
     /// Binds the listener and builds the upstream client.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        warn_of_broken_promises(&settings);
         let UpstreamSettings::Remote { base_url, api_key, api_secret } = settings.upstream else {
             // The library never links the emulator into the service path: the binary starts it.
             anyhow::bail!("the embedded emulator is started by the stream-export binary (serve --emulator)");
@@ -199,7 +201,10 @@ fn stores(
     Ok(match (redis, state) {
         (Some(redis), _) => Stores {
             submits: Arc::new(RedisSubmitStore::new(redis.clone(), idempotency.ttl)),
-            registry: Arc::new(RedisRegistry::new(redis.clone(), capacity(MEMORY_REGISTRY_CAPACITY))),
+            registry: kept_until_stored(Arc::new(RedisRegistry::new(
+                redis.clone(),
+                capacity(MEMORY_REGISTRY_CAPACITY),
+            ))),
             page_token_key: fleet_page_token_key(api_secret, &redis.key("registry", "tasks", "page-tokens")),
         },
         (None, Some(state)) => {
@@ -207,7 +212,10 @@ fn stores(
                 .context("reading the idempotency records of the state directory")?;
             Stores {
                 submits: Arc::new(submits),
-                registry: Arc::new(EmbeddedRegistry::new(state.db(), capacity(DISK_REGISTRY_CAPACITY))),
+                registry: kept_until_stored(Arc::new(EmbeddedRegistry::new(
+                    state.db(),
+                    capacity(DISK_REGISTRY_CAPACITY),
+                ))),
                 page_token_key: state.page_token_key(),
             }
         }
@@ -224,6 +232,32 @@ fn stores(
             }
         }
     })
+}
+
+/// A registry whose refused records are kept until it takes them: the export has started by
+/// then, and a lost record would lock its owner out under owner-based policies.
+fn kept_until_stored(registry: Arc<dyn TaskRegistry>) -> Arc<dyn TaskRegistry> {
+    Arc::new(KeptUntilStored::new(registry, PENDING_CAPACITY))
+}
+
+/// Says loudly at start-up when the configuration makes a promise the state cannot keep. What
+/// one process can see: policies with a memory-only registry (every restart locks owners out),
+/// and Kubernetes without Redis (replicas do not know each other's tasks or request ids).
+fn warn_of_broken_promises(settings: &Settings) {
+    let fleet = settings.redis.is_some();
+    if settings.policies.is_enforced() && !fleet && settings.state == StateSettings::Memory {
+        tracing::error!(
+            "--policy-file with --memory-state: the task registry is lost at every restart, and owner-based \
+             policies then refuse owners their own tasks; drop --memory-state (or use Redis)"
+        );
+    }
+    if !fleet && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        tracing::warn!(
+            "running in Kubernetes without Redis: if this Deployment has more than one replica, a task's owner \
+             may be refused by the replica that did not take the submit, and a retried request_id may start a \
+             second export there; set STREAM_EXPORT_REDIS_URL for more than one replica"
+        );
+    }
 }
 
 /// The page-token key of a fleet: every replica derives the same one from what they share (the

@@ -11,6 +11,7 @@
 
 pub mod embedded;
 mod memory;
+pub mod pending;
 mod redis_registry;
 mod redis_submit;
 pub mod registry;
