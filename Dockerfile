@@ -25,7 +25,7 @@ COPY src src
 RUN touch src/main.rs src/lib.rs \
     && RUSTFLAGS="-C target-feature=+crt-static" \
        cargo build --release --locked --target x86_64-unknown-linux-gnu --bin stream-export \
-    && mkdir -p /out \
+    && mkdir -p /out/state \
     && cp target/x86_64-unknown-linux-gnu/release/stream-export /out/stream-export
 
 FROM scratch AS runtime
@@ -33,6 +33,11 @@ LABEL org.opencontainers.image.title="stream-export" \
       org.opencontainers.image.description="gRPC service for Stream Chat exports" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /out/stream-export /stream-export
+# The state directory (task registry, idempotency records; unused in fleet mode), owned by the
+# service's user. Mount a persistent volume here to keep it across containers.
+COPY --from=build --chown=65532:65532 /out/state /var/lib/stream-export
+ENV STREAM_EXPORT_STATE_DIR=/var/lib/stream-export
+VOLUME ["/var/lib/stream-export"]
 # A numeric non-root user (no /etc/passwd in scratch): Kubernetes' runAsNonRoot can verify it.
 USER 65532:65532
 EXPOSE 50051

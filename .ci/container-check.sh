@@ -68,10 +68,11 @@ cleanup() {
 trap cleanup EXIT
 
 step "runtime image from the Dockerfile's 'runtime' stage (buildah bud, vfs, chroot)"
-mkdir -p "$work/context"
+mkdir -p "$work/context/state"
 cp "$binary" "$work/context/stream-export"
 awk '/^FROM scratch AS runtime/ { keep = 1 } keep' Dockerfile \
     | sed 's#^COPY --from=build /out/stream-export /stream-export$#COPY stream-export /stream-export#' \
+    | sed 's#^COPY --from=build --chown=65532:65532 /out/state /var/lib/stream-export$#COPY --chown=65532:65532 state /var/lib/stream-export#' \
     > "$work/context/Containerfile"
 grep -q '^FROM scratch AS runtime' "$work/context/Containerfile" || fail "no 'FROM scratch AS runtime' stage in the Dockerfile"
 grep -q '^COPY stream-export /stream-export$' "$work/context/Containerfile" || fail "the runtime stage's COPY line changed"
@@ -91,13 +92,17 @@ expect = {
     "StopSignal": "SIGTERM",
 }
 problems = [f"{k}: {config.get(k)!r} != {v!r}" for k, v in expect.items() if config.get(k) != v]
+if "/var/lib/stream-export" not in (config.get("Volumes") or {}):
+    problems.append("no volume for the state directory /var/lib/stream-export")
+if "STREAM_EXPORT_STATE_DIR=/var/lib/stream-export" not in (config.get("Env") or []):
+    problems.append("STREAM_EXPORT_STATE_DIR does not name the volume")
 if "50051/tcp" not in (config.get("ExposedPorts") or {}):
     problems.append("port 50051/tcp is not exposed")
 if problems:
     sys.exit("image config: " + "; ".join(problems))
 PY
 layers="$(python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1]))["OCIv1"]["rootfs"]["diff_ids"]))' "$work/inspect.json")"
-[ "$layers" = 1 ] || fail "expected 1 layer (the binary), found $layers"
+[ "$layers" = 2 ] || fail "expected 2 layers (the binary, the empty state directory), found $layers"
 
 step "run the image: serve --emulator (buildah run shares the host network)"
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"

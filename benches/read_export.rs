@@ -241,7 +241,7 @@ impl Service {
     fn start(binary: &PathBuf, base_url: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
         let mut child = Command::new(binary)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["serve", "--memory-state", "--listen", &format!("127.0.0.1:{port}")])
             .env_clear()
             .env("STREAM_BASE_URL", base_url)
             .env("STREAM_API_KEY", API_KEY)

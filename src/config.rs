@@ -18,6 +18,7 @@ use crate::{
         authorization::Policies,
         caller::{CallerAuth, TokenTable},
     },
+    store::embedded::DEFAULT_STATE_DIR,
     task_watch::WatchSettings,
     telemetry::LogFormat,
 };
@@ -208,9 +209,23 @@ pub struct ServeArgs {
     #[arg(long, env = "STREAM_EXPORT_POLICY_FILE")]
     pub policy_file: Option<PathBuf>,
 
-    /// Most tasks kept in the task registry (ListTasks, task owners); the oldest go first.
-    #[arg(long, env = "STREAM_EXPORT_TASK_REGISTRY_CAPACITY", default_value_t = 100_000)]
-    pub task_registry_capacity: usize,
+    /// Most tasks kept in the task registry (ListTasks, task owners); the oldest go first, and
+    /// owner-based policies then no longer let their owners read them. Default: 2,000,000 in
+    /// the state directory, 100,000 in memory or Redis.
+    #[arg(long, env = "STREAM_EXPORT_TASK_REGISTRY_CAPACITY")]
+    pub task_registry_capacity: Option<usize>,
+
+    /// Where this process keeps its state (the task registry, idempotent submits), so that a
+    /// restart forgets nothing: created if missing, one process per directory (a second one
+    /// exits with code 2). Relative to the working directory. Not used in fleet mode (Redis).
+    #[arg(long, env = "STREAM_EXPORT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// Keep the state in memory only, instead of --state-dir: a restart forgets every task's
+    /// owner (owner-based policies then refuse their owners) and every request_id. For tests
+    /// and read-only filesystems.
+    #[arg(long, env = "STREAM_EXPORT_MEMORY_STATE", conflicts_with = "state_dir")]
+    pub memory_state: bool,
 
     /// Take the caller's identity for the audit log from the last element of
     /// `x-forwarded-client-cert` (only behind an Envoy sidecar in SANITIZE_SET or
@@ -260,8 +275,19 @@ pub struct Settings {
     pub redis: Option<RedisSettings>,
     /// The authorization policies.
     pub policies: Policies,
-    /// Most tasks kept in the task registry.
-    pub task_registry_capacity: usize,
+    /// Most tasks kept in the task registry (`None`: the default of the store in use).
+    pub task_registry_capacity: Option<usize>,
+    /// Where a single process keeps its state.
+    pub state: StateSettings,
+}
+
+/// Where a single process keeps its state (fleet mode keeps it in Redis).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StateSettings {
+    /// In this state directory, on disk.
+    Dir(PathBuf),
+    /// In memory only: lost at exit.
+    Memory,
 }
 
 impl Settings {
@@ -281,7 +307,8 @@ impl Settings {
             idempotency: IdempotencySettings::default(),
             redis: None,
             policies: Policies::permit_all(),
-            task_registry_capacity: 100_000,
+            task_registry_capacity: None,
+            state: StateSettings::Dir(PathBuf::from(DEFAULT_STATE_DIR)),
         }
     }
 }
@@ -459,6 +486,7 @@ impl ServeArgs {
                 None => Policies::permit_all(),
             },
             task_registry_capacity: self.task_registry_capacity,
+            state: if self.memory_state { StateSettings::Memory } else { StateSettings::Dir(self.state_dir.clone()) },
         })
     }
 }
@@ -495,13 +523,21 @@ impl ServeArgs {
                 "STREAM_EXPORT_WATCH_MAX_STREAMS_PER_CALLER (--watch-max-streams-per-caller)",
             ),
             (self.idempotency_capacity, "STREAM_EXPORT_IDEMPOTENCY_CAPACITY (--idempotency-capacity)"),
-            (self.task_registry_capacity as u64, "STREAM_EXPORT_TASK_REGISTRY_CAPACITY (--task-registry-capacity)"),
+            (
+                self.task_registry_capacity.map_or(1, |capacity| capacity as u64),
+                "STREAM_EXPORT_TASK_REGISTRY_CAPACITY (--task-registry-capacity)",
+            ),
             (self.max_read_streams as u64, "STREAM_EXPORT_MAX_READ_STREAMS (--max-read-streams)"),
             (self.max_export_entity_bytes as u64, "STREAM_EXPORT_MAX_EXPORT_ENTITY_BYTES (--max-export-entity-bytes)"),
             (self.max_export_file_bytes, "STREAM_EXPORT_MAX_EXPORT_FILE_BYTES (--max-export-file-bytes)"),
         ];
         if let Some((_, name)) = positive_counts.iter().find(|(value, _)| *value == 0) {
             return Err(ConfigError(format!("{name} must be at least 1")));
+        }
+        if !self.memory_state && self.state_dir.as_os_str().is_empty() {
+            return Err(ConfigError(
+                "STREAM_EXPORT_STATE_DIR (--state-dir) must name a directory (or pass --memory-state)".into(),
+            ));
         }
         if self.watch_poll_max < self.watch_poll_min {
             return Err(ConfigError(

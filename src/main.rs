@@ -10,7 +10,9 @@ use secrecy::SecretString;
 use stream_export::{
     client_cli,
     config::{ServeArgs, Settings, UpstreamSettings, parse_base_url},
-    emulator, startup, telemetry,
+    emulator, startup,
+    store::embedded::StateDirError,
+    telemetry,
 };
 use tokio::net::TcpListener;
 
@@ -155,7 +157,8 @@ fn report(outcome: anyhow::Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("stream-export: {error:#}");
-            ExitCode::FAILURE
+            // A state directory that cannot be used is a setting to fix, as a bad flag is.
+            if error.downcast_ref::<StateDirError>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::{
     net::TcpListener,
     signal::unix::{Signal, SignalKind},
@@ -17,11 +17,15 @@ use tonic::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    config::{Settings, TlsSettings, TransportSettings, UpstreamSettings},
+    config::{IdempotencySettings, Settings, StateSettings, TlsSettings, TransportSettings, UpstreamSettings},
     fleet::{Redis, members::Members},
     proto::{self, export_service_server::ExportServiceServer},
     service::{ExportApi, Stores, authorization::Policies, caller::CallerAuth},
-    store::{MemoryRegistry, MemoryStore, RedisRegistry, RedisSubmitStore, TaskRegistry},
+    store::{
+        MemoryRegistry, MemoryStore, RedisRegistry, RedisSubmitStore, TaskRegistry,
+        embedded::{EmbeddedRegistry, EmbeddedSubmitStore, StateDir},
+        pending::{KeptUntilStored, PENDING_CAPACITY},
+    },
     task_watch::{
         ChangeObserver, Coordination, WatchHub, WatchSettings, fleet_budget::FleetBudget, fleet_view::FleetView,
     },
@@ -53,6 +57,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         // First: until a SIGHUP handler is installed, SIGHUP ends the process.
         let hangups = listen_for_hangups();
+        warn_of_broken_promises(&settings);
         let UpstreamSettings::Remote { base_url, api_key, api_secret } = settings.upstream else {
             // The library never links the emulator into the service path: the binary starts it.
             anyhow::bail!("the embedded emulator is started by the stream-export binary (serve --emulator)");
@@ -67,6 +72,15 @@ impl Application {
         })
         .context("building the Stream API client")?;
         let credential_check = CredentialCheck::new(client.clone(), base_url, settings.upstream_timeout);
+        // The state first: a second process on the same directory stops here, before it binds.
+        let state = match (&settings.redis, &settings.state) {
+            (None, StateSettings::Dir(dir)) => {
+                let state = StateDir::open(dir)?;
+                tracing::info!(state_dir = %dir.display(), "state kept on disk");
+                Some(state)
+            }
+            _ => None,
+        };
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
         let redis = match &settings.redis {
@@ -80,17 +94,8 @@ impl Application {
                 Some(redis)
             }
         };
-        let capacity = settings.task_registry_capacity;
-        let stores = match redis.clone() {
-            None => Stores {
-                submits: Arc::new(MemoryStore::new(settings.idempotency.ttl, settings.idempotency.capacity)),
-                registry: Arc::new(MemoryRegistry::new(capacity)),
-            },
-            Some(redis) => Stores {
-                submits: Arc::new(RedisSubmitStore::new(redis.clone(), settings.idempotency.ttl)),
-                registry: Arc::new(RedisRegistry::new(redis, capacity)),
-            },
-        };
+        let stores =
+            stores(settings.idempotency, settings.task_registry_capacity, redis.clone(), state.as_ref(), &api_secret)?;
         let leaving_fleet = CancellationToken::new();
         let coordination = match redis {
             None => Coordination::solo(),
@@ -204,6 +209,96 @@ impl Application {
         result
     }
 }
+
+/// The stores of the mode: the fleet's Redis, the state directory, or memory (by choice).
+fn stores(
+    idempotency: IdempotencySettings,
+    registry_capacity: Option<usize>,
+    redis: Option<Redis>,
+    state: Option<&StateDir>,
+    api_secret: &SecretString,
+) -> anyhow::Result<Stores> {
+    let capacity = |default| registry_capacity.unwrap_or(default);
+    Ok(match (redis, state) {
+        (Some(redis), _) => Stores {
+            submits: Arc::new(RedisSubmitStore::new(redis.clone(), idempotency.ttl)),
+            registry: kept_until_stored(Arc::new(RedisRegistry::new(
+                redis.clone(),
+                capacity(MEMORY_REGISTRY_CAPACITY),
+            ))),
+            page_token_key: fleet_page_token_key(api_secret, &redis.key("registry", "tasks", "page-tokens")),
+        },
+        (None, Some(state)) => {
+            let submits = EmbeddedSubmitStore::new(state.db(), idempotency.ttl, idempotency.capacity)
+                .context("reading the idempotency records of the state directory")?;
+            Stores {
+                submits: Arc::new(submits),
+                registry: kept_until_stored(Arc::new(EmbeddedRegistry::new(
+                    state.db(),
+                    capacity(DISK_REGISTRY_CAPACITY),
+                ))),
+                page_token_key: state.page_token_key(),
+            }
+        }
+        (None, None) => {
+            tracing::warn!(
+                "state kept in memory only (--memory-state): a restart forgets every request_id and every task's \
+                 owner"
+            );
+            Stores {
+                submits: Arc::new(MemoryStore::new(idempotency.ttl, idempotency.capacity)),
+                registry: Arc::new(MemoryRegistry::new(capacity(MEMORY_REGISTRY_CAPACITY))),
+                // Tokens live as long as the registry they point into.
+                page_token_key: rand::random(),
+            }
+        }
+    })
+}
+
+/// A registry whose refused records are kept until it takes them: the export has started by
+/// then, and a lost record would lock its owner out under owner-based policies.
+fn kept_until_stored(registry: Arc<dyn TaskRegistry>) -> Arc<dyn TaskRegistry> {
+    Arc::new(KeptUntilStored::new(registry, PENDING_CAPACITY))
+}
+
+/// Says loudly at start-up when the configuration makes a promise the state cannot keep. What
+/// one process can see: policies with a memory-only registry (every restart locks owners out),
+/// and Kubernetes without Redis (replicas do not know each other's tasks or request ids).
+fn warn_of_broken_promises(settings: &Settings) {
+    let fleet = settings.redis.is_some();
+    if settings.policies.is_enforced() && !fleet && settings.state == StateSettings::Memory {
+        tracing::error!(
+            "--policy-file with --memory-state: the task registry is lost at every restart, and owner-based \
+             policies then refuse owners their own tasks; drop --memory-state (or use Redis)"
+        );
+    }
+    if !fleet && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        tracing::warn!(
+            "running in Kubernetes without Redis: if this Deployment has more than one replica, a task's owner \
+             may be refused by the replica that did not take the submit, and a retried request_id may start a \
+             second export there; set STREAM_EXPORT_REDIS_URL for more than one replica"
+        );
+    }
+}
+
+/// The page-token key of a fleet: every replica derives the same one from what they share (the
+/// API secret and the deployment's key namespace), so a token from one replica is good on
+/// another, and none is kept in Redis. Rotating the API secret ends the tokens given before.
+fn fleet_page_token_key(api_secret: &SecretString, namespace: &str) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(api_secret.expose_secret().as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+    mac.update(b"stream-export ListTasks page tokens\0");
+    mac.update(namespace.as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+/// The task registry's default capacity in memory and in Redis, which hold every record in RAM.
+const MEMORY_REGISTRY_CAPACITY: usize = 100_000;
+
+/// The task registry's default capacity on disk: large enough that records leave by their 60
+/// days, not by eviction, below about 33,000 submits a day.
+const DISK_REGISTRY_CAPACITY: usize = 2_000_000;
 
 /// The connections accepted on `listener`, with `TCP_NODELAY` set on each (TLS is layered on
 /// top of them, so it is covered too). Serving from our own bound listener skips tonic's

@@ -63,6 +63,8 @@ pub mod reason {
     pub const UPSTREAM_FAILING: &str = "UPSTREAM_FAILING";
     /// The replica has as many watch streams open as it allows.
     pub const WATCH_LIMIT_REACHED: &str = "WATCH_LIMIT_REACHED";
+    /// The caller already has as many `ListTasks` calls running as it may.
+    pub const LIST_LIMIT_REACHED: &str = "LIST_LIMIT_REACHED";
     /// No valid bearer token (caller authentication is on).
     pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
     /// The fleet's idempotency store (Redis) does not answer; the submit was not sent upstream.
@@ -185,6 +187,19 @@ pub fn watch_limit_reached(limit: usize) -> Status {
 /// caller may.
 pub fn caller_watch_limit_reached(limit: usize) -> Status {
     stream_limit_reached(reason::WATCH_LIMIT_REACHED, "watch-streams-per-caller", "watch streams of one caller", limit)
+}
+
+/// RESOURCE_EXHAUSTED, at once, when the caller already runs `limit` ListTasks calls: one
+/// caller's listings cannot take the registry from everyone else's reads.
+pub fn list_limit_reached(limit: usize) -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(DEFAULT_RETRY_DELAY));
+    let metadata = HashMap::from([("limit".to_owned(), limit.to_string())]);
+    details.set_error_info(reason::LIST_LIMIT_REACHED, DOMAIN, metadata);
+    details.add_quota_failure_violation(
+        "stream-export:list-calls-per-caller",
+        format!("at most {limit} concurrent ListTasks calls per caller"),
+    );
+    build(Code::ResourceExhausted, format!("too many ListTasks calls of this caller at once (limit {limit})"), details)
 }
 
 /// The one shape of the stream limits: `reason`, a quota violation on

@@ -15,7 +15,7 @@ mod forwarded_cert;
 mod revocation;
 pub mod validation;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use futures::FutureExt;
@@ -78,6 +78,10 @@ pub struct ExportApi {
     /// How many records each task's file has, once a read went to its end (a task's file never
     /// changes): a `start_index` past the end is refused without downloading the file again.
     record_counts: moka::sync::Cache<String, u64>,
+    /// The key that authenticates `ListTasks` page tokens.
+    page_token_key: Arc<[u8; 32]>,
+    /// `ListTasks` calls running, per caller.
+    listings: Arc<std::sync::Mutex<HashMap<String, usize>>>,
 }
 
 /// How many tasks' record counts are remembered.
@@ -98,6 +102,8 @@ impl ExportApi {
             read_streams: Arc::new(Semaphore::new(limits.reads.max_streams)),
             reads_ending: CancellationToken::new(),
             record_counts: moka::sync::Cache::new(RECORD_COUNTS_REMEMBERED),
+            page_token_key: Arc::new(stores.page_token_key),
+            listings: Arc::default(),
             limits,
         }
     }
@@ -220,11 +226,22 @@ pub struct Stores {
     pub submits: Arc<dyn SubmitStore>,
     /// The tasks submitted through the service.
     pub registry: Arc<dyn TaskRegistry>,
+    /// The key that authenticates `ListTasks` page tokens: kept with the state, so that a token
+    /// outlives a restart (and, in a fleet, shared by every replica).
+    pub page_token_key: [u8; 32],
 }
 
 /// The most records one `ListTasks` call reads from the registry: a caller who may see few
 /// tasks gets short pages (each with a token to go on) instead of a scan of every record.
-const LIST_SCAN_LIMIT: usize = 5_000;
+const LIST_SCAN_LIMIT: usize = 500;
+
+/// Most `ListTasks` calls of one caller at once: one caller's listings cannot take the
+/// registry from everyone else's reads.
+const LISTS_PER_CALLER: usize = 2;
+
+/// An owner no caller has: the policies' answer for it says whether a caller may read tasks
+/// that are not its own.
+const NOBODY: &str = "\u{0}stream-export:nobody";
 
 /// `ListTasks` page sizes: the default, and the most.
 const DEFAULT_PAGE_SIZE: usize = 50;
@@ -282,45 +299,115 @@ impl ExportApi {
     }
 
     /// One page of `ListTasks`: the records this caller may see (`GetTask` on each), newest first.
+    ///
+    /// A caller whom the policies let read only its own tasks pages through the registry's
+    /// owner index; others scan every record, at most [`LIST_SCAN_LIMIT`] per call. A page
+    /// token holds the position of the last record returned and how many records after it were
+    /// scanned and not shown: never another caller's task.
     async fn list_page(&self, caller: &Caller, request: &ListTasksRequest) -> Result<ListTasksResponse, Status> {
+        let _turn = ListingTurn::take(&self.listings, &caller.name)?;
         let size = match request.page_size {
             size if size < 0 => return Err(status::invalid_page("page_size", "must not be negative")),
             0 => DEFAULT_PAGE_SIZE,
             size => usize::try_from(size).unwrap_or(MAX_PAGE_SIZE).min(MAX_PAGE_SIZE),
         };
-        let mut after =
-            match request.page_token.as_str() {
-                "" => None,
-                token => Some(page_token::read(token, caller).ok_or_else(|| {
-                    status::invalid_page("page_token", "is not a token that ListTasks gave this caller")
-                })?),
-            };
+        let own_only = self.sees_only_own_tasks(caller);
+        let start = match request.page_token.as_str() {
+            "" => page_token::Position::default(),
+            token => page_token::read(token, caller, own_only, &self.page_token_key)
+                .ok_or_else(|| status::invalid_page("page_token", "is not a token that ListTasks gave this caller"))?,
+        };
+        let (mut returned, mut unshown) = (start.after.clone(), start.unshown);
+        let (mut read_from, mut to_skip) = (start.after, start.unshown);
         let mut tasks = Vec::new();
         let mut scanned = 0;
+        let token = |after: &Option<Cursor>, unshown| {
+            page_token::write(
+                &page_token::Position { after: after.clone(), unshown },
+                caller,
+                own_only,
+                &self.page_token_key,
+            )
+        };
         loop {
-            let batch_size = (size + 1).min(LIST_SCAN_LIMIT - scanned).max(1);
-            let batch =
-                self.registry.page(after.as_ref(), batch_size).await.map_err(|error| registry_failure(&error))?;
+            let batch_size = (size + 1 + to_skip).min(LIST_SCAN_LIMIT - scanned).max(1);
+            let batch = if own_only {
+                self.registry.page_of_owner(&caller.name, read_from.as_ref(), batch_size).await
+            } else {
+                self.registry.page(read_from.as_ref(), batch_size).await
+            };
+            let batch = batch.map_err(|error| registry_failure(&error))?;
             let exhausted = batch.len() < batch_size;
             for record in batch {
                 scanned += 1;
+                read_from = Some(Cursor::of(&record));
+                if to_skip > 0 {
+                    // Scanned by the previous page, and not shown there.
+                    to_skip -= 1;
+                    continue;
+                }
                 let visible =
                     self.policies.allows(caller, Action::GetTask, &task_resource(&record.task_id, Some(&record)));
-                if visible && tasks.len() == size {
+                if !visible {
+                    unshown += 1;
+                    continue;
+                }
+                if tasks.len() == size {
                     // One more visible task: the page is full and another follows.
-                    return Ok(ListTasksResponse { next_page_token: page_token::write(&after, caller), tasks });
+                    return Ok(ListTasksResponse { next_page_token: token(&returned, unshown), tasks });
                 }
-                after = Some(Cursor::of(&record));
-                if visible {
-                    tasks.push(record);
-                }
+                returned = Some(Cursor::of(&record));
+                unshown = 0;
+                tasks.push(record);
             }
             if exhausted {
                 return Ok(ListTasksResponse { tasks, next_page_token: String::new() });
             }
             if scanned >= LIST_SCAN_LIMIT {
                 // A short page; the caller goes on from where the scan stopped.
-                return Ok(ListTasksResponse { next_page_token: page_token::write(&after, caller), tasks });
+                return Ok(ListTasksResponse { next_page_token: token(&returned, unshown), tasks });
+            }
+        }
+    }
+
+    /// Whether the policies let `caller` read only tasks of particular owners (its own, in the
+    /// usual owner-based policies), so that its listing can use the owner index: they refuse it
+    /// a task of an owner no caller has, whatever its RPC.
+    fn sees_only_own_tasks(&self, caller: &Caller) -> bool {
+        self.policies.is_enforced()
+            && [Some("ExportChannels"), Some("ExportUsers")].into_iter().all(|rpc| {
+                let nobodys = Resource::Task { id: "", owner: Some(NOBODY), rpc };
+                !self.policies.allows(caller, Action::GetTask, &nobodys)
+            })
+    }
+}
+
+/// A caller's turn among its [`LISTS_PER_CALLER`] concurrent `ListTasks` calls, given back
+/// when dropped.
+struct ListingTurn {
+    listings: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    caller: String,
+}
+
+impl ListingTurn {
+    fn take(listings: &Arc<std::sync::Mutex<HashMap<String, usize>>>, caller: &str) -> Result<Self, Status> {
+        let mut running = listings.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = running.entry(caller.to_owned()).or_default();
+        if *count >= LISTS_PER_CALLER {
+            return Err(status::list_limit_reached(LISTS_PER_CALLER));
+        }
+        *count += 1;
+        Ok(Self { listings: Arc::clone(listings), caller: caller.to_owned() })
+    }
+}
+
+impl Drop for ListingTurn {
+    fn drop(&mut self) {
+        let mut running = self.listings.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = running.get_mut(&self.caller) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                running.remove(&self.caller);
             }
         }
     }
@@ -341,35 +428,89 @@ fn registry_failure(error: &StoreError) -> Status {
     status::task_registry_unavailable()
 }
 
-/// `ListTasks` page tokens: the position of the last record a page returned, bound to the
-/// caller (a digest of its name), so that a token is only good for the caller it was given to.
-/// Opaque to clients (hex); not a secret: it only says where a listing stopped.
+/// `ListTasks` page tokens: the position of the last record a page returned to this caller and
+/// how many records after it were scanned and not shown, authenticated (HMAC-SHA-256, with the
+/// server's key) together with the caller's name and the listing's kind: a token cannot be
+/// forged, altered, or used by another caller. Opaque to clients (hex).
 mod page_token {
-    use sha2::{Digest, Sha256};
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
 
     use super::{Caller, Cursor};
 
-    const VERSION: &str = "v1";
+    const VERSION: &str = "v2";
 
-    fn caller_digest(caller: &Caller) -> String {
-        hex::encode(&Sha256::digest(caller.name.as_bytes())[..8])
+    /// Bytes of the tag kept in a token.
+    const TAG_BYTES: usize = 16;
+
+    /// Where a listing goes on.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct Position {
+        /// The last record returned (`None`: none yet).
+        pub after: Option<Cursor>,
+        /// Records after it that were scanned and not shown.
+        pub unshown: usize,
     }
 
-    /// The token that continues after `after` (empty when there is no position).
-    pub fn write(after: &Option<Cursor>, caller: &Caller) -> String {
-        after.as_ref().map_or_else(String::new, |after| {
-            hex::encode(format!("{VERSION}|{}|{}|{}", caller_digest(caller), after.created_micros, after.task_id))
-        })
+    /// The MAC of a token's payload (`None` never happens: HMAC takes keys of any length).
+    fn mac(key: &[u8; 32], caller: &Caller, own_only: bool, payload: &str) -> Option<Hmac<Sha256>> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).ok()?;
+        mac.update(caller.name.as_bytes());
+        mac.update(&[0, u8::from(own_only)]);
+        mac.update(payload.as_bytes());
+        Some(mac)
     }
 
-    /// The position in a token, if it is one of this caller's.
-    pub fn read(token: &str, caller: &Caller) -> Option<Cursor> {
-        let text = String::from_utf8(hex::decode(token).ok()?).ok()?;
-        let mut fields = text.splitn(4, '|');
-        let (version, digest, micros, task_id) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
-        (version == VERSION && digest == caller_digest(caller))
-            .then(|| Some(Cursor { created_micros: micros.parse().ok()?, task_id: task_id.to_owned() }))
-            .flatten()
+    /// The token that continues at `position` (empty when there is nothing to continue).
+    pub fn write(position: &Position, caller: &Caller, own_only: bool, key: &[u8; 32]) -> String {
+        let (micros, task_id) =
+            position.after.as_ref().map_or((String::new(), ""), |at| (at.created_micros.to_string(), &at.task_id));
+        let payload = format!("{VERSION}|{}|{micros}|{task_id}", position.unshown);
+        let Some(mac) = mac(key, caller, own_only, &payload) else { return String::new() };
+        let tag = mac.finalize().into_bytes();
+        format!("{}.{}", hex::encode(payload), hex::encode(&tag[..TAG_BYTES]))
+    }
+
+    /// The position in a token, if this server gave it to this caller for this kind of listing.
+    pub fn read(token: &str, caller: &Caller, own_only: bool, key: &[u8; 32]) -> Option<Position> {
+        let (payload, tag) = token.split_once('.')?;
+        let payload = String::from_utf8(hex::decode(payload).ok()?).ok()?;
+        let tag = hex::decode(tag).ok()?;
+        (tag.len() == TAG_BYTES).then_some(())?;
+        mac(key, caller, own_only, &payload)?.verify_truncated_left(&tag).ok()?;
+        let mut fields = payload.splitn(4, '|');
+        let (version, unshown, micros, task_id) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+        (version == VERSION).then_some(())?;
+        let after = match micros {
+            "" => None,
+            micros => Some(Cursor { created_micros: micros.parse().ok()?, task_id: task_id.to_owned() }),
+        };
+        Some(Position { after, unshown: unshown.parse().ok()? })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn caller(name: &str) -> Caller {
+            Caller { name: name.into(), source: crate::service::caller::CallerSource::Token }
+        }
+
+        #[test]
+        fn a_token_is_good_only_for_its_caller_its_kind_of_listing_and_this_key() {
+            let key = [7u8; 32];
+            let at = Position { after: Some(Cursor { created_micros: 42, task_id: "t".into() }), unshown: 3 };
+            let token = write(&at, &caller("a"), false, &key);
+            assert_eq!(read(&token, &caller("a"), false, &key), Some(at.clone()));
+            assert_eq!(read(&token, &caller("b"), false, &key), None, "another caller");
+            assert_eq!(read(&token, &caller("a"), true, &key), None, "another kind of listing");
+            assert_eq!(read(&token, &caller("a"), false, &[8u8; 32]), None, "another server key");
+            let (payload, tag) = token.split_once('.').unwrap();
+            let forged = hex::encode(String::from_utf8(hex::decode(payload).unwrap()).unwrap().replace("|3|", "|0|"));
+            assert_eq!(read(&format!("{forged}.{tag}"), &caller("a"), false, &key), None, "altered");
+            let start = Position::default();
+            assert_eq!(read(&write(&start, &caller("a"), false, &key), &caller("a"), false, &key), Some(start));
+        }
     }
 }
 

@@ -6,9 +6,12 @@
 //! backs with a shared engine, each with an in-memory implementation as the single-process
 //! default, and one error type ([`StoreError`]) that the handlers map to statuses once.
 //! Today: the [`SubmitStore`] (idempotent submits) and the [`TaskRegistry`] (who submitted
-//! which task), each in memory or in the fleet's Redis.
+//! which task), each in one process's state directory on disk ([`embedded`], the default), in
+//! memory (by choice), or in the fleet's Redis.
 
+pub mod embedded;
 mod memory;
+pub mod pending;
 mod redis_registry;
 mod redis_submit;
 pub mod registry;

@@ -4,12 +4,15 @@
 //! `<create time in µs, 20 digits>|<task id>` (all with score 0, so that their lexical order is
 //! the time order and a page is one `ZREVRANGEBYLEX`), and `records`, a hash from task id to the
 //! record (protobuf). Recording trims records past the retention and the capacity, oldest first.
+//! Per owner, a third key, `owner:<digest>`, indexes that owner's members the same way; it is
+//! trimmed by the retention only, and a page skips members whose record went past the capacity.
 
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use prost::Message;
 use redis::Script;
+use sha2::{Digest, Sha256};
 
 use super::{
     StoreError,
@@ -26,6 +29,8 @@ static RECORD: LazyLock<Script> = LazyLock::new(|| {
         r"
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end
 redis.call('ZADD', KEYS[1], 0, ARGV[1])
+redis.call('ZADD', KEYS[3], 0, ARGV[1])
+redis.call('ZREMRANGEBYLEX', KEYS[3], '-', '(' .. ARGV[5])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 local gone = redis.call('ZRANGEBYLEX', KEYS[1], '-', '(' .. ARGV[5], 'LIMIT', 0, 100)
 local excess = redis.call('ZCARD', KEYS[1]) - #gone - tonumber(ARGV[4])
@@ -75,6 +80,12 @@ impl RedisRegistry {
         Self { redis, capacity: capacity.max(1), index, records }
     }
 
+    /// The index key of `owner`'s records (a digest: any caller name fits a key).
+    fn owner_index(&self, owner: &str) -> String {
+        let digest = Sha256::digest(owner.as_bytes());
+        self.redis.key("registry", "tasks", &format!("owner:{}", hex::encode(&digest[..16])))
+    }
+
     async fn read(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
         let mut connection = self.redis.connection().await?;
         let found: Option<Vec<u8>> = self
@@ -100,6 +111,7 @@ impl TaskRegistry for RedisRegistry {
         let mut invocation = RECORD.key(&self.index);
         invocation
             .key(&self.records)
+            .key(self.owner_index(&record.owner))
             .arg(member(&Cursor::of(&record)))
             .arg(&record.task_id)
             .arg(record.encode_to_vec())
@@ -126,8 +138,24 @@ impl TaskRegistry for RedisRegistry {
     }
 
     async fn page(&self, after: Option<&Cursor>, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
+        self.page_of(&self.index, after, limit).await
+    }
+
+    async fn page_of_owner(
+        &self,
+        owner: &str,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        self.page_of(&self.owner_index(owner), after, limit).await
+    }
+}
+
+impl RedisRegistry {
+    /// A page of the index `index`.
+    async fn page_of(&self, index: &str, after: Option<&Cursor>, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
         let below = after.map_or_else(|| "+".to_owned(), |cursor| format!("({}", member(cursor)));
-        let mut invocation = PAGE.key(&self.index);
+        let mut invocation = PAGE.key(index);
         invocation.key(&self.records).arg(below).arg(limit);
         let records: Vec<Vec<u8>> = self.redis.eval("EVALSHA registry.page", &invocation).await?;
         Ok(records.iter().filter_map(|bytes| TaskRecord::decode(bytes.as_slice()).ok()).collect())

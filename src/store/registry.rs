@@ -8,7 +8,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -55,6 +55,15 @@ pub trait TaskRegistry: Send + Sync + std::fmt::Debug + 'static {
 
     /// Up to `limit` records, newest first, starting after `after` (from the newest when `None`).
     async fn page(&self, after: Option<&Cursor>, limit: usize) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// [`TaskRegistry::page`] of `owner`'s records only (an index: most policies are
+    /// owner-based, and a caller's listing should not scan everyone's tasks).
+    async fn page_of_owner(
+        &self,
+        owner: &str,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<TaskRecord>, StoreError>;
 }
 
 /// Sets a record's last observed state.
@@ -63,7 +72,8 @@ pub fn note_observed(record: &mut TaskRecord, task: &Task, at: DateTime<Utc>) {
     record.observe_time = Some(timestamp(at));
 }
 
-/// The registry of one replica, in memory.
+/// The registry of one replica, in memory. Records are shared (`Arc`), so that a page or a
+/// read copies them after the lock is released, never under it.
 #[derive(Debug)]
 pub struct MemoryRegistry {
     capacity: usize,
@@ -73,7 +83,27 @@ pub struct MemoryRegistry {
 #[derive(Debug, Default)]
 struct Records {
     order: BTreeSet<Cursor>,
-    by_id: HashMap<String, TaskRecord>,
+    by_owner: HashMap<String, BTreeSet<Cursor>>,
+    by_id: HashMap<String, Arc<TaskRecord>>,
+}
+
+impl Records {
+    fn remove(&mut self, at: &Cursor) {
+        self.order.remove(at);
+        if let Some(record) = self.by_id.remove(&at.task_id)
+            && let Some(owned) = self.by_owner.get_mut(&record.owner)
+        {
+            owned.remove(at);
+            if owned.is_empty() {
+                self.by_owner.remove(&record.owner);
+            }
+        }
+    }
+}
+
+/// Deep copies of shared records, made once the lock is released.
+fn copies(shared: Vec<Arc<TaskRecord>>) -> Vec<TaskRecord> {
+    shared.into_iter().map(Arc::unwrap_or_clone).collect()
 }
 
 impl MemoryRegistry {
@@ -99,32 +129,59 @@ impl TaskRegistry for MemoryRegistry {
             if oldest.created_micros >= cutoff && records.order.len() < self.capacity {
                 break;
             }
-            records.order.pop_first();
-            records.by_id.remove(&oldest.task_id);
+            records.remove(&oldest);
         }
-        records.order.insert(Cursor::of(&record));
-        records.by_id.insert(record.task_id.clone(), record);
+        let at = Cursor::of(&record);
+        records.order.insert(at.clone());
+        records.by_owner.entry(record.owner.clone()).or_default().insert(at);
+        records.by_id.insert(record.task_id.clone(), Arc::new(record));
         Ok(())
     }
 
     async fn get(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
-        Ok(self.lock().by_id.get(task_id).cloned())
+        let shared = self.lock().by_id.get(task_id).cloned();
+        Ok(shared.map(Arc::unwrap_or_clone))
     }
 
     async fn observed(&self, task: &Task, at: DateTime<Utc>) -> Result<(), StoreError> {
-        if let Some(record) = self.lock().by_id.get_mut(&task.task_id) {
-            note_observed(record, task, at);
+        let Some(shared) = self.lock().by_id.get(&task.task_id).cloned() else { return Ok(()) };
+        // Changed outside the lock, then put back unless the record left meanwhile.
+        let mut record = Arc::unwrap_or_clone(shared);
+        note_observed(&mut record, task, at);
+        if let Some(kept) = self.lock().by_id.get_mut(&task.task_id) {
+            *kept = Arc::new(record);
         }
         Ok(())
     }
 
     async fn page(&self, after: Option<&Cursor>, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
-        let records = self.lock();
-        let older = match after {
-            Some(after) => records.order.range(..after),
-            None => records.order.range(..),
+        let shared: Vec<Arc<TaskRecord>> = {
+            let records = self.lock();
+            let older = match after {
+                Some(after) => records.order.range(..after),
+                None => records.order.range(..),
+            };
+            older.rev().take(limit).filter_map(|at| records.by_id.get(&at.task_id).cloned()).collect()
         };
-        Ok(older.rev().take(limit).filter_map(|at| records.by_id.get(&at.task_id).cloned()).collect())
+        Ok(copies(shared))
+    }
+
+    async fn page_of_owner(
+        &self,
+        owner: &str,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let shared: Vec<Arc<TaskRecord>> = {
+            let records = self.lock();
+            let Some(owned) = records.by_owner.get(owner) else { return Ok(Vec::new()) };
+            let older = match after {
+                Some(after) => owned.range(..after),
+                None => owned.range(..),
+            };
+            older.rev().take(limit).filter_map(|at| records.by_id.get(&at.task_id).cloned()).collect()
+        };
+        Ok(copies(shared))
     }
 }
 
@@ -153,5 +210,21 @@ mod tests {
         let next = registry.page(Some(&Cursor::of(&first[1])), 2).await.unwrap();
         assert_eq!(ids(&next), ["b"], "a went past the capacity; b kept its first record");
         assert!(registry.get("a").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_owner_pages_through_its_own_records_only() {
+        let registry = MemoryRegistry::new(3);
+        for (number, (id, owner)) in [("a", "x"), ("b", "y"), ("c", "x"), ("d", "x")].iter().enumerate() {
+            let mut record = record(id, number as i64);
+            record.owner = (*owner).into();
+            registry.record(record).await.unwrap();
+        }
+        let mine = registry.page_of_owner("x", None, 10).await.unwrap();
+        assert_eq!(ids(&mine), ["d", "c"], "a went past the capacity, from the owner's index too");
+        let next = registry.page_of_owner("x", Some(&Cursor::of(&mine[0])), 10).await.unwrap();
+        assert_eq!(ids(&next), ["c"]);
+        assert_eq!(ids(&registry.page_of_owner("y", None, 10).await.unwrap()), ["b"]);
+        assert!(registry.page_of_owner("z", None, 10).await.unwrap().is_empty());
     }
 }

@@ -14,7 +14,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use serde_json::{Value, json};
 use stream_export::{
-    config::{Settings, UpstreamSettings, parse_base_url},
+    config::{Settings, StateSettings, UpstreamSettings, parse_base_url},
     emulator::EmulatorConfig,
     proto::export_service_client::ExportServiceClient,
     startup::Application,
@@ -101,6 +101,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         api_secret: options.service_secret.into(),
     };
     let mut settings = Settings::new("127.0.0.1:0".parse().unwrap(), upstream);
+    // In-process services share the test binary: each keeps its state in memory (a tweak may
+    // give it a state directory of its own).
+    settings.state = StateSettings::Memory;
     settings.upstream_connect_timeout = Duration::from_secs(2);
     settings.upstream_timeout = options.upstream_timeout;
     settings.watch = options.watch;

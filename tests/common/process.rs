@@ -2,6 +2,7 @@
 
 use std::{
     io::{BufRead, BufReader},
+    path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -16,6 +17,13 @@ pub struct ServiceProcess {
     /// The gRPC port.
     pub port: u16,
     log: Arc<Mutex<Vec<String>>>,
+    /// The state directory this helper made for the process (removed with it).
+    own_state_dir: Option<PathBuf>,
+}
+
+/// A fresh, empty state directory under the temporary directory.
+pub fn scratch_state_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("stream-export-test-state-{}", uuid::Uuid::new_v4()))
 }
 
 /// A free loopback port.
@@ -26,15 +34,23 @@ pub fn free_port() -> u16 {
 impl ServiceProcess {
     /// Starts `stream-export serve --listen 127.0.0.1:<free port> <args>` with only `env` (its
     /// log goes to a pipe: no colour, as `tests/process/telemetry.rs` checks).
+    ///
+    /// Unless `args` or `env` choose where the state goes, the process gets a state directory of
+    /// its own, so that tests running in parallel never share one.
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
         Self::start_on(free_port(), args, env)
     }
 
-    /// [`ServiceProcess::start`] on a given port (a replacement for one that was killed).
+    /// [`ServiceProcess::start`] on a given port (a restart on the same address).
     pub fn start_on(port: u16, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let chooses_state = args.iter().any(|arg| arg.starts_with("--state-dir") || *arg == "--memory-state")
+            || env.iter().any(|(name, _)| *name == "STREAM_EXPORT_STATE_DIR" || *name == "STREAM_EXPORT_MEMORY_STATE");
+        let own_state_dir = (!chooses_state).then(scratch_state_dir);
+        let state_args = own_state_dir.iter().flat_map(|dir| ["--state-dir".into(), dir.display().to_string()]);
         let mut child = Command::new(env!("CARGO_BIN_EXE_stream-export"))
             .arg("serve")
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(state_args)
             .args(args)
             .env_clear()
             .envs(env.iter().copied())
@@ -57,7 +73,7 @@ impl ServiceProcess {
                 }
             });
         }
-        Self { child, port, log }
+        Self { child, port, log, own_state_dir }
     }
 
     /// The service's URL.
@@ -96,6 +112,11 @@ impl ServiceProcess {
         let _ = self.child.wait();
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGHUP (reload the policy file).
     pub fn hang_up(&self) {
         let status = Command::new("kill").args(["-HUP", &self.child.id().to_string()]).status().unwrap();
@@ -130,5 +151,8 @@ impl Drop for ServiceProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.own_state_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

@@ -49,10 +49,15 @@ fn missing_or_bad_settings_exit_2_naming_the_setting() {
 #[tokio::test]
 async fn serve_with_the_embedded_emulator_is_healthy() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // As in a fresh clone: no state flag, so the default state directory, under the working
+    // directory.
+    let fresh_clone = crate::common::process::scratch_state_dir();
+    std::fs::create_dir_all(&fresh_clone).unwrap();
     let mut child = Command::new(BIN)
         // On every interface, as in a container: the emulator's control endpoints must still be
         // reachable from this host only.
         .args(["serve", "--emulator", "--listen", &format!("0.0.0.0:{port}")])
+        .current_dir(&fresh_clone)
         .env_clear()
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
@@ -91,6 +96,11 @@ async fn serve_with_the_embedded_emulator_is_healthy() {
     assert!(serving, "the service never reported SERVING; log:\n{log}");
     assert!(exited.is_some_and(|s| s.success()), "SIGTERM ends the process cleanly; log:\n{log}");
     assert!(log.contains("emulator"), "the log says the embedded emulator is in use:\n{log}");
+    assert!(
+        fresh_clone.join("stream-export-data").join("state.redb").is_file(),
+        "the default state directory is made where the service runs; log:\n{log}"
+    );
+    let _ = std::fs::remove_dir_all(&fresh_clone);
     let emulator_url = log
         .lines()
         .find(|line| line.contains("emulator started"))

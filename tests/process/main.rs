@@ -15,5 +15,6 @@ mod fleet_watch;
 mod policies;
 mod proxy;
 mod security;
+mod state;
 mod telemetry;
 mod traces;

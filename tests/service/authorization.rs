@@ -291,3 +291,56 @@ async fn every_spelling_of_a_task_id_shares_one_poller() {
     assert_eq!(app.hub.watched_tasks(), 1, "one poller for one task, however its id is spelled");
     app.stop().await;
 }
+
+/// ListTasks page tokens (issue 30): a token holds the position of a record the caller was
+/// shown, never that of a task it may not read, and it is authenticated: altered, it is refused.
+#[tokio::test]
+async fn list_tasks_page_tokens_hold_only_what_the_caller_was_shown_and_cannot_be_altered() {
+    const AUDITOR: &str = "auditor-token-0123456789";
+    let dir = std::env::temp_dir().join(format!("stream-export-list-tokens-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tokens"), format!("analytics {ANALYTICS}\nprivacy {PRIVACY}\nauditor {AUDITOR}\n"))
+        .unwrap();
+    std::fs::write(
+        dir.join("policies.cedar"),
+        r#"
+permit (principal, action in [Action::"ExportChannels", Action::"ExportUsers", Action::"ListTasks"], resource);
+permit (principal == Caller::"auditor", action == Action::"GetTask", resource)
+when { resource has rpc && resource.rpc == "ExportUsers" };
+"#,
+    )
+    .unwrap();
+    let table = TokenTable::load(&dir.join("tokens")).unwrap();
+    let policies = Policies::load(&dir.join("policies.cedar")).unwrap();
+    let app = spawn_app_with(Options {
+        tweak: Some(Box::new(move |settings| {
+            settings.auth = CallerAuth { tokens: Some(std::sync::Arc::new(table)), trust_forwarded_client_cert: false };
+            settings.policies = policies;
+        })),
+        ..Options::default()
+    })
+    .await;
+    let users = || ExportUsersRequest { user_ids: vec![KNOWN_USER.into()], ..Default::default() };
+    let export_users = || async { app.client.clone().export_users(as_caller(PRIVACY, users())).await.unwrap() };
+    let older = export_users().await.into_inner().task_id;
+    let mut hidden = Vec::new();
+    for _ in 0..3 {
+        let request = channels(&["livestream:launch"], ExportFormatVersion::V2);
+        hidden.push(export_channels(&app, ANALYTICS, request).await.expect("permitted"));
+    }
+    let newer = export_users().await.into_inner().task_id;
+
+    let (first, token) = list(&app, AUDITOR, 1, "").await.unwrap();
+    assert_eq!(first.iter().map(|t| t.task_id.as_str()).collect::<Vec<_>>(), [newer.as_str()]);
+    let (payload, tag) = token.split_once('.').expect("payload.tag");
+    let payload = String::from_utf8(hex::decode(payload).unwrap()).unwrap();
+    assert!(hidden.iter().all(|id| !payload.contains(id.as_str())), "a task the caller may not read: {payload}");
+    let (second, _) = list(&app, AUDITOR, 1, &token).await.unwrap();
+    assert_eq!(second.iter().map(|t| t.task_id.as_str()).collect::<Vec<_>>(), [older.as_str()]);
+
+    let altered = hex::encode(payload.replacen(&newer, &hidden[0], 1));
+    let refused = list(&app, AUDITOR, 1, &format!("{altered}.{tag}")).await.expect_err("an altered token");
+    assert_status(&refused, Code::InvalidArgument, "INVALID_REQUEST");
+    let _ = std::fs::remove_dir_all(&dir);
+    app.stop().await;
+}

@@ -80,6 +80,7 @@ async fn tls_connections_do_not_wait_for_delayed_acks_either() {
         api_secret: API_SECRET.into(),
     };
     let mut settings = Settings::new("127.0.0.1:0".parse().unwrap(), upstream);
+    settings.state = stream_export::config::StateSettings::Memory;
     settings.transport.tls = Some(TlsSettings {
         cert_pem: cert.pem().into_bytes(),
         key_pem: key.serialize_pem().into_bytes().into(),
