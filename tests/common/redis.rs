@@ -2,6 +2,7 @@
 //! persistence off, and stops it by PID (`.ci/run` installs the Debian package).
 
 use std::{
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -14,12 +15,43 @@ pub struct RedisServer {
     /// Its port.
     pub port: u16,
     password: Option<String>,
+    /// More `redis-server` arguments (settings), given at every start.
+    settings: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts one on a free port, with `requirepass` when `password` is given.
     pub async fn start(password: Option<&str>) -> Self {
-        let mut server = Self { child: None, port: free_port(), password: password.map(str::to_owned) };
+        Self::start_with(password, &[]).await
+    }
+
+    /// [`RedisServer::start`] with more `redis-server` arguments (`["--maxmemory", "1"]`).
+    pub async fn start_with(password: Option<&str>, settings: &[&str]) -> Self {
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            password: password.map(str::to_owned),
+            settings: settings.iter().map(|setting| (*setting).to_owned()).collect(),
+        };
+        server.restart().await;
+        server
+    }
+
+    /// One that speaks TLS only (on [`RedisServer::port`]), with the certificate and key given
+    /// as PEM files, and no client certificate asked for.
+    pub async fn start_tls(password: Option<&str>, certificate: &Path, key: &Path) -> Self {
+        let port = free_port();
+        let (certificate, key) = (certificate.display().to_string(), key.display().to_string());
+        let mut server = Self {
+            child: None,
+            port,
+            password: password.map(str::to_owned),
+            settings: ["--port", "0", "--tls-port", &port.to_string(), "--tls-cert-file", &certificate]
+                .into_iter()
+                .chain(["--tls-key-file", &key, "--tls-auth-clients", "no"])
+                .map(str::to_owned)
+                .collect(),
+        };
         server.restart().await;
         server
     }
@@ -49,6 +81,7 @@ impl RedisServer {
         if let Some(password) = &self.password {
             command.args(["--requirepass", password]);
         }
+        command.args(&self.settings);
         let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
