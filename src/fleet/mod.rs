@@ -25,6 +25,8 @@ use std::{
 use redis::{
     ErrorKind, RedisError, RedisFuture, ServerErrorKind, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
 };
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -49,8 +51,10 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Where the fleet's Redis is and how its keys are named.
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
-    /// `redis://` or `rediss://` (TLS), user and password in the URL. Secret: it may hold a
-    /// password.
+    /// `redis://` or `rediss://` (TLS), user and password in the URL; a Redis Cluster as
+    /// `redis+cluster://` (`rediss+cluster://`) with one or more nodes, comma-separated
+    /// (`redis+cluster://:pw@h1:6379,h2:6379`), or any URL with several nodes. Secret: it may
+    /// hold a password.
     pub url: SecretString,
     /// Put before every key, to share one Redis between deployments (may be empty).
     pub key_prefix: String,
@@ -60,7 +64,7 @@ pub struct RedisSettings {
 /// deployment's keys. Cheap to clone.
 #[derive(Clone)]
 pub struct Redis {
-    client: redis::Client,
+    client: Client,
     /// The state of the connection. Only ever locked for a moment (never across an await):
     /// connecting happens in a task of its own, so calls never queue behind a connect.
     link: Arc<watch::Sender<Link>>,
@@ -83,7 +87,23 @@ enum Link {
     /// An attempt is under way (one at a time).
     Connecting,
     /// Connected (the manager reconnects by itself from now on).
-    Connected(ConnectionManager),
+    Connected(Handle),
+}
+
+/// One Redis, or a Redis Cluster.
+#[derive(Clone)]
+#[expect(clippy::large_enum_variant, reason = "one per process, cloned only to connect")]
+enum Client {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+/// A connection to one Redis (its manager), or to a Redis Cluster (which follows `MOVED` and
+/// `ASK`, and reconnects by itself). Cheap to clone.
+#[derive(Clone)]
+enum Handle {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
 }
 
 /// What the calls taught about Redis: whether it is out, and when each kind of refused
@@ -96,6 +116,8 @@ struct Health {
     refusals_logged: std::sync::Mutex<HashMap<String, Instant>>,
     /// Whether the URL asks for TLS (`rediss://`): then a failed connect may be a handshake.
     tls: bool,
+    /// The URL's password, kept out of the words of errors.
+    password: Option<String>,
 }
 
 impl Redis {
@@ -104,13 +126,32 @@ impl Redis {
     /// Redis without mixing their data.
     pub fn new(settings: &RedisSettings, api_key: &str) -> Result<Self, String> {
         let url = settings.url.expose_secret();
-        let client = redis::Client::open(url).map_err(|error| format!("invalid Redis URL ({:?})", error.kind()))?;
+        let invalid = |error: RedisError| format!("invalid Redis URL ({:?})", error.kind());
+        let (client, first) = match cluster_nodes(url) {
+            None => {
+                let client = redis::Client::open(url).map_err(invalid)?;
+                let first = client.get_connection_info().clone();
+                (Client::Single(client), first)
+            }
+            Some(nodes) => {
+                let Some(node) = nodes.first() else { return Err("invalid Redis URL (no cluster node)".to_owned()) };
+                let first = redis::IntoConnectionInfo::into_connection_info(node.as_str()).map_err(invalid)?;
+                let client = ClusterClient::builder(nodes)
+                    .connection_timeout(CALL_TIMEOUT)
+                    .response_timeout(CALL_TIMEOUT)
+                    .build()
+                    .map_err(invalid)?;
+                (Client::Cluster(client), first)
+            }
+        };
+        let password = first.redis_settings().password().filter(|password| !password.is_empty()).map(str::to_owned);
+        let tls = url.starts_with("rediss");
         let app = hex::encode(&Sha256::digest(api_key.as_bytes())[..8]);
         Ok(Self {
             client,
             link: Arc::new(watch::Sender::new(Link::Idle { retry_at: None, why: String::new() })),
             namespace: format!("{}stream-export:{app}", settings.key_prefix).into(),
-            health: Arc::new(Health { tls: url.starts_with("rediss:"), ..Health::default() }),
+            health: Arc::new(Health { tls, password, ..Health::default() }),
         })
     }
 
@@ -125,17 +166,17 @@ impl Redis {
     /// attempt the next one waits [`CALL_TIMEOUT`]: meanwhile calls fail at once.
     pub async fn connection(&self) -> Result<Connection, Unavailable> {
         let deadline = Instant::now() + CALL_TIMEOUT;
-        let manager = self.connected_by(deadline).await?;
-        Ok(Connection { manager, deadline })
+        let handle = self.connected_by(deadline).await?;
+        Ok(Connection { handle, deadline })
     }
 
     /// The connection manager, waiting for a connect under way (or starting one) until
     /// `deadline` at most.
-    async fn connected_by(&self, deadline: Instant) -> Result<ConnectionManager, Unavailable> {
+    async fn connected_by(&self, deadline: Instant) -> Result<Handle, Unavailable> {
         let mut changes = self.link.subscribe();
         loop {
             let failed_for = match &*changes.borrow_and_update() {
-                Link::Connected(manager) => return Ok(manager.clone()),
+                Link::Connected(handle) => return Ok(handle.clone()),
                 Link::Connecting => None,
                 Link::Idle { retry_at, why } => retry_at.filter(|at| Instant::now() < *at).map(|_| why.clone()),
             };
@@ -165,27 +206,32 @@ impl Redis {
 
     /// One connect attempt, at most [`CALL_TIMEOUT`] long.
     async fn connect(self) {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(1);
         let deadline = Instant::now() + CALL_TIMEOUT;
         // The manager connects lazily: a PING makes the connection (and its TLS handshake and
         // authentication) now, so that a failure is seen here, not by the calls.
         let connect = async {
-            let manager = ConnectionManager::new_with_config(self.client.clone(), config).await?;
-            let mut connection = Connection { manager, deadline };
+            let handle = match &self.client {
+                Client::Single(client) => {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(CALL_TIMEOUT))
+                        .set_response_timeout(Some(CALL_TIMEOUT))
+                        .set_number_of_retries(1);
+                    Handle::Single(ConnectionManager::new_with_config(client.clone(), config).await?)
+                }
+                Client::Cluster(client) => Handle::Cluster(client.get_async_connection().await?),
+            };
+            let mut connection = Connection { handle, deadline };
             redis::cmd("PING").query_async::<()>(&mut connection).await?;
-            Ok(connection.manager)
+            Ok(connection.handle)
         };
         let connected = tokio::time::timeout_at(deadline, connect)
             .await
             .unwrap_or_else(|_| Err(timed_out("connecting to Redis timed out")));
         match connected {
-            Ok(manager) => {
-                self.link.send_replace(Link::Connected(manager.clone()));
+            Ok(handle) => {
+                self.link.send_replace(Link::Connected(handle.clone()));
                 if !self.health.checked.swap(true, Ordering::Relaxed) {
-                    tokio::spawn(check_eviction_policy(manager));
+                    tokio::spawn(check_eviction_policy(handle));
                 }
             }
             Err(error) => {
@@ -293,7 +339,10 @@ impl Redis {
     /// A failed connect in words that never hold the URL: a TLS handshake that failed says so.
     fn describe_connect_failure(&self, error: &RedisError) -> String {
         if self.health.tls && error.kind() == ErrorKind::Io && is_tls_failure(error) {
-            return format!("TLS handshake with Redis failed: {}", scrub(&error.to_string(), &self.client));
+            return format!(
+                "TLS handshake with Redis failed: {}",
+                scrub(&error.to_string(), self.health.password.as_deref())
+            );
         }
         match error.kind() {
             ErrorKind::AuthenticationFailed => "Redis refused the credentials".to_owned(),
@@ -306,7 +355,7 @@ impl Redis {
 /// The connection of one call (see [`Redis::connection`]): the commands sent on it fail once
 /// the call's deadline has passed.
 pub struct Connection {
-    manager: ConnectionManager,
+    handle: Handle,
     deadline: Instant,
 }
 
@@ -323,7 +372,11 @@ impl Connection {
 
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, command: &'a redis::Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(Self::by_deadline(self.deadline, self.manager.req_packed_command(command)))
+        let answer = match &mut self.handle {
+            Handle::Single(manager) => manager.req_packed_command(command),
+            Handle::Cluster(cluster) => cluster.req_packed_command(command),
+        };
+        Box::pin(Self::by_deadline(self.deadline, answer))
     }
 
     fn req_packed_commands<'a>(
@@ -332,11 +385,18 @@ impl ConnectionLike for Connection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(Self::by_deadline(self.deadline, self.manager.req_packed_commands(pipeline, offset, count)))
+        let answers = match &mut self.handle {
+            Handle::Single(manager) => manager.req_packed_commands(pipeline, offset, count),
+            Handle::Cluster(cluster) => cluster.req_packed_commands(pipeline, offset, count),
+        };
+        Box::pin(Self::by_deadline(self.deadline, answers))
     }
 
     fn get_db(&self) -> i64 {
-        self.manager.get_db()
+        match &self.handle {
+            Handle::Single(manager) => manager.get_db(),
+            Handle::Cluster(cluster) => cluster.get_db(),
+        }
     }
 }
 
@@ -344,8 +404,8 @@ impl ConnectionLike for Connection {
 /// vanishes under memory pressure breaks the promises they keep (one export per
 /// `request_id`, one poller per task). Managed Redis often disables `CONFIG`: then it is said
 /// that the policy could not be checked.
-async fn check_eviction_policy(manager: ConnectionManager) {
-    let mut connection = Connection { manager, deadline: Instant::now() + CALL_TIMEOUT };
+async fn check_eviction_policy(handle: Handle) {
+    let mut connection = Connection { handle, deadline: Instant::now() + CALL_TIMEOUT };
     let answer = redis::cmd("CONFIG")
         .arg("GET")
         .arg("maxmemory-policy")
@@ -427,11 +487,31 @@ fn is_tls_failure(error: &RedisError) -> bool {
 }
 
 /// `words` without the URL's password, should an error ever quote it.
-fn scrub(words: &str, client: &redis::Client) -> String {
-    match client.get_connection_info().redis_settings().password() {
-        Some(password) if !password.is_empty() => words.replace(password, "***"),
-        _ => words.to_owned(),
+fn scrub(words: &str, password: Option<&str>) -> String {
+    match password {
+        Some(password) => words.replace(password, "***"),
+        None => words.to_owned(),
     }
+}
+
+/// The nodes of a Redis Cluster URL, each as a URL of its own (with the user, password and
+/// path of the whole); `None` for one Redis. A cluster URL has the scheme `redis+cluster` or
+/// `rediss+cluster`, or several comma-separated nodes.
+fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (scheme, marked) = match scheme.strip_suffix("+cluster") {
+        Some(scheme) => (scheme, true),
+        None => (scheme, false),
+    };
+    let (authority, path) = rest.find(['/', '?']).map_or((rest, ""), |at| rest.split_at(at));
+    let (user, hosts) = authority.rsplit_once('@').map_or(("", authority), |(user, hosts)| (user, hosts));
+    if !marked && !hosts.contains(',') {
+        return None;
+    }
+    let user = if user.is_empty() { String::new() } else { format!("{user}@") };
+    Some(
+        hosts.split(',').filter(|host| !host.is_empty()).map(|host| format!("{scheme}://{user}{host}{path}")).collect(),
+    )
 }
 
 fn timed_out(what: &'static str) -> RedisError {
@@ -514,5 +594,26 @@ mod tests {
         ] {
             assert!(!is_outage(&answer(refusal)), "{refusal}");
         }
+    }
+
+    #[test]
+    fn cluster_urls_name_their_nodes_and_other_urls_one_redis() {
+        assert_eq!(cluster_nodes("redis://:pw@127.0.0.1:6379/0"), None);
+        assert_eq!(cluster_nodes("rediss://redis.internal:6380"), None);
+        assert_eq!(
+            cluster_nodes("redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7001"),
+            Some(vec!["redis://:pw@10.0.0.1:7000".to_owned(), "redis://:pw@10.0.0.2:7001".to_owned()])
+        );
+        assert_eq!(
+            cluster_nodes("rediss+cluster://user:pw@node:7000"),
+            Some(vec!["rediss://user:pw@node:7000".to_owned()])
+        );
+        assert_eq!(
+            cluster_nodes("redis://a:1,b:2/?protocol=resp3"),
+            Some(vec!["redis://a:1/?protocol=resp3".to_owned(), "redis://b:2/?protocol=resp3".to_owned()])
+        );
+        let settings = |url: &str| RedisSettings { url: SecretString::from(url), key_prefix: String::new() };
+        assert!(Redis::new(&settings("redis+cluster://:pw@127.0.0.1:7000,127.0.0.1:7001"), "key").is_ok());
+        assert!(Redis::new(&settings("redis+cluster://"), "key").is_err());
     }
 }

@@ -101,3 +101,84 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// A real Redis Cluster of `redis-server`s on free loopback ports (no replicas), made with
+/// `redis-cli --cluster create`; stopped by PID when dropped.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    /// The nodes' ports.
+    pub ports: Vec<u16>,
+    files: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts `count` nodes (3 or more) and makes them one cluster, waiting until it serves.
+    pub async fn start(count: usize) -> Self {
+        let files = std::env::temp_dir().join(format!("stream-export-redis-cluster-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&files).expect("a directory for the nodes' files");
+        let mut cluster = Self { nodes: Vec::new(), ports: Vec::new(), files };
+        for _ in 0..count {
+            let port = free_port();
+            let node = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--cluster-port", &free_port().to_string()])
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--cluster-enabled", "yes"])
+                .args([
+                    "--cluster-config-file",
+                    &cluster.files.join(format!("nodes-{port}.conf")).display().to_string(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            cluster.nodes.push(node);
+            cluster.ports.push(port);
+        }
+        let started = Instant::now();
+        for port in &cluster.ports {
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not come up on {port}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let addresses: Vec<String> = cluster.ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(created.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&created.stdout));
+        // Every node must know every slot before the test starts.
+        for port in &cluster.ports {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli runs");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(started.elapsed() < Duration::from_secs(20), "the cluster did not become ok on {port}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        cluster
+    }
+
+    /// `redis+cluster://127.0.0.1:<port>,…` naming every node.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self.ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.files);
+    }
+}

@@ -11,7 +11,12 @@ use stream_export::{
 use tonic::Code;
 
 use crate::{
-    common::{API_KEY, API_SECRET, TestEmulator, assert_status, pki::Pki, process::ServiceProcess, redis::RedisServer},
+    common::{
+        API_KEY, API_SECRET, TestEmulator, assert_status,
+        pki::Pki,
+        process::ServiceProcess,
+        redis::{RedisCluster, RedisServer},
+    },
     fleet::{client, replicas_with},
 };
 
@@ -149,5 +154,44 @@ async fn the_first_connection_warns_when_redis_may_evict_the_fleets_keys() {
     // The rest works: the checks only warn.
     for replica in [&warned, &unchecked] {
         client(replica).await.export_channels(deduplicated()).await.expect("fleet mode works");
+    }
+}
+
+#[tokio::test]
+async fn a_redis_cluster_serves_the_fleet_whichever_slots_its_keys_hash_to() {
+    let cluster = RedisCluster::start(3).await;
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let fleet = replicas_with(2, &emulator, &cluster.url(), &[]).await;
+
+    // Nine request ids spread over the three nodes' slots; each repeat on the other replica
+    // finds its task.
+    for _ in 0..9 {
+        let request = deduplicated();
+        let first = client(&fleet[0]).await.export_channels(request.clone()).await.expect("a submit").into_inner();
+        let repeat = client(&fleet[1]).await.export_channels(request).await.expect("a repeat").into_inner();
+        assert_eq!(first.task_id, repeat.task_id, "one task for one request_id");
+    }
+    assert_eq!(emulator.exports_created().await, 9, "one upstream export per request_id");
+    let listed = client(&fleet[1])
+        .await
+        .list_tasks(stream_export::proto::ListTasksRequest { page_size: 20, page_token: String::new() })
+        .await
+        .expect("ListTasks")
+        .into_inner();
+    assert_eq!(listed.tasks.len(), 9, "the registry holds every task");
+    // A watch (leases, views and the budget, in the cluster too) follows a task to its end.
+    let mut watch = client(&fleet[0])
+        .await
+        .watch_task(stream_export::proto::WatchTaskRequest { task_id: listed.tasks[0].task_id.clone() })
+        .await
+        .expect("WatchTask")
+        .into_inner();
+    while let Some(event) = tokio_stream::StreamExt::next(&mut watch).await {
+        event.expect("the watch ends OK");
+    }
+    for replica in &fleet {
+        let log = replica.log();
+        assert!(!log.contains("the fleet store (Redis) is unavailable"), "no outage on a cluster:\n{log}");
+        assert!(!log.contains("Redis refused a command"), "no refused command on a cluster:\n{log}");
     }
 }
