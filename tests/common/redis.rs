@@ -109,19 +109,22 @@ pub struct RedisCluster {
     /// The nodes' ports.
     pub ports: Vec<u16>,
     files: std::path::PathBuf,
+    password: String,
 }
 
 impl RedisCluster {
-    /// Starts `count` nodes (3 or more) and makes them one cluster, waiting until it serves.
-    pub async fn start(count: usize) -> Self {
+    /// Starts `count` nodes (3 or more) with `requirepass password` and makes them one
+    /// cluster, waiting until it serves.
+    pub async fn start(count: usize, password: &str) -> Self {
         let files = std::env::temp_dir().join(format!("stream-export-redis-cluster-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&files).expect("a directory for the nodes' files");
-        let mut cluster = Self { nodes: Vec::new(), ports: Vec::new(), files };
+        let mut cluster = Self { nodes: Vec::new(), ports: Vec::new(), files, password: password.to_owned() };
         for _ in 0..count {
             let port = free_port();
             let node = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--cluster-port", &free_port().to_string()])
                 .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--cluster-enabled", "yes"])
+                .args(["--requirepass", password, "--masterauth", password])
                 .args([
                     "--cluster-config-file",
                     &cluster.files.join(format!("nodes-{port}.conf")).display().to_string(),
@@ -142,6 +145,7 @@ impl RedisCluster {
         }
         let addresses: Vec<String> = cluster.ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
         let created = Command::new("redis-cli")
+            .args(["--no-auth-warning", "-a", password])
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
@@ -153,7 +157,7 @@ impl RedisCluster {
         for port in &cluster.ports {
             loop {
                 let info = Command::new("redis-cli")
-                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .args(["--no-auth-warning", "-a", password, "-p", &port.to_string(), "cluster", "info"])
                     .output()
                     .expect("redis-cli runs");
                 if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
@@ -166,10 +170,10 @@ impl RedisCluster {
         cluster
     }
 
-    /// `redis+cluster://127.0.0.1:<port>,…` naming every node.
+    /// `redis+cluster://:<password>@127.0.0.1:<port>,…` naming every node.
     pub fn url(&self) -> String {
         let nodes: Vec<String> = self.ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
-        format!("redis+cluster://{}", nodes.join(","))
+        format!("redis+cluster://:{}@{}", self.password, nodes.join(","))
     }
 }
 

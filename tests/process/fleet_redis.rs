@@ -159,7 +159,8 @@ async fn the_first_connection_warns_when_redis_may_evict_the_fleets_keys() {
 
 #[tokio::test]
 async fn a_redis_cluster_serves_the_fleet_whichever_slots_its_keys_hash_to() {
-    let cluster = RedisCluster::start(3).await;
+    const PASSWORD: &str = "cluster-redis-password-0123456789";
+    let cluster = RedisCluster::start(3, PASSWORD).await;
     let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
     let fleet = replicas_with(2, &emulator, &cluster.url(), &[]).await;
 
@@ -193,5 +194,6 @@ async fn a_redis_cluster_serves_the_fleet_whichever_slots_its_keys_hash_to() {
         let log = replica.log();
         assert!(!log.contains("the fleet store (Redis) is unavailable"), "no outage on a cluster:\n{log}");
         assert!(!log.contains("Redis refused a command"), "no refused command on a cluster:\n{log}");
+        assert!(!log.contains(PASSWORD), "the Redis password leaked into the log:\n{log}");
     }
 }
