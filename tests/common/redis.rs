@@ -2,6 +2,7 @@
 //! persistence off, and stops it by PID (`.ci/run` installs the Debian package).
 
 use std::{
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -14,12 +15,43 @@ pub struct RedisServer {
     /// Its port.
     pub port: u16,
     password: Option<String>,
+    /// More `redis-server` arguments (settings), given at every start.
+    settings: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts one on a free port, with `requirepass` when `password` is given.
     pub async fn start(password: Option<&str>) -> Self {
-        let mut server = Self { child: None, port: free_port(), password: password.map(str::to_owned) };
+        Self::start_with(password, &[]).await
+    }
+
+    /// [`RedisServer::start`] with more `redis-server` arguments (`["--maxmemory", "1"]`).
+    pub async fn start_with(password: Option<&str>, settings: &[&str]) -> Self {
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            password: password.map(str::to_owned),
+            settings: settings.iter().map(|setting| (*setting).to_owned()).collect(),
+        };
+        server.restart().await;
+        server
+    }
+
+    /// One that speaks TLS only (on [`RedisServer::port`]), with the certificate and key given
+    /// as PEM files, and no client certificate asked for.
+    pub async fn start_tls(password: Option<&str>, certificate: &Path, key: &Path) -> Self {
+        let port = free_port();
+        let (certificate, key) = (certificate.display().to_string(), key.display().to_string());
+        let mut server = Self {
+            child: None,
+            port,
+            password: password.map(str::to_owned),
+            settings: ["--port", "0", "--tls-port", &port.to_string(), "--tls-cert-file", &certificate]
+                .into_iter()
+                .chain(["--tls-key-file", &key, "--tls-auth-clients", "no"])
+                .map(str::to_owned)
+                .collect(),
+        };
         server.restart().await;
         server
     }
@@ -49,6 +81,7 @@ impl RedisServer {
         if let Some(password) = &self.password {
             command.args(["--requirepass", password]);
         }
+        command.args(&self.settings);
         let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -66,5 +99,90 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A real Redis Cluster of `redis-server`s on free loopback ports (no replicas), made with
+/// `redis-cli --cluster create`; stopped by PID when dropped.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    /// The nodes' ports.
+    pub ports: Vec<u16>,
+    files: std::path::PathBuf,
+    password: String,
+}
+
+impl RedisCluster {
+    /// Starts `count` nodes (3 or more) with `requirepass password` and makes them one
+    /// cluster, waiting until it serves.
+    pub async fn start(count: usize, password: &str) -> Self {
+        let files = std::env::temp_dir().join(format!("stream-export-redis-cluster-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&files).expect("a directory for the nodes' files");
+        let mut cluster = Self { nodes: Vec::new(), ports: Vec::new(), files, password: password.to_owned() };
+        for _ in 0..count {
+            let port = free_port();
+            let node = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--cluster-port", &free_port().to_string()])
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--cluster-enabled", "yes"])
+                .args(["--requirepass", password, "--masterauth", password])
+                .args([
+                    "--cluster-config-file",
+                    &cluster.files.join(format!("nodes-{port}.conf")).display().to_string(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            cluster.nodes.push(node);
+            cluster.ports.push(port);
+        }
+        let started = Instant::now();
+        for port in &cluster.ports {
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(started.elapsed() < Duration::from_secs(10), "redis-server did not come up on {port}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let addresses: Vec<String> = cluster.ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
+        let created = Command::new("redis-cli")
+            .args(["--no-auth-warning", "-a", password])
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(created.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&created.stdout));
+        // Every node must know every slot before the test starts.
+        for port in &cluster.ports {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["--no-auth-warning", "-a", password, "-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli runs");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(started.elapsed() < Duration::from_secs(20), "the cluster did not become ok on {port}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        cluster
+    }
+
+    /// `redis+cluster://:<password>@127.0.0.1:<port>,…` naming every node.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self.ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
+        format!("redis+cluster://:{}@{}", self.password, nodes.join(","))
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.files);
     }
 }
