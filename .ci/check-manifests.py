@@ -22,8 +22,26 @@ def check(condition, message):
         problems.append(message)
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys without a word; Kubernetes tools differ. A key
+    written twice (two `volumes:` lists, say) is always a mistake: report it."""
+
+
+def unique_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            problems.append(f"line {key_node.start_mark.line + 1}: the key {key!r} appears twice in one mapping")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, unique_mapping)
+
+
 def load(name):
-    return yaml.safe_load((DEPLOY / name).read_text())
+    return yaml.load((DEPLOY / name).read_text(), Loader=UniqueKeyLoader)
 
 
 deployment, service, pdb = load("deployment.yaml"), load("service.yaml"), load("pdb.yaml")
