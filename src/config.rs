@@ -466,6 +466,7 @@ impl ServeArgs {
                     max_entity_bytes: self.max_export_entity_bytes,
                     max_file_bytes: self.max_export_file_bytes,
                 },
+                ..CallLimits::default()
             },
             transport: TransportSettings {
                 max_request_bytes: self.max_request_bytes,

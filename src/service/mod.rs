@@ -53,11 +53,19 @@ pub struct CallLimits {
     pub unary_timeout: Duration,
     /// Limits of ReadExport streams.
     pub reads: ReadLimits,
+    /// The most records one `ListTasks` call reads from the registry: a caller who may see few
+    /// tasks gets short pages (each with a token to go on) instead of a scan of every record.
+    pub list_scan_limit: usize,
 }
 
 impl Default for CallLimits {
     fn default() -> Self {
-        Self { max_in_flight: 1024, unary_timeout: Duration::from_secs(30), reads: ReadLimits::default() }
+        Self {
+            max_in_flight: 1024,
+            unary_timeout: Duration::from_secs(30),
+            reads: ReadLimits::default(),
+            list_scan_limit: 500,
+        }
     }
 }
 
@@ -231,10 +239,6 @@ pub struct Stores {
     pub page_token_key: [u8; 32],
 }
 
-/// The most records one `ListTasks` call reads from the registry: a caller who may see few
-/// tasks gets short pages (each with a token to go on) instead of a scan of every record.
-const LIST_SCAN_LIMIT: usize = 500;
-
 /// Most `ListTasks` calls of one caller at once: one caller's listings cannot take the
 /// registry from everyone else's reads.
 const LISTS_PER_CALLER: usize = 2;
@@ -301,9 +305,9 @@ impl ExportApi {
     /// One page of `ListTasks`: the records this caller may see (`GetTask` on each), newest first.
     ///
     /// A caller whom the policies let read only its own tasks pages through the registry's
-    /// owner index; others scan every record, at most [`LIST_SCAN_LIMIT`] per call. A page
-    /// token holds the position of the last record returned and how many records after it were
-    /// scanned and not shown: never another caller's task.
+    /// owner index; others scan every record, at most `list_scan_limit` per call (then a short
+    /// page, with a token to go on). A page token holds where the scan stopped, encrypted: that
+    /// may be another caller's task, which the token must not show.
     async fn list_page(&self, caller: &Caller, request: &ListTasksRequest) -> Result<ListTasksResponse, Status> {
         let _turn = ListingTurn::take(&self.listings, &caller.name)?;
         let size = match request.page_size {
@@ -312,60 +316,47 @@ impl ExportApi {
             size => usize::try_from(size).unwrap_or(MAX_PAGE_SIZE).min(MAX_PAGE_SIZE),
         };
         let own_only = self.sees_only_own_tasks(caller);
-        let start = match request.page_token.as_str() {
-            "" => page_token::Position::default(),
-            token => page_token::read(token, caller, own_only, &self.page_token_key)
-                .ok_or_else(|| status::invalid_page("page_token", "is not a token that ListTasks gave this caller"))?,
+        let mut after =
+            match request.page_token.as_str() {
+                "" => None,
+                token => Some(page_token::read(token, caller, own_only, &self.page_token_key).ok_or_else(|| {
+                    status::invalid_page("page_token", "is not a token that ListTasks gave this caller")
+                })?),
+            };
+        let token = |after: &Option<Cursor>| {
+            after.as_ref().map_or_else(String::new, |at| page_token::write(at, caller, own_only, &self.page_token_key))
         };
-        let (mut returned, mut unshown) = (start.after.clone(), start.unshown);
-        let (mut read_from, mut to_skip) = (start.after, start.unshown);
+        let scan_limit = self.limits.list_scan_limit.max(1);
         let mut tasks = Vec::new();
         let mut scanned = 0;
-        let token = |after: &Option<Cursor>, unshown| {
-            page_token::write(
-                &page_token::Position { after: after.clone(), unshown },
-                caller,
-                own_only,
-                &self.page_token_key,
-            )
-        };
         loop {
-            let batch_size = (size + 1 + to_skip).min(LIST_SCAN_LIMIT - scanned).max(1);
+            let batch_size = (size + 1).min(scan_limit - scanned).max(1);
             let batch = if own_only {
-                self.registry.page_of_owner(&caller.name, read_from.as_ref(), batch_size).await
+                self.registry.page_of_owner(&caller.name, after.as_ref(), batch_size).await
             } else {
-                self.registry.page(read_from.as_ref(), batch_size).await
+                self.registry.page(after.as_ref(), batch_size).await
             };
             let batch = batch.map_err(|error| registry_failure(&error))?;
             let exhausted = batch.len() < batch_size;
             for record in batch {
                 scanned += 1;
-                read_from = Some(Cursor::of(&record));
-                if to_skip > 0 {
-                    // Scanned by the previous page, and not shown there.
-                    to_skip -= 1;
-                    continue;
-                }
                 let visible =
                     self.policies.allows(caller, Action::GetTask, &task_resource(&record.task_id, Some(&record)));
-                if !visible {
-                    unshown += 1;
-                    continue;
-                }
-                if tasks.len() == size {
+                if visible && tasks.len() == size {
                     // One more visible task: the page is full and another follows.
-                    return Ok(ListTasksResponse { next_page_token: token(&returned, unshown), tasks });
+                    return Ok(ListTasksResponse { next_page_token: token(&after), tasks });
                 }
-                returned = Some(Cursor::of(&record));
-                unshown = 0;
-                tasks.push(record);
+                after = Some(Cursor::of(&record));
+                if visible {
+                    tasks.push(record);
+                }
             }
             if exhausted {
                 return Ok(ListTasksResponse { tasks, next_page_token: String::new() });
             }
-            if scanned >= LIST_SCAN_LIMIT {
+            if scanned >= scan_limit {
                 // A short page; the caller goes on from where the scan stopped.
-                return Ok(ListTasksResponse { next_page_token: token(&returned, unshown), tasks });
+                return Ok(ListTasksResponse { next_page_token: token(&after), tasks });
             }
         }
     }
@@ -428,64 +419,53 @@ fn registry_failure(error: &StoreError) -> Status {
     status::task_registry_unavailable()
 }
 
-/// `ListTasks` page tokens: the position of the last record a page returned to this caller and
-/// how many records after it were scanned and not shown, authenticated (HMAC-SHA-256, with the
-/// server's key) together with the caller's name and the listing's kind: a token cannot be
+/// `ListTasks` page tokens: where a listing stopped (the last record it scanned), sealed with
+/// the server's key (ChaCha20-Poly1305) together with the caller's name and the kind of listing.
+/// The position may be another caller's task, so the token hides it; and a token cannot be
 /// forged, altered, or used by another caller. Opaque to clients (hex).
 mod page_token {
-    use hmac::{Hmac, Mac};
-    use sha2::Sha256;
+    use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 
     use super::{Caller, Cursor};
 
-    const VERSION: &str = "v2";
+    const VERSION: u8 = 3;
 
-    /// Bytes of the tag kept in a token.
-    const TAG_BYTES: usize = 16;
-
-    /// Where a listing goes on.
-    #[derive(Clone, Debug, Default, PartialEq, Eq)]
-    pub struct Position {
-        /// The last record returned (`None`: none yet).
-        pub after: Option<Cursor>,
-        /// Records after it that were scanned and not shown.
-        pub unshown: usize,
+    fn key(key: &[u8; 32]) -> Option<LessSafeKey> {
+        Some(LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).ok()?))
     }
 
-    /// The MAC of a token's payload (`None` never happens: HMAC takes keys of any length).
-    fn mac(key: &[u8; 32], caller: &Caller, own_only: bool, payload: &str) -> Option<Hmac<Sha256>> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).ok()?;
-        mac.update(caller.name.as_bytes());
-        mac.update(&[0, u8::from(own_only)]);
-        mac.update(payload.as_bytes());
-        Some(mac)
+    /// What the seal binds the position to: the format, the caller, the kind of listing.
+    fn bound_to(caller: &Caller, own_only: bool) -> Vec<u8> {
+        let mut aad = vec![VERSION, u8::from(own_only)];
+        aad.extend_from_slice(caller.name.as_bytes());
+        aad
     }
 
-    /// The token that continues at `position` (empty when there is nothing to continue).
-    pub fn write(position: &Position, caller: &Caller, own_only: bool, key: &[u8; 32]) -> String {
-        let (micros, task_id) =
-            position.after.as_ref().map_or((String::new(), ""), |at| (at.created_micros.to_string(), &at.task_id));
-        let payload = format!("{VERSION}|{}|{micros}|{task_id}", position.unshown);
-        let Some(mac) = mac(key, caller, own_only, &payload) else { return String::new() };
-        let tag = mac.finalize().into_bytes();
-        format!("{}.{}", hex::encode(payload), hex::encode(&tag[..TAG_BYTES]))
+    /// The token that continues after `after` (empty if it cannot be sealed, which a 32-byte
+    /// key never causes).
+    pub fn write(after: &Cursor, caller: &Caller, own_only: bool, server_key: &[u8; 32]) -> String {
+        let Some(key) = key(server_key) else { return String::new() };
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        let mut sealed = format!("{}|{}", after.created_micros, after.task_id).into_bytes();
+        let aad = Aad::from(bound_to(caller, own_only));
+        if key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), aad, &mut sealed).is_err() {
+            return String::new();
+        }
+        format!("{VERSION:02x}{}{}", hex::encode(nonce), hex::encode(sealed))
     }
 
     /// The position in a token, if this server gave it to this caller for this kind of listing.
-    pub fn read(token: &str, caller: &Caller, own_only: bool, key: &[u8; 32]) -> Option<Position> {
-        let (payload, tag) = token.split_once('.')?;
-        let payload = String::from_utf8(hex::decode(payload).ok()?).ok()?;
-        let tag = hex::decode(tag).ok()?;
-        (tag.len() == TAG_BYTES).then_some(())?;
-        mac(key, caller, own_only, &payload)?.verify_truncated_left(&tag).ok()?;
-        let mut fields = payload.splitn(4, '|');
-        let (version, unshown, micros, task_id) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
-        (version == VERSION).then_some(())?;
-        let after = match micros {
-            "" => None,
-            micros => Some(Cursor { created_micros: micros.parse().ok()?, task_id: task_id.to_owned() }),
-        };
-        Some(Position { after, unshown: unshown.parse().ok()? })
+    pub fn read(token: &str, caller: &Caller, own_only: bool, server_key: &[u8; 32]) -> Option<Cursor> {
+        let bytes = hex::decode(token).ok()?;
+        let (version, rest) = bytes.split_first()?;
+        (*version == VERSION && rest.len() > NONCE_LEN).then_some(())?;
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let mut sealed = sealed.to_vec();
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let aad = Aad::from(bound_to(caller, own_only));
+        let opened = key(server_key)?.open_in_place(nonce, aad, &mut sealed).ok()?;
+        let (micros, task_id) = std::str::from_utf8(opened).ok()?.split_once('|')?;
+        Some(Cursor { created_micros: micros.parse().ok()?, task_id: task_id.to_owned() })
     }
 
     #[cfg(test)]
@@ -497,19 +477,20 @@ mod page_token {
         }
 
         #[test]
-        fn a_token_is_good_only_for_its_caller_its_kind_of_listing_and_this_key() {
+        fn a_token_hides_its_position_and_is_good_only_for_its_caller_its_kind_of_listing_and_this_key() {
             let key = [7u8; 32];
-            let at = Position { after: Some(Cursor { created_micros: 42, task_id: "t".into() }), unshown: 3 };
+            let at = Cursor { created_micros: 42, task_id: "0b6c7d7e-52d9-4f4e-9d4a-3c1d2b8e9f10".into() };
             let token = write(&at, &caller("a"), false, &key);
+            assert!(!token.contains(&hex::encode(&at.task_id)) && !token.contains("0b6c7d7e"), "{token}");
             assert_eq!(read(&token, &caller("a"), false, &key), Some(at.clone()));
             assert_eq!(read(&token, &caller("b"), false, &key), None, "another caller");
             assert_eq!(read(&token, &caller("a"), true, &key), None, "another kind of listing");
             assert_eq!(read(&token, &caller("a"), false, &[8u8; 32]), None, "another server key");
-            let (payload, tag) = token.split_once('.').unwrap();
-            let forged = hex::encode(String::from_utf8(hex::decode(payload).unwrap()).unwrap().replace("|3|", "|0|"));
-            assert_eq!(read(&format!("{forged}.{tag}"), &caller("a"), false, &key), None, "altered");
-            let start = Position::default();
-            assert_eq!(read(&write(&start, &caller("a"), false, &key), &caller("a"), false, &key), Some(start));
+            let mut altered = hex::decode(&token).unwrap();
+            *altered.last_mut().unwrap() ^= 1;
+            assert_eq!(read(&hex::encode(altered), &caller("a"), false, &key), None, "altered");
+            assert_eq!(read("", &caller("a"), false, &key), None);
+            assert_eq!(read("zz", &caller("a"), false, &key), None);
         }
     }
 }
