@@ -347,7 +347,7 @@ when { resource has rpc && resource.rpc == "ExportUsers" };
         pages += 1;
         assert!(pages <= 4, "the listing makes no progress: {pages} pages");
     }
-    assert_eq!(seen, [older.clone()]);
+    assert_eq!(seen, std::slice::from_ref(&older));
 
     let mut altered = hex::decode(&first_token).unwrap();
     altered[20] ^= 1;
