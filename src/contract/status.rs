@@ -117,6 +117,31 @@ pub fn start_index_past_end(start_index: u64, record_count: u64) -> Status {
     build(Code::OutOfRange, message, details)
 }
 
+/// A status code as gRPC spells it (`NOT_FOUND`): in the gRPC specification, grpcurl, other
+/// clients and this service's documentation; log lines, audit lines and the CLI use it. (Metric
+/// labels keep their own spelling: see `telemetry::metrics::code_label`.)
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 /// FAILED_PRECONDITION when ReadExport asks for a task that has no file.
 pub fn task_not_completed(state: &str) -> Status {
     let mut details = ErrorDetails::with_error_info(
