@@ -107,27 +107,8 @@ mod tests {
         atomic::{AtomicUsize, Ordering},
     };
 
-    use futures::FutureExt;
-
     use super::*;
-
-    fn counting_submit(
-        calls: &Arc<AtomicUsize>,
-        result: Result<&str, UpstreamError>,
-    ) -> BoxFuture<'static, Result<String, UpstreamError>> {
-        let calls = Arc::clone(calls);
-        let result = result.map(str::to_owned);
-        async move {
-            calls.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            result
-        }
-        .boxed()
-    }
-
-    fn timeout() -> UpstreamError {
-        UpstreamError::Timeout { operation: crate::upstream::Operation::ExportChannels }
-    }
+    use crate::store::testing::{counting_submit, timeout};
 
     #[tokio::test]
     async fn concurrent_repeats_submit_once() {

@@ -15,6 +15,8 @@ pub mod pending;
 mod redis_registry;
 mod redis_submit;
 pub mod registry;
+#[cfg(test)]
+mod testing;
 
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};

@@ -272,24 +272,7 @@ mod tests {
 
     use super::*;
     use crate::store::embedded::{DATABASE_FILE, StateDir};
-
-    fn counting_submit(
-        calls: &Arc<AtomicUsize>,
-        result: Result<&str, UpstreamError>,
-    ) -> BoxFuture<'static, Result<String, UpstreamError>> {
-        let calls = Arc::clone(calls);
-        let result = result.map(str::to_owned);
-        async move {
-            calls.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            result
-        }
-        .boxed()
-    }
-
-    fn timeout() -> UpstreamError {
-        UpstreamError::Timeout { operation: crate::upstream::Operation::ExportChannels }
-    }
+    use crate::store::testing::{counting_submit, timeout};
 
     fn store(state: &StateDir, ttl: Duration, capacity: u64) -> EmbeddedSubmitStore {
         EmbeddedSubmitStore::new(state.db(), ttl, capacity).unwrap()
