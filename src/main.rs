@@ -9,7 +9,7 @@ use rand::{Rng, distr::Alphanumeric};
 use secrecy::SecretString;
 use stream_export::{
     client_cli,
-    config::{ServeArgs, Settings, UpstreamSettings, parse_base_url},
+    config::{ConfigError, ServeArgs, Settings, UpstreamSettings, parse_base_url},
     emulator, startup,
     store::embedded::StateDirError,
     telemetry,
@@ -157,8 +157,11 @@ fn report(outcome: anyhow::Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("stream-export: {error:#}");
-            // A state directory that cannot be used is a setting to fix, as a bad flag is.
-            if error.downcast_ref::<StateDirError>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
+            // A file a setting names (tokens, policies, TLS) or a state directory that cannot be
+            // used is a setting to fix, as a bad flag is.
+            let setting =
+                error.downcast_ref::<ConfigError>().is_some() || error.downcast_ref::<StateDirError>().is_some();
+            if setting { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
 }

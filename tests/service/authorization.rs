@@ -14,10 +14,6 @@ use stream_export::{
         ChannelRef, ExportChannelsRequest, ExportFormatVersion, ExportUserRequest, ExportUsersRequest, GetTaskRequest,
         ListTasksRequest, ReadExportRequest, TaskRecord, WatchTaskRequest, task_record,
     },
-    service::{
-        authorization::Policies,
-        caller::{CallerAuth, TokenTable},
-    },
 };
 use tokio_stream::StreamExt;
 use tonic::{Code, Request, Status};
@@ -35,22 +31,23 @@ async fn app() -> TestApp {
 async fn app_with_policies(extra: &str) -> TestApp {
     let tokens = std::env::temp_dir().join(format!("stream-export-tokens-{}-{}", std::process::id(), rand_suffix()));
     std::fs::write(&tokens, format!("analytics {ANALYTICS}\nprivacy {PRIVACY}\nplatform {PLATFORM}\n")).unwrap();
-    let table = TokenTable::load(&tokens).expect("a tokens file");
-    let _ = std::fs::remove_file(&tokens);
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/examples/teams.cedar");
     let policy_file =
         std::env::temp_dir().join(format!("stream-export-policies-{}-{}", std::process::id(), rand_suffix()));
     std::fs::write(&policy_file, std::fs::read_to_string(examples).unwrap() + extra).unwrap();
-    let policies = Policies::load(&policy_file).expect("the example policies");
-    let _ = std::fs::remove_file(&policy_file);
-    spawn_app_with(Options {
+    let (tokens_file, policies) = (tokens.clone(), policy_file.clone());
+    let app = spawn_app_with(Options {
         tweak: Some(Box::new(move |settings| {
-            settings.auth = CallerAuth { tokens: Some(std::sync::Arc::new(table)), trust_forwarded_client_cert: false };
-            settings.policies = policies;
+            settings.access.tokens_file = Some(tokens_file);
+            settings.access.policy_file = Some(policies);
         })),
         ..Options::default()
     })
-    .await
+    .await;
+    // Read at start-up: the service needs them no more.
+    let _ = std::fs::remove_file(&tokens);
+    let _ = std::fs::remove_file(&policy_file);
+    app
 }
 
 fn rand_suffix() -> u64 {
@@ -310,12 +307,11 @@ when { resource has rpc && resource.rpc == "ExportUsers" };
 "#,
     )
     .unwrap();
-    let table = TokenTable::load(&dir.join("tokens")).unwrap();
-    let policies = Policies::load(&dir.join("policies.cedar")).unwrap();
+    let (tokens, policies) = (dir.join("tokens"), dir.join("policies.cedar"));
     let app = spawn_app_with(Options {
         tweak: Some(Box::new(move |settings| {
-            settings.auth = CallerAuth { tokens: Some(std::sync::Arc::new(table)), trust_forwarded_client_cert: false };
-            settings.policies = policies;
+            settings.access.tokens_file = Some(tokens);
+            settings.access.policy_file = Some(policies);
             settings.limits.list_scan_limit = 2;
         })),
         ..Options::default()

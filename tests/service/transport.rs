@@ -81,12 +81,14 @@ async fn tls_connections_do_not_wait_for_delayed_acks_either() {
     };
     let mut settings = Settings::new("127.0.0.1:0".parse().unwrap(), upstream);
     settings.state = stream_export::config::StateSettings::Memory;
-    settings.transport.tls = Some(TlsSettings {
-        cert_pem: cert.pem().into_bytes(),
-        key_pem: key.serialize_pem().into_bytes().into(),
-        client_ca_pem: None,
-    });
+    let pem_dir = std::env::temp_dir().join(format!("stream-export-nodelay-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&pem_dir).unwrap();
+    let (cert_file, key_file) = (pem_dir.join("cert.pem"), pem_dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    settings.transport.tls = Some(TlsSettings { cert_file, key_file, client_ca_file: None });
     let app = Application::build(settings).await.unwrap();
+    let _ = std::fs::remove_dir_all(&pem_dir);
     let addr = app.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async {

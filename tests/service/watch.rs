@@ -468,14 +468,11 @@ async fn not_found_is_forgotten_after_its_ttl() {
 
 #[tokio::test]
 async fn one_callers_flood_of_watches_holds_back_neither_another_callers_snapshot_nor_its_streams() {
-    use std::sync::Arc;
-    use stream_export::service::caller::{CallerAuth, TokenTable};
     const FLOODER: &str = "flooder-token-0123456789";
     const PATIENT: &str = "patient-token-0123456789";
     let path = std::env::temp_dir().join(format!("stream-export-watch-tokens-{}", uuid::Uuid::new_v4()));
     std::fs::write(&path, format!("flooder {FLOODER}\npatient {PATIENT}\n")).unwrap();
-    let tokens = TokenTable::load(&path).expect("a tokens file");
-    let _ = std::fs::remove_file(&path);
+    let tokens = path.clone();
     let mut app = spawn_app_with(Options {
         watch: WatchSettings {
             poll_interval_min: Duration::from_millis(50),
@@ -485,11 +482,12 @@ async fn one_callers_flood_of_watches_holds_back_neither_another_callers_snapsho
             ..WatchSettings::default()
         },
         tweak: Some(Box::new(move |settings| {
-            settings.auth = CallerAuth { tokens: Some(Arc::new(tokens)), trust_forwarded_client_cert: false };
+            settings.access.tokens_file = Some(tokens);
         })),
         ..Options::default()
     })
     .await;
+    let _ = std::fs::remove_file(&path);
     let as_caller = |token: &str, task_id: &str| {
         let mut request = tonic::Request::new(WatchTaskRequest { task_id: task_id.into() });
         request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());

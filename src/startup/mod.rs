@@ -1,5 +1,7 @@
 //! Server assembly: the upstream client, the gRPC services (export, health, reflection), and
-//! the shutdown path.
+//! the shutdown path. The files the settings name are read here, in [`files`].
+
+mod files;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -12,12 +14,12 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tonic::{
     service::interceptor::InterceptedService,
-    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
+    transport::{Server, ServerTlsConfig, server::TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    config::{IdempotencySettings, Settings, StateSettings, TlsSettings, TransportSettings, UpstreamSettings},
+    config::{IdempotencySettings, Settings, StateSettings, TransportSettings, UpstreamSettings},
     fleet::{Redis, members::Members},
     proto::{self, export_service_server::ExportServiceServer},
     service::{ExportApi, Stores, authorization::Policies, caller::CallerAuth},
@@ -45,6 +47,8 @@ pub struct Application {
     policies: Policies,
     auth: CallerAuth,
     transport: TransportSettings,
+    /// The TLS of `transport`, its files read.
+    tls: Option<ServerTlsConfig>,
     unary_timeout: Duration,
     hangups: Option<Signal>,
     /// Cancelled at the drain: the replica leaves the fleet (if it is in one).
@@ -53,11 +57,15 @@ pub struct Application {
 }
 
 impl Application {
-    /// Binds the listener and builds the upstream client.
+    /// Reads the files the settings name, binds the listener and builds the upstream client.
+    /// A file that cannot be used is a [`ConfigError`](crate::config::ConfigError).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         // First: until a SIGHUP handler is installed, SIGHUP ends the process.
         let hangups = listen_for_hangups();
-        warn_of_broken_promises(&settings);
+        let auth = files::caller_auth(&settings.access)?;
+        let tls = settings.transport.tls.as_ref().map(files::tls_config).transpose()?;
+        let policies = files::policies(&settings.access)?;
+        warn_of_broken_promises(&settings, &policies);
         let UpstreamSettings::Remote { base_url, api_key, api_secret } = settings.upstream else {
             // The library never links the emulator into the service path: the binary starts it.
             anyhow::bail!("the embedded emulator is started by the stream-export binary (serve --emulator)");
@@ -107,15 +115,15 @@ impl Application {
             coordination,
             Some(Arc::new(RegistryObserver(Arc::clone(&stores.registry)))),
         );
-        let policies = settings.policies;
         let api = ExportApi::new(client, hub.clone(), stores, policies.clone(), settings.limits);
         Ok(Self {
             listener,
             api,
             hub,
             policies,
-            auth: settings.auth,
+            auth,
             transport: settings.transport,
+            tls,
             unary_timeout: settings.limits.unary_timeout,
             hangups,
             leaving_fleet,
@@ -163,12 +171,13 @@ impl Application {
         if let Some(age) = transport.max_connection_age {
             server = server.max_connection_age(age);
         }
-        if let Some(tls) = &transport.tls {
-            server = server.tls_config(tls_config(tls)).context("configuring TLS")?;
+        let serves_tls = self.tls.is_some();
+        if let Some(tls) = self.tls {
+            server = server.tls_config(tls).context("configuring TLS")?;
         }
 
         set_health(&health, ServingStatus::Serving).await;
-        tracing::info!(%addr, tls = transport.tls.is_some(), "stream-export serving gRPC");
+        tracing::info!(%addr, tls = serves_tls, "stream-export serving gRPC");
 
         let drain_health = health.clone();
         let (hub, leaving_fleet) = (self.hub.clone(), self.leaving_fleet);
@@ -264,9 +273,9 @@ fn kept_until_stored(registry: Arc<dyn TaskRegistry>) -> Arc<dyn TaskRegistry> {
 /// Says loudly at start-up when the configuration makes a promise the state cannot keep. What
 /// one process can see: policies with a memory-only registry (every restart locks owners out),
 /// and Kubernetes without Redis (replicas do not know each other's tasks or request ids).
-fn warn_of_broken_promises(settings: &Settings) {
+fn warn_of_broken_promises(settings: &Settings, policies: &Policies) {
     let fleet = settings.redis.is_some();
-    if settings.policies.is_enforced() && !fleet && settings.state == StateSettings::Memory {
+    if policies.is_enforced() && !fleet && settings.state == StateSettings::Memory {
         tracing::error!(
             "--policy-file with --memory-state: the task registry is lost at every restart, and owner-based \
              policies then refuse owners their own tasks; drop --memory-state (or use Redis)"
@@ -315,15 +324,6 @@ const READ_FLUSH_ALLOWANCE: Duration = Duration::from_secs(1);
 
 /// How long after the unary timeout tonic's own timeout cuts a handler that overran it.
 const UNARY_TIMEOUT_BACKSTOP: Duration = Duration::from_secs(1);
-
-fn tls_config(tls: &TlsSettings) -> ServerTlsConfig {
-    let identity = Identity::from_pem(&tls.cert_pem, tls.key_pem.expose_secret());
-    let config = ServerTlsConfig::new().identity(identity);
-    match &tls.client_ca_pem {
-        Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
-        None => config,
-    }
-}
 
 /// Builds and runs the service until SIGINT or SIGTERM, with the metrics exporter if asked for
 /// (the exporter is process-wide, so tests that build several applications leave it off),
