@@ -46,6 +46,29 @@ fn missing_or_bad_settings_exit_2_naming_the_setting() {
     assert!(stderr.contains("STREAM_EXPORT_UPSTREAM_TIMEOUT"), "{stderr}");
 }
 
+/// The files that settings name are read at start-up (in `startup`, not while the flags are
+/// parsed): one that cannot be used still stops the process with exit code 2, naming the setting.
+#[test]
+fn unusable_files_that_settings_name_exit_2_naming_the_setting() {
+    let dir = crate::common::process::scratch_state_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let (bad_tokens, missing) = (dir.join("tokens"), dir.join("missing.pem"));
+    std::fs::write(&bad_tokens, "a-caller-without-a-token\n").unwrap();
+    let (bad_tokens, missing) = (bad_tokens.to_str().unwrap(), missing.to_str().unwrap());
+    let serve = |files: &[&str]| {
+        let args = [&["--emulator", "--memory-state", "--listen", "127.0.0.1:0"], files].concat();
+        config_error(&args, &[])
+    };
+
+    let stderr = serve(&["--auth-tokens-file", bad_tokens]);
+    assert!(stderr.contains("invalid setting STREAM_EXPORT_AUTH_TOKENS_FILE (--auth-tokens-file)"), "{stderr}");
+    let stderr = serve(&["--policy-file", missing]);
+    assert!(stderr.contains("invalid setting STREAM_EXPORT_POLICY_FILE (--policy-file)"), "{stderr}");
+    let stderr = serve(&["--tls-cert", missing, "--tls-key", missing]);
+    assert!(stderr.contains(&format!("cannot read STREAM_EXPORT_TLS_CERT (--tls-cert) {missing}")), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn serve_with_the_embedded_emulator_is_healthy() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
