@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "sdk-conformance-key"
 API_SECRET = "sdk-conformance-secret-0123456789abcdef0123456789"  # >= 32 bytes for PyJWT
 UTC = dt.timezone.utc
+SYNTHETIC_CHANNELS = 100
 
 
 def free_port() -> int:
@@ -40,7 +41,7 @@ def base_url():
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, STREAM_API_KEY=API_KEY, STREAM_API_SECRET=API_SECRET)
     proc = subprocess.Popen(
-        [binary, "emulator", "--listen", f"127.0.0.1:{port}"],
+        [binary, "emulator", "--listen", f"127.0.0.1:{port}", "--synthetic-channels", str(SYNTHETIC_CHANNELS)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -286,3 +287,38 @@ def test_async_client(base_url):
     status = asyncio.run(scenario())
     doc = json.loads(download(status["result"]["url"]))
     assert [block["channel"]["cid"] for block in doc["channels"]] == ["livestream:launch", "team:engineering"]
+
+
+def test_query_channels_lists_every_channel_by_keyset_pages(client):
+    """A server-side lister (stream-api.md 1.11): pages of 30 on created_at, then cid inside one
+    instant; every synthetic channel once, with the rate-limit headers the SDK reads."""
+    teams = {"team": {"$in": ["acme", "globex", "initech"]}}
+    order = [{"field": "created_at", "direction": 1}, {"field": "cid", "direction": 1}]
+    listed, cursor = [], None
+    while True:
+        page = teams
+        if cursor is not None:
+            at, cid = cursor
+            after = {"$or": [{"created_at": {"$gt": at}}, {"$and": [{"created_at": at}, {"cid": {"$gt": cid}}]}]}
+            page = {"$and": [teams, after]}
+        response = client.query_channels(page, order, limit=30, state=False)
+        rows = response["channels"]
+        assert response.rate_limit() is not None and response.rate_limit().limit > 0
+        listed += [row["channel"]["cid"] for row in rows]
+        if len(rows) < 30:
+            break
+        cursor = (rows[-1]["channel"]["created_at"], rows[-1]["channel"]["cid"])
+    assert len(listed) == SYNTHETIC_CHANNELS
+    assert len(set(listed)) == SYNTHETIC_CHANNELS
+    assert all(cid.startswith("messaging:bulk-") for cid in listed)
+
+
+def test_query_channels_defaults_and_refusals(client):
+    response = client.query_channels({"cid": "messaging:general"})
+    (row,) = response["channels"]
+    assert row["channel"]["cid"] == "messaging:general"
+    assert row["messages"], "the SDK asks for state by default"
+    for bad in ({"filter_conditions": {}}, {"filter_conditions": {"type": "messaging"}, "limit": 31}):
+        with pytest.raises(StreamAPIException) as refused:
+            client.query_channels(bad["filter_conditions"], limit=bad.get("limit", 10))
+        assert refused.value.status_code == 400 and refused.value.error_code == 4

@@ -41,6 +41,8 @@ pub struct RateLimits {
     pub export_users: u32,
     /// `GET /exports/...` (download of a result file).
     pub download: u32,
+    /// `POST /channels` (QueryChannels).
+    pub query_channels: u32,
 }
 
 impl RateLimits {
@@ -53,6 +55,7 @@ impl RateLimits {
             export_user: per_minute,
             export_users: per_minute,
             download: per_minute,
+            query_channels: per_minute,
         }
     }
 
@@ -64,6 +67,7 @@ impl RateLimits {
             Route::ExportUser => self.export_user,
             Route::ExportUsers => self.export_users,
             Route::Download => self.download,
+            Route::QueryChannels => self.query_channels,
             Route::Unknown => DEFAULT_RATE_LIMIT,
         }
     }
@@ -76,6 +80,7 @@ impl RateLimits {
             Route::ExportUser => self.export_user = per_minute,
             Route::ExportUsers => self.export_users = per_minute,
             Route::Download => self.download = per_minute,
+            Route::QueryChannels => self.query_channels = per_minute,
             Route::Unknown => {}
         }
     }
@@ -110,6 +115,9 @@ pub struct EmulatorConfig {
     /// How many messages `heavy-user` wrote: over the synchronous export limit by default; set
     /// it under (9,999) to get the largest user `GET /users/{id}/export` still answers.
     pub heavy_user_messages: usize,
+    /// How many synthetic `messaging:bulk-NNNNNN` channels to add to the data set (listing at
+    /// scale; none by default).
+    pub synthetic_channels: usize,
 }
 
 /// The default data-set seed.
@@ -127,6 +135,7 @@ impl EmulatorConfig {
             channel_limit: 25,
             user_ids_limit: 25,
             heavy_user_messages: super::data::HEAVY_USER_MESSAGES,
+            synthetic_channels: 0,
         }
     }
 }
@@ -140,18 +149,20 @@ pub(crate) enum Route {
     ExportUser,
     ExportUsers,
     Download,
+    QueryChannels,
     Unknown,
 }
 
 impl Route {
     /// Every route that has a name a client can use.
-    pub(crate) const NAMED: [Route; 6] = [
+    pub(crate) const NAMED: [Route; 7] = [
         Route::ExportChannels,
         Route::GetExportChannels,
         Route::GetTask,
         Route::ExportUser,
         Route::ExportUsers,
         Route::Download,
+        Route::QueryChannels,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -162,6 +173,7 @@ impl Route {
             Route::ExportUser => "export_user",
             Route::ExportUsers => "export_users",
             Route::Download => "download",
+            Route::QueryChannels => "query_channels",
             Route::Unknown => "unknown",
         }
     }
@@ -179,6 +191,7 @@ impl Route {
             Route::ExportUser => "ExportUser",
             Route::ExportUsers => "ExportUsers",
             Route::Download => "Download",
+            Route::QueryChannels => "QueryChannels",
             Route::Unknown => "Unknown",
         }
     }
@@ -195,6 +208,7 @@ impl Route {
             ["tasks", id] if get && !id.is_empty() => Route::GetTask,
             ["users", id, "export"] if get && !id.is_empty() => Route::ExportUser,
             ["export", "users"] if post => Route::ExportUsers,
+            ["channels"] if post => Route::QueryChannels,
             ["exports", "channels" | "users", task, file] if get && !task.is_empty() && !file.is_empty() => {
                 Route::Download
             }

@@ -16,6 +16,10 @@
 //!   `include_soft_deleted_channels` is set.
 //! - [`HEAVY_USER`] wrote [`HEAVY_USER_MESSAGES`] messages in [`HEAVY_CHANNEL`]; they are made on
 //!   demand from their index (no start-up cost).
+//! - On request ([`DataSet::with_synthetic_channels`]), any number of bulk channels
+//!   `messaging:bulk-NNNNNN` for listing at scale (QueryChannels, export jobs): created over the
+//!   year before [`DATA_START`], one [`BULK_IMPORT_SIZE`] of them in the same microsecond (as a
+//!   bulk import leaves them), each in one of three `team`s, with two members and two messages.
 
 use std::{borrow::Cow, collections::HashMap};
 
@@ -56,6 +60,12 @@ pub const USER_COUNT: usize = 50;
 pub const DATA_START: &str = "2024-01-01T00:00:00Z";
 /// End of the message time range (exclusive).
 pub const DATA_END: &str = "2024-04-01T00:00:00Z";
+
+/// How many synthetic channels share one `created_at` (a bulk import): more than a
+/// QueryChannels page, so that paging on `created_at` alone cannot get past them.
+pub const BULK_IMPORT_SIZE: usize = 45;
+/// The `team`s synthetic channels belong to, by channel number modulo 3.
+pub const CHANNEL_TEAMS: [&str; 3] = ["acme", "globex", "initech"];
 
 /// The synchronous user-export limit.
 pub(crate) const USER_EXPORT_MESSAGE_LIMIT: usize = 10_000;
@@ -116,6 +126,8 @@ pub(crate) struct Channel {
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) truncated_at: Option<DateTime<Utc>>,
     pub(crate) deleted_at: Option<DateTime<Utc>>,
+    /// The multi-tenant `team` (synthetic channels only).
+    pub(crate) team: Option<&'static str>,
     pub(crate) members: Vec<Member>,
     messages: Vec<Message>,
     heavy: bool,
@@ -126,6 +138,14 @@ pub(crate) struct Channel {
 impl Channel {
     pub(crate) fn cid(&self) -> String {
         format!("{}:{}", self.kind, self.id)
+    }
+
+    /// When the newest message was created (QueryChannels' `last_message_at`).
+    pub(crate) fn last_message_at(&self) -> Option<DateTime<Utc>> {
+        if self.heavy {
+            return self.heavy_messages.checked_sub(1).map(|last| heavy_message(last).created_at);
+        }
+        self.messages.last().map(|message| message.created_at)
     }
 
     /// The channel's messages, oldest first (the heavy channel's are made now).
@@ -157,6 +177,8 @@ pub(crate) struct DataSet {
     pub(crate) users: Vec<User>,
     pub(crate) channels: Vec<Channel>,
     user_index: HashMap<String, usize>,
+    /// Channel index by cid.
+    channel_index: HashMap<String, usize>,
     /// Per user: (channel index, message index) of the messages they wrote (heavy excluded).
     authored: HashMap<String, Vec<(usize, usize)>>,
     /// Per user: (channel index, message index, reaction index) of their reactions.
@@ -336,6 +358,7 @@ impl DataSet {
                 created_at,
                 truncated_at,
                 deleted_at,
+                team: None,
                 members,
                 messages,
                 heavy,
@@ -344,17 +367,89 @@ impl DataSet {
         }
 
         let user_index = users.iter().enumerate().map(|(n, user)| (user.id.clone(), n)).collect();
-        let mut authored: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
-        let mut reacted: HashMap<String, Vec<(usize, usize, usize)>> = HashMap::new();
-        for (c, channel) in channels.iter().enumerate() {
+        let mut data = Self {
+            users,
+            channels: Vec::new(),
+            user_index,
+            channel_index: HashMap::new(),
+            authored: HashMap::new(),
+            reacted: HashMap::new(),
+            heavy_messages: HEAVY_USER_MESSAGES,
+        };
+        data.add_channels(channels);
+        data
+    }
+
+    /// Appends channels and indexes them, their messages and reactions.
+    fn add_channels(&mut self, channels: Vec<Channel>) {
+        for channel in channels {
+            let c = self.channels.len();
             for (m, message) in channel.messages.iter().enumerate() {
-                authored.entry(message.user_id.clone()).or_default().push((c, m));
+                self.authored.entry(message.user_id.clone()).or_default().push((c, m));
                 for (r, reaction) in message.reactions.iter().enumerate() {
-                    reacted.entry(reaction.user_id.clone()).or_default().push((c, m, r));
+                    self.reacted.entry(reaction.user_id.clone()).or_default().push((c, m, r));
                 }
             }
+            self.channel_index.insert(channel.cid(), c);
+            self.channels.push(channel);
         }
-        Self { users, channels, user_index, authored, reacted, heavy_messages: HEAVY_USER_MESSAGES }
+    }
+
+    /// The same data set with `count` synthetic channels added (see the module's comment). They
+    /// come from their own random stream, so the rest of the data set does not change.
+    pub(crate) fn with_synthetic_channels(mut self, count: usize, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_b01c);
+        let year = Duration::days(365).num_microseconds().unwrap_or(0);
+        let first = data_start() - Duration::days(366);
+        let step = year / count.max(1) as i64;
+        let bulk = count / 2..(count / 2 + BULK_IMPORT_SIZE).min(count);
+        let channels = (0..count)
+            .map(|n| {
+                let number = if bulk.contains(&n) { bulk.start } else { n };
+                let created_at = first + Duration::microseconds(step * number as i64 + 1);
+                let authors = [
+                    format!("user-{:02}", rng.random_range(0..USER_COUNT)),
+                    format!("user-{:02}", rng.random_range(0..USER_COUNT)),
+                ];
+                let members = authors
+                    .iter()
+                    .enumerate()
+                    .map(|(k, id)| Member {
+                        user_id: id.clone(),
+                        role: if k == 0 { "owner" } else { "member" },
+                        created_at,
+                    })
+                    .collect();
+                let mut messages: Vec<Message> = authors
+                    .iter()
+                    .map(|author| Message {
+                        id: random_id(&mut rng),
+                        user_id: author.clone(),
+                        text: WORDS[rng.random_range(0..WORDS.len())].to_owned(),
+                        created_at: random_time(&mut rng),
+                        deleted_at: None,
+                        reactions: Vec::new(),
+                    })
+                    .collect();
+                messages.sort_by_key(|message| message.created_at);
+                Channel {
+                    kind: "messaging",
+                    id: format!("bulk-{n:06}"),
+                    name: format!("Bulk {n}"),
+                    created_by: authors[0].clone(),
+                    created_at,
+                    truncated_at: None,
+                    deleted_at: None,
+                    team: Some(CHANNEL_TEAMS[n % CHANNEL_TEAMS.len()]),
+                    members,
+                    messages,
+                    heavy: false,
+                    heavy_messages: 0,
+                }
+            })
+            .collect();
+        self.add_channels(channels);
+        self
     }
 
     /// The same data set with [`HEAVY_USER`] holding `count` messages instead of
@@ -377,7 +472,7 @@ impl DataSet {
     }
 
     pub(crate) fn channel_index(&self, cid: &str) -> Option<usize> {
-        self.channels.iter().position(|channel| channel.cid() == cid)
+        self.channel_index.get(cid).copied()
     }
 
     /// How many messages a user wrote.
@@ -519,6 +614,9 @@ impl Channel {
             }
             if let Some(at) = self.deleted_at {
                 map.insert("deleted_at".to_owned(), json!(timestamp(at)));
+            }
+            if let Some(team) = self.team {
+                map.insert("team".to_owned(), json!(team));
             }
         }
         value

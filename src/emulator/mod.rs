@@ -13,6 +13,7 @@
 //! | `export_user`         | `GET /users/{id}/export`     | 200 `{user, messages, reactions, duration}` |
 //! | `export_users`        | `POST /export/users`         | 201 `{task_id, duration}` |
 //! | `download`            | `GET /exports/{channels,users}/{task}/{file}?Expires=&Signature=` | 200 file |
+//! | `query_channels`      | `POST /channels`            | 200 `{channels: [{channel, messages, members, ...}], duration}` |
 //!
 //! Any other path or method: 404 with code 16.
 //!
@@ -48,6 +49,8 @@
 //!   `include_truncated_messages`. Soft-deleted messages are always exported with
 //!   `type: "deleted"`; `clear_deleted_message_text` empties their `text` (and `html`).
 //! - `format: "csv"` is refused with 400 (not emulated).
+//! - QueryChannels (`POST /channels`): the filters, sorts, limits and decisions are in the
+//!   `query` module; soft-deleted channels are not listed, ties are in `cid` order.
 //! - `GET /users/{id}/export` of [`data::HEAVY_USER`] gives 400 code 4 ("has more than 10000
 //!   messages"); in `POST /export/users` the same user makes the task fail with
 //!   `error.type = "validation_error"`.
@@ -107,6 +110,7 @@ mod control;
 pub mod data;
 mod faults;
 mod files;
+mod query;
 mod rate_limit;
 mod routes;
 mod state;
@@ -198,6 +202,11 @@ pub struct EmulatorArgs {
     /// Most channels per export request.
     #[arg(long, default_value_t = 25)]
     pub channel_limit: usize,
+    /// Add this many synthetic channels `messaging:bulk-NNNNNN` (created over the year before the
+    /// messages, one bulk import of 45 in one microsecond, teams acme/globex/initech): listing
+    /// and exporting at scale.
+    #[arg(long, default_value_t = 0)]
+    pub synthetic_channels: usize,
 }
 
 impl EmulatorArgs {
@@ -222,6 +231,7 @@ impl EmulatorArgs {
         }
         config.seed = self.seed;
         config.channel_limit = self.channel_limit;
+        config.synthetic_channels = self.synthetic_channels;
         Ok(config)
     }
 }

@@ -24,6 +24,7 @@ use super::{
     data::{HEAVY_USER, USER_EXPORT_MESSAGE_LIMIT},
     faults::Fault,
     files::{ChannelExportSpec, ChannelSelection, ExportKind, Version},
+    query::ChannelQuery,
     rate_limit::RateInfo,
     state::AppState,
     tasks::{Status, TaskError},
@@ -45,6 +46,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/tasks/{id}", get(get_task))
         .route("/users/{id}/export", get(export_user))
         .route("/export/users", post(export_users))
+        .route("/channels", post(query_channels))
         .route("/exports/{kind}/{task}/{file}", get(download))
         .merge(control::router())
         .fallback(not_found)
@@ -323,6 +325,22 @@ async fn export_channels(State(state): State<AppState>, Extension(timer): Extens
         Ok(spec) => {
             let id = state.create_task(ExportKind::Channels(spec), None);
             json(StatusCode::CREATED, timer, json!({"task_id": id.to_string()}))
+        }
+        Err(error) => error.response(timer),
+    }
+}
+
+async fn query_channels(State(state): State<AppState>, Extension(timer): Extension<Timer>, body: Bytes) -> Response {
+    const OP: &str = "QueryChannels";
+    let query = parse_body(OP, &body).and_then(|map| {
+        ChannelQuery::parse(&map)
+            .map_err(|refused| ApiError::input(OP, &refused.field, &format!("{} {}", refused.field, refused.problem)))
+    });
+    match query {
+        Ok(query) => {
+            let data = &state.data;
+            let rows: Vec<Value> = query.run(data).into_iter().map(|channel| query.row(channel, data)).collect();
+            json(StatusCode::OK, timer, json!({"channels": rows}))
         }
         Err(error) => error.response(timer),
     }

@@ -90,7 +90,11 @@ impl AppState {
             api_secret: config.api_secret.as_str().into(),
             channel_limit: config.channel_limit,
             user_ids_limit: config.user_ids_limit,
-            data: Arc::new(DataSet::generate(config.seed).with_heavy_user_messages(config.heavy_user_messages)),
+            data: Arc::new(
+                DataSet::generate(config.seed)
+                    .with_heavy_user_messages(config.heavy_user_messages)
+                    .with_synthetic_channels(config.synthetic_channels, config.seed),
+            ),
             local_addr,
             inner: Arc::new(Mutex::new(Inner {
                 clock_offset: Duration::zero(),

@@ -9,3 +9,4 @@ mod common;
 mod api;
 mod exports;
 mod faults;
+mod query_channels;
