@@ -27,9 +27,11 @@ impl Operation {
     pub fn max_body_bytes(self) -> usize {
         match self {
             Operation::ExportUser => MAX_USER_EXPORT_BODY_BYTES,
-            Operation::ExportChannels | Operation::ExportUsers | Operation::GetTask | Operation::Download => {
-                MAX_TASK_BODY_BYTES
-            }
+            Operation::ExportChannels
+            | Operation::ExportUsers
+            | Operation::GetTask
+            | Operation::Download
+            | Operation::QueryChannels => MAX_TASK_BODY_BYTES,
         }
     }
 }

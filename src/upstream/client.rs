@@ -30,7 +30,10 @@ use super::{
     destination::{CheckingResolver, DestinationPolicy, Refused, same_origin},
     error::{Operation, UpstreamError},
     rate_limit::RateLimit,
-    wire::{ApiErrorBody, ExportChannelsBody, ExportUsersBody, TaskCreated, TaskStatus, UserExport},
+    wire::{
+        ApiErrorBody, ExportChannelsBody, ExportUsersBody, QueriedChannels, QueryChannelsBody, TaskCreated, TaskStatus,
+        UserExport,
+    },
 };
 
 /// How much of a non-JSON error body is kept in the error message.
@@ -186,6 +189,16 @@ impl StreamClient {
         deadline: Option<Instant>,
     ) -> Result<Answer<TaskStatus>, UpstreamError> {
         self.send(Operation::GetTask, Method::GET, &["tasks", task_id], None::<&()>, deadline).await
+    }
+
+    /// `POST /channels`: one page of the channels a filter matches (see `channel_list` for
+    /// listing them all).
+    pub async fn query_channels(
+        &self,
+        body: &QueryChannelsBody,
+        deadline: Option<Instant>,
+    ) -> Result<Answer<QueriedChannels>, UpstreamError> {
+        self.send(Operation::QueryChannels, Method::POST, &["channels"], Some(body), deadline).await
     }
 
     /// Starts the download of an export file from a result URL that upstream returned (the URL

@@ -18,6 +18,8 @@ pub enum Operation {
     GetTask,
     /// `GET <result url>`: the download of an export file.
     Download,
+    /// `POST /channels`: a page of the channels a filter matches.
+    QueryChannels,
 }
 
 impl Operation {
@@ -29,12 +31,14 @@ impl Operation {
             Operation::ExportUser => "ExportUser",
             Operation::GetTask => "GetTask",
             Operation::Download => "DownloadExport",
+            Operation::QueryChannels => "QueryChannels",
         }
     }
 
-    /// Whether sending the request twice is harmless (the GETs).
+    /// Whether sending the request twice is harmless (the GETs, and QueryChannels: a POST that
+    /// only reads).
     pub fn is_idempotent(self) -> bool {
-        matches!(self, Operation::ExportUser | Operation::GetTask | Operation::Download)
+        matches!(self, Operation::ExportUser | Operation::GetTask | Operation::Download | Operation::QueryChannels)
     }
 }
 

@@ -7,6 +7,7 @@
 mod api_http;
 mod auth;
 pub mod body;
+pub mod channel_list;
 mod client;
 pub mod convert;
 pub mod destination;

@@ -43,6 +43,62 @@ pub struct ChannelExport {
     pub messages_until: Option<DateTime<Utc>>,
 }
 
+/// Body of `POST /channels` (QueryChannels) as a lister sends it: channel rows only, no state,
+/// no watch, no presence (what Stream's docs advise for background work).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct QueryChannelsBody {
+    /// Stream's MongoDB-style `filter_conditions`.
+    pub filter_conditions: serde_json::Value,
+    /// The order of the rows.
+    pub sort: Vec<SortParam>,
+    /// Rows per page (at most 30).
+    pub limit: u32,
+    /// Always false: the lister needs the channel rows only.
+    pub state: bool,
+    /// Always false.
+    pub watch: bool,
+    /// Always false.
+    pub presence: bool,
+}
+
+/// One sort key of QueryChannels.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SortParam {
+    /// The field.
+    pub field: &'static str,
+    /// 1 ascending, -1 descending.
+    pub direction: i8,
+}
+
+/// Answer of `POST /channels`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct QueriedChannels {
+    /// The page's rows.
+    pub channels: Vec<QueriedChannel>,
+}
+
+/// One row of QueryChannels' answer; only what a lister reads.
+#[derive(Clone, Debug, Deserialize)]
+pub struct QueriedChannel {
+    /// The channel.
+    pub channel: ChannelSummary,
+}
+
+/// The fields of a channel a lister reads.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct ChannelSummary {
+    /// `type:id`.
+    pub cid: String,
+    /// The channel type.
+    #[serde(rename = "type")]
+    pub channel_type: String,
+    /// The channel id.
+    pub id: String,
+    /// When the channel was created, as Stream wrote it (sent back verbatim in the next page's
+    /// filter, so that no rounding can skip or repeat a row).
+    pub created_at: String,
+}
+
 /// Body of `POST /export/users`.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ExportUsersBody {

@@ -7,6 +7,7 @@
 mod common;
 
 mod authorization;
+mod channel_list;
 mod error_mapping;
 mod export_service;
 mod fault_matrix;
