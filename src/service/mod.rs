@@ -1,13 +1,13 @@
 //! The gRPC handlers of `streamexport.v1.ExportService`, one file per group of RPCs:
 //!
 //! - `ExportChannels`, `ExportUsers` (idempotent, recorded in the task registry) and
-//!   `ExportUser` in [`submits`];
-//! - `GetTask`, `WatchTask`, and `ListTasks` with its [`page_token`]s in [`task_reads`];
-//! - `ReadExport` in [`read_export`].
+//!   `ExportUser` in `submits`;
+//! - `GetTask`, `WatchTask`, and `ListTasks` with its `page_token`s in `task_reads`;
+//! - `ReadExport` in `read_export`.
 //!
-//! Each handler begins with the per-call context ([`call`]: the caller, admission, the deadline),
+//! Each handler begins with the per-call context (`call`: the caller, admission, the deadline),
 //! validates (see [`validation`]), is checked against the [`authorization`] policies before it
-//! goes upstream (a task's owner comes from the registry, [`task_access`]), makes its upstream
+//! goes upstream (a task's owner comes from the registry, `task_access`), makes its upstream
 //! call, and converts the answer; every failure becomes a status of `contract::status`. Submits
 //! and exports are written to the [`audit`] log. Each RPC is named once, by [`Rpc`]: its Cedar
 //! action, audit `rpc` value and idempotency key all read that name. This file holds the
