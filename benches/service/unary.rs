@@ -18,7 +18,8 @@ use stream_export::{
     emulator::data::LIVESTREAM_CHANNEL,
     proto::{GetTaskRequest, export_service_client::ExportServiceClient},
     service::{
-        authorization::{Action, Policies, Resource},
+        Rpc,
+        authorization::{Policies, Resource},
         caller::{Caller, CallerSource},
     },
 };
@@ -418,7 +419,7 @@ async fn policy_eval(calls: usize) -> Vec<Figure> {
         let task_ids: Vec<String> = (0..calls).map(|n| format!("7f1c2a9e-0b6d-4c1e-9a53-{n:012}")).collect();
         let allowed = |task_id: &str| {
             let resource = Resource::Task { id: task_id, owner: Some("analytics"), rpc: Some("ExportChannels") };
-            policies.allows(&caller, Action::GetTask, &resource)
+            policies.allows(&caller, Rpc::GetTask, &resource)
         };
         assert!(allowed("warm-up"), "teams.cedar lets platform read every task");
         let started = Instant::now();

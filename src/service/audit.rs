@@ -3,7 +3,7 @@
 
 use tonic::Status;
 
-use super::caller::Caller;
+use super::{caller::Caller, rpc::Rpc};
 use crate::telemetry::code_name;
 
 /// What an audited call was about.
@@ -17,7 +17,7 @@ pub enum Subject<'a> {
 }
 
 /// Records one audited call and its outcome.
-pub fn record(caller: &Caller, rpc: &str, subject: &Subject<'_>, outcome: Result<&str, &Status>) {
+pub fn record(caller: &Caller, rpc: Rpc, subject: &Subject<'_>, outcome: Result<&str, &Status>) {
     let (channels, users) = match subject {
         Subject::Channels(cids) => (cids.join(","), String::new()),
         Subject::Users(ids) => (String::new(), ids.join(",")),
@@ -31,7 +31,7 @@ pub fn record(caller: &Caller, rpc: &str, subject: &Subject<'_>, outcome: Result
         target: "audit",
         caller = %caller,
         caller_source = ?caller.source,
-        rpc,
+        rpc = rpc.name(),
         channels,
         users,
         task_id,
@@ -41,12 +41,12 @@ pub fn record(caller: &Caller, rpc: &str, subject: &Subject<'_>, outcome: Result
 }
 
 /// Records a call the authorization policies refused: who, which action, on what.
-pub fn refused(caller: &Caller, action: &str, resource: &str) {
+pub fn refused(caller: &Caller, action: Rpc, resource: &str) {
     tracing::info!(
         target: "audit",
         caller = %caller,
         caller_source = ?caller.source,
-        rpc = action,
+        rpc = action.name(),
         resource,
         code = code_name(tonic::Code::PermissionDenied),
         "audit: not authorized"

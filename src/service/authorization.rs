@@ -5,6 +5,9 @@
 //! model is the schema in `policy/stream-export.cedarschema` (compiled in), against which every
 //! policy set is validated, at start-up and at each reload (SIGHUP): a set that does not parse
 //! or validate is refused whole.
+//!
+//! The actions of the entity model are the RPCs: a call's action is `Action::"<name>"`, its
+//! [`Rpc::name`] (`ExportChannels` and `ExportUsers` are checked once per channel or user).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -22,7 +25,10 @@ use cedar_policy::{
 };
 use tonic::Status;
 
-use super::caller::{Caller, CallerSource};
+use super::{
+    caller::{Caller, CallerSource},
+    rpc::Rpc,
+};
 use crate::contract::status;
 
 /// The schema that every policy set must validate against.
@@ -30,40 +36,6 @@ pub const SCHEMA: &str = include_str!("../../policy/stream-export.cedarschema");
 
 /// How many decisions are remembered (least recently used go first).
 const DECISIONS_REMEMBERED: u64 = 10_000;
-
-/// The actions of the entity model, one per RPC.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// `Action::"ExportChannels"`, once per channel.
-    ExportChannels,
-    /// `Action::"ExportUsers"`, once per user.
-    ExportUsers,
-    /// `Action::"ExportUser"`.
-    ExportUser,
-    /// `Action::"GetTask"`.
-    GetTask,
-    /// `Action::"WatchTask"`.
-    WatchTask,
-    /// `Action::"ReadExport"`.
-    ReadExport,
-    /// `Action::"ListTasks"`.
-    ListTasks,
-}
-
-impl Action {
-    /// The action's id (its RPC's name).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::ExportChannels => "ExportChannels",
-            Self::ExportUsers => "ExportUsers",
-            Self::ExportUser => "ExportUser",
-            Self::GetTask => "GetTask",
-            Self::WatchTask => "WatchTask",
-            Self::ReadExport => "ReadExport",
-            Self::ListTasks => "ListTasks",
-        }
-    }
-}
 
 /// What an action is about.
 #[derive(Clone, Debug)]
@@ -176,7 +148,7 @@ impl Policies {
     /// Whether `caller` may do `action` on `resource`. Decisions are remembered (a decision
     /// depends on nothing but its inputs and the policy set): a caller polling one task pays
     /// for one evaluation, not one per call.
-    pub fn allows(&self, caller: &Caller, action: Action, resource: &Resource<'_>) -> bool {
+    pub fn allows(&self, caller: &Caller, action: Rpc, resource: &Resource<'_>) -> bool {
         let Some(loaded) = &self.inner else { return true };
         let key = loaded.decision_key(caller, action, resource);
         if let Some(allowed) = loaded.decisions.get(&key) {
@@ -196,19 +168,19 @@ impl Policies {
 
     /// [`Policies::allows`], as a status: PERMISSION_DENIED `NOT_AUTHORIZED` naming the action
     /// and the resource, with an audit event.
-    pub fn check(&self, caller: &Caller, action: Action, resource: &Resource<'_>) -> Result<(), Status> {
+    pub fn check(&self, caller: &Caller, action: Rpc, resource: &Resource<'_>) -> Result<(), Status> {
         if self.allows(caller, action, resource) {
             return Ok(());
         }
         let resource = resource.uid();
-        super::audit::refused(caller, action.name(), &resource);
+        super::audit::refused(caller, action, &resource);
         Err(status::not_authorized(action.name(), &resource))
     }
 }
 
 impl Loaded {
     /// Everything a decision depends on besides the policy set, and the set's generation.
-    fn decision_key(&self, caller: &Caller, action: Action, resource: &Resource<'_>) -> String {
+    fn decision_key(&self, caller: &Caller, action: Rpc, resource: &Resource<'_>) -> String {
         let generation = self.generation.load(Ordering::Relaxed);
         let (owner, rpc, version) = match resource {
             Resource::Task { owner, rpc, .. } => (owner.unwrap_or("\u{1}"), rpc.unwrap_or("\u{1}"), ""),
@@ -230,7 +202,7 @@ impl Loaded {
         Ok(EntityUid::from_type_name_and_id(kind.clone(), EntityId::new(id)))
     }
 
-    fn decide(&self, caller: &Caller, action: Action, resource: &Resource<'_>) -> Result<Decision, String> {
+    fn decide(&self, caller: &Caller, action: Rpc, resource: &Resource<'_>) -> Result<Decision, String> {
         let principal = self.uid("Caller", &caller.name)?;
         let principal_entity = Entity::new(
             principal.clone(),
@@ -352,19 +324,27 @@ mod tests {
     fn the_example_policies_decide_as_the_readme_says() {
         let policies = example();
         let livestream = |version| Resource::Channel { kind: "livestream", id: "finals", version };
-        assert!(policies.allows(&caller("analytics"), Action::ExportChannels, &livestream("v2")));
-        assert!(!policies.allows(&caller("analytics"), Action::ExportChannels, &livestream("v1")));
-        assert!(!policies.allows(&caller("privacy"), Action::ExportChannels, &livestream("v2")));
-        assert!(policies.allows(&caller("privacy"), Action::ExportUser, &Resource::User("u-1")));
+        assert!(policies.allows(&caller("analytics"), Rpc::ExportChannels, &livestream("v2")));
+        assert!(!policies.allows(&caller("analytics"), Rpc::ExportChannels, &livestream("v1")));
+        assert!(!policies.allows(&caller("privacy"), Rpc::ExportChannels, &livestream("v2")));
+        assert!(policies.allows(&caller("privacy"), Rpc::ExportUser, &Resource::User("u-1")));
         let task = Resource::Task { id: "t-1", owner: Some("analytics"), rpc: Some("ExportChannels") };
-        assert!(policies.allows(&caller("analytics"), Action::ReadExport, &task));
-        assert!(!policies.allows(&caller("privacy"), Action::ReadExport, &task));
-        assert!(policies.allows(&caller("platform"), Action::ReadExport, &task));
+        assert!(policies.allows(&caller("analytics"), Rpc::ReadExport, &task));
+        assert!(!policies.allows(&caller("privacy"), Rpc::ReadExport, &task));
+        assert!(policies.allows(&caller("platform"), Rpc::ReadExport, &task));
         let unknown = Resource::Task { id: "t-2", owner: None, rpc: None };
-        assert!(!policies.allows(&caller("analytics"), Action::GetTask, &unknown));
-        assert!(policies.allows(&caller("platform"), Action::GetTask, &unknown));
-        assert!(policies.allows(&caller("anonymous"), Action::ListTasks, &Resource::Service));
-        assert!(Policies::permit_all().allows(&caller("anyone"), Action::ExportUsers, &Resource::User("u")));
+        assert!(!policies.allows(&caller("analytics"), Rpc::GetTask, &unknown));
+        assert!(policies.allows(&caller("platform"), Rpc::GetTask, &unknown));
+        assert!(policies.allows(&caller("anonymous"), Rpc::ListTasks, &Resource::Service));
+        assert!(Policies::permit_all().allows(&caller("anyone"), Rpc::ExportUsers, &Resource::User("u")));
+    }
+
+    #[test]
+    fn the_schemas_actions_are_the_rpcs() {
+        let (schema, _) = Schema::from_cedarschema_str(SCHEMA).expect("the schema parses");
+        let actions: HashSet<String> = schema.actions().map(|action| action.id().unescaped().to_owned()).collect();
+        let rpcs: HashSet<String> = Rpc::ALL.iter().map(|rpc| rpc.name().to_owned()).collect();
+        assert_eq!(actions, rpcs);
     }
 
     #[test]
@@ -372,7 +352,7 @@ mod tests {
         let refused = example()
             .check(
                 &caller("analytics"),
-                Action::ExportChannels,
+                Rpc::ExportChannels,
                 &Resource::Channel { kind: "backoffice", id: "a\"b", version: "v2" },
             )
             .expect_err("refused");

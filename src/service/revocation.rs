@@ -12,8 +12,9 @@ use tokio_stream::Stream;
 use tonic::Status;
 
 use super::{
-    authorization::{Action, Policies, Resource},
+    authorization::{Policies, Resource},
     caller::Caller,
+    rpc::Rpc,
 };
 use crate::proto::TaskRecord;
 
@@ -22,7 +23,7 @@ pub struct TaskGrant {
     /// Who opened the stream.
     pub caller: Caller,
     /// The action it was permitted.
-    pub action: Action,
+    pub action: Rpc,
     /// The task, in its canonical spelling.
     pub task_id: String,
     /// What the registry knew of the task (its owner and RPC) when the stream opened.
