@@ -18,17 +18,18 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     config::{IdempotencySettings, Settings, StateSettings, TlsSettings, TransportSettings, UpstreamSettings},
-    fleet::{Redis, members::Members},
+    fleet::{
+        Redis, budget::FleetBudget, members::Members, registry::RedisRegistry, submit::RedisSubmitStore,
+        watch_lease::FleetView,
+    },
     proto::{self, export_service_server::ExportServiceServer},
     service::{ExportApi, Stores, authorization::Policies, caller::CallerAuth},
     store::{
-        MemoryRegistry, MemoryStore, RedisRegistry, RedisSubmitStore, TaskRegistry,
+        MemoryRegistry, MemoryStore, TaskRegistry,
         embedded::{EmbeddedRegistry, EmbeddedSubmitStore, StateDir},
         pending::{KeptUntilStored, PENDING_CAPACITY},
     },
-    task_watch::{
-        ChangeObserver, Coordination, WatchHub, WatchSettings, fleet_budget::FleetBudget, fleet_view::FleetView,
-    },
+    task_watch::{ChangeObserver, Coordination, WatchHub, WatchSettings},
     telemetry::{self, layer::GrpcTelemetryLayer},
     upstream::{ClientConfig, CredentialCheck, Credentials, RetryPolicy, StreamClient},
 };

@@ -13,13 +13,16 @@
 //! and the holder died before recording it. Its lease runs out and a retry starts a second
 //! export; Stream has no idempotency key of its own to prevent it.
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
 use futures::{FutureExt, future::BoxFuture};
-use redis::Script;
 
+use super::{
+    connection::{Redis, millis},
+    lease::{Lease, with_lease},
+    script::FleetScript,
+};
 use crate::{
-    fleet::{Redis, millis},
     store::{Fingerprint, StoreError, SubmitStore, Submitted},
     upstream::UpstreamError,
 };
@@ -31,34 +34,31 @@ pub const CLAIM_LEASE: Duration = Duration::from_secs(5);
 /// How often a waiter looks for the outcome of a submit another caller is running.
 const WAIT_POLL: Duration = Duration::from_millis(50);
 
-/// Returns `done`, or takes the free claim, or returns the claim's holder.
-const CLAIM: &str = r"
+/// Returns `done`, or claims the lease, or returns the claim's holder.
+static CLAIM: LazyLock<FleetScript> = LazyLock::new(|| {
+    with_lease(
+        "EVALSHA submit.claim",
+        r"
 local done = redis.call('GET', KEYS[1])
 if done then return {'done', done} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'claimed', ''} end
-local held = redis.call('GET', KEYS[2])
-if held then return {'held', held} end
-return {'free', ''}
-";
-
-/// Extends the claim's lease, if the claim is still this holder's.
-const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-";
+local holder = lease_claim(KEYS[2], ARGV[1], ARGV[2])
+if holder == ARGV[1] then return {'claimed', ''} end
+return {'held', holder}
+",
+    )
+});
 
 /// Records the task and lets go of the claim (if still held).
-const FINISH: &str = r"
+static FINISH: LazyLock<FleetScript> = LazyLock::new(|| {
+    with_lease(
+        "EVALSHA submit.finish",
+        r"
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+lease_release(KEYS[2], ARGV[1])
 return 1
-";
-
-/// Lets go of the claim after a failed submit, so that a retry can run.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-";
+",
+    )
+});
 
 /// The [`SubmitStore`] of a fleet, in Redis.
 #[derive(Debug)]
@@ -73,46 +73,38 @@ impl RedisSubmitStore {
         Self { redis, ttl }
     }
 
-    /// Runs `submit` on its own task, holding (and renewing) the claim `holder` until it ends,
-    /// then records its task or releases the claim. On its own task so that a caller that
+    /// Runs `submit` on its own task, holding (and renewing) the `claim` until it ends, then
+    /// records its task in `done` or releases the claim. On its own task so that a caller that
     /// leaves never abandons a submit Stream may already have (see [`SubmitStore`]).
     fn run_detached(
         &self,
-        keys: [String; 2],
-        holder: String,
+        done: String,
+        claim: Lease,
         fingerprint: Fingerprint,
         submit: BoxFuture<'static, Result<String, UpstreamError>>,
     ) -> impl Future<Output = Result<String, StoreError>> + use<> {
         let (redis, ttl) = (self.redis.clone(), self.ttl);
         let task = tokio::spawn(async move {
-            let [done, claim] = keys;
-            let renewal = tokio::spawn(renew_claim(redis.clone(), claim.clone(), holder.clone()));
+            let renewal = tokio::spawn(renew_claim(claim.clone()));
             let outcome = submit.await;
             renewal.abort();
-            let mut connection = redis.connection().await?;
             match outcome {
                 Ok(task_id) => {
-                    let finish = Script::new(FINISH);
-                    let mut invocation = finish.key(&done);
-                    invocation
-                        .key(&claim)
-                        .arg(&holder)
+                    let finish = FINISH
+                        .call()
+                        .key(&done)
+                        .key(claim.key())
+                        .arg(claim.owner())
                         .arg(format!("{}|{task_id}", fingerprint.to_hex()))
                         .arg(millis(ttl));
-                    let recorded =
-                        redis.call("EVALSHA submit.finish", invocation.invoke_async::<i64>(&mut connection)).await;
-                    if let Err(error) = recorded {
+                    if let Err(error) = finish.run::<i64>(&redis).await {
                         // The caller gets its task; a repeat after the lease may not find it.
                         tracing::warn!(%error, %task_id, "a submit's task could not be recorded in the fleet store");
                     }
                     Ok(task_id)
                 }
                 Err(error) => {
-                    let release = Script::new(RELEASE);
-                    let mut invocation = release.key(&claim);
-                    invocation.arg(&holder);
-                    let released = invocation.invoke_async::<i64>(&mut connection);
-                    let _ = redis.call("EVALSHA submit.release", released).await;
+                    let _ = claim.release().await;
                     Err(StoreError::Submit(error))
                 }
             }
@@ -121,15 +113,11 @@ impl RedisSubmitStore {
     }
 }
 
-/// Extends the lease of `holder`'s claim every third of a lease, until aborted.
-async fn renew_claim(redis: Redis, claim: String, holder: String) {
+/// Extends the claim's lease every third of a lease, until aborted.
+async fn renew_claim(claim: Lease) {
     loop {
         tokio::time::sleep(CLAIM_LEASE / 3).await;
-        let Ok(mut connection) = redis.connection().await else { continue };
-        let renew = Script::new(RENEW);
-        let mut invocation = renew.key(&claim);
-        invocation.arg(&holder).arg(millis(CLAIM_LEASE));
-        let _ = redis.call("EVALSHA submit.renew", invocation.invoke_async::<i64>(&mut connection)).await;
+        let _ = claim.renew().await;
     }
 }
 
@@ -143,24 +131,20 @@ impl SubmitStore for RedisSubmitStore {
     ) -> Result<Submitted, StoreError> {
         let digest = Fingerprint::of("key", &key).to_hex();
         let done = self.redis.key("submit", &digest, "done");
-        let claim = self.redis.key("submit", &digest, "claim");
         let holder = format!("{}|{}", uuid::Uuid::new_v4(), fingerprint.to_hex());
+        let claim = Lease::new(self.redis.clone(), self.redis.key("submit", &digest, "claim"), holder, CLAIM_LEASE);
         let mut submit = Some(submit);
         loop {
-            let mut connection = self.redis.connection().await?;
-            let script = Script::new(CLAIM);
-            let mut invocation = script.key(&done);
-            invocation.key(&claim).arg(&holder).arg(millis(CLAIM_LEASE));
-            let answer = invocation.invoke_async::<(String, String)>(&mut connection);
-            let (state, value) = self.redis.call("EVALSHA submit.claim", answer).await?;
+            let attempt = CLAIM.call().key(&done).key(claim.key()).arg(claim.owner()).arg(claim.ttl_millis());
+            let (state, value): (String, String) = attempt.run(&self.redis).await?;
             match state.as_str() {
                 "done" => return recorded(&value),
                 "claimed" => {
                     let Some(submit) = submit.take() else { return Err(StoreError::Aborted) };
-                    let task_id = self.run_detached([done, claim], holder, fingerprint, submit).await?;
+                    let task_id = self.run_detached(done, claim, fingerprint, submit).await?;
                     return Ok(Submitted { fingerprint, task_id });
                 }
-                "held" => {
+                _ => {
                     let theirs = value.rsplit('|').next().and_then(Fingerprint::from_hex);
                     if let Some(theirs) = theirs.filter(|theirs| *theirs != fingerprint) {
                         // Reused for another request: the caller is told, whatever the task.
@@ -168,7 +152,6 @@ impl SubmitStore for RedisSubmitStore {
                     }
                     tokio::time::sleep(WAIT_POLL).await;
                 }
-                _ => {}
             }
         }
     }

@@ -11,21 +11,21 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use prost::Message;
-use redis::Script;
 use sha2::{Digest, Sha256};
 
-use super::{
-    StoreError,
-    registry::{Cursor, RETENTION, TaskRegistry, note_observed},
-};
+use super::{connection::Redis, script::FleetScript};
 use crate::{
-    fleet::Redis,
     proto::{Task, TaskRecord},
+    store::{
+        StoreError,
+        registry::{Cursor, RETENTION, TaskRegistry, note_observed},
+    },
 };
 
 /// Adds a record unless the task has one; drops those past the retention or the capacity.
-static RECORD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static RECORD: LazyLock<FleetScript> = LazyLock::new(|| {
+    FleetScript::new(
+        "EVALSHA registry.record",
         r"
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end
 redis.call('ZADD', KEYS[1], 0, ARGV[1])
@@ -50,8 +50,9 @@ return 1
 
 /// Up to `ARGV[2]` records, newest first, below the index member `ARGV[1]` (exclusive bound
 /// `(member`, or `+`).
-static PAGE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static PAGE: LazyLock<FleetScript> = LazyLock::new(|| {
+    FleetScript::new(
+        "EVALSHA registry.page",
         r"
 local records = {}
 for _, member in ipairs(redis.call('ZREVRANGEBYLEX', KEYS[1], ARGV[1], '-', 'LIMIT', 0, tonumber(ARGV[2]))) do
@@ -61,6 +62,15 @@ end
 return records
 ",
     )
+});
+
+/// One record, or nothing.
+static READ: LazyLock<FleetScript> =
+    LazyLock::new(|| FleetScript::new("EVALSHA registry.read", "return redis.call('HGET', KEYS[1], ARGV[1])"));
+
+/// Replaces a record.
+static WRITE: LazyLock<FleetScript> = LazyLock::new(|| {
+    FleetScript::new("EVALSHA registry.observed", "return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])")
 });
 
 /// The [`TaskRegistry`] of a fleet, in Redis.
@@ -87,14 +97,7 @@ impl RedisRegistry {
     }
 
     async fn read(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
-        let mut connection = self.redis.connection().await?;
-        let found: Option<Vec<u8>> = self
-            .redis
-            .call(
-                "HGET registry.record",
-                redis::cmd("HGET").arg(&self.records).arg(task_id).query_async(&mut connection),
-            )
-            .await?;
+        let found: Option<Vec<u8>> = READ.call().key(&self.records).arg(task_id).run(&self.redis).await?;
         Ok(found.and_then(|bytes| TaskRecord::decode(bytes.as_slice()).ok()))
     }
 }
@@ -108,8 +111,9 @@ fn member(cursor: &Cursor) -> String {
 impl TaskRegistry for RedisRegistry {
     async fn record(&self, record: TaskRecord) -> Result<(), StoreError> {
         let cutoff = Cursor { created_micros: (Utc::now() - RETENTION).timestamp_micros(), task_id: String::new() };
-        let mut invocation = RECORD.key(&self.index);
-        invocation
+        let record_it = RECORD
+            .call()
+            .key(&self.index)
             .key(&self.records)
             .key(self.owner_index(&record.owner))
             .arg(member(&Cursor::of(&record)))
@@ -117,7 +121,7 @@ impl TaskRegistry for RedisRegistry {
             .arg(record.encode_to_vec())
             .arg(self.capacity)
             .arg(member(&cutoff));
-        self.redis.eval::<i64>("EVALSHA registry.record", &invocation).await?;
+        record_it.run::<i64>(&self.redis).await?;
         Ok(())
     }
 
@@ -129,11 +133,8 @@ impl TaskRegistry for RedisRegistry {
         // Read, change, write: replicas observing one task at once write states a poll apart.
         let Some(mut record) = self.read(&task.task_id).await? else { return Ok(()) };
         note_observed(&mut record, task, at);
-        let mut connection = self.redis.connection().await?;
-        let mut command = redis::cmd("HSET");
-        command.arg(&self.records).arg(&task.task_id).arg(record.encode_to_vec());
-        let write = command.query_async::<i64>(&mut connection);
-        self.redis.call("HSET registry.observed", write).await?;
+        let write = WRITE.call().key(&self.records).arg(&task.task_id).arg(record.encode_to_vec());
+        write.run::<i64>(&self.redis).await?;
         Ok(())
     }
 
@@ -155,9 +156,8 @@ impl RedisRegistry {
     /// A page of the index `index`.
     async fn page_of(&self, index: &str, after: Option<&Cursor>, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
         let below = after.map_or_else(|| "+".to_owned(), |cursor| format!("({}", member(cursor)));
-        let mut invocation = PAGE.key(index);
-        invocation.key(&self.records).arg(below).arg(limit);
-        let records: Vec<Vec<u8>> = self.redis.eval("EVALSHA registry.page", &invocation).await?;
+        let page = PAGE.call().key(index).key(&self.records).arg(below).arg(limit);
+        let records: Vec<Vec<u8>> = page.run(&self.redis).await?;
         Ok(records.iter().filter_map(|bytes| TaskRecord::decode(bytes.as_slice()).ok()).collect())
     }
 }
