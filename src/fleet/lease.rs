@@ -95,6 +95,14 @@ impl Lease {
         Ok(if holder == self.owner { Claimed::Ours } else { Claimed::Theirs(holder) })
     }
 
+    /// Keeps the lease: extends it, or takes it again if it is free (Redis lost it, or it ran
+    /// out while Redis did not answer). Not traced, as [`Lease::renew`].
+    pub async fn keep(&self) -> Result<Claimed, FleetError> {
+        let claim = CLAIM.call().key(&self.key).arg(&self.owner).arg(self.ttl_millis()).quiet();
+        let holder: String = claim.run(&self.redis).await?;
+        Ok(if holder == self.owner { Claimed::Ours } else { Claimed::Theirs(holder) })
+    }
+
     /// Extends the lease if this owner still holds it; `false` if it does not (it ran out, or
     /// another owner took it). Not traced: renewals are periodic background calls.
     pub async fn renew(&self) -> Result<bool, FleetError> {
