@@ -303,3 +303,49 @@ async fn every_replica_lists_the_tasks_submitted_on_any_replica() {
     }
     panic!("the registry did not record the completed state: {last:?}");
 }
+
+/// Issue 32: replicas note what they observe of one task at once (in any order): the registry
+/// keeps the newest observation, never an older state over a newer one, and pages show it.
+#[tokio::test]
+async fn the_registry_keeps_a_tasks_newest_observation_whichever_replica_notes_it_last() {
+    use stream_export::{
+        fleet::{Redis, RedisSettings, registry::RedisRegistry},
+        proto::{Task, TaskRecord, TaskState},
+        store::TaskRegistry,
+    };
+
+    let server = RedisServer::start(None).await;
+    let settings = RedisSettings { url: server.url().into(), key_prefix: String::new() };
+    let registries: Vec<RedisRegistry> =
+        (0..2).map(|_| RedisRegistry::new(Redis::new(&settings, API_KEY).expect("a valid URL"), 100)).collect();
+    let created = chrono::Utc::now();
+    let record = TaskRecord {
+        task_id: "task-1".into(),
+        owner: "analytics".into(),
+        rpc: "ExportChannels".into(),
+        create_time: Some(prost_types::Timestamp { seconds: created.timestamp(), nanos: 0 }),
+        ..TaskRecord::default()
+    };
+    registries[0].record(record).await.expect("recorded");
+    let task = |state: TaskState| {
+        let mut task = Task { task_id: "task-1".into(), ..Task::default() };
+        task.set_state(state);
+        task
+    };
+    let (earlier, later) = (created + chrono::Duration::seconds(1), created + chrono::Duration::seconds(2));
+    // The replica that saw the task complete notes it first; one a poll behind notes it last.
+    registries[0].observed(&task(TaskState::Completed), later).await.expect("noted");
+    registries[1].observed(&task(TaskState::Running), earlier).await.expect("noted");
+
+    for registry in &registries {
+        let read = registry.get("task-1").await.expect("read").expect("recorded");
+        assert_eq!(read.last_observed.map(|task| task.state()), Some(TaskState::Completed), "the newest state");
+        assert_eq!(read.owner, "analytics", "the record itself is kept");
+        let page = registry.page(None, 10).await.expect("a page");
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].last_observed.as_ref().map(Task::state), Some(TaskState::Completed));
+    }
+    // A task nobody recorded gets no record from an observation.
+    registries[1].observed(&Task { task_id: "unknown".into(), ..Task::default() }, later).await.expect("noted");
+    assert!(registries[0].get("unknown").await.expect("read").is_none());
+}
