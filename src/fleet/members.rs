@@ -4,16 +4,18 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, LazyLock,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
-use redis::Script;
 use tokio_util::sync::CancellationToken;
 
-use super::{Redis, millis};
+use super::{
+    connection::{Redis, millis},
+    script::FleetScript,
+};
 
 /// How often a replica says it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -23,17 +25,23 @@ pub const ALIVE_FOR: Duration = Duration::from_secs(5);
 
 /// Records this replica's heartbeat (on Redis's clock), forgets the silent ones, and returns
 /// how many are alive.
-const BEAT: &str = r"
+static BEAT: LazyLock<FleetScript> = LazyLock::new(|| {
+    FleetScript::new(
+        "EVALSHA members.beat",
+        r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
 return redis.call('ZCARD', KEYS[1])
-";
+",
+    )
+});
 
 /// Leaves the fleet (at shutdown), so that the others' share grows at once.
-const LEAVE: &str = "return redis.call('ZREM', KEYS[1], ARGV[1])";
+static LEAVE: LazyLock<FleetScript> =
+    LazyLock::new(|| FleetScript::new("EVALSHA members.leave", "return redis.call('ZREM', KEYS[1], ARGV[1])"));
 
 /// This replica's membership of the fleet. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -62,7 +70,6 @@ impl Members {
 
     async fn beat(self, redis: Redis, shutdown: CancellationToken) {
         let key = redis.key("members", "fleet", "replicas");
-        let (beat, leave) = (Script::new(BEAT), Script::new(LEAVE));
         let mut ticks = tokio::time::interval(HEARTBEAT);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -70,14 +77,11 @@ impl Members {
                 _ = ticks.tick() => {}
                 () = shutdown.cancelled() => break,
             }
-            let mut invocation = beat.key(&key);
-            invocation.arg(&*self.id).arg(millis(ALIVE_FOR));
-            if let Ok(alive) = redis.eval_quiet::<usize>(&invocation).await {
+            let beat = BEAT.call().key(&key).arg(&*self.id).arg(millis(ALIVE_FOR)).quiet();
+            if let Ok(alive) = beat.run::<usize>(&redis).await {
                 self.alive.store(alive, Ordering::Relaxed);
             }
         }
-        let mut invocation = leave.key(&key);
-        invocation.arg(&*self.id);
-        let _ = redis.eval::<i64>("EVALSHA members.leave", &invocation).await;
+        let _ = LEAVE.call().key(&key).arg(&*self.id).run::<i64>(&redis).await;
     }
 }

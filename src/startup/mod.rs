@@ -20,17 +20,18 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     config::{IdempotencySettings, Settings, StateSettings, TransportSettings, UpstreamSettings},
-    fleet::{Redis, members::Members},
+    fleet::{
+        Redis, budget::FleetBudget, members::Members, registry::RedisRegistry, submit::RedisSubmitStore,
+        watch_lease::FleetView,
+    },
     proto::{self, export_service_server::ExportServiceServer},
     service::{ExportApi, Stores, authorization::Policies, caller::CallerAuth},
     store::{
-        MemoryRegistry, MemoryStore, RedisRegistry, RedisSubmitStore, TaskRegistry,
+        MemoryRegistry, MemoryStore, TaskRegistry,
         embedded::{EmbeddedRegistry, EmbeddedSubmitStore, StateDir},
         pending::{KeptUntilStored, PENDING_CAPACITY},
     },
-    task_watch::{
-        ChangeObserver, Coordination, WatchHub, WatchSettings, fleet_budget::FleetBudget, fleet_view::FleetView,
-    },
+    task_watch::{ChangeObserver, Coordination, WatchHub, WatchSettings},
     telemetry::{self, layer::GrpcTelemetryLayer},
     upstream::{ClientConfig, CredentialCheck, Credentials, RetryPolicy, StreamClient},
 };
@@ -102,8 +103,13 @@ impl Application {
                 Some(redis)
             }
         };
-        let stores =
-            stores(settings.idempotency, settings.task_registry_capacity, redis.clone(), state.as_ref(), &api_secret)?;
+        let stores = stores(
+            settings.idempotency,
+            settings.task_registry_capacity,
+            redis.clone().map(|redis| (redis, settings.upstream_timeout)),
+            state.as_ref(),
+            &api_secret,
+        )?;
         let leaving_fleet = CancellationToken::new();
         let coordination = match redis {
             None => Coordination::solo(),
@@ -219,18 +225,19 @@ impl Application {
     }
 }
 
-/// The stores of the mode: the fleet's Redis, the state directory, or memory (by choice).
+/// The stores of the mode: the fleet's Redis (with the upstream timeout, which bounds a submit's claim),
+/// the state directory, or memory (by choice).
 fn stores(
     idempotency: IdempotencySettings,
     registry_capacity: Option<usize>,
-    redis: Option<Redis>,
+    redis: Option<(Redis, Duration)>,
     state: Option<&StateDir>,
     api_secret: &SecretString,
 ) -> anyhow::Result<Stores> {
     let capacity = |default| registry_capacity.unwrap_or(default);
     Ok(match (redis, state) {
-        (Some(redis), _) => Stores {
-            submits: Arc::new(RedisSubmitStore::new(redis.clone(), idempotency.ttl)),
+        (Some((redis, upstream_timeout)), _) => Stores {
+            submits: Arc::new(RedisSubmitStore::new(redis.clone(), idempotency.ttl, upstream_timeout)),
             registry: kept_until_stored(Arc::new(RedisRegistry::new(
                 redis.clone(),
                 capacity(MEMORY_REGISTRY_CAPACITY),

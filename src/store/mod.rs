@@ -7,13 +7,11 @@
 //! default, and one error type ([`StoreError`]) that the handlers map to statuses once.
 //! Today: the [`SubmitStore`] (idempotent submits) and the [`TaskRegistry`] (who submitted
 //! which task), each in one process's state directory on disk ([`embedded`], the default), in
-//! memory (by choice), or in the fleet's Redis.
+//! memory (by choice), or in the fleet's Redis (implemented by `fleet`, above this module).
 
 pub mod embedded;
 mod memory;
 pub mod pending;
-mod redis_registry;
-mod redis_submit;
 pub mod registry;
 #[cfg(test)]
 mod testing;
@@ -21,13 +19,9 @@ mod testing;
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
-use crate::{fleet::Unavailable, upstream::UpstreamError};
+use crate::upstream::UpstreamError;
 
-pub use self::{
-    redis_registry::RedisRegistry,
-    redis_submit::RedisSubmitStore,
-    registry::{MemoryRegistry, TaskRegistry},
-};
+pub use self::registry::{MemoryRegistry, TaskRegistry};
 pub use memory::MemoryStore;
 
 /// A digest of what a submit asked for: a repeat must ask for the same thing.
@@ -76,10 +70,16 @@ pub enum StoreError {
     /// The submit's task ended without an outcome (it panicked or the runtime is stopping).
     #[error("the submit ended abnormally")]
     Aborted,
-    /// The shared store cannot be reached; nothing was sent upstream.
+    /// The store cannot be read or written (a full disk, an unreachable Redis); nothing was
+    /// sent upstream.
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
 }
+
+/// A store could not be read or written; the words say which and why (never a secret).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
 
 /// Where submits are recorded.
 #[tonic::async_trait]

@@ -124,7 +124,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
-    use crate::{fleet::Unavailable, store::MemoryRegistry};
+    use crate::store::{MemoryRegistry, Unavailable};
 
     /// A registry that refuses writes while `down` is set.
     #[derive(Debug)]

@@ -4,7 +4,7 @@
 //!
 //! Records live as long as Stream keeps exports ([`RETENTION`]), at most a configured number of
 //! them (the oldest go first): in memory by default ([`MemoryRegistry`]), in the fleet's Redis
-//! in fleet mode ([`super::RedisRegistry`]), so that any replica knows every task's owner.
+//! in fleet mode (`fleet::registry`), so that any replica knows every task's owner.
 
 use std::{
     collections::{BTreeSet, HashMap},

@@ -7,14 +7,13 @@
 //! - [`events`] turns what the poller publishes into one watcher's `TaskEvent` stream.
 //! - [`view`] is what a task's watchers see; [`shared`] what the hub and its pollers share.
 //! - [`coordination`] is the seam between one process and a fleet: who polls each task, and
-//!   whose budget the polls spend. [`fleet_view`] and [`fleet_budget`] are the fleet's side,
-//!   where the replicas sharing a Redis poll each task once and share one budget.
+//!   whose budget the polls spend. The fleet's side (`fleet::watch_lease`, `fleet::budget`),
+//!   where the replicas sharing a Redis poll each task once and share one budget, implements it
+//!   from above.
 
 pub mod budget;
 pub mod coordination;
 pub mod events;
-pub mod fleet_budget;
-pub mod fleet_view;
 pub mod hub;
 mod poller;
 mod shared;

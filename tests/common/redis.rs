@@ -72,6 +72,23 @@ impl RedisServer {
         }
     }
 
+    /// Stalls the server (SIGSTOP): it keeps its connections and answers nothing until
+    /// [`RedisServer::resume`]; its clock runs on, so leases run out meanwhile.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Ends a [`RedisServer::pause`] (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis-server runs").id();
+        let sent = Command::new("kill").args([signal, &pid.to_string()]).status().expect("kill runs");
+        assert!(sent.success(), "kill {signal} {pid}");
+    }
+
     /// Starts the server again on the same port (empty: nothing was persisted) and waits until
     /// it accepts connections.
     pub async fn restart(&mut self) {

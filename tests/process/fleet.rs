@@ -57,6 +57,16 @@ async fn submit(replica: &ServiceProcess, request: ExportChannelsRequest) -> Res
     client(replica).await.export_channels(request).await.map(|response| response.into_inner().task_id)
 }
 
+/// [`submit`] to the replica listening on `port` (from a task of its own).
+async fn submit_to(port: u16, request: ExportChannelsRequest) -> Result<String, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("a URL")
+        .connect()
+        .await
+        .expect("connects");
+    ExportServiceClient::new(channel).export_channels(request).await.map(|response| response.into_inner().task_id)
+}
+
 /// Submits until it succeeds (Redis coming back), for at most 5 s, honouring no RetryInfo.
 async fn submit_until_ok(replica: &ServiceProcess, request: ExportChannelsRequest) -> String {
     let started = Instant::now();
@@ -110,7 +120,8 @@ async fn a_failed_submit_releases_its_claim_and_a_dead_holder_blocks_retries_onl
     let fails_first = uuid::Uuid::new_v4().to_string();
     let holder_dies = uuid::Uuid::new_v4().to_string();
     let redis = RedisServer::start(None).await;
-    let mut fleet = replicas(2, &emulator, &redis.url()).await;
+    // A claim lasts the upstream timeout and a margin (3 s): 5 s here.
+    let mut fleet = replicas_with(2, &emulator, &redis.url(), &[("STREAM_EXPORT_UPSTREAM_TIMEOUT", "2s")]).await;
 
     // Stream fails the first submit: the retry on the other replica runs it again and succeeds.
     emulator.inject("export_channels", 1, json!({"kind": "status", "status": 500, "code": -1})).await;
@@ -146,6 +157,71 @@ async fn a_failed_submit_releases_its_claim_and_a_dead_holder_blocks_retries_onl
     // ... but it did wait for the lease: the dead replica's claim was seen (it might still have
     // been talking to Stream), so no second export started at once.
     assert!(waited > Duration::from_secs(2), "the retry did not honour the holder's claim ({waited:?})");
+}
+
+/// Issue 32: a Redis stall longer than the old 5 s claim lease, while Stream takes 8 s to answer
+/// the submit; retries right after the stall, on the replica running the submit and on
+/// another, find it instead of starting a second export.
+#[tokio::test]
+async fn a_redis_stall_longer_than_the_claim_lease_starts_no_second_export() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let redis = RedisServer::start(None).await;
+    let fleet = replicas(2, &emulator, &redis.url()).await;
+    emulator.inject("export_channels", 1, json!({"kind": "delay", "ms": 8_000})).await;
+    let holder = fleet[0].port;
+    let request = export("general", &request_id);
+    let first = tokio::spawn(async move { submit_to(holder, request).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    redis.pause();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    redis.resume();
+    let (here, elsewhere) = tokio::join!(
+        submit(&fleet[0], export("general", &request_id)),
+        submit(&fleet[1], export("general", &request_id))
+    );
+    let first = first.await.expect("the first submit ran").expect("the first submit succeeds");
+    assert_eq!(here.expect("the retry on the same replica succeeds"), first, "the retry joins the running submit");
+    assert_eq!(elsewhere.expect("the retry on another replica succeeds"), first, "one task for one request_id");
+    assert_eq!(emulator.exports_created().await, 1, "one upstream export");
+    for replica in &fleet {
+        assert_eq!(submit(replica, export("general", &request_id)).await.expect("a repeat"), first);
+    }
+}
+
+/// Issue 32: Redis loses a running submit's claim (restarted without persistence). A repeat
+/// on the replica running the submit joins it; a repeat on another replica cannot know of it
+/// and starts a second export, but the first `done` recorded stays: every caller, the late
+/// finisher's included, gets that one task id, and the late finisher logs the conflict.
+#[tokio::test]
+async fn a_lost_claim_still_gives_one_request_id_one_task_id() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let mut redis = RedisServer::start(None).await;
+    let fleet = replicas(2, &emulator, &redis.url()).await;
+    emulator.inject("export_channels", 1, json!({"kind": "delay", "ms": 3_000})).await;
+    let holder = fleet[0].port;
+    let request = export("general", &request_id);
+    let first = tokio::spawn(async move { submit_to(holder, request).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    redis.restart().await;
+    let here = {
+        let request = export("general", &request_id);
+        tokio::spawn(async move { submit_to(holder, request).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let elsewhere = submit_until_ok(&fleet[1], export("general", &request_id)).await;
+    let first = first.await.expect("the first submit ran").expect("the first submit succeeds");
+    let here = here.await.expect("the repeat ran").expect("the repeat succeeds");
+    assert_eq!(emulator.exports_created().await, 2, "the repeat elsewhere could not know of the running submit");
+    assert_eq!([&first, &here], [&elsewhere, &elsewhere], "one task id for one request_id, the first recorded");
+    for replica in &fleet {
+        assert_eq!(submit(replica, export("general", &request_id)).await.expect("a repeat"), elsewhere);
+    }
+    let log = fleet[0].log();
+    assert!(log.contains("a second export was started for one request_id"), "the conflict is reported:\n{log}");
 }
 
 #[tokio::test]
@@ -226,4 +302,50 @@ async fn every_replica_lists_the_tasks_submitted_on_any_replica() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the registry did not record the completed state: {last:?}");
+}
+
+/// Issue 32: replicas note what they observe of one task at once (in any order): the registry
+/// keeps the newest observation, never an older state over a newer one, and pages show it.
+#[tokio::test]
+async fn the_registry_keeps_a_tasks_newest_observation_whichever_replica_notes_it_last() {
+    use stream_export::{
+        fleet::{Redis, RedisSettings, registry::RedisRegistry},
+        proto::{Task, TaskRecord, TaskState},
+        store::TaskRegistry,
+    };
+
+    let server = RedisServer::start(None).await;
+    let settings = RedisSettings { url: server.url().into(), key_prefix: String::new() };
+    let registries: Vec<RedisRegistry> =
+        (0..2).map(|_| RedisRegistry::new(Redis::new(&settings, API_KEY).expect("a valid URL"), 100)).collect();
+    let created = chrono::Utc::now();
+    let record = TaskRecord {
+        task_id: "task-1".into(),
+        owner: "analytics".into(),
+        rpc: "ExportChannels".into(),
+        create_time: Some(prost_types::Timestamp { seconds: created.timestamp(), nanos: 0 }),
+        ..TaskRecord::default()
+    };
+    registries[0].record(record).await.expect("recorded");
+    let task = |state: TaskState| {
+        let mut task = Task { task_id: "task-1".into(), ..Task::default() };
+        task.set_state(state);
+        task
+    };
+    let (earlier, later) = (created + chrono::Duration::seconds(1), created + chrono::Duration::seconds(2));
+    // The replica that saw the task complete notes it first; one a poll behind notes it last.
+    registries[0].observed(&task(TaskState::Completed), later).await.expect("noted");
+    registries[1].observed(&task(TaskState::Running), earlier).await.expect("noted");
+
+    for registry in &registries {
+        let read = registry.get("task-1").await.expect("read").expect("recorded");
+        assert_eq!(read.last_observed.map(|task| task.state()), Some(TaskState::Completed), "the newest state");
+        assert_eq!(read.owner, "analytics", "the record itself is kept");
+        let page = registry.page(None, 10).await.expect("a page");
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].last_observed.as_ref().map(Task::state), Some(TaskState::Completed));
+    }
+    // A task nobody recorded gets no record from an observation.
+    registries[1].observed(&Task { task_id: "unknown".into(), ..Task::default() }, later).await.expect("noted");
+    assert!(registries[0].get("unknown").await.expect("read").is_none());
 }

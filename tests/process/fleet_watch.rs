@@ -215,8 +215,8 @@ async fn watches_go_on_while_redis_is_down_and_the_fleet_polls_once_again_when_i
 #[tokio::test]
 async fn replicas_take_turns_in_one_budget_and_share_what_stream_says_of_its_window() {
     use stream_export::{
-        fleet::{Redis, RedisSettings, members::Members},
-        task_watch::{coordination::SlotBooker, fleet_budget::FleetBudget},
+        fleet::{Redis, RedisSettings, budget::FleetBudget, members::Members},
+        task_watch::coordination::SlotBooker,
         upstream::RateLimit,
     };
     use tokio_util::sync::CancellationToken;

@@ -24,8 +24,7 @@ use redb::{
 };
 
 pub use self::{registry::EmbeddedRegistry, submit::EmbeddedSubmitStore};
-use super::StoreError;
-use crate::fleet::Unavailable;
+use super::{StoreError, Unavailable};
 
 /// The state directory of `cargo run -- serve` when none is given: beside where it runs, as
 /// Prometheus's `data/` and etcd's `default.etcd` are.
@@ -337,7 +336,7 @@ fn failed(error: &redb::Error) -> StoreError {
 }
 
 fn unavailable(why: &str) -> StoreError {
-    StoreError::Unavailable(Unavailable(why.to_owned()))
+    StoreError::Unavailable(Unavailable(format!("the state store is unavailable: {why}")))
 }
 
 /// Milliseconds since the epoch, now.

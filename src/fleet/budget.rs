@@ -14,18 +14,22 @@ use std::{
     time::Duration,
 };
 
-use redis::Script;
 use tokio::time::Instant;
 
-use super::coordination::{Booking, SlotBooker};
+use super::{
+    connection::{FleetError, Redis, millis},
+    members::Members,
+    script::FleetScript,
+};
 use crate::{
-    fleet::{Redis, Unavailable, members::Members},
+    task_watch::coordination::{Booking, SlotBooker},
     upstream::RateLimit,
 };
 
 /// Books the next slot; returns how long to wait for it (microseconds).
-static RESERVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static RESERVE: LazyLock<FleetScript> = LazyLock::new(|| {
+    FleetScript::new(
+        "EVALSHA budget.reserve",
         r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -42,8 +46,9 @@ return tat - now
 });
 
 /// No slot before `now + ARGV[1]` µs.
-static PAUSE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static PAUSE: LazyLock<FleetScript> = LazyLock::new(|| {
+    FleetScript::new(
+        "EVALSHA budget.pause",
         r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -57,8 +62,9 @@ return 1
 });
 
 /// Slots at least `ARGV[1]` µs apart for the next `ARGV[2]` ms.
-static SLOW_DOWN: LazyLock<Script> =
-    LazyLock::new(|| Script::new("redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1"));
+static SLOW_DOWN: LazyLock<FleetScript> = LazyLock::new(|| {
+    FleetScript::new("EVALSHA budget.slow_down", "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1")
+});
 
 /// Below this share of Stream's window left, the fleet spreads what is left over the window.
 const LOW_REMAINING_SHARE: f64 = 0.5;
@@ -88,10 +94,9 @@ impl FleetBudget {
 
     /// Books the fleet's next slot one `period` after the last one booked; returns how long to
     /// wait before using it.
-    pub async fn reserve(&self, period: Duration) -> Result<Duration, Unavailable> {
-        let mut invocation = RESERVE.key(&self.next_slot);
-        invocation.key(&self.spacing).arg(micros(period));
-        let wait: i64 = self.redis.eval_quiet(&invocation).await?;
+    pub async fn reserve(&self, period: Duration) -> Result<Duration, FleetError> {
+        let reserve = RESERVE.call().key(&self.next_slot).key(&self.spacing).arg(micros(period));
+        let wait: i64 = reserve.quiet().run(&self.redis).await?;
         Ok(Duration::from_micros(u64::try_from(wait).unwrap_or(0)))
     }
 }
@@ -126,18 +131,15 @@ impl SlotBooker for FleetBudget {
         let spacing = until_reset / u32::try_from(rate_limit.remaining).unwrap_or(u32::MAX);
         let (redis, key) = (self.redis.clone(), self.spacing.clone());
         tokio::spawn(async move {
-            let mut invocation = SLOW_DOWN.key(&key);
-            invocation.arg(micros(spacing)).arg(crate::fleet::millis(until_reset).max(1));
-            let _ = redis.eval::<i64>("EVALSHA budget.slow_down", &invocation).await;
+            let slow_down = SLOW_DOWN.call().key(&key).arg(micros(spacing)).arg(millis(until_reset).max(1));
+            let _ = slow_down.run::<i64>(&redis).await;
         });
     }
 
     fn pause(&self, duration: Duration) {
         let (redis, key) = (self.redis.clone(), self.next_slot.clone());
         tokio::spawn(async move {
-            let mut invocation = PAUSE.key(&key);
-            invocation.arg(micros(duration));
-            let _ = redis.eval::<i64>("EVALSHA budget.pause", &invocation).await;
+            let _ = PAUSE.call().key(&key).arg(micros(duration)).run::<i64>(&redis).await;
         });
     }
 }

@@ -12,34 +12,32 @@ use std::{sync::LazyLock, time::Duration};
 
 use chrono::{DateTime, Utc};
 use prost::Message;
-use redis::Script;
 use tonic::Status;
 
 use super::{
-    coordination::{Followed, PollCoordinator, SharedView, Unreachable},
-    view::{Observation, TaskView},
+    connection::{Redis, millis},
+    lease::{Lease, with_lease},
+    members::Members,
+    script::FleetScript,
 };
 use crate::{
     contract::task::timestamp,
-    fleet::{Redis, Unavailable, members::Members, millis},
     proto::Task,
+    task_watch::{
+        coordination::{Followed, PollCoordinator, SharedView, Unreachable},
+        view::{Observation, TaskView},
+    },
 };
 
-/// Reads `view` (unless it is still at the caller's `seq`) and takes or renews the lease
-/// unless the task is final. Returns `{leading, seq, data}`.
-static FOLLOW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+/// Reads `view` (unless it is still at the caller's `seq`) and claims the lease unless the task
+/// is final. Returns `{leading, seq, data}`.
+static FOLLOW: LazyLock<FleetScript> = LazyLock::new(|| {
+    with_lease(
+        "EVALSHA watch.follow",
         r"
 local leading = 0
-if redis.call('HEXISTS', KEYS[2], 'final') == 0 then
-  local holder = redis.call('GET', KEYS[1])
-  if not holder then
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    leading = 1
-  elseif holder == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    leading = 1
-  end
+if redis.call('HEXISTS', KEYS[2], 'final') == 0 and lease_claim(KEYS[1], ARGV[1], ARGV[2]) == ARGV[1] then
+  leading = 1
 end
 local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
 if seq == tonumber(ARGV[3]) then return {leading, seq, ''} end
@@ -48,20 +46,18 @@ return {leading, seq, redis.call('HGET', KEYS[2], 'data') or ''}
     )
 });
 
-/// Writes an observation if this replica leads (taking a free lease: after a Redis restart
+/// Writes an observation if this replica leads (claiming a free lease: after a Redis restart
 /// the first replica to write leads). Returns its `seq`, or 0 if another replica leads.
-static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static PUBLISH: LazyLock<FleetScript> = LazyLock::new(|| {
+    with_lease(
+        "EVALSHA watch.publish",
         r"
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
+if lease_claim(KEYS[1], ARGV[1], ARGV[2]) ~= ARGV[1] then return 0 end
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 redis.call('HSET', KEYS[2], 'data', ARGV[3])
 if ARGV[4] == '1' then
   redis.call('HSET', KEYS[2], 'final', '1')
-  redis.call('DEL', KEYS[1])
-else
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  lease_release(KEYS[1], ARGV[1])
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 return seq
@@ -69,24 +65,14 @@ return seq
     )
 });
 
-/// Extends the lease if this replica holds it (or takes it if free); 0 if another replica leads.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+/// Claims the lease (extends it, or takes it if free) unless the task is final; 0 if another
+/// replica leads or the task is final.
+static RENEW: LazyLock<FleetScript> = LazyLock::new(|| {
+    with_lease(
+        "EVALSHA watch.renew",
         r"
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
 if redis.call('HEXISTS', KEYS[2], 'final') == 1 then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-",
-    )
-});
-
-/// Gives the lease up if this replica holds it.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if lease_claim(KEYS[1], ARGV[1], ARGV[2]) == ARGV[1] then return 1 end
 return 0
 ",
     )
@@ -130,13 +116,13 @@ impl FleetView {
         Self { redis, members, lease, follow_interval }
     }
 
-    fn keys(&self, task_id: &str) -> (String, String) {
-        (self.redis.key("watch", task_id, "lease"), self.redis.key("watch", task_id, "view"))
+    /// This replica's lease on polling `task_id`, and the key of the task's shared view (in
+    /// the lease's hash-tag slot).
+    fn keys(&self, task_id: &str) -> (Lease, String) {
+        let lease =
+            Lease::new(self.redis.clone(), self.redis.key("watch", task_id, "lease"), self.members.id(), self.lease);
+        (lease, self.redis.key("watch", task_id, "view"))
     }
-}
-
-fn unreachable(error: Unavailable) -> Unreachable {
-    Unreachable(error.0)
 }
 
 #[tonic::async_trait]
@@ -155,10 +141,8 @@ impl PollCoordinator for FleetView {
 
     async fn follow(&self, task_id: &str, seq: i64) -> Result<Followed, Unreachable> {
         let (lease, view) = self.keys(task_id);
-        let mut invocation = FOLLOW.key(&lease);
-        invocation.key(&view).arg(self.members.id()).arg(millis(self.lease)).arg(seq);
-        let (leading, seq, data): (i64, i64, Vec<u8>) =
-            self.redis.eval_quiet(&invocation).await.map_err(unreachable)?;
+        let follow = FOLLOW.call().key(lease.key()).key(&view).arg(lease.owner()).arg(lease.ttl_millis()).arg(seq);
+        let (leading, seq, data): (i64, i64, Vec<u8>) = follow.quiet().run(&self.redis).await?;
         let update = (!data.is_empty()).then(|| decode(&data)).flatten().map(|view| SharedView { seq, view });
         Ok(Followed { leading: leading == 1, update })
     }
@@ -172,32 +156,29 @@ impl PollCoordinator for FleetView {
     ) -> Result<Option<i64>, Unreachable> {
         let (lease, key) = self.keys(task_id);
         let ttl = last.unwrap_or(poll_interval_max * VIEW_TTL_FACTOR).max(Duration::from_millis(1));
-        let mut invocation = PUBLISH.key(&lease);
-        invocation
+        let publish = PUBLISH
+            .call()
+            .key(lease.key())
             .key(&key)
-            .arg(self.members.id())
-            .arg(millis(self.lease))
+            .arg(lease.owner())
+            .arg(lease.ttl_millis())
             .arg(encode(view))
             .arg(if last.is_some() { "1" } else { "0" })
             .arg(millis(ttl));
-        let seq: i64 = self.redis.eval("EVALSHA watch.publish", &invocation).await.map_err(unreachable)?;
+        let seq: i64 = publish.run(&self.redis).await?;
         Ok((seq > 0).then_some(seq))
     }
 
     async fn renew(&self, task_id: &str) -> Result<bool, Unreachable> {
         let (lease, view) = self.keys(task_id);
-        let mut invocation = RENEW.key(&lease);
-        invocation.key(&view).arg(self.members.id()).arg(millis(self.lease));
-        Ok(self.redis.eval_quiet::<i64>(&invocation).await.map_err(unreachable)? == 1)
+        let renew = RENEW.call().key(lease.key()).key(&view).arg(lease.owner()).arg(lease.ttl_millis());
+        Ok(renew.quiet().run::<i64>(&self.redis).await? == 1)
     }
 
     fn release(&self, task_id: &str) {
         let (lease, _) = self.keys(task_id);
-        let (redis, id) = (self.redis.clone(), self.members.id().to_owned());
         tokio::spawn(async move {
-            let mut invocation = RELEASE.key(&lease);
-            invocation.arg(id);
-            let _ = redis.eval::<i64>("EVALSHA watch.release", &invocation).await;
+            let _ = lease.release().await;
         });
     }
 }
