@@ -6,7 +6,7 @@
 //! from `/proc/<pid>/`, prints a table, and prints one `BENCH {json}` line per figure.
 //! `--quick` (or `STREAM_EXPORT_BENCH_QUICK=1`) runs every figure at a small scale in a few
 //! seconds: a smoke test, its numbers mean nothing. `--only unary|fanout|budget|fleet` runs one
-//! section alone.
+//! section alone; `--only tracing` runs the tracing figures of `unary` alone.
 
 mod echo;
 mod fleet;
@@ -139,9 +139,10 @@ fn main() {
 }
 
 /// The sections that `--only` can pick (every one runs without it).
-const SECTIONS: [&str; 4] = ["unary", "fanout", "budget", "fleet"];
+const SECTIONS: [&str; 5] = ["unary", "tracing", "fanout", "budget", "fleet"];
 
 async fn run(scale: &Scale, quick: bool, only: Option<&str>) {
+    // Without `--only`, `tracing` runs within `unary`.
     let runs = |section: &str| only.is_none_or(|only| only == section);
     let started = Instant::now();
     println!("stream-export benchmark ({}), machine: {}", if quick { "quick" } else { "full" }, procfs::machine());
@@ -151,6 +152,9 @@ async fn run(scale: &Scale, quick: bool, only: Option<&str>) {
     let mut figures = Vec::new();
     if runs("unary") {
         figures.extend(unary::run(scale, &emulator_process, &emulator).await);
+    }
+    if only == Some("tracing") {
+        figures.extend(unary::run_tracing(scale, &emulator_process).await);
     }
     if runs("fanout") {
         figures.extend(watch::fan_out(scale, &emulator_process, &emulator).await);

@@ -10,7 +10,7 @@ use std::{
 use http_body::{Body, Frame, SizeHint};
 use tonic::Code;
 
-use super::{metrics, otel};
+use super::{metrics, otel, server_span};
 
 /// A call not counted yet. It is counted exactly once: with the code given to
 /// [`PendingCall::finish`], or as CANCELLED if it is dropped first (the client reset the
@@ -34,7 +34,7 @@ impl PendingCall {
     pub fn finish(&mut self, code: Code) {
         if let Some(method) = self.method.take() {
             if let Some(span) = self.span.take() {
-                otel::server_span_ended(&span, code);
+                server_span::ended(&span, code);
             }
             metrics::rpc_finished(method, code);
             tracing::debug!(method, code = super::code_name(code), "call finished");

@@ -2,8 +2,8 @@
 //! and task id recorded by the handlers, the code the response starts with here), the call's
 //! metrics (counted when the response body ends, with its final code: see [`CallBody`]), and
 //! the caller's W3C trace context made current for the upstream requests of the call. When
-//! spans are exported ([`otel`]), the call's span is also its OpenTelemetry server span, a
-//! child of the caller's `traceparent`.
+//! spans are exported ([`otel`]), the call's span carries its OpenTelemetry server span, a
+//! child of the caller's `traceparent` ([`server_span`]).
 
 use std::{
     future::Future,
@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use super::{
     call_body::{CallBody, PendingCall, status_of},
-    method, metrics, otel,
+    method, metrics, otel, server_span,
     trace_context::TraceContext,
 };
 
@@ -55,32 +55,18 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = method::label(request.uri().path());
         let trace = TraceContext::from_headers(request.headers());
-        let span = if otel::enabled() {
-            // The same span, named and kinded for the trace backends.
-            let span = tracing::info_span!(
-                "grpc",
-                otel.name = method,
-                otel.kind = "server",
-                method,
-                path = tracing::field::Empty,
-                trace_id = tracing::field::Empty,
-                caller = tracing::field::Empty,
-                task_id = tracing::field::Empty,
-                code = tracing::field::Empty,
-            );
-            otel::server_span(&span, method, trace.as_ref());
-            span
-        } else {
-            tracing::info_span!(
-                "grpc",
-                method,
-                path = tracing::field::Empty,
-                trace_id = tracing::field::Empty,
-                caller = tracing::field::Empty,
-                task_id = tracing::field::Empty,
-                code = tracing::field::Empty,
-            )
-        };
+        let span = tracing::info_span!(
+            server_span::CALL_SPAN_NAME,
+            method,
+            path = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            caller = tracing::field::Empty,
+            task_id = tracing::field::Empty,
+            code = tracing::field::Empty,
+        );
+        if let Some(tracer) = otel::tracer() {
+            server_span::start(tracer, &span, method, trace.as_ref());
+        }
         // Only a call that came with a trace names one: no `trace_id=""` on the others' lines.
         if let Some(trace) = &trace {
             span.record("trace_id", trace.trace_id());

@@ -47,7 +47,7 @@ pub fn init(format: LogFormat, tracing: Option<&otel::Tracing>) {
     };
     let mut layers = vec![logs];
     if let Some(tracing) = tracing {
-        layers.push(tracing.layer());
+        layers.extend(tracing.layers());
     }
     let _ = tracing_subscriber::registry().with(layers).try_init();
 }
@@ -103,4 +103,5 @@ pub mod log_line;
 pub mod method;
 pub mod metrics;
 pub mod otel;
+pub mod server_span;
 pub mod trace_context;

@@ -15,14 +15,15 @@
 //! Spans leave through the SDK's batch processor: ended spans go into a bounded queue that a
 //! thread of its own exports, so a collector that is slow or down never delays a call (when the
 //! queue is full, spans are dropped). Only spans are exported, never log events, and only the
-//! spans made for export (the per-call server span, the upstream client spans): their
-//! attributes are chosen to carry no secret.
+//! spans made for export (the per-call server span, built directly with the SDK by
+//! [`super::server_span`], and the client and poll spans of [`SPAN_TARGET`]): their attributes
+//! are chosen to carry no secret.
 
 use std::{
     collections::VecDeque,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -30,21 +31,21 @@ use std::{
 use anyhow::Context;
 use opentelemetry::{
     KeyValue,
-    trace::{SpanContext, TraceContextExt, TracerProvider as _},
+    trace::{SpanContext, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _},
 };
 use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
-    trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanProcessor},
+    trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, SpanData, SpanProcessor},
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{Layer, Registry, filter::filter_fn};
 
-use super::trace_context::TraceContext;
+use super::server_span::{self, CallSpanLayer};
 
 /// The target of the spans made for export only (not shown in the logs): the upstream client
-/// spans.
+/// spans, the poll spans.
 pub const SPAN_TARGET: &str = "stream_export::otel";
 
 /// The service name when neither `OTEL_SERVICE_NAME` nor a `service.name` resource attribute
@@ -55,13 +56,18 @@ pub const DEFAULT_SERVICE_NAME: &str = "stream-export";
 /// default 20 s grace and this fit Kubernetes' default 30 s termination grace).
 pub const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
-/// Whether spans are exported (set once, at start-up).
-static ENABLED: AtomicBool = AtomicBool::new(false);
+/// The tracer of the exported spans, once export is on (set once, at start-up).
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
-/// Whether spans are exported in this process: the call and client spans carry their OTel
-/// names and kinds only then.
+/// Whether spans are exported in this process: the calls get server spans, and the client
+/// spans exist, only then.
 pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
+    TRACER.get().is_some()
+}
+
+/// The tracer of the exported spans, when spans are exported.
+pub fn tracer() -> Option<&'static SdkTracer> {
+    TRACER.get()
 }
 
 /// The OTLP transport.
@@ -148,25 +154,27 @@ impl Tracing {
         let processor = CountingProcessor { inner: batch, pending, limit: env.max_queue_size };
         let provider =
             SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource.build()).build();
-        ENABLED.store(true, Ordering::Relaxed);
+        // Started once per process (tests start the pipeline once too).
+        let _ = TRACER.set(provider.tracer("stream-export"));
         Ok(Self { provider })
     }
 
-    /// The tracing layer that turns the exported spans into OTel spans: spans only (log events
-    /// stay in the logs), at INFO and above, of this crate, never of the emulator.
-    pub fn layer(&self) -> Box<dyn Layer<Registry> + Send + Sync> {
+    /// The tracing layers of the exported spans: the calls' server spans
+    /// ([`CallSpanLayer`]), and the layer that turns the spans of [`SPAN_TARGET`] into OTel
+    /// spans (spans only: log events stay in the logs; never the emulator's).
+    pub fn layers(&self) -> [Box<dyn Layer<Registry> + Send + Sync>; 2] {
         let tracer = self.provider.tracer("stream-export");
-        tracing_opentelemetry::layer()
+        let calls = CallSpanLayer.with_filter(filter_fn(CallSpanLayer::watches)).boxed();
+        let spans = tracing_opentelemetry::layer()
             .with_tracer(tracer)
             .with_location(false)
             .with_threads(false)
             .with_target(false)
             .with_level(false)
             .with_tracked_inactivity(false)
-            .with_filter(filter_fn(|metadata| {
-                metadata.is_span() && *metadata.level() <= tracing::Level::INFO && is_exported(metadata.target())
-            }))
-            .boxed()
+            .with_filter(filter_fn(|metadata| metadata.is_span() && is_exported(metadata.target())))
+            .boxed();
+        [calls, spans]
     }
 
     /// Exports what is queued and stops, waiting at most `limit` (off the runtime's threads:
@@ -182,64 +190,43 @@ impl Tracing {
     }
 }
 
-/// Makes the call's `span` (opened by the telemetry layer) an OTel server span: a child of the
-/// caller's context when it sent one, with the `rpc.*` attributes of the conventions.
-pub fn server_span(span: &tracing::Span, method: &'static str, caller: Option<&TraceContext>) {
-    if let Some(caller) = caller {
-        // Fails only when the span is not exported: nothing to continue then.
-        let _ = span.set_parent(caller.otel_context());
+/// A client span for one upstream HTTP request, or nothing when spans are not exported: built
+/// with the SDK directly (like the server spans), a child of the current OTel context (the
+/// call's server span, or a poll span). It names the request by method and path only: never
+/// the query (it holds the api key) nor a signed URL's query. `resend` counts the attempts
+/// before this one (`http.request.resend_count`, set on resends only). It ends with
+/// [`client_span_ended`], or when dropped.
+pub fn client_span(method: &str, host: &str, port: Option<u16>, path: &str, resend: usize) -> ClientSpan {
+    let Some(tracer) = tracer() else {
+        return ClientSpan(None);
+    };
+    let mut attributes = Vec::with_capacity(5);
+    attributes.push(KeyValue::new("http.request.method", method.to_owned()));
+    attributes.push(KeyValue::new("url.path", path.to_owned()));
+    attributes.push(KeyValue::new("server.address", host.to_owned()));
+    if let Some(port) = port {
+        attributes.push(KeyValue::new("server.port", i64::from(port)));
     }
-    span.set_attribute("rpc.system", "grpc");
-    if let Some((service, name)) = method.split_once('/') {
-        span.set_attribute("rpc.service", service);
-        span.set_attribute("rpc.method", name);
-    }
-}
-
-/// Records the code a call ended with on its server span; the codes that mean the server
-/// failed (not the caller) mark the span as an error, as the gRPC conventions say.
-pub fn server_span_ended(span: &tracing::Span, code: tonic::Code) {
-    use tonic::Code;
-    span.set_attribute("rpc.grpc.status_code", code as i64);
-    if matches!(
-        code,
-        Code::Unknown
-            | Code::DeadlineExceeded
-            | Code::Unimplemented
-            | Code::Internal
-            | Code::Unavailable
-            | Code::DataLoss
-    ) {
-        span.set_status(opentelemetry::trace::Status::error(super::metrics::code_label(code)));
-    }
-}
-
-/// A client span for one upstream HTTP request (a child of the current span, the call's), or
-/// a disabled span when spans are not exported. It names the request by method and path only:
-/// never the query (it holds the api key) nor a signed URL's query. `resend` counts the
-/// attempts before this one (`http.request.resend_count`, set on resends only).
-pub fn client_span(method: &str, host: &str, port: Option<u16>, path: &str, resend: usize) -> tracing::Span {
-    if !enabled() {
-        return tracing::Span::none();
-    }
-    let span = tracing::info_span!(
-        target: SPAN_TARGET,
-        "upstream",
-        otel.name = method,
-        otel.kind = "client",
-        http.request.method = method,
-        url.path = path,
-        server.address = host,
-        server.port = port,
-        http.request.resend_count = tracing::field::Empty,
-        http.response.status_code = tracing::field::Empty,
-        stream.error_code = tracing::field::Empty,
-        "error.type" = tracing::field::Empty,
-    );
     if resend > 0 {
-        span.record("http.request.resend_count", resend);
+        attributes.push(KeyValue::new("http.request.resend_count", resend as i64));
     }
-    span
+    let builder = tracer.span_builder(method.to_owned()).with_kind(SpanKind::Client).with_attributes(attributes);
+    let parent = opentelemetry::Context::current();
+    let span = tracer.build_with_context(builder, &parent);
+    ClientSpan(Some(parent.with_span(span)))
+}
+
+/// An upstream request's client span (see [`client_span`]).
+#[derive(Debug)]
+pub struct ClientSpan(Option<opentelemetry::Context>);
+
+impl ClientSpan {
+    /// The span's context, when spans are exported and this one is valid (for the
+    /// `traceparent` sent upstream).
+    pub fn span_context(&self) -> Option<SpanContext> {
+        let context = self.0.as_ref()?.span().span_context().clone();
+        context.is_valid().then_some(context)
+    }
 }
 
 /// A client span for one Redis call in fleet mode (a child of the current span): the command
@@ -285,28 +272,30 @@ pub enum ClientOutcome<'a> {
     Failed(&'a str),
 }
 
-/// Records `outcome` on a client span from [`client_span`]; 4xx, 5xx and failures without an
-/// answer mark it as an error.
-pub fn client_span_ended(span: &tracing::Span, outcome: ClientOutcome<'_>) {
-    if span.is_disabled() {
+/// Records `outcome` on a client span from [`client_span`] and ends it; 4xx, 5xx and failures
+/// without an answer mark it as an error.
+pub fn client_span_ended(span: &ClientSpan, outcome: ClientOutcome<'_>) {
+    let Some(context) = &span.0 else {
         return;
-    }
+    };
+    let span = context.span();
     match outcome {
         ClientOutcome::Answered { status, stream_code } => {
-            span.record("http.response.status_code", status);
+            span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
             if let Some(code) = stream_code {
-                span.record("stream.error_code", code);
+                span.set_attribute(KeyValue::new("stream.error_code", code));
             }
             if status >= 400 {
-                span.record("error.type", status);
+                span.set_attribute(KeyValue::new("error.type", i64::from(status)));
                 span.set_status(opentelemetry::trace::Status::error(""));
             }
         }
         ClientOutcome::Failed(class) => {
-            span.record("error.type", class);
+            span.set_attribute(KeyValue::new("error.type", class.to_owned()));
             span.set_status(opentelemetry::trace::Status::error(""));
         }
     }
+    span.end();
 }
 
 /// The most watchers a poll span links to (the latest ones).
@@ -319,13 +308,12 @@ pub const MAX_LINKS: usize = 32;
 pub struct WatcherLinks(Mutex<VecDeque<SpanContext>>);
 
 impl WatcherLinks {
-    /// Adds the call of `span` (a watcher's server span); nothing when spans are not exported.
+    /// Adds the call of `span` (a watcher's call span); nothing when spans are not exported.
     pub fn add(&self, span: &tracing::Span) {
         if !enabled() {
             return;
         }
-        let context = span.context().span().span_context().clone();
-        if context.is_valid() {
+        if let Some(context) = server_span::span_context(span) {
             let mut links = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if links.len() == MAX_LINKS {
                 links.pop_front();
@@ -357,8 +345,13 @@ pub fn poll_span(task_id: &str, watchers: &WatcherLinks) -> tracing::Span {
 /// `cancelled` when the watcher left first).
 pub fn watch_ended(span: &tracing::Span, events_sent: u64, end: &'static str) {
     if enabled() && !span.is_disabled() {
-        span.set_attribute("stream_export.watch.events_sent", events_sent as i64);
-        span.set_attribute("stream_export.watch.end", end);
+        server_span::set_attributes(
+            span,
+            [
+                KeyValue::new("stream_export.watch.events_sent", events_sent as i64),
+                KeyValue::new("stream_export.watch.end", end),
+            ],
+        );
     }
 }
 
@@ -436,11 +429,11 @@ impl opentelemetry_sdk::trace::SpanExporter for CountingExporter {
     }
 }
 
-/// The spans of this crate that may be exported: the per-call span and the client spans; not
-/// the emulator's (embedded with `serve --emulator`, it is not part of the service).
+/// The tracing spans exported through the OTel layer: those made for export only (the server
+/// spans are not tracing spans; the emulator's, embedded with `serve --emulator`, are not the
+/// service's).
 fn is_exported(target: &str) -> bool {
-    (target == "stream_export" || target.starts_with("stream_export::"))
-        && !target.starts_with("stream_export::emulator")
+    target == SPAN_TARGET
 }
 
 #[cfg(test)]
@@ -483,8 +476,8 @@ mod tests {
     }
 
     #[test]
-    fn only_the_services_own_spans_are_exported() {
-        assert!(is_exported("stream_export::telemetry::layer"));
+    fn only_the_spans_made_for_export_are_exported() {
+        assert!(!is_exported("stream_export::telemetry::layer"), "the call's span: its server span is built apart");
         assert!(is_exported(SPAN_TARGET));
         assert!(!is_exported("stream_export::emulator::routes"));
         assert!(!is_exported("h2::proto"));

@@ -2,14 +2,13 @@
 //! call and passed on to the upstream requests made for it, so a distributed trace spans the
 //! service and Stream.
 
-use std::{collections::HashMap, future::Future};
+use std::future::Future;
 
 use opentelemetry::{
     propagation::{Extractor, TextMapPropagator},
-    trace::TraceContextExt,
+    trace::{SpanContext, TraceFlags},
 };
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 tokio::task_local! {
     static CURRENT: TraceContext;
@@ -51,16 +50,15 @@ impl TraceContext {
         TraceContextPropagator::new().extract(self)
     }
 
-    /// The `traceparent` and `tracestate` to send upstream from within `span`: the span's own
-    /// (so the upstream request is a child of it) when spans are exported, else the caller's,
-    /// passed on untouched, if the call being served came with one.
-    pub fn outgoing(span: &tracing::Span) -> Option<Self> {
-        let context = span.context();
-        if context.span().span_context().is_valid() {
-            let mut headers = HashMap::new();
-            TraceContextPropagator::new().inject_context(&context, &mut headers);
-            let traceparent = headers.remove("traceparent")?;
-            let tracestate = headers.remove("tracestate").filter(|state| !state.is_empty());
+    /// The `traceparent` and `tracestate` to send upstream for a request: those of its client
+    /// span (`span`, so the upstream request is a child of it) when spans are exported, else
+    /// the caller's, passed on untouched, if the call being served came with one.
+    pub fn outgoing(span: Option<SpanContext>) -> Option<Self> {
+        if let Some(context) = span {
+            // As `TraceContextPropagator` writes it (version 00, only the sampled flag).
+            let flags = context.trace_flags() & TraceFlags::SAMPLED;
+            let traceparent = format!("00-{}-{}-{:02x}", context.trace_id(), context.span_id(), flags.to_u8());
+            let tracestate = Some(context.trace_state().header()).filter(|state| !state.is_empty());
             return Some(Self { traceparent, tracestate });
         }
         Self::current()
@@ -98,6 +96,8 @@ fn is_valid_traceparent(value: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry::trace::TraceContextExt;
+
     use super::*;
 
     #[test]

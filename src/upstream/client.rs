@@ -15,8 +15,6 @@ use secrecy::ExposeSecret;
 use serde::{Serialize, de::DeserializeOwned};
 use url::Url;
 
-use tracing::Instrument;
-
 use crate::telemetry::{
     metrics,
     otel::{self, ClientOutcome},
@@ -223,7 +221,7 @@ impl StreamClient {
         // The client span names the file by host and path: the query is the signature.
         let span =
             otel::client_span("GET", url.host_str().unwrap_or_default(), url.port_or_known_default(), url.path(), 0);
-        let sent = self.downloads.get(url).send().instrument(span.clone()).await;
+        let sent = self.downloads.get(url).send().await;
         let response = match sent {
             Ok(response) => response,
             Err(error) => {
@@ -293,7 +291,7 @@ impl StreamClient {
         let path = self.api.path(segments);
         let span = otel::client_span(method.as_str(), self.api.host(), self.api.port(), &path, resend);
         let mut headers = HeaderMap::new();
-        if let Some(trace) = TraceContext::outgoing(&span) {
+        if let Some(trace) = TraceContext::outgoing(span.span_context()) {
             if let Ok(parent) = HeaderValue::try_from(trace.traceparent) {
                 headers.insert(HeaderName::from_static("traceparent"), parent);
             }
@@ -318,7 +316,6 @@ impl StreamClient {
             Ok((status, rate_limit, bytes))
         };
         let answer = tokio::time::timeout(timeout, exchange)
-            .instrument(span.clone())
             .await
             .unwrap_or(Err(UpstreamError::Timeout { operation }))
             .map_err(|error| match error {
