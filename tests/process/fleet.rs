@@ -349,3 +349,94 @@ async fn the_registry_keeps_a_tasks_newest_observation_whichever_replica_notes_i
     registries[1].observed(&Task { task_id: "unknown".into(), ..Task::default() }, later).await.expect("noted");
     assert!(registries[0].get("unknown").await.expect("read").is_none());
 }
+
+/// Issue 31: with Redis persistence on (`appendonly yes`), a Redis `kill -9` and restart forgets
+/// nothing the fleet promised: under owner-based policies the owner still reads and lists its
+/// tasks on any replica (and another caller still may not), and a repeated `request_id` gets
+/// the first task without a second export. (With `appendonly no` the listing comes back empty.)
+#[tokio::test]
+async fn with_appendonly_a_redis_kill_9_forgets_no_owner_task_or_request_id() {
+    use stream_export::proto::ListTasksRequest;
+    use tonic::Request;
+
+    const ANALYTICS: &str = "analytics-token-0123456789abcdef";
+    const OTHER: &str = "other-team-token-0123456789abcdef";
+    const OWNERS_READ_THEIR_TASKS: &str = r#"
+permit (principal, action == Action::"ExportChannels", resource);
+permit (principal, action == Action::"GetTask", resource)
+when { resource has owner && resource.owner == principal };
+permit (principal, action == Action::"ListTasks", resource);
+"#;
+    fn as_caller<T>(token: &str, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("a header value"));
+        request
+    }
+
+    let files = crate::common::process::scratch_state_dir();
+    std::fs::create_dir_all(files.join("redis")).expect("a scratch directory");
+    std::fs::write(files.join("tokens"), format!("analytics {ANALYTICS}\nother {OTHER}\n")).expect("tokens");
+    std::fs::write(files.join("policies.cedar"), OWNERS_READ_THEIR_TASKS).expect("policies");
+    let redis_dir = files.join("redis").display().to_string();
+    let mut redis =
+        RedisServer::start_with(None, &["--appendonly", "yes", "--appendfsync", "always", "--dir", &redis_dir]).await;
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let (tokens, policies) =
+        (files.join("tokens").display().to_string(), files.join("policies.cedar").display().to_string());
+    let settings =
+        [("STREAM_EXPORT_AUTH_TOKENS_FILE", tokens.as_str()), ("STREAM_EXPORT_POLICY_FILE", policies.as_str())];
+    let fleet = replicas_with(2, &emulator, &redis.url(), &settings).await;
+
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let mut first = client(&fleet[0]).await;
+    let task_id = first
+        .export_channels(as_caller(ANALYTICS, export("general", &request_id)))
+        .await
+        .expect("a submit")
+        .into_inner()
+        .task_id;
+    let other_task = first
+        .export_channels(as_caller(ANALYTICS, export("general", "")))
+        .await
+        .expect("a submit")
+        .into_inner()
+        .task_id;
+
+    redis.restart().await;
+
+    // The other replica, once it has its connection back, knows the owner of both tasks.
+    let mut second = client(&fleet[1]).await;
+    let started = Instant::now();
+    let listed = loop {
+        match second
+            .list_tasks(as_caller(ANALYTICS, ListTasksRequest { page_size: 10, page_token: String::new() }))
+            .await
+        {
+            Ok(page) => break page.into_inner().tasks,
+            Err(status) if status.code() == Code::Unavailable && started.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("ListTasks after the Redis restart: {status:?}"),
+        }
+    };
+    let ids: Vec<&str> = listed.iter().map(|task| task.task_id.as_str()).collect();
+    assert_eq!(ids, [other_task.as_str(), task_id.as_str()], "the registry survived the restart");
+    second
+        .get_task(as_caller(ANALYTICS, GetTaskRequest { task_id: task_id.clone() }))
+        .await
+        .expect("the owner reads it");
+    let refused = second
+        .get_task(as_caller(OTHER, GetTaskRequest { task_id: task_id.clone() }))
+        .await
+        .expect_err("another caller may not");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let repeat = second
+        .export_channels(as_caller(ANALYTICS, export("general", &request_id)))
+        .await
+        .expect("a repeat")
+        .into_inner()
+        .task_id;
+    assert_eq!(repeat, task_id, "the request_id's task survived the restart");
+    assert_eq!(emulator.exports_created().await, 2, "the repeat was not sent to Stream");
+    let _ = std::fs::remove_dir_all(&files);
+}
