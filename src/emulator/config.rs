@@ -43,6 +43,9 @@ pub struct RateLimits {
     pub download: u32,
     /// `POST /channels` (QueryChannels).
     pub query_channels: u32,
+    /// Also limit each second to a route's per-minute limit ÷ 30 (at least 1), as Stream does.
+    /// Off by default, so that tests may send bursts.
+    pub per_second: bool,
 }
 
 impl RateLimits {
@@ -56,6 +59,7 @@ impl RateLimits {
             export_users: per_minute,
             download: per_minute,
             query_channels: per_minute,
+            per_second: false,
         }
     }
 

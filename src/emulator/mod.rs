@@ -22,7 +22,8 @@
 //! 1. An injected fault for the route, if any (before auth, as the edge would answer).
 //! 2. `api_key` query parameter: missing → 401 code 2 `"… \"api_key or app_id not provided\""`,
 //!    wrong → 401 code 2 `"… \"api_key not valid\""`.
-//! 3. The route's rate limit (fixed one-minute windows): exceeded → 429 code 9.
+//! 3. The route's rate limit (fixed one-minute windows; with `--per-second-limits` also a
+//!    minute's limit ÷ 30 per second): exceeded → 429 code 9.
 //! 4. `stream-auth-type: jwt` (any header-name case) and `Authorization: <raw HS256 JWT>`
 //!    signed with the secret, payload with `"server": true`, no `exp` needed. Missing header,
 //!    wrong auth type, a `Bearer ` (or any scheme) prefix, a malformed token or a token without
@@ -207,6 +208,9 @@ pub struct EmulatorArgs {
     /// and exporting at scale.
     #[arg(long, default_value_t = 0)]
     pub synthetic_channels: usize,
+    /// Also limit each second to a route's per-minute limit ÷ 30 (at least 1), as Stream does.
+    #[arg(long)]
+    pub per_second_limits: bool,
 }
 
 impl EmulatorArgs {
@@ -232,6 +236,7 @@ impl EmulatorArgs {
         config.seed = self.seed;
         config.channel_limit = self.channel_limit;
         config.synthetic_channels = self.synthetic_channels;
+        config.rate_limits.per_second = self.per_second_limits;
         Ok(config)
     }
 }
