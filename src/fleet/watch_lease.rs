@@ -1,14 +1,18 @@
 //! The hub's fleet mode: one poller per task for all the replicas that share a Redis.
 //!
 //! Per task, two keys in one hash-tag slot: `lease` (the id of the replica that polls it, with
-//! a short lease that it renews while it polls) and `view` (a hash: `seq`, the latest
+//! a short lease that it renews while it polls, with all its other leases: see
+//! `renewals`) and `view` (a hash: `seq`, the latest
 //! observation as `data`, `final` once the task ended). The replica that holds the lease polls
 //! Stream and writes each observation to `view`; the others follow: every follow interval they
 //! read `view`, relay what is new to their watchers, and take the lease when it is free (its
 //! holder died, or stopped because its last watcher left). A final observation stays for the
 //! retention period, so that no replica polls a finished task again.
 
-use std::{sync::LazyLock, time::Duration};
+use std::{
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use prost::Message;
@@ -18,6 +22,7 @@ use super::{
     connection::{Redis, millis},
     lease::{Lease, with_lease},
     members::Members,
+    renewals::Renewals,
     script::FleetScript,
 };
 use crate::{
@@ -65,23 +70,14 @@ return seq
     )
 });
 
-/// Claims the lease (extends it, or takes it if free) unless the task is final; 0 if another
-/// replica leads or the task is final.
-static RENEW: LazyLock<FleetScript> = LazyLock::new(|| {
-    with_lease(
-        "EVALSHA watch.renew",
-        r"
-if redis.call('HEXISTS', KEYS[2], 'final') == 1 then return 0 end
-if lease_claim(KEYS[1], ARGV[1], ARGV[2]) == ARGV[1] then return 1 end
-return 0
-",
-    )
-});
-
 /// How long a task's latest (not final) observation is kept after its last write: long enough
 /// for a poller at the longest interval to write again, short enough that a late watcher of a
 /// task nobody polled for a while waits for a fresh poll instead of an old snapshot.
 const VIEW_TTL_FACTOR: u32 = 3;
+
+/// How many times a lease is renewed within its TTL: a renewal that Redis misses leaves time
+/// for the next.
+const RENEWALS_PER_LEASE: u32 = 3;
 
 /// How the replicas of a fleet share their tasks' polls, through Redis.
 #[derive(Clone, Debug)]
@@ -91,6 +87,8 @@ pub struct FleetView {
     lease: Duration,
     /// How often a follower reads the shared view.
     follow_interval: Duration,
+    /// The leases this replica holds, renewed together.
+    renewals: Arc<Renewals>,
 }
 
 /// The wire form of a [`TaskView`] in Redis.
@@ -113,7 +111,9 @@ impl FleetView {
     /// Shares polls through `redis`, as the replica `members` names. A replica that dies while
     /// polling is replaced after `lease` at most (plus a follow interval).
     pub fn new(redis: Redis, members: Members, lease: Duration, follow_interval: Duration) -> Self {
-        Self { redis, members, lease, follow_interval }
+        let every = lease / RENEWALS_PER_LEASE;
+        let renewals = Renewals::new(redis.clone(), members.id().to_owned(), millis(lease), every);
+        Self { redis, members, lease, follow_interval, renewals: Arc::new(renewals) }
     }
 
     /// This replica's lease on polling `task_id`, and the key of the task's shared view (in
@@ -136,7 +136,7 @@ impl PollCoordinator for FleetView {
     }
 
     fn renew_interval(&self) -> Option<Duration> {
-        Some(self.lease / 3)
+        Some(self.lease / RENEWALS_PER_LEASE)
     }
 
     async fn follow(&self, task_id: &str, seq: i64) -> Result<Followed, Unreachable> {
@@ -171,12 +171,12 @@ impl PollCoordinator for FleetView {
 
     async fn renew(&self, task_id: &str) -> Result<bool, Unreachable> {
         let (lease, view) = self.keys(task_id);
-        let renew = RENEW.call().key(lease.key()).key(&view).arg(lease.owner()).arg(lease.ttl_millis());
-        Ok(renew.quiet().run::<i64>(&self.redis).await? == 1)
+        self.renewals.next(task_id, lease.key().to_owned(), view).await
     }
 
     fn release(&self, task_id: &str) {
         let (lease, _) = self.keys(task_id);
+        self.renewals.forget(task_id);
         tokio::spawn(async move {
             let _ = lease.release().await;
         });

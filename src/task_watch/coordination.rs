@@ -42,7 +42,7 @@ pub trait PollCoordinator: Send + Sync + std::fmt::Debug + 'static {
     /// How often a follower reads the shared view.
     fn follow_interval(&self) -> Duration;
 
-    /// How often a leader renews its lease; `None`: there is no lease to renew.
+    /// How often a leader's lease is renewed; `None`: there is no lease to renew.
     fn renew_interval(&self) -> Option<Duration>;
 
     /// Reads what the leader published since `seq`, taking the lease if it is free.
@@ -59,7 +59,9 @@ pub trait PollCoordinator: Send + Sync + std::fmt::Debug + 'static {
         poll_interval_max: Duration,
     ) -> Result<Option<i64>, Unreachable>;
 
-    /// Extends this replica's lease; `false` if another replica leads now.
+    /// Waits for the next renewal of this replica's lease on `task_id` (at most one renew
+    /// interval: a fleet renews all of a replica's leases together), and says whether it was
+    /// kept; `false` if another replica leads now. A leading poller keeps one such wait going.
     async fn renew(&self, task_id: &str) -> Result<bool, Unreachable>;
 
     /// Gives the lease up (the last watcher left, or the replica drains), so that another

@@ -135,6 +135,36 @@ async fn when_the_polling_replica_is_killed_another_takes_over_and_its_watchers_
 }
 
 #[tokio::test]
+async fn a_replica_renews_all_the_leases_it_holds_in_one_redis_call_per_interval() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let redis = RedisServer::start(None).await;
+    // One poll per task in the window at most; the leases (1 s) are renewed every 333 ms.
+    let settings = [
+        ("STREAM_EXPORT_WATCH_POLL_MIN", "30s"),
+        ("STREAM_EXPORT_WATCH_POLL_MAX", "30s"),
+        ("STREAM_EXPORT_WATCH_FLEET_LEASE", "1s"),
+    ];
+    let fleet = replicas_with(1, &emulator, &redis.url(), &settings).await;
+    let mut streams = Vec::new();
+    for _ in 0..12 {
+        let task_id = held_task(&fleet[0], &emulator).await;
+        streams.push(watch(&fleet[0], &task_id).await);
+    }
+    for stream in &mut streams {
+        assert_eq!(next_state(stream).await, (EventType::Snapshot, TaskState::Waiting));
+    }
+
+    let before = redis.script_calls().await;
+    let window = Duration::from_secs(3);
+    tokio::time::sleep(window).await;
+    let calls = redis.script_calls().await - before;
+    // 9 renewals and 3 heartbeats, with some slack; one renewal per task would be 108.
+    assert!(calls <= 9 + 3 + 6, "{calls} scripts run in {window:?} for 12 leases held by one replica");
+    // Kept past their TTL: renewed, all of them.
+    assert_eq!(redis.keys("*:watch:*:lease").await.len(), 12);
+}
+
+#[tokio::test]
 async fn the_fleet_keeps_to_one_upstream_budget_with_many_tasks_watched_on_every_replica() {
     let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
     let redis = RedisServer::start(None).await;
