@@ -121,7 +121,9 @@ pub struct ServeArgs {
     pub watch_fleet_lease: Duration,
 
     /// Fleet mode: how often a replica reads the shared state of a task that another replica
-    /// polls (the delay a change may take to reach its watchers).
+    /// polls while changes are not announced (no subscription yet, or a Redis Cluster): then
+    /// the delay a change may take to reach its watchers. With announcements (pub/sub on one
+    /// Redis) it reads the state when it changes, and at least once a lease.
     #[arg(long, env = "STREAM_EXPORT_WATCH_FLEET_FOLLOW_INTERVAL", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub watch_fleet_follow_interval: Duration,
 

@@ -193,6 +193,20 @@ impl Redis {
         format!("{}:{family}:{{{}}}:{suffix}", self.namespace, hash_tag(tagged))
     }
 
+    /// The full name of a pub/sub channel of this deployment.
+    pub fn channel(&self, name: &str) -> String {
+        format!("{}:{name}", self.namespace)
+    }
+
+    /// The client of one Redis, for what needs a connection of its own (a subscription);
+    /// `None` for a Redis Cluster.
+    pub fn single_client(&self) -> Option<redis::Client> {
+        match &self.client {
+            Client::Single(client) => Some(client.clone()),
+            Client::Cluster(_) => None,
+        }
+    }
+
     /// The Redis Cluster slot of `key` (of its hash tag, if it has one), where a script may use
     /// it together with the other keys of that slot; `None` for one Redis, where any keys go
     /// together.

@@ -10,9 +10,11 @@
 //! - [`submit`] and [`registry`]: the stores (`store::SubmitStore`, `store::TaskRegistry`).
 //! - [`watch_lease`] and [`budget`]: the watch hub's coordination (`task_watch::coordination`:
 //!   who polls each task, and the fleet's one upstream budget); `renewals`: a replica's
-//!   watch leases, renewed together in one call per interval.
+//!   watch leases, renewed together in one call per interval; `changes`: new observations
+//!   announced by pub/sub, so that followers read a view when it changed.
 
 pub mod budget;
+mod changes;
 pub mod connection;
 pub mod lease;
 pub mod members;

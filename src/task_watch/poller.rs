@@ -87,6 +87,8 @@ impl Poller {
     /// While Redis is unreachable, leads (on its own).
     async fn follow(&mut self) -> Role {
         let polls = Arc::clone(&self.hub.polls);
+        // Taken before the first read, so that no change announced meanwhile is missed.
+        let announcements = polls.announcements(&self.task_id);
         loop {
             let followed = match polls.follow(&self.task_id, self.seq).await {
                 Ok(followed) => followed,
@@ -105,8 +107,15 @@ impl Poller {
             if followed.leading {
                 return Role::Lead;
             }
+            let announced = async {
+                match &announcements {
+                    Some(announcements) => announcements.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                () = tokio::time::sleep(polls.follow_interval()) => {}
+                () = tokio::time::sleep(followed.read_again_in) => {}
+                () = announced => {}
                 () = self.sender.closed() => {
                     if self.hub.retire_if_unwatched(&self.task_id, &self.sender) { return Role::Stop; }
                 }

@@ -165,6 +165,37 @@ async fn a_replica_renews_all_the_leases_it_holds_in_one_redis_call_per_interval
 }
 
 #[tokio::test]
+async fn a_change_reaches_the_other_replicas_watchers_when_it_is_announced_not_at_their_next_read() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let redis = RedisServer::start(None).await;
+    // Followers would read the shared view only every 5 s (and at the lease's end, 3 s).
+    let settings = [
+        ("STREAM_EXPORT_WATCH_POLL_MIN", "100ms"),
+        ("STREAM_EXPORT_WATCH_POLL_MAX", "100ms"),
+        ("STREAM_EXPORT_WATCH_FLEET_FOLLOW_INTERVAL", "5s"),
+    ];
+    let fleet = replicas_with(2, &emulator, &redis.url(), &settings).await;
+    let task_id = held_task(&fleet[0], &emulator).await;
+    // The first watcher's replica polls; the other follows.
+    let mut polling = watch(&fleet[0], &task_id).await;
+    assert_eq!(next_state(&mut polling).await, (EventType::Snapshot, TaskState::Waiting));
+    let mut following = watch(&fleet[1], &task_id).await;
+    assert_eq!(next_state(&mut following).await, (EventType::Snapshot, TaskState::Waiting));
+
+    for state in [TaskState::Running, TaskState::Completed] {
+        let name = if state == TaskState::Running { "running" } else { "completed" };
+        emulator.steer(&task_id, json!({"status": name})).await;
+        let seen = next(&mut polling).await.expect("the change, where it is polled");
+        assert_eq!(seen.task.as_ref().map(|task| task.state()), Some(state));
+        let polled = Instant::now();
+        let relayed = next(&mut following).await.expect("the change, on the other replica");
+        let delay = polled.elapsed();
+        assert_eq!(relayed.task.as_ref().map(|task| task.state()), Some(state));
+        assert!(delay <= Duration::from_millis(300), "{name} reached the other replica {delay:?} later");
+    }
+}
+
+#[tokio::test]
 async fn the_fleet_keeps_to_one_upstream_budget_with_many_tasks_watched_on_every_replica() {
     let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
     let redis = RedisServer::start(None).await;
