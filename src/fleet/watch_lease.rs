@@ -73,7 +73,7 @@ if ARGV[4] == '1' then
   lease_release(KEYS[1], ARGV[1])
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call('PUBLISH', ARGV[6], ARGV[7])
+redis.call('PUBLISH', ARGV[6], seq .. ' ' .. string.len(ARGV[7]) .. ' ' .. ARGV[7] .. ARGV[3])
 return seq
 ",
     )
@@ -85,7 +85,9 @@ static RELEASE: LazyLock<FleetScript> = LazyLock::new(|| {
     with_lease(
         "EVALSHA watch.release",
         r"
-if lease_release(KEYS[1], ARGV[1]) == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+if lease_release(KEYS[1], ARGV[1]) == 1 then
+  redis.call('PUBLISH', ARGV[2], '0 ' .. string.len(ARGV[3]) .. ' ' .. ARGV[3])
+end
 return 0
 ",
     )
@@ -177,6 +179,15 @@ impl PollCoordinator for FleetView {
     }
 
     async fn follow(&self, task_id: &str, seq: i64) -> Result<Followed, Unreachable> {
+        // An announced observation is relayed as it is: its leader just wrote it under a lease
+        // renewed by that write, so there is nothing to take over until that lease runs out.
+        if let Some((announced, data)) = self.changes.take_announced(task_id)
+            && announced > seq
+            && let Some(view) = decode(&data)
+        {
+            let read_again_in = self.lease.clamp(self.follow_interval, READ_AT_LEAST_EVERY);
+            return Ok(Followed { leading: false, update: Some(SharedView { seq: announced, view }), read_again_in });
+        }
         let (lease, view) = self.keys(task_id);
         let follow = FOLLOW.call().key(lease.key()).key(&view).arg(lease.owner()).arg(lease.ttl_millis()).arg(seq);
         let (leading, seq, data, lease_left): (i64, i64, Vec<u8>, i64) = follow.quiet().run(&self.redis).await?;

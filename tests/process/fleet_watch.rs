@@ -196,6 +196,32 @@ async fn a_change_reaches_the_other_replicas_watchers_when_it_is_announced_not_a
 }
 
 #[tokio::test]
+async fn followers_relay_an_announced_observation_without_reading_redis_again() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let redis = RedisServer::start(None).await;
+    let fleet = replicas_with(3, &emulator, &redis.url(), STEADY).await;
+    let task_id = held_task(&fleet[0], &emulator).await;
+    let mut streams = Vec::new();
+    for replica in &fleet {
+        let mut stream = watch(replica, &task_id).await;
+        assert_eq!(next_state(&mut stream).await, (EventType::Snapshot, TaskState::Waiting));
+        streams.push(stream);
+    }
+
+    let (calls, polls) = (redis.script_calls().await, status_reads(&emulator, std::slice::from_ref(&task_id)).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = redis.script_calls().await - calls;
+    let polls = status_reads(&emulator, std::slice::from_ref(&task_id)).await - polls;
+    // Each poll is published and its slot booked: two calls. Add the lease's renewals (3/s)
+    // and the heartbeats (3 replicas, 1/s), and some slack; a read per follower per
+    // observation would add two calls per poll.
+    let bound = 2 * polls + 3 * 3 + 3 * 3 + 6;
+    assert!(calls <= bound, "{calls} scripts run for {polls} polls in 3 s; at most {bound}");
+    emulator.steer(&task_id, json!({"status": "completed"})).await;
+    join_all(streams.iter_mut().map(terminal)).await;
+}
+
+#[tokio::test]
 async fn the_fleet_keeps_to_one_upstream_budget_with_many_tasks_watched_on_every_replica() {
     let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
     let redis = RedisServer::start(None).await;
