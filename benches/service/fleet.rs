@@ -51,7 +51,7 @@ async fn start_redis() -> ChildProcess {
 /// Three replicas and their Redis. The replicas are dropped (killed) before the Redis.
 struct Fleet {
     replicas: Vec<ChildProcess>,
-    _redis: ChildProcess,
+    redis: ChildProcess,
 }
 
 impl Fleet {
@@ -64,7 +64,21 @@ impl Fleet {
             names.into_iter().map(|name| processes::start_service_with_env(name, emulator_process, flags, &env)),
         )
         .await;
-        Self { replicas, _redis: redis }
+        Self { replicas, redis }
+    }
+
+    /// The scripts Redis has run so far (`EVALSHA` and `EVAL` in `INFO commandstats`): every
+    /// call a replica makes is one (the commands inside them are counted apart, not here).
+    async fn redis_calls(&self) -> u64 {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.redis.port)).expect("a Redis URL");
+        let mut connection = client.get_multiplexed_async_connection().await.expect("Redis answers");
+        let stats: String =
+            redis::cmd("INFO").arg("commandstats").query_async(&mut connection).await.expect("INFO answers");
+        stats
+            .lines()
+            .filter_map(|line| line.strip_prefix("cmdstat_eval"))
+            .filter_map(|line| line.split_once("calls=")?.1.split(',').next()?.parse::<u64>().ok())
+            .sum()
     }
 
     /// `per_replica` connections to each replica, by replica.
@@ -159,11 +173,14 @@ async fn budget(scale: &Scale, emulator_process: &ChildProcess, emulator: &Emula
         .collect();
 
     let mut samples = vec![watch::sample(emulator).await];
+    let redis_calls_before = fleet.redis_calls().await;
     let started = Instant::now();
     while started.elapsed() < scale.fleet_budget_window {
         tokio::time::sleep(Duration::from_millis(250)).await;
         samples.push(watch::sample(emulator).await);
     }
+    let redis_calls_per_s =
+        fleet.redis_calls().await.saturating_sub(redis_calls_before) as f64 / started.elapsed().as_secs_f64();
     for watcher in &watchers {
         watcher.abort();
     }
@@ -186,6 +203,14 @@ async fn budget(scale: &Scale, emulator_process: &ChildProcess, emulator: &Emula
             Target::AtMost(2.0),
         ),
         Figure::info("fleet_budget_429s", watch::possible_429s(&samples, limit) as f64, "count"),
+        // What the coordination costs Redis, against the work it coordinates (issue 32).
+        Figure::info("fleet_upstream_polls_per_s", mean_rate, "1/s"),
+        Figure::target(
+            "fleet_redis_calls_per_s",
+            redis_calls_per_s,
+            "1/s",
+            Target::AtMost(3.0 * mean_rate + 15.0 * REPLICAS as f64),
+        ),
     ]
 }
 

@@ -56,7 +56,9 @@ pub struct WatchArgs {
     pub watch_fleet_lease: FlagDuration,
 
     /// Fleet mode: how often a replica reads the shared state of a task that another replica
-    /// polls (the delay a change may take to reach its watchers).
+    /// polls while changes are not announced (no subscription yet, or a Redis Cluster): then
+    /// the delay a change may take to reach its watchers. With announcements (pub/sub on one
+    /// Redis) it reads the state when it changes, and at least once a lease.
     #[arg(long, env = "STREAM_EXPORT_WATCH_FLEET_FOLLOW_INTERVAL", default_value_t = FlagDuration(WatchSettings::default().fleet_follow_interval))]
     pub watch_fleet_follow_interval: FlagDuration,
 }

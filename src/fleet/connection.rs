@@ -193,6 +193,30 @@ impl Redis {
         format!("{}:{family}:{{{}}}:{suffix}", self.namespace, hash_tag(tagged))
     }
 
+    /// The full name of a pub/sub channel of this deployment.
+    pub fn channel(&self, name: &str) -> String {
+        format!("{}:{name}", self.namespace)
+    }
+
+    /// The client of one Redis, for what needs a connection of its own (a subscription);
+    /// `None` for a Redis Cluster.
+    pub fn single_client(&self) -> Option<redis::Client> {
+        match &self.client {
+            Client::Single(client) => Some(client.clone()),
+            Client::Cluster(_) => None,
+        }
+    }
+
+    /// The Redis Cluster slot of `key` (of its hash tag, if it has one), where a script may use
+    /// it together with the other keys of that slot; `None` for one Redis, where any keys go
+    /// together.
+    pub fn slot(&self, key: &str) -> Option<u16> {
+        match self.client {
+            Client::Single(_) => None,
+            Client::Cluster(_) => Some(cluster_slot(key.as_bytes())),
+        }
+    }
+
     /// A connection for one call: connected now if there is none yet, and at most
     /// [`CALL_TIMEOUT`] for the wait and the commands sent on it together. After a failed
     /// attempt the next one waits [`CALL_TIMEOUT`]: meanwhile calls fail at once.
@@ -525,6 +549,25 @@ fn cluster_nodes(url: &str) -> Option<Vec<String>> {
     )
 }
 
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the text between the
+/// first `{` and the next `}`, if not empty) or of the whole key, modulo 16384.
+fn cluster_slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&byte| byte == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter().position(|&byte| byte == b'}').map(|close| &rest[..close])
+        })
+        .filter(|tag| !tag.is_empty())
+        .unwrap_or(key);
+    let crc = tagged.iter().fold(0u16, |crc, &byte| {
+        (0..8)
+            .fold(crc ^ (u16::from(byte) << 8), |crc, _| if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 })
+    });
+    crc % 16384
+}
+
 fn timed_out(what: &'static str) -> RedisError {
     RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
 }
@@ -605,6 +648,16 @@ mod tests {
         ] {
             assert!(!is_outage(&answer(refusal)), "{refusal}");
         }
+    }
+
+    #[test]
+    fn cluster_slots_are_redis_clusters() {
+        // Known answers of CLUSTER KEYSLOT.
+        assert_eq!(cluster_slot(b"foo"), 12182);
+        assert_eq!(cluster_slot(b"123456789"), 12739);
+        assert_eq!(cluster_slot(b"a:{foo}:b"), 12182);
+        assert_eq!(cluster_slot(b"a:{}:foo"), cluster_slot(b"a:{}:foo"));
+        assert_ne!(cluster_slot(b"a:{}:foo"), cluster_slot(b"foo"));
     }
 
     #[test]

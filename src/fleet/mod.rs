@@ -9,13 +9,17 @@
 //! - [`members`]: the replicas alive, by heartbeat.
 //! - [`submit`] and [`registry`]: the stores (`store::SubmitStore`, `store::TaskRegistry`).
 //! - [`watch_lease`] and [`budget`]: the watch hub's coordination (`task_watch::coordination`:
-//!   who polls each task, and the fleet's one upstream budget).
+//!   who polls each task, and the fleet's one upstream budget); `renewals`: a replica's
+//!   watch leases, renewed together in one call per interval; `changes`: new observations
+//!   announced by pub/sub, so that followers read a view when it changed.
 
 pub mod budget;
+mod changes;
 pub mod connection;
 pub mod lease;
 pub mod members;
 pub mod registry;
+mod renewals;
 pub mod script;
 pub mod submit;
 pub mod watch_lease;

@@ -1,23 +1,33 @@
 //! The hub's fleet mode: one poller per task for all the replicas that share a Redis.
 //!
 //! Per task, two keys in one hash-tag slot: `lease` (the id of the replica that polls it, with
-//! a short lease that it renews while it polls) and `view` (a hash: `seq`, the latest
-//! observation as `data`, `final` once the task ended). The replica that holds the lease polls
-//! Stream and writes each observation to `view`; the others follow: every follow interval they
-//! read `view`, relay what is new to their watchers, and take the lease when it is free (its
-//! holder died, or stopped because its last watcher left). A final observation stays for the
+//! a short lease that it renews while it polls, with all its other leases: see `renewals`)
+//! and `view` (a hash: `seq`, the latest observation as `data`, `final` once the task ended).
+//! The replica that holds the lease polls Stream, writes each observation to `view` and
+//! announces it (see `changes`); the others follow: when a change is announced (or, unheard,
+//! every follow interval), and when the lease would run out, they read `view`, relay what is
+//! new to their watchers, and take the lease when it is free (its holder died, or stopped
+//! because its last watcher left, which it announces too). A final observation stays for the
 //! retention period, so that no replica polls a finished task again.
 
-use std::{sync::LazyLock, time::Duration};
+use std::{
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use prost::Message;
 use tonic::Status;
 
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
 use super::{
+    changes::Changes,
     connection::{Redis, millis},
     lease::{Lease, with_lease},
     members::Members,
+    renewals::Renewals,
     script::FleetScript,
 };
 use crate::{
@@ -30,7 +40,8 @@ use crate::{
 };
 
 /// Reads `view` (unless it is still at the caller's `seq`) and claims the lease unless the task
-/// is final. Returns `{leading, seq, data}`.
+/// is final. Returns `{leading, seq, data, lease_ms}`: `lease_ms` how long the lease has left
+/// (negative: none).
 static FOLLOW: LazyLock<FleetScript> = LazyLock::new(|| {
     with_lease(
         "EVALSHA watch.follow",
@@ -40,14 +51,16 @@ if redis.call('HEXISTS', KEYS[2], 'final') == 0 and lease_claim(KEYS[1], ARGV[1]
   leading = 1
 end
 local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
-if seq == tonumber(ARGV[3]) then return {leading, seq, ''} end
-return {leading, seq, redis.call('HGET', KEYS[2], 'data') or ''}
+local left = redis.call('PTTL', KEYS[1])
+if seq == tonumber(ARGV[3]) then return {leading, seq, '', left} end
+return {leading, seq, redis.call('HGET', KEYS[2], 'data') or '', left}
 ",
     )
 });
 
 /// Writes an observation if this replica leads (claiming a free lease: after a Redis restart
-/// the first replica to write leads). Returns its `seq`, or 0 if another replica leads.
+/// the first replica to write leads), and announces it on the channel `ARGV[6]` (the task id,
+/// `ARGV[7]`). Returns its `seq`, or 0 if another replica leads.
 static PUBLISH: LazyLock<FleetScript> = LazyLock::new(|| {
     with_lease(
         "EVALSHA watch.publish",
@@ -60,28 +73,38 @@ if ARGV[4] == '1' then
   lease_release(KEYS[1], ARGV[1])
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('PUBLISH', ARGV[6], seq .. ' ' .. string.len(ARGV[7]) .. ' ' .. ARGV[7] .. ARGV[3])
 return seq
 ",
     )
 });
 
-/// Claims the lease (extends it, or takes it if free) unless the task is final; 0 if another
-/// replica leads or the task is final.
-static RENEW: LazyLock<FleetScript> = LazyLock::new(|| {
+/// Lets the lease go if this replica holds it, and announces it on the channel `ARGV[2]` (the
+/// task id, `ARGV[3]`), so that a follower with watchers takes the poll over at once.
+static RELEASE: LazyLock<FleetScript> = LazyLock::new(|| {
     with_lease(
-        "EVALSHA watch.renew",
+        "EVALSHA watch.release",
         r"
-if redis.call('HEXISTS', KEYS[2], 'final') == 1 then return 0 end
-if lease_claim(KEYS[1], ARGV[1], ARGV[2]) == ARGV[1] then return 1 end
+if lease_release(KEYS[1], ARGV[1]) == 1 then
+  redis.call('PUBLISH', ARGV[2], '0 ' .. string.len(ARGV[3]) .. ' ' .. ARGV[3])
+end
 return 0
 ",
     )
 });
 
+/// The longest a follower waits between reads of a task's view when changes are announced:
+/// the safety net for a missed announcement.
+const READ_AT_LEAST_EVERY: Duration = Duration::from_secs(5);
+
 /// How long a task's latest (not final) observation is kept after its last write: long enough
 /// for a poller at the longest interval to write again, short enough that a late watcher of a
 /// task nobody polled for a while waits for a fresh poll instead of an old snapshot.
 const VIEW_TTL_FACTOR: u32 = 3;
+
+/// How many times a lease is renewed within its TTL: a renewal that Redis misses leaves time
+/// for the next.
+const RENEWALS_PER_LEASE: u32 = 3;
 
 /// How the replicas of a fleet share their tasks' polls, through Redis.
 #[derive(Clone, Debug)]
@@ -91,6 +114,11 @@ pub struct FleetView {
     lease: Duration,
     /// How often a follower reads the shared view.
     follow_interval: Duration,
+    /// The leases this replica holds, renewed together.
+    renewals: Arc<Renewals>,
+    /// The changes announced by the replicas that poll, and the channel they are announced on.
+    changes: Changes,
+    channel: String,
 }
 
 /// The wire form of a [`TaskView`] in Redis.
@@ -112,8 +140,19 @@ struct StoredView {
 impl FleetView {
     /// Shares polls through `redis`, as the replica `members` names. A replica that dies while
     /// polling is replaced after `lease` at most (plus a follow interval).
-    pub fn new(redis: Redis, members: Members, lease: Duration, follow_interval: Duration) -> Self {
-        Self { redis, members, lease, follow_interval }
+    /// Changes are announced by pub/sub, heard until `shutdown`.
+    pub fn new(
+        redis: Redis,
+        members: Members,
+        lease: Duration,
+        follow_interval: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let every = lease / RENEWALS_PER_LEASE;
+        let renewals = Renewals::new(redis.clone(), members.id().to_owned(), millis(lease), every);
+        let channel = redis.channel("watch:changed");
+        let changes = Changes::start(&redis, channel.clone(), shutdown);
+        Self { redis, members, lease, follow_interval, renewals: Arc::new(renewals), changes, channel }
     }
 
     /// This replica's lease on polling `task_id`, and the key of the task's shared view (in
@@ -131,20 +170,38 @@ impl PollCoordinator for FleetView {
         false
     }
 
-    fn follow_interval(&self) -> Duration {
-        self.follow_interval
+    fn announcements(&self, task_id: &str) -> Option<Arc<Notify>> {
+        Some(self.changes.follower(task_id))
     }
 
     fn renew_interval(&self) -> Option<Duration> {
-        Some(self.lease / 3)
+        Some(self.lease / RENEWALS_PER_LEASE)
     }
 
     async fn follow(&self, task_id: &str, seq: i64) -> Result<Followed, Unreachable> {
+        // An announced observation is relayed as it is: its leader just wrote it under a lease
+        // renewed by that write, so there is nothing to take over until that lease runs out.
+        if let Some((announced, data)) = self.changes.take_announced(task_id)
+            && announced > seq
+            && let Some(view) = decode(&data)
+        {
+            let read_again_in = self.lease.clamp(self.follow_interval, READ_AT_LEAST_EVERY);
+            return Ok(Followed { leading: false, update: Some(SharedView { seq: announced, view }), read_again_in });
+        }
         let (lease, view) = self.keys(task_id);
         let follow = FOLLOW.call().key(lease.key()).key(&view).arg(lease.owner()).arg(lease.ttl_millis()).arg(seq);
-        let (leading, seq, data): (i64, i64, Vec<u8>) = follow.quiet().run(&self.redis).await?;
+        let (leading, seq, data, lease_left): (i64, i64, Vec<u8>, i64) = follow.quiet().run(&self.redis).await?;
         let update = (!data.is_empty()).then(|| decode(&data)).flatten().map(|view| SharedView { seq, view });
-        Ok(Followed { leading: leading == 1, update })
+        // Announced changes wake the follower; otherwise it reads again when the leader's lease
+        // would run out (were the leader dead, it takes over then), and at least every few
+        // seconds. Unannounced, it reads every follow interval.
+        let read_again_in = match u64::try_from(lease_left) {
+            Ok(left) if self.changes.live() => {
+                Duration::from_millis(left).clamp(self.follow_interval, READ_AT_LEAST_EVERY)
+            }
+            _ => self.follow_interval,
+        };
+        Ok(Followed { leading: leading == 1, update, read_again_in })
     }
 
     async fn publish(
@@ -164,21 +221,25 @@ impl PollCoordinator for FleetView {
             .arg(lease.ttl_millis())
             .arg(encode(view))
             .arg(if last.is_some() { "1" } else { "0" })
-            .arg(millis(ttl));
+            .arg(millis(ttl))
+            .arg(&self.channel)
+            .arg(task_id);
         let seq: i64 = publish.run(&self.redis).await?;
         Ok((seq > 0).then_some(seq))
     }
 
     async fn renew(&self, task_id: &str) -> Result<bool, Unreachable> {
         let (lease, view) = self.keys(task_id);
-        let renew = RENEW.call().key(lease.key()).key(&view).arg(lease.owner()).arg(lease.ttl_millis());
-        Ok(renew.quiet().run::<i64>(&self.redis).await? == 1)
+        self.renewals.next(task_id, lease.key().to_owned(), view).await
     }
 
     fn release(&self, task_id: &str) {
         let (lease, _) = self.keys(task_id);
+        self.renewals.forget(task_id);
+        let (redis, channel, task_id) = (self.redis.clone(), self.channel.clone(), task_id.to_owned());
         tokio::spawn(async move {
-            let _ = lease.release().await;
+            let release = RELEASE.call().key(lease.key()).arg(lease.owner()).arg(channel).arg(task_id);
+            let _ = release.run::<i64>(&redis).await;
         });
     }
 }

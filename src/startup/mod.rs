@@ -415,8 +415,8 @@ fn listen_for_hangups() -> Option<Signal> {
 /// The coordination of watches in a fleet: this replica joins the fleet's members (a heartbeat
 /// until `leaving`), and its polls and their budget are shared through Redis.
 fn fleet_coordination(redis: Redis, watch: &WatchSettings, leaving: CancellationToken) -> Coordination {
-    let members = Members::start(redis.clone(), leaving);
-    let polls = FleetView::new(redis.clone(), members.clone(), watch.fleet_lease, watch.fleet_follow_interval);
+    let members = Members::start(redis.clone(), leaving.clone());
+    let polls = FleetView::new(redis.clone(), members.clone(), watch.fleet_lease, watch.fleet_follow_interval, leaving);
     Coordination { polls: Arc::new(polls), slots: Arc::new(FleetBudget::new(redis, members)) }
 }
 

@@ -6,6 +6,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use tokio::sync::Notify;
+
 use super::view::TaskView;
 use crate::upstream::RateLimit;
 
@@ -21,6 +23,8 @@ pub struct Followed {
     pub leading: bool,
     /// The shared observation, unless it is still the one the follower has.
     pub update: Option<SharedView>,
+    /// When to read again at the latest, if no change is announced meanwhile.
+    pub read_again_in: Duration,
 }
 
 /// One observation as the replicas share it.
@@ -39,10 +43,12 @@ pub trait PollCoordinator: Send + Sync + std::fmt::Debug + 'static {
     /// replica may poll the task already).
     fn leads_at_once(&self) -> bool;
 
-    /// How often a follower reads the shared view.
-    fn follow_interval(&self) -> Duration;
+    /// What a follower of `task_id` may wait on besides [`Followed::read_again_in`]: notified
+    /// when another replica announces a change of the task (a permit is kept while the
+    /// follower is reading). `None`: no change is announced.
+    fn announcements(&self, task_id: &str) -> Option<Arc<Notify>>;
 
-    /// How often a leader renews its lease; `None`: there is no lease to renew.
+    /// How often a leader's lease is renewed; `None`: there is no lease to renew.
     fn renew_interval(&self) -> Option<Duration>;
 
     /// Reads what the leader published since `seq`, taking the lease if it is free.
@@ -59,7 +65,9 @@ pub trait PollCoordinator: Send + Sync + std::fmt::Debug + 'static {
         poll_interval_max: Duration,
     ) -> Result<Option<i64>, Unreachable>;
 
-    /// Extends this replica's lease; `false` if another replica leads now.
+    /// Waits for the next renewal of this replica's lease on `task_id` (at most one renew
+    /// interval: a fleet renews all of a replica's leases together), and says whether it was
+    /// kept; `false` if another replica leads now. A leading poller keeps one such wait going.
     async fn renew(&self, task_id: &str) -> Result<bool, Unreachable>;
 
     /// Gives the lease up (the last watcher left, or the replica drains), so that another
@@ -122,8 +130,8 @@ impl PollCoordinator for Solo {
         true
     }
 
-    fn follow_interval(&self) -> Duration {
-        Duration::from_secs(1)
+    fn announcements(&self, _task_id: &str) -> Option<Arc<Notify>> {
+        None
     }
 
     fn renew_interval(&self) -> Option<Duration> {
@@ -131,7 +139,7 @@ impl PollCoordinator for Solo {
     }
 
     async fn follow(&self, _task_id: &str, _seq: i64) -> Result<Followed, Unreachable> {
-        Ok(Followed { leading: true, update: None })
+        Ok(Followed { leading: true, update: None, read_again_in: Duration::from_secs(1) })
     }
 
     async fn publish(

@@ -87,6 +87,8 @@ impl Poller {
     /// While Redis is unreachable, leads (on its own).
     async fn follow(&mut self) -> Role {
         let polls = Arc::clone(&self.hub.polls);
+        // Taken before the first read, so that no change announced meanwhile is missed.
+        let announcements = polls.announcements(&self.task_id);
         loop {
             let followed = match polls.follow(&self.task_id, self.seq).await {
                 Ok(followed) => followed,
@@ -105,8 +107,15 @@ impl Poller {
             if followed.leading {
                 return Role::Lead;
             }
+            let announced = async {
+                match &announcements {
+                    Some(announcements) => announcements.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                () = tokio::time::sleep(polls.follow_interval()) => {}
+                () = tokio::time::sleep(followed.read_again_in) => {}
+                () = announced => {}
                 () = self.sender.closed() => {
                     if self.hub.retire_if_unwatched(&self.task_id, &self.sender) { return Role::Stop; }
                 }
@@ -247,11 +256,10 @@ impl Poller {
     /// lost to another replica.
     async fn wait_leading(&self, until: impl Future<Output = ()>) -> Waited {
         let polls = &self.hub.polls;
-        let renew_every = polls.renew_interval();
-        let mut renewals = tokio::time::interval(renew_every.unwrap_or(Duration::from_secs(3600)));
-        renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick is immediate; the lease was just taken or written.
-        renewals.reset();
+        let leased = polls.renew_interval().is_some();
+        // The next renewal of the lease (fleet mode), awaited alongside: the fleet renews all of
+        // this replica's leases together, and tells each poller whether it kept its own.
+        let mut renewal = Box::pin(polls.renew(&self.task_id));
         tokio::pin!(until);
         loop {
             tokio::select! {
@@ -267,11 +275,12 @@ impl Poller {
                     polls.release(&self.task_id);
                     return Waited::Stop;
                 }
-                _ = renewals.tick(), if renew_every.is_some() => {
+                renewed = &mut renewal, if leased => {
                     // Unreachable shared state (`Err`) is no reason to stop: keep polling on our own.
-                    if let Ok(false) = polls.renew(&self.task_id).await {
+                    if let Ok(false) = renewed {
                         return Waited::Follow;
                     }
+                    renewal = Box::pin(polls.renew(&self.task_id));
                 }
             }
         }

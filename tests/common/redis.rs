@@ -64,6 +64,28 @@ impl RedisServer {
         }
     }
 
+    /// The scripts it has been asked to run so far (`EVALSHA` and `EVAL`, as `INFO
+    /// commandstats` counts them): every call the fleet makes is one. The commands the scripts
+    /// run are counted apart, and not here.
+    pub async fn script_calls(&self) -> u64 {
+        let client = redis::Client::open(self.url()).expect("a Redis URL");
+        let mut connection = client.get_multiplexed_async_connection().await.expect("Redis answers");
+        let stats: String =
+            redis::cmd("INFO").arg("commandstats").query_async(&mut connection).await.expect("INFO answers");
+        stats
+            .lines()
+            .filter_map(|line| line.strip_prefix("cmdstat_eval"))
+            .filter_map(|line| line.split_once("calls=")?.1.split(',').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// The keys that match `pattern` (`KEYS`).
+    pub async fn keys(&self, pattern: &str) -> Vec<String> {
+        let client = redis::Client::open(self.url()).expect("a Redis URL");
+        let mut connection = client.get_multiplexed_async_connection().await.expect("Redis answers");
+        redis::cmd("KEYS").arg(pattern).query_async(&mut connection).await.expect("KEYS answers")
+    }
+
     /// Kills the server (SIGKILL) and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

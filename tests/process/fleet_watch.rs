@@ -135,6 +135,93 @@ async fn when_the_polling_replica_is_killed_another_takes_over_and_its_watchers_
 }
 
 #[tokio::test]
+async fn a_replica_renews_all_the_leases_it_holds_in_one_redis_call_per_interval() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let redis = RedisServer::start(None).await;
+    // One poll per task in the window at most; the leases (1 s) are renewed every 333 ms.
+    let settings = [
+        ("STREAM_EXPORT_WATCH_POLL_MIN", "30s"),
+        ("STREAM_EXPORT_WATCH_POLL_MAX", "30s"),
+        ("STREAM_EXPORT_WATCH_FLEET_LEASE", "1s"),
+    ];
+    let fleet = replicas_with(1, &emulator, &redis.url(), &settings).await;
+    let mut streams = Vec::new();
+    for _ in 0..12 {
+        let task_id = held_task(&fleet[0], &emulator).await;
+        streams.push(watch(&fleet[0], &task_id).await);
+    }
+    for stream in &mut streams {
+        assert_eq!(next_state(stream).await, (EventType::Snapshot, TaskState::Waiting));
+    }
+
+    let before = redis.script_calls().await;
+    let window = Duration::from_secs(3);
+    tokio::time::sleep(window).await;
+    let calls = redis.script_calls().await - before;
+    // 9 renewals and 3 heartbeats, with some slack; one renewal per task would be 108.
+    assert!(calls <= 9 + 3 + 6, "{calls} scripts run in {window:?} for 12 leases held by one replica");
+    // Kept past their TTL: renewed, all of them.
+    assert_eq!(redis.keys("*:watch:*:lease").await.len(), 12);
+}
+
+#[tokio::test]
+async fn a_change_reaches_the_other_replicas_watchers_when_it_is_announced_not_at_their_next_read() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let redis = RedisServer::start(None).await;
+    // Followers would read the shared view only every 5 s (and at the lease's end, 3 s).
+    let settings = [
+        ("STREAM_EXPORT_WATCH_POLL_MIN", "100ms"),
+        ("STREAM_EXPORT_WATCH_POLL_MAX", "100ms"),
+        ("STREAM_EXPORT_WATCH_FLEET_FOLLOW_INTERVAL", "5s"),
+    ];
+    let fleet = replicas_with(2, &emulator, &redis.url(), &settings).await;
+    let task_id = held_task(&fleet[0], &emulator).await;
+    // The first watcher's replica polls; the other follows.
+    let mut polling = watch(&fleet[0], &task_id).await;
+    assert_eq!(next_state(&mut polling).await, (EventType::Snapshot, TaskState::Waiting));
+    let mut following = watch(&fleet[1], &task_id).await;
+    assert_eq!(next_state(&mut following).await, (EventType::Snapshot, TaskState::Waiting));
+
+    for state in [TaskState::Running, TaskState::Completed] {
+        let name = if state == TaskState::Running { "running" } else { "completed" };
+        emulator.steer(&task_id, json!({"status": name})).await;
+        let seen = next(&mut polling).await.expect("the change, where it is polled");
+        assert_eq!(seen.task.as_ref().map(|task| task.state()), Some(state));
+        let polled = Instant::now();
+        let relayed = next(&mut following).await.expect("the change, on the other replica");
+        let delay = polled.elapsed();
+        assert_eq!(relayed.task.as_ref().map(|task| task.state()), Some(state));
+        assert!(delay <= Duration::from_millis(300), "{name} reached the other replica {delay:?} later");
+    }
+}
+
+#[tokio::test]
+async fn followers_relay_an_announced_observation_without_reading_redis_again() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let redis = RedisServer::start(None).await;
+    let fleet = replicas_with(3, &emulator, &redis.url(), STEADY).await;
+    let task_id = held_task(&fleet[0], &emulator).await;
+    let mut streams = Vec::new();
+    for replica in &fleet {
+        let mut stream = watch(replica, &task_id).await;
+        assert_eq!(next_state(&mut stream).await, (EventType::Snapshot, TaskState::Waiting));
+        streams.push(stream);
+    }
+
+    let (calls, polls) = (redis.script_calls().await, status_reads(&emulator, std::slice::from_ref(&task_id)).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = redis.script_calls().await - calls;
+    let polls = status_reads(&emulator, std::slice::from_ref(&task_id)).await - polls;
+    // Each poll is published and its slot booked: two calls. Add the lease's renewals (3/s)
+    // and the heartbeats (3 replicas, 1/s), and some slack; a read per follower per
+    // observation would add two calls per poll.
+    let bound = 2 * polls + 3 * 3 + 3 * 3 + 6;
+    assert!(calls <= bound, "{calls} scripts run for {polls} polls in 3 s; at most {bound}");
+    emulator.steer(&task_id, json!({"status": "completed"})).await;
+    join_all(streams.iter_mut().map(terminal)).await;
+}
+
+#[tokio::test]
 async fn the_fleet_keeps_to_one_upstream_budget_with_many_tasks_watched_on_every_replica() {
     let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
     let redis = RedisServer::start(None).await;
