@@ -18,8 +18,9 @@
 //!   demand from their index (no start-up cost).
 //! - On request ([`DataSet::with_synthetic_channels`]), any number of bulk channels
 //!   `messaging:bulk-NNNNNN` for listing at scale (QueryChannels, export jobs): created over the
-//!   year before [`DATA_START`], one [`BULK_IMPORT_SIZE`] of them in the same microsecond (as a
-//!   bulk import leaves them), each in one of three `team`s, with two members and two messages.
+//!   year before [`DATA_START`], [`BULK_IMPORT_SIZE`] of them (fewer in a set under 90) in the
+//!   same microsecond (as a bulk import leaves them), each in one of three `team`s, with two
+//!   members and two messages.
 
 use std::{borrow::Cow, collections::HashMap};
 

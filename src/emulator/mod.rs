@@ -204,8 +204,8 @@ pub struct EmulatorArgs {
     #[arg(long, default_value_t = 25)]
     pub channel_limit: usize,
     /// Add this many synthetic channels `messaging:bulk-NNNNNN` (created over the year before the
-    /// messages, one bulk import of 45 in one microsecond, teams acme/globex/initech): listing
-    /// and exporting at scale.
+    /// messages, a bulk import of 45 (fewer under 90) in one microsecond, teams
+    /// acme/globex/initech): listing and exporting at scale.
     #[arg(long, default_value_t = 0)]
     pub synthetic_channels: usize,
     /// Also limit each second to a route's per-minute limit ÷ 30 (at least 1), as Stream does.
