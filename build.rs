@@ -29,6 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".streamexport.v1.ExportRecord.json")
         // Records can carry a `Struct` already encoded: see src/contract/wire_struct.rs.
         .extern_path(".google.protobuf.Struct", "crate::contract::wire_struct::WireStruct")
+        // A failed job's error is a status as RPCs return it: tonic-types' `google.rpc.Status`.
+        .extern_path(".google.rpc.Status", "::tonic_types::pb::Status")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -14,6 +14,7 @@ pub mod emulator;
 pub mod error_chain;
 pub mod export_file;
 pub mod fleet;
+pub mod jobs;
 pub mod service;
 pub mod startup;
 pub mod store;

@@ -8,9 +8,11 @@ use std::{net::SocketAddr, pin::Pin};
 use futures::StreamExt;
 use prost::Message;
 use stream_export::proto::{
-    ExportChannelsRequest, ExportChannelsResponse, ExportRecord, ExportUserRequest, ExportUserResponse,
-    ExportUsersRequest, ExportUsersResponse, GetTaskRequest, ListTasksRequest, ListTasksResponse, ReadExportRequest,
-    Task, TaskEvent, WatchTaskRequest,
+    CancelExportJobRequest, CreateExportJobRequest, ExportChannelsRequest, ExportChannelsResponse, ExportJob,
+    ExportJobEvent, ExportRecord, ExportUserRequest, ExportUserResponse, ExportUsersRequest, ExportUsersResponse,
+    GetExportJobRequest, GetTaskRequest, ListExportJobTasksRequest, ListExportJobTasksResponse, ListExportJobsRequest,
+    ListExportJobsResponse, ListTasksRequest, ListTasksResponse, ReadExportRequest, Task, TaskEvent,
+    WatchExportJobRequest, WatchTaskRequest,
     export_service_server::{ExportService, ExportServiceServer},
     task_event::EventType,
 };
@@ -65,6 +67,41 @@ impl ExportService for Echo {
         };
         let events = futures::stream::once(async move { Ok(snapshot) }).chain(futures::stream::pending());
         Ok(Response::new(Box::pin(events)))
+    }
+
+    async fn create_export_job(&self, _: Request<CreateExportJobRequest>) -> Result<Response<ExportJob>, Status> {
+        Err(Status::unimplemented("echo server"))
+    }
+
+    async fn get_export_job(&self, _: Request<GetExportJobRequest>) -> Result<Response<ExportJob>, Status> {
+        Err(Status::unimplemented("echo server"))
+    }
+
+    async fn list_export_jobs(
+        &self,
+        _: Request<ListExportJobsRequest>,
+    ) -> Result<Response<ListExportJobsResponse>, Status> {
+        Err(Status::unimplemented("echo server"))
+    }
+
+    async fn cancel_export_job(&self, _: Request<CancelExportJobRequest>) -> Result<Response<ExportJob>, Status> {
+        Err(Status::unimplemented("echo server"))
+    }
+
+    type WatchExportJobStream = Pin<Box<dyn Stream<Item = Result<ExportJobEvent, Status>> + Send>>;
+
+    async fn watch_export_job(
+        &self,
+        _: Request<WatchExportJobRequest>,
+    ) -> Result<Response<Self::WatchExportJobStream>, Status> {
+        Err(Status::unimplemented("echo server"))
+    }
+
+    async fn list_export_job_tasks(
+        &self,
+        _: Request<ListExportJobTasksRequest>,
+    ) -> Result<Response<ListExportJobTasksResponse>, Status> {
+        Err(Status::unimplemented("echo server"))
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod access;
 mod calls;
+mod jobs;
 mod state;
 mod telemetry;
 mod transport;
@@ -19,6 +20,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 pub use self::{
     access::{AccessArgs, AccessSettings},
     calls::{CallArgs, ReadArgs},
+    jobs::JobArgs,
     state::{IdempotencySettings, StateArgs, StateSettings},
     telemetry::TelemetryArgs,
     transport::{DEFAULT_MAX_CONCURRENT_STREAMS, TlsArgs, TlsSettings, TransportArgs, TransportSettings},
@@ -29,8 +31,8 @@ pub use self::{
     watch::WatchArgs,
 };
 use crate::{
-    fleet::RedisSettings, service::CallLimits, store::embedded::DEFAULT_STATE_DIR, task_watch::WatchSettings,
-    telemetry::LogFormat,
+    fleet::RedisSettings, jobs::JobSettings, service::CallLimits, store::embedded::DEFAULT_STATE_DIR,
+    task_watch::WatchSettings, telemetry::LogFormat,
 };
 
 /// Flags of `stream-export serve`. Every flag has an environment variable of the same meaning.
@@ -52,6 +54,10 @@ pub struct ServeArgs {
     /// WatchTask.
     #[command(flatten)]
     pub watch: WatchArgs,
+
+    /// Export jobs.
+    #[command(flatten)]
+    pub jobs: JobArgs,
 
     /// Limits of unary calls.
     #[command(flatten)]
@@ -95,6 +101,8 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     /// Tuning of WatchTask.
     pub watch: WatchSettings,
+    /// Tuning of export jobs.
+    pub jobs: JobSettings,
     /// Limits on unary calls and ReadExport streams.
     pub limits: CallLimits,
     /// HTTP/2, TLS and shutdown settings of the gRPC server.
@@ -122,6 +130,7 @@ impl Settings {
             log_format: LogFormat::default(),
             metrics_listen: None,
             watch: WatchSettings::default(),
+            jobs: JobSettings::default(),
             limits: CallLimits::default(),
             transport: TransportSettings::default(),
             access: AccessSettings::default(),
@@ -140,6 +149,7 @@ impl ServeArgs {
         self.upstream.check()?;
         self.calls.check()?;
         self.watch.check()?;
+        self.jobs.check()?;
         self.state.check()?;
         self.reads.check()?;
         self.transport.check()?;
@@ -151,6 +161,7 @@ impl ServeArgs {
             log_format: self.telemetry.log_format,
             metrics_listen: self.telemetry.metrics_listen,
             watch: self.watch.into_settings(),
+            jobs: self.jobs.into_settings(),
             limits: self.calls.into_limits(self.reads.into_limits()),
             transport: self.transport.into_settings(self.tls.into_settings()),
             access: self.access.into_settings(),

@@ -1,11 +1,12 @@
 //! The bottom layer: the gRPC contract and what every layer above says in its terms.
 //!
-//! The generated `streamexport.v1` types ([`proto`]), the task model's helpers on them
-//! ([`task`]), the one place where failures become gRPC statuses ([`status`]), and the one
+//! The generated `streamexport.v1` types ([`proto`]), the task and job models' helpers on them
+//! ([`task`], [`job`]), the one place where failures become gRPC statuses ([`status`]), and the one
 //! conversion between JSON and `google.protobuf.Struct` ([`json`]) and the `Struct` that generated
 //! messages hold, parsed or already encoded ([`wire_struct`]). Nothing here knows Stream's
 //! wire format or any other module of the crate.
 
+pub mod job;
 pub mod json;
 pub mod status;
 pub mod task;

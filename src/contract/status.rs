@@ -99,6 +99,60 @@ pub mod reason {
     pub const READ_LIMIT_REACHED: &str = "READ_LIMIT_REACHED";
     /// ReadExport: `start_index` is past the file's last record (`record_count` says how many).
     pub const START_INDEX_PAST_END: &str = "START_INDEX_PAST_END";
+    /// No export job has this id (or its record expired).
+    pub const JOB_NOT_FOUND: &str = "JOB_NOT_FOUND";
+    /// The caller, or the service, already runs as many export jobs as it allows.
+    pub const JOB_LIMIT_REACHED: &str = "JOB_LIMIT_REACHED";
+    /// The job store does not answer; nothing was created or changed.
+    pub const JOB_STORE_UNAVAILABLE: &str = "JOB_STORE_UNAVAILABLE";
+    /// A job's shard failed on every attempt (`ErrorInfo.metadata` names the shard and its
+    /// last task); the job FAILED.
+    pub const JOB_TASK_FAILED: &str = "JOB_TASK_FAILED";
+    /// A job's channel query matched more channels than a job may hold.
+    pub const JOB_TOO_LARGE: &str = "JOB_TOO_LARGE";
+}
+
+/// NOT_FOUND for a job id the service does not know.
+pub fn job_not_found(job_id: &str) -> Status {
+    let metadata = HashMap::from([("job_id".to_owned(), job_id.to_owned())]);
+    let details = ErrorDetails::with_error_info(reason::JOB_NOT_FOUND, DOMAIN, metadata);
+    build(Code::NotFound, format!("no export job {job_id}"), details)
+}
+
+/// RESOURCE_EXHAUSTED when `who` (the caller, or everyone) already runs `limit` export jobs.
+pub fn job_limit_reached(quota: &str, who: &str, limit: usize) -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(Duration::from_secs(30)));
+    details.set_error_info(reason::JOB_LIMIT_REACHED, DOMAIN, HashMap::from([("limit".to_owned(), limit.to_string())]));
+    details
+        .add_quota_failure_violation(format!("stream-export:{quota}"), format!("at most {limit} running jobs {who}"));
+    build(Code::ResourceExhausted, format!("too many running export jobs {who} (limit {limit})"), details)
+}
+
+/// UNAVAILABLE when the job store cannot be read or written; nothing was created or changed.
+pub fn job_store_unavailable() -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(DEFAULT_RETRY_DELAY));
+    details.set_error_info(reason::JOB_STORE_UNAVAILABLE, DOMAIN, HashMap::new());
+    build(Code::Unavailable, "the job store is unavailable; try again", details)
+}
+
+/// The error of a job whose shard `shard` failed on each of its `attempts`; `last` is the last
+/// task's failure as Stream reported it.
+pub fn job_task_failed(shard: u32, task_id: &str, attempts: u32, last: &str) -> Status {
+    let metadata = HashMap::from([
+        ("shard".to_owned(), shard.to_string()),
+        ("task_id".to_owned(), task_id.to_owned()),
+        ("attempts".to_owned(), attempts.to_string()),
+    ]);
+    let details = ErrorDetails::with_error_info(reason::JOB_TASK_FAILED, DOMAIN, metadata);
+    build(Code::Aborted, format!("shard {shard} failed on all {attempts} attempts; the last: {last}"), details)
+}
+
+/// The error of a job whose query matched more than `limit` channels.
+pub fn job_too_large(limit: usize) -> Status {
+    let mut details =
+        ErrorDetails::with_bad_request_violation("channel_query.filter", format!("matches more than {limit} channels"));
+    details.set_error_info(reason::JOB_TOO_LARGE, DOMAIN, HashMap::from([("limit".to_owned(), limit.to_string())]));
+    build(Code::FailedPrecondition, format!("the channel query matches more than {limit} channels"), details)
 }
 
 /// OUT_OF_RANGE when ReadExport's `start_index` is past the end of a file of `record_count`

@@ -14,6 +14,8 @@ pub enum Subject<'a> {
     Users(&'a [String]),
     /// An export task (ReadExport).
     Task(&'a str),
+    /// An export job (CreateExportJob): its id, once created.
+    Job(&'a str),
 }
 
 /// Records one audited call and its outcome.
@@ -21,12 +23,13 @@ pub fn record(caller: &Caller, rpc: Rpc, subject: &Subject<'_>, outcome: Result<
     let (channels, users) = match subject {
         Subject::Channels(cids) => (cids.join(","), String::new()),
         Subject::Users(ids) => (String::new(), ids.join(",")),
-        Subject::Task(_) => (String::new(), String::new()),
+        Subject::Task(_) | Subject::Job(_) => (String::new(), String::new()),
     };
-    let (task_id, code) = match outcome {
-        Ok(task_id) => (task_id, code_name(tonic::Code::Ok)),
+    let (id, code) = match outcome {
+        Ok(id) => (id, code_name(tonic::Code::Ok)),
         Err(status) => ("", code_name(status.code())),
     };
+    let (task_id, job_id) = if matches!(subject, Subject::Job(_)) { ("", id) } else { (id, "") };
     tracing::info!(
         target: "audit",
         caller = %caller,
@@ -35,6 +38,7 @@ pub fn record(caller: &Caller, rpc: Rpc, subject: &Subject<'_>, outcome: Result<
         channels,
         users,
         task_id,
+        job_id,
         code,
         "audit"
     );

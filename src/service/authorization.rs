@@ -25,10 +25,7 @@ use cedar_policy::{
 };
 use tonic::Status;
 
-use super::{
-    caller::{Caller, CallerSource},
-    rpc::Rpc,
-};
+use super::{caller::Caller, rpc::Rpc};
 use crate::contract::status;
 
 /// The schema that every policy set must validate against.
@@ -60,6 +57,13 @@ pub enum Resource<'a> {
         /// The submit's RPC.
         rpc: Option<&'a str>,
     },
+    /// `Job::"<id>"`, with the caller that created it (none yet at `CreateExportJob`).
+    Job {
+        /// The job id.
+        id: &'a str,
+        /// Who created it.
+        owner: Option<&'a str>,
+    },
     /// `Service::"stream-export"`.
     Service,
 }
@@ -71,6 +75,7 @@ impl Resource<'_> {
             Self::Channel { kind, id, .. } => ("Channel", format!("{kind}:{id}")),
             Self::User(id) => ("User", (*id).to_owned()),
             Self::Task { id, .. } => ("Task", (*id).to_owned()),
+            Self::Job { id, .. } => ("Job", (*id).to_owned()),
             Self::Service => ("Service", "stream-export".to_owned()),
         };
         format!("{kind}::{}", serde_json::Value::String(id))
@@ -184,6 +189,7 @@ impl Loaded {
         let generation = self.generation.load(Ordering::Relaxed);
         let (owner, rpc, version) = match resource {
             Resource::Task { owner, rpc, .. } => (owner.unwrap_or("\u{1}"), rpc.unwrap_or("\u{1}"), ""),
+            Resource::Job { owner, .. } => (owner.unwrap_or("\u{1}"), "", ""),
             Resource::Channel { version, .. } => ("", "", *version),
             Resource::User(_) | Resource::Service => ("", "", ""),
         };
@@ -206,7 +212,7 @@ impl Loaded {
         let principal = self.uid("Caller", &caller.name)?;
         let principal_entity = Entity::new(
             principal.clone(),
-            HashMap::from([("source".to_owned(), RestrictedExpression::new_string(source(caller.source).into()))]),
+            HashMap::from([("source".to_owned(), RestrictedExpression::new_string(caller.source.name().into()))]),
             HashSet::new(),
         )
         .map_err(|error| error.to_string())?;
@@ -230,6 +236,13 @@ impl Loaded {
                     attrs.insert("rpc".to_owned(), RestrictedExpression::new_string((*rpc).to_owned()));
                 }
                 (self.uid("Task", id)?, attrs)
+            }
+            Resource::Job { id, owner } => {
+                let mut attrs = HashMap::new();
+                if let Some(owner) = owner {
+                    attrs.insert("owner".to_owned(), RestrictedExpression::new_entity_uid(self.uid("Caller", owner)?));
+                }
+                (self.uid("Job", id)?, attrs)
             }
             Resource::Service => (self.uid("Service", "stream-export")?, HashMap::new()),
         };
@@ -289,21 +302,11 @@ struct EntityTypes(HashMap<&'static str, EntityTypeName>);
 
 impl EntityTypes {
     fn new() -> Result<Self, String> {
-        ["Caller", "Channel", "User", "Task", "Service", "Action"]
+        ["Caller", "Channel", "User", "Task", "Job", "Service", "Action"]
             .into_iter()
             .map(|name| EntityTypeName::from_str(name).map(|parsed| (name, parsed)).map_err(|error| error.to_string()))
             .collect::<Result<_, _>>()
             .map(Self)
-    }
-}
-
-/// The `source` attribute of a caller.
-fn source(source: CallerSource) -> &'static str {
-    match source {
-        CallerSource::Token => "token",
-        CallerSource::MtlsPeer => "mtls",
-        CallerSource::ForwardedClientCert => "forwarded_client_cert",
-        CallerSource::Anonymous => "anonymous",
     }
 }
 
@@ -312,7 +315,7 @@ mod tests {
     use super::*;
 
     fn caller(name: &str) -> Caller {
-        Caller { name: name.into(), source: CallerSource::Token }
+        Caller { name: name.into(), source: crate::service::caller::CallerSource::Token }
     }
 
     fn example() -> Policies {
@@ -337,6 +340,13 @@ mod tests {
         assert!(policies.allows(&caller("platform"), Rpc::GetTask, &unknown));
         assert!(policies.allows(&caller("anonymous"), Rpc::ListTasks, &Resource::Service));
         assert!(Policies::permit_all().allows(&caller("anyone"), Rpc::ExportUsers, &Resource::User("u")));
+        let new_job = Resource::Job { id: "j-1", owner: None };
+        assert!(policies.allows(&caller("analytics"), Rpc::CreateExportJob, &new_job));
+        let job = Resource::Job { id: "j-1", owner: Some("analytics") };
+        assert!(policies.allows(&caller("analytics"), Rpc::WatchExportJob, &job));
+        assert!(!policies.allows(&caller("privacy"), Rpc::GetExportJob, &job));
+        assert!(!policies.allows(&caller("privacy"), Rpc::CancelExportJob, &job));
+        assert!(policies.allows(&caller("platform"), Rpc::ListExportJobTasks, &job));
     }
 
     #[test]

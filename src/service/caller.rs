@@ -32,6 +32,26 @@ pub enum CallerSource {
     Anonymous,
 }
 
+impl CallerSource {
+    /// The policies' `Caller.source`: `token`, `mtls`, `forwarded_client_cert` or `anonymous`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::MtlsPeer => "mtls",
+            Self::ForwardedClientCert => "forwarded_client_cert",
+            Self::Anonymous => "anonymous",
+        }
+    }
+
+    /// Reads [`CallerSource::name`] back (a stored job's owner); anything else is anonymous.
+    pub fn from_name(name: &str) -> Self {
+        [Self::Token, Self::MtlsPeer, Self::ForwardedClientCert]
+            .into_iter()
+            .find(|source| source.name() == name)
+            .unwrap_or(Self::Anonymous)
+    }
+}
+
 impl Caller {
     /// The caller of a request (anonymous when no interceptor ran).
     pub fn of<T>(request: &Request<T>) -> Caller {

@@ -3,7 +3,8 @@
 //! - `ExportChannels`, `ExportUsers` (idempotent, recorded in the task registry) and
 //!   `ExportUser` in `submits`;
 //! - `GetTask`, `WatchTask`, and `ListTasks` with its `page_token`s in `task_reads`;
-//! - `ReadExport` in `read_export`.
+//! - `ReadExport` in `read_export`;
+//! - the export job RPCs in `jobs`.
 //!
 //! Each handler begins with the per-call context (`call`: the caller, admission, the deadline),
 //! validates (see [`validation`]), is checked against the [`authorization`] policies before it
@@ -19,6 +20,7 @@ mod call;
 pub mod caller;
 mod deadline;
 mod forwarded_cert;
+mod jobs;
 mod page_token;
 mod read_export;
 mod revocation;
@@ -35,12 +37,20 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use self::authorization::Policies;
-pub use self::{read_export::ExportRecordStream, rpc::Rpc, task_reads::TaskEventStream};
+pub use self::{
+    jobs::{ExportJobEventStream, JobChecks},
+    read_export::ExportRecordStream,
+    rpc::Rpc,
+    task_reads::TaskEventStream,
+};
 use crate::{
     export_file::ReadLimits,
+    jobs::Jobs,
     proto::{
-        ExportChannelsRequest, ExportChannelsResponse, ExportUserRequest, ExportUserResponse, ExportUsersRequest,
-        ExportUsersResponse, GetTaskRequest, ListTasksRequest, ListTasksResponse, ReadExportRequest, Task,
+        CancelExportJobRequest, CreateExportJobRequest, ExportChannelsRequest, ExportChannelsResponse, ExportJob,
+        ExportUserRequest, ExportUserResponse, ExportUsersRequest, ExportUsersResponse, GetExportJobRequest,
+        GetTaskRequest, ListExportJobTasksRequest, ListExportJobTasksResponse, ListExportJobsRequest,
+        ListExportJobsResponse, ListTasksRequest, ListTasksResponse, ReadExportRequest, Task, WatchExportJobRequest,
         WatchTaskRequest, export_service_server::ExportService,
     },
     store::{SubmitStore, TaskRegistry},
@@ -80,6 +90,7 @@ pub struct ExportApi {
     hub: WatchHub,
     submits: Arc<dyn SubmitStore>,
     registry: Arc<dyn TaskRegistry>,
+    jobs: Jobs,
     policies: Policies,
     limits: CallLimits,
     /// One permit per call in flight (see `call::Call::begin`).
@@ -102,14 +113,22 @@ const RECORD_COUNTS_REMEMBERED: u64 = 10_000;
 
 impl ExportApi {
     /// A service that sends every request through `client`, watches tasks through `hub`,
-    /// deduplicates submits in `stores.submits`, records their tasks in `stores.registry`, and
-    /// lets callers do what `policies` permit.
-    pub fn new(client: StreamClient, hub: WatchHub, stores: Stores, policies: Policies, limits: CallLimits) -> Self {
+    /// deduplicates submits in `stores.submits`, records their tasks in `stores.registry`, runs
+    /// export jobs in `jobs`, and lets callers do what `policies` permit.
+    pub fn new(
+        client: StreamClient,
+        hub: WatchHub,
+        stores: Stores,
+        jobs: Jobs,
+        policies: Policies,
+        limits: CallLimits,
+    ) -> Self {
         Self {
             client,
             hub,
             submits: stores.submits,
             registry: stores.registry,
+            jobs,
             policies,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             read_streams: Arc::new(Semaphore::new(limits.reads.max_streams)),
@@ -170,6 +189,41 @@ impl ExportService for ExportApi {
         request: Request<ReadExportRequest>,
     ) -> Result<Response<Self::ReadExportStream>, Status> {
         read_export::read_export(self, request).await
+    }
+
+    async fn create_export_job(&self, request: Request<CreateExportJobRequest>) -> Result<Response<ExportJob>, Status> {
+        jobs::create_export_job(self, request).await
+    }
+
+    async fn get_export_job(&self, request: Request<GetExportJobRequest>) -> Result<Response<ExportJob>, Status> {
+        jobs::get_export_job(self, request).await
+    }
+
+    async fn list_export_jobs(
+        &self,
+        request: Request<ListExportJobsRequest>,
+    ) -> Result<Response<ListExportJobsResponse>, Status> {
+        jobs::list_export_jobs(self, request).await
+    }
+
+    async fn cancel_export_job(&self, request: Request<CancelExportJobRequest>) -> Result<Response<ExportJob>, Status> {
+        jobs::cancel_export_job(self, request).await
+    }
+
+    type WatchExportJobStream = ExportJobEventStream;
+
+    async fn watch_export_job(
+        &self,
+        request: Request<WatchExportJobRequest>,
+    ) -> Result<Response<Self::WatchExportJobStream>, Status> {
+        jobs::watch_export_job(self, request).await
+    }
+
+    async fn list_export_job_tasks(
+        &self,
+        request: Request<ListExportJobTasksRequest>,
+    ) -> Result<Response<ListExportJobTasksResponse>, Status> {
+        jobs::list_export_job_tasks(self, request).await
     }
 }
 

@@ -1,4 +1,4 @@
-//! Streams opened under policies that may change: a WatchTask or ReadExport stream ends with
+//! Streams opened under policies that may change: a WatchTask, ReadExport or WatchExportJob stream ends with
 //! PERMISSION_DENIED as soon as a policy reload takes away the permission it was opened with,
 //! instead of going on for as long as its caller keeps it open.
 
@@ -18,16 +18,46 @@ use super::{
 };
 use crate::proto::TaskRecord;
 
-/// What a stream on a task was opened with: checked again at each policy reload.
-pub struct TaskGrant {
+/// What a stream was opened with: checked again at each policy reload.
+pub struct Grant {
     /// Who opened the stream.
     pub caller: Caller,
     /// The action it was permitted.
     pub action: Rpc,
-    /// The task, in its canonical spelling.
-    pub task_id: String,
-    /// What the registry knew of the task (its owner and RPC) when the stream opened.
-    pub record: Option<TaskRecord>,
+    /// On what.
+    pub on: Granted,
+}
+
+/// What a stream reads.
+pub enum Granted {
+    /// A task.
+    Task {
+        /// The task, in its canonical spelling.
+        task_id: String,
+        /// What the registry knew of the task (its owner and RPC) when the stream opened.
+        record: Option<Box<TaskRecord>>,
+    },
+    /// An export job.
+    Job {
+        /// The job id.
+        job_id: String,
+        /// Its owner.
+        owner: String,
+    },
+}
+
+impl Granted {
+    /// The policy resource.
+    fn resource(&self) -> Resource<'_> {
+        match self {
+            Self::Task { task_id, record } => Resource::Task {
+                id: task_id,
+                owner: record.as_ref().map(|record| record.owner.as_str()),
+                rpc: record.as_ref().map(|record| record.rpc.as_str()),
+            },
+            Self::Job { job_id, owner } => Resource::Job { id: job_id, owner: Some(owner) },
+        }
+    }
 }
 
 /// A boxed stream of a streaming RPC.
@@ -38,7 +68,7 @@ pub type BoxedStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub fn end_when_revoked<T: Send + 'static>(
     stream: BoxedStream<T>,
     policies: &Policies,
-    grant: TaskGrant,
+    grant: Grant,
 ) -> BoxedStream<T> {
     let Some(mut reloads) = policies.reloads() else { return stream };
     let policies = policies.clone();
@@ -48,13 +78,7 @@ pub fn end_when_revoked<T: Send + 'static>(
                 // The policies are gone with the service; the stream ends with it.
                 return std::future::pending().await;
             }
-            let TaskGrant { caller, action, task_id, record } = &grant;
-            let resource = Resource::Task {
-                id: task_id,
-                owner: record.as_ref().map(|record| record.owner.as_str()),
-                rpc: record.as_ref().map(|record| record.rpc.as_str()),
-            };
-            if let Err(refused) = policies.check(caller, *action, &resource) {
+            if let Err(refused) = policies.check(&grant.caller, grant.action, &grant.on.resource()) {
                 return refused;
             }
         }

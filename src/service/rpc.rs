@@ -23,11 +23,23 @@ pub enum Rpc {
     ReadExport,
     /// Pages through the tasks submitted here.
     ListTasks,
+    /// Starts an export job.
+    CreateExportJob,
+    /// Reads an export job.
+    GetExportJob,
+    /// Pages through export jobs.
+    ListExportJobs,
+    /// Cancels an export job.
+    CancelExportJob,
+    /// Streams an export job's progress.
+    WatchExportJob,
+    /// Pages through an export job's shards.
+    ListExportJobTasks,
 }
 
 impl Rpc {
     /// Every RPC, in the proto's order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 13] = [
         Self::ExportChannels,
         Self::ExportUsers,
         Self::ExportUser,
@@ -35,6 +47,12 @@ impl Rpc {
         Self::WatchTask,
         Self::ReadExport,
         Self::ListTasks,
+        Self::CreateExportJob,
+        Self::GetExportJob,
+        Self::ListExportJobs,
+        Self::CancelExportJob,
+        Self::WatchExportJob,
+        Self::ListExportJobTasks,
     ];
 
     /// The RPCs that submit a task, which the task registry records (a record's `rpc`).
@@ -51,6 +69,12 @@ impl Rpc {
             Self::WatchTask => "WatchTask",
             Self::ReadExport => "ReadExport",
             Self::ListTasks => "ListTasks",
+            Self::CreateExportJob => "CreateExportJob",
+            Self::GetExportJob => "GetExportJob",
+            Self::ListExportJobs => "ListExportJobs",
+            Self::CancelExportJob => "CancelExportJob",
+            Self::WatchExportJob => "WatchExportJob",
+            Self::ListExportJobTasks => "ListExportJobTasks",
         }
     }
 }

@@ -3,21 +3,31 @@
 
 use tonic::Status;
 
-use super::{ExportApi, authorization::Resource, caller::Caller, revocation::TaskGrant, rpc::Rpc};
+use super::{
+    ExportApi,
+    authorization::Resource,
+    caller::Caller,
+    revocation::{Grant, Granted},
+    rpc::Rpc,
+};
 use crate::{contract::status, proto::TaskRecord, store::StoreError};
 
 impl ExportApi {
     /// Refuses `rpc` on a task unless the policies permit it to this caller; the task's owner
     /// and RPC come from the registry (none for a task not submitted here). Returns what was
     /// granted, for a stream to be checked again when the policies are reloaded.
-    pub(super) async fn authorize_task(&self, caller: &Caller, rpc: Rpc, task_id: &str) -> Result<TaskGrant, Status> {
-        let mut grant = TaskGrant { caller: caller.clone(), action: rpc, task_id: task_id.to_owned(), record: None };
+    pub(super) async fn authorize_task(&self, caller: &Caller, rpc: Rpc, task_id: &str) -> Result<Grant, Status> {
+        let granted = |record| Grant {
+            caller: caller.clone(),
+            action: rpc,
+            on: Granted::Task { task_id: task_id.to_owned(), record },
+        };
         if !self.policies.is_enforced() {
-            return Ok(grant);
+            return Ok(granted(None));
         }
-        grant.record = self.registry.get(task_id).await.map_err(|error| registry_failure(&error))?;
-        self.policies.check(caller, rpc, &task_resource(task_id, grant.record.as_ref()))?;
-        Ok(grant)
+        let record = self.registry.get(task_id).await.map_err(|error| registry_failure(&error))?;
+        self.policies.check(caller, rpc, &task_resource(task_id, record.as_ref()))?;
+        Ok(granted(record.map(Box::new)))
     }
 }
 

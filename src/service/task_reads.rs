@@ -12,7 +12,8 @@ use super::{
     authorization::Resource,
     call::{Call, annotate_task, upstream_failure},
     caller::Caller,
-    deadline, page_token,
+    deadline,
+    page_token::{self, Listing},
     revocation::{self, BoxedStream},
     rpc::Rpc,
     task_access::{registry_failure, task_resource},
@@ -114,15 +115,18 @@ impl ExportApi {
             size => usize::try_from(size).unwrap_or(MAX_PAGE_SIZE).min(MAX_PAGE_SIZE),
         };
         let own_only = self.sees_only_own_tasks(caller);
-        let mut after =
-            match request.page_token.as_str() {
-                "" => None,
-                token => Some(page_token::read(token, caller, own_only, &self.page_token_key).ok_or_else(|| {
-                    status::invalid_page("page_token", "is not a token that ListTasks gave this caller")
-                })?),
-            };
+        let mut after = match request.page_token.as_str() {
+            "" => None,
+            token => {
+                Some(page_token::read(token, caller, Listing::tasks(own_only), &self.page_token_key).ok_or_else(
+                    || status::invalid_page("page_token", "is not a token that ListTasks gave this caller"),
+                )?)
+            }
+        };
         let token = |after: &Option<Cursor>| {
-            after.as_ref().map_or_else(String::new, |at| page_token::write(at, caller, own_only, &self.page_token_key))
+            after.as_ref().map_or_else(String::new, |at| {
+                page_token::write(at, caller, Listing::tasks(own_only), &self.page_token_key)
+            })
         };
         let scan_limit = self.limits.list_scan_limit.max(1);
         let mut tasks = Vec::new();

@@ -8,7 +8,10 @@ use tonic_types::FieldViolation;
 
 use crate::{
     export_file::Encoding,
-    proto::{ChannelRef, ExportChannelsRequest, ExportFormatVersion, ExportUsersRequest, RecordEncoding},
+    proto::{
+        ChannelRef, CreateExportJobRequest, ExportChannelsRequest, ExportFormatVersion, ExportUsersRequest,
+        RecordEncoding, create_export_job_request::Selector,
+    },
     upstream::wire::{ChannelExport, ExportChannelsBody, ExportUsersBody},
 };
 
@@ -101,6 +104,73 @@ pub fn export_users(request: &ExportUsersRequest) -> Result<ExportUsersBody, Vec
     }
     check_request_id(&mut problems, &request.request_id);
     problems.finish(ExportUsersBody { user_ids: request.user_ids.clone() })
+}
+
+/// Validates a `CreateExportJob` request: its selector (at most `max_items` channels or users,
+/// each by the rules of `ExportChannels`/`ExportUsers`; duplicates are allowed, and dropped
+/// when the job is planned), its window, options and `request_id`.
+pub fn create_export_job(request: &CreateExportJobRequest, max_items: usize) -> Result<(), Vec<FieldViolation>> {
+    let mut problems = Violations::default();
+    let count = |problems: &mut Violations, field: &str, count: usize| {
+        if count == 0 || count > max_items {
+            problems.add(field, format!("must list 1 to {max_items} entries, got {count}"));
+        }
+    };
+    match &request.selector {
+        None => problems.add("selector", "is required: channels, channel_query or users"),
+        Some(Selector::Channels(list)) => {
+            count(&mut problems, "channels.channels", list.channels.len());
+            for (index, channel) in list.channels.iter().enumerate() {
+                let field = format!("channels.channels[{index}]");
+                let type_rule = "letters, digits, '_' and '-'";
+                check_channel_field(&mut problems, &format!("{field}.type"), &channel.r#type, is_type_char, type_rule);
+                let id_rule = "letters, digits, '!', '-', '_' and '@'";
+                check_channel_field(&mut problems, &format!("{field}.id"), &channel.id, is_id_char, id_rule);
+                channel_export(&mut problems, &field, channel);
+            }
+        }
+        Some(Selector::ChannelQuery(query)) => {
+            let empty =
+                query.filter.as_ref().is_none_or(|filter| filter.to_struct().is_ok_and(|f| f.fields.is_empty()));
+            if empty {
+                problems.add("channel_query.filter", "is required and must not be empty, as Stream requires");
+            }
+        }
+        Some(Selector::Users(list)) => {
+            count(&mut problems, "users.user_ids", list.user_ids.len());
+            for (index, user_id) in list.user_ids.iter().enumerate() {
+                check_user_id(&mut problems, &format!("users.user_ids[{index}]"), user_id);
+            }
+        }
+    }
+    let window = ChannelRef {
+        messages_since: request.messages_since,
+        messages_until: request.messages_until,
+        ..ChannelRef::default()
+    };
+    let mut window_problems = Violations::default();
+    channel_export(&mut window_problems, "", &window);
+    for problem in window_problems.0 {
+        problems.add(problem.field.trim_start_matches('.'), problem.description);
+    }
+    if ExportFormatVersion::try_from(request.version).is_err() {
+        problems.add("version", format!("unknown export format version {}", request.version));
+    }
+    check_request_id(&mut problems, &request.request_id);
+    problems.finish(())
+}
+
+/// Validates a job id and returns its canonical spelling (the service gives UUIDs).
+pub fn job_id(job_id: &str) -> Result<String, Vec<FieldViolation>> {
+    let mut problems = Violations::default();
+    if job_id.is_empty() {
+        problems.add("job_id", "is required");
+    }
+    let canonical = uuid::Uuid::try_parse(job_id).map(|uuid| uuid.hyphenated().to_string());
+    if canonical.is_err() && !job_id.is_empty() {
+        problems.add("job_id", "must be a job id as CreateExportJob returned it (a UUID)");
+    }
+    problems.finish(canonical.unwrap_or_default())
 }
 
 /// Validates the user id of an `ExportUser` request.

@@ -24,11 +24,13 @@ use crate::{
         Redis, budget::FleetBudget, members::Members, registry::RedisRegistry, submit::RedisSubmitStore,
         watch_lease::FleetView,
     },
+    jobs::{JobParts, Jobs},
     proto::{self, export_service_server::ExportServiceServer},
-    service::{ExportApi, Stores, authorization::Policies, caller::CallerAuth},
+    service::{ExportApi, JobChecks, Stores, authorization::Policies, caller::CallerAuth},
     store::{
         MemoryRegistry, MemoryStore, TaskRegistry,
-        embedded::{EmbeddedRegistry, EmbeddedSubmitStore, StateDir},
+        embedded::{EmbeddedJobStore, EmbeddedRegistry, EmbeddedSubmitStore, StateDir},
+        jobs::{JobStore, MemoryJobStore},
         pending::{KeptUntilStored, PENDING_CAPACITY},
     },
     task_watch::{ChangeObserver, Coordination, WatchHub, WatchSettings},
@@ -45,6 +47,7 @@ pub struct Application {
     listener: TcpListener,
     api: ExportApi,
     hub: WatchHub,
+    jobs: Jobs,
     policies: Policies,
     auth: CallerAuth,
     transport: TransportSettings,
@@ -110,6 +113,7 @@ impl Application {
             state.as_ref(),
             &api_secret,
         )?;
+        let job_store = job_store(state.as_ref());
         let leaving_fleet = CancellationToken::new();
         let coordination = match redis {
             None => Coordination::solo(),
@@ -121,11 +125,29 @@ impl Application {
             coordination,
             Some(Arc::new(RegistryObserver(Arc::clone(&stores.registry)))),
         );
-        let api = ExportApi::new(client, hub.clone(), stores, policies.clone(), settings.limits);
+        let jobs = Jobs::new(JobParts {
+            store: job_store,
+            client: client.clone(),
+            hub: hub.clone(),
+            submits: Arc::clone(&stores.submits),
+            registry: Arc::clone(&stores.registry),
+            policy: Arc::new(JobChecks::new(policies.clone())),
+            export_slots: Coordination::solo().slots,
+            settings: settings.jobs,
+        });
+        match jobs.resume().await {
+            Ok(0) => {}
+            Ok(resumed) => tracing::info!(resumed, "export jobs resumed"),
+            Err(error) => {
+                tracing::warn!(%error, "the unfinished export jobs could not be read; they resume at the next start")
+            }
+        }
+        let api = ExportApi::new(client, hub.clone(), stores, jobs.clone(), policies.clone(), settings.limits);
         Ok(Self {
             listener,
             api,
             hub,
+            jobs,
             policies,
             auth,
             transport: settings.transport,
@@ -186,7 +208,7 @@ impl Application {
         tracing::info!(%addr, tls = serves_tls, "stream-export serving gRPC");
 
         let drain_health = health.clone();
-        let (hub, leaving_fleet) = (self.hub.clone(), self.leaving_fleet);
+        let (hub, jobs, leaving_fleet) = (self.hub.clone(), self.jobs.clone(), self.leaving_fleet);
         let draining = CancellationToken::new();
         let drain_started = draining.clone();
         let serve = server
@@ -201,6 +223,7 @@ impl Application {
                 // Watch streams end as interrupted, so clients resume elsewhere and the
                 // server's graceful stop does not wait on them.
                 hub.shutdown();
+                jobs.shutdown();
                 leaving_fleet.cancel();
                 drain_started.cancel();
             });
@@ -269,6 +292,15 @@ fn stores(
             }
         }
     })
+}
+
+/// Where export jobs are kept: the state directory, or memory (by choice, or in fleet mode until
+/// the fleet keeps jobs in Redis).
+fn job_store(state: Option<&StateDir>) -> Arc<dyn JobStore> {
+    match state {
+        Some(state) => Arc::new(EmbeddedJobStore::new(state.db())),
+        None => Arc::new(MemoryJobStore::default()),
+    }
 }
 
 /// A registry whose refused records are kept until it takes them: the export has started by

@@ -5,11 +5,12 @@
 //! This module is the home of the service's stores: traits that a multi-replica deployment
 //! backs with a shared engine, each with an in-memory implementation as the single-process
 //! default, and one error type ([`StoreError`]) that the handlers map to statuses once.
-//! Today: the [`SubmitStore`] (idempotent submits) and the [`TaskRegistry`] (who submitted
-//! which task), each in one process's state directory on disk ([`embedded`], the default), in
+//! Today: the [`SubmitStore`] (idempotent submits), the [`TaskRegistry`] (who submitted
+//! which task) and the [`jobs::JobStore`] (export jobs and their shards), each in one process's state directory on disk ([`embedded`], the default), in
 //! memory (by choice), or in the fleet's Redis (implemented by `fleet`, above this module).
 
 pub mod embedded;
+pub mod jobs;
 mod memory;
 pub mod pending;
 pub mod registry;

@@ -143,6 +143,11 @@ impl WatchHub {
         })
     }
 
+    /// The hub's settings (the heartbeat and stream lifetime that other streams keep too).
+    pub fn settings(&self) -> &WatchSettings {
+        &self.shared.settings
+    }
+
     /// Ends every watch stream as interrupted (resumable) and stops the pollers.
     pub fn shutdown(&self) {
         self.shared.shutdown.cancel();

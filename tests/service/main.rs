@@ -13,6 +13,7 @@ mod export_service;
 mod fault_matrix;
 mod fuzz_upstream_parsing;
 mod idempotency;
+mod jobs;
 mod protection;
 mod read_export;
 mod read_export_json;

@@ -1,13 +1,15 @@
 //! The embedded store of one process: its state in a redb database (pure Rust, ACID, a stable
 //! file format) in a state directory on local disk, so that a restart, a deploy or a `kill -9`
-//! forgets nothing: the task registry ([`EmbeddedRegistry`]) and the idempotency records
-//! ([`EmbeddedSubmitStore`]) live here in single-process mode.
+//! forgets nothing: the task registry ([`EmbeddedRegistry`]), the idempotency records
+//! ([`EmbeddedSubmitStore`]) and the export jobs ([`EmbeddedJobStore`]) live here in
+//! single-process mode.
 //!
 //! The directory holds two files: `LOCK` (locked for as long as the process runs, holding its
 //! pid, so that a second process on the same directory is refused with the holder's name) and
 //! `state.redb`. One process per directory: two processes writing one registry would each
 //! believe the other's tasks unknown.
 
+mod jobs;
 mod registry;
 mod submit;
 
@@ -23,7 +25,7 @@ use redb::{
     WriteTransaction,
 };
 
-pub use self::{registry::EmbeddedRegistry, submit::EmbeddedSubmitStore};
+pub use self::{jobs::EmbeddedJobStore, registry::EmbeddedRegistry, submit::EmbeddedSubmitStore};
 use super::{StoreError, Unavailable};
 
 /// The state directory of `cargo run -- serve` when none is given: beside where it runs, as

@@ -1,0 +1,476 @@
+//! One job's runner: plan, submit, watch, retry, finish. Every transition is written to the
+//! job store before the runner acts on it, so that after a restart the runner resumes from
+//! what is written: a shard with a task is watched again, a shard without one is submitted
+//! (under the same idempotency key, so a crash between the POST and its record costs at most
+//! one duplicate task per crash, never a lost shard).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::Duration,
+};
+
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use chrono::Utc;
+use futures::FutureExt;
+use tokio::{sync::mpsc, task::AbortHandle, time::Instant};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
+
+use super::{Inner, Owner, Prepared, ShardBody, ShardRequest, plan};
+use crate::{
+    contract::{job::status_message, status, task::timestamp},
+    proto::{
+        CreateExportJobRequest, ExportJob, ExportJobProgress, ExportJobState, Task, TaskRecord, TaskState, task_record,
+    },
+    store::{
+        StoreError,
+        jobs::{JobRecord, ShardRecord},
+    },
+    task_watch::{budget::Lane, view::Observation},
+    upstream::{ErrorKind, UpstreamError},
+};
+
+/// How often the runner looks for tasks past the job task deadline.
+const DEADLINE_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The wait before a submit that failed for a reason that may pass (Stream down, the store
+/// unavailable) is tried again; the attempt is not counted.
+const TRANSIENT_RETRY: Duration = Duration::from_secs(5);
+
+/// The wait before a shard whose watch ended without an answer (upstream failing past the
+/// failure budget) is watched again.
+const REWATCH_AFTER: Duration = Duration::from_secs(5);
+
+/// What a shard's watcher reports.
+#[derive(Debug)]
+enum Watched {
+    /// The task's state changed.
+    Changed(Box<Task>),
+    /// Stream does not know the task (any more).
+    NotFound(Status),
+}
+
+/// How a run ended, when it did.
+struct Ended;
+
+/// Runs `record`'s job until it ends, its cancel switch is thrown, or its store fails.
+pub(super) async fn run(inner: &Inner, record: JobRecord, cancel: CancellationToken) {
+    let owner = Owner { name: record.job.owner.clone(), source: record.owner_source.clone() };
+    let request = record.job.request.clone().unwrap_or_default();
+    let mut run = Run {
+        inner,
+        owner,
+        request,
+        job: record.job,
+        shards: Vec::new(),
+        pending: BTreeSet::new(),
+        watchers: HashMap::new(),
+        cancel,
+    };
+    let (events, mut received) = mpsc::channel(256);
+    match run.drive(&events, &mut received).await {
+        Ok(Ended) => {}
+        Err(error) => tracing::warn!(%error, "the job stopped: its store failed; it resumes at the next start"),
+    }
+}
+
+struct Run<'a> {
+    inner: &'a Inner,
+    owner: Owner,
+    request: CreateExportJobRequest,
+    job: ExportJob,
+    /// Every shard, by number (the shard's number is its index).
+    shards: Vec<ShardRecord>,
+    /// Shards to submit: (not before, in µs since the epoch; shard).
+    pending: BTreeSet<(i64, u32)>,
+    /// The watcher of each shard's current task.
+    watchers: HashMap<u32, AbortHandle>,
+    cancel: CancellationToken,
+}
+
+/// However a run ends (also when its future is dropped at a stop), its watchers end with it.
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        for watcher in self.watchers.values() {
+            watcher.abort();
+        }
+    }
+}
+
+type Events = mpsc::Sender<(u32, String, Watched)>;
+
+impl Run<'_> {
+    async fn drive(
+        &mut self,
+        events: &Events,
+        received: &mut mpsc::Receiver<(u32, String, Watched)>,
+    ) -> Result<Ended, StoreError> {
+        if self.job.state() == ExportJobState::Planning {
+            match self.plan().await {
+                Ok(shards) => {
+                    let mut job = self.job.clone();
+                    job.set_state(ExportJobState::Running);
+                    job.progress = Some(progress(&shards, self.inner.parts.settings.task_attempts));
+                    job.update_time = Some(timestamp(Utc::now()));
+                    self.job = self.write(|store, job| store.plan(job, shards.clone()).boxed(), job).await?;
+                }
+                Err(error) => return self.finish(ExportJobState::Failed, Some(error)).await,
+            }
+        }
+        if self.stopping() {
+            return self.finish(ExportJobState::Cancelled, None).await;
+        }
+        self.shards = self.inner.parts.store.shards(&self.job.job_id, 0, usize::MAX).await?;
+        let now = now_micros();
+        for index in 0..self.shards.len() {
+            let shard = &self.shards[index];
+            let number = shard.task.shard;
+            match shard.task.state() {
+                TaskState::Completed => {}
+                _ if shard.task.task_id.is_empty() || shard.retry_at_micros > 0 => {
+                    self.pending.insert((shard.retry_at_micros.max(now), number));
+                }
+                _ => self.watch(number, events),
+            }
+        }
+        let mut deadline_check = tokio::time::interval(DEADLINE_CHECK_EVERY);
+        loop {
+            if self.shards.iter().all(|shard| shard.task.state() == TaskState::Completed) {
+                return self.finish(ExportJobState::Succeeded, None).await;
+            }
+            let next = self.pending.first().copied();
+            let due = next.map_or_else(|| Instant::now() + Duration::from_secs(3600), |(at, _)| instant_of(at));
+            tokio::select! {
+                () = self.cancel.cancelled() => return self.finish(ExportJobState::Cancelled, None).await,
+                Some((number, task_id, watched)) = received.recv() => {
+                    if let Some(ended) = self.on_watched(number, &task_id, watched).await? {
+                        return Ok(ended);
+                    }
+                }
+                () = tokio::time::sleep_until(due), if next.is_some() => {
+                    if let Some((at, number)) = next {
+                        self.pending.remove(&(at, number));
+                        if let Some(ended) = self.submit(number, events).await? {
+                            return Ok(ended);
+                        }
+                    }
+                }
+                _ = deadline_check.tick() => self.resubmit_overdue(),
+            }
+            if self.stopping() {
+                return self.finish(ExportJobState::Cancelled, None).await;
+            }
+        }
+    }
+
+    /// Whether the job is being cancelled (here, or by a write that another call made).
+    fn stopping(&self) -> bool {
+        self.cancel.is_cancelled() || self.job.state() == ExportJobState::Cancelling
+    }
+
+    /// Resolves the selector and checks every shard; the shards, ready to store.
+    async fn plan(&self) -> Result<Vec<ShardRecord>, Status> {
+        let settings = &self.inner.parts.settings;
+        let items = plan::resolve(&self.request, &self.inner.parts.client, settings).await?;
+        let shards = items.shards(settings.shard_size);
+        for shard in &shards {
+            self.inner.parts.policy.prepare(&self.owner, &ShardRequest::of(&self.request, &shard.task))?;
+        }
+        Ok(shards)
+    }
+
+    /// Submits shard `number`'s next attempt (paced), records its task and watches it.
+    async fn submit(&mut self, number: u32, events: &Events) -> Result<Option<Ended>, StoreError> {
+        let Some(shard) = self.shards.get(number as usize).cloned() else { return Ok(None) };
+        let request = ShardRequest::of(&self.request, &shard.task);
+        let prepared = match self.inner.parts.policy.prepare(&self.owner, &request) {
+            Ok(prepared) => prepared,
+            Err(refused) => return self.finish(ExportJobState::Failed, Some(refused)).await.map(Some),
+        };
+        let attempt = shard.task.attempts + 1;
+        let key = format!("job:{}:shard:{number}:attempt:{attempt}", self.job.job_id);
+        let rpc = prepared.rpc;
+        tokio::select! {
+            () = self.inner.pacer.acquire(Lane::Periodic) => {}
+            () = self.cancel.cancelled() => return Ok(None),
+        }
+        let submitted = self.inner.parts.submits.get_or_submit(key, prepared.fingerprint, self.post(prepared)).await;
+        let task_id = match submitted {
+            Ok(submitted) => submitted.task_id,
+            Err(StoreError::Submit(error)) => return self.submit_failed(number, &error).await,
+            Err(error) => {
+                tracing::warn!(%error, shard = number, "a shard's submit could not be recorded; it is tried again");
+                self.pending.insert((now_micros() + micros_of(TRANSIENT_RETRY), number));
+                return Ok(None);
+            }
+        };
+        let mut shard = shard;
+        if !shard.task.task_id.is_empty() && shard.task.task_id != task_id {
+            let earlier = std::mem::take(&mut shard.task.task_id);
+            shard.task.earlier_task_ids.push(earlier);
+        }
+        shard.task.task_id = task_id.clone();
+        shard.task.attempts = attempt;
+        shard.task.set_state(TaskState::Waiting);
+        shard.submitted_micros = now_micros();
+        shard.retry_at_micros = 0;
+        self.save_shard(shard).await?;
+        self.record_task(&task_id, rpc, request).await;
+        self.watch(number, events);
+        Ok(None)
+    }
+
+    /// The POST of one shard, bounded by the upstream timeout alone (see `SubmitStore`), its
+    /// rate-limit window told to the pacer.
+    fn post(&self, prepared: Prepared) -> futures::future::BoxFuture<'static, Result<String, UpstreamError>> {
+        let client = self.inner.parts.client.clone();
+        async move {
+            let answer = match &prepared.body {
+                ShardBody::Channels(body) => client.export_channels(body, None).await,
+                ShardBody::Users(body) => client.export_users(body, None).await,
+            }?;
+            Ok(answer.body.task_id)
+        }
+        .boxed()
+    }
+
+    /// A submit that Stream refused or that failed on the way: a 429 waits for the window, a
+    /// failure that may pass is tried again later, and any other fails the job.
+    async fn submit_failed(&mut self, number: u32, error: &UpstreamError) -> Result<Option<Ended>, StoreError> {
+        let wait = match error.kind() {
+            ErrorKind::RateLimited { retry_after } => {
+                let wait = retry_after.unwrap_or(Duration::from_secs(1));
+                self.inner.pacer.rate_limited(wait);
+                wait
+            }
+            kind if kind.is_temporary() => TRANSIENT_RETRY,
+            _ => return self.finish(ExportJobState::Failed, Some(error.to_status())).await.map(Some),
+        };
+        tracing::info!(%error, shard = number, "a shard's submit is tried again later");
+        self.pending.insert((now_micros() + micros_of(wait), number));
+        Ok(None)
+    }
+
+    /// Records a shard's task in the task registry, as its owner's: `GetTask`, `WatchTask`,
+    /// `ReadExport` and `ListTasks` treat it as any other. A failure is logged (the registry's
+    /// own pending writes keep trying).
+    async fn record_task(&self, task_id: &str, rpc: &str, request: ShardRequest) {
+        let submit = match request {
+            ShardRequest::Channels(request) => task_record::Submit::ExportChannels(request),
+            ShardRequest::Users(request) => task_record::Submit::ExportUsers(request),
+        };
+        let record = TaskRecord {
+            task_id: task_id.to_owned(),
+            owner: self.owner.name.clone(),
+            rpc: rpc.to_owned(),
+            submit: Some(submit),
+            create_time: Some(timestamp(Utc::now())),
+            job_id: self.job.job_id.clone(),
+            ..TaskRecord::default()
+        };
+        if let Err(error) = self.inner.parts.registry.record(record).await {
+            tracing::warn!(%error, task_id, "a job's task could not be recorded in the task registry");
+        }
+    }
+
+    /// Watches shard `number`'s current task through the hub, reporting each change.
+    fn watch(&mut self, number: u32, events: &Events) {
+        let Some(shard) = self.shards.get(number as usize) else { return };
+        let task_id = shard.task.task_id.clone();
+        let hub = self.inner.parts.hub.clone();
+        let caller = format!("job {}", self.job.job_id);
+        let events = events.clone();
+        let watcher = tokio::spawn(async move {
+            let mut reported = None;
+            loop {
+                // The hub's stream limit, or a watch that ended without an answer (upstream
+                // failing past the failure budget, the poller stopped): watched again later.
+                if let Ok(mut watcher) = hub.watch(&task_id, &caller) {
+                    loop {
+                        let observation = watcher.view.borrow_and_update().observation.clone();
+                        match observation {
+                            Observation::Task(task) => {
+                                let state = task.state();
+                                if reported != Some(state) {
+                                    reported = Some(state);
+                                    let _ = events.send((number, task_id.clone(), Watched::Changed(task))).await;
+                                    if state.is_terminal() {
+                                        return;
+                                    }
+                                }
+                            }
+                            Observation::Ended(ended) if ended.code() == Code::NotFound => {
+                                let _ = events.send((number, task_id.clone(), Watched::NotFound(ended))).await;
+                                return;
+                            }
+                            Observation::Ended(_) => break,
+                            Observation::Pending => {}
+                        }
+                        if watcher.view.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                tokio::time::sleep(REWATCH_AFTER).await;
+            }
+        });
+        if let Some(earlier) = self.watchers.insert(number, watcher.abort_handle()) {
+            earlier.abort();
+        }
+    }
+
+    /// A shard's watcher reported.
+    async fn on_watched(&mut self, number: u32, task_id: &str, watched: Watched) -> Result<Option<Ended>, StoreError> {
+        let Some(shard) = self.shards.get(number as usize).cloned() else { return Ok(None) };
+        if shard.task.task_id != task_id {
+            return Ok(None); // An earlier attempt's task.
+        }
+        let task = match watched {
+            Watched::Changed(task) => task,
+            Watched::NotFound(ended) => Box::new(Task {
+                task_id: task_id.to_owned(),
+                state: TaskState::Failed as i32,
+                error: Some(crate::proto::TaskError {
+                    r#type: "not_found".into(),
+                    description: ended.message().to_owned(),
+                }),
+                ..Task::default()
+            }),
+        };
+        let mut shard = shard;
+        shard.task.set_state(task.state());
+        match task.state() {
+            TaskState::Failed | TaskState::Canceled => {
+                let why = task.error.as_ref().map_or_else(
+                    || "the task failed".to_owned(),
+                    |error| format!("{}: {}", error.r#type, error.description),
+                );
+                shard.last_error = why.clone();
+                if shard.task.attempts >= self.inner.parts.settings.task_attempts {
+                    self.save_shard(shard).await?;
+                    let failed =
+                        status::job_task_failed(number, task_id, self.shards[number as usize].task.attempts, &why);
+                    return self.finish(ExportJobState::Failed, Some(failed)).await.map(Some);
+                }
+                let delay = self.retry_delay(shard.task.attempts);
+                shard.retry_at_micros = now_micros() + micros_of(delay);
+                self.pending.insert((shard.retry_at_micros, number));
+                self.save_shard(shard).await?;
+            }
+            _ => self.save_shard(shard).await?,
+        }
+        Ok(None)
+    }
+
+    /// The wait before attempt `attempts + 1` of a failed shard: exponential from the retry delay.
+    fn retry_delay(&self, attempts: u32) -> Duration {
+        let base = self.inner.parts.settings.retry_delay;
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(base)
+            .with_max_delay(base.saturating_mul(64))
+            .with_max_times(usize::MAX)
+            .with_jitter()
+            .build();
+        delays.nth(attempts.saturating_sub(1) as usize).unwrap_or(base)
+    }
+
+    /// Queues a new attempt of every shard whose task has run past the job task deadline.
+    fn resubmit_overdue(&mut self) {
+        let settings = &self.inner.parts.settings;
+        let cutoff = now_micros() - micros_of(settings.task_deadline);
+        for shard in &self.shards {
+            let overdue = !shard.task.task_id.is_empty()
+                && !shard.task.state().is_terminal()
+                && shard.retry_at_micros == 0
+                && shard.submitted_micros > 0
+                && shard.submitted_micros < cutoff
+                && shard.task.attempts < settings.task_attempts;
+            let queued = self.pending.iter().any(|(_, number)| *number == shard.task.shard);
+            if overdue && !queued {
+                tracing::info!(
+                    shard = shard.task.shard,
+                    task_id = shard.task.task_id,
+                    "a task is past the job task deadline; it is submitted again"
+                );
+                self.pending.insert((now_micros(), shard.task.shard));
+            }
+        }
+    }
+
+    /// Writes a shard and the job's progress.
+    async fn save_shard(&mut self, shard: ShardRecord) -> Result<(), StoreError> {
+        let number = shard.task.shard as usize;
+        if let Some(slot) = self.shards.get_mut(number) {
+            *slot = shard.clone();
+        }
+        let mut job = self.job.clone();
+        job.progress = Some(progress(&self.shards, self.inner.parts.settings.task_attempts));
+        job.update_time = Some(timestamp(Utc::now()));
+        self.job = self.write(move |store, job| store.update_shard(job, shard.clone()).boxed(), job).await?;
+        Ok(())
+    }
+
+    /// Ends the job in `state` (with `error` when FAILED).
+    async fn finish(&mut self, state: ExportJobState, error: Option<Status>) -> Result<Ended, StoreError> {
+        let mut job = self.job.clone();
+        job.set_state(state);
+        job.error = error.as_ref().map(status_message);
+        let now = Some(timestamp(Utc::now()));
+        job.update_time = now;
+        job.end_time = now;
+        if !self.shards.is_empty() {
+            job.progress = Some(progress(&self.shards, self.inner.parts.settings.task_attempts));
+        }
+        self.job = self.write(|store, job| store.update(job).boxed(), job).await?;
+        tracing::info!(state = ?self.job.state(), "the job ended");
+        Ok(Ended)
+    }
+
+    /// Writes `job` with `write`, retrying a store that fails for a while; tells watchers.
+    async fn write(
+        &self,
+        write: impl Fn(
+            &dyn crate::store::jobs::JobStore,
+            ExportJob,
+        ) -> futures::future::BoxFuture<'_, Result<ExportJob, StoreError>>,
+        job: ExportJob,
+    ) -> Result<ExportJob, StoreError> {
+        let store = self.inner.parts.store.as_ref();
+        let written = (|| write(store, job.clone()))
+            .retry(ExponentialBuilder::default().with_min_delay(Duration::from_millis(100)).with_max_times(8))
+            .await?;
+        self.inner.changes.send_modify(|version| *version += 1);
+        Ok(written)
+    }
+}
+
+/// The progress of a job whose shards are `shards`.
+fn progress(shards: &[ShardRecord], attempts: u32) -> ExportJobProgress {
+    let items: usize = shards.iter().map(|shard| shard.task.channels.len() + shard.task.user_ids.len()).sum();
+    let users = shards.first().is_some_and(|shard| !shard.task.user_ids.is_empty());
+    let count = |keep: &dyn Fn(&ShardRecord) -> bool| shards.iter().filter(|shard| keep(shard)).count() as u64;
+    ExportJobProgress {
+        channels_total: if users { 0 } else { items as u64 },
+        users_total: if users { items as u64 } else { 0 },
+        tasks_total: shards.len() as u64,
+        tasks_submitted: count(&|shard| shard.task.attempts > 0),
+        tasks_completed: count(&|shard| shard.task.state() == TaskState::Completed),
+        tasks_failed: count(&|shard| {
+            matches!(shard.task.state(), TaskState::Failed | TaskState::Canceled) && shard.task.attempts >= attempts
+        }),
+    }
+}
+
+fn now_micros() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+fn micros_of(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// The monotonic instant of a wall-clock time in µs (now, when it has passed).
+fn instant_of(at_micros: i64) -> Instant {
+    let wait = at_micros.saturating_sub(now_micros()).max(0);
+    Instant::now() + Duration::from_micros(u64::try_from(wait).unwrap_or(0))
+}

@@ -1,0 +1,403 @@
+//! The export job RPCs: `CreateExportJob`, `GetExportJob`, `ListExportJobs`,
+//! `CancelExportJob`, `WatchExportJob` and `ListExportJobTasks`; and [`JobChecks`], the checks
+//! the job runner makes of each shard (the submit RPCs' validation and policies).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use prost::Message;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use super::{
+    ExportApi,
+    audit::{self, Subject},
+    authorization::{Policies, Resource},
+    call::Call,
+    caller::{Caller, CallerSource},
+    deadline,
+    page_token::{self, Listing},
+    revocation::{self, BoxedStream, Grant, Granted},
+    rpc::Rpc,
+    validation,
+};
+use crate::{
+    contract::{status, task::timestamp},
+    jobs::{JobPolicy, Owner, Prepared, ShardBody, ShardRequest, plan, store_failure},
+    proto::{
+        CancelExportJobRequest, CreateExportJobRequest, ExportFormatVersion, ExportJob, ExportJobEvent,
+        ExportJobProgress, ExportJobState, GetExportJobRequest, ListExportJobTasksRequest, ListExportJobTasksResponse,
+        ListExportJobsRequest, ListExportJobsResponse, WatchExportJobRequest, create_export_job_request::Selector,
+        task_event::EventType,
+    },
+    store::{
+        Fingerprint,
+        jobs::{Created, JobCursor, JobRecord},
+        registry::Cursor,
+    },
+};
+
+/// The stream type of `WatchExportJob`.
+pub type ExportJobEventStream = BoxedStream<ExportJobEvent>;
+
+/// Page sizes of the job listings: the default, and the most.
+const DEFAULT_PAGE_SIZE: usize = 50;
+const MAX_PAGE_SIZE: usize = 1_000;
+
+/// The least time between two reads of a watched job: changes are coalesced to a few a second.
+const WATCH_COALESCE: Duration = Duration::from_millis(250);
+
+/// The longest a watched job goes unread: a change written by another replica is seen within it.
+const WATCH_REREAD: Duration = Duration::from_secs(1);
+
+/// An owner no caller has: whether a caller may read it says whether it may read others' jobs.
+const NOBODY: &str = "\u{0}stream-export:nobody";
+
+/// `CreateExportJob`: validated and (for explicit lists) every channel or user checked before
+/// anything is stored; the job then runs in the background.
+pub(super) async fn create_export_job(
+    api: &ExportApi,
+    request: Request<CreateExportJobRequest>,
+) -> Result<Response<ExportJob>, Status> {
+    let rpc = Rpc::CreateExportJob;
+    let call = Call::begin(api, &request)?;
+    let message = request.get_ref();
+    let outcome = async {
+        let settings = api.jobs.settings();
+        validation::create_export_job(message, settings.max_channels).map_err(status::invalid_request)?;
+        let job_id = uuid::Uuid::new_v4().to_string();
+        api.policies.check(&call.caller, rpc, &Resource::Job { id: &job_id, owner: None })?;
+        let items = plan::listed(message);
+        if let Some(items) = &items {
+            check_items(&api.policies, &call.caller, message, items)?;
+        }
+        let mut fingerprinted = message.clone();
+        fingerprinted.request_id.clear();
+        let fingerprint = Fingerprint::of(rpc.name(), &hex::encode(fingerprinted.encode_to_vec())).to_hex();
+        let now = Some(timestamp(Utc::now()));
+        let progress = items.as_ref().map(|items| {
+            let total = items.len() as u64;
+            let users = matches!(message.selector, Some(Selector::Users(_)));
+            ExportJobProgress {
+                channels_total: if users { 0 } else { total },
+                users_total: if users { total } else { 0 },
+                tasks_total: total.div_ceil(settings.shard_size.max(1) as u64),
+                ..ExportJobProgress::default()
+            }
+        });
+        let job = ExportJob {
+            job_id,
+            owner: call.caller.name.clone(),
+            request: Some(message.clone()),
+            state: ExportJobState::Planning as i32,
+            progress,
+            create_time: now,
+            update_time: now,
+            ..ExportJob::default()
+        };
+        let record = JobRecord { job, owner_source: call.caller.source.name().to_owned(), fingerprint };
+        match api.jobs.create(record.clone()).await? {
+            Created::New(created) => Ok(created.job),
+            Created::Existing(existing) if existing.fingerprint == record.fingerprint => Ok(existing.job),
+            Created::Existing(_) => Err(status::request_id_reused()),
+        }
+    }
+    .await;
+    let audited = outcome.as_ref().map(|job| job.job_id.as_str());
+    audit::record(&call.caller, rpc, &Subject::Job(audited.unwrap_or_default()), audited);
+    Ok(Response::new(outcome?))
+}
+
+/// Checks `ExportChannels` (or `ExportUsers`) on every item of an explicit list.
+fn check_items(
+    policies: &Policies,
+    caller: &Caller,
+    request: &CreateExportJobRequest,
+    items: &plan::Items,
+) -> Result<(), Status> {
+    match items {
+        plan::Items::Channels(channels) => {
+            let version = version_name(request.version);
+            for channel in channels {
+                let resource = Resource::Channel { kind: &channel.r#type, id: &channel.id, version };
+                policies.check(caller, Rpc::ExportChannels, &resource)?;
+            }
+        }
+        plan::Items::Users(users) => {
+            for user in users {
+                policies.check(caller, Rpc::ExportUsers, &Resource::User(user))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn version_name(version: i32) -> &'static str {
+    if version == ExportFormatVersion::V2 as i32 { "v2" } else { "v1" }
+}
+
+/// `GetExportJob`.
+pub(super) async fn get_export_job(
+    api: &ExportApi,
+    request: Request<GetExportJobRequest>,
+) -> Result<Response<ExportJob>, Status> {
+    let call = Call::begin(api, &request)?;
+    let record = api.authorize_job(&call.caller, Rpc::GetExportJob, &request.get_ref().job_id).await?;
+    Ok(Response::new(record.job))
+}
+
+/// `CancelExportJob`.
+pub(super) async fn cancel_export_job(
+    api: &ExportApi,
+    request: Request<CancelExportJobRequest>,
+) -> Result<Response<ExportJob>, Status> {
+    let call = Call::begin(api, &request)?;
+    let record = api.authorize_job(&call.caller, Rpc::CancelExportJob, &request.get_ref().job_id).await?;
+    let job = api.jobs.cancel(record).await.map_err(|error| store_failure(&error))?;
+    Ok(Response::new(job))
+}
+
+/// `ListExportJobs`: the jobs this caller may read (`GetExportJob` on each), newest first.
+pub(super) async fn list_export_jobs(
+    api: &ExportApi,
+    request: Request<ListExportJobsRequest>,
+) -> Result<Response<ListExportJobsResponse>, Status> {
+    let call = Call::begin(api, &request)?;
+    let caller = &call.caller;
+    api.policies.check(caller, Rpc::ListExportJobs, &Resource::Service)?;
+    let message = request.get_ref();
+    let size = page_size(message.page_size)?;
+    let nobodys = Resource::Job { id: "", owner: Some(NOBODY) };
+    let own_only = api.policies.is_enforced() && !api.policies.allows(caller, Rpc::GetExportJob, &nobodys);
+    let listing = Listing::jobs(own_only);
+    let after = read_token(api, &message.page_token, caller, listing)?
+        .map(|at| JobCursor { created_micros: at.created_micros, job_id: at.task_id });
+    let owner = own_only.then_some(caller.name.as_str());
+    // One more than a page: whether another page follows. Jobs are few per caller, so the
+    // page is filtered by the policies after the read (a caller who sees few of many may get
+    // a short page, with a token to go on).
+    let mut page = api.jobs.page(owner, after.as_ref(), size + 1).await.map_err(|error| store_failure(&error))?;
+    let more = page.len() > size;
+    page.truncate(size);
+    let next_page_token = match (more, page.last()) {
+        (true, Some(last)) => {
+            let at = JobCursor::of(last);
+            let cursor = Cursor { created_micros: at.created_micros, task_id: at.job_id };
+            page_token::write(&cursor, caller, listing, &api.page_token_key)
+        }
+        _ => String::new(),
+    };
+    let jobs = page
+        .into_iter()
+        .filter(|job| {
+            api.policies.allows(caller, Rpc::GetExportJob, &Resource::Job { id: &job.job_id, owner: Some(&job.owner) })
+        })
+        .collect();
+    Ok(Response::new(ListExportJobsResponse { jobs, next_page_token }))
+}
+
+/// `ListExportJobTasks`: the job's shards in order.
+pub(super) async fn list_export_job_tasks(
+    api: &ExportApi,
+    request: Request<ListExportJobTasksRequest>,
+) -> Result<Response<ListExportJobTasksResponse>, Status> {
+    let call = Call::begin(api, &request)?;
+    let message = request.get_ref();
+    let record = api.authorize_job(&call.caller, Rpc::ListExportJobTasks, &message.job_id).await?;
+    let size = page_size(message.page_size)?;
+    let job_id = record.job.job_id;
+    let from = match read_token(api, &message.page_token, &call.caller, Listing::JobTasks)? {
+        Some(at) if at.task_id == job_id => u32::try_from(at.created_micros).unwrap_or(u32::MAX),
+        Some(_) => return Err(status::invalid_page("page_token", "continues another job's listing")),
+        None => 0,
+    };
+    let mut shards = api.jobs.shards(&job_id, from, size + 1).await.map_err(|error| store_failure(&error))?;
+    let next_page_token = match shards.get(size) {
+        Some(next) => {
+            let cursor = Cursor { created_micros: i64::from(next.task.shard), task_id: job_id.clone() };
+            page_token::write(&cursor, &call.caller, Listing::JobTasks, &api.page_token_key)
+        }
+        None => String::new(),
+    };
+    shards.truncate(size);
+    let tasks = shards.into_iter().map(|shard| shard.task).collect();
+    Ok(Response::new(ListExportJobTasksResponse { tasks, next_page_token }))
+}
+
+/// `WatchExportJob`: a snapshot, then the job's changes (coalesced), heartbeats while nothing
+/// changes, and its terminal state last.
+pub(super) async fn watch_export_job(
+    api: &ExportApi,
+    request: Request<WatchExportJobRequest>,
+) -> Result<Response<ExportJobEventStream>, Status> {
+    let call = Call::begin(api, &request)?;
+    let deadline = deadline::from_metadata(request.metadata());
+    let record = api.authorize_job(&call.caller, Rpc::WatchExportJob, &request.get_ref().job_id).await?;
+    let grant = Grant {
+        caller: call.caller.clone(),
+        action: Rpc::WatchExportJob,
+        on: Granted::Job { job_id: record.job.job_id.clone(), owner: record.job.owner.clone() },
+    };
+    let settings = api.hub.settings();
+    let watch = JobWatch {
+        changes: api.jobs.changes(),
+        jobs: api.jobs.clone(),
+        sequence: 0,
+        last: record.job,
+        snapshot_sent: false,
+        ended: false,
+        quiet_since: Instant::now(),
+        heartbeat: settings.heartbeat_interval,
+        end_of_life: Instant::now() + settings.max_stream_lifetime,
+        deadline,
+    };
+    let events = futures::stream::unfold(watch, |mut watch| async move {
+        let event = watch.next_event().await?;
+        Some((event, watch))
+    });
+    Ok(Response::new(revocation::end_when_revoked(Box::pin(events), &api.policies, grant)))
+}
+
+/// One `WatchExportJob` stream: what it last sent, and when it must end.
+struct JobWatch {
+    jobs: crate::jobs::Jobs,
+    changes: tokio::sync::watch::Receiver<u64>,
+    sequence: u64,
+    last: ExportJob,
+    snapshot_sent: bool,
+    ended: bool,
+    quiet_since: Instant,
+    heartbeat: Duration,
+    end_of_life: Instant,
+    deadline: Option<Instant>,
+}
+
+impl JobWatch {
+    /// The next event; `None` once the terminal state (or an error) was sent.
+    async fn next_event(&mut self) -> Option<Result<ExportJobEvent, Status>> {
+        if self.ended {
+            return None;
+        }
+        if !self.snapshot_sent {
+            self.snapshot_sent = true;
+            return Some(Ok(self.event(EventType::Snapshot)));
+        }
+        if self.last.state().is_terminal() {
+            return None;
+        }
+        loop {
+            let now = Instant::now();
+            if self.deadline.is_some_and(|deadline| now >= deadline) {
+                return self.end(Status::deadline_exceeded("the caller's deadline passed"));
+            }
+            if now >= self.end_of_life {
+                return self.end(status::watch_interrupted("the stream reached its maximum lifetime"));
+            }
+            let heartbeat_at = self.quiet_since + self.heartbeat;
+            tokio::select! {
+                _ = self.changes.changed() => {}
+                () = tokio::time::sleep(WATCH_REREAD) => {}
+                () = tokio::time::sleep_until(heartbeat_at) => {
+                    self.quiet_since = Instant::now();
+                    return Some(Ok(self.event(EventType::Heartbeat)));
+                }
+                () = tokio::time::sleep_until(self.end_of_life) => continue,
+            }
+            let read = match self.jobs.get(&self.last.job_id).await {
+                Ok(Some(record)) => record.job,
+                Ok(None) => return self.end(status::job_not_found(&self.last.job_id)),
+                Err(error) => return self.end(store_failure(&error)),
+            };
+            if !read.same_progress(&self.last) {
+                self.last = read;
+                self.quiet_since = Instant::now();
+                // Coalesced: the next read is at least this far away.
+                tokio::time::sleep(WATCH_COALESCE).await;
+                return Some(Ok(self.event(EventType::Changed)));
+            }
+        }
+    }
+
+    fn event(&mut self, kind: EventType) -> ExportJobEvent {
+        self.sequence += 1;
+        ExportJobEvent { sequence: self.sequence, r#type: kind as i32, job: Some(self.last.clone()) }
+    }
+
+    fn end(&mut self, status: Status) -> Option<Result<ExportJobEvent, Status>> {
+        self.ended = true;
+        Some(Err(status))
+    }
+}
+
+/// A page size: 0 is the default; negative is refused.
+fn page_size(requested: i32) -> Result<usize, Status> {
+    match requested {
+        size if size < 0 => Err(status::invalid_page("page_size", "must not be negative")),
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        size => Ok(usize::try_from(size).unwrap_or(MAX_PAGE_SIZE).min(MAX_PAGE_SIZE)),
+    }
+}
+
+/// Where a page token says a listing stopped; INVALID_ARGUMENT for a token not given to this
+/// caller for this listing.
+fn read_token(api: &ExportApi, token: &str, caller: &Caller, listing: Listing) -> Result<Option<Cursor>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    page_token::read(token, caller, listing, &api.page_token_key)
+        .map(Some)
+        .ok_or_else(|| status::invalid_page("page_token", "is not a token that this listing gave this caller"))
+}
+
+impl ExportApi {
+    /// The job `job_id` if the policies let this caller do `rpc` on it. An unknown id is
+    /// NOT_FOUND to a caller who may act on jobs it does not own, PERMISSION_DENIED to others
+    /// (so that ids cannot be probed).
+    async fn authorize_job(&self, caller: &Caller, rpc: Rpc, job_id: &str) -> Result<JobRecord, Status> {
+        let job_id = validation::job_id(job_id).map_err(status::invalid_request)?;
+        let record = self.jobs.get(&job_id).await.map_err(|error| store_failure(&error))?;
+        let owner = record.as_ref().map(|record| record.job.owner.as_str());
+        self.policies.check(caller, rpc, &Resource::Job { id: &job_id, owner })?;
+        record.ok_or_else(|| status::job_not_found(&job_id))
+    }
+}
+
+/// The checks of each shard of a job: the submit RPCs' validation, and `ExportChannels` (or
+/// `ExportUsers`) on each channel (or user) for the job's owner.
+#[derive(Clone, Debug)]
+pub struct JobChecks {
+    policies: Policies,
+}
+
+impl JobChecks {
+    /// Checks against `policies`.
+    pub fn new(policies: Policies) -> Self {
+        Self { policies }
+    }
+}
+
+impl JobPolicy for JobChecks {
+    fn prepare(&self, owner: &Owner, shard: &ShardRequest) -> Result<Prepared, Status> {
+        let caller = Caller { name: owner.name.clone(), source: CallerSource::from_name(&owner.source) };
+        match shard {
+            ShardRequest::Channels(request) => {
+                let body = validation::export_channels(request).map_err(status::invalid_request)?;
+                let version = version_name(request.version);
+                for channel in &request.channels {
+                    let resource = Resource::Channel { kind: &channel.r#type, id: &channel.id, version };
+                    self.policies.check(&caller, Rpc::ExportChannels, &resource)?;
+                }
+                let fingerprint = Fingerprint::of(Rpc::ExportChannels.name(), &body);
+                Ok(Prepared { body: ShardBody::Channels(body), fingerprint, rpc: Rpc::ExportChannels.name() })
+            }
+            ShardRequest::Users(request) => {
+                let body = validation::export_users(request).map_err(status::invalid_request)?;
+                for user in &request.user_ids {
+                    self.policies.check(&caller, Rpc::ExportUsers, &Resource::User(user))?;
+                }
+                let fingerprint = Fingerprint::of(Rpc::ExportUsers.name(), &body);
+                Ok(Prepared { body: ShardBody::Users(body), fingerprint, rpc: Rpc::ExportUsers.name() })
+            }
+        }
+    }
+}
