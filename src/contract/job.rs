@@ -3,7 +3,7 @@
 use prost::Message;
 use tonic::Status;
 
-use super::proto::{ExportJob, ExportJobState};
+use super::proto::{CreateExportJobRequest, ExportJob, ExportJobState, create_export_job_request::Selector};
 
 impl ExportJobState {
     /// Whether the job has ended (succeeded, failed or cancelled): it changes no more.
@@ -26,4 +26,17 @@ pub fn status_message(status: &Status) -> tonic_types::pb::Status {
     message.code = status.code() as i32;
     message.message = status.message().to_owned();
     message
+}
+
+/// A job's request without its lists of channels and users (which may be 100,000 long), as
+/// stored with the job's state and shown by `ListExportJobs` and `WatchExportJob`; the whole
+/// request is kept apart and shown by `GetExportJob` and `CreateExportJob`.
+pub fn request_summary(request: &CreateExportJobRequest) -> CreateExportJobRequest {
+    let mut summary = request.clone();
+    match &mut summary.selector {
+        Some(Selector::Channels(list)) => list.channels = Vec::new(),
+        Some(Selector::Users(list)) => list.user_ids = Vec::new(),
+        Some(Selector::ChannelQuery(_)) | None => {}
+    }
+    summary
 }

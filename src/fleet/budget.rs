@@ -85,10 +85,15 @@ pub struct FleetBudget {
 }
 
 impl FleetBudget {
-    /// The budget of the fleet that `members` belongs to, kept in `redis`.
+    /// The poll budget of the fleet that `members` belongs to, kept in `redis`.
     pub fn new(redis: Redis, members: Members) -> Self {
-        let next_slot = redis.key("budget", "polls", "next_slot");
-        let spacing = redis.key("budget", "polls", "spacing");
+        Self::named(redis, members, "polls")
+    }
+
+    /// The budget `name` (`polls`, `exports`) of the fleet that `members` belongs to.
+    pub fn named(redis: Redis, members: Members, name: &str) -> Self {
+        let next_slot = redis.key("budget", name, "next_slot");
+        let spacing = redis.key("budget", name, "spacing");
         Self { redis, members, next_slot, spacing, alone_until: Mutex::new(None) }
     }
 

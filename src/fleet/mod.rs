@@ -7,7 +7,9 @@
 //! - [`script`]: the one way the fleet runs a Lua script; [`lease`]: the one lease (claim,
 //!   renew, release) that submits and watches hold.
 //! - [`members`]: the replicas alive, by heartbeat.
-//! - [`submit`] and [`registry`]: the stores (`store::SubmitStore`, `store::TaskRegistry`).
+//! - [`submit`] and [`registry`]: the stores (`store::SubmitStore`, `store::TaskRegistry`);
+//!   [`jobs`]: export jobs (`store::jobs::JobStore`) and the lease by which one replica runs
+//!   each job (`jobs::JobClaims`).
 //! - [`watch_lease`] and [`budget`]: the watch hub's coordination (`task_watch::coordination`:
 //!   who polls each task, and the fleet's one upstream budget); `renewals`: a replica's
 //!   watch leases, renewed together in one call per interval; `changes`: new observations
@@ -16,6 +18,7 @@
 pub mod budget;
 mod changes;
 pub mod connection;
+pub mod jobs;
 pub mod lease;
 pub mod members;
 pub mod registry;

@@ -114,6 +114,40 @@ pub trait JobPolicy: Send + Sync + std::fmt::Debug + 'static {
     fn prepare(&self, owner: &Owner, shard: &ShardRequest) -> Result<Prepared, Status>;
 }
 
+/// Who runs each job. In one process, this replica runs every job ([`RunsEveryJob`]); in a
+/// fleet, the replica that holds the job's lease (`fleet::jobs::JobLeases`), so that a job
+/// never runs on two replicas at once and another takes it over when its replica dies.
+#[tonic::async_trait]
+pub trait JobClaims: Send + Sync + std::fmt::Debug + 'static {
+    /// Takes, or keeps, the right to run `job_id`; `false` while another replica holds it
+    /// (or when it cannot be told).
+    async fn claim(&self, job_id: &str) -> bool;
+
+    /// Gives the right up (the job ended, or this replica stops).
+    async fn release(&self, job_id: &str);
+
+    /// How often a running job's claim is kept, and unowned unfinished jobs are looked for;
+    /// `None` when no other replica can hold a claim.
+    fn renew_every(&self) -> Option<Duration>;
+}
+
+/// One process: it runs every job.
+#[derive(Debug)]
+pub struct RunsEveryJob;
+
+#[tonic::async_trait]
+impl JobClaims for RunsEveryJob {
+    async fn claim(&self, _: &str) -> bool {
+        true
+    }
+
+    async fn release(&self, _: &str) {}
+
+    fn renew_every(&self) -> Option<Duration> {
+        None
+    }
+}
+
 /// What the jobs use, handed in by `startup`.
 #[derive(Debug)]
 pub struct JobParts {
@@ -131,6 +165,8 @@ pub struct JobParts {
     pub policy: Arc<dyn JobPolicy>,
     /// Books the export budget's slots: this replica's alone, or the fleet's.
     pub export_slots: Arc<dyn SlotBooker>,
+    /// Who runs each job.
+    pub claims: Arc<dyn JobClaims>,
     /// Tuning.
     pub settings: JobSettings,
 }
@@ -177,11 +213,29 @@ impl Jobs {
     }
 
     /// Starts a runner for every unfinished job (after a restart: each resumes where it was).
+    /// In a fleet, keeps looking for unfinished jobs that no replica runs (their replica died)
+    /// and takes them over.
     pub async fn resume(&self) -> Result<usize, StoreError> {
         let unfinished = self.inner.parts.store.unfinished().await?;
         let count = unfinished.len();
         for record in unfinished {
             self.start(record);
+        }
+        if let Some(every) = self.inner.parts.claims.renew_every() {
+            let jobs = self.clone();
+            tokio::spawn(async move {
+                let mut looks = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = looks.tick() => {}
+                        () = jobs.inner.stopping.cancelled() => return,
+                    }
+                    match jobs.inner.parts.store.unfinished().await {
+                        Ok(unfinished) => unfinished.into_iter().for_each(|record| jobs.start(record)),
+                        Err(error) => tracing::debug!(%error, "the unfinished jobs could not be read"),
+                    }
+                }
+            });
         }
         Ok(count)
     }
@@ -223,6 +277,11 @@ impl Jobs {
     /// A job, if it is kept.
     pub async fn get(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
         self.inner.parts.store.get(job_id).await
+    }
+
+    /// A job's whole request, lists included.
+    pub async fn request(&self, job_id: &str) -> Result<Option<crate::proto::CreateExportJobRequest>, StoreError> {
+        self.inner.parts.store.request(job_id).await
     }
 
     /// A page of jobs (of `owner` only, when given), newest first.
@@ -271,7 +330,7 @@ impl Jobs {
         self.inner.changes.subscribe()
     }
 
-    /// Starts `record`'s runner, unless it runs already.
+    /// Starts `record`'s runner, unless it runs here already or another replica runs it.
     fn start(&self, record: JobRecord) {
         if self.inner.stopping.is_cancelled() {
             return;
@@ -289,9 +348,13 @@ impl Jobs {
         let span = tracing::info_span!("job", job_id);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                tokio::select! {
-                    () = runner::run(&inner, record, cancel) => {}
-                    () = inner.stopping.cancelled() => {}
+                let claims = Arc::clone(&inner.parts.claims);
+                if claims.claim(&job_id).await {
+                    tokio::select! {
+                        () = runner::run(&inner, record, cancel) => {}
+                        () = inner.stopping.cancelled() => {}
+                    }
+                    claims.release(&job_id).await;
                 }
                 lock(&inner.running).remove(&job_id);
             },

@@ -77,6 +77,7 @@ pub(super) async fn run(inner: &Inner, record: JobRecord, cancel: CancellationTo
 struct Run<'a> {
     inner: &'a Inner,
     owner: Owner,
+    /// The request's summary (its options; the lists are read once, to plan).
     request: CreateExportJobRequest,
     job: ExportJob,
     /// Every shard, by number (the shard's number is its index).
@@ -134,6 +135,8 @@ impl Run<'_> {
             }
         }
         let mut deadline_check = tokio::time::interval(DEADLINE_CHECK_EVERY);
+        let renew_every = self.inner.parts.claims.renew_every();
+        let mut renewals = tokio::time::interval(renew_every.unwrap_or(Duration::from_secs(3600)));
         loop {
             if self.shards.iter().all(|shard| shard.task.state() == TaskState::Completed) {
                 return self.finish(ExportJobState::Succeeded, None).await;
@@ -156,6 +159,17 @@ impl Run<'_> {
                     }
                 }
                 _ = deadline_check.tick() => self.resubmit_overdue(),
+                _ = renewals.tick(), if renew_every.is_some() => {
+                    if !self.inner.parts.claims.claim(&self.job.job_id).await {
+                        tracing::warn!("the job's lease was lost: another replica runs it now");
+                        return Ok(Ended);
+                    }
+                    // A cancel written by another replica.
+                    let stored = self.inner.parts.store.get(&self.job.job_id).await?;
+                    if stored.is_some_and(|stored| stored.job.state() == ExportJobState::Cancelling) {
+                        self.job.set_state(ExportJobState::Cancelling);
+                    }
+                }
             }
             if self.stopping() {
                 return self.finish(ExportJobState::Cancelled, None).await;
@@ -168,10 +182,14 @@ impl Run<'_> {
         self.cancel.is_cancelled() || self.job.state() == ExportJobState::Cancelling
     }
 
-    /// Resolves the selector and checks every shard; the shards, ready to store.
+    /// Resolves the selector (of the whole request, lists included) and checks every shard;
+    /// the shards, ready to store.
     async fn plan(&self) -> Result<Vec<ShardRecord>, Status> {
         let settings = &self.inner.parts.settings;
-        let items = plan::resolve(&self.request, &self.inner.parts.client, settings).await?;
+        let whole =
+            self.inner.parts.store.request(&self.job.job_id).await.map_err(|error| super::store_failure(&error))?;
+        let whole = whole.unwrap_or_else(|| self.request.clone());
+        let items = plan::resolve(&whole, &self.inner.parts.client, settings).await?;
         let shards = items.shards(settings.shard_size);
         for shard in &shards {
             self.inner.parts.policy.prepare(&self.owner, &ShardRequest::of(&self.request, &shard.task))?;

@@ -96,9 +96,14 @@ pub(super) async fn create_export_job(
             ..ExportJob::default()
         };
         let record = JobRecord { job, owner_source: call.caller.source.name().to_owned(), fingerprint };
+        // Shown with the whole request, as given.
+        let whole = |mut job: ExportJob| {
+            job.request = Some(message.clone());
+            job
+        };
         match api.jobs.create(record.clone()).await? {
-            Created::New(created) => Ok(created.job),
-            Created::Existing(existing) if existing.fingerprint == record.fingerprint => Ok(existing.job),
+            Created::New(created) => Ok(whole(created.job)),
+            Created::Existing(existing) if existing.fingerprint == record.fingerprint => Ok(whole(existing.job)),
             Created::Existing(_) => Err(status::request_id_reused()),
         }
     }
@@ -136,14 +141,17 @@ fn version_name(version: i32) -> &'static str {
     if version == ExportFormatVersion::V2 as i32 { "v2" } else { "v1" }
 }
 
-/// `GetExportJob`.
+/// `GetExportJob`: the job with its whole request.
 pub(super) async fn get_export_job(
     api: &ExportApi,
     request: Request<GetExportJobRequest>,
 ) -> Result<Response<ExportJob>, Status> {
     let call = Call::begin(api, &request)?;
-    let record = api.authorize_job(&call.caller, Rpc::GetExportJob, &request.get_ref().job_id).await?;
-    Ok(Response::new(record.job))
+    let mut job = api.authorize_job(&call.caller, Rpc::GetExportJob, &request.get_ref().job_id).await?.job;
+    if let Some(whole) = api.jobs.request(&job.job_id).await.map_err(|error| store_failure(&error))? {
+        job.request = Some(whole);
+    }
+    Ok(Response::new(job))
 }
 
 /// `CancelExportJob`.

@@ -21,10 +21,15 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     config::{IdempotencySettings, Settings, StateSettings, TransportSettings, UpstreamSettings},
     fleet::{
-        Redis, budget::FleetBudget, members::Members, registry::RedisRegistry, submit::RedisSubmitStore,
+        Redis,
+        budget::FleetBudget,
+        jobs::{JobLeases, RedisJobStore},
+        members::Members,
+        registry::RedisRegistry,
+        submit::RedisSubmitStore,
         watch_lease::FleetView,
     },
-    jobs::{JobParts, Jobs},
+    jobs::{JobClaims, JobParts, Jobs, RunsEveryJob},
     proto::{self, export_service_server::ExportServiceServer},
     service::{ExportApi, JobChecks, Stores, authorization::Policies, caller::CallerAuth},
     store::{
@@ -33,7 +38,7 @@ use crate::{
         jobs::{JobStore, MemoryJobStore},
         pending::{KeptUntilStored, PENDING_CAPACITY},
     },
-    task_watch::{ChangeObserver, Coordination, WatchHub, WatchSettings},
+    task_watch::{ChangeObserver, Coordination, WatchHub, WatchSettings, coordination::SlotBooker},
     telemetry::{self, layer::GrpcTelemetryLayer},
     upstream::{ClientConfig, CredentialCheck, Credentials, RetryPolicy, StreamClient},
 };
@@ -113,11 +118,14 @@ impl Application {
             state.as_ref(),
             &api_secret,
         )?;
-        let job_store = job_store(state.as_ref());
         let leaving_fleet = CancellationToken::new();
-        let coordination = match redis {
-            None => Coordination::solo(),
-            Some(redis) => fleet_coordination(redis, &settings.watch, leaving_fleet.clone()),
+        let (coordination, job_seams) = match redis {
+            None => (Coordination::solo(), solo_job_seams(state.as_ref())),
+            Some(redis) => {
+                let members = Members::start(redis.clone(), leaving_fleet.clone());
+                let job_seams = fleet_job_seams(&redis, &members);
+                (fleet_coordination(redis, members, &settings.watch, leaving_fleet.clone()), job_seams)
+            }
         };
         let hub = WatchHub::new(
             client.clone(),
@@ -126,13 +134,14 @@ impl Application {
             Some(Arc::new(RegistryObserver(Arc::clone(&stores.registry)))),
         );
         let jobs = Jobs::new(JobParts {
-            store: job_store,
+            store: job_seams.store,
             client: client.clone(),
             hub: hub.clone(),
             submits: Arc::clone(&stores.submits),
             registry: Arc::clone(&stores.registry),
             policy: Arc::new(JobChecks::new(policies.clone())),
-            export_slots: Coordination::solo().slots,
+            export_slots: job_seams.export_slots,
+            claims: job_seams.claims,
             settings: settings.jobs,
         });
         match jobs.resume().await {
@@ -294,14 +303,37 @@ fn stores(
     })
 }
 
-/// Where export jobs are kept: the state directory, or memory (by choice, or in fleet mode until
-/// the fleet keeps jobs in Redis).
-fn job_store(state: Option<&StateDir>) -> Arc<dyn JobStore> {
-    match state {
+/// What export jobs need of the mode: where they are kept, whose export budget their submits
+/// spend, and who runs each.
+struct JobSeams {
+    store: Arc<dyn JobStore>,
+    export_slots: Arc<dyn SlotBooker>,
+    claims: Arc<dyn JobClaims>,
+}
+
+/// One process: jobs in the state directory (or memory, by choice), its own budget, every job
+/// run here.
+fn solo_job_seams(state: Option<&StateDir>) -> JobSeams {
+    let store: Arc<dyn JobStore> = match state {
         Some(state) => Arc::new(EmbeddedJobStore::new(state.db())),
         None => Arc::new(MemoryJobStore::default()),
+    };
+    JobSeams { store, export_slots: Coordination::solo().slots, claims: Arc::new(RunsEveryJob) }
+}
+
+/// A fleet: jobs in Redis, the fleet's one export budget, each job run by the replica holding
+/// its lease.
+fn fleet_job_seams(redis: &Redis, members: &Members) -> JobSeams {
+    JobSeams {
+        store: Arc::new(RedisJobStore::new(redis.clone())),
+        export_slots: Arc::new(FleetBudget::named(redis.clone(), members.clone(), "exports")),
+        claims: Arc::new(JobLeases::new(redis.clone(), members.id(), JOB_LEASE)),
     }
 }
+
+/// How long a replica's lease on running a job lasts unless renewed (every third of it): a
+/// dead replica's jobs are taken over within about this long.
+const JOB_LEASE: Duration = Duration::from_secs(6);
 
 /// A registry whose refused records are kept until it takes them: the export has started by
 /// then, and a lost record would lock its owner out under owner-based policies.
@@ -444,10 +476,14 @@ fn listen_for_hangups() -> Option<Signal> {
     }
 }
 
-/// The coordination of watches in a fleet: this replica joins the fleet's members (a heartbeat
-/// until `leaving`), and its polls and their budget are shared through Redis.
-fn fleet_coordination(redis: Redis, watch: &WatchSettings, leaving: CancellationToken) -> Coordination {
-    let members = Members::start(redis.clone(), leaving.clone());
+/// The coordination of watches in a fleet (this replica one of `members`): its polls and their
+/// budget are shared through Redis.
+fn fleet_coordination(
+    redis: Redis,
+    members: Members,
+    watch: &WatchSettings,
+    leaving: CancellationToken,
+) -> Coordination {
     let polls = FleetView::new(redis.clone(), members.clone(), watch.fleet_lease, watch.fleet_follow_interval, leaving);
     Coordination { polls: Arc::new(polls), slots: Arc::new(FleetBudget::new(redis, members)) }
 }

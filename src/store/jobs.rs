@@ -9,7 +9,10 @@ use std::{
 };
 
 use super::StoreError;
-use crate::proto::{ExportJob, ExportJobState, ExportJobTask};
+use crate::{
+    contract::job::request_summary,
+    proto::{CreateExportJobRequest, ExportJob, ExportJobState, ExportJobTask},
+};
 
 /// How many finished jobs are kept, at most (the oldest go first); their shards go with them.
 pub const FINISHED_JOBS_KEPT: usize = 10_000;
@@ -17,7 +20,8 @@ pub const FINISHED_JOBS_KEPT: usize = 10_000;
 /// A job as stored: the contract's `ExportJob` and what only the service needs.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct JobRecord {
-    /// The job as callers see it.
+    /// The job as callers see it; its `request` without the lists (see
+    /// [`request_summary`]): every write of the job's state stays small.
     #[prost(message, required, tag = "1")]
     pub job: ExportJob,
     /// How the owner was identified (the policies' `Caller.source`): a query's channels are
@@ -80,12 +84,16 @@ pub enum Created {
 /// Where export jobs are kept.
 #[tonic::async_trait]
 pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
-    /// Stores a new job, unless its owner already created one with the same non-empty
-    /// `request_id` (then that one is returned, whatever its request).
+    /// Stores a new job (its whole request apart, [`JobStore::request`]), unless its owner
+    /// already created one with the same non-empty `request_id` (then that one is returned,
+    /// whatever its request). The record returned holds the request's summary.
     async fn create(&self, record: JobRecord) -> Result<Created, StoreError>;
 
-    /// A job, if it is kept.
+    /// A job, if it is kept (its request's summary).
     async fn get(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError>;
+
+    /// A job's whole request, lists included.
+    async fn request(&self, job_id: &str) -> Result<Option<CreateExportJobRequest>, StoreError>;
 
     /// Writes a job's state and progress as [`merge`] allows; returns the job as stored.
     async fn update(&self, job: ExportJob) -> Result<ExportJob, StoreError>;
@@ -136,6 +144,7 @@ struct MemoryJobs {
     by_time: BTreeSet<(i64, String)>,
     shards: HashMap<String, BTreeMap<u32, ShardRecord>>,
     requests: HashMap<(String, String), String>,
+    bodies: HashMap<String, CreateExportJobRequest>,
 }
 
 impl MemoryJobStore {
@@ -174,6 +183,7 @@ impl MemoryJobs {
         }
         self.by_time.remove(&(at, job_id.to_owned()));
         self.shards.remove(job_id);
+        self.bodies.remove(job_id);
     }
 }
 
@@ -189,7 +199,9 @@ pub fn request_id(job: &ExportJob) -> &str {
 
 #[tonic::async_trait]
 impl JobStore for MemoryJobStore {
-    async fn create(&self, record: JobRecord) -> Result<Created, StoreError> {
+    async fn create(&self, mut record: JobRecord) -> Result<Created, StoreError> {
+        let whole = record.job.request.take().unwrap_or_default();
+        record.job.request = Some(request_summary(&whole));
         let mut state = self.lock();
         let request_id = request_id(&record.job).to_owned();
         if !request_id.is_empty() {
@@ -201,12 +213,17 @@ impl JobStore for MemoryJobStore {
         }
         state.by_time.insert((micros(record.job.create_time.as_ref()), record.job.job_id.clone()));
         state.jobs.insert(record.job.job_id.clone(), record.clone());
+        state.bodies.insert(record.job.job_id.clone(), whole);
         state.trim();
         Ok(Created::New(record))
     }
 
     async fn get(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
         Ok(self.lock().jobs.get(job_id).cloned())
+    }
+
+    async fn request(&self, job_id: &str) -> Result<Option<CreateExportJobRequest>, StoreError> {
+        Ok(self.lock().bodies.get(job_id).cloned())
     }
 
     async fn update(&self, job: ExportJob) -> Result<ExportJob, StoreError> {
@@ -296,13 +313,25 @@ pub(crate) mod tests {
         let again = store.create(job("c", "alice", 3, "r1")).await.unwrap();
         assert!(matches!(again, Created::Existing(record) if record.job.job_id == "a"));
         assert!(store.get("c").await.unwrap().is_none(), "a repeated create stores nothing");
+        let mut listed = job("d", "carol", 0, "");
+        let channel = crate::proto::ChannelRef { r#type: "t".into(), id: "x".into(), ..Default::default() };
+        let selector = crate::proto::create_export_job_request::Selector::Channels(crate::proto::ChannelList {
+            channels: vec![channel; 3],
+        });
+        listed.job.request.as_mut().unwrap().selector = Some(selector.clone());
+        let Created::New(stored) = store.create(listed).await.unwrap() else { panic!("new") };
+        let summary = stored.job.request.and_then(|request| request.selector);
+        assert!(
+            matches!(summary, Some(crate::proto::create_export_job_request::Selector::Channels(list)) if list.channels.is_empty())
+        );
+        assert_eq!(store.request("d").await.unwrap().and_then(|request| request.selector), Some(selector));
 
         let newest: Vec<_> = store.page(None, None, 10).await.unwrap().into_iter().map(|job| job.job_id).collect();
-        assert_eq!(newest, ["b", "a"]);
+        assert_eq!(newest, ["b", "a", "d"]);
         let after_b = JobCursor::of(&store.get("b").await.unwrap().unwrap().job);
         let rest: Vec<_> =
             store.page(None, Some(&after_b), 10).await.unwrap().into_iter().map(|job| job.job_id).collect();
-        assert_eq!(rest, ["a"]);
+        assert_eq!(rest, ["a", "d"]);
         let alices: Vec<_> =
             store.page(Some("alice"), None, 10).await.unwrap().into_iter().map(|job| job.job_id).collect();
         assert_eq!(alices, ["a"]);
@@ -326,13 +355,13 @@ pub(crate) mod tests {
         assert_eq!(shards.iter().map(|shard| shard.task.task_id.as_str()).collect::<Vec<_>>(), ["", "t-1", ""]);
         let unfinished: Vec<_> =
             store.unfinished().await.unwrap().into_iter().map(|record| record.job.job_id).collect();
-        assert_eq!(unfinished, ["a", "b"]);
+        assert_eq!(unfinished, ["d", "a", "b"]);
         let mut cancelled = running;
         cancelled.set_state(ExportJobState::Cancelled);
         store.update(cancelled.clone()).await.unwrap();
         cancelled.set_state(ExportJobState::Running);
         assert_eq!(store.update(cancelled).await.unwrap().state(), ExportJobState::Cancelled, "an end is final");
-        assert_eq!(store.unfinished().await.unwrap().len(), 1);
+        assert_eq!(store.unfinished().await.unwrap().len(), 2);
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ mod cli_client;
 mod docs;
 mod drain;
 mod fleet;
+mod fleet_jobs;
 mod fleet_redis;
 mod fleet_watch;
 mod policies;

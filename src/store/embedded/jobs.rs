@@ -4,7 +4,8 @@
 //! and indexes without values: `jobs_by_time` (create time in µs, job id) for pages,
 //! `jobs_by_owner` (owner, create time, job id) for a caller's own, `jobs_unfinished` (create
 //! time, job id) for the runner to resume after a restart, and `job_requests` ((owner,
-//! request id) → job id) for idempotent creates. Every write commits durably: the runner acts
+//! request id) → job id) for idempotent creates; each job's whole request, written once, is in
+//! `job_bodies` (job id → request), so that the record written at each step stays small. Every write commits durably: the runner acts
 //! only on what is written.
 
 use std::sync::Arc;
@@ -14,7 +15,8 @@ use redb::{Durability, ReadableTable, ReadableTableMetadata, TableDefinition, Wr
 
 use super::{StateDb, write_blocking};
 use crate::{
-    proto::ExportJob,
+    contract::job::request_summary,
+    proto::{CreateExportJobRequest, ExportJob},
     store::{
         StoreError,
         jobs::{Created, FINISHED_JOBS_KEPT, JobCursor, JobRecord, JobStore, ShardRecord, merge, micros, request_id},
@@ -27,6 +29,7 @@ const JOBS_BY_TIME: TableDefinition<(i64, &str), ()> = TableDefinition::new("job
 const JOBS_BY_OWNER: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("jobs_by_owner");
 const JOBS_UNFINISHED: TableDefinition<(i64, &str), ()> = TableDefinition::new("jobs_unfinished");
 const JOB_REQUESTS: TableDefinition<(&str, &str), &str> = TableDefinition::new("job_requests");
+const JOB_BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("job_bodies");
 
 /// Most finished jobs one create forgets (the oldest past [`FINISHED_JOBS_KEPT`]).
 const TRIM_BATCH: usize = 16;
@@ -97,6 +100,7 @@ fn trim(tx: &WriteTransaction) -> Result<(), redb::Error> {
             tx.open_table(JOB_REQUESTS)?.remove((record.job.owner.as_str(), request_id(&record.job)))?;
         }
         tx.open_table(JOBS)?.remove(job_id.as_str())?;
+        tx.open_table(JOB_BODIES)?.remove(job_id.as_str())?;
         tx.open_table(JOBS_BY_TIME)?.remove((at, job_id.as_str()))?;
         let mut shards = tx.open_table(JOB_SHARDS)?;
         shards.retain_in((job_id.as_str(), 0)..=(job_id.as_str(), u32::MAX), |_, _| false)?;
@@ -110,7 +114,9 @@ fn gone(why: String) -> StoreError {
 
 #[tonic::async_trait]
 impl JobStore for EmbeddedJobStore {
-    async fn create(&self, record: JobRecord) -> Result<Created, StoreError> {
+    async fn create(&self, mut record: JobRecord) -> Result<Created, StoreError> {
+        let whole = record.job.request.take().unwrap_or_default();
+        record.job.request = Some(request_summary(&whole));
         write_blocking(&self.db, Durability::Immediate, move |tx| {
             let owner = record.job.owner.as_str();
             let request_id = request_id(&record.job);
@@ -125,6 +131,7 @@ impl JobStore for EmbeddedJobStore {
             let at = micros(record.job.create_time.as_ref());
             let job_id = record.job.job_id.as_str();
             tx.open_table(JOBS)?.insert(job_id, record.encode_to_vec().as_slice())?;
+            tx.open_table(JOB_BODIES)?.insert(job_id, whole.encode_to_vec().as_slice())?;
             tx.open_table(JOBS_BY_TIME)?.insert((at, job_id), ())?;
             tx.open_table(JOBS_BY_OWNER)?.insert((owner, at, job_id), ())?;
             tx.open_table(JOBS_UNFINISHED)?.insert((at, job_id), ())?;
@@ -137,6 +144,13 @@ impl JobStore for EmbeddedJobStore {
         self.db.read(|tx| {
             let Ok(jobs) = tx.open_table(JOBS) else { return Ok(None) };
             Ok(jobs.get(job_id)?.and_then(|bytes| JobRecord::decode(bytes.value()).ok()))
+        })
+    }
+
+    async fn request(&self, job_id: &str) -> Result<Option<CreateExportJobRequest>, StoreError> {
+        self.db.read(|tx| {
+            let Ok(bodies) = tx.open_table(JOB_BODIES) else { return Ok(None) };
+            Ok(bodies.get(job_id)?.and_then(|bytes| CreateExportJobRequest::decode(bytes.value()).ok()))
         })
     }
 
@@ -267,8 +281,9 @@ mod tests {
         }
         let state = StateDir::open(&dir).unwrap();
         let store = EmbeddedJobStore::new(state.db());
-        assert_eq!(store.page(None, None, 10).await.unwrap().len(), 2);
+        assert_eq!(store.page(None, None, 10).await.unwrap().len(), 3);
         assert_eq!(store.shards("a", 0, 10).await.unwrap()[1].task.task_id, "t-1");
-        assert_eq!(store.unfinished().await.unwrap().len(), 1);
+        assert_eq!(store.unfinished().await.unwrap().len(), 2);
+        assert!(store.request("d").await.unwrap().is_some(), "the whole request outlives a reopen");
     }
 }

@@ -1,0 +1,137 @@
+//! Export jobs in a fleet (issue 33): a job created on one replica is read, watched and
+//! cancelled on any; one replica runs it at a time, under a lease; after a `kill -9` of that
+//! replica another takes the job over and finishes it, no shard lost; the fleet's submits
+//! share one export budget.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use stream_export::{
+    emulator::EmulatorConfig,
+    proto::{
+        CancelExportJobRequest, ChannelList, ChannelRef, CreateExportJobRequest, ExportJob, ExportJobState,
+        GetExportJobRequest, ListExportJobTasksRequest, ListExportJobsRequest, WatchExportJobRequest,
+        create_export_job_request::Selector, export_service_client::ExportServiceClient,
+    },
+};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use crate::{
+    common::{API_KEY, API_SECRET, TestEmulator, redis::RedisServer},
+    fleet::{client, replicas_with},
+};
+
+async fn emulator(synthetic_channels: usize) -> TestEmulator {
+    let mut config = EmulatorConfig::new(API_KEY, API_SECRET);
+    config.synthetic_channels = synthetic_channels;
+    TestEmulator::spawn(config).await
+}
+
+fn job_of(channels: usize) -> CreateExportJobRequest {
+    let channels = (0..channels)
+        .map(|n| ChannelRef { r#type: "messaging".into(), id: format!("bulk-{n:06}"), ..Default::default() })
+        .collect();
+    CreateExportJobRequest { selector: Some(Selector::Channels(ChannelList { channels })), ..Default::default() }
+}
+
+async fn get(client: &mut ExportServiceClient<Channel>, job_id: &str) -> ExportJob {
+    client.get_export_job(GetExportJobRequest { job_id: job_id.into() }).await.expect("the job").into_inner()
+}
+
+async fn finished(client: &mut ExportServiceClient<Channel>, job_id: &str, within: Duration) -> ExportJob {
+    let started = Instant::now();
+    loop {
+        let job = get(client, job_id).await;
+        if job.state().is_terminal() {
+            return job;
+        }
+        assert!(started.elapsed() < within, "the job did not end in time: {job:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_job_created_on_one_replica_is_watched_on_another_and_runs_once() {
+    let redis = RedisServer::start(None).await;
+    let emulator = emulator(100).await;
+    let settings = [("STREAM_EXPORT_UPSTREAM_EXPORT_BUDGET", "600")];
+    let fleet = replicas_with(2, &emulator, &redis.url(), &settings).await;
+    let (mut first, mut second) = (client(&fleet[0]).await, client(&fleet[1]).await);
+    let job = first.create_export_job(job_of(60)).await.expect("created").into_inner();
+
+    let mut events = second
+        .watch_export_job(WatchExportJobRequest { job_id: job.job_id.clone() })
+        .await
+        .expect("watched on the other replica")
+        .into_inner();
+    let mut last = None;
+    while let Some(event) = events.next().await {
+        last = event.expect("an event").job;
+    }
+    let last = last.expect("a last event");
+    assert_eq!(last.state(), ExportJobState::Succeeded, "{last:?}");
+    assert_eq!(emulator.exports_created().await, 3, "one export per shard: the job ran on one replica");
+    let listed = second.list_export_jobs(ListExportJobsRequest::default()).await.expect("listed").into_inner();
+    assert_eq!(listed.jobs.iter().map(|job| job.job_id.as_str()).collect::<Vec<_>>(), [job.job_id.as_str()]);
+    let whole = get(&mut second, &job.job_id).await;
+    assert_eq!(whole.request, job.request, "any replica shows the whole request");
+}
+
+#[tokio::test]
+async fn after_a_kill_9_of_the_replica_running_a_job_another_finishes_it_losing_no_shard() {
+    let redis = RedisServer::start(None).await;
+    let emulator = emulator(300).await;
+    // 60 submits a minute in all: 10 shards take 10 s, so the kill comes mid-job.
+    let settings = [("STREAM_EXPORT_UPSTREAM_EXPORT_BUDGET", "60")];
+    let mut fleet = replicas_with(2, &emulator, &redis.url(), &settings).await;
+    let mut survivor = client(&fleet[1]).await;
+    let job = client(&fleet[0]).await.create_export_job(job_of(250)).await.expect("created").into_inner();
+    // The creating replica runs it (it claims it at once); let it submit a few shards.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = emulator.exports_created().await;
+    assert!((1..10).contains(&before), "{before} of 10 shards submitted before the kill");
+    fleet[0].kill();
+    let killed_at = Instant::now();
+
+    let job = finished(&mut survivor, &job.job_id, Duration::from_secs(40)).await;
+    assert_eq!(job.state(), ExportJobState::Succeeded, "{job:?}");
+    let shards = survivor
+        .list_export_job_tasks(ListExportJobTasksRequest {
+            job_id: job.job_id.clone(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("shards")
+        .into_inner()
+        .tasks;
+    assert_eq!(shards.len(), 10);
+    let channels: BTreeSet<&str> =
+        shards.iter().flat_map(|shard| shard.channels.iter().map(|c| c.id.as_str())).collect();
+    assert_eq!(channels.len(), 250, "no channel lost");
+    // At most one duplicate export: the shard whose submit the kill interrupted.
+    let exports = emulator.exports_created().await;
+    assert!((10..=11).contains(&exports), "{exports} exports for 10 shards");
+    assert!(killed_at.elapsed() < Duration::from_secs(40));
+}
+
+#[tokio::test]
+async fn a_cancel_on_any_replica_stops_the_replica_that_runs_the_job() {
+    let redis = RedisServer::start(None).await;
+    let emulator = emulator(600).await;
+    let settings = [("STREAM_EXPORT_UPSTREAM_EXPORT_BUDGET", "60")];
+    let fleet = replicas_with(2, &emulator, &redis.url(), &settings).await;
+    let job = client(&fleet[0]).await.create_export_job(job_of(500)).await.expect("created").into_inner();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut other = client(&fleet[1]).await;
+    let cancelled = other.cancel_export_job(CancelExportJobRequest { job_id: job.job_id.clone() }).await;
+    assert_eq!(cancelled.expect("cancel").into_inner().state(), ExportJobState::Cancelling);
+    let job = finished(&mut other, &job.job_id, Duration::from_secs(10)).await;
+    assert_eq!(job.state(), ExportJobState::Cancelled);
+    let submitted = emulator.exports_created().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(emulator.exports_created().await, submitted, "nothing submitted after the cancel");
+}
