@@ -64,11 +64,13 @@ def address(tmp_path_factory):
     port = free_port()
     address = f"127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("server") / "server.log"
+    # Its own state directory: not the working directory's default, kept from run to run.
+    state_dir = tmp_path_factory.mktemp("state")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAM_API_", "STREAM_EXPORT_"))}
     env.setdefault("RUST_LOG", "info")
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(
-            [binary, "serve", "--emulator", "--listen", address, *JOB_FLAGS],
+            [binary, "serve", "--emulator", "--listen", address, "--state-dir", str(state_dir), *JOB_FLAGS],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
