@@ -502,7 +502,9 @@ describe('export jobs', () => {
       );
       for (const event of events.slice(1)) assert.notEqual(event.type, 'EVENT_TYPE_SNAPSHOT');
       for (const event of events) assert.equal(event.job.job_id, jobId);
-      for (const event of events.slice(0, -1)) assert.ok(!TERMINAL.has(event.job.state), 'the terminal state comes last');
+      for (const event of events.slice(0, -1)) {
+        assert.ok(!TERMINAL.has(event.job.state), 'the terminal state comes last');
+      }
       return events;
     });
   }
@@ -548,10 +550,9 @@ describe('export jobs', () => {
     assert.equal(done.state, 'EXPORT_JOB_STATE_SUCCEEDED', JSON.stringify(done));
     const shardCount = Math.ceil(JOB_CHANNELS.length / JOB_SHARD_SIZE);
     const { progress } = done;
+    const counts = ['channels_total', 'tasks_total', 'tasks_submitted', 'tasks_completed', 'tasks_failed'];
     assert.deepEqual(
-      [progress.channels_total, progress.tasks_total, progress.tasks_submitted, progress.tasks_completed, progress.tasks_failed].map(
-        Number,
-      ),
+      counts.map((name) => Number(progress[name])),
       [JOB_CHANNELS.length, shardCount, shardCount, shardCount, 0],
     );
     assert.ok(done.end_time, 'a finished job has an end time');
