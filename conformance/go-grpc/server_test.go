@@ -27,6 +27,9 @@ import (
 const (
 	service  = "streamexport.v1.ExportService"
 	deadline = 30 * time.Second // for every call
+	// Export jobs cut into shards of 4 (Stream's 25 is the default): the emulator started by
+	// `serve --emulator` has ten channels, and a job of them then runs several tasks.
+	jobShardSize = 4
 )
 
 var (
@@ -88,7 +91,10 @@ func startServer(binary string) (stop func(), err error) {
 	}
 	defer logFile.Close()
 
-	cmd := exec.Command(binary, "serve", "--emulator", "--listen", address)
+	// Its own state directory: not the working directory's default, kept from run to run.
+	stateDir := filepath.Join(logDir, "state")
+	cmd := exec.Command(binary, "serve", "--emulator", "--listen", address, "--state-dir", stateDir,
+		"--job-shard-size", fmt.Sprint(jobShardSize))
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "STREAM_API_") && !strings.HasPrefix(kv, "STREAM_EXPORT_") {

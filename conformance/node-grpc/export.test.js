@@ -8,7 +8,7 @@ const { randomUUID } = require('node:crypto');
 const http = require('node:http');
 const { after, before, describe, test } = require('node:test');
 const grpc = require('@grpc/grpc-js');
-const { SERVICE, loadStubs, loadStatusTypes, startServer } = require('./server');
+const { SERVICE, JOB_SHARD_SIZE, loadStubs, loadStatusTypes, startServer } = require('./server');
 
 const DEADLINE_MS = 30_000;
 const { ExportService, Health } = loadStubs();
@@ -464,5 +464,165 @@ describe('the task list', () => {
         [field],
       );
     }
+  });
+});
+
+describe('export jobs', () => {
+  // The channels of the emulator's data set that a plain export includes (messaging:archived is
+  // soft-deleted; team:firehose holds the heavy user's ten thousand messages).
+  const JOB_CHANNELS = [
+    ['messaging', 'general'],
+    ['messaging', 'truncated'],
+    ['messaging', 'dm-a'],
+    ['messaging', 'dm-b'],
+    ['messaging', 'dm-c'],
+    ['livestream', 'launch'],
+    ['team', 'engineering'],
+    ['commerce', 'order-1001'],
+    ['commerce', 'order-1002'],
+  ];
+  const TERMINAL = new Set(['EXPORT_JOB_STATE_SUCCEEDED', 'EXPORT_JOB_STATE_FAILED', 'EXPORT_JOB_STATE_CANCELLED']);
+
+  /** Reads a WatchExportJob stream to its end and checks the stream's guarantees; resolves to the events. */
+  function watchJob(jobId) {
+    const events = [];
+    return new Promise((resolve, reject) => {
+      const call = client.WatchExportJob({ job_id: jobId }, { deadline: Date.now() + 2 * DEADLINE_MS });
+      call.on('data', (event) => events.push(event));
+      call.on('error', (err) => reject(Object.assign(err, { events })));
+      call.on('status', (status) => {
+        if (status.code === grpc.status.OK) resolve(events);
+      });
+    }).then(() => {
+      assert.ok(events.length >= 1, 'a stream has at least its snapshot');
+      assert.equal(events[0].type, 'EVENT_TYPE_SNAPSHOT');
+      assert.deepEqual(
+        events.map((e) => Number(e.sequence)),
+        events.map((_, i) => i + 1),
+      );
+      for (const event of events.slice(1)) assert.notEqual(event.type, 'EVENT_TYPE_SNAPSHOT');
+      for (const event of events) assert.equal(event.job.job_id, jobId);
+      for (const event of events.slice(0, -1)) {
+        assert.ok(!TERMINAL.has(event.job.state), 'the terminal state comes last');
+      }
+      return events;
+    });
+  }
+
+  /** Every page of ListExportJobTasks, one shard a page. */
+  async function listShards(jobId) {
+    const shards = [];
+    let token = '';
+    for (let pages = 0; pages < 1000; pages++) {
+      const reply = await unary('ListExportJobTasks', { job_id: jobId, page_size: 1, page_token: token });
+      assert.ok(reply.tasks.length <= 1, `${reply.tasks.length} shards in a page of 1`);
+      shards.push(...reply.tasks);
+      if (!reply.next_page_token) return shards;
+      assert.notEqual(reply.next_page_token, token);
+      token = reply.next_page_token;
+    }
+    assert.fail('ListExportJobTasks: more than 1000 pages');
+  }
+
+  test('a job of a channel list runs to SUCCEEDED, and its shards are ordinary tasks', async () => {
+    const since = { seconds: String(Date.parse('2024-01-01T00:00:00Z') / 1000), nanos: 0 };
+    const request = {
+      channels: { channels: JOB_CHANNELS.map(([type, id]) => ({ type, id })) },
+      messages_since: since,
+      version: 'EXPORT_FORMAT_VERSION_V2',
+      request_id: randomUUID(),
+    };
+    const job = await unary('CreateExportJob', request);
+    assert.match(job.job_id, /^[0-9a-f-]{36}$/);
+    assert.equal(job.owner, 'anonymous');
+    assert.ok(['EXPORT_JOB_STATE_PLANNING', 'EXPORT_JOB_STATE_RUNNING'].includes(job.state), job.state);
+    assert.equal(job.request.selector, 'channels');
+    assert.deepEqual(
+      job.request.channels.channels.map((c) => [c.type, c.id]),
+      JOB_CHANNELS,
+    );
+    assert.equal(job.request.request_id, request.request_id);
+    // A retried create with the same request_id is the same job.
+    assert.equal((await unary('CreateExportJob', request)).job_id, job.job_id);
+
+    const events = await watchJob(job.job_id);
+    const done = events.at(-1).job;
+    assert.equal(done.state, 'EXPORT_JOB_STATE_SUCCEEDED', JSON.stringify(done));
+    const shardCount = Math.ceil(JOB_CHANNELS.length / JOB_SHARD_SIZE);
+    const { progress } = done;
+    const counts = ['channels_total', 'tasks_total', 'tasks_submitted', 'tasks_completed', 'tasks_failed'];
+    assert.deepEqual(
+      counts.map((name) => Number(progress[name])),
+      [JOB_CHANNELS.length, shardCount, shardCount, shardCount, 0],
+    );
+    assert.ok(done.end_time, 'a finished job has an end time');
+    assert.equal(done.error, null);
+
+    // GetExportJob reads the same job; ListExportJobs lists it.
+    assert.deepEqual(await unary('GetExportJob', { job_id: job.job_id }), done);
+    const listed = [];
+    let token = '';
+    do {
+      const page = await unary('ListExportJobs', { page_size: 10, page_token: token });
+      listed.push(...page.jobs);
+      token = page.next_page_token;
+    } while (token);
+    assert.deepEqual(
+      listed.filter((j) => j.job_id === job.job_id),
+      [done],
+    );
+
+    // Its shards, a page each: every channel in one shard, every shard's task completed once.
+    const shards = await listShards(job.job_id);
+    assert.deepEqual(
+      shards.map((s) => s.shard),
+      [...Array(shardCount).keys()],
+    );
+    const exported = shards.flatMap((s) => s.channels.map((c) => [c.type, c.id]));
+    assert.deepEqual(exported.map(String).sort(), JOB_CHANNELS.map(String).sort());
+    for (const shard of shards) {
+      assert.ok(shard.channels.length <= JOB_SHARD_SIZE);
+      assert.match(shard.task_id, /^[0-9a-f-]{36}$/);
+      assert.equal(shard.state, 'TASK_STATE_COMPLETED');
+      assert.equal(shard.attempts, 1);
+      assert.deepEqual(shard.earlier_task_ids, []);
+      for (const channel of shard.channels) assert.deepEqual(channel.messages_since, since, "the job's window");
+    }
+    assert.equal(new Set(shards.map((s) => s.task_id)).size, shardCount);
+
+    // A shard's task is an ordinary task: GetTask works on it.
+    const last = shards.at(-1);
+    const task = await unary('GetTask', { task_id: last.task_id });
+    assert.equal(task.task_id, last.task_id);
+    assert.equal(task.state, 'TASK_STATE_COMPLETED');
+    const lines = jsonLines(await download(task.result.url));
+    assert.deepEqual(
+      lines
+        .filter((l) => l.type === 'channel')
+        .map((l) => l.item.id)
+        .sort(),
+      last.channels.map((c) => c.id).sort(),
+    );
+
+    // Cancelling a finished job returns it unchanged.
+    assert.deepEqual(await unary('CancelExportJob', { job_id: job.job_id }), done);
+    assert.deepEqual(await unary('GetExportJob', { job_id: job.job_id }), done);
+  });
+
+  test('an unknown job is NOT_FOUND with JOB_NOT_FOUND', async () => {
+    const err = await failing('GetExportJob', { job_id: randomUUID() });
+    assert.equal(err.code, grpc.status.NOT_FOUND);
+    assert.equal(statusDetails(err).ErrorInfo.reason, 'JOB_NOT_FOUND');
+  });
+
+  test('a job without a selector is INVALID_ARGUMENT with a BadRequest for selector', async () => {
+    const err = await failing('CreateExportJob', { version: 'EXPORT_FORMAT_VERSION_V2' });
+    assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+    const details = statusDetails(err);
+    assert.equal(details.ErrorInfo.reason, 'INVALID_REQUEST');
+    assert.deepEqual(
+      details.BadRequest.fieldViolations.map((v) => v.field),
+      ['selector'],
+    );
   });
 });

@@ -15,6 +15,9 @@ const health = require('grpc-health-check');
 const ROOT = path.resolve(__dirname, '..', '..');
 const PROTO = path.join(ROOT, 'proto');
 const SERVICE = 'streamexport.v1.ExportService';
+// Export jobs cut into shards of 4 (Stream's 25 is the default): the emulator started by
+// `serve --emulator` has ten channels, and a job of them then runs several tasks.
+const JOB_SHARD_SIZE = 4;
 
 const LOADER_OPTIONS = {
   includeDirs: [PROTO],
@@ -58,12 +61,16 @@ async function startServer(Health) {
   const binary = process.env.STREAM_EXPORT_BIN || path.join(ROOT, 'target', 'debug', 'stream-export');
   const port = await freePort();
   const address = `127.0.0.1:${port}`;
-  const logPath = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'stream-export-node-')), 'server.log');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'stream-export-node-'));
+  const logPath = path.join(dir, 'server.log');
+  // Its own state directory: not the working directory's default, kept from run to run.
+  const stateDir = path.join(dir, 'state');
   const log = fs.openSync(logPath, 'w');
   const env = Object.fromEntries(
     Object.entries(process.env).filter(([k]) => !k.startsWith('STREAM_API_') && !k.startsWith('STREAM_EXPORT_')),
   );
-  const child = spawn(binary, ['serve', '--emulator', '--listen', address], {
+  const args = ['serve', '--emulator', '--listen', address, '--state-dir', stateDir];
+  const child = spawn(binary, [...args, '--job-shard-size', String(JOB_SHARD_SIZE)], {
     env,
     stdio: ['ignore', log, log],
   });
@@ -100,8 +107,9 @@ async function startServer(Health) {
     const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
     await done;
     clearTimeout(timer);
+    fs.rmSync(stateDir, { recursive: true, force: true });
   }
   return { address, stop };
 }
 
-module.exports = { SERVICE, loadStubs, loadStatusTypes, startServer };
+module.exports = { SERVICE, JOB_SHARD_SIZE, loadStubs, loadStatusTypes, startServer };

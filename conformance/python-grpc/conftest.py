@@ -23,6 +23,10 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parents[2]
 PROTO = ROOT / "proto"
 SERVICE = "streamexport.v1.ExportService"
+# Export jobs cut into shards of 4 (Stream's 25 is the default): the emulator started by
+# `serve --emulator` has ten channels, and a job of them then runs several tasks.
+JOB_SHARD_SIZE = 4
+JOB_FLAGS = ["--job-shard-size", str(JOB_SHARD_SIZE)]
 
 
 def _generate_stubs() -> Path:
@@ -60,11 +64,13 @@ def address(tmp_path_factory):
     port = free_port()
     address = f"127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("server") / "server.log"
+    # Its own state directory: not the working directory's default, kept from run to run.
+    state_dir = tmp_path_factory.mktemp("state")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAM_API_", "STREAM_EXPORT_"))}
     env.setdefault("RUST_LOG", "info")
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(
-            [binary, "serve", "--emulator", "--listen", address],
+            [binary, "serve", "--emulator", "--listen", address, "--state-dir", str(state_dir), *JOB_FLAGS],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -403,3 +403,131 @@ def test_list_tasks_rejects_a_negative_page_size_and_a_foreign_token(stub):
         found = details(error.value)
         assert found["ErrorInfo"].reason == "INVALID_REQUEST"
         assert [v.field for v in found["BadRequest"].field_violations] == [field]
+
+
+# --- export jobs ------------------------------------------------------------------------------
+
+# The channels of the emulator's data set that a plain export includes (messaging:archived is
+# soft-deleted; team:firehose holds the heavy user's ten thousand messages).
+JOB_CHANNELS = [
+    ("messaging", "general"),
+    ("messaging", "truncated"),
+    ("messaging", "dm-a"),
+    ("messaging", "dm-b"),
+    ("messaging", "dm-c"),
+    ("livestream", "launch"),
+    ("team", "engineering"),
+    ("commerce", "order-1001"),
+    ("commerce", "order-1002"),
+]
+JOB_TERMINAL = {pb.EXPORT_JOB_STATE_SUCCEEDED, pb.EXPORT_JOB_STATE_FAILED, pb.EXPORT_JOB_STATE_CANCELLED}
+
+
+def watch_job_to_end(stub, job_id: str) -> list:
+    """Reads a WatchExportJob stream to its end and checks the stream's guarantees."""
+    call = stub.WatchExportJob(pb.WatchExportJobRequest(job_id=job_id), timeout=2 * DEADLINE)
+    events = list(call)
+    assert call.code() == grpc.StatusCode.OK
+    assert events, "a stream has at least its snapshot"
+    assert events[0].type == pb.TaskEvent.EVENT_TYPE_SNAPSHOT
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert all(e.type != pb.TaskEvent.EVENT_TYPE_SNAPSHOT for e in events[1:])
+    assert all(e.job.job_id == job_id for e in events)
+    assert all(e.job.state not in JOB_TERMINAL for e in events[:-1]), "the terminal state comes last"
+    return events
+
+
+def list_job_shards(stub, job_id: str) -> list:
+    """Every page of ListExportJobTasks, one shard a page."""
+    shards, token = [], ""
+    for _ in range(1_000):
+        request = pb.ListExportJobTasksRequest(job_id=job_id, page_size=1, page_token=token)
+        reply = stub.ListExportJobTasks(request, timeout=DEADLINE)
+        assert len(reply.tasks) <= 1
+        shards.extend(reply.tasks)
+        if not reply.next_page_token:
+            return shards
+        assert reply.next_page_token != token
+        token = reply.next_page_token
+    raise AssertionError("ListExportJobTasks: more than 1000 pages")
+
+
+def test_export_job_of_a_channel_list_runs_to_success_and_its_shards_are_ordinary_tasks(stub):
+    from conftest import JOB_SHARD_SIZE
+
+    request = pb.CreateExportJobRequest(
+        channels=pb.ChannelList(channels=[pb.ChannelRef(type=kind, id=id) for kind, id in JOB_CHANNELS]),
+        messages_since=ts("2024-01-01T00:00:00Z"),
+        version=pb.EXPORT_FORMAT_VERSION_V2,
+        request_id=str(uuid.uuid4()),
+    )
+    job = stub.CreateExportJob(request, timeout=DEADLINE)
+    uuid.UUID(job.job_id)
+    assert job.owner == "anonymous"
+    assert job.request == request, "the request as given"
+    assert job.state in (pb.EXPORT_JOB_STATE_PLANNING, pb.EXPORT_JOB_STATE_RUNNING)
+    assert job.create_time.seconds > 0
+    # A retried create with the same request_id is the same job.
+    assert stub.CreateExportJob(request, timeout=DEADLINE).job_id == job.job_id
+
+    events = watch_job_to_end(stub, job.job_id)
+    done = events[-1].job
+    assert done.state == pb.EXPORT_JOB_STATE_SUCCEEDED, events
+    shard_count = -(-len(JOB_CHANNELS) // JOB_SHARD_SIZE)
+    progress = done.progress
+    assert (progress.channels_total, progress.tasks_total) == (len(JOB_CHANNELS), shard_count)
+    assert (progress.tasks_submitted, progress.tasks_completed, progress.tasks_failed) == (shard_count, shard_count, 0)
+    assert done.HasField("end_time") and not done.HasField("error")
+    assert done.end_time.ToDatetime(UTC) >= done.create_time.ToDatetime(UTC)
+
+    # GetExportJob reads the same job; ListExportJobs lists it.
+    assert stub.GetExportJob(pb.GetExportJobRequest(job_id=job.job_id), timeout=DEADLINE) == done
+    listed, token = [], ""
+    while True:
+        page = stub.ListExportJobs(pb.ListExportJobsRequest(page_size=10, page_token=token), timeout=DEADLINE)
+        listed.extend(page.jobs)
+        if not page.next_page_token:
+            break
+        token = page.next_page_token
+    assert [j for j in listed if j.job_id == job.job_id] == [done]
+
+    # Its shards, a page each: every channel in one shard, every shard's task completed once.
+    shards = list_job_shards(stub, job.job_id)
+    assert [s.shard for s in shards] == list(range(shard_count))
+    assert all(len(s.channels) <= JOB_SHARD_SIZE for s in shards)
+    exported = [(c.type, c.id) for s in shards for c in s.channels]
+    assert sorted(exported) == sorted(JOB_CHANNELS)
+    for shard in shards:
+        uuid.UUID(shard.task_id)
+        assert shard.state == pb.TASK_STATE_COMPLETED, shard
+        assert shard.attempts == 1 and not shard.earlier_task_ids
+        assert all(c.messages_since == request.messages_since for c in shard.channels), "the job's window"
+    assert len({s.task_id for s in shards}) == shard_count
+
+    # A shard's task is an ordinary task: GetTask and ReadExport work on it.
+    task = stub.GetTask(pb.GetTaskRequest(task_id=shards[-1].task_id), timeout=DEADLINE)
+    assert task.task_id == shards[-1].task_id
+    assert task.state == pb.TASK_STATE_COMPLETED
+    records = list(stub.ReadExport(pb.ReadExportRequest(task_id=task.task_id), timeout=DEADLINE))
+    channel_ids = {json_format.MessageToDict(r.item)["id"] for r in records if r.kind == "channel"}
+    assert channel_ids == {c.id for c in shards[-1].channels}
+
+    # Cancelling a finished job returns it unchanged.
+    assert stub.CancelExportJob(pb.CancelExportJobRequest(job_id=job.job_id), timeout=DEADLINE) == done
+    assert stub.GetExportJob(pb.GetExportJobRequest(job_id=job.job_id), timeout=DEADLINE) == done
+
+
+def test_unknown_export_job_is_not_found(stub):
+    with pytest.raises(grpc.RpcError) as error:
+        stub.GetExportJob(pb.GetExportJobRequest(job_id=str(uuid.uuid4())), timeout=DEADLINE)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert details(error.value)["ErrorInfo"].reason == "JOB_NOT_FOUND"
+
+
+def test_export_job_without_a_selector_is_invalid_argument_with_bad_request(stub):
+    with pytest.raises(grpc.RpcError) as error:
+        stub.CreateExportJob(pb.CreateExportJobRequest(version=pb.EXPORT_FORMAT_VERSION_V2), timeout=DEADLINE)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = details(error.value)
+    assert found["ErrorInfo"].reason == "INVALID_REQUEST"
+    assert [v.field for v in found["BadRequest"].field_violations] == ["selector"]
