@@ -5,11 +5,12 @@
 //! loopback, loads them with the project's own generated client, reads CPU time and memory
 //! from `/proc/<pid>/`, prints a table, and prints one `BENCH {json}` line per figure.
 //! `--quick` (or `STREAM_EXPORT_BENCH_QUICK=1`) runs every figure at a small scale in a few
-//! seconds: a smoke test, its numbers mean nothing. `--only unary|fanout|budget|fleet` runs one
+//! seconds: a smoke test, its numbers mean nothing. `--only unary|fanout|budget|fleet|jobs` runs one
 //! section alone; `--only tracing` runs the tracing figures of `unary` alone.
 
 mod echo;
 mod fleet;
+mod jobs;
 mod otlp_sink;
 mod processes;
 mod procfs;
@@ -53,6 +54,16 @@ pub struct Scale {
     fleet_budget_connections_per_replica: usize,
     fleet_budget_window: Duration,
     fleet_takeover_trials: usize,
+    /// Shards (of 25 channels) of the pacing figure.
+    job_pacing_shards: usize,
+    /// Its export budget, per minute.
+    job_pacing_budget: u32,
+    /// Channels a query lists in the planning figure.
+    job_plan_channels: usize,
+    /// Channels of the job whose memory is measured.
+    job_memory_channels: usize,
+    /// Shards of the job killed and resumed.
+    job_resume_shards: usize,
 }
 
 impl Scale {
@@ -86,6 +97,11 @@ impl Scale {
             fleet_budget_connections_per_replica: 4,
             fleet_budget_window: Duration::from_secs(30),
             fleet_takeover_trials: 5,
+            job_pacing_shards: 100,
+            job_pacing_budget: 600,
+            job_plan_channels: 10_000,
+            job_memory_channels: 100_000,
+            job_resume_shards: 20,
         }
     }
 
@@ -116,6 +132,11 @@ impl Scale {
             fleet_budget_connections_per_replica: 1,
             fleet_budget_window: Duration::from_secs(3),
             fleet_takeover_trials: 2,
+            job_pacing_shards: 20,
+            job_pacing_budget: 1_200,
+            job_plan_channels: 1_000,
+            job_memory_channels: 5_000,
+            job_resume_shards: 10,
         }
     }
 }
@@ -139,7 +160,7 @@ fn main() {
 }
 
 /// The sections that `--only` can pick (every one runs without it).
-const SECTIONS: [&str; 5] = ["unary", "tracing", "fanout", "budget", "fleet"];
+const SECTIONS: [&str; 6] = ["unary", "tracing", "fanout", "budget", "fleet", "jobs"];
 
 async fn run(scale: &Scale, quick: bool, only: Option<&str>) {
     // Without `--only`, `tracing` runs within `unary`.
@@ -164,6 +185,9 @@ async fn run(scale: &Scale, quick: bool, only: Option<&str>) {
     }
     if runs("fleet") {
         figures.extend(fleet::run(scale, &emulator_process, &emulator).await);
+    }
+    if runs("jobs") {
+        figures.extend(jobs::run(scale).await);
     }
     report::print(&figures);
     println!("finished in {:.1} s", started.elapsed().as_secs_f64());

@@ -96,7 +96,7 @@ pub fn spawn(name: &'static str, mut command: Command, port: u16) -> ChildProces
 }
 
 /// The release binary that `cargo bench` built next to this bench.
-fn service_binary() -> &'static str {
+pub fn service_binary() -> &'static str {
     env!("CARGO_BIN_EXE_stream-export")
 }
 

@@ -78,7 +78,8 @@ pub struct TransportSettings {
 impl Default for TransportSettings {
     fn default() -> Self {
         Self {
-            max_request_bytes: 64 * 1024,
+            // gRPC's usual receive limit: an export job's list of 100,000 channels fits.
+            max_request_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             http2_keepalive_interval: Some(Duration::from_secs(30)),
             http2_keepalive_timeout: Duration::from_secs(10),

@@ -179,6 +179,7 @@ async fn normal(state: AppState, route: Route, timer: Timer, mut request: Reques
     let info = match consumed {
         Ok(info) => info,
         Err(info) => {
+            state.lock().counters.rate_limited(route);
             let error = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 9,

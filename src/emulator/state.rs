@@ -29,6 +29,8 @@ pub(crate) struct Counters {
     routes: BTreeMap<&'static str, u64>,
     tasks: BTreeMap<String, u64>,
     exports_created: u64,
+    /// 429s answered, per route.
+    rate_limited: BTreeMap<&'static str, u64>,
     traceparents: VecDeque<(&'static str, Option<String>)>,
 }
 
@@ -45,6 +47,10 @@ impl Counters {
         *self.tasks.entry(id.to_string()).or_default() += 1;
     }
 
+    pub(crate) fn rate_limited(&mut self, route: Route) {
+        *self.rate_limited.entry(route.name()).or_default() += 1;
+    }
+
     pub(crate) fn export_created(&mut self) {
         self.exports_created += 1;
     }
@@ -56,7 +62,7 @@ impl Counters {
             .map(|(route, traceparent)| json!({"route": route, "traceparent": traceparent}))
             .collect();
         json!({"routes": self.routes, "tasks": self.tasks, "exports_created": self.exports_created,
-            "traceparents": traceparents})
+            "rate_limited": self.rate_limited, "traceparents": traceparents})
     }
 }
 

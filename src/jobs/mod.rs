@@ -180,8 +180,9 @@ pub struct Jobs {
 #[derive(Debug)]
 struct Inner {
     parts: JobParts,
-    /// Paces the submits of every job to the export budget.
-    pacer: PollBudget,
+    /// Paces the submits of every job to the export budget (and to what Stream's rate-limit
+    /// headers say is left of its window).
+    pacer: Arc<PollBudget>,
     /// The jobs running here: each one's owner and its cancel switch.
     running: Mutex<HashMap<String, Running>>,
     /// Bumped at every write of any job, so that watchers read it again.
@@ -201,7 +202,7 @@ impl Jobs {
     /// The jobs kept in `parts.store`; none runs until [`Jobs::resume`].
     pub fn new(parts: JobParts) -> Self {
         let per_second = f64::from(parts.settings.export_budget_per_minute.max(1)) / 60.0;
-        let pacer = PollBudget::new(per_second, Arc::clone(&parts.export_slots));
+        let pacer = Arc::new(PollBudget::new(per_second, Arc::clone(&parts.export_slots)));
         let inner = Inner {
             parts,
             pacer,

@@ -208,8 +208,14 @@ impl Run<'_> {
         let attempt = shard.task.attempts + 1;
         let key = format!("job:{}:shard:{number}:attempt:{attempt}", self.job.job_id);
         let rpc = prepared.rpc;
+        let paced = async {
+            self.inner.pacer.acquire(Lane::Periodic).await;
+            // Stream's window running low (another client of the app spends it too): spread
+            // what is left of it.
+            tokio::time::sleep(self.inner.pacer.rate_limit_spacing()).await;
+        };
         tokio::select! {
-            () = self.inner.pacer.acquire(Lane::Periodic) => {}
+            () = paced => {}
             () = self.cancel.cancelled() => return Ok(None),
         }
         let submitted = self.inner.parts.submits.get_or_submit(key, prepared.fingerprint, self.post(prepared)).await;
@@ -242,11 +248,13 @@ impl Run<'_> {
     /// rate-limit window told to the pacer.
     fn post(&self, prepared: Prepared) -> futures::future::BoxFuture<'static, Result<String, UpstreamError>> {
         let client = self.inner.parts.client.clone();
+        let pacer = std::sync::Arc::clone(&self.inner.pacer);
         async move {
             let answer = match &prepared.body {
                 ShardBody::Channels(body) => client.export_channels(body, None).await,
                 ShardBody::Users(body) => client.export_users(body, None).await,
             }?;
+            pacer.record(answer.rate_limit);
             Ok(answer.body.task_id)
         }
         .boxed()
