@@ -313,3 +313,148 @@ async fn a_repeated_create_with_one_request_id_returns_the_first_job_and_jobs_li
     finished(&app, &second.job_id, Duration::from_secs(20)).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_users_job_exports_every_user_in_tasks_of_twenty_five() {
+    let app = app_with(0, |_| {}).await;
+    let user_ids: Vec<String> = (0..30).map(|n| format!("user-{n:02}")).collect();
+    let request = CreateExportJobRequest {
+        selector: Some(Selector::Users(UserList { user_ids: user_ids.clone() })),
+        ..Default::default()
+    };
+    let job = finished(&app, &create(&app, request).await.job_id, Duration::from_secs(30)).await;
+    assert_eq!(job.state(), ExportJobState::Succeeded, "{job:?}");
+    let progress = job.progress.expect("progress");
+    assert_eq!((progress.users_total, progress.channels_total, progress.tasks_total), (30, 0, 2));
+    let exported: Vec<String> = shards(&app, &job.job_id).await.into_iter().flat_map(|shard| shard.user_ids).collect();
+    assert_eq!(exported, user_ids);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_filter_that_stream_refuses_fails_the_job_with_streams_message_and_submits_nothing() {
+    let app = app_with(100, |_| {}).await;
+    let filter = to_struct(json!({"colour": "blue"}).as_object().cloned().unwrap_or_default());
+    let request = CreateExportJobRequest {
+        selector: Some(Selector::ChannelQuery(ChannelQuery { filter: Some(filter.into()) })),
+        ..Default::default()
+    };
+    let job = finished(&app, &create(&app, request).await.job_id, Duration::from_secs(10)).await;
+    assert_eq!(job.state(), ExportJobState::Failed);
+    let error = job.error.expect("why");
+    assert_eq!(error.code, Code::InvalidArgument as i32, "{error:?}");
+    assert!(error.message.contains("colour"), "Stream's message: {}", error.message);
+    assert_eq!(app.emulator.exports_created().await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_task_past_the_job_task_deadline_is_submitted_once_more_keeping_the_first_in_its_history() {
+    let app = app_with(100, |settings| {
+        settings.jobs.task_deadline = Duration::from_millis(800);
+        settings.jobs.task_attempts = 2;
+    })
+    .await;
+    // Tasks stay `waiting` (stream-chat-js#1163).
+    app.emulator.control(reqwest::Method::PUT, "task_defaults", Some(json!({"waiting_ms": 3_600_000}))).await;
+    let job = create(&app, channels_job(bulk(0..5))).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(15);
+    let shard = loop {
+        let shard = shards(&app, &job.job_id).await.remove(0);
+        if shard.attempts == 2 {
+            break shard;
+        }
+        assert!(tokio::time::Instant::now() < until, "never resubmitted: {shard:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(shard.earlier_task_ids.len(), 1);
+    // The second task completes: the job succeeds (no third submit: the attempts are spent).
+    app.emulator.steer(&shard.task_id, json!({"status": "completed"})).await;
+    let job = finished(&app, &job.job_id, Duration::from_secs(20)).await;
+    assert_eq!(job.state(), ExportJobState::Succeeded, "{job:?}");
+    assert_eq!(app.emulator.exports_created().await, 2);
+    app.stop().await;
+}
+
+/// The service with the example policies (policy/examples/teams.cedar) and a token per team.
+async fn app_with_policies(synthetic_channels: usize) -> TestApp {
+    let scratch = std::env::temp_dir().join(format!("stream-export-job-policies-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let tokens = scratch.join("tokens");
+    std::fs::write(&tokens, format!("analytics {ANALYTICS}\nprivacy {PRIVACY}\nplatform {PLATFORM}\n")).unwrap();
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/examples/teams.cedar");
+    app_with(synthetic_channels, move |settings| {
+        settings.access.tokens_file = Some(tokens);
+        settings.access.policy_file = Some(policies);
+    })
+    .await
+}
+
+const ANALYTICS: &str = "analytics-token-0123456789";
+const PRIVACY: &str = "privacy-token-0123456789";
+const PLATFORM: &str = "platform-token-0123456789";
+
+fn as_caller<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn every_channel_of_a_job_is_checked_for_its_owner_and_only_the_owner_reads_it() {
+    use stream_export::proto::ExportFormatVersion;
+    let app = app_with_policies(0).await;
+    let mut client = app.client.clone();
+    let livestream = |id: &str| ChannelRef { r#type: "livestream".into(), id: id.into(), ..Default::default() };
+    let v2 = |channels| CreateExportJobRequest { version: ExportFormatVersion::V2 as i32, ..channels_job(channels) };
+
+    // One refused channel refuses the whole list, before anything is stored or submitted.
+    let mixed = v2(vec![
+        livestream("launch"),
+        ChannelRef { r#type: "messaging".into(), id: "general".into(), ..Default::default() },
+    ]);
+    let refused = client.create_export_job(as_caller(ANALYTICS, mixed)).await.expect_err("refused");
+    let details = assert_status(&refused, Code::PermissionDenied, "NOT_AUTHORIZED");
+    let resource = details.error_info().map(|info| info.metadata["resource"].clone()).unwrap_or_default();
+    assert_eq!(resource, r#"Channel::"messaging:general""#);
+    // A query whose channels the caller may not export: the job fails, naming the channel.
+    let filter = to_struct(json!({"type": "messaging"}).as_object().cloned().unwrap_or_default());
+    let query = CreateExportJobRequest {
+        selector: Some(Selector::ChannelQuery(ChannelQuery { filter: Some(filter.into()) })),
+        version: ExportFormatVersion::V2 as i32,
+        ..Default::default()
+    };
+    let job = client.create_export_job(as_caller(ANALYTICS, query)).await.expect("created").into_inner();
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    let failed = loop {
+        let read = client.get_export_job(as_caller(ANALYTICS, GetExportJobRequest { job_id: job.job_id.clone() }));
+        let read = read.await.expect("the owner reads it").into_inner();
+        if read.state().is_terminal() {
+            break read;
+        }
+        assert!(tokio::time::Instant::now() < until);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(failed.state(), ExportJobState::Failed);
+    assert_eq!(failed.error.expect("why").code, Code::PermissionDenied as i32);
+    assert_eq!(app.emulator.exports_created().await, 0, "nothing submitted");
+
+    // A permitted job: its owner and the platform team read it, another team does not.
+    let job = client.create_export_job(as_caller(ANALYTICS, v2(vec![livestream("launch")]))).await.expect("ok");
+    let job_id = job.into_inner().job_id;
+    let get = |token| as_caller(token, GetExportJobRequest { job_id: job_id.clone() });
+    assert!(client.get_export_job(get(PLATFORM)).await.is_ok());
+    let refused = client.get_export_job(get(PRIVACY)).await.expect_err("not theirs");
+    assert_status(&refused, Code::PermissionDenied, "NOT_AUTHORIZED");
+    let cancel = as_caller(PRIVACY, CancelExportJobRequest { job_id: job_id.clone() });
+    assert_status(
+        &client.cancel_export_job(cancel).await.expect_err("not theirs"),
+        Code::PermissionDenied,
+        "NOT_AUTHORIZED",
+    );
+    let listed = client.list_export_jobs(as_caller(PRIVACY, ListExportJobsRequest::default())).await.expect("list");
+    assert!(listed.into_inner().jobs.is_empty(), "another team lists none of analytics' jobs");
+    let listed = client.list_export_jobs(as_caller(ANALYTICS, ListExportJobsRequest::default())).await.expect("list");
+    assert_eq!(listed.into_inner().jobs.len(), 2);
+    app.stop().await;
+}
