@@ -187,11 +187,15 @@ async fn planning(scale: &Scale) -> Vec<Figure> {
 }
 
 /// `job_rss_above_idle_mib`: the service's resident memory while it runs a job of many
-/// channels (an explicit list), above its memory before the job.
+/// channels (an explicit list), above its memory before the job; its state in a state
+/// directory, as deployed by default.
 async fn memory(scale: &Scale) -> Vec<Figure> {
     let count = scale.job_memory_channels;
     let emulator_process = emulator("jobs-memory-emulator", 0, &[]).await;
-    let service = service("jobs-memory-service", &emulator_process, None, &["--job-max-channels", "1000000"]).await;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-jobs-memory-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let flags = ["--job-max-channels", "1000000"];
+    let service = service("jobs-memory-service", &emulator_process, Some(&dir), &flags).await;
     let mut client = client_of(&service).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = procfs::rss_bytes(service.pid());
@@ -202,6 +206,8 @@ async fn memory(scale: &Scale) -> Vec<Figure> {
     let running = procfs::rss_bytes(service.pid());
     let cpu = procfs::cpu_time(service.pid()).saturating_sub(cpu_before);
     let shards = count.div_ceil(25);
+    drop(service);
+    let _ = std::fs::remove_dir_all(&dir);
     vec![
         Figure::target(
             "job_rss_above_idle_mib",

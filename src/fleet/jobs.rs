@@ -11,7 +11,10 @@
 //! number → the shard). A finished job is kept for the retention (60 days, as Stream keeps
 //! its files); its shards expire with it.
 
-use std::{sync::LazyLock, time::Duration};
+use std::{
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -265,7 +268,7 @@ impl JobStore for RedisJobStore {
         self.write(job, &[]).await
     }
 
-    async fn plan(&self, job: ExportJob, shards: Vec<ShardRecord>) -> Result<ExportJob, StoreError> {
+    async fn plan(&self, job: ExportJob, shards: Arc<Vec<ShardRecord>>) -> Result<ExportJob, StoreError> {
         self.write(job, &shards).await
     }
 

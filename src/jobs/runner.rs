@@ -6,6 +6,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
+    sync::Arc,
     time::Duration,
 };
 
@@ -113,15 +114,19 @@ impl Run<'_> {
                     job.set_state(ExportJobState::Running);
                     job.progress = Some(progress(&shards, self.inner.parts.settings.task_attempts));
                     job.update_time = Some(timestamp(Utc::now()));
-                    self.job = self.write(|store, job| store.plan(job, shards.clone()).boxed(), job).await?;
+                    // Shared, not copied, by each try of the write: a plan may be 100,000 channels.
+                    let shards = Arc::new(shards);
+                    self.job = self.write(|store, job| store.plan(job, Arc::clone(&shards)).boxed(), job).await?;
+                    self.shards = Arc::try_unwrap(shards).unwrap_or_else(|shared| shared.as_ref().clone());
                 }
                 Err(error) => return self.finish(ExportJobState::Failed, Some(error)).await,
             }
+        } else {
+            self.shards = self.inner.parts.store.shards(&self.job.job_id, 0, usize::MAX).await?;
         }
         if self.stopping() {
             return self.finish(ExportJobState::Cancelled, None).await;
         }
-        self.shards = self.inner.parts.store.shards(&self.job.job_id, 0, usize::MAX).await?;
         let now = now_micros();
         for index in 0..self.shards.len() {
             let shard = &self.shards[index];
@@ -248,7 +253,7 @@ impl Run<'_> {
     /// rate-limit window told to the pacer.
     fn post(&self, prepared: Prepared) -> futures::future::BoxFuture<'static, Result<String, UpstreamError>> {
         let client = self.inner.parts.client.clone();
-        let pacer = std::sync::Arc::clone(&self.inner.pacer);
+        let pacer = Arc::clone(&self.inner.pacer);
         async move {
             let answer = match &prepared.body {
                 ShardBody::Channels(body) => client.export_channels(body, None).await,

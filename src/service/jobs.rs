@@ -101,9 +101,10 @@ pub(super) async fn create_export_job(
             job.request = Some(message.clone());
             job
         };
-        match api.jobs.create(record.clone()).await? {
+        let fingerprint = record.fingerprint.clone();
+        match api.jobs.create(record).await? {
             Created::New(created) => Ok(whole(created.job)),
-            Created::Existing(existing) if existing.fingerprint == record.fingerprint => Ok(whole(existing.job)),
+            Created::Existing(existing) if existing.fingerprint == fingerprint => Ok(whole(existing.job)),
             Created::Existing(_) => Err(status::request_id_reused()),
         }
     }

@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use super::StoreError;
@@ -99,7 +99,7 @@ pub trait JobStore: Send + Sync + std::fmt::Debug + 'static {
     async fn update(&self, job: ExportJob) -> Result<ExportJob, StoreError>;
 
     /// Writes the plan's shards and the job together: a job is never RUNNING without its shards.
-    async fn plan(&self, job: ExportJob, shards: Vec<ShardRecord>) -> Result<ExportJob, StoreError>;
+    async fn plan(&self, job: ExportJob, shards: Arc<Vec<ShardRecord>>) -> Result<ExportJob, StoreError>;
 
     /// Writes one shard and the job's progress together.
     async fn update_shard(&self, job: ExportJob, shard: ShardRecord) -> Result<ExportJob, StoreError>;
@@ -230,11 +230,11 @@ impl JobStore for MemoryJobStore {
         self.lock().write(job)
     }
 
-    async fn plan(&self, job: ExportJob, shards: Vec<ShardRecord>) -> Result<ExportJob, StoreError> {
+    async fn plan(&self, job: ExportJob, shards: Arc<Vec<ShardRecord>>) -> Result<ExportJob, StoreError> {
         let mut state = self.lock();
         let job_id = job.job_id.clone();
         let written = state.write(job)?;
-        state.shards.insert(job_id, shards.into_iter().map(|shard| (shard.task.shard, shard)).collect());
+        state.shards.insert(job_id, shards.iter().map(|shard| (shard.task.shard, shard.clone())).collect());
         Ok(written)
     }
 
@@ -341,7 +341,7 @@ pub(crate) mod tests {
         let shards = (0..3u32)
             .map(|n| ShardRecord { task: ExportJobTask { shard: n, ..Default::default() }, ..Default::default() })
             .collect();
-        store.plan(running.clone(), shards).await.unwrap();
+        store.plan(running.clone(), Arc::new(shards)).await.unwrap();
         let mut cancelling = running.clone();
         cancelling.set_state(ExportJobState::Cancelling);
         store.update(cancelling).await.unwrap();

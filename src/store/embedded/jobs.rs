@@ -158,13 +158,13 @@ impl JobStore for EmbeddedJobStore {
         write_blocking(&self.db, Durability::Immediate, move |tx| write_job(tx, job)).await?.map_err(gone)
     }
 
-    async fn plan(&self, job: ExportJob, shards: Vec<ShardRecord>) -> Result<ExportJob, StoreError> {
+    async fn plan(&self, job: ExportJob, shards: Arc<Vec<ShardRecord>>) -> Result<ExportJob, StoreError> {
         write_blocking(&self.db, Durability::Immediate, move |tx| {
             let job_id = job.job_id.clone();
             let written = write_job(tx, job)?;
             if written.is_ok() {
                 let mut table = tx.open_table(JOB_SHARDS)?;
-                for shard in shards {
+                for shard in shards.iter() {
                     table.insert((job_id.as_str(), shard.task.shard), shard.encode_to_vec().as_slice())?;
                 }
             }
