@@ -147,6 +147,21 @@ pub fn job_task_failed(shard: u32, task_id: &str, attempts: u32, last: &str) -> 
     build(Code::Aborted, format!("shard {shard} failed on all {attempts} attempts; the last: {last}"), details)
 }
 
+/// RESOURCE_EXHAUSTED when a job's explicit list (`field`) holds more than `limit` entries.
+pub fn job_list_too_large(field: &str, count: usize, limit: usize) -> Status {
+    let mut details = ErrorDetails::with_error_info(
+        reason::JOB_TOO_LARGE,
+        DOMAIN,
+        HashMap::from([("limit".to_owned(), limit.to_string()), ("count".to_owned(), count.to_string())]),
+    );
+    details.add_quota_failure_violation(
+        "stream-export:channels-per-job",
+        format!("at most {limit} channels or users in one job (--job-max-channels)"),
+    );
+    details.add_bad_request_violation(field, format!("lists {count} entries; a job holds at most {limit}"));
+    build(Code::ResourceExhausted, format!("{field} lists {count} entries; a job holds at most {limit}"), details)
+}
+
 /// The error of a job whose query matched more than `limit` channels.
 pub fn job_too_large(limit: usize) -> Status {
     let mut details =

@@ -326,6 +326,11 @@ impl Jobs {
         self.inner.stopping.cancel();
     }
 
+    /// Cancelled when the replica stops ([`Jobs::shutdown`]): open job watches end then.
+    pub fn stopping(&self) -> CancellationToken {
+        self.inner.stopping.clone()
+    }
+
     /// Changes whenever any job is written here: watchers of a job read it again.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()

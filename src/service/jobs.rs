@@ -64,7 +64,15 @@ pub(super) async fn create_export_job(
     let message = request.get_ref();
     let outcome = async {
         let settings = api.jobs.settings();
-        validation::create_export_job(message, settings.max_channels).map_err(status::invalid_request)?;
+        let listed = match &message.selector {
+            Some(Selector::Channels(list)) => Some(("channels.channels", list.channels.len())),
+            Some(Selector::Users(list)) => Some(("users.user_ids", list.user_ids.len())),
+            Some(Selector::ChannelQuery(_)) | None => None,
+        };
+        if let Some((field, count)) = listed.filter(|(_, count)| *count > settings.max_channels) {
+            return Err(status::job_list_too_large(field, count, settings.max_channels));
+        }
+        validation::create_export_job(message).map_err(status::invalid_request)?;
         let job_id = uuid::Uuid::new_v4().to_string();
         api.policies.check(&call.caller, rpc, &Resource::Job { id: &job_id, owner: None })?;
         let items = plan::listed(message);
@@ -250,6 +258,7 @@ pub(super) async fn watch_export_job(
     let settings = api.hub.settings();
     let watch = JobWatch {
         changes: api.jobs.changes(),
+        stopping: api.jobs.stopping(),
         jobs: api.jobs.clone(),
         sequence: 0,
         last: record.job,
@@ -271,6 +280,8 @@ pub(super) async fn watch_export_job(
 struct JobWatch {
     jobs: crate::jobs::Jobs,
     changes: tokio::sync::watch::Receiver<u64>,
+    /// The drain: the stream ends as interrupted, and the client watches again elsewhere.
+    stopping: tokio_util::sync::CancellationToken,
     sequence: u64,
     last: ExportJob,
     snapshot_sent: bool,
@@ -311,6 +322,9 @@ impl JobWatch {
                     return Some(Ok(self.event(EventType::Heartbeat)));
                 }
                 () = tokio::time::sleep_until(self.end_of_life) => continue,
+                () = self.stopping.cancelled() => {
+                    return self.end(status::watch_interrupted("the server is shutting down"));
+                }
             }
             let read = match self.jobs.get(&self.last.job_id).await {
                 Ok(Some(record)) => record.job,

@@ -106,14 +106,15 @@ pub fn export_users(request: &ExportUsersRequest) -> Result<ExportUsersBody, Vec
     problems.finish(ExportUsersBody { user_ids: request.user_ids.clone() })
 }
 
-/// Validates a `CreateExportJob` request: its selector (at most `max_items` channels or users,
-/// each by the rules of `ExportChannels`/`ExportUsers`; duplicates are allowed, and dropped
-/// when the job is planned), its window, options and `request_id`.
-pub fn create_export_job(request: &CreateExportJobRequest, max_items: usize) -> Result<(), Vec<FieldViolation>> {
+/// Validates a `CreateExportJob` request: its selector (at least one channel or user, each by
+/// the rules of `ExportChannels`/`ExportUsers`; duplicates are allowed, and dropped when the
+/// job is planned), its window, options and `request_id`. The cap on a list's length is the
+/// handler's (`RESOURCE_EXHAUSTED`).
+pub fn create_export_job(request: &CreateExportJobRequest) -> Result<(), Vec<FieldViolation>> {
     let mut problems = Violations::default();
     let count = |problems: &mut Violations, field: &str, count: usize| {
-        if count == 0 || count > max_items {
-            problems.add(field, format!("must list 1 to {max_items} entries, got {count}"));
+        if count == 0 {
+            problems.add(field, "must list at least one entry");
         }
     };
     match &request.selector {

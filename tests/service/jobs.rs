@@ -253,7 +253,6 @@ async fn bad_jobs_are_refused_with_field_paths_before_anything_goes_upstream() {
             "channel_query.filter",
         ),
         (channels_job(Vec::new()), "channels.channels"),
-        (channels_job(bulk(0..101)), "channels.channels"),
         (
             channels_job(vec![ChannelRef { r#type: "messaging".into(), id: "bad id".into(), ..Default::default() }]),
             "channels.channels[0].id",
@@ -280,6 +279,10 @@ async fn bad_jobs_are_refused_with_field_paths_before_anything_goes_upstream() {
         let details = assert_status(&refused, Code::InvalidArgument, "INVALID_REQUEST");
         assert!(violated_fields(&details).contains(&field.to_owned()), "{field}: {:?}", violated_fields(&details));
     }
+    let refused = app.client.clone().create_export_job(channels_job(bulk(0..101))).await.expect_err("too long");
+    let details = assert_status(&refused, Code::ResourceExhausted, "JOB_TOO_LARGE");
+    assert!(details.quota_failure().is_some(), "{details:?}");
+    assert_eq!(violated_fields(&details), ["channels.channels"]);
     assert_eq!(app.emulator.exports_created().await, 0);
     let unknown = GetExportJobRequest { job_id: uuid::Uuid::new_v4().to_string() };
     let refused = app.client.clone().get_export_job(unknown).await.expect_err("unknown");
@@ -456,5 +459,26 @@ async fn every_channel_of_a_job_is_checked_for_its_owner_and_only_the_owner_read
     assert!(listed.into_inner().jobs.is_empty(), "another team lists none of analytics' jobs");
     let listed = client.list_export_jobs(as_caller(ANALYTICS, ListExportJobsRequest::default())).await.expect("list");
     assert_eq!(listed.into_inner().jobs.len(), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_quiet_job_is_watched_with_heartbeats_and_an_unknown_one_is_not_found() {
+    let app = app_with(100, |settings| settings.watch.heartbeat_interval = Duration::from_millis(300)).await;
+    app.emulator.control(reqwest::Method::PUT, "task_defaults", Some(json!({"waiting_ms": 3_600_000}))).await;
+    let job = create(&app, channels_job(bulk(0..5))).await;
+    let request = WatchExportJobRequest { job_id: job.job_id.clone() };
+    let mut events = app.client.clone().watch_export_job(request).await.expect("watch").into_inner();
+    let mut kinds = Vec::new();
+    while kinds.iter().filter(|kind| **kind == EventType::Heartbeat).count() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.next()).await.expect("an event in time");
+        let event = event.expect("the stream goes on").expect("an event");
+        kinds.push(event.r#type());
+        assert_eq!(event.job.map(|job| job.job_id), Some(job.job_id.clone()), "every event carries the job");
+    }
+    assert_eq!(kinds[0], EventType::Snapshot);
+    let unknown = WatchExportJobRequest { job_id: uuid::Uuid::new_v4().to_string() };
+    let refused = app.client.clone().watch_export_job(unknown).await.expect_err("unknown");
+    assert_status(&refused, Code::NotFound, "JOB_NOT_FOUND");
     app.stop().await;
 }
