@@ -88,8 +88,8 @@ pub struct ClientOptions {
     #[arg(long, global = true, env = "STREAM_EXPORT_CLIENT_KEY", value_name = "FILE")]
     pub client_key: Option<PathBuf>,
 
-    /// Machine-readable output: one JSON object per line on stdout (task id, events, result,
-    /// error).
+    /// Machine-readable output: one JSON object per line on stdout (task or job id, events,
+    /// result, error).
     #[arg(long, global = true)]
     pub json: bool,
 }

@@ -1032,3 +1032,66 @@ async fn job_watch_resumes_after_the_service_is_killed_and_replaced() {
     drop(env);
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// Runs the client on a pseudo-terminal 120 columns wide with `script` (util-linux), which
+/// copies what it draws to stdout.
+async fn on_terminal(env: &Env, args: &str) -> Output {
+    let inner = format!("stty cols 120 rows 40; exec {BIN} {args}");
+    let mut command = Command::new("script");
+    command
+        .args(["-q", "-e", "-f", "-c", &inner, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TERM", "xterm-256color")
+        .env("STREAM_EXPORT_SERVER", env.service.url("http"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    finish(command.spawn().expect("script(1) is installed (util-linux)")).await
+}
+
+#[tokio::test]
+async fn job_wait_on_a_terminal_shows_a_bar_of_tasks_with_channels_elapsed_and_eta() {
+    // One submit a second: four shards take a few seconds, so the bar moves.
+    let env = setup_jobs(100, 60, &[]).await;
+    let file = channels_file(&env, "channels.txt", 0..100);
+    let output = on_terminal(&env, &format!("job create --channels-file {} --wait", file.display())).await;
+    let screen = text(&output.stdout);
+    assert_exit(&output, 0);
+    assert!(screen.contains("job RUNNING [") && screen.contains("/4 tasks, 100 channels, 0:0"), "{screen}");
+    assert!(screen.contains(" elapsed, ETA 0:"), "an ETA once a task is done:\n{screen}");
+    assert!(screen.contains("\u{1b}["), "it redraws in place (terminal escapes):\n{screen}");
+    assert!(screen.contains("SUCCEEDED, 4/4 tasks done, 100 channels"), "{screen}");
+    let job_id = screen.lines().last().unwrap().trim().to_owned();
+
+    // On a terminal, `job tasks` prints a table.
+    let output = on_terminal(&env, &format!("job tasks {job_id}")).await;
+    assert_exit(&output, 0);
+    let screen = text(&output.stdout);
+    assert!(screen.contains("SHARD  STATE      ATTEMPTS  TASK ID"), "{screen}");
+    assert!(screen.contains("25 channels"), "{screen}");
+    assert_eq!(screen.lines().filter(|line| line.contains("COMPLETED")).count(), 4, "{screen}");
+}
+
+#[tokio::test]
+async fn a_failed_job_exits_1_with_its_error_and_job_get_says_the_same() {
+    let env = setup_jobs(30, 600, &["--job-task-attempts", "2"]).await;
+    env.emulator.control(reqwest::Method::PUT, "task_defaults", Some(json!({"outcome": "failed"}))).await;
+    let file = channels_file(&env, "channels.txt", 0..30);
+    let output = env.run(&["job", "create", "--channels-file", file.to_str().unwrap(), "--wait", "--json"]).await;
+    assert_exit(&output, 1);
+    let lines = json_lines(&output);
+    let error = lines.last().unwrap();
+    assert_eq!(error["event"], "error", "{lines:?}");
+    assert_eq!(error["job"]["state"], "FAILED", "{error}");
+    assert_eq!(error["job"]["error"]["code"], "ABORTED", "{error}");
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains(" FAILED: ABORTED") && stderr.contains("failed on all 2 attempts"), "{stderr}");
+
+    let job_id = error["job"]["job_id"].as_str().unwrap();
+    let output = env.run(&["job", "get", job_id]).await;
+    assert_exit(&output, 1);
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains(&format!("job {job_id}: FAILED")) && stdout.contains("\nerror: ABORTED"), "{stdout}");
+}
