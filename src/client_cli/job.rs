@@ -16,7 +16,7 @@ use super::{
     list::table,
     output::{Output, save_export},
     progress::{self, Mode},
-    render::{self, instant, job_json, job_state_name, job_task_json},
+    render::{self, instant, job_line, job_state_name, job_task_json},
     watch,
 };
 use crate::{
@@ -24,7 +24,7 @@ use crate::{
     proto::{
         CancelExportJobRequest, ChannelList, ChannelQuery, ChannelRef, CreateExportJobRequest, ExportFormatVersion,
         ExportJob, ExportJobState, ExportJobTask, GetExportJobRequest, ListExportJobTasksRequest,
-        ListExportJobsRequest, UserList, create_export_job_request::Selector,
+        ListExportJobsRequest, TaskState, UserList, create_export_job_request::Selector,
     },
 };
 
@@ -164,26 +164,36 @@ pub async fn create(
         return follow(session, &job.job_id, directory).await;
     }
     // Without --wait the job id is the whole answer: alone on its line, for `$(...)`.
-    let value = json!({"event": "job_created", "job_id": job.job_id, "job": job_json(&job)});
+    let value = job_line("job_created", &job);
     let human = format!("created job {} ({})", job.job_id, job_state_name(job.state()));
     session.display.result(value, &human, Some(&job.job_id));
     Ok(())
 }
 
 /// Follows a job to its end; once it SUCCEEDED, saves its tasks into `directory` if given. A
-/// job that FAILED or was CANCELLED is a failure (exit 1) that says why.
+/// job that FAILED or was CANCELLED is a failure (exit 1) that says why; the tasks that
+/// completed before a FAILED job's end are still saved (they stay readable), so that only the
+/// failed shards are missing.
 pub async fn follow(session: &mut Session, job_id: &str, directory: Option<PathBuf>) -> Result<(), Failure> {
     session.set_job_pickup(job_id, directory.as_deref());
     let job = watch::follow_job(session, job_id).await?;
     if job.state() != ExportJobState::Succeeded {
+        if let Some(directory) = directory.as_deref().filter(|_| job.state() == ExportJobState::Failed) {
+            let saved = save_tasks(session, job_id, directory, Completed::Only).await?;
+            session.display.note(&format!(
+                "job {job_id} FAILED; the tasks that completed ({}) are saved in {}",
+                saved.written + saved.kept,
+                directory.display()
+            ));
+        }
         session.display.clear();
         return Err(Failure::JobEnded(Box::new(job)));
     }
-    let mut result = json!({"event": "result", "job": job_json(&job)});
+    let mut result = job_line("result", &job);
     let summary = summary(&job);
     let human = match directory {
         Some(directory) => {
-            let saved = save_tasks(session, job_id, &directory).await?;
+            let saved = save_tasks(session, job_id, &directory, Completed::All).await?;
             result["output"] = json!(directory.display().to_string());
             result["files"] = json!(saved.written + saved.kept);
             result["files_kept"] = json!(saved.kept);
@@ -231,13 +241,30 @@ struct SavedTasks {
     bytes: u64,
 }
 
-/// Saves every task of a SUCCEEDED job into `directory`, one `SHARD-TASKID.jsonl` file per
-/// shard, each as `export --output` saves a task (atomically, reads resumed). A file already
-/// there was saved complete by an earlier run (files appear only complete) and is kept.
-async fn save_tasks(session: &mut Session, job_id: &str, directory: &Path) -> Result<SavedTasks, Failure> {
+/// Which of a job's tasks [`save_tasks`] expects to have completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Completed {
+    /// Every one (a SUCCEEDED job): a shard without a task is an error.
+    All,
+    /// Only some (a FAILED job): the others are skipped.
+    Only,
+}
+
+/// Saves the tasks of a job into `directory`, one `SHARD-TASKID.jsonl` file per shard, each as
+/// `export --output` saves a task (atomically, reads resumed). A file already there was saved
+/// complete by an earlier run (files appear only complete) and is kept.
+async fn save_tasks(
+    session: &mut Session,
+    job_id: &str,
+    directory: &Path,
+    completed: Completed,
+) -> Result<SavedTasks, Failure> {
     let tasks = all_tasks(session, job_id).await?;
     let mut saved = SavedTasks::default();
     for task in tasks {
+        if completed == Completed::Only && task.state() != TaskState::Completed {
+            continue;
+        }
         if task.task_id.is_empty() {
             return Err(Failure::Local(format!("shard {} of job {job_id} has no task to read", task.shard)));
         }
@@ -301,7 +328,7 @@ fn describe(job: &ExportJob) -> String {
 fn print_job(session: &mut Session, job: &ExportJob) {
     session.display.clear();
     if session.display.mode() == Mode::Json {
-        say!("{}", json!({"event": "result", "job": job_json(job)}));
+        say!("{}", job_line("result", job));
     } else {
         say!("{}", describe(job));
     }
@@ -372,9 +399,7 @@ pub async fn list(session: &mut Session, limit: usize) -> Result<(), Failure> {
     jobs.truncate(limit);
     if lines_wanted(session) {
         for job in &jobs {
-            let mut value = job_json(job);
-            value["event"] = json!("job");
-            say!("{value}");
+            say!("{}", job_line("job", job));
         }
         return Ok(());
     }

@@ -130,7 +130,7 @@ impl Display {
     /// An export job was created.
     pub fn job_created(&mut self, job: &ExportJob) {
         match self.mode {
-            Mode::Json => say!("{}", json!({"event": "job_created", "job": super::render::job_json(job)})),
+            Mode::Json => say!("{}", super::render::job_line("job_created", job)),
             Mode::Plain | Mode::Terminal => eprintln!("created job {}", job.job_id),
         }
     }

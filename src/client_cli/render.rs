@@ -131,6 +131,11 @@ pub fn job_json(job: &ExportJob) -> Value {
     value
 }
 
+/// A job as one JSON line of its own: `{"event": event, "job_id": …, "job": {…}}`.
+pub fn job_line(event: &str, job: &ExportJob) -> Value {
+    json!({"event": event, "job_id": job.job_id, "job": job_json(job)})
+}
+
 /// A `WatchExportJob` event as one JSON line.
 pub fn job_event_json(event: &ExportJobEvent) -> Value {
     json!({

@@ -1095,3 +1095,36 @@ async fn a_failed_job_exits_1_with_its_error_and_job_get_says_the_same() {
     let stdout = text(&output.stdout);
     assert!(stdout.contains(&format!("job {job_id}: FAILED")) && stdout.contains("\nerror: ABORTED"), "{stdout}");
 }
+
+#[tokio::test]
+async fn a_failed_job_with_output_still_saves_the_tasks_that_completed() {
+    // One submit a second and one attempt per shard: the first shard completes, the second
+    // (submitted once the emulator fails every new task) fails the job.
+    let env = setup_jobs(30, 60, &["--job-task-attempts", "1"]).await;
+    let file = channels_file(&env, "channels.txt", 0..30);
+    let directory = env.path("job");
+    std::fs::create_dir(&directory).unwrap();
+    let args = ["job", "create", "--channels-file", file.to_str().unwrap(), "--output", directory.to_str().unwrap()];
+    let child = env.command(&[&args[..], &["--json"]].concat()).spawn().unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while env.emulator.exports_created().await == 0 {
+        assert!(tokio::time::Instant::now() < until, "the first shard was never submitted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.emulator.control(reqwest::Method::PUT, "task_defaults", Some(json!({"outcome": "failed"}))).await;
+    let output = finish(child).await;
+    assert_exit(&output, 1);
+    let lines = json_lines(&output);
+    assert_eq!(lines.last().unwrap()["job"]["state"], "FAILED", "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "notice" && l["message"].as_str().unwrap().contains("completed (1) are saved")),
+        "{lines:?}"
+    );
+    let names: Vec<String> =
+        std::fs::read_dir(&directory).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(names[0].starts_with("00000-") && names[0].ends_with(".jsonl"), "{names:?}");
+    assert!(std::fs::metadata(directory.join(&names[0])).unwrap().len() > 0);
+}
