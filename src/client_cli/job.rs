@@ -148,14 +148,14 @@ pub fn checked_directory(path: Option<&Path>) -> Result<Option<PathBuf>, Failure
 /// (`wait`, or a `directory` to save its tasks into).
 pub async fn create(
     session: &mut Session,
-    request: CreateExportJobRequest,
+    request: Box<CreateExportJobRequest>,
     wait: bool,
     directory: Option<PathBuf>,
 ) -> Result<(), Failure> {
     let client = session.client.clone();
     let job = with_retries(session, "creating the job", || {
         let mut client = client.clone();
-        let request = request.clone();
+        let request = CreateExportJobRequest::clone(&request);
         async move { client.create_export_job(unary(request)).await.map(|r| r.into_inner()) }
     })
     .await?;

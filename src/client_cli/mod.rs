@@ -41,10 +41,13 @@ use clap::{ArgGroup, Args, Subcommand};
 
 pub use failure::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE, Failure};
 
-use crate::client_cli::{
-    connect::Client,
-    output::{Output, Sink},
-    progress::Display,
+use crate::{
+    client_cli::{
+        connect::Client,
+        output::{Output, Sink},
+        progress::Display,
+    },
+    proto::CreateExportJobRequest,
 };
 
 /// The exit codes, shown under `--help` of the client commands.
@@ -504,16 +507,8 @@ pub async fn run_task(command: TaskCommand) -> ExitCode {
 /// The arguments, the input files and `--output` are checked before anything is sent.
 pub async fn run_job(command: JobCommand) -> ExitCode {
     let JobCommand { options, what } = command;
-    let prepared = match &what {
-        JobWhat::Create(args) => job::create_request(args).and_then(|request| {
-            let directory = job::checked_directory(args.output.output.as_deref())?;
-            Ok((Some(request), directory))
-        }),
-        JobWhat::Watch { output, .. } => job::checked_directory(output.output.as_deref()).map(|d| (None, d)),
-        JobWhat::Get { .. } | JobWhat::List { .. } | JobWhat::Tasks { .. } | JobWhat::Cancel { .. } => Ok((None, None)),
-    };
-    let (request, directory) = match prepared {
-        Ok(prepared) => prepared,
+    let checked = match CheckedJob::check(what) {
+        Ok(checked) => checked,
         Err(failure) => {
             failure.report(options.json);
             return ExitCode::from(failure.exit_code());
@@ -521,19 +516,47 @@ pub async fn run_job(command: JobCommand) -> ExitCode {
     };
     run(options, |session| async move {
         let mut session = session?;
-        match what {
-            JobWhat::Create(args) => {
-                let request = request.ok_or_else(|| Failure::Local("the job request was not prepared".into()))?;
-                job::create(&mut session, request, args.wait, directory).await
+        match checked {
+            CheckedJob::Create { request, wait, directory } => {
+                job::create(&mut session, request, wait, directory).await
             }
-            JobWhat::Get { job_id } => job::get(&mut session, &job_id).await,
-            JobWhat::List { limit } => job::list(&mut session, limit).await,
-            JobWhat::Watch { job_id, .. } => job::follow(&mut session, &job_id, directory).await,
-            JobWhat::Tasks { job_id } => job::tasks(&mut session, &job_id).await,
-            JobWhat::Cancel { job_id } => job::cancel(&mut session, &job_id).await,
+            CheckedJob::Get(job_id) => job::get(&mut session, &job_id).await,
+            CheckedJob::List(limit) => job::list(&mut session, limit).await,
+            CheckedJob::Watch { job_id, directory } => job::follow(&mut session, &job_id, directory).await,
+            CheckedJob::Tasks(job_id) => job::tasks(&mut session, &job_id).await,
+            CheckedJob::Cancel(job_id) => job::cancel(&mut session, &job_id).await,
         }
     })
     .await
+}
+
+/// A `job` command with its input files read and its arguments and `--output` checked.
+enum CheckedJob {
+    Create { request: Box<CreateExportJobRequest>, wait: bool, directory: Option<PathBuf> },
+    Get(String),
+    List(usize),
+    Watch { job_id: String, directory: Option<PathBuf> },
+    Tasks(String),
+    Cancel(String),
+}
+
+impl CheckedJob {
+    fn check(what: JobWhat) -> Result<Self, Failure> {
+        Ok(match what {
+            JobWhat::Create(args) => CheckedJob::Create {
+                request: Box::new(job::create_request(&args)?),
+                wait: args.wait,
+                directory: job::checked_directory(args.output.output.as_deref())?,
+            },
+            JobWhat::Get { job_id } => CheckedJob::Get(job_id),
+            JobWhat::List { limit } => CheckedJob::List(limit),
+            JobWhat::Watch { job_id, output } => {
+                CheckedJob::Watch { directory: job::checked_directory(output.output.as_deref())?, job_id }
+            }
+            JobWhat::Tasks { job_id } => CheckedJob::Tasks(job_id),
+            JobWhat::Cancel { job_id } => CheckedJob::Cancel(job_id),
+        })
+    }
 }
 
 /// Connects, runs `work` until it ends or Ctrl-C, and reports a failure in one line.

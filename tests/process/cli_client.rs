@@ -1128,3 +1128,32 @@ async fn a_failed_job_with_output_still_saves_the_tasks_that_completed() {
     assert!(names[0].starts_with("00000-") && names[0].ends_with(".jsonl"), "{names:?}");
     assert!(std::fs::metadata(directory.join(&names[0])).unwrap().len() > 0);
 }
+
+#[tokio::test]
+async fn job_create_takes_a_channel_query_or_a_users_file() {
+    let env = setup_jobs(30, 600, &[]).await;
+    let query = r#"{"type": "messaging", "id": {"$in": ["bulk-000003", "bulk-000007", "bulk-000011"]}}"#;
+    let output = env.run(&["job", "create", "--query", query, "--since", "2024-01-01", "--wait", "--json"]).await;
+    assert_exit(&output, 0);
+    let lines = json_lines(&output);
+    let job = &lines.last().unwrap()["job"];
+    assert_eq!(job["state"], "SUCCEEDED", "{job}");
+    assert_eq!(job["progress"]["channels_total"], 3, "the channels the filter matches: {job}");
+    assert_eq!(job["request"]["selector"], "channel_query", "{job}");
+    assert_eq!(job["request"]["filter"]["id"]["$in"][1], "bulk-000007", "the filter as given: {job}");
+    assert_eq!(job["request"]["messages_since"], "2024-01-01T00:00:00.000Z", "{job}");
+
+    let users = env.path("users.txt");
+    std::fs::write(&users, format!("{KNOWN_USER}\n\n# and another\nuser-02\n")).unwrap();
+    let output = env.run(&["job", "create", "--users-file", users.to_str().unwrap(), "--wait", "--json"]).await;
+    assert_exit(&output, 0);
+    let lines = json_lines(&output);
+    let job = &lines.last().unwrap()["job"];
+    assert_eq!((job["state"].as_str(), job["progress"]["users_total"].as_u64()), (Some("SUCCEEDED"), Some(2)), "{job}");
+    let output = env.run(&["job", "tasks", job["job_id"].as_str().unwrap(), "--json"]).await;
+    assert_eq!(json_lines(&output)[0]["user_ids"], json!([KNOWN_USER, "user-02"]));
+
+    // A window means nothing to users: refused before anything is sent.
+    let output = env.run(&["job", "create", "--users-file", users.to_str().unwrap(), "--since", "2024-01-01"]).await;
+    assert_exit(&output, 2);
+}
