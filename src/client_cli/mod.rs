@@ -60,11 +60,12 @@ Exit codes:
        invalid (INVALID_ARGUMENT)
   3    the service or Stream is unavailable: connection refused, UNAVAILABLE, DEADLINE_EXCEEDED,
        RESOURCE_EXHAUSTED (rate limits, overload): trying again later may work
-  4    the service refused or failed otherwise: NOT_FOUND (no such task, job or user), UNAUTHENTICATED,
-       PERMISSION_DENIED, FAILED_PRECONDITION (e.g. user too large for `export user`), INTERNAL,
-       DATA_LOSS, or the output file could not be written
+  4    the service refused or failed otherwise: NOT_FOUND (no such task, job or user),
+       UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION (e.g. user too large for
+       `export user`), INTERNAL, DATA_LOSS, or the output file could not be written
   130  interrupted (Ctrl-C); no partial file is left behind; a submitted export goes on upstream
-       (`stream-export task watch ID --output FILE` picks it up)";
+       (`stream-export task watch ID --output FILE` picks it up), a job in the service
+       (`stream-export job watch ID --output DIR`)";
 
 /// How to reach the service; accepted anywhere on the command line, before the command too
 /// (see [`hoist_client_options`]).

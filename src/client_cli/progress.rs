@@ -156,7 +156,18 @@ impl Display {
     pub fn job_event(&mut self, event: &ExportJobEvent) {
         let Some(job) = &event.job else { return };
         let changed = self.job.as_ref().is_none_or(|seen| !seen.same_progress(job));
-        self.job = Some(job.clone());
+        // Kept without its request, which may list 100,000 channels: the display needs none.
+        self.job = Some(ExportJob {
+            job_id: job.job_id.clone(),
+            owner: job.owner.clone(),
+            request: None,
+            state: job.state,
+            progress: job.progress,
+            create_time: job.create_time,
+            update_time: job.update_time,
+            end_time: job.end_time,
+            error: job.error.clone(),
+        });
         match self.mode {
             Mode::Json => say!("{}", job_event_json(event)),
             Mode::Plain if changed => eprintln!("{}", self.job_text(true)),
