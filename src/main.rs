@@ -1,5 +1,5 @@
 //! The `stream-export` binary: the gRPC service, the Stream API emulator, and the command-line
-//! client (`export`, `task`).
+//! client (`export`, `task`, `job`).
 
 use std::process::ExitCode;
 
@@ -39,6 +39,9 @@ enum Command {
     Export(client_cli::ExportCommand),
     /// Get, watch or list tasks (task get | watch | list), and save a task's export.
     Task(client_cli::TaskCommand),
+    /// Run export jobs of any number of channels or users (job create | get | list | watch |
+    /// tasks | cancel), and save a job's exports.
+    Job(client_cli::JobCommand),
 }
 
 fn main() -> ExitCode {
@@ -48,7 +51,9 @@ fn main() -> ExitCode {
     // The client commands run on one thread: a save is a pipeline of socket reads, decoding and
     // file writes, and handing each message to another thread costs more than it gains.
     let runtime = match cli.command {
-        Command::Export(_) | Command::Task(_) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Command::Export(_) | Command::Task(_) | Command::Job(_) => {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()
+        }
         Command::Serve(_) | Command::Emulator(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
     };
     match runtime {
@@ -121,6 +126,7 @@ async fn run(command: Command) -> ExitCode {
         }
         Command::Export(command) => client_cli::run_export(command).await,
         Command::Task(command) => client_cli::run_task(command).await,
+        Command::Job(command) => client_cli::run_job(command).await,
     }
 }
 

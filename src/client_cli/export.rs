@@ -39,16 +39,16 @@ pub async fn channels(session: &mut Session, args: ChannelsArgs, output: Option<
     let sink = output.as_ref().map(Output::open).transpose()?;
     // Stream leaves a soft-deleted channel out of the file unless asked: an empty file then
     // says why it may be empty.
-    let empty_hint = (!args.include_soft_deleted).then_some(
+    let empty_hint = (!args.options.include_soft_deleted).then_some(
         "the export holds no records: a soft-deleted channel is left out unless --include-soft-deleted is given",
     );
     let request = ExportChannelsRequest {
         channels,
-        include_truncated_messages: args.include_truncated,
-        include_soft_deleted_channels: args.include_soft_deleted,
-        clear_deleted_message_text: args.clear_deleted_text,
-        export_users: args.export_users,
-        version: if args.v2 { ExportFormatVersion::V2 } else { ExportFormatVersion::V1 } as i32,
+        include_truncated_messages: args.options.include_truncated,
+        include_soft_deleted_channels: args.options.include_soft_deleted,
+        clear_deleted_message_text: args.options.clear_deleted_text,
+        export_users: args.options.export_users,
+        version: if args.options.v2 { ExportFormatVersion::V2 } else { ExportFormatVersion::V1 } as i32,
         request_id: uuid::Uuid::new_v4().to_string(),
     };
     let client = session.client.clone();
@@ -264,7 +264,7 @@ pub fn parse_channel(spec: &str) -> Result<ChannelRef, Failure> {
 }
 
 /// One end of a window: an RFC 3339 instant, or a date alone meaning its midnight UTC.
-fn parse_time(text: &str) -> Result<Option<Timestamp>, String> {
+pub(crate) fn parse_time(text: &str) -> Result<Option<Timestamp>, String> {
     if text.is_empty() {
         return Ok(None);
     }

@@ -6,9 +6,12 @@ use serde_json::{Value, json};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::{client_cli::render, proto::Task};
+use crate::{
+    client_cli::render,
+    proto::{ExportJob, Task},
+};
 
-/// Exit code: the task failed or was canceled.
+/// Exit code: the task (or export job) failed or was canceled.
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code: bad usage (also what clap uses for argument errors).
 pub const EXIT_USAGE: u8 = 2;
@@ -38,6 +41,8 @@ pub enum Failure {
     },
     /// The task ended in FAILED or CANCELED.
     TaskEnded(Box<Task>),
+    /// The export job ended in FAILED or CANCELLED.
+    JobEnded(Box<ExportJob>),
     /// A local problem (the output file).
     Local(String),
     /// Ctrl-C; with what goes on upstream and how to pick it up, once a task exists.
@@ -88,7 +93,7 @@ impl Failure {
         match self {
             Failure::Usage(_) => EXIT_USAGE,
             Failure::Unreachable(_) => EXIT_UNAVAILABLE,
-            Failure::TaskEnded(_) => EXIT_FAILED,
+            Failure::TaskEnded(_) | Failure::JobEnded(_) => EXIT_FAILED,
             Failure::Local(_) => EXIT_REFUSED,
             Failure::Interrupted(_) => EXIT_INTERRUPTED,
             Failure::Rpc { status, .. } => match status.code() {
@@ -114,6 +119,13 @@ impl Failure {
                         format!("task {} {state}: {} {}", task.task_id, error.r#type, error.description)
                     }
                     _ => format!("task {} {state}", task.task_id),
+                }
+            }
+            Failure::JobEnded(job) => {
+                let state = render::job_state_name(job.state());
+                match &job.error {
+                    Some(error) => format!("job {} {state}: {}", job.job_id, render::job_error_text(error)),
+                    None => format!("job {} {state}", job.job_id),
                 }
             }
             Failure::Rpc { action, status, advice } => {
@@ -153,6 +165,7 @@ impl Failure {
                 value["reason"] = json!(reason(status));
             }
             Failure::TaskEnded(task) => value["task"] = render::task_json(task),
+            Failure::JobEnded(job) => value["job"] = render::job_json(job),
             _ => {}
         }
         value

@@ -94,7 +94,7 @@ fn record_json(record: &TaskRecord) -> Value {
 }
 
 fn print_table(records: &[TaskRecord]) {
-    let rows: Vec<[String; 6]> = records
+    let rows: Vec<Vec<String>> = records
         .iter()
         .map(|record| {
             let created = record
@@ -102,7 +102,7 @@ fn print_table(records: &[TaskRecord]) {
                 .as_ref()
                 .and_then(instant)
                 .map_or_else(String::new, |at| at.format("%Y-%m-%d %H:%M:%S").to_string());
-            [
+            vec![
                 record.task_id.clone(),
                 record.owner.clone(),
                 record.rpc.clone(),
@@ -112,18 +112,24 @@ fn print_table(records: &[TaskRecord]) {
             ]
         })
         .collect();
-    let header = ["TASK ID", "OWNER", "RPC", "STATE", "CREATED (UTC)", "CHANNELS / USERS"].map(str::to_owned);
-    let mut widths = header.clone().map(|title| title.chars().count());
-    for row in &rows {
+    table(&["TASK ID", "OWNER", "RPC", "STATE", "CREATED (UTC)", "CHANNELS / USERS"], &rows, "(no tasks)");
+}
+
+/// Prints `rows` under `header` in columns as wide as their widest cell; `empty` when there is
+/// no row.
+pub fn table(header: &[&str], rows: &[Vec<String>], empty: &str) {
+    let header: Vec<String> = header.iter().map(|title| (*title).to_owned()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|title| title.chars().count()).collect();
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
-    for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row.iter().zip(widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, &width)| format!("{cell:<width$}")).collect();
         say!("{}", cells.join("  ").trim_end());
     }
     if rows.is_empty() {
-        say!("(no tasks)");
+        say!("{empty}");
     }
 }

@@ -1,9 +1,11 @@
 //! The command-line client for people: `stream-export export …` submits an export, shows that it
-//! progresses and saves it to a file; `stream-export task …` does the same for an existing task.
+//! progresses and saves it to a file; `stream-export task …` does the same for an existing task;
+//! `stream-export job …` runs export jobs of any number of channels or users.
 //!
 //! It talks to a running service over gRPC like any other client. Layout: this module holds the
 //! arguments and the run loop (Ctrl-C, exit codes); [`connect`] the channel, TLS and bearer token;
-//! [`export`] the submits; [`watch`] `WatchTask` with resume; [`output`] `--output` (checked
+//! [`export`] the submits; [`job`] the export job commands and their input files; [`watch`]
+//! `WatchTask` and `WatchExportJob` with resume; [`output`] `--output` (checked
 //! before anything is submitted) and `ReadExport` into an atomically written JSON-lines file or
 //! stdout, resumed after any interruption; [`progress`] what the person (or script) sees;
 //! [`render`] JSON renderings; [`failure`] errors and their exit codes.
@@ -20,6 +22,7 @@ macro_rules! say {
 mod connect;
 mod export;
 mod failure;
+mod job;
 mod list;
 mod output;
 mod progress;
@@ -34,31 +37,35 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use clap::{Args, Subcommand};
+use clap::{ArgGroup, Args, Subcommand};
 
 pub use failure::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE, Failure};
 
-use crate::client_cli::{
-    connect::Client,
-    output::{Output, Sink},
-    progress::Display,
+use crate::{
+    client_cli::{
+        connect::Client,
+        output::{Output, Sink},
+        progress::Display,
+    },
+    proto::CreateExportJobRequest,
 };
 
 /// The exit codes, shown under `--help` of the client commands.
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
-  0    done (the export was submitted, completed and saved, as asked)
-  1    the task failed or was canceled upstream
+  0    done (the export or job was submitted, completed and saved, as asked)
+  1    the task failed or was canceled upstream, or the export job FAILED or was CANCELLED
   2    bad usage: invalid arguments (an --output that cannot be written or already exists
        included: checked before anything is submitted), or the service rejected the request as
        invalid (INVALID_ARGUMENT)
   3    the service or Stream is unavailable: connection refused, UNAVAILABLE, DEADLINE_EXCEEDED,
        RESOURCE_EXHAUSTED (rate limits, overload): trying again later may work
-  4    the service refused or failed otherwise: NOT_FOUND (no such task or user), UNAUTHENTICATED,
-       PERMISSION_DENIED, FAILED_PRECONDITION (e.g. user too large for `export user`), INTERNAL,
-       DATA_LOSS, or the output file could not be written
+  4    the service refused or failed otherwise: NOT_FOUND (no such task, job or user),
+       UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION (e.g. user too large for
+       `export user`), INTERNAL, DATA_LOSS, or the output file could not be written
   130  interrupted (Ctrl-C); no partial file is left behind; a submitted export goes on upstream
-       (`stream-export task watch ID --output FILE` picks it up)";
+       (`stream-export task watch ID --output FILE` picks it up), a job in the service
+       (`stream-export job watch ID --output DIR`)";
 
 /// How to reach the service; accepted anywhere on the command line, before the command too
 /// (see [`hoist_client_options`]).
@@ -85,8 +92,8 @@ pub struct ClientOptions {
     #[arg(long, global = true, env = "STREAM_EXPORT_CLIENT_KEY", value_name = "FILE")]
     pub client_key: Option<PathBuf>,
 
-    /// Machine-readable output: one JSON object per line on stdout (task id, events, result,
-    /// error).
+    /// Machine-readable output: one JSON object per line on stdout (task or job id, events,
+    /// result, error).
     #[arg(long, global = true)]
     pub json: bool,
 }
@@ -123,6 +130,15 @@ pub struct ChannelsArgs {
     /// `messaging:general@2024-02-01T12:00:00Z..`.
     #[arg(required = true, value_name = "TYPE:ID[@SINCE..UNTIL]")]
     channels: Vec<String>,
+    #[command(flatten)]
+    options: ChannelOptions,
+    #[command(flatten)]
+    wait: WaitArgs,
+}
+
+/// The options of a channel export, shared by `export channels` and `job create`.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct ChannelOptions {
     /// Export format V2 (JSON lines upstream) instead of V1 (one JSON document).
     #[arg(long)]
     v2: bool,
@@ -138,8 +154,13 @@ pub struct ChannelsArgs {
     /// Also export the users referenced by the channels.
     #[arg(long)]
     export_users: bool,
-    #[command(flatten)]
-    wait: WaitArgs,
+}
+
+impl ChannelOptions {
+    /// Whether any option is given (they mean nothing to a users export).
+    fn any(self) -> bool {
+        self.v2 || self.include_truncated || self.include_soft_deleted || self.clear_deleted_text || self.export_users
+    }
 }
 
 /// Arguments of `export users`.
@@ -226,6 +247,107 @@ enum TaskWhat {
     },
 }
 
+/// `stream-export job …`.
+#[derive(Args, Debug)]
+#[command(after_help = EXIT_CODES_HELP)]
+pub struct JobCommand {
+    #[command(flatten)]
+    options: ClientOptions,
+    #[command(subcommand)]
+    what: JobWhat,
+}
+
+/// What to do with export jobs.
+#[derive(Subcommand, Debug)]
+enum JobWhat {
+    /// Start an export job: every channel of a file or of a QueryChannels filter, or every user
+    /// of a file, cut by the service into tasks of 25 (prints the job id, or follows it with
+    /// --wait/--output).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Create(Box<JobCreateArgs>),
+    /// Show a job's state and progress once (exit 1 if it FAILED or was CANCELLED).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Get {
+        /// The job id.
+        job_id: String,
+    },
+    /// List the jobs you may see, newest first (a table on a terminal; JSON lines with --json or
+    /// when the output is not a terminal).
+    #[command(after_help = EXIT_CODES_HELP)]
+    List {
+        /// The most jobs to list.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Follow a job until it ends, and optionally save its tasks' records (this is how a job
+    /// left with Ctrl-C, or a save interrupted, is picked up).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Watch {
+        /// The job id.
+        job_id: String,
+        #[command(flatten)]
+        output: JobOutputArgs,
+    },
+    /// List a job's tasks, one per shard: shard, state, attempts, task id, channels or users (a
+    /// table on a terminal; JSON lines with --json or when the output is not a terminal).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Tasks {
+        /// The job id.
+        job_id: String,
+    },
+    /// Cancel a job: the service stops submitting its tasks within seconds (tasks already
+    /// submitted run to their end upstream and stay readable). Prints the job's state.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Cancel {
+        /// The job id.
+        job_id: String,
+    },
+}
+
+/// Arguments of `job create`.
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("selector").required(true).args(["channels_file", "query", "users_file"])))]
+pub struct JobCreateArgs {
+    /// The channels, from FILE: one TYPE:ID[@SINCE..UNTIL] a line, as `export channels` takes
+    /// them; blank lines and lines starting with `#` are skipped.
+    #[arg(long, value_name = "FILE")]
+    channels_file: Option<PathBuf>,
+    /// Every channel that a QueryChannels filter matches when the job is planned: Stream's
+    /// `filter_conditions` as a JSON object, e.g. '{"type": "messaging", "team": "acme"}'.
+    #[arg(long, value_name = "JSON")]
+    query: Option<String>,
+    /// The users, from FILE: one user id a line; blank lines and lines starting with `#` are
+    /// skipped.
+    #[arg(long, value_name = "FILE")]
+    users_file: Option<PathBuf>,
+    /// Only messages created since TIME (a date, UTC midnight, or an RFC 3339 time), for every
+    /// channel without a window of its own.
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Only messages created before TIME (a date or an RFC 3339 time), for every channel without
+    /// a window of its own.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    #[command(flatten)]
+    options: ChannelOptions,
+    /// Follow the job until it ends, showing its progress.
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    output: JobOutputArgs,
+}
+
+/// Saving a job's records.
+#[derive(Args, Debug, Clone)]
+pub struct JobOutputArgs {
+    /// Once the job SUCCEEDED, save each task's records to DIR (an existing, writable directory)
+    /// as JSON lines, one file per shard, `SHARD-TASKID.jsonl`, each written atomically. A file
+    /// already there is kept, so that running `job watch ID --output DIR` again resumes a save.
+    /// Implies --wait.
+    #[arg(long, short, value_name = "DIR")]
+    output: Option<PathBuf>,
+}
+
 /// What every command works with: the client, the display, and what to say on Ctrl-C.
 pub(crate) struct Session {
     client: Client,
@@ -251,6 +373,18 @@ impl Session {
             *pickup = Some(text);
         }
     }
+
+    /// The job being followed (its tasks saved to `directory`): what Ctrl-C leaves running.
+    fn set_job_pickup(&self, job_id: &str, directory: Option<&std::path::Path>) {
+        let command = match directory {
+            Some(directory) => format!("`stream-export job watch {job_id} --output {}`", directory.display()),
+            None => format!("`stream-export job watch {job_id}`"),
+        };
+        let text = format!("the job {job_id} continues in the service; {command} picks it up");
+        if let Ok(mut pickup) = self.pickup.lock() {
+            *pickup = Some(text);
+        }
+    }
 }
 
 /// `--output` checked before anything is sent; `-` (stdout) cannot share stdout with `--json`.
@@ -271,7 +405,9 @@ const CLIENT_OPTIONS_WITH_VALUE: &[&str] = &["--server", "--token", "--ca-cert",
 /// Moves the client options given before the command (`stream-export --server URL export …`)
 /// after it, where clap expects them; any other arguments are returned as they were.
 pub fn hoist_client_options(args: Vec<OsString>) -> Vec<OsString> {
-    let Some(command) = args.iter().skip(1).position(|arg| arg == "export" || arg == "task").map(|i| i + 1) else {
+    let Some(command) =
+        args.iter().skip(1).position(|arg| arg == "export" || arg == "task" || arg == "job").map(|i| i + 1)
+    else {
         return args;
     };
     let mut hoisted = Vec::new();
@@ -367,6 +503,63 @@ pub async fn run_task(command: TaskCommand) -> ExitCode {
     .await
 }
 
+/// Runs `stream-export job …`; returns the process exit code.
+///
+/// The arguments, the input files and `--output` are checked before anything is sent.
+pub async fn run_job(command: JobCommand) -> ExitCode {
+    let JobCommand { options, what } = command;
+    let checked = match CheckedJob::check(what) {
+        Ok(checked) => checked,
+        Err(failure) => {
+            failure.report(options.json);
+            return ExitCode::from(failure.exit_code());
+        }
+    };
+    run(options, |session| async move {
+        let mut session = session?;
+        match checked {
+            CheckedJob::Create { request, wait, directory } => {
+                job::create(&mut session, request, wait, directory).await
+            }
+            CheckedJob::Get(job_id) => job::get(&mut session, &job_id).await,
+            CheckedJob::List(limit) => job::list(&mut session, limit).await,
+            CheckedJob::Watch { job_id, directory } => job::follow(&mut session, &job_id, directory).await,
+            CheckedJob::Tasks(job_id) => job::tasks(&mut session, &job_id).await,
+            CheckedJob::Cancel(job_id) => job::cancel(&mut session, &job_id).await,
+        }
+    })
+    .await
+}
+
+/// A `job` command with its input files read and its arguments and `--output` checked.
+enum CheckedJob {
+    Create { request: Box<CreateExportJobRequest>, wait: bool, directory: Option<PathBuf> },
+    Get(String),
+    List(usize),
+    Watch { job_id: String, directory: Option<PathBuf> },
+    Tasks(String),
+    Cancel(String),
+}
+
+impl CheckedJob {
+    fn check(what: JobWhat) -> Result<Self, Failure> {
+        Ok(match what {
+            JobWhat::Create(args) => CheckedJob::Create {
+                request: Box::new(job::create_request(&args)?),
+                wait: args.wait,
+                directory: job::checked_directory(args.output.output.as_deref())?,
+            },
+            JobWhat::Get { job_id } => CheckedJob::Get(job_id),
+            JobWhat::List { limit } => CheckedJob::List(limit),
+            JobWhat::Watch { job_id, output } => {
+                CheckedJob::Watch { directory: job::checked_directory(output.output.as_deref())?, job_id }
+            }
+            JobWhat::Tasks { job_id } => CheckedJob::Tasks(job_id),
+            JobWhat::Cancel { job_id } => CheckedJob::Cancel(job_id),
+        })
+    }
+}
+
 /// Connects, runs `work` until it ends or Ctrl-C, and reports a failure in one line.
 ///
 /// On Ctrl-C the work's future is dropped, which removes a temporary output file (see
@@ -414,6 +607,7 @@ mod tests {
     fn client_options_before_the_command_move_after_it() {
         assert_eq!(hoisted("se --server h:1 --token=t export users u"), "se export --server h:1 --token=t users u");
         assert_eq!(hoisted("se --json task get x"), "se task --json get x");
+        assert_eq!(hoisted("se --server h:1 job list"), "se job --server h:1 list");
         assert_eq!(hoisted("se export users u --server h:1"), "se export users u --server h:1", "already in place");
         assert_eq!(hoisted("se --listen x serve"), "se --listen x serve", "not a client command");
         assert_eq!(hoisted("se --bogus export users u"), "se --bogus export users u", "clap judges the rest");

@@ -1,8 +1,9 @@
 //! What the person or script sees while a command runs.
 //!
 //! Three modes: on a terminal (stderr), a live spinner with the task's state, the elapsed time and
-//! the last upstream poll, then a record/size counter while the file is written; otherwise plain
-//! lines on stderr, one per change; with `--json`, one JSON object per line on stdout.
+//! the last upstream poll (for an export job, a bar of its tasks done, its channels or users,
+//! the elapsed time and an ETA), then a record/size counter while the file is written; otherwise
+//! plain lines on stderr, one per change; with `--json`, one JSON object per line on stdout.
 //!
 //! Outside `--json`, stdout holds only the command's answer (a task id, a result URL, records),
 //! so that `$(…)` captures it. Elapsed time is always `m:ss` (`h:mm:ss` past an hour), sizes
@@ -17,8 +18,8 @@ use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::{
-    client_cli::render::{event_json, instant, state_name},
-    proto::{TaskEvent, TaskState},
+    client_cli::render::{event_json, instant, job_event_json, job_state_name, state_name},
+    proto::{ExportJob, ExportJobEvent, TaskEvent, TaskState},
 };
 
 /// How output is shown.
@@ -42,6 +43,8 @@ pub struct Display {
     state: Option<TaskState>,
     observed: Option<chrono::DateTime<chrono::Utc>>,
     download: Option<String>,
+    /// The export job followed (`job … --wait`, `job watch`), as last seen.
+    job: Option<ExportJob>,
 }
 
 impl Display {
@@ -62,6 +65,7 @@ impl Display {
             state: None,
             observed: None,
             download: None,
+            job: None,
         }
     }
 
@@ -115,7 +119,109 @@ impl Display {
     /// Time passed without an event: refreshes the live display.
     pub fn tick(&mut self) {
         if self.download.is_none() {
-            self.refresh();
+            if self.job.is_some() {
+                self.refresh_job();
+            } else {
+                self.refresh();
+            }
+        }
+    }
+
+    /// An export job was created.
+    pub fn job_created(&mut self, job: &ExportJob) {
+        match self.mode {
+            Mode::Json => say!("{}", super::render::job_line("job_created", job)),
+            Mode::Plain | Mode::Terminal => eprintln!("created job {}", job.job_id),
+        }
+    }
+
+    /// Watching a job starts: on a terminal, its progress bar appears (its length, the tasks,
+    /// is known from the first event).
+    pub fn watching_job(&mut self) {
+        if self.mode == Mode::Terminal && self.bar.is_none() {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner:.cyan} job {prefix} [{bar:20.cyan/blue}] {pos}/{len} tasks, {wide_msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.enable_steady_tick(Duration::from_millis(100));
+            self.bar = Some(bar);
+        }
+    }
+
+    /// A `WatchExportJob` event arrived.
+    pub fn job_event(&mut self, event: &ExportJobEvent) {
+        let Some(job) = &event.job else { return };
+        let changed = self.job.as_ref().is_none_or(|seen| !seen.same_progress(job));
+        // Kept without its request, which may list 100,000 channels: the display needs none.
+        self.job = Some(ExportJob {
+            job_id: job.job_id.clone(),
+            owner: job.owner.clone(),
+            request: None,
+            state: job.state,
+            progress: job.progress,
+            create_time: job.create_time,
+            update_time: job.update_time,
+            end_time: job.end_time,
+            error: job.error.clone(),
+        });
+        match self.mode {
+            Mode::Json => say!("{}", job_event_json(event)),
+            Mode::Plain if changed => eprintln!("{}", self.job_text(true)),
+            Mode::Plain => {}
+            Mode::Terminal => self.refresh_job(),
+        }
+    }
+
+    /// The job's line: `job ID: RUNNING, 3/10 tasks done, 250 channels, 0:12 elapsed, ETA 0:30,
+    /// 4 submitted` (without the id, state and tasks done, which the bar shows, when `whole` is
+    /// false; what matters most first, as a narrow terminal cuts the end).
+    fn job_text(&self, whole: bool) -> String {
+        let Some(job) = &self.job else { return String::new() };
+        let progress = job.progress.unwrap_or_default();
+        let mut parts = Vec::new();
+        if whole {
+            parts.push(format!("job {}: {}", job.job_id, job_state_name(job.state())));
+            parts.push(format!("{}/{} tasks done", progress.tasks_completed, progress.tasks_total));
+        }
+        if progress.users_total > 0 {
+            parts.push(format!("{} users", progress.users_total));
+        } else {
+            parts.push(format!("{} channels", progress.channels_total));
+        }
+        let elapsed = self.job_elapsed(job);
+        parts.push(format!("{} elapsed", clock(elapsed)));
+        if !job.state().is_terminal() {
+            let eta = eta(elapsed, progress.tasks_completed, progress.tasks_total);
+            parts.push(format!("ETA {}", eta.map_or_else(|| "-".to_owned(), clock)));
+        }
+        if progress.tasks_failed > 0 {
+            parts.push(format!("{} failed", progress.tasks_failed));
+        }
+        if progress.tasks_submitted > progress.tasks_completed && !job.state().is_terminal() {
+            parts.push(format!("{} submitted", progress.tasks_submitted));
+        }
+        parts.join(", ")
+    }
+
+    /// The time since the job was created (by the service's clock as far as the client's
+    /// agrees), or since the command started.
+    fn job_elapsed(&self, job: &ExportJob) -> Duration {
+        let created = job.create_time.as_ref().and_then(instant);
+        let ended = job.end_time.as_ref().and_then(instant).unwrap_or_else(chrono::Utc::now);
+        created.and_then(|created| (ended - created).to_std().ok()).unwrap_or_else(|| self.started.elapsed())
+    }
+
+    fn refresh_job(&self) {
+        if let (Some(bar), Some(job)) = (&self.bar, &self.job) {
+            let progress = job.progress.unwrap_or_default();
+            bar.set_length(progress.tasks_total);
+            bar.set_position(progress.tasks_completed);
+            bar.set_prefix(job_state_name(job.state()));
+            bar.set_message(self.job_text(false));
         }
     }
 
@@ -217,6 +323,15 @@ pub fn clock(elapsed: Duration) -> String {
     if hours > 0 { format!("{hours}:{minutes:02}:{seconds:02}") } else { format!("{minutes}:{seconds:02}") }
 }
 
+/// The time left if the tasks still to do go as fast as those done so far; none before the
+/// first is done.
+pub fn eta(elapsed: Duration, done: u64, total: u64) -> Option<Duration> {
+    if done == 0 || done > total {
+        return None;
+    }
+    Some(elapsed.mul_f64((total - done) as f64 / done as f64))
+}
+
 /// A short delay in seconds: `0.5s`, `2.0s`.
 pub fn seconds(delay: Duration) -> String {
     format!("{:.1}s", delay.as_secs_f64())
@@ -245,5 +360,12 @@ mod tests {
         assert_eq!(size(512), "512 B");
         assert_eq!(size(1536 * 1024), "1.50 MiB");
         assert_eq!(seconds(Duration::from_millis(500)), "0.5s");
+    }
+
+    #[test]
+    fn the_eta_follows_the_pace_of_the_tasks_done() {
+        assert_eq!(eta(Duration::from_secs(30), 3, 10), Some(Duration::from_secs(70)));
+        assert_eq!(eta(Duration::from_secs(30), 10, 10), Some(Duration::ZERO));
+        assert_eq!(eta(Duration::from_secs(30), 0, 10), None, "no pace yet");
     }
 }

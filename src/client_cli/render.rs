@@ -4,7 +4,12 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use prost_types::Timestamp;
 use serde_json::{Value, json};
 
-use crate::proto::{Task, TaskEvent, TaskState, task_event::EventType};
+use tonic_types::RpcStatusExt;
+
+use crate::proto::{
+    ExportJob, ExportJobEvent, ExportJobState, ExportJobTask, Task, TaskEvent, TaskState,
+    create_export_job_request::Selector, task_event::EventType,
+};
 
 /// A state without its `TASK_STATE_` prefix: `RUNNING`, `COMPLETED`…
 pub fn state_name(state: TaskState) -> &'static str {
@@ -18,13 +23,19 @@ pub fn event_type_name(kind: EventType) -> &'static str {
     name.strip_prefix("EVENT_TYPE_").unwrap_or(name)
 }
 
+/// A job state without its `EXPORT_JOB_STATE_` prefix: `RUNNING`, `SUCCEEDED`…
+pub fn job_state_name(state: ExportJobState) -> &'static str {
+    let name = state.as_str_name();
+    name.strip_prefix("EXPORT_JOB_STATE_").unwrap_or(name)
+}
+
 /// A protobuf timestamp as a UTC instant.
 pub fn instant(timestamp: &Timestamp) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(timestamp.seconds, u32::try_from(timestamp.nanos).unwrap_or(0))
 }
 
 /// A protobuf timestamp in RFC 3339, or null.
-fn time_json(timestamp: Option<&Timestamp>) -> Value {
+pub fn time_json(timestamp: Option<&Timestamp>) -> Value {
     timestamp.and_then(instant).map_or(Value::Null, |t| json!(t.to_rfc3339_opts(SecondsFormat::Millis, true)))
 }
 
@@ -58,5 +69,93 @@ pub fn event_json(event: &TaskEvent) -> Value {
         "type": event_type_name(event.r#type()),
         "task": event.task.as_ref().map_or(Value::Null, task_json),
         "observe_time": time_json(event.observe_time.as_ref()),
+    })
+}
+
+/// Why a job failed, in one line: `CODE (REASON): message`.
+pub fn job_error_text(error: &tonic_types::pb::Status) -> String {
+    let code = super::failure::code_name(tonic::Code::from_i32(error.code));
+    match error.get_details_error_info() {
+        Some(info) => format!("{code} ({}): {}", info.reason, error.message),
+        None => format!("{code}: {}", error.message),
+    }
+}
+
+/// What a job exports, in a few fields: the selector and its size (never the whole list, which
+/// may hold 100,000 channels), a query's filter, and the job's window.
+fn job_request_json(job: &ExportJob) -> Value {
+    let Some(request) = &job.request else { return Value::Null };
+    let mut value = match &request.selector {
+        Some(Selector::Channels(list)) => json!({"selector": "channels", "channels": list.channels.len()}),
+        Some(Selector::ChannelQuery(query)) => json!({
+            "selector": "channel_query",
+            "filter": query.filter.as_ref().and_then(|f| f.to_struct().ok()).map_or(Value::Null, |f| {
+                crate::contract::json::from_struct(&f)
+            }),
+        }),
+        Some(Selector::Users(list)) => json!({"selector": "users", "users": list.user_ids.len()}),
+        None => json!({"selector": null}),
+    };
+    value["messages_since"] = time_json(request.messages_since.as_ref());
+    value["messages_until"] = time_json(request.messages_until.as_ref());
+    value
+}
+
+/// A job as JSON: id, owner, state, progress, times, what it exports, and its error when set.
+pub fn job_json(job: &ExportJob) -> Value {
+    let progress = job.progress.unwrap_or_default();
+    let mut value = json!({
+        "job_id": job.job_id,
+        "owner": job.owner,
+        "state": job_state_name(job.state()),
+        "progress": {
+            "channels_total": progress.channels_total,
+            "users_total": progress.users_total,
+            "tasks_total": progress.tasks_total,
+            "tasks_submitted": progress.tasks_submitted,
+            "tasks_completed": progress.tasks_completed,
+            "tasks_failed": progress.tasks_failed,
+        },
+        "request": job_request_json(job),
+        "create_time": time_json(job.create_time.as_ref()),
+        "update_time": time_json(job.update_time.as_ref()),
+        "end_time": time_json(job.end_time.as_ref()),
+    });
+    if let Some(error) = &job.error {
+        value["error"] = json!({
+            "code": super::failure::code_name(tonic::Code::from_i32(error.code)),
+            "reason": error.get_details_error_info().map(|info| info.reason),
+            "message": error.message,
+        });
+    }
+    value
+}
+
+/// A job as one JSON line of its own: `{"event": event, "job_id": …, "job": {…}}`.
+pub fn job_line(event: &str, job: &ExportJob) -> Value {
+    json!({"event": event, "job_id": job.job_id, "job": job_json(job)})
+}
+
+/// A `WatchExportJob` event as one JSON line.
+pub fn job_event_json(event: &ExportJobEvent) -> Value {
+    json!({
+        "event": "job_event",
+        "sequence": event.sequence,
+        "type": event_type_name(event.r#type()),
+        "job": event.job.as_ref().map_or(Value::Null, job_json),
+    })
+}
+
+/// One shard of a job as JSON (`"event": "job_task"`).
+pub fn job_task_json(task: &ExportJobTask) -> Value {
+    json!({
+        "event": "job_task",
+        "shard": task.shard,
+        "state": state_name(task.state()),
+        "attempts": task.attempts,
+        "task_id": task.task_id,
+        "earlier_task_ids": task.earlier_task_ids,
+        "channels": task.channels.iter().map(|c| format!("{}:{}", c.r#type, c.id)).collect::<Vec<_>>(),
+        "user_ids": task.user_ids,
     })
 }

@@ -862,3 +862,298 @@ async fn a_watch_resumes_after_the_service_is_killed_and_replaced() {
     assert!(text(&output.stderr).contains("watch interrupted; resuming"), "{}", text(&output.stderr));
     assert!(text(&output.stdout).starts_with("http"), "the result URL: {}", text(&output.stdout));
 }
+
+/// A service in front of an emulator holding `channels` synthetic channels
+/// (`messaging:bulk-000000`…), whose jobs submit `budget` tasks a minute; more `serve` flags in
+/// `extra`.
+async fn setup_jobs(channels: usize, budget: u32, extra: &[&str]) -> Env {
+    let mut config = EmulatorConfig::new(API_KEY, API_SECRET);
+    config.synthetic_channels = channels;
+    let budget = budget.to_string();
+    let mut args = vec!["--upstream-export-budget", &budget, "--job-retry-delay", "100ms"];
+    args.extend(extra);
+    setup_over(config, &args).await
+}
+
+/// Writes a channels file of the synthetic channels `range`, one a line, with a comment and a
+/// blank line, as a person would.
+fn channels_file(env: &Env, name: &str, range: std::ops::Range<usize>) -> PathBuf {
+    let mut text = String::from("# the bulk channels\n\n");
+    for n in range {
+        text.push_str(&format!("messaging:bulk-{n:06}\n"));
+    }
+    let path = env.path(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn job_create_from_a_channels_file_waits_until_succeeded_and_job_tasks_lists_its_shards() {
+    let env = setup_jobs(30, 600, &[]).await;
+    let file = channels_file(&env, "channels.txt", 0..30);
+    let output = env.run(&["job", "create", "--channels-file", file.to_str().unwrap(), "--wait", "--json"]).await;
+    assert_exit(&output, 0);
+    let lines = json_lines(&output);
+    assert!(lines.iter().any(|l| l["event"] == "job_event" && l["type"] == "SNAPSHOT"), "{lines:?}");
+    let result = lines.last().unwrap();
+    assert_eq!(result["event"], "result", "the last line is the result: {lines:?}");
+    assert_eq!(result["job"]["state"], "SUCCEEDED", "{result}");
+    assert_eq!(result["job"]["progress"]["channels_total"], 30, "{result}");
+    let job_id = result["job"]["job_id"].as_str().unwrap().to_owned();
+
+    let output = env.run(&["job", "tasks", &job_id, "--json"]).await;
+    assert_exit(&output, 0);
+    let shards = json_lines(&output);
+    assert_eq!(shards.len(), 2, "30 channels make two shards of at most 25: {shards:?}");
+    for (index, (shard, channels)) in shards.iter().zip([25, 5]).enumerate() {
+        assert_eq!(shard["shard"], index, "{shard}");
+        assert_eq!(shard["state"], "COMPLETED", "{shard}");
+        assert_eq!(shard["channels"].as_array().unwrap().len(), channels, "{shard}");
+        assert!(!shard["task_id"].as_str().unwrap().is_empty(), "{shard}");
+    }
+
+    // Outside --json, `job get` says the state on stdout; `job list` shows the job.
+    let output = env.run(&["job", "get", &job_id]).await;
+    assert_exit(&output, 0);
+    assert!(text(&output.stdout).contains(&format!("job {job_id}: SUCCEEDED, 2/2 tasks done")), "{output:?}");
+    let output = env.run(&["job", "list", "--json"]).await;
+    assert_exit(&output, 0);
+    let jobs = json_lines(&output);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0]["job_id"], job_id.as_str());
+}
+
+#[tokio::test]
+async fn job_output_saves_each_shard_as_its_task_would_be_saved_and_a_second_run_keeps_the_files() {
+    let env = setup_jobs(30, 600, &[]).await;
+    let file = channels_file(&env, "channels.txt", 0..30);
+    let directory = env.path("job");
+    std::fs::create_dir(&directory).unwrap();
+    let dir = directory.to_str().unwrap();
+    let output = env.run(&["job", "create", "--channels-file", file.to_str().unwrap(), "--v2", "--output", dir]).await;
+    assert_exit(&output, 0);
+    let job_id = text(&output.stdout).trim().to_owned();
+
+    let output = env.run(&["job", "tasks", &job_id, "--json"]).await;
+    let shards = json_lines(&output);
+    let mut names: Vec<String> =
+        std::fs::read_dir(&directory).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    names.sort();
+    let expected: Vec<String> = shards
+        .iter()
+        .map(|shard| format!("{:05}-{}.jsonl", shard["shard"].as_u64().unwrap(), shard["task_id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, expected, "one file per shard, nothing else (no temporary file left)");
+    for (shard, name) in shards.iter().zip(&names) {
+        // The same bytes as `task watch --output` saves of the shard's task.
+        let reference = env.path(&format!("{name}.reference"));
+        let task_id = shard["task_id"].as_str().unwrap();
+        let output = env.run(&["task", "watch", task_id, "--output", reference.to_str().unwrap()]).await;
+        assert_exit(&output, 0);
+        let saved = std::fs::read(directory.join(name)).unwrap();
+        assert!(!saved.is_empty() && saved == std::fs::read(&reference).unwrap(), "{name}");
+    }
+
+    // Again: the complete files are kept, nothing is read twice.
+    let output = env.run(&["job", "watch", &job_id, "--output", dir, "--json"]).await;
+    assert_exit(&output, 0);
+    let lines = json_lines(&output);
+    let result = lines.last().unwrap();
+    assert_eq!((result["files_kept"].as_u64(), result["records"].as_u64()), (Some(2), Some(0)), "{result}");
+    assert!(!lines.iter().any(|l| l["event"] == "download_started"), "{lines:?}");
+}
+
+#[tokio::test]
+async fn job_cancel_of_a_slow_job_ends_it_cancelled_and_its_watch_exits_1_saying_so() {
+    // One submit a second: 16 shards would take a quarter of a minute.
+    let env = setup_jobs(400, 60, &[]).await;
+    let file = channels_file(&env, "channels.txt", 0..400);
+    let output = env.run(&["job", "create", "--channels-file", file.to_str().unwrap()]).await;
+    assert_exit(&output, 0);
+    let job_id = text(&output.stdout).trim().to_owned();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let output = env.run(&["job", "cancel", &job_id, "--json"]).await;
+    assert_exit(&output, 0);
+    let cancelled = json_lines(&output);
+    let state = cancelled[0]["job"]["state"].as_str().unwrap();
+    assert!(["CANCELLING", "CANCELLED"].contains(&state), "{cancelled:?}");
+
+    let output = env.run(&["job", "watch", &job_id, "--json"]).await;
+    assert_exit(&output, 1);
+    let lines = json_lines(&output);
+    let error = lines.last().unwrap();
+    assert_eq!((error["event"].as_str(), error["exit_code"].as_u64()), (Some("error"), Some(1)), "{lines:?}");
+    assert_eq!(error["job"]["state"], "CANCELLED", "{error}");
+    assert!(text(&output.stderr).contains(&format!("job {job_id} CANCELLED")), "{}", text(&output.stderr));
+    let progress = &error["job"]["progress"];
+    assert!(progress["tasks_submitted"].as_u64().unwrap() < 16, "stopped submitting: {progress}");
+}
+
+#[tokio::test]
+async fn job_create_refuses_a_bad_channels_file_line_naming_file_and_line_before_sending_anything() {
+    let env = setup_jobs(30, 600, &[]).await;
+    let file = env.path("channels.txt");
+    std::fs::write(&file, "# ok\nmessaging:bulk-000000\nmessaging-bulk-000001\n").unwrap();
+    let output = env.run(&["job", "create", "--channels-file", file.to_str().unwrap(), "--wait"]).await;
+    assert_exit(&output, 2);
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains(&format!("{}:3: ", file.display())), "FILE:LINE: {stderr}");
+    assert!(stderr.contains("TYPE:ID"), "the expected form: {stderr}");
+    let output = env.run(&["job", "list", "--json"]).await;
+    assert_exit(&output, 0);
+    assert!(output.stdout.is_empty(), "no job was created: {}", text(&output.stdout));
+    assert_eq!(env.emulator.exports_created().await, 0);
+
+    // An empty query is refused the same way.
+    let output = env.run(&["job", "create", "--query", "{}"]).await;
+    assert_exit(&output, 2);
+}
+
+#[tokio::test]
+async fn job_watch_resumes_after_the_service_is_killed_and_replaced() {
+    let state = common::process::scratch_state_dir();
+    let state_arg = state.to_str().unwrap().to_owned();
+    // One submit a second: four shards take a few seconds, time to kill the service mid-job.
+    let mut env = setup_jobs(100, 60, &["--state-dir", &state_arg]).await;
+    let file = channels_file(&env, "channels.txt", 0..100);
+    let output = env.run(&["job", "create", "--channels-file", file.to_str().unwrap()]).await;
+    assert_exit(&output, 0);
+    let job_id = text(&output.stdout).trim().to_owned();
+    let watcher = env.command(&["job", "watch", &job_id]).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    env.replace_service().await;
+    let output = finish(watcher).await;
+    assert_exit(&output, 0);
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("watch interrupted; resuming"), "{stderr}");
+    assert!(stderr.contains(&format!("job {job_id} SUCCEEDED, 4/4 tasks done")), "{stderr}");
+    assert_eq!(text(&output.stdout).trim(), job_id, "the job id is the answer");
+    drop(env);
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// Runs the client on a pseudo-terminal 120 columns wide with `script` (util-linux), which
+/// copies what it draws to stdout.
+async fn on_terminal(env: &Env, args: &str) -> Output {
+    let inner = format!("stty cols 120 rows 40; exec {BIN} {args}");
+    let mut command = Command::new("script");
+    command
+        .args(["-q", "-e", "-f", "-c", &inner, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TERM", "xterm-256color")
+        .env("STREAM_EXPORT_SERVER", env.service.url("http"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    finish(command.spawn().expect("script(1) is installed (util-linux)")).await
+}
+
+#[tokio::test]
+async fn job_wait_on_a_terminal_shows_a_bar_of_tasks_with_channels_elapsed_and_eta() {
+    // One submit a second: four shards take a few seconds, so the bar moves.
+    let env = setup_jobs(100, 60, &[]).await;
+    let file = channels_file(&env, "channels.txt", 0..100);
+    let output = on_terminal(&env, &format!("job create --channels-file {} --wait", file.display())).await;
+    let screen = text(&output.stdout);
+    assert_exit(&output, 0);
+    assert!(screen.contains("job RUNNING [") && screen.contains("/4 tasks, 100 channels, 0:0"), "{screen}");
+    assert!(screen.contains(" elapsed, ETA 0:"), "an ETA once a task is done:\n{screen}");
+    assert!(screen.contains("\u{1b}["), "it redraws in place (terminal escapes):\n{screen}");
+    assert!(screen.contains("SUCCEEDED, 4/4 tasks done, 100 channels"), "{screen}");
+    let job_id = screen.lines().last().unwrap().trim().to_owned();
+
+    // On a terminal, `job tasks` prints a table.
+    let output = on_terminal(&env, &format!("job tasks {job_id}")).await;
+    assert_exit(&output, 0);
+    let screen = text(&output.stdout);
+    assert!(screen.contains("SHARD  STATE      ATTEMPTS  TASK ID"), "{screen}");
+    assert!(screen.contains("25 channels"), "{screen}");
+    assert_eq!(screen.lines().filter(|line| line.contains("COMPLETED")).count(), 4, "{screen}");
+}
+
+#[tokio::test]
+async fn a_failed_job_exits_1_with_its_error_and_job_get_says_the_same() {
+    let env = setup_jobs(30, 600, &["--job-task-attempts", "2"]).await;
+    env.emulator.control(reqwest::Method::PUT, "task_defaults", Some(json!({"outcome": "failed"}))).await;
+    let file = channels_file(&env, "channels.txt", 0..30);
+    let output = env.run(&["job", "create", "--channels-file", file.to_str().unwrap(), "--wait", "--json"]).await;
+    assert_exit(&output, 1);
+    let lines = json_lines(&output);
+    let error = lines.last().unwrap();
+    assert_eq!(error["event"], "error", "{lines:?}");
+    assert_eq!(error["job"]["state"], "FAILED", "{error}");
+    assert_eq!(error["job"]["error"]["code"], "ABORTED", "{error}");
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains(" FAILED: ABORTED") && stderr.contains("failed on all 2 attempts"), "{stderr}");
+
+    let job_id = error["job"]["job_id"].as_str().unwrap();
+    let output = env.run(&["job", "get", job_id]).await;
+    assert_exit(&output, 1);
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains(&format!("job {job_id}: FAILED")) && stdout.contains("\nerror: ABORTED"), "{stdout}");
+}
+
+#[tokio::test]
+async fn a_failed_job_with_output_still_saves_the_tasks_that_completed() {
+    // One submit a second and one attempt per shard: the first shard completes, the second
+    // (submitted once the emulator fails every new task) fails the job.
+    let env = setup_jobs(30, 60, &["--job-task-attempts", "1"]).await;
+    let file = channels_file(&env, "channels.txt", 0..30);
+    let directory = env.path("job");
+    std::fs::create_dir(&directory).unwrap();
+    let args = ["job", "create", "--channels-file", file.to_str().unwrap(), "--output", directory.to_str().unwrap()];
+    let child = env.command(&[&args[..], &["--json"]].concat()).spawn().unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while env.emulator.exports_created().await == 0 {
+        assert!(tokio::time::Instant::now() < until, "the first shard was never submitted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.emulator.control(reqwest::Method::PUT, "task_defaults", Some(json!({"outcome": "failed"}))).await;
+    let output = finish(child).await;
+    assert_exit(&output, 1);
+    let lines = json_lines(&output);
+    assert_eq!(lines.last().unwrap()["job"]["state"], "FAILED", "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "notice" && l["message"].as_str().unwrap().contains("completed (1) are saved")),
+        "{lines:?}"
+    );
+    let names: Vec<String> =
+        std::fs::read_dir(&directory).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(names[0].starts_with("00000-") && names[0].ends_with(".jsonl"), "{names:?}");
+    assert!(std::fs::metadata(directory.join(&names[0])).unwrap().len() > 0);
+}
+
+#[tokio::test]
+async fn job_create_takes_a_channel_query_or_a_users_file() {
+    let env = setup_jobs(30, 600, &[]).await;
+    let query = r#"{"type": "messaging", "id": {"$in": ["bulk-000003", "bulk-000007", "bulk-000011"]}}"#;
+    let output = env.run(&["job", "create", "--query", query, "--since", "2024-01-01", "--wait", "--json"]).await;
+    assert_exit(&output, 0);
+    let lines = json_lines(&output);
+    let job = &lines.last().unwrap()["job"];
+    assert_eq!(job["state"], "SUCCEEDED", "{job}");
+    assert_eq!(job["progress"]["channels_total"], 3, "the channels the filter matches: {job}");
+    assert_eq!(job["request"]["selector"], "channel_query", "{job}");
+    assert_eq!(job["request"]["filter"]["id"]["$in"][1], "bulk-000007", "the filter as given: {job}");
+    assert_eq!(job["request"]["messages_since"], "2024-01-01T00:00:00.000Z", "{job}");
+
+    let users = env.path("users.txt");
+    std::fs::write(&users, format!("{KNOWN_USER}\n\n# and another\nuser-02\n")).unwrap();
+    let output = env.run(&["job", "create", "--users-file", users.to_str().unwrap(), "--wait", "--json"]).await;
+    assert_exit(&output, 0);
+    let lines = json_lines(&output);
+    let job = &lines.last().unwrap()["job"];
+    assert_eq!((job["state"].as_str(), job["progress"]["users_total"].as_u64()), (Some("SUCCEEDED"), Some(2)), "{job}");
+    let output = env.run(&["job", "tasks", job["job_id"].as_str().unwrap(), "--json"]).await;
+    assert_eq!(json_lines(&output)[0]["user_ids"], json!([KNOWN_USER, "user-02"]));
+
+    // A window means nothing to users: refused before anything is sent.
+    let output = env.run(&["job", "create", "--users-file", users.to_str().unwrap(), "--since", "2024-01-01"]).await;
+    assert_exit(&output, 2);
+}
