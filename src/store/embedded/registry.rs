@@ -39,6 +39,13 @@ const TRIM_BATCH: usize = 1_000;
 /// (an observation lost to a crash is read again at the next poll).
 const DURABLE_OBSERVATION_EVERY: Duration = Duration::from_secs(1);
 
+/// How old a recorded observation may grow before one that says the same is written over it.
+/// Every `GetTask` notes what it read; a client polling a task reads the same state again and
+/// again, and a write transaction per read would cost each `GetTask` more than the rest of the
+/// call. A change of state is written at once; the same state only refreshes `observe_time`
+/// (and the re-signed result URL) when the recorded one is this old.
+const OBSERVATION_REFRESH: Duration = Duration::from_secs(10);
+
 /// The [`TaskRegistry`] of one process, in the state directory.
 #[derive(Debug)]
 pub struct EmbeddedRegistry {
@@ -140,6 +147,30 @@ fn trim(tx: &WriteTransaction, capacity: u64) -> Result<u64, redb::Error> {
     Ok(excess.len() as u64)
 }
 
+/// Whether an observation of `task` at `at` tells `record` something: another state, or the
+/// same one when the recorded observation is [`OBSERVATION_REFRESH`] old (or from the future).
+fn worth_writing(record: &TaskRecord, task: &Task, at: DateTime<Utc>) -> bool {
+    let (Some(last), Some(observed)) = (&record.last_observed, &record.observe_time) else { return true };
+    let observed = DateTime::<Utc>::from_timestamp(observed.seconds, u32::try_from(observed.nanos).unwrap_or(0));
+    let fresh = observed
+        .is_some_and(|observed| observed <= at && (at - observed).to_std().is_ok_and(|age| age < OBSERVATION_REFRESH));
+    !fresh || !same_apart_from_signing(last, task)
+}
+
+/// Whether two observations of a task say the same, apart from the result URL, which Stream
+/// signs anew (with a new expiry) on every read.
+fn same_apart_from_signing(a: &Task, b: &Task) -> bool {
+    let unsigned = |task: &Task| {
+        let mut task = task.clone();
+        if let Some(result) = task.result.as_mut() {
+            result.url.clear();
+            result.url_expire_time = None;
+        }
+        task
+    };
+    unsigned(a) == unsigned(b)
+}
+
 #[tonic::async_trait]
 impl TaskRegistry for EmbeddedRegistry {
     async fn record(&self, record: TaskRecord) -> Result<(), StoreError> {
@@ -183,6 +214,9 @@ impl TaskRegistry for EmbeddedRegistry {
     async fn observed(&self, task: &Task, at: DateTime<Utc>) -> Result<(), StoreError> {
         let known = self.get(&task.task_id).await?;
         let Some(mut record) = known else { return Ok(()) };
+        if !worth_writing(&record, task, at) {
+            return Ok(());
+        }
         note_observed(&mut record, task, at);
         let now = now_millis();
         let last = self.last_durable_observation.load(Ordering::Relaxed);
@@ -280,6 +314,43 @@ mod tests {
         let after_c = registry.page_of_owner("x", Some(&Cursor::of(&xs[0])), 10).await.unwrap();
         assert_eq!(ids(&after_c), ["a"]);
         assert!(registry.page_of_owner("nobody", None, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_new_state_is_noted_at_once_and_the_same_state_again_only_once_the_note_is_old() {
+        use crate::proto::{TaskResult, TaskState};
+
+        let dir = super::super::tests::scratch("observed");
+        let state = StateDir::open(&dir).unwrap();
+        let registry = EmbeddedRegistry::new(state.db(), 10);
+        registry.record(record("t", "x", 60)).await.unwrap();
+        let task = |state: TaskState, url: &str| Task {
+            task_id: "t".into(),
+            state: state as i32,
+            result: (!url.is_empty()).then(|| TaskResult { url: url.into(), ..TaskResult::default() }),
+            ..Task::default()
+        };
+        let noted = || async { registry.get("t").await.unwrap().unwrap() };
+        let start = DateTime::<Utc>::from_timestamp(Utc::now().timestamp(), 0).unwrap_or_default();
+        let after = |seconds: i64| start + chrono::Duration::seconds(seconds);
+
+        registry.observed(&task(TaskState::Running, ""), start).await.unwrap();
+        registry.observed(&task(TaskState::Running, ""), after(1)).await.unwrap();
+        assert_eq!(noted().await.observe_time, Some(timestamp(start)), "the same state, noted a second ago");
+
+        registry.observed(&task(TaskState::Completed, "https://x/?sig=1"), after(2)).await.unwrap();
+        let completed = noted().await;
+        assert_eq!(completed.last_observed.map(|task| task.state()), Some(TaskState::Completed), "noted at once");
+        assert_eq!(completed.observe_time, Some(timestamp(after(2))));
+
+        registry.observed(&task(TaskState::Completed, "https://x/?sig=2"), after(3)).await.unwrap();
+        assert_eq!(noted().await.observe_time, Some(timestamp(after(2))), "only the URL's signature differs");
+
+        let late = after(2) + chrono::Duration::from_std(OBSERVATION_REFRESH).unwrap();
+        registry.observed(&task(TaskState::Completed, "https://x/?sig=3"), late).await.unwrap();
+        let refreshed = noted().await;
+        assert_eq!(refreshed.observe_time, Some(timestamp(late)), "an old note is refreshed");
+        assert_eq!(refreshed.last_observed.and_then(|task| task.result).unwrap().url, "https://x/?sig=3");
     }
 
     #[tokio::test]
