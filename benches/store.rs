@@ -10,7 +10,8 @@
 //!   their capacities.
 //!
 //! `cargo bench --bench store` (100,000 records, 1,000,000 submits); `-- --quick` runs in
-//! seconds with small counts; `-- --get-task-only` measures `GetTask` alone.
+//! seconds with small counts; `-- --get-task-only` measures `GetTask` alone; `-- --submits N`
+//! runs N steady submits instead.
 
 #[allow(dead_code)]
 #[path = "service/processes.rs"]
@@ -169,38 +170,47 @@ fn median(mut values: Vec<Duration>) -> Duration {
 async fn main() {
     let quick = std::env::args().any(|arg| arg == "--quick");
     let (records, submits, rounds) = if quick { (1_000, 1_000, 20_000) } else { (100_000, 1_000_000, 500_000) };
+    // `--submits N`: another count of steady submits (the capacities are a tenth of it).
+    let args: Vec<String> = std::env::args().collect();
+    let submits =
+        args.iter().position(|arg| arg == "--submits").and_then(|at| args.get(at + 1)?.parse().ok()).unwrap_or(submits);
     let (get_rounds, get_window, get_concurrency) =
         if quick { (2, Duration::from_millis(300), 4) } else { (9, Duration::from_secs(2), 8) };
     // `--get-task-only`: the GetTask figure alone.
     let get_task_only = std::env::args().any(|arg| arg == "--get-task-only");
     println!("# store bench ({})", if quick { "quick" } else { "full" });
 
-    // GetTask through the service, state directory against memory, in alternating rounds.
+    // GetTask through the service, state directory against memory, in rotating rounds, with a
+    // second memory service as a control: how far two identical services drift apart here.
     {
         let emulator = processes::start_emulator().await;
         let dir = scratch();
-        let memory = Service::start("service-memory-state", &emulator, None).await;
-        let disk = Service::start("service-state-dir", &emulator, Some(&dir)).await;
-        let _ = memory.cpu_per_call(get_concurrency, get_window / 4).await;
-        let _ = disk.cpu_per_call(get_concurrency, get_window / 4).await;
-        let (mut on_memory, mut on_disk) = (Vec::new(), Vec::new());
+        let services = [
+            Service::start("service-memory-state", &emulator, None).await,
+            Service::start("service-state-dir", &emulator, Some(&dir)).await,
+            Service::start("service-memory-control", &emulator, None).await,
+        ];
+        for service in &services {
+            let _ = service.cpu_per_call(get_concurrency, get_window / 4).await;
+        }
+        let mut cpu: [Vec<Duration>; 3] = Default::default();
         for round in 0..get_rounds {
-            // Each round starts with the other service, so that neither always follows the other.
-            if round % 2 == 0 {
-                on_memory.push(memory.cpu_per_call(get_concurrency, get_window).await);
-                on_disk.push(disk.cpu_per_call(get_concurrency, get_window).await);
-            } else {
-                on_disk.push(disk.cpu_per_call(get_concurrency, get_window).await);
-                on_memory.push(memory.cpu_per_call(get_concurrency, get_window).await);
+            // Each round starts with another service, so that none always follows the same one.
+            for k in 0..services.len() {
+                let at = (round + k) % services.len();
+                cpu[at].push(services[at].cpu_per_call(get_concurrency, get_window).await);
             }
         }
-        let (on_memory, on_disk) = (median(on_memory), median(on_disk));
+        let [on_memory, on_disk, on_control] = cpu.map(median);
+        let ratio = |cpu: Duration| cpu.as_secs_f64() / on_memory.as_secs_f64();
         println!(
             "GetTask CPU (tokens and teams.cedar, median of {get_rounds} rounds): memory {on_memory:.1?}, \
-             state directory {on_disk:.1?} per call ({:.2}x)",
-            on_disk.as_secs_f64() / on_memory.as_secs_f64()
+             state directory {on_disk:.1?} per call ({:.2}x); a second memory service, as a control: \
+             {on_control:.1?} ({:.2}x)",
+            ratio(on_disk),
+            ratio(on_control)
         );
-        drop((memory, disk, emulator));
+        drop((services, emulator));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
