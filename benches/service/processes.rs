@@ -128,18 +128,31 @@ pub async fn start_service_with_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> ChildProcess {
+    // In memory, as the figures in BENCHMARKS.md were measured; the state directory's cost is
+    // measured by benches/store.rs.
+    start_service_in(name, emulator, None, extra, env).await
+}
+
+/// [`start_service_with_env`] with its state in `state_dir` (`--state-dir`), or in memory
+/// (`--memory-state`) when `None`.
+pub async fn start_service_in(
+    name: &'static str,
+    emulator: &ChildProcess,
+    state_dir: Option<&std::path::Path>,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> ChildProcess {
     let port = free_port();
     let mut command = Command::new(service_binary());
     command
         .arg("serve")
         .args(["--listen", &format!("127.0.0.1:{port}"), "--stream-base-url", &emulator.url()])
-        .args(["--stream-api-key", API_KEY])
-        // In memory, as the figures in BENCHMARKS.md were measured; the state directory's cost
-        // is measured by benches/store.rs.
-        .arg("--memory-state")
-        .args(extra)
-        .env("STREAM_API_SECRET", API_SECRET)
-        .envs(env.iter().copied());
+        .args(["--stream-api-key", API_KEY]);
+    match state_dir {
+        Some(dir) => command.arg("--state-dir").arg(dir),
+        None => command.arg("--memory-state"),
+    };
+    command.args(extra).env("STREAM_API_SECRET", API_SECRET).envs(env.iter().copied());
     let mut child = spawn(name, command, port);
     child.wait_listening().await;
     child

@@ -7,8 +7,9 @@
 //! file stops growing under steady load (redb reuses the freed pages).
 
 use std::{
+    collections::HashMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -39,6 +40,17 @@ const TRIM_BATCH: usize = 1_000;
 /// (an observation lost to a crash is read again at the next poll).
 const DURABLE_OBSERVATION_EVERY: Duration = Duration::from_secs(1);
 
+/// How old a recorded observation may grow before one that says the same is written over it.
+/// Every `GetTask` notes what it read; a client polling a task reads the same state again and
+/// again, and a write transaction per read would cost each `GetTask` more than the rest of the
+/// call. A change of state is written at once; the same state only refreshes `observe_time`
+/// (and the re-signed result URL) when the recorded one is this old.
+const OBSERVATION_REFRESH: Duration = Duration::from_secs(10);
+
+/// Most tasks whose last written observation is remembered, so that a repeated one is known
+/// for such without a read of the record; past it, the memory starts over.
+const NOTED_CAPACITY: usize = 10_000;
+
 /// The [`TaskRegistry`] of one process, in the state directory.
 #[derive(Debug)]
 pub struct EmbeddedRegistry {
@@ -46,6 +58,15 @@ pub struct EmbeddedRegistry {
     capacity: u64,
     evicted: AtomicU64,
     last_durable_observation: AtomicU64,
+    /// The observation each task's record holds, as this process last wrote or read it.
+    noted: Mutex<HashMap<String, Noted>>,
+}
+
+/// An observation in a record: the task without its result URL's signature, and when.
+#[derive(Debug)]
+struct Noted {
+    task: Task,
+    at: DateTime<Utc>,
 }
 
 impl EmbeddedRegistry {
@@ -56,7 +77,21 @@ impl EmbeddedRegistry {
             capacity: u64::try_from(capacity.max(1)).unwrap_or(u64::MAX),
             evicted: AtomicU64::new(0),
             last_durable_observation: AtomicU64::new(0),
+            noted: Mutex::default(),
         }
+    }
+
+    fn noted(&self) -> std::sync::MutexGuard<'_, HashMap<String, Noted>> {
+        self.noted.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Remembers the observation `task_id`'s record holds.
+    fn remember(&self, task_id: &str, noted: Noted) {
+        let mut memory = self.noted();
+        if memory.len() >= NOTED_CAPACITY && !memory.contains_key(task_id) {
+            memory.clear();
+        }
+        memory.insert(task_id.to_owned(), noted);
     }
 
     /// How many records the registry holds.
@@ -140,6 +175,23 @@ fn trim(tx: &WriteTransaction, capacity: u64) -> Result<u64, redb::Error> {
     Ok(excess.len() as u64)
 }
 
+/// Whether an observation `seen` at `at` says what `noted` says, and `noted` is less than
+/// [`OBSERVATION_REFRESH`] old: then it is not written.
+fn says_the_same(noted: &Noted, seen: &Task, at: DateTime<Utc>) -> bool {
+    let fresh = noted.at <= at && (at - noted.at).to_std().is_ok_and(|age| age < OBSERVATION_REFRESH);
+    fresh && noted.task == *seen
+}
+
+/// A task without its result URL, which Stream signs anew (with a new expiry) on every read.
+fn unsigned(task: &Task) -> Task {
+    let mut task = task.clone();
+    if let Some(result) = task.result.as_mut() {
+        result.url.clear();
+        result.url_expire_time = None;
+    }
+    task
+}
+
 #[tonic::async_trait]
 impl TaskRegistry for EmbeddedRegistry {
     async fn record(&self, record: TaskRecord) -> Result<(), StoreError> {
@@ -181,8 +233,22 @@ impl TaskRegistry for EmbeddedRegistry {
     }
 
     async fn observed(&self, task: &Task, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let seen = unsigned(task);
+        if self.noted().get(&task.task_id).is_some_and(|noted| says_the_same(noted, &seen, at)) {
+            return Ok(());
+        }
         let known = self.get(&task.task_id).await?;
         let Some(mut record) = known else { return Ok(()) };
+        let noted = record.last_observed.as_ref().zip(record.observe_time.as_ref()).and_then(|(task, time)| {
+            let at = DateTime::<Utc>::from_timestamp(time.seconds, u32::try_from(time.nanos).unwrap_or(0))?;
+            Some(Noted { task: unsigned(task), at })
+        });
+        if let Some(noted) = noted
+            && says_the_same(&noted, &seen, at)
+        {
+            self.remember(&task.task_id, noted);
+            return Ok(());
+        }
         note_observed(&mut record, task, at);
         let now = now_millis();
         let last = self.last_durable_observation.load(Ordering::Relaxed);
@@ -192,6 +258,7 @@ impl TaskRegistry for EmbeddedRegistry {
         } else {
             Durability::None
         };
+        let task_id = task.task_id.clone();
         write_blocking(&self.db, durability, move |tx| {
             let mut tasks = tx.open_table(TASKS)?;
             // Still there (not trimmed meanwhile): write the observation.
@@ -200,7 +267,9 @@ impl TaskRegistry for EmbeddedRegistry {
             }
             Ok(())
         })
-        .await
+        .await?;
+        self.remember(&task_id, Noted { task: seen, at });
+        Ok(())
     }
 
     async fn page_of_owner(
@@ -280,6 +349,51 @@ mod tests {
         let after_c = registry.page_of_owner("x", Some(&Cursor::of(&xs[0])), 10).await.unwrap();
         assert_eq!(ids(&after_c), ["a"]);
         assert!(registry.page_of_owner("nobody", None, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_new_state_is_noted_at_once_and_the_same_state_again_only_once_the_note_is_old() {
+        use crate::proto::{TaskResult, TaskState};
+
+        let dir = super::super::tests::scratch("observed");
+        let state = StateDir::open(&dir).unwrap();
+        let registry = EmbeddedRegistry::new(state.db(), 10);
+        registry.record(record("t", "x", 60)).await.unwrap();
+        let task = |state: TaskState, url: &str| Task {
+            task_id: "t".into(),
+            state: state as i32,
+            result: (!url.is_empty()).then(|| TaskResult { url: url.into(), ..TaskResult::default() }),
+            ..Task::default()
+        };
+        let noted = || async { registry.get("t").await.unwrap().unwrap() };
+        let start = DateTime::<Utc>::from_timestamp(Utc::now().timestamp(), 0).unwrap_or_default();
+        let after = |seconds: i64| start + chrono::Duration::seconds(seconds);
+
+        registry.observed(&task(TaskState::Running, ""), start).await.unwrap();
+        registry.observed(&task(TaskState::Running, ""), after(1)).await.unwrap();
+        assert_eq!(noted().await.observe_time, Some(timestamp(start)), "the same state, noted a second ago");
+
+        registry.observed(&task(TaskState::Completed, "https://x/?sig=1"), after(2)).await.unwrap();
+        let completed = noted().await;
+        assert_eq!(completed.last_observed.map(|task| task.state()), Some(TaskState::Completed), "noted at once");
+        assert_eq!(completed.observe_time, Some(timestamp(after(2))));
+
+        registry.observed(&task(TaskState::Completed, "https://x/?sig=2"), after(3)).await.unwrap();
+        assert_eq!(noted().await.observe_time, Some(timestamp(after(2))), "only the URL's signature differs");
+
+        let late = after(2) + chrono::Duration::from_std(OBSERVATION_REFRESH).unwrap();
+        registry.observed(&task(TaskState::Completed, "https://x/?sig=3"), late).await.unwrap();
+        let refreshed = noted().await;
+        assert_eq!(refreshed.observe_time, Some(timestamp(late)), "an old note is refreshed");
+        assert_eq!(refreshed.last_observed.and_then(|task| task.result).unwrap().url, "https://x/?sig=3");
+
+        // A registry that has written nothing yet (after a restart) finds the note in the record.
+        let restarted = EmbeddedRegistry::new(state.db(), 10);
+        let soon = late + chrono::Duration::seconds(1);
+        restarted.observed(&task(TaskState::Completed, "https://x/?sig=4"), soon).await.unwrap();
+        assert_eq!(noted().await.observe_time, Some(timestamp(late)), "the record's own note is recent");
+        restarted.observed(&task(TaskState::Failed, ""), soon).await.unwrap();
+        assert_eq!(noted().await.last_observed.map(|task| task.state()), Some(TaskState::Failed));
     }
 
     #[tokio::test]

@@ -16,6 +16,23 @@
 //! key of its own; the fleet's dead-holder lease has the same outcome). Claims older than the
 //! idempotency TTL are removed at start-up.
 //!
+//! **What the two durable commits keep, and why neither can be relaxed.** A submit commits
+//! twice with `Durability::Immediate` (one fsync each), and the caller gets its task id only
+//! after the second:
+//! - the `done` record is on disk before any caller has the task id, so once a caller has it,
+//!   a retry of its `request_id` (after `kill -9`, a restart, a power cut) finds that task and
+//!   sends nothing upstream. Written without durability, it could be lost after the answer,
+//!   and the retry would start a second export;
+//! - the claim is on disk before the POST goes out, so a submit cut by a crash is never taken
+//!   for done and the retry says it may start a second export. Written without durability (it
+//!   would reach the disk with the next durable commit), the retry after such a crash would run
+//!   the submit as if it were new, silently. Sending the POST while the claim's commit runs
+//!   would open the same gap.
+//!
+//! A crash between the POST and the `done` commit is the window no store can close (Stream has
+//! no idempotency key). The commits are short (one fsync each); redb has no group commit, and
+//! several submits' claims in one transaction would make each submit wait for the others.
+//!
 //! Concurrent calls with one key in this process join the running submit (as in memory).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
