@@ -135,13 +135,13 @@ async fn run(command: Command) -> ExitCode {
 /// here, in the binary, so that the library's service path never links the emulator in.
 async fn serve(mut settings: Settings) -> anyhow::Result<()> {
     let embedded = match settings.upstream {
-        UpstreamSettings::Emulator => {
+        UpstreamSettings::Emulator { synthetic_channels } => {
             let random = |len| rand::rng().sample_iter(Alphanumeric).take(len).map(char::from).collect::<String>();
             let (api_key, api_secret) = (format!("emulator-{}", random(12).to_lowercase()), random(48));
             let listener = TcpListener::bind("127.0.0.1:0").await.context("binding the embedded emulator")?;
-            let handle = emulator::spawn(listener, emulator::EmulatorConfig::new(&api_key, &api_secret))
-                .await
-                .context("starting the embedded emulator")?;
+            let mut config = emulator::EmulatorConfig::new(&api_key, &api_secret);
+            config.synthetic_channels = synthetic_channels;
+            let handle = emulator::spawn(listener, config).await.context("starting the embedded emulator")?;
             let base_url = parse_base_url(&handle.base_url())?;
             tracing::info!(%base_url, %api_key, "embedded Stream API emulator started");
             settings.upstream =

@@ -262,7 +262,7 @@ mod tests {
     #[test]
     fn the_flags_defaults_are_the_default_settings() {
         let parsed = Serve::try_parse_from(["serve", "--emulator"]).unwrap().args.into_settings().unwrap();
-        let defaults = Settings::new(parsed.listen, UpstreamSettings::Emulator);
+        let defaults = Settings::new(parsed.listen, UpstreamSettings::Emulator { synthetic_channels: 0 });
         assert_eq!(format!("{parsed:#?}"), format!("{defaults:#?}"));
     }
 

@@ -1,7 +1,7 @@
-//! Export jobs in a fleet (issue 33): a job created on one replica is read, watched and
-//! cancelled on any; one replica runs it at a time, under a lease; after a `kill -9` of that
-//! replica another takes the job over and finishes it, no shard lost; the fleet's submits
-//! share one export budget.
+//! Export jobs as processes (issue 33). In a fleet: a job created on one replica is read,
+//! watched and cancelled on any; one replica runs it at a time, under a lease; after a `kill -9`
+//! of that replica another takes the job over and finishes it, no shard lost; the fleet's
+//! submits share one export budget. Alone: with the embedded emulator's synthetic channels.
 
 use std::{
     collections::BTreeSet,
@@ -134,4 +134,31 @@ async fn a_cancel_on_any_replica_stops_the_replica_that_runs_the_job() {
     let submitted = emulator.exports_created().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(emulator.exports_created().await, submitted, "nothing submitted after the cancel");
+}
+
+/// `serve --emulator --emulator-synthetic-channels N`: export jobs at Stream's real shard size,
+/// with no Stream account and nothing else installed.
+#[tokio::test]
+async fn the_embedded_emulator_can_hold_enough_channels_to_try_a_job_of_several_shards() {
+    use crate::common::process::ServiceProcess;
+    use stream_export::proto::ChannelQuery;
+
+    let service = ServiceProcess::start(&["--emulator", "--emulator-synthetic-channels", "120"], &[]);
+    service.wait_ready(true).await;
+    let mut client = ExportServiceClient::new(service.channel().await);
+    let cids: Vec<String> = (0..60).map(|n| format!("messaging:bulk-{n:06}")).collect();
+    let filter = serde_json::json!({"cid": {"$in": cids}});
+    let request = CreateExportJobRequest {
+        selector: Some(Selector::ChannelQuery(ChannelQuery {
+            filter: Some(
+                stream_export::contract::json::to_struct(filter.as_object().cloned().unwrap_or_default()).into(),
+            ),
+        })),
+        ..Default::default()
+    };
+    let job = client.create_export_job(request).await.expect("created").into_inner();
+    let job = finished(&mut client, &job.job_id, Duration::from_secs(30)).await;
+    assert_eq!(job.state(), ExportJobState::Succeeded, "{job:?}");
+    let progress = job.progress.expect("progress");
+    assert_eq!((progress.channels_total, progress.tasks_total, progress.tasks_completed), (60, 3, 3));
 }
