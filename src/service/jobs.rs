@@ -81,7 +81,7 @@ pub(super) async fn create_export_job(
         }
         let mut fingerprinted = message.clone();
         fingerprinted.request_id.clear();
-        let fingerprint = Fingerprint::of(rpc.name(), &hex::encode(fingerprinted.encode_to_vec())).to_hex();
+        let fingerprint = Fingerprint::of_bytes(rpc.name(), &fingerprinted.encode_to_vec()).to_hex();
         let now = Some(timestamp(Utc::now()));
         let progress = items.as_ref().map(|items| {
             let total = items.len() as u64;

@@ -40,6 +40,15 @@ impl Fingerprint {
         Self(hasher.finalize().into())
     }
 
+    /// The fingerprint of an RPC name and its request's bytes (a protobuf encoding, say).
+    pub fn of_bytes(rpc: &str, bytes: &[u8]) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(rpc.as_bytes());
+        hasher.update([0]);
+        hasher.update(bytes);
+        Self(hasher.finalize().into())
+    }
+
     /// The digest in hex, as shared stores keep it.
     pub fn to_hex(self) -> String {
         hex::encode(self.0)
