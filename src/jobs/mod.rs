@@ -217,15 +217,12 @@ impl Jobs {
     /// In a fleet, keeps looking for unfinished jobs that no replica runs (their replica died)
     /// and takes them over.
     pub async fn resume(&self) -> Result<usize, StoreError> {
-        let unfinished = self.inner.parts.store.unfinished().await?;
-        let count = unfinished.len();
-        for record in unfinished {
-            self.start(record);
-        }
         if let Some(every) = self.inner.parts.claims.renew_every() {
+            // Started first: a store that does not answer now (Redis down) is asked again.
             let jobs = self.clone();
             tokio::spawn(async move {
                 let mut looks = tokio::time::interval(every);
+                looks.tick().await;
                 loop {
                     tokio::select! {
                         _ = looks.tick() => {}
@@ -237,6 +234,11 @@ impl Jobs {
                     }
                 }
             });
+        }
+        let unfinished = self.inner.parts.store.unfinished().await?;
+        let count = unfinished.len();
+        for record in unfinished {
+            self.start(record);
         }
         Ok(count)
     }
