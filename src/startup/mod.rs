@@ -455,13 +455,17 @@ pub async fn shutdown_signal() {
 struct RegistryObserver(Arc<dyn TaskRegistry>);
 
 impl ChangeObserver for RegistryObserver {
-    fn observed(&self, task: &proto::Task, at: chrono::DateTime<chrono::Utc>) {
+    fn observed(
+        &self,
+        task: &proto::Task,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> futures::future::BoxFuture<'static, ()> {
         let (registry, task) = (Arc::clone(&self.0), task.clone());
-        tokio::spawn(async move {
+        Box::pin(async move {
             if let Err(error) = registry.observed(&task, at).await {
                 tracing::debug!(%error, "the task registry did not take an observation");
             }
-        });
+        })
     }
 }
 

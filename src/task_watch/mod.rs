@@ -26,9 +26,20 @@ pub use hub::{WatchHub, Watcher};
 
 /// Told of every change a poller observes; in fleet mode only the polling replica tells.
 pub trait ChangeObserver: Send + Sync + std::fmt::Debug {
-    /// `task` changed, as polled at `at`. Called on the poller's task: it must not block.
-    fn observed(&self, task: &crate::proto::Task, at: chrono::DateTime<chrono::Utc>);
+    /// `task` changed, as polled at `at`: the noting of it. The poller runs it in the background,
+    /// except for a final state, which it awaits (for at most [`FINAL_STATE_NOTE_WAIT`]) before
+    /// its watchers see it: a client that watched a task to its end then finds it ended in
+    /// `ListTasks` too.
+    fn observed(
+        &self,
+        task: &crate::proto::Task,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> futures::future::BoxFuture<'static, ()>;
 }
+
+/// The longest a poller waits for a final state to be noted before its watchers see it (a
+/// stalled registry delays the end of a watch by this much at most).
+pub const FINAL_STATE_NOTE_WAIT: Duration = Duration::from_secs(1);
 
 /// Tuning of the hub; every value has a flag in `stream-export serve`.
 #[derive(Clone, Debug)]

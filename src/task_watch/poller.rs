@@ -181,13 +181,18 @@ impl Poller {
                     failure_delays = None;
                     let task = convert::task(answer.body, polled_at);
                     let terminal = task.state().is_terminal();
-                    let changed = publish(&self.sender, task, polled_at);
-                    if changed && let Some(observer) = &hub.observer {
-                        let observed = self.sender.borrow().task().cloned();
-                        if let Some(task) = observed {
-                            observer.observed(&task, polled_at);
+                    if let Some(observer) = &hub.observer
+                        && is_news(&self.sender, &task)
+                    {
+                        let noting = observer.observed(&task, polled_at);
+                        if terminal {
+                            // Noted before any watcher sees the end (see `ChangeObserver`).
+                            let _ = tokio::time::timeout(super::FINAL_STATE_NOTE_WAIT, noting).await;
+                        } else {
+                            tokio::spawn(noting);
                         }
                     }
+                    let changed = publish(&self.sender, task, polled_at);
                     // Sharing the observation is part of the poll's trace.
                     if terminal {
                         self.share(Some(settings.terminal_retention)).instrument(poll).await;
@@ -326,15 +331,25 @@ impl Poller {
 fn publish(sender: &ViewSender, task: Task, polled_at: chrono::DateTime<Utc>) -> bool {
     sender.send_if_modified(|view| {
         view.polled_at = Some(polled_at);
-        let changed = match &view.observation {
-            Observation::Task(previous) => !previous.same_state(&task),
-            Observation::Pending | Observation::Ended(_) => true,
-        };
+        let changed = differs(&view.observation, &task);
         if changed {
             view.observation = Observation::Task(Box::new(task));
         }
         changed
     })
+}
+
+/// Whether `task` says something the view does not (a first observation, or a new state).
+fn differs(observation: &Observation, task: &Task) -> bool {
+    match observation {
+        Observation::Task(previous) => !previous.same_state(task),
+        Observation::Pending | Observation::Ended(_) => true,
+    }
+}
+
+/// Whether `task` would change the view [`publish`] puts it in.
+fn is_news(sender: &ViewSender, task: &Task) -> bool {
+    differs(&sender.borrow().observation, task)
 }
 
 /// The delays between polls of a failing upstream: doubling from the shortest poll interval,

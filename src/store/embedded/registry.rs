@@ -238,7 +238,7 @@ impl TaskRegistry for EmbeddedRegistry {
             return Ok(());
         }
         let known = self.get(&task.task_id).await?;
-        let Some(mut record) = known else { return Ok(()) };
+        let Some(record) = known else { return Ok(()) };
         let noted = record.last_observed.as_ref().zip(record.observe_time.as_ref()).and_then(|(task, time)| {
             let at = DateTime::<Utc>::from_timestamp(time.seconds, u32::try_from(time.nanos).unwrap_or(0))?;
             Some(Noted { task: unsigned(task), at })
@@ -249,7 +249,6 @@ impl TaskRegistry for EmbeddedRegistry {
             self.remember(&task.task_id, noted);
             return Ok(());
         }
-        note_observed(&mut record, task, at);
         let now = now_millis();
         let last = self.last_durable_observation.load(Ordering::Relaxed);
         let durability = if now.saturating_sub(last) >= DURABLE_OBSERVATION_EVERY.as_millis() as u64 {
@@ -258,17 +257,30 @@ impl TaskRegistry for EmbeddedRegistry {
         } else {
             Durability::None
         };
-        let task_id = task.task_id.clone();
-        write_blocking(&self.db, durability, move |tx| {
+        let (task_id, observed) = (task.task_id.clone(), task.clone());
+        let written = write_blocking(&self.db, durability, move |tx| {
             let mut tasks = tx.open_table(TASKS)?;
-            // Still there (not trimmed meanwhile): write the observation.
-            if tasks.get(record.task_id.as_str())?.is_some() {
-                tasks.insert(record.task_id.as_str(), record.encode_to_vec().as_slice())?;
+            // Read again inside the write: observations noted at once (a watch's RUNNING and
+            // COMPLETED a few milliseconds apart) must not put the older one over the newer.
+            let current = tasks.get(task_id.as_str())?.and_then(|bytes| TaskRecord::decode(bytes.value()).ok());
+            // Not there any more (trimmed meanwhile), or a newer observation is: nothing to write.
+            let Some(mut current) = current else { return Ok(false) };
+            let newer = current.observe_time.as_ref().is_some_and(|time| {
+                DateTime::<Utc>::from_timestamp(time.seconds, u32::try_from(time.nanos).unwrap_or(0))
+                    .is_some_and(|noted| noted > at)
+            });
+            if newer {
+                return Ok(false);
             }
-            Ok(())
+            note_observed(&mut current, &observed, at);
+            tasks.insert(task_id.as_str(), current.encode_to_vec().as_slice())?;
+            Ok(true)
         })
         .await?;
-        self.remember(&task_id, Noted { task: seen, at });
+        if !written {
+            return Ok(());
+        }
+        self.remember(&task.task_id, Noted { task: seen, at });
         Ok(())
     }
 
@@ -394,6 +406,11 @@ mod tests {
         assert_eq!(noted().await.observe_time, Some(timestamp(late)), "the record's own note is recent");
         restarted.observed(&task(TaskState::Failed, ""), soon).await.unwrap();
         assert_eq!(noted().await.last_observed.map(|task| task.state()), Some(TaskState::Failed));
+
+        // An observation that arrives after a newer one (two noted at once) is not written.
+        let other = EmbeddedRegistry::new(state.db(), 10);
+        other.observed(&task(TaskState::Running, ""), start).await.unwrap();
+        assert_eq!(noted().await.last_observed.map(|task| task.state()), Some(TaskState::Failed), "the newest stays");
     }
 
     #[tokio::test]
