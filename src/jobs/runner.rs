@@ -17,7 +17,7 @@ use tokio::{sync::mpsc, task::AbortHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
-use super::{Inner, Owner, Prepared, ShardBody, ShardRequest, plan};
+use super::{Inner, Owner, ShardBody, ShardRequest, plan};
 use crate::{
     contract::{job::status_message, status, task::timestamp},
     proto::{
@@ -223,9 +223,12 @@ impl Run<'_> {
             () = paced => {}
             () = self.cancel.cancelled() => return Ok(None),
         }
-        let submitted = self.inner.parts.submits.get_or_submit(key, prepared.fingerprint, self.post(prepared)).await;
-        let task_id = match submitted {
-            Ok(submitted) => submitted.task_id,
+        let record = self.task_record(rpc, &request);
+        let post = self.post(prepared.body);
+        let submitted =
+            self.inner.parts.submits.get_or_submit_recording(key, prepared.fingerprint, post, record.clone()).await;
+        let (task_id, recorded) = match submitted {
+            Ok((submitted, recorded)) => (submitted.task_id, recorded),
             Err(StoreError::Submit(error)) => return self.submit_failed(number, &error).await,
             Err(error) => {
                 tracing::warn!(%error, shard = number, "a shard's submit could not be recorded; it is tried again");
@@ -244,18 +247,20 @@ impl Run<'_> {
         shard.submitted_micros = now_micros();
         shard.retry_at_micros = 0;
         self.save_shard(shard).await?;
-        self.record_task(&task_id, rpc, request).await;
+        if !recorded {
+            self.record_task(TaskRecord { task_id: task_id.clone(), ..record }).await;
+        }
         self.watch(number, events);
         Ok(None)
     }
 
     /// The POST of one shard, bounded by the upstream timeout alone (see `SubmitStore`), its
     /// rate-limit window told to the pacer.
-    fn post(&self, prepared: Prepared) -> futures::future::BoxFuture<'static, Result<String, UpstreamError>> {
+    fn post(&self, body: ShardBody) -> futures::future::BoxFuture<'static, Result<String, UpstreamError>> {
         let client = self.inner.parts.client.clone();
         let pacer = Arc::clone(&self.inner.pacer);
         async move {
-            let answer = match &prepared.body {
+            let answer = match &body {
                 ShardBody::Channels(body) => client.export_channels(body, None).await,
                 ShardBody::Users(body) => client.export_users(body, None).await,
             }?;
@@ -282,23 +287,27 @@ impl Run<'_> {
         Ok(None)
     }
 
-    /// Records a shard's task in the task registry, as its owner's: `GetTask`, `WatchTask`,
-    /// `ReadExport` and `ListTasks` treat it as any other. A failure is logged (the registry's
-    /// own pending writes keep trying).
-    async fn record_task(&self, task_id: &str, rpc: &str, request: ShardRequest) {
+    /// The task registry's record of a shard's task, as its owner's: `GetTask`, `WatchTask`,
+    /// `ReadExport` and `ListTasks` treat it as any other (its task id filled in once known).
+    fn task_record(&self, rpc: &str, request: &ShardRequest) -> TaskRecord {
         let submit = match request {
-            ShardRequest::Channels(request) => task_record::Submit::ExportChannels(request),
-            ShardRequest::Users(request) => task_record::Submit::ExportUsers(request),
+            ShardRequest::Channels(request) => task_record::Submit::ExportChannels(request.clone()),
+            ShardRequest::Users(request) => task_record::Submit::ExportUsers(request.clone()),
         };
-        let record = TaskRecord {
-            task_id: task_id.to_owned(),
+        TaskRecord {
             owner: self.owner.name.clone(),
             rpc: rpc.to_owned(),
             submit: Some(submit),
             create_time: Some(timestamp(Utc::now())),
             job_id: self.job.job_id.clone(),
             ..TaskRecord::default()
-        };
+        }
+    }
+
+    /// Records a shard's task in the task registry when the submit store did not record it with
+    /// the submit. A failure is logged (the registry's own pending writes keep trying).
+    async fn record_task(&self, record: TaskRecord) {
+        let task_id = record.task_id.clone();
         if let Err(error) = self.inner.parts.registry.record(record).await {
             tracing::warn!(%error, task_id, "a job's task could not be recorded in the task registry");
         }

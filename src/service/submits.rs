@@ -48,12 +48,16 @@ pub(super) async fn export_channels(
         let fingerprint = Fingerprint::of(rpc.name(), &body);
         let client = api.client.clone();
         let upstream = move |deadline| async move { client.export_channels(&body, deadline).await };
-        api.submit_once(rpc, Operation::ExportChannels, &call, &message.request_id, fingerprint, upstream).await
+        let record = task_record(&call.caller, task_record::Submit::ExportChannels(message.clone()));
+        let submit = Submit { rpc, operation: Operation::ExportChannels, request_id: &message.request_id, fingerprint };
+        api.submit_once(&call, submit, record, upstream).await
     }
     .await;
-    finish_submit(&call, rpc, &subject, &outcome);
-    let task_id = outcome?;
-    api.record_submit(&call.caller, &task_id, task_record::Submit::ExportChannels(message.clone())).await;
+    finish_submit(&call, rpc, &subject, outcome.as_ref().map(|(task_id, _)| task_id.as_str()));
+    let (task_id, record) = outcome?;
+    if let Some(record) = record {
+        api.record_submit(TaskRecord { task_id: task_id.clone(), ..record }).await;
+    }
     Ok(Response::new(ExportChannelsResponse { task_id }))
 }
 
@@ -73,12 +77,17 @@ pub(super) async fn export_users(
         let fingerprint = Fingerprint::of(rpc.name(), &body);
         let client = api.client.clone();
         let upstream = move |deadline| async move { client.export_users(&body, deadline).await };
-        api.submit_once(rpc, Operation::ExportUsers, &call, &message.request_id, fingerprint, upstream).await
+        let record = task_record(&call.caller, task_record::Submit::ExportUsers(message.clone()));
+        let submit = Submit { rpc, operation: Operation::ExportUsers, request_id: &message.request_id, fingerprint };
+        api.submit_once(&call, submit, record, upstream).await
     }
     .await;
-    finish_submit(&call, rpc, &Subject::Users(&message.user_ids), &outcome);
-    let task_id = outcome?;
-    api.record_submit(&call.caller, &task_id, task_record::Submit::ExportUsers(message.clone())).await;
+    let audited = outcome.as_ref().map(|(task_id, _)| task_id.as_str());
+    finish_submit(&call, rpc, &Subject::Users(&message.user_ids), audited);
+    let (task_id, record) = outcome?;
+    if let Some(record) = record {
+        api.record_submit(TaskRecord { task_id: task_id.clone(), ..record }).await;
+    }
     Ok(Response::new(ExportUsersResponse { task_id }))
 }
 
@@ -101,12 +110,35 @@ pub(super) async fn export_user(
     Ok(Response::new(convert::user_export(outcome?.body)))
 }
 
+/// What one submit is, for [`ExportApi::submit_once`].
+struct Submit<'a> {
+    rpc: Rpc,
+    operation: Operation,
+    request_id: &'a str,
+    fingerprint: Fingerprint,
+}
+
+/// The task registry's record of a submit by `caller` (its task id filled in once known).
+fn task_record(caller: &Caller, submit: task_record::Submit) -> TaskRecord {
+    let rpc = match &submit {
+        task_record::Submit::ExportChannels(_) => Rpc::ExportChannels,
+        task_record::Submit::ExportUsers(_) => Rpc::ExportUsers,
+    };
+    TaskRecord {
+        owner: caller.name.clone(),
+        rpc: rpc.name().to_owned(),
+        submit: Some(submit),
+        create_time: Some(crate::contract::task::timestamp(Utc::now())),
+        ..TaskRecord::default()
+    }
+}
+
 /// The epilogue of a submit: names the new task in the call's span, and audits the submit.
-fn finish_submit(call: &Call, rpc: Rpc, subject: &Subject<'_>, outcome: &Result<String, Status>) {
+fn finish_submit(call: &Call, rpc: Rpc, subject: &Subject<'_>, outcome: Result<&str, &Status>) {
     if let Ok(task_id) = outcome {
         annotate_task(task_id);
     }
-    audit::record(&call.caller, rpc, subject, outcome.as_deref());
+    audit::record(&call.caller, rpc, subject, outcome);
 }
 
 impl ExportApi {
@@ -121,47 +153,36 @@ impl ExportApi {
     /// already have, so its retry finds the task instead of starting a second export.
     async fn submit_once<F>(
         &self,
-        rpc: Rpc,
-        operation: Operation,
         call: &Call,
-        request_id: &str,
-        fingerprint: Fingerprint,
+        submit: Submit<'_>,
+        record: TaskRecord,
         upstream: impl FnOnce(Option<Instant>) -> F,
-    ) -> Result<String, Status>
+    ) -> Result<(String, Option<TaskRecord>), Status>
     where
         F: Future<Output = Result<Answer<TaskCreated>, UpstreamError>> + Send + 'static,
     {
-        let submit = |deadline| upstream(deadline).map(|outcome| outcome.map(|created| created.body.task_id));
-        if request_id.is_empty() {
-            return submit(Some(call.deadline)).await.map_err(|error| upstream_failure(&error));
+        let post = |deadline| upstream(deadline).map(|outcome| outcome.map(|created| created.body.task_id));
+        if submit.request_id.is_empty() {
+            let task_id = post(Some(call.deadline)).await.map_err(|error| upstream_failure(&error))?;
+            return Ok((task_id, Some(record)));
         }
-        let key = format!("{}\n{rpc}\n{request_id}", call.caller.name);
-        let submitted =
-            tokio::time::timeout_at(call.deadline, self.submits.get_or_submit(key, fingerprint, submit(None).boxed()))
-                .await
-                .map_err(|_| upstream_failure(&UpstreamError::DeadlineExceeded { operation }))?
-                .map_err(|error| store_failure(&error))?;
-        if submitted.fingerprint != fingerprint {
+        let key = format!("{}\n{}\n{}", call.caller.name, submit.rpc, submit.request_id);
+        let once = self.submits.get_or_submit_recording(key, submit.fingerprint, post(None).boxed(), record.clone());
+        let (submitted, recorded) = tokio::time::timeout_at(call.deadline, once)
+            .await
+            .map_err(|_| upstream_failure(&UpstreamError::DeadlineExceeded { operation: submit.operation }))?
+            .map_err(|error| store_failure(&error))?;
+        if submitted.fingerprint != submit.fingerprint {
             return Err(status::request_id_reused());
         }
-        Ok(submitted.task_id)
+        Ok((submitted.task_id, (!recorded).then_some(record)))
     }
 
-    /// Records a submitted task (owner, request, time); a registry failure is logged, not
-    /// returned: the export has started, and the caller needs its task id.
-    async fn record_submit(&self, caller: &Caller, task_id: &str, submit: task_record::Submit) {
-        let rpc = match &submit {
-            task_record::Submit::ExportChannels(_) => Rpc::ExportChannels,
-            task_record::Submit::ExportUsers(_) => Rpc::ExportUsers,
-        };
-        let record = TaskRecord {
-            task_id: task_id.to_owned(),
-            owner: caller.name.clone(),
-            rpc: rpc.name().to_owned(),
-            submit: Some(submit),
-            create_time: Some(crate::contract::task::timestamp(Utc::now())),
-            ..TaskRecord::default()
-        };
+    /// Records a submitted task (owner, request, time) unless the submit store recorded it with
+    /// the submit; a registry failure is logged, not returned: the export has started, and the
+    /// caller needs its task id.
+    async fn record_submit(&self, record: TaskRecord) {
+        let task_id = record.task_id.clone();
         if let Err(error) = self.registry.record(record).await {
             tracing::warn!(%error, task_id, "a submitted task could not be recorded in the task registry");
         }

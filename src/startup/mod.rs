@@ -278,7 +278,9 @@ fn stores(
         },
         (None, Some(state)) => {
             let submits = EmbeddedSubmitStore::new(state.db(), idempotency.ttl, idempotency.capacity)
-                .context("reading the idempotency records of the state directory")?;
+                .context("reading the idempotency records of the state directory")?
+                // A submit's registry record in the transaction of its `done`.
+                .recording_into_registry(capacity(DISK_REGISTRY_CAPACITY));
             Stores {
                 submits: Arc::new(submits),
                 registry: kept_until_stored(Arc::new(EmbeddedRegistry::new(

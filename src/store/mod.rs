@@ -108,4 +108,20 @@ pub trait SubmitStore: Send + Sync + std::fmt::Debug + 'static {
         fingerprint: Fingerprint,
         submit: BoxFuture<'static, Result<String, UpstreamError>>,
     ) -> Result<Submitted, StoreError>;
+
+    /// [`SubmitStore::get_or_submit`], recording `record` (the task registry's record of the
+    /// submit; its task id is filled in here) in the same durable step as the submit's own
+    /// record, where this store keeps the task registry too (one process: one transaction, so
+    /// one fsync fewer, and no moment when a caller holds a task id that the registry does not
+    /// know). Returns whether it recorded it; otherwise recording is the caller's.
+    async fn get_or_submit_recording(
+        &self,
+        key: String,
+        fingerprint: Fingerprint,
+        submit: BoxFuture<'static, Result<String, UpstreamError>>,
+        record: crate::proto::TaskRecord,
+    ) -> Result<(Submitted, bool), StoreError> {
+        let _ = record;
+        Ok((self.get_or_submit(key, fingerprint, submit).await?, false))
+    }
 }

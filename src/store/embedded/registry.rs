@@ -175,6 +175,21 @@ fn trim(tx: &WriteTransaction, capacity: u64) -> Result<u64, redb::Error> {
     Ok(excess.len() as u64)
 }
 
+/// Adds `record` unless its task has one, trimming past the retention and `capacity` first, in
+/// `tx`; returns how many records went past the capacity. Also used by the submit store, which
+/// records a submit's task in the transaction of its `done`.
+pub(super) fn insert(tx: &WriteTransaction, record: &TaskRecord, capacity: u64) -> Result<u64, redb::Error> {
+    if tx.open_table(TASKS)?.get(record.task_id.as_str())?.is_some() {
+        return Ok(0);
+    }
+    let evicted = trim(tx, capacity)?;
+    let at = Cursor::of(record);
+    tx.open_table(TASKS)?.insert(record.task_id.as_str(), record.encode_to_vec().as_slice())?;
+    tx.open_table(TASKS_BY_TIME)?.insert((at.created_micros, record.task_id.as_str()), ())?;
+    tx.open_table(TASKS_BY_OWNER)?.insert((record.owner.as_str(), at.created_micros, record.task_id.as_str()), ())?;
+    Ok(evicted)
+}
+
 /// Whether an observation `seen` at `at` says what `noted` says, and `noted` is less than
 /// [`OBSERVATION_REFRESH`] old: then it is not written.
 fn says_the_same(noted: &Noted, seen: &Task, at: DateTime<Utc>) -> bool {
@@ -196,19 +211,7 @@ fn unsigned(task: &Task) -> Task {
 impl TaskRegistry for EmbeddedRegistry {
     async fn record(&self, record: TaskRecord) -> Result<(), StoreError> {
         let capacity = self.capacity;
-        let evicted = write_blocking(&self.db, Durability::Immediate, move |tx| {
-            if tx.open_table(TASKS)?.get(record.task_id.as_str())?.is_some() {
-                return Ok(0);
-            }
-            let evicted = trim(tx, capacity)?;
-            let at = Cursor::of(&record);
-            tx.open_table(TASKS)?.insert(record.task_id.as_str(), record.encode_to_vec().as_slice())?;
-            tx.open_table(TASKS_BY_TIME)?.insert((at.created_micros, record.task_id.as_str()), ())?;
-            tx.open_table(TASKS_BY_OWNER)?
-                .insert((record.owner.as_str(), at.created_micros, record.task_id.as_str()), ())?;
-            Ok(evicted)
-        })
-        .await?;
+        let evicted = write_blocking(&self.db, Durability::Immediate, move |tx| insert(tx, &record, capacity)).await?;
         if evicted > 0 {
             let before = self.evicted.fetch_add(evicted, Ordering::Relaxed);
             // The first eviction, then one line per thousand: steady eviction is one condition.

@@ -29,6 +29,10 @@
 //!   the submit as if it were new, silently. Sending the POST while the claim's commit runs
 //!   would open the same gap.
 //!
+//! The task registry's record of the submit is written in the `done` commit too
+//! ([`EmbeddedSubmitStore::recording_into_registry`]): no third fsync, and no moment when a
+//! caller holds a task id whose owner the registry does not know.
+//!
 //! A crash between the POST and the `done` commit is the window no store can close (Stream has
 //! no idempotency key). The commits are short (one fsync each); redb has no group commit, and
 //! several submits' claims in one transaction would make each submit wait for the others.
@@ -47,6 +51,7 @@ use tracing::Instrument;
 
 use super::{StateDb, now_millis, write_blocking};
 use crate::{
+    proto::TaskRecord,
     store::{Fingerprint, StoreError, SubmitStore, Submitted},
     upstream::UpstreamError,
 };
@@ -58,8 +63,9 @@ const CLAIMS: TableDefinition<&str, &[u8]> = TableDefinition::new("submit_claims
 /// Most expired or excess records one recording removes.
 const TRIM_BATCH: usize = 1_000;
 
-/// The outcome of a submit, shared by every caller waiting for it.
-type SharedOutcome = Shared<BoxFuture<'static, Result<String, StoreError>>>;
+/// The outcome of a submit, shared by every caller waiting for it: its task id, and whether its
+/// registry record was written with its `done`.
+type SharedOutcome = Shared<BoxFuture<'static, Result<(String, bool), StoreError>>>;
 
 #[derive(Clone)]
 struct Running {
@@ -73,6 +79,9 @@ pub struct EmbeddedSubmitStore {
     db: Arc<StateDb>,
     ttl: Duration,
     capacity: u64,
+    /// The task registry's capacity, when its records are written with `done`
+    /// ([`EmbeddedSubmitStore::recording_into_registry`]).
+    registry_capacity: Option<u64>,
     running: Arc<Mutex<HashMap<String, Running>>>,
 }
 
@@ -131,7 +140,15 @@ impl EmbeddedSubmitStore {
                  unknown: a retry of one runs it again, which may start a second export"
             );
         }
-        Ok(Self { db, ttl, capacity: capacity.max(1), running: Arc::default() })
+        Ok(Self { db, ttl, capacity: capacity.max(1), registry_capacity: None, running: Arc::default() })
+    }
+
+    /// Writes a submit's task registry record (`get_or_submit_recording`) in the transaction of
+    /// its `done`, into the registry of the same database (`EmbeddedRegistry`, of `capacity`).
+    #[must_use]
+    pub fn recording_into_registry(mut self, capacity: usize) -> Self {
+        self.registry_capacity = Some(u64::try_from(capacity.max(1)).unwrap_or(u64::MAX));
+        self
     }
 
     /// The submit recorded under `key`, unless expired.
@@ -150,11 +167,13 @@ impl EmbeddedSubmitStore {
         key: String,
         fingerprint: Fingerprint,
         submit: BoxFuture<'static, Result<String, UpstreamError>>,
+        record: Option<TaskRecord>,
     ) -> Running {
         let (db, running, ttl, capacity) = (Arc::clone(&self.db), Arc::clone(&self.running), self.ttl, self.capacity);
+        let record = record.zip(self.registry_capacity);
         let task = tokio::spawn(
             async move {
-                let outcome = run(&db, &key, fingerprint, submit, ttl, capacity).await;
+                let outcome = run(&db, &key, fingerprint, submit, ttl, capacity, record).await;
                 running.lock().await.remove(&key);
                 outcome
             }
@@ -165,8 +184,10 @@ impl EmbeddedSubmitStore {
     }
 }
 
-/// Claims `key` on disk, runs `submit`, then records its task or lets go of the claim. A claim
-/// that cannot be written sends nothing upstream.
+/// Claims `key` on disk, runs `submit`, then records its task (and `record`, the registry's
+/// record, with it, in a registry of the given capacity) or lets go of the claim. A claim that
+/// cannot be written sends nothing upstream. Returns the task id and whether `record` was
+/// written.
 async fn run(
     db: &Arc<StateDb>,
     key: &str,
@@ -174,7 +195,8 @@ async fn run(
     submit: BoxFuture<'static, Result<String, UpstreamError>>,
     ttl: Duration,
     capacity: u64,
-) -> Result<String, StoreError> {
+    record: Option<(TaskRecord, u64)>,
+) -> Result<(String, bool), StoreError> {
     let claimed_key = key.to_owned();
     let taken_over = write_blocking(db, Durability::Immediate, move |tx| {
         let mut claims = tx.open_table(CLAIMS)?;
@@ -194,7 +216,14 @@ async fn run(
         Ok(task_id) => {
             let expires = now_millis().saturating_add(ttl.as_millis() as u64);
             let value = encode_done(fingerprint, expires, &task_id);
+            let record = record.map(|(record, registry_capacity)| {
+                (TaskRecord { task_id: task_id.clone(), ..record }, registry_capacity)
+            });
+            let with_record = record.is_some();
             let recorded = write_blocking(db, Durability::Immediate, move |tx| {
+                if let Some((record, registry_capacity)) = &record {
+                    super::registry::insert(tx, record, *registry_capacity)?;
+                }
                 trim(tx, capacity)?;
                 tx.open_table(CLAIMS)?.remove(key.as_str())?;
                 let mut done = tx.open_table(DONE)?;
@@ -206,11 +235,15 @@ async fn run(
                 Ok(())
             })
             .await;
-            if let Err(error) = recorded {
-                // The caller gets its task; the claim stays, so a repeat is not taken for done.
-                tracing::warn!(%error, %task_id, "a submit's task could not be recorded in the state directory");
+            match recorded {
+                Ok(()) => Ok((task_id, with_record)),
+                Err(error) => {
+                    // The caller gets its task (and records it in the registry itself); the claim
+                    // stays, so a repeat is not taken for done.
+                    tracing::warn!(%error, %task_id, "a submit's task could not be recorded in the state directory");
+                    Ok((task_id, false))
+                }
             }
-            Ok(task_id)
         }
         Err(error) => {
             let released = write_blocking(db, Durability::Immediate, move |tx| {
@@ -263,21 +296,46 @@ impl SubmitStore for EmbeddedSubmitStore {
         fingerprint: Fingerprint,
         submit: BoxFuture<'static, Result<String, UpstreamError>>,
     ) -> Result<Submitted, StoreError> {
-        let running = {
+        Ok(self.submit_once(key, fingerprint, submit, None).await?.0)
+    }
+
+    async fn get_or_submit_recording(
+        &self,
+        key: String,
+        fingerprint: Fingerprint,
+        submit: BoxFuture<'static, Result<String, UpstreamError>>,
+        record: TaskRecord,
+    ) -> Result<(Submitted, bool), StoreError> {
+        self.submit_once(key, fingerprint, submit, Some(record)).await
+    }
+}
+
+impl EmbeddedSubmitStore {
+    /// Both ways of [`SubmitStore`]: the submit under `key`, and whether `record` was written
+    /// with it (only by the call that ran the submit; a repeat or a joined call leaves it to
+    /// the caller, whose registry keeps a record that exists).
+    async fn submit_once(
+        &self,
+        key: String,
+        fingerprint: Fingerprint,
+        submit: BoxFuture<'static, Result<String, UpstreamError>>,
+        record: Option<TaskRecord>,
+    ) -> Result<(Submitted, bool), StoreError> {
+        let (running, ran) = {
             let mut running = self.running.lock().await;
             if let Some(first) = running.get(&key) {
-                first.clone()
+                (first.clone(), false)
             } else {
                 if let Some(submitted) = self.find(&key)? {
-                    return Ok(submitted);
+                    return Ok((submitted, false));
                 }
-                let started = self.start(key.clone(), fingerprint, submit);
+                let started = self.start(key.clone(), fingerprint, submit, record);
                 running.insert(key, started.clone());
-                started
+                (started, true)
             }
         };
-        let task_id = running.outcome.await?;
-        Ok(Submitted { fingerprint: running.fingerprint, task_id })
+        let (task_id, recorded) = running.outcome.await?;
+        Ok((Submitted { fingerprint: running.fingerprint, task_id }, ran && recorded))
     }
 }
 
@@ -293,6 +351,34 @@ mod tests {
 
     fn store(state: &StateDir, ttl: Duration, capacity: u64) -> EmbeddedSubmitStore {
         EmbeddedSubmitStore::new(state.db(), ttl, capacity).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_submit_and_its_registry_record_are_written_in_one_transaction() {
+        use crate::{
+            proto::TaskRecord,
+            store::{TaskRegistry, embedded::EmbeddedRegistry},
+        };
+        let dir = super::super::tests::scratch("submit-record");
+        let state = StateDir::open(&dir).unwrap();
+        let store = store(&state, Duration::from_secs(60), 100).recording_into_registry(100);
+        let registry = EmbeddedRegistry::new(state.db(), 100);
+        let (calls, fingerprint) = (Arc::new(AtomicUsize::new(0)), Fingerprint::of("r", &"b"));
+        let template = TaskRecord { owner: "alice".into(), rpc: "ExportChannels".into(), ..TaskRecord::default() };
+        let (submitted, recorded) = store
+            .get_or_submit_recording("k".into(), fingerprint, counting_submit(&calls, Ok("t-1")), template.clone())
+            .await
+            .unwrap();
+        assert!(recorded, "recorded with the submit");
+        let record = registry.get(&submitted.task_id).await.unwrap().expect("in the registry");
+        assert_eq!((record.task_id.as_str(), record.owner.as_str()), ("t-1", "alice"));
+        // A repeat finds the first submit and leaves the (existing) record to the caller.
+        let (again, recorded) = store
+            .get_or_submit_recording("k".into(), fingerprint, counting_submit(&calls, Ok("t-2")), template)
+            .await
+            .unwrap();
+        assert_eq!((again.task_id.as_str(), recorded), ("t-1", false));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
