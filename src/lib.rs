@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod archive;
 pub mod client_cli;
 pub mod codec;
 pub mod config;

@@ -10,7 +10,7 @@ use prost::Message;
 use stream_export::proto::{
     CancelExportJobRequest, CreateExportJobRequest, ExportChannelsRequest, ExportChannelsResponse, ExportJob,
     ExportJobEvent, ExportRecord, ExportUserRequest, ExportUserResponse, ExportUsersRequest, ExportUsersResponse,
-    GetExportJobRequest, GetTaskRequest, ListExportJobTasksRequest, ListExportJobTasksResponse, ListExportJobsRequest,
+    GetExportJobRequest, GetTaskRequest, ListExportJobTasksRequest, ListExportJobTasksResponse, VerifyExportJobRequest, VerifyExportJobResponse, ListExportJobsRequest,
     ListExportJobsResponse, ListTasksRequest, ListTasksResponse, ReadExportRequest, Task, TaskEvent,
     WatchExportJobRequest, WatchTaskRequest,
     export_service_server::{ExportService, ExportServiceServer},
@@ -101,6 +101,13 @@ impl ExportService for Echo {
         &self,
         _: Request<ListExportJobTasksRequest>,
     ) -> Result<Response<ListExportJobTasksResponse>, Status> {
+        Err(Status::unimplemented("echo server"))
+    }
+
+    async fn verify_export_job(
+        &self,
+        _: Request<VerifyExportJobRequest>,
+    ) -> Result<Response<VerifyExportJobResponse>, Status> {
         Err(Status::unimplemented("echo server"))
     }
 }

@@ -65,6 +65,8 @@ pub fn create_request(args: &JobCreateArgs) -> Result<CreateExportJobRequest, Fa
         version: if options.v2 { ExportFormatVersion::V2 } else { ExportFormatVersion::V1 } as i32,
         // A create retried after UNAVAILABLE returns the first job, never starts a second.
         request_id: uuid::Uuid::new_v4().to_string(),
+        archive_uri: String::new(),
+        verify: false,
     })
 }
 

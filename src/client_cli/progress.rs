@@ -167,6 +167,7 @@ impl Display {
             update_time: job.update_time,
             end_time: job.end_time,
             error: job.error.clone(),
+            manifest_uri: job.manifest_uri.clone(),
         });
         match self.mode {
             Mode::Json => say!("{}", job_event_json(event)),

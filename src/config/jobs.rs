@@ -2,7 +2,10 @@
 //! (whose `Default` holds every default).
 
 use super::{ConfigError, FlagDuration, positive_counts, positive_durations};
-use crate::jobs::JobSettings;
+use crate::{
+    archive::{AllowList, ArchiveSettings, StoreOptions},
+    jobs::JobSettings,
+};
 
 /// Stream's limit on the channels or users of one export request.
 const STREAM_ITEMS_PER_EXPORT: usize = 25;
@@ -43,6 +46,13 @@ pub struct JobArgs {
     /// Export jobs: most jobs one caller runs at once on this replica.
     #[arg(long, env = "STREAM_EXPORT_JOB_MAX_RUNNING_PER_CALLER", default_value_t = JobSettings::default().max_running_per_caller)]
     pub job_max_running_per_caller: usize,
+
+    /// Archives: a prefix under which export jobs may write their files (`s3://bucket/prefix`,
+    /// `gs://…`, `az://container/…`, `file:///path`); repeat it, or separate with commas.
+    /// None: archiving is off. The stores' credentials come from the cloud's own variables
+    /// (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
+    #[arg(long, env = "STREAM_EXPORT_ARCHIVE_ALLOW", value_delimiter = ',')]
+    pub archive_allow: Vec<String>,
 }
 
 impl JobArgs {
@@ -63,6 +73,8 @@ impl JobArgs {
                 "STREAM_EXPORT_JOB_MAX_RUNNING_PER_CALLER (--job-max-running-per-caller)",
             ),
         ])?;
+        AllowList::new(&self.archive_allow)
+            .map_err(|why| ConfigError::invalid("STREAM_EXPORT_ARCHIVE_ALLOW (--archive-allow)", why))?;
         if self.job_shard_size > STREAM_ITEMS_PER_EXPORT {
             return Err(ConfigError::invalid(
                 "STREAM_EXPORT_JOB_SHARD_SIZE (--job-shard-size)",
@@ -70,6 +82,11 @@ impl JobArgs {
             ));
         }
         Ok(())
+    }
+
+    /// The archive settings: the allowed prefixes, and the cloud variables of this process.
+    pub(super) fn archive_settings(&self) -> ArchiveSettings {
+        ArchiveSettings { allow: self.archive_allow.clone(), store_options: StoreOptions::from_env() }
     }
 
     pub(super) fn into_settings(self) -> JobSettings {

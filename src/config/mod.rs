@@ -31,7 +31,9 @@ pub use self::{
     watch::WatchArgs,
 };
 use crate::{
-    fleet::RedisSettings, jobs::JobSettings, service::CallLimits, store::embedded::DEFAULT_STATE_DIR,
+    archive::{ArchiveSettings, StoreOptions},
+    fleet::RedisSettings, jobs::JobSettings, service::CallLimits,
+    store::embedded::DEFAULT_STATE_DIR,
     task_watch::WatchSettings, telemetry::LogFormat,
 };
 
@@ -103,6 +105,8 @@ pub struct Settings {
     pub watch: WatchSettings,
     /// Tuning of export jobs.
     pub jobs: JobSettings,
+    /// Where export jobs may archive.
+    pub archive: ArchiveSettings,
     /// Limits on unary calls and ReadExport streams.
     pub limits: CallLimits,
     /// HTTP/2, TLS and shutdown settings of the gRPC server.
@@ -131,6 +135,7 @@ impl Settings {
             metrics_listen: None,
             watch: WatchSettings::default(),
             jobs: JobSettings::default(),
+            archive: ArchiveSettings { allow: Vec::new(), store_options: StoreOptions::from_env() },
             limits: CallLimits::default(),
             transport: TransportSettings::default(),
             access: AccessSettings::default(),
@@ -161,6 +166,7 @@ impl ServeArgs {
             log_format: self.telemetry.log_format,
             metrics_listen: self.telemetry.metrics_listen,
             watch: self.watch.into_settings(),
+            archive: self.jobs.archive_settings(),
             jobs: self.jobs.into_settings(),
             limits: self.calls.into_limits(self.reads.into_limits()),
             transport: self.transport.into_settings(self.tls.into_settings()),

@@ -110,6 +110,79 @@ pub mod reason {
     pub const JOB_TASK_FAILED: &str = "JOB_TASK_FAILED";
     /// A job's channel query matched more channels than a job may hold.
     pub const JOB_TOO_LARGE: &str = "JOB_TOO_LARGE";
+    /// A job asked for an archive, and the service allows none (no `--archive-allow`).
+    pub const ARCHIVE_NOT_CONFIGURED: &str = "ARCHIVE_NOT_CONFIGURED";
+    /// A job's `archive_uri` is not under any `--archive-allow` prefix.
+    pub const ARCHIVE_NOT_ALLOWED: &str = "ARCHIVE_NOT_ALLOWED";
+    /// A job's file could not be archived (or its manifest written); the job FAILED.
+    pub const ARCHIVE_FAILED: &str = "ARCHIVE_FAILED";
+    /// `VerifyExportJob`: the job has no archive, or no manifest yet (it is written when the
+    /// job ends).
+    pub const NOT_ARCHIVED: &str = "NOT_ARCHIVED";
+    /// The archive store could not be read.
+    pub const ARCHIVE_UNAVAILABLE: &str = "ARCHIVE_UNAVAILABLE";
+    /// ReadExport: Stream no longer has the task's file, and no archive holds it.
+    pub const EXPORT_FILE_GONE: &str = "EXPORT_FILE_GONE";
+}
+
+/// FAILED_PRECONDITION: a job asks for an archive and the service allows none.
+pub fn archive_not_configured() -> Status {
+    let details = ErrorDetails::with_error_info(reason::ARCHIVE_NOT_CONFIGURED, DOMAIN, HashMap::new());
+    build(
+        Code::FailedPrecondition,
+        "archiving is off in this service: its operator allows no destination (--archive-allow)",
+        details,
+    )
+}
+
+/// PERMISSION_DENIED: `archive_uri` (normalised) is not under an allowed prefix.
+pub fn archive_not_allowed(archive_uri: &str) -> Status {
+    let metadata = HashMap::from([("archive_uri".to_owned(), archive_uri.to_owned())]);
+    let details = ErrorDetails::with_error_info(reason::ARCHIVE_NOT_ALLOWED, DOMAIN, metadata);
+    build(
+        Code::PermissionDenied,
+        format!("archive_uri {archive_uri} is not under a prefix this service may write to (--archive-allow)"),
+        details,
+    )
+}
+
+/// The error of a job whose shard's file (`key`) could not be archived, or whose manifest
+/// could not be written (`shard` none).
+pub fn archive_failed(shard: Option<u32>, key: &str, why: &str) -> Status {
+    let mut metadata = HashMap::from([("key".to_owned(), key.to_owned())]);
+    if let Some(shard) = shard {
+        metadata.insert("shard".to_owned(), shard.to_string());
+    }
+    let details = ErrorDetails::with_error_info(reason::ARCHIVE_FAILED, DOMAIN, metadata);
+    let what = shard.map_or_else(|| "the manifest".to_owned(), |shard| format!("shard {shard}'s file"));
+    build(Code::Aborted, format!("{what} could not be archived at {key}: {why}"), details)
+}
+
+/// FAILED_PRECONDITION: job `job_id` has nothing to verify (`why`).
+pub fn not_archived(job_id: &str, why: &str) -> Status {
+    let metadata = HashMap::from([("job_id".to_owned(), job_id.to_owned())]);
+    let details = ErrorDetails::with_error_info(reason::NOT_ARCHIVED, DOMAIN, metadata);
+    build(Code::FailedPrecondition, format!("job {job_id} {why}"), details)
+}
+
+/// UNAVAILABLE: the archive store failed (`why`, which never holds a credential).
+pub fn archive_unavailable(why: &str) -> Status {
+    let details = ErrorDetails::with_error_info(reason::ARCHIVE_UNAVAILABLE, DOMAIN, HashMap::new());
+    build(Code::Unavailable, format!("the archive could not be read: {why}"), details)
+}
+
+/// NOT_FOUND: Stream no longer has task `task_id`'s file (`why`), and no archive holds it.
+pub fn export_file_gone(task_id: &str, why: &str) -> Status {
+    let metadata = HashMap::from([("task_id".to_owned(), task_id.to_owned())]);
+    let details = ErrorDetails::with_error_info(reason::EXPORT_FILE_GONE, DOMAIN, metadata);
+    build(
+        Code::NotFound,
+        format!(
+            "the export file of task {task_id} is gone from Stream ({why}), and no archive holds it: \
+             only jobs with an archive_uri keep their files"
+        ),
+        details,
+    )
 }
 
 /// NOT_FOUND for a job id the service does not know.

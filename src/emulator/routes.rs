@@ -404,6 +404,9 @@ fn task_status(state: &AppState, operation: &str, id: &str, headers: &HeaderMap)
     let mut inner = state.lock();
     let task = inner.tasks.get(&id).ok_or_else(missing)?;
     let (status, since) = task.state(now);
+    if status == Status::Completed && is_deleted(since, now) {
+        return Err(missing());
+    }
     let mut body = json!({
         "task_id": id.to_string(),
         "status": status.as_str(),
@@ -496,6 +499,15 @@ fn access_denied(message: &str) -> Response {
     (StatusCode::FORBIDDEN, [(header::CONTENT_TYPE, "application/xml")], body).into_response()
 }
 
+/// Whether a file completed `since` was deleted by `now`: Stream keeps export files (and
+/// re-signs their URLs) for 60 days; then the file and the task are gone.
+fn is_deleted(since: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    now - since > chrono::Duration::days(FILE_RETENTION_DAYS)
+}
+
+/// How long Stream keeps an export file.
+const FILE_RETENTION_DAYS: i64 = 60;
+
 fn no_such_key() -> Response {
     let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>";
     (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "application/xml")], body).into_response()
@@ -532,6 +544,7 @@ async fn download(
         match task {
             Some(task)
                 if task.state(now).0 == Status::Completed
+                    && !is_deleted(task.state(now).1, now)
                     && task.kind.location() == (segment.as_str(), file.as_str()) =>
             {
                 task.kind.clone()

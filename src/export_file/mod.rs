@@ -23,7 +23,7 @@ pub mod session;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use prost_types::Struct;
 use tokio::sync::mpsc;
 
@@ -290,9 +290,9 @@ pub(super) fn not_an_object(kind: &str, error: &serde_json::Error) -> ReadError 
 /// `Ok` only once the file was read to its end.
 pub async fn read<S>(body: S, sink: &mut Sink, limits: &ReadLimits) -> Result<(), ReadError>
 where
-    S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
+    S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
 {
-    let body = capped(body.map_err(|error| std::io::Error::other(error.without_url())), limits.max_file_bytes);
+    let body = capped(body, limits.max_file_bytes);
     let (format, body) = format::sniff(body).await?;
     tracing::debug!(?format, "reading export");
     let outcome = match format {

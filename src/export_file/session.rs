@@ -73,7 +73,7 @@ pub fn start<S>(
     counted: CountedRecords,
 ) -> RecordStream
 where
-    S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin + 'static,
+    S: Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
 {
     let buffer = match encoding {
         Encoding::Struct => RECORD_BUFFER,

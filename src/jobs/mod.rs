@@ -27,8 +27,9 @@ use tonic::Status;
 
 pub use self::plan::ShardRequest;
 use crate::{
+    archive::{Archives, Location},
     contract::status,
-    proto::ExportJob,
+    proto::{ArchivedFile, ExportJob},
     store::{
         Fingerprint, StoreError, SubmitStore, TaskRegistry,
         jobs::{Created, JobCursor, JobRecord, JobStore, ShardRecord},
@@ -167,6 +168,8 @@ pub struct JobParts {
     pub export_slots: Arc<dyn SlotBooker>,
     /// Who runs each job.
     pub claims: Arc<dyn JobClaims>,
+    /// Where jobs with an `archive_uri` copy their files.
+    pub archives: Arc<Archives>,
     /// Tuning.
     pub settings: JobSettings,
 }
@@ -248,6 +251,11 @@ impl Jobs {
         &self.inner.parts.settings
     }
 
+    /// Where jobs archive.
+    pub fn archives(&self) -> &Arc<Archives> {
+        &self.inner.parts.archives
+    }
+
     /// Stores a new job and starts it, unless its owner already created one with this
     /// `request_id` (that one is returned). RESOURCE_EXHAUSTED past the running-job caps.
     pub async fn create(&self, record: JobRecord) -> Result<Created, Status> {
@@ -300,6 +308,16 @@ impl Jobs {
     /// A page of a job's shards, from shard `from`.
     pub async fn shards(&self, job_id: &str, from: u32, limit: usize) -> Result<Vec<ShardRecord>, StoreError> {
         self.inner.parts.store.shards(job_id, from, limit).await
+    }
+
+    /// Where job `job_id` archived task `task_id`'s file, if it did.
+    pub async fn archived_file(&self, job_id: &str, task_id: &str) -> Result<Option<(Location, ArchivedFile)>, StoreError> {
+        let Some(record) = self.get(job_id).await? else { return Ok(None) };
+        let uri = record.job.request.map(|request| request.archive_uri).unwrap_or_default();
+        let Ok(location) = Location::parse(&uri) else { return Ok(None) };
+        let shards = self.shards(job_id, 0, usize::MAX).await?;
+        let file = shards.into_iter().find(|shard| shard.task.task_id == task_id).and_then(|shard| shard.task.archive);
+        Ok(file.map(|file| (location, file)))
     }
 
     /// Cancels a job: CANCELLING at once, CANCELLED once its runner has stopped (within

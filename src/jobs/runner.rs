@@ -3,6 +3,10 @@
 //! what is written: a shard with a task is watched again, a shard without one is submitted
 //! (under the same idempotency key, so a crash between the POST and its record costs at most
 //! one duplicate task per crash, never a lost shard).
+//!
+//! A job with an archive copies each shard's file as soon as its task completes (a restart
+//! copies again any completed shard whose copy was not written), and writes its manifest last:
+//! it is SUCCEEDED only once the manifest is in the archive.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -19,9 +23,11 @@ use tonic::{Code, Status};
 
 use super::{Inner, Owner, ShardBody, ShardRequest, plan};
 use crate::{
+    archive::{Archives, Copied, CopyError, Location, Manifest, Refusal, manifest::ShardFacts},
     contract::{job::status_message, status, task::timestamp},
     proto::{
-        CreateExportJobRequest, ExportJob, ExportJobProgress, ExportJobState, Task, TaskRecord, TaskState, task_record,
+        CreateExportJobRequest, ExportFormatVersion, ExportJob, ExportJobProgress, ExportJobState, Task, TaskRecord,
+        TaskState, create_export_job_request::Selector, task_record,
     },
     store::{
         StoreError,
@@ -49,6 +55,8 @@ enum Watched {
     Changed(Box<Task>),
     /// Stream does not know the task (any more).
     NotFound(Status),
+    /// The task's file was copied into the archive, or could not be.
+    Archived(Result<Copied, CopyError>),
 }
 
 /// How a run ended, when it did.
@@ -66,6 +74,8 @@ pub(super) async fn run(inner: &Inner, record: JobRecord, cancel: CancellationTo
         shards: Vec::new(),
         pending: BTreeSet::new(),
         watchers: HashMap::new(),
+        archive: None,
+        copies: HashMap::new(),
         cancel,
     };
     let (events, mut received) = mpsc::channel(256);
@@ -87,14 +97,18 @@ struct Run<'a> {
     pending: BTreeSet<(i64, u32)>,
     /// The watcher of each shard's current task.
     watchers: HashMap<u32, AbortHandle>,
+    /// Where the job copies its files, when it archives.
+    archive: Option<Location>,
+    /// The copy of each shard's file under way.
+    copies: HashMap<u32, AbortHandle>,
     cancel: CancellationToken,
 }
 
 /// However a run ends (also when its future is dropped at a stop), its watchers end with it.
 impl Drop for Run<'_> {
     fn drop(&mut self) {
-        for watcher in self.watchers.values() {
-            watcher.abort();
+        for task in self.watchers.values().chain(self.copies.values()) {
+            task.abort();
         }
     }
 }
@@ -127,11 +141,25 @@ impl Run<'_> {
         if self.stopping() {
             return self.finish(ExportJobState::Cancelled, None).await;
         }
+        let archive_uri = &self.request.archive_uri;
+        if !archive_uri.is_empty() {
+            match self.inner.parts.archives.check(archive_uri) {
+                Ok(location) => self.archive = Some(location),
+                Err(refusal) => {
+                    let refused = match refusal {
+                        Refusal::NotConfigured => status::archive_not_configured(),
+                        Refusal::Invalid(_) | Refusal::NotAllowed => status::archive_not_allowed(archive_uri),
+                    };
+                    return self.finish(ExportJobState::Failed, Some(refused)).await;
+                }
+            }
+        }
         let now = now_micros();
         for index in 0..self.shards.len() {
             let shard = &self.shards[index];
             let number = shard.task.shard;
             match shard.task.state() {
+                TaskState::Completed if shard.task.archive.is_none() => self.copy(number, events),
                 TaskState::Completed => {}
                 _ if shard.task.task_id.is_empty() || shard.retry_at_micros > 0 => {
                     self.pending.insert((shard.retry_at_micros.max(now), number));
@@ -143,7 +171,7 @@ impl Run<'_> {
         let renew_every = self.inner.parts.claims.renew_every();
         let mut renewals = tokio::time::interval(renew_every.unwrap_or(Duration::from_secs(3600)));
         loop {
-            if self.shards.iter().all(|shard| shard.task.state() == TaskState::Completed) {
+            if self.shards.iter().all(|shard| shard.is_done(self.archive.is_some())) {
                 return self.finish(ExportJobState::Succeeded, None).await;
             }
             let next = self.pending.first().copied();
@@ -151,7 +179,7 @@ impl Run<'_> {
             tokio::select! {
                 () = self.cancel.cancelled() => return self.finish(ExportJobState::Cancelled, None).await,
                 Some((number, task_id, watched)) = received.recv() => {
-                    if let Some(ended) = self.on_watched(number, &task_id, watched).await? {
+                    if let Some(ended) = self.on_watched(number, &task_id, watched, events).await? {
                         return Ok(ended);
                     }
                 }
@@ -360,12 +388,19 @@ impl Run<'_> {
     }
 
     /// A shard's watcher reported.
-    async fn on_watched(&mut self, number: u32, task_id: &str, watched: Watched) -> Result<Option<Ended>, StoreError> {
+    async fn on_watched(
+        &mut self,
+        number: u32,
+        task_id: &str,
+        watched: Watched,
+        events: &Events,
+    ) -> Result<Option<Ended>, StoreError> {
         let Some(shard) = self.shards.get(number as usize).cloned() else { return Ok(None) };
         if shard.task.task_id != task_id {
             return Ok(None); // An earlier attempt's task.
         }
         let task = match watched {
+            Watched::Archived(copied) => return self.on_copied(shard, copied).await,
             Watched::Changed(task) => task,
             Watched::NotFound(ended) => Box::new(Task {
                 task_id: task_id.to_owned(),
@@ -397,9 +432,77 @@ impl Run<'_> {
                 self.pending.insert((shard.retry_at_micros, number));
                 self.save_shard(shard).await?;
             }
+            TaskState::Completed => {
+                self.save_shard(shard).await?;
+                self.copy(number, events);
+            }
             _ => self.save_shard(shard).await?,
         }
         Ok(None)
+    }
+
+    /// Copies shard `number`'s file into the archive (when the job archives), reporting how
+    /// the copy went.
+    fn copy(&mut self, number: u32, events: &Events) {
+        let (Some(location), Some(shard)) = (self.archive.clone(), self.shards.get(number as usize)) else { return };
+        let task_id = shard.task.task_id.clone();
+        let lines = self.request.version() == ExportFormatVersion::V2
+            || matches!(self.request.selector, Some(Selector::Users(_)));
+        let key = Archives::file_key(&location, &self.job.job_id, number, &task_id, lines);
+        let (archives, verify, events) = (Arc::clone(&self.inner.parts.archives), self.request.verify, events.clone());
+        let copy = tokio::spawn(async move {
+            let copied = archives.copy(&location, &key, &task_id, verify).await;
+            let _ = events.send((number, task_id, Watched::Archived(copied))).await;
+        });
+        if let Some(earlier) = self.copies.insert(number, copy.abort_handle()) {
+            earlier.abort();
+        }
+    }
+
+    /// A shard's copy ended: its archive is written, or the job fails.
+    async fn on_copied(
+        &mut self,
+        mut shard: ShardRecord,
+        copied: Result<Copied, CopyError>,
+    ) -> Result<Option<Ended>, StoreError> {
+        let number = shard.task.shard;
+        self.copies.remove(&number);
+        match copied {
+            Ok(copied) => {
+                tracing::info!(shard = number, key = copied.file.key, bytes = copied.file.bytes, "a shard's file is archived");
+                shard.task_created_micros = copied.task_created.map_or(0, |at| at.timestamp_micros());
+                shard.task.archive = Some(copied.file);
+                self.save_shard(shard).await?;
+                Ok(None)
+            }
+            Err(error) => {
+                let key = self.archive.as_ref().map_or_else(String::new, |location| location.to_string());
+                let failed = status::archive_failed(Some(number), &key, &error.to_string());
+                self.finish(ExportJobState::Failed, Some(failed)).await.map(Some)
+            }
+        }
+    }
+
+    /// Writes the archive's manifest of the job as it ends in `state`; its URI.
+    async fn write_manifest(&self, location: &Location, state: ExportJobState) -> Result<String, CopyError> {
+        let attempts = self.inner.parts.settings.task_attempts;
+        let facts: Vec<ShardFacts<'_>> = self
+            .shards
+            .iter()
+            .map(|shard| ShardFacts {
+                task: &shard.task,
+                task_created: (shard.task_created_micros > 0)
+                    .then(|| chrono::DateTime::from_timestamp_micros(shard.task_created_micros))
+                    .flatten(),
+                failed: (state == ExportJobState::Failed
+                    && matches!(shard.task.state(), TaskState::Failed | TaskState::Canceled)
+                    && shard.task.attempts >= attempts)
+                    .then_some(shard.last_error.as_str()),
+            })
+            .collect();
+        let manifest = Manifest::new(&self.job, &self.request, &facts, Utc::now());
+        self.inner.parts.archives.write_manifest(location, &self.job.job_id, &manifest).await?;
+        Ok(Archives::manifest_uri(location, &self.job.job_id))
     }
 
     /// The wait before attempt `attempts + 1` of a failed shard: exponential from the retry delay.
@@ -450,8 +553,21 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Ends the job in `state` (with `error` when FAILED).
-    async fn finish(&mut self, state: ExportJobState, error: Option<Status>) -> Result<Ended, StoreError> {
+    /// Ends the job in `state` (with `error` when FAILED). An archived job that succeeded or
+    /// failed writes its manifest first; one that cannot is FAILED.
+    async fn finish(&mut self, mut state: ExportJobState, mut error: Option<Status>) -> Result<Ended, StoreError> {
+        let ending = matches!(state, ExportJobState::Succeeded | ExportJobState::Failed);
+        if let Some(location) = self.archive.clone().filter(|_| ending && !self.shards.is_empty()) {
+            match self.write_manifest(&location, state).await {
+                Ok(uri) => self.job.manifest_uri = uri,
+                Err(failed) if state == ExportJobState::Succeeded => {
+                    let key = Archives::manifest_uri(&location, &self.job.job_id);
+                    state = ExportJobState::Failed;
+                    error = Some(status::archive_failed(None, &key, &failed.to_string()));
+                }
+                Err(failed) => tracing::warn!(error = %failed, "a failed job's manifest could not be written"),
+            }
+        }
         let mut job = self.job.clone();
         job.set_state(state);
         job.error = error.as_ref().map(status_message);
@@ -498,6 +614,16 @@ fn progress(shards: &[ShardRecord], attempts: u32) -> ExportJobProgress {
         tasks_failed: count(&|shard| {
             matches!(shard.task.state(), TaskState::Failed | TaskState::Canceled) && shard.task.attempts >= attempts
         }),
+        tasks_archived: count(&|shard| shard.task.archive.is_some()),
+        bytes_archived: shards.iter().filter_map(|shard| shard.task.archive.as_ref()).map(|file| file.bytes).sum(),
+    }
+}
+
+impl ShardRecord {
+    /// Whether nothing is left to do for the shard: its task completed (and, when the job
+    /// archives, its file is copied).
+    fn is_done(&self, archives: bool) -> bool {
+        self.task.state() == TaskState::Completed && (!archives || self.task.archive.is_some())
     }
 }
 

@@ -63,6 +63,8 @@ pub enum Resource<'a> {
         id: &'a str,
         /// Who created it.
         owner: Option<&'a str>,
+        /// Its `archive_uri`, normalised, when it archives.
+        archive: Option<&'a str>,
     },
     /// `Service::"stream-export"`.
     Service,
@@ -189,7 +191,7 @@ impl Loaded {
         let generation = self.generation.load(Ordering::Relaxed);
         let (owner, rpc, version) = match resource {
             Resource::Task { owner, rpc, .. } => (owner.unwrap_or("\u{1}"), rpc.unwrap_or("\u{1}"), ""),
-            Resource::Job { owner, .. } => (owner.unwrap_or("\u{1}"), "", ""),
+            Resource::Job { owner, archive, .. } => (owner.unwrap_or("\u{1}"), archive.unwrap_or("\u{1}"), ""),
             Resource::Channel { version, .. } => ("", "", *version),
             Resource::User(_) | Resource::Service => ("", "", ""),
         };
@@ -237,10 +239,13 @@ impl Loaded {
                 }
                 (self.uid("Task", id)?, attrs)
             }
-            Resource::Job { id, owner } => {
+            Resource::Job { id, owner, archive } => {
                 let mut attrs = HashMap::new();
                 if let Some(owner) = owner {
                     attrs.insert("owner".to_owned(), RestrictedExpression::new_entity_uid(self.uid("Caller", owner)?));
+                }
+                if let Some(archive) = archive {
+                    attrs.insert("archive".to_owned(), RestrictedExpression::new_string((*archive).to_owned()));
                 }
                 (self.uid("Job", id)?, attrs)
             }
@@ -340,13 +345,21 @@ mod tests {
         assert!(policies.allows(&caller("platform"), Rpc::GetTask, &unknown));
         assert!(policies.allows(&caller("anonymous"), Rpc::ListTasks, &Resource::Service));
         assert!(Policies::permit_all().allows(&caller("anyone"), Rpc::ExportUsers, &Resource::User("u")));
-        let new_job = Resource::Job { id: "j-1", owner: None };
+        let new_job = Resource::Job { id: "j-1", owner: None, archive: None };
         assert!(policies.allows(&caller("analytics"), Rpc::CreateExportJob, &new_job));
-        let job = Resource::Job { id: "j-1", owner: Some("analytics") };
+        let job = Resource::Job { id: "j-1", owner: Some("analytics"), archive: None };
         assert!(policies.allows(&caller("analytics"), Rpc::WatchExportJob, &job));
         assert!(!policies.allows(&caller("privacy"), Rpc::GetExportJob, &job));
         assert!(!policies.allows(&caller("privacy"), Rpc::CancelExportJob, &job));
         assert!(policies.allows(&caller("platform"), Rpc::ListExportJobTasks, &job));
+        assert!(policies.allows(&caller("platform"), Rpc::VerifyExportJob, &job));
+        // A job that archives writes only under its team's prefix.
+        let archived = |archive| Resource::Job { id: "j-2", owner: None, archive: Some(archive) };
+        let own = archived("s3://exports-bucket/teams/analytics/daily");
+        assert!(policies.allows(&caller("analytics"), Rpc::CreateExportJob, &own));
+        assert!(!policies.allows(&caller("privacy"), Rpc::CreateExportJob, &own));
+        let elsewhere = archived("s3://exports-bucket/teams/analytics-x/daily");
+        assert!(!policies.allows(&caller("analytics"), Rpc::CreateExportJob, &elsewhere));
     }
 
     #[test]

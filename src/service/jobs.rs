@@ -22,12 +22,14 @@ use super::{
     validation,
 };
 use crate::{
+    archive::{Location, Refusal},
     contract::{status, task::timestamp},
     jobs::{JobPolicy, Owner, Prepared, ShardBody, ShardRequest, plan, store_failure},
     proto::{
         CancelExportJobRequest, CreateExportJobRequest, ExportFormatVersion, ExportJob, ExportJobEvent,
         ExportJobProgress, ExportJobState, GetExportJobRequest, ListExportJobTasksRequest, ListExportJobTasksResponse,
-        ListExportJobsRequest, ListExportJobsResponse, WatchExportJobRequest, create_export_job_request::Selector,
+        ListExportJobsRequest, ListExportJobsResponse, VerifyExportJobRequest, VerifyExportJobResponse,
+        WatchExportJobRequest, create_export_job_request::Selector,
         task_event::EventType,
     },
     store::{
@@ -73,8 +75,10 @@ pub(super) async fn create_export_job(
             return Err(status::job_list_too_large(field, count, settings.max_channels));
         }
         validation::create_export_job(message).map_err(status::invalid_request)?;
+        let archive = archive_location(api, &message.archive_uri)?;
         let job_id = uuid::Uuid::new_v4().to_string();
-        api.policies.check(&call.caller, rpc, &Resource::Job { id: &job_id, owner: None })?;
+        let new_job = Resource::Job { id: &job_id, owner: None, archive: archive.as_deref() };
+        api.policies.check(&call.caller, rpc, &new_job)?;
         let items = plan::listed(message);
         if let Some(items) = &items {
             check_items(&api.policies, &call.caller, message, items)?;
@@ -163,6 +167,53 @@ pub(super) async fn get_export_job(
     Ok(Response::new(job))
 }
 
+/// An `archive_uri`, normalised, if the service lets jobs write there (`None` when empty).
+fn archive_location(api: &ExportApi, archive_uri: &str) -> Result<Option<String>, Status> {
+    if archive_uri.is_empty() {
+        return Ok(None);
+    }
+    match api.jobs.archives().check(archive_uri) {
+        Ok(location) => Ok(Some(location.to_string())),
+        Err(Refusal::NotConfigured) => Err(status::archive_not_configured()),
+        Err(Refusal::NotAllowed) => {
+            let normalised = Location::parse(archive_uri).map_or_else(|_| archive_uri.to_owned(), |at| at.to_string());
+            Err(status::archive_not_allowed(&normalised))
+        }
+        Err(Refusal::Invalid(why)) => {
+            Err(status::invalid_request(vec![tonic_types::FieldViolation::new("archive_uri", why)]))
+        }
+    }
+}
+
+/// A job's archive as the policies see it: its `archive_uri`, normalised.
+fn archive_of(job: &ExportJob) -> Option<String> {
+    let uri = job.request.as_ref().map(|request| request.archive_uri.as_str()).filter(|uri| !uri.is_empty())?;
+    Some(Location::parse(uri).map_or_else(|_| uri.to_owned(), |location| location.to_string()))
+}
+
+/// `VerifyExportJob`: the job's manifest and every object it lists read back from the archive.
+pub(super) async fn verify_export_job(
+    api: &ExportApi,
+    request: Request<VerifyExportJobRequest>,
+) -> Result<Response<VerifyExportJobResponse>, Status> {
+    let rpc = Rpc::VerifyExportJob;
+    let call = Call::begin(api, &request)?;
+    let record = api.authorize_job(&call.caller, rpc, &request.get_ref().job_id).await?;
+    let job_id = record.job.job_id.as_str();
+    let outcome = async {
+        let uri = archive_of(&record.job).ok_or_else(|| status::not_archived(job_id, "has no archive_uri"))?;
+        let location = Location::parse(&uri).map_err(|why| status::not_archived(job_id, &why))?;
+        match api.jobs.archives().verify(&location, job_id).await {
+            Ok(Some(verified)) => Ok(verified),
+            Ok(None) => Err(status::not_archived(job_id, "has no manifest yet: it is written when the job ends")),
+            Err(error) => Err(status::archive_unavailable(&error.to_string())),
+        }
+    }
+    .await;
+    audit::record(&call.caller, rpc, &Subject::Job(job_id), outcome.as_ref().map(|_| job_id));
+    Ok(Response::new(outcome?))
+}
+
 /// `CancelExportJob`.
 pub(super) async fn cancel_export_job(
     api: &ExportApi,
@@ -184,7 +235,7 @@ pub(super) async fn list_export_jobs(
     api.policies.check(caller, Rpc::ListExportJobs, &Resource::Service)?;
     let message = request.get_ref();
     let size = page_size(message.page_size)?;
-    let nobodys = Resource::Job { id: "", owner: Some(NOBODY) };
+    let nobodys = Resource::Job { id: "", owner: Some(NOBODY), archive: None };
     let own_only = api.policies.is_enforced() && !api.policies.allows(caller, Rpc::GetExportJob, &nobodys);
     let listing = Listing::jobs(own_only);
     let after = read_token(api, &message.page_token, caller, listing)?
@@ -207,7 +258,12 @@ pub(super) async fn list_export_jobs(
     let jobs = page
         .into_iter()
         .filter(|job| {
-            api.policies.allows(caller, Rpc::GetExportJob, &Resource::Job { id: &job.job_id, owner: Some(&job.owner) })
+            let archive = archive_of(job);
+            api.policies.allows(
+                caller,
+                Rpc::GetExportJob,
+                &Resource::Job { id: &job.job_id, owner: Some(&job.owner), archive: archive.as_deref() },
+            )
         })
         .collect();
     Ok(Response::new(ListExportJobsResponse { jobs, next_page_token }))
@@ -253,7 +309,11 @@ pub(super) async fn watch_export_job(
     let grant = Grant {
         caller: call.caller.clone(),
         action: Rpc::WatchExportJob,
-        on: Granted::Job { job_id: record.job.job_id.clone(), owner: record.job.owner.clone() },
+        on: Granted::Job {
+            job_id: record.job.job_id.clone(),
+            owner: record.job.owner.clone(),
+            archive: archive_of(&record.job).unwrap_or_default(),
+        },
     };
     let settings = api.hub.settings();
     let watch = JobWatch {
@@ -380,7 +440,8 @@ impl ExportApi {
         let job_id = validation::job_id(job_id).map_err(status::invalid_request)?;
         let record = self.jobs.get(&job_id).await.map_err(|error| store_failure(&error))?;
         let owner = record.as_ref().map(|record| record.job.owner.as_str());
-        self.policies.check(caller, rpc, &Resource::Job { id: &job_id, owner })?;
+        let archive = record.as_ref().and_then(|record| archive_of(&record.job));
+        self.policies.check(caller, rpc, &Resource::Job { id: &job_id, owner, archive: archive.as_deref() })?;
         record.ok_or_else(|| status::job_not_found(&job_id))
     }
 }

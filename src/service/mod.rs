@@ -49,7 +49,7 @@ use crate::{
     proto::{
         CancelExportJobRequest, CreateExportJobRequest, ExportChannelsRequest, ExportChannelsResponse, ExportJob,
         ExportUserRequest, ExportUserResponse, ExportUsersRequest, ExportUsersResponse, GetExportJobRequest,
-        GetTaskRequest, ListExportJobTasksRequest, ListExportJobTasksResponse, ListExportJobsRequest,
+        GetTaskRequest, ListExportJobTasksRequest, ListExportJobTasksResponse, VerifyExportJobRequest, VerifyExportJobResponse, ListExportJobsRequest,
         ListExportJobsResponse, ListTasksRequest, ListTasksResponse, ReadExportRequest, Task, WatchExportJobRequest,
         WatchTaskRequest, export_service_server::ExportService,
     },
@@ -224,6 +224,13 @@ impl ExportService for ExportApi {
         request: Request<ListExportJobTasksRequest>,
     ) -> Result<Response<ListExportJobTasksResponse>, Status> {
         jobs::list_export_job_tasks(self, request).await
+    }
+
+    async fn verify_export_job(
+        &self,
+        request: Request<VerifyExportJobRequest>,
+    ) -> Result<Response<VerifyExportJobResponse>, Status> {
+        jobs::verify_export_job(self, request).await
     }
 }
 

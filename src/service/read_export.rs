@@ -1,10 +1,12 @@
-//! `ReadExport`: a completed task's file, downloaded from Stream and streamed as records
+//! `ReadExport`: a completed task's file, downloaded from Stream (or, once Stream has deleted
+//! it, read from the archive of the job that made it) and streamed as records
 //! (parsed by `export_file`), within the replica's ReadExport slots, ended by the drain or by a
 //! policy reload that takes the permission away.
 
-use std::sync::Arc;
+use std::{io, sync::Arc};
 
 use chrono::Utc;
+use futures::TryStreamExt;
 use tonic::{Request, Response, Status};
 
 use super::{
@@ -17,9 +19,10 @@ use super::{
 };
 use crate::{
     contract::status,
-    export_file,
+    export_file::{self, ByteStream},
+    jobs::store_failure,
     proto::{ExportRecord, ReadExportRequest, TaskState},
-    upstream::{self, convert},
+    upstream::{self, ErrorKind, convert},
 };
 
 /// The stream type of `ReadExport`.
@@ -57,21 +60,13 @@ impl ExportApi {
         let slot = Arc::clone(&self.read_streams)
             .try_acquire_owned()
             .map_err(|_| status::read_limit_reached(reads.max_streams))?;
-        // Reading the task re-signs its URL; only that URL is ever fetched.
-        let status =
-            self.client.get_task(&task_id, Some(call.deadline)).await.map_err(|error| upstream_failure(&error))?;
-        let task = convert::task(status.body, Utc::now());
-        let url = match (task.state(), task.result) {
-            (TaskState::Completed, Some(result)) if !result.url.is_empty() => result.url,
-            _ => return Err(status::task_not_completed(&task.upstream_status)),
+        let body = match self.stream_file(&task_id, call, *start_index).await? {
+            Ok(body) => body,
+            Err(gone) => self.archived_file(&task_id, &gone).await?,
         };
-        let response = self.client.download(&url).await.map_err(|error| {
-            tracing::warn!(%error, "export download refused");
-            upstream::download_not_started(&error, *start_index)
-        })?;
         let (record_counts, counted_task) = (self.record_counts.clone(), task_id.clone());
         let records = export_file::session::start(
-            response.bytes_stream(),
+            body,
             *start_index,
             encoding,
             reads,
@@ -80,5 +75,56 @@ impl ExportApi {
             Box::new(move |records| record_counts.insert(counted_task, records)),
         );
         Ok((task_id, revocation::end_when_revoked(Box::pin(records), &self.policies, grant)))
+    }
+
+    /// The task's file from Stream; `Ok(Err(why))` when Stream no longer has it (the task or
+    /// its file is gone: deleted, or past Stream's 60 days).
+    async fn stream_file(
+        &self,
+        task_id: &str,
+        call: &Call,
+        start_index: u64,
+    ) -> Result<Result<ByteStream, String>, Status> {
+        // Reading the task re-signs its URL; only that URL is ever fetched.
+        let status = match self.client.get_task(task_id, Some(call.deadline)).await {
+            Ok(status) => status,
+            Err(error) if error.kind() == ErrorKind::NotFound => return Ok(Err("Stream no longer knows the task".into())),
+            Err(error) => return Err(upstream_failure(&error)),
+        };
+        let task = convert::task(status.body, Utc::now());
+        let url = match (task.state(), task.result) {
+            (TaskState::Completed, Some(result)) if !result.url.is_empty() => result.url,
+            _ => return Err(status::task_not_completed(&task.upstream_status)),
+        };
+        match self.client.download(&url).await {
+            Ok(response) => {
+                Ok(Ok(export_file::boxed(response.bytes_stream().map_err(|error| io::Error::other(error.without_url())))))
+            }
+            Err(error) if error.kind() == ErrorKind::NotFound => Ok(Err("Stream no longer has its file".into())),
+            Err(error) => {
+                tracing::warn!(%error, "export download refused");
+                Err(upstream::download_not_started(&error, start_index))
+            }
+        }
+    }
+
+    /// The archived copy of a task's file whose Stream file is gone (`gone` says how): the
+    /// task's job archived it. NOT_FOUND `EXPORT_FILE_GONE` when no archive holds it.
+    async fn archived_file(&self, task_id: &str, gone: &str) -> Result<ByteStream, Status> {
+        let record = self.registry.get(task_id).await.ok().flatten();
+        let job_id = record.map(|record| record.job_id).filter(|job_id| !job_id.is_empty());
+        let Some(job_id) = job_id else { return Err(status::export_file_gone(task_id, gone)) };
+        let Some((location, file)) = self.jobs.archived_file(&job_id, task_id).await.map_err(|error| store_failure(&error))?
+        else {
+            return Err(status::export_file_gone(task_id, gone));
+        };
+        match self.jobs.archives().open(&location, &file.key).await {
+            Ok(Some(body)) => {
+                tracing::info!(key = file.key, "the task's Stream file is gone; its archived copy is read");
+                Ok(export_file::boxed(body))
+            }
+            Ok(None) => Err(status::export_file_gone(task_id, &format!("{gone}; the archive has no {}", file.key))),
+            Err(error) => Err(status::archive_unavailable(&error.to_string())),
+        }
     }
 }

@@ -43,6 +43,8 @@ pub enum Granted {
         job_id: String,
         /// Its owner.
         owner: String,
+        /// Its archive, normalised ("" when none).
+        archive: String,
     },
 }
 
@@ -55,7 +57,11 @@ impl Granted {
                 owner: record.as_ref().map(|record| record.owner.as_str()),
                 rpc: record.as_ref().map(|record| record.rpc.as_str()),
             },
-            Self::Job { job_id, owner } => Resource::Job { id: job_id, owner: Some(owner) },
+            Self::Job { job_id, owner, archive } => Resource::Job {
+                id: job_id,
+                owner: Some(owner),
+                archive: Some(archive.as_str()).filter(|archive| !archive.is_empty()),
+            },
         }
     }
 }

@@ -35,11 +35,13 @@ pub enum Rpc {
     WatchExportJob,
     /// Pages through an export job's shards.
     ListExportJobTasks,
+    /// Checks an archived job's objects against its manifest.
+    VerifyExportJob,
 }
 
 impl Rpc {
     /// Every RPC, in the proto's order.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::ExportChannels,
         Self::ExportUsers,
         Self::ExportUser,
@@ -53,6 +55,7 @@ impl Rpc {
         Self::CancelExportJob,
         Self::WatchExportJob,
         Self::ListExportJobTasks,
+        Self::VerifyExportJob,
     ];
 
     /// The RPCs that submit a task, which the task registry records (a record's `rpc`).
@@ -75,6 +78,7 @@ impl Rpc {
             Self::CancelExportJob => "CancelExportJob",
             Self::WatchExportJob => "WatchExportJob",
             Self::ListExportJobTasks => "ListExportJobTasks",
+            Self::VerifyExportJob => "VerifyExportJob",
         }
     }
 }

@@ -158,6 +158,14 @@ pub fn create_export_job(request: &CreateExportJobRequest) -> Result<(), Vec<Fie
         problems.add("version", format!("unknown export format version {}", request.version));
     }
     check_request_id(&mut problems, &request.request_id);
+    if !request.archive_uri.is_empty()
+        && let Err(why) = crate::archive::Location::parse(&request.archive_uri)
+    {
+        problems.add("archive_uri", why);
+    }
+    if request.verify && request.archive_uri.is_empty() {
+        problems.add("verify", "needs an archive_uri: only archived objects are read back");
+    }
     problems.finish(())
 }
 

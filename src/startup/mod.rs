@@ -19,6 +19,7 @@ use tonic::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
+    archive::{AllowList, Archives},
     config::{IdempotencySettings, Settings, StateSettings, TransportSettings, UpstreamSettings},
     fleet::{
         Redis,
@@ -142,6 +143,11 @@ impl Application {
             policy: Arc::new(JobChecks::new(policies.clone())),
             export_slots: job_seams.export_slots,
             claims: job_seams.claims,
+            archives: Archives::new(
+                AllowList::new(&settings.archive.allow).map_err(|why| anyhow::anyhow!("--archive-allow: {why}"))?,
+                settings.archive.store_options,
+                client.clone(),
+            ),
             settings: settings.jobs,
         });
         match jobs.resume().await {

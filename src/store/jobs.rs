@@ -49,6 +49,10 @@ pub struct ShardRecord {
     /// Why the last attempt failed, as Stream said it.
     #[prost(string, tag = "4")]
     pub last_error: String,
+    /// When Stream created the current task (µs since the epoch; 0: not known), for the
+    /// archive's manifest.
+    #[prost(int64, tag = "5")]
+    pub task_created_micros: i64,
 }
 
 /// Where a job sits in the listing order (newest first: by create time, then id).

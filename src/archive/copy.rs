@@ -1,0 +1,117 @@
+//! One task's file copied into the archive: a fresh download URL read from the task's status
+//! (Stream signs a new one at each read, for 60 days), the body streamed through SHA-256 into a
+//! multipart upload of bounded parts, the upload aborted when anything fails (no partial object
+//! under the final key), and the whole copy retried with backoff.
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart, path::Path};
+use sha2::{Digest, Sha256};
+
+use super::{Archives, CopyError, destination::Location};
+use crate::{
+    proto::ArchivedFile,
+    upstream::{ErrorKind, UpstreamError},
+};
+
+/// Bytes per uploaded part: S3's smallest part, so that memory stays small.
+const PART_BYTES: usize = 5 * 1024 * 1024;
+
+/// Parts uploading at once, per copy.
+const PARTS_IN_FLIGHT: usize = 3;
+
+/// Tries of one copy, and the first wait between them (it doubles).
+const COPY_TRIES: usize = 6;
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+
+/// A copy made: the file as archived, and when Stream created the task.
+#[derive(Clone, Debug)]
+pub struct Copied {
+    /// The object's key, size and SHA-256.
+    pub file: ArchivedFile,
+    /// The task's creation time, as Stream gave it.
+    pub task_created: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Archives {
+    /// Copies task `task_id`'s file to `key` under `location`, re-reading it when `verify`;
+    /// retried with backoff while the failure may pass.
+    pub async fn copy(&self, location: &Location, key: &str, task_id: &str, verify: bool) -> Result<Copied, CopyError> {
+        let _slot = self.copies.acquire().await.map_err(|_| CopyError::Store("the service is stopping".into()))?;
+        (|| self.copy_once(location, key, task_id, verify))
+            .retry(ExponentialBuilder::default().with_min_delay(FIRST_RETRY).with_max_times(COPY_TRIES - 1))
+            .when(CopyError::is_temporary)
+            .notify(|error, wait| tracing::info!(%error, ?wait, key, "an archive copy failed; it is tried again"))
+            .await
+    }
+
+    async fn copy_once(&self, location: &Location, key: &str, task_id: &str, verify: bool) -> Result<Copied, CopyError> {
+        let store = self.store_for(location, key)?;
+        let status = self.client.get_task(task_id, None).await.map_err(|error| match error.kind() {
+            ErrorKind::NotFound => CopyError::Gone(format!("Stream no longer knows the task {task_id}")),
+            _ => CopyError::Upstream(error),
+        })?;
+        let task_created = status.body.created_at;
+        let url = status.body.result.and_then(|result| result.url).filter(|url| !url.is_empty());
+        let url = url.ok_or_else(|| CopyError::Gone(format!("the task {task_id} has no file (any more)")))?;
+        let response = self.client.download(&url).await.map_err(download_refused)?;
+        let path = Path::from(key);
+        let (bytes, sha256) = upload(store.as_ref(), &path, response.bytes_stream()).await?;
+        if verify {
+            let (read_bytes, read_sha256) = self.hash_object(store.as_ref(), &path).await?;
+            if (read_bytes, &read_sha256) != (bytes, &sha256) {
+                return Err(CopyError::Mismatch { key: key.to_owned() });
+            }
+        }
+        Ok(Copied { file: ArchivedFile { key: key.to_owned(), bytes, sha256 }, task_created })
+    }
+}
+
+/// Streams `body` into a multipart upload of `path`, hashing it; its size and SHA-256 (hex).
+/// Any failure aborts the upload.
+pub(super) async fn upload<S>(store: &dyn ObjectStore, path: &Path, body: S) -> Result<(u64, String), CopyError>
+where
+    S: Stream<Item = Result<Bytes, reqwest::Error>> + Unpin,
+{
+    let upload = store.put_multipart(path).await.map_err(CopyError::store)?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+    let mut body = body;
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    let failed = loop {
+        match body.next().await {
+            Some(Ok(chunk)) => {
+                if let Err(error) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                    break CopyError::store(error);
+                }
+                hasher.update(&chunk);
+                bytes += chunk.len() as u64;
+                writer.put(chunk);
+            }
+            Some(Err(error)) => break CopyError::Download(error.without_url().to_string()),
+            None => {
+                writer.finish().await.map_err(CopyError::store)?;
+                return Ok((bytes, hex::encode(hasher.finalize())));
+            }
+        }
+    };
+    if let Err(error) = writer.abort().await {
+        tracing::warn!(%error, "an archive upload could not be aborted; the store's cleanup of incomplete uploads removes it");
+    }
+    Err(failed)
+}
+
+/// A download that did not start: a refused or expired URL (403) is read again from the task's
+/// status at the next try; a file Stream no longer has (404) is gone.
+fn download_refused(error: UpstreamError) -> CopyError {
+    match error.kind() {
+        ErrorKind::NotFound => CopyError::Gone("Stream no longer has the task's file".to_owned()),
+        ErrorKind::Permanent if matches!(error, UpstreamError::Api { status: 403, .. }) => {
+            CopyError::Download("the download URL was refused (expired?)".to_owned())
+        }
+        _ => CopyError::Upstream(error),
+    }
+}
