@@ -97,6 +97,9 @@ pub enum Failure {
     SlowDown,
     /// The connection closed mid-request: some of the body is read, then no answer at all.
     Drop,
+    /// The request is carried out, then the connection closes instead of the answer: the
+    /// client cannot tell that it succeeded (its retry meets the done work).
+    LoseAnswer,
 }
 
 #[derive(Default)]
@@ -346,13 +349,27 @@ async fn handle(
             };
             Ok(s3_error(status, code, "injected by the test"))
         }
-        None if kind == RequestKind::Put
-            && request.headers().get("if-none-match").is_some_and(|value| value == "*") =>
-        {
+        Some(Failure::LoseAnswer) => {
+            let _ = hand_on(&s3, &shared, kind, request).await?;
+            Err("answer lost by the test".into())
+        }
+        None => hand_on(&s3, &shared, kind, request).await,
+    }
+}
+
+/// Hands a request on to s3s-fs.
+async fn hand_on(
+    s3: &s3s::service::S3Service,
+    shared: &Shared,
+    kind: RequestKind,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, BoxError> {
+    match kind {
+        RequestKind::Put if request.headers().get("if-none-match").is_some_and(|value| value == "*") => {
             let _create = shared.creates.lock().await;
             Ok(s3.call(request.map(Body::from)).await?)
         }
-        None => Ok(s3.call(request.map(Body::from)).await?),
+        _ => Ok(s3.call(request.map(Body::from)).await?),
     }
 }
 

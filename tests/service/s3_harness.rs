@@ -219,3 +219,36 @@ async fn a_store_from_an_s3_url_with_checksums_uploads_and_lists() {
         store.list(Some(&Path::from("shards"))).map_ok(|meta| meta.location).try_collect().await.unwrap();
     assert_eq!(listed, [path]);
 }
+
+/// The hazard of a create-only put: when its answer is lost, object_store's retry meets the
+/// object the first attempt wrote, and reports AlreadyExists for a write that succeeded.
+#[tokio::test]
+async fn a_create_only_put_whose_answer_is_lost_reports_already_exists_yet_is_stored() {
+    let server = S3Server::start().await;
+    server.fail_next(RequestKind::Put, Failure::LoseAnswer, 1);
+
+    let put = client_with(&server, few_quick_retries(3))
+        .put_opts(&Path::from("manifests/job-4.json"), PutPayload::from_static(b"mine"), PutMode::Create.into())
+        .await;
+
+    assert!(matches!(put, Err(object_store::Error::AlreadyExists { .. })), "{put:?}");
+    assert_eq!(server.count(RequestKind::Put), 2);
+    assert_eq!(server.object("manifests/job-4.json").as_deref(), Some(&b"mine"[..]));
+}
+
+/// The same for a multipart upload: the retried CompleteMultipartUpload finds its upload gone
+/// (s3s-fs answers 403 AccessDenied, where AWS answers 200), `finish` then aborts, which fails
+/// too, and reports an error: yet the whole object is stored.
+#[tokio::test]
+async fn a_complete_whose_answer_is_lost_fails_the_upload_yet_the_object_is_stored() {
+    let server = S3Server::start().await;
+    server.fail_next(RequestKind::Complete, Failure::LoseAnswer, 1);
+    let data = twelve_mebibytes();
+
+    let finished = upload(&client_with(&server, few_quick_retries(3)), "shards/0006.jsonl", &data).await;
+
+    assert!(finished.is_err(), "{finished:?}");
+    assert_eq!(server.count(RequestKind::Complete), 2);
+    assert!(server.object("shards/0006.jsonl") == Some(data), "the stored object differs");
+    assert_eq!(server.pending_uploads(), Vec::<String>::new());
+}
