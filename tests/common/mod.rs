@@ -9,6 +9,7 @@ pub mod process;
 pub mod raw_grpc;
 pub mod records;
 pub mod redis;
+pub mod s3;
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -18,6 +18,7 @@ mod protection;
 mod read_export;
 mod read_export_json;
 mod read_export_limits;
+mod s3_harness;
 mod transport;
 mod upstream_input;
 mod validation;
