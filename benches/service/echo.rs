@@ -10,9 +10,9 @@ use prost::Message;
 use stream_export::proto::{
     CancelExportJobRequest, CreateExportJobRequest, ExportChannelsRequest, ExportChannelsResponse, ExportJob,
     ExportJobEvent, ExportRecord, ExportUserRequest, ExportUserResponse, ExportUsersRequest, ExportUsersResponse,
-    GetExportJobRequest, GetTaskRequest, ListExportJobTasksRequest, ListExportJobTasksResponse, VerifyExportJobRequest, VerifyExportJobResponse, ListExportJobsRequest,
+    GetExportJobRequest, GetTaskRequest, ListExportJobTasksRequest, ListExportJobTasksResponse, ListExportJobsRequest,
     ListExportJobsResponse, ListTasksRequest, ListTasksResponse, ReadExportRequest, Task, TaskEvent,
-    WatchExportJobRequest, WatchTaskRequest,
+    VerifyExportJobRequest, VerifyExportJobResponse, WatchExportJobRequest, WatchTaskRequest,
     export_service_server::{ExportService, ExportServiceServer},
     task_event::EventType,
 };

@@ -48,7 +48,13 @@ impl Archives {
             .await
     }
 
-    async fn copy_once(&self, location: &Location, key: &str, task_id: &str, verify: bool) -> Result<Copied, CopyError> {
+    async fn copy_once(
+        &self,
+        location: &Location,
+        key: &str,
+        task_id: &str,
+        verify: bool,
+    ) -> Result<Copied, CopyError> {
         let store = self.store_for(location, key)?;
         let status = self.client.get_task(task_id, None).await.map_err(|error| match error.kind() {
             ErrorKind::NotFound => CopyError::Gone(format!("Stream no longer knows the task {task_id}")),

@@ -9,7 +9,10 @@ use serde_json::{Value, json};
 
 use crate::{
     contract::json::from_struct,
-    proto::{ChannelRef, CreateExportJobRequest, ExportFormatVersion, ExportJob, ExportJobTask, create_export_job_request::Selector},
+    proto::{
+        ChannelRef, CreateExportJobRequest, ExportFormatVersion, ExportJob, ExportJobTask,
+        create_export_job_request::Selector,
+    },
 };
 
 /// The manifest format this service writes.
@@ -108,7 +111,12 @@ pub struct ShardFacts<'a> {
 
 impl Manifest {
     /// The manifest of `job` (whose request is `request`), with `shards`, written `now`.
-    pub fn new(job: &ExportJob, request: &CreateExportJobRequest, shards: &[ShardFacts<'_>], now: DateTime<Utc>) -> Self {
+    pub fn new(
+        job: &ExportJob,
+        request: &CreateExportJobRequest,
+        shards: &[ShardFacts<'_>],
+        now: DateTime<Utc>,
+    ) -> Self {
         let files = shards
             .iter()
             .filter_map(|shard| {
@@ -166,10 +174,8 @@ impl ManifestJob {
         let progress = job.progress.unwrap_or_default();
         let (selector, version) = match &request.selector {
             Some(Selector::ChannelQuery(query)) => {
-                {
                 let filter = query.filter.as_ref().and_then(|filter| filter.to_struct().ok());
                 (json!({"channel_query": filter.map(|filter| from_struct(&filter))}), version(request.version()))
-            }
             }
             Some(Selector::Users(_)) => (json!({"users": progress.users_total}), "users"),
             _ => (json!({"channels": progress.channels_total}), version(request.version())),

@@ -161,7 +161,12 @@ impl Archives {
     /// Writes `manifest` for job `job_id` under `location`: `SHA256SUMS`, then the manifest,
     /// create-only. A manifest already there for the same files (an earlier try of this job)
     /// counts as written; any other is left alone and refused.
-    pub async fn write_manifest(&self, location: &Location, job_id: &str, manifest: &Manifest) -> Result<(), CopyError> {
+    pub async fn write_manifest(
+        &self,
+        location: &Location,
+        job_id: &str,
+        manifest: &Manifest,
+    ) -> Result<(), CopyError> {
         let folder = Self::job_folder(location, job_id);
         let key = folder.join(manifest::MANIFEST).key_prefix();
         let store = self.store_for(location, &key)?;
@@ -169,7 +174,8 @@ impl Archives {
         let body = serde_json::to_vec_pretty(manifest).map_err(|error| CopyError::Store(error.to_string()))?;
         let write = || async {
             store.put(&sums, PutPayload::from(manifest.sha256sums())).await.map_err(CopyError::store)?;
-            let created = store.put_opts(&Path::from(key.as_str()), PutPayload::from(body.clone()), PutMode::Create.into()).await;
+            let created =
+                store.put_opts(&Path::from(key.as_str()), PutPayload::from(body.clone()), PutMode::Create.into()).await;
             match created {
                 Ok(_) => Ok(()),
                 Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
@@ -185,7 +191,9 @@ impl Archives {
         };
         use backon::{ExponentialBuilder, Retryable};
         write
-            .retry(ExponentialBuilder::default().with_min_delay(std::time::Duration::from_millis(500)).with_max_times(5))
+            .retry(
+                ExponentialBuilder::default().with_min_delay(std::time::Duration::from_millis(500)).with_max_times(5),
+            )
             .when(CopyError::is_temporary)
             .await
     }
@@ -203,7 +211,11 @@ impl Archives {
 
     /// Reads job `job_id`'s manifest under `location` and every object it lists, and says which
     /// is missing or differs. `None` when there is no manifest.
-    pub async fn verify(&self, location: &Location, job_id: &str) -> Result<Option<VerifyExportJobResponse>, CopyError> {
+    pub async fn verify(
+        &self,
+        location: &Location,
+        job_id: &str,
+    ) -> Result<Option<VerifyExportJobResponse>, CopyError> {
         let key = Self::job_folder(location, job_id).join(manifest::MANIFEST).key_prefix();
         let store = self.store_for(location, &key)?;
         let Some(manifest) = self.read_manifest_at(store.as_ref(), &key).await? else { return Ok(None) };

@@ -32,9 +32,12 @@ pub use self::{
 };
 use crate::{
     archive::{ArchiveSettings, StoreOptions},
-    fleet::RedisSettings, jobs::JobSettings, service::CallLimits,
+    fleet::RedisSettings,
+    jobs::JobSettings,
+    service::CallLimits,
     store::embedded::DEFAULT_STATE_DIR,
-    task_watch::WatchSettings, telemetry::LogFormat,
+    task_watch::WatchSettings,
+    telemetry::LogFormat,
 };
 
 /// Flags of `stream-export serve`. Every flag has an environment variable of the same meaning.

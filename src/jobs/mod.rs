@@ -311,7 +311,11 @@ impl Jobs {
     }
 
     /// Where job `job_id` archived task `task_id`'s file, if it did.
-    pub async fn archived_file(&self, job_id: &str, task_id: &str) -> Result<Option<(Location, ArchivedFile)>, StoreError> {
+    pub async fn archived_file(
+        &self,
+        job_id: &str,
+        task_id: &str,
+    ) -> Result<Option<(Location, ArchivedFile)>, StoreError> {
         let Some(record) = self.get(job_id).await? else { return Ok(None) };
         let uri = record.job.request.map(|request| request.archive_uri).unwrap_or_default();
         let Ok(location) = Location::parse(&uri) else { return Ok(None) };

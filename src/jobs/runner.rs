@@ -469,7 +469,12 @@ impl Run<'_> {
         self.copies.remove(&number);
         match copied {
             Ok(copied) => {
-                tracing::info!(shard = number, key = copied.file.key, bytes = copied.file.bytes, "a shard's file is archived");
+                tracing::info!(
+                    shard = number,
+                    key = copied.file.key,
+                    bytes = copied.file.bytes,
+                    "a shard's file is archived"
+                );
                 shard.task_created_micros = copied.task_created.map_or(0, |at| at.timestamp_micros());
                 shard.task.archive = Some(copied.file);
                 self.save_shard(shard).await?;

@@ -29,8 +29,7 @@ use crate::{
         CancelExportJobRequest, CreateExportJobRequest, ExportFormatVersion, ExportJob, ExportJobEvent,
         ExportJobProgress, ExportJobState, GetExportJobRequest, ListExportJobTasksRequest, ListExportJobTasksResponse,
         ListExportJobsRequest, ListExportJobsResponse, VerifyExportJobRequest, VerifyExportJobResponse,
-        WatchExportJobRequest, create_export_job_request::Selector,
-        task_event::EventType,
+        WatchExportJobRequest, create_export_job_request::Selector, task_event::EventType,
     },
     store::{
         Fingerprint,

@@ -49,9 +49,9 @@ use crate::{
     proto::{
         CancelExportJobRequest, CreateExportJobRequest, ExportChannelsRequest, ExportChannelsResponse, ExportJob,
         ExportUserRequest, ExportUserResponse, ExportUsersRequest, ExportUsersResponse, GetExportJobRequest,
-        GetTaskRequest, ListExportJobTasksRequest, ListExportJobTasksResponse, VerifyExportJobRequest, VerifyExportJobResponse, ListExportJobsRequest,
-        ListExportJobsResponse, ListTasksRequest, ListTasksResponse, ReadExportRequest, Task, WatchExportJobRequest,
-        WatchTaskRequest, export_service_server::ExportService,
+        GetTaskRequest, ListExportJobTasksRequest, ListExportJobTasksResponse, ListExportJobsRequest,
+        ListExportJobsResponse, ListTasksRequest, ListTasksResponse, ReadExportRequest, Task, VerifyExportJobRequest,
+        VerifyExportJobResponse, WatchExportJobRequest, WatchTaskRequest, export_service_server::ExportService,
     },
     store::{SubmitStore, TaskRegistry},
     task_watch::WatchHub,

@@ -88,7 +88,9 @@ impl ExportApi {
         // Reading the task re-signs its URL; only that URL is ever fetched.
         let status = match self.client.get_task(task_id, Some(call.deadline)).await {
             Ok(status) => status,
-            Err(error) if error.kind() == ErrorKind::NotFound => return Ok(Err("Stream no longer knows the task".into())),
+            Err(error) if error.kind() == ErrorKind::NotFound => {
+                return Ok(Err("Stream no longer knows the task".into()));
+            }
             Err(error) => return Err(upstream_failure(&error)),
         };
         let task = convert::task(status.body, Utc::now());
@@ -97,9 +99,9 @@ impl ExportApi {
             _ => return Err(status::task_not_completed(&task.upstream_status)),
         };
         match self.client.download(&url).await {
-            Ok(response) => {
-                Ok(Ok(export_file::boxed(response.bytes_stream().map_err(|error| io::Error::other(error.without_url())))))
-            }
+            Ok(response) => Ok(Ok(export_file::boxed(
+                response.bytes_stream().map_err(|error| io::Error::other(error.without_url())),
+            ))),
             Err(error) if error.kind() == ErrorKind::NotFound => Ok(Err("Stream no longer has its file".into())),
             Err(error) => {
                 tracing::warn!(%error, "export download refused");
@@ -114,7 +116,8 @@ impl ExportApi {
         let record = self.registry.get(task_id).await.ok().flatten();
         let job_id = record.map(|record| record.job_id).filter(|job_id| !job_id.is_empty());
         let Some(job_id) = job_id else { return Err(status::export_file_gone(task_id, gone)) };
-        let Some((location, file)) = self.jobs.archived_file(&job_id, task_id).await.map_err(|error| store_failure(&error))?
+        let Some((location, file)) =
+            self.jobs.archived_file(&job_id, task_id).await.map_err(|error| store_failure(&error))?
         else {
             return Err(status::export_file_gone(task_id, gone));
         };

@@ -194,7 +194,7 @@ fn read_export_file_as(
     encoding: stream_export::export_file::Encoding,
 ) -> (Vec<String>, bool) {
     use stream_export::export_file::{ReadLimits, Sink, read};
-    let chunks: Vec<Result<bytes::Bytes, reqwest::Error>> =
+    let chunks: Vec<std::io::Result<bytes::Bytes>> =
         file.chunks(chunk.max(1)).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
     let limits = ReadLimits { max_entity_bytes, ..ReadLimits::default() };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
