@@ -179,11 +179,14 @@ impl Archives {
             match created {
                 Ok(_) => Ok(()),
                 Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                    let existing = self.read_manifest_at(store.as_ref(), &key).await?;
-                    if existing.is_some_and(|existing| existing.same_files(manifest)) {
-                        Ok(())
-                    } else {
-                        Err(CopyError::ManifestExists { key: key.clone() })
+                    // Ours, from an earlier try whose answer was lost, or another writer's.
+                    let existing = match store.get(&Path::from(key.as_str())).await {
+                        Ok(found) => found.bytes().await.map_err(CopyError::store)?,
+                        Err(error) => return Err(CopyError::store(error)),
+                    };
+                    match serde_json::from_slice::<Manifest>(&existing) {
+                        Ok(existing) if existing.same_files(manifest) => Ok(()),
+                        _ => Err(CopyError::ManifestExists { key: key.clone() }),
                     }
                 }
                 Err(error) => Err(CopyError::store(error)),

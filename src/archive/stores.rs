@@ -31,8 +31,8 @@ impl StoreOptions {
         Self(
             variables
                 .into_iter()
-                .filter(|(name, _)| ["AWS_", "GOOGLE_", "AZURE_"].iter().any(|cloud| name.starts_with(cloud)))
                 .map(|(name, value)| (name.to_ascii_lowercase(), value))
+                .filter(|(name, _)| ["aws_", "google_", "azure_"].iter().any(|cloud| name.starts_with(cloud)))
                 .collect(),
         )
     }

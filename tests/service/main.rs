@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod archives;
 mod authorization;
 mod channel_list;
 mod error_mapping;
