@@ -60,8 +60,9 @@ function freePort() {
 }
 
 /**
- * Starts the binary and waits until the health service says SERVING. `archiveRoot` is a
- * folder whose ARCHIVE_ALLOWED subfolder the server lets jobs archive to; the rest of it, not.
+ * Starts the binary and waits until the health service says SERVING. Resolves to
+ * { address, archiveRoot, stop }: archiveRoot is a folder whose ARCHIVE_ALLOWED subfolder the
+ * server lets jobs archive to (`--archive-allow`); the rest of it, not.
  */
 async function startServer(Health) {
   const binary = process.env.STREAM_EXPORT_BIN || path.join(ROOT, 'target', 'debug', 'stream-export');
