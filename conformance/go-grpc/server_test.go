@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,12 +31,16 @@ const (
 	// Export jobs cut into shards of 4 (Stream's 25 is the default): the emulator started by
 	// `serve --emulator` has ten channels, and a job of them then runs several tasks.
 	jobShardSize = 4
+	// The one folder, under archiveRoot, where jobs may archive to (`--archive-allow`).
+	archiveAllowed = "allowed"
 )
 
 var (
 	address string
-	conn    *grpc.ClientConn
-	client  pb.ExportServiceClient
+	// A folder whose archiveAllowed subfolder the server lets jobs archive to; the rest of it, not.
+	archiveRoot string
+	conn        *grpc.ClientConn
+	client      pb.ExportServiceClient
 )
 
 func TestMain(m *testing.M) {
@@ -93,8 +98,10 @@ func startServer(binary string) (stop func(), err error) {
 
 	// Its own state directory: not the working directory's default, kept from run to run.
 	stateDir := filepath.Join(logDir, "state")
+	archiveRoot = filepath.Join(logDir, "archive")
 	cmd := exec.Command(binary, "serve", "--emulator", "--listen", address, "--state-dir", stateDir,
-		"--job-shard-size", fmt.Sprint(jobShardSize))
+		"--job-shard-size", fmt.Sprint(jobShardSize),
+		"--archive-allow", fileURI(filepath.Join(archiveRoot, archiveAllowed)))
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "STREAM_API_") && !strings.HasPrefix(kv, "STREAM_EXPORT_") {
@@ -153,6 +160,11 @@ func startServer(binary string) (stop func(), err error) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// fileURI is the file:/// URI of an absolute local path.
+func fileURI(path string) string {
+	return (&url.URL{Scheme: "file", Path: path}).String()
 }
 
 func ctx(t *testing.T) context.Context {

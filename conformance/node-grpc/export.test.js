@@ -4,11 +4,14 @@
 // from the `grpc-status-details-bin` trailer, and the health service.
 
 const assert = require('node:assert/strict');
-const { randomUUID } = require('node:crypto');
+const { createHash, randomUUID } = require('node:crypto');
+const fs = require('node:fs');
 const http = require('node:http');
+const path = require('node:path');
+const { fileURLToPath, pathToFileURL } = require('node:url');
 const { after, before, describe, test } = require('node:test');
 const grpc = require('@grpc/grpc-js');
-const { SERVICE, JOB_SHARD_SIZE, loadStubs, loadStatusTypes, startServer } = require('./server');
+const { SERVICE, JOB_SHARD_SIZE, ARCHIVE_ALLOWED, loadStubs, loadStatusTypes, startServer } = require('./server');
 
 const DEADLINE_MS = 30_000;
 const { ExportService, Health } = loadStubs();
@@ -627,5 +630,121 @@ describe('export jobs', () => {
       details.BadRequest.fieldViolations.map((v) => v.field),
       ['selector'],
     );
+  });
+
+  test('an archived job (archive_uri, verify) writes every shard and a manifest, which VerifyExportJob checks', async () => {
+    const folder = path.join(server.archiveRoot, ARCHIVE_ALLOWED, 'jobs');
+    const archiveUri = pathToFileURL(folder).href;
+    const job = await unary('CreateExportJob', {
+      channels: { channels: JOB_CHANNELS.map(([type, id]) => ({ type, id })) },
+      version: 'EXPORT_FORMAT_VERSION_V2',
+      archive_uri: archiveUri,
+      verify: true,
+    });
+    assert.equal(job.request.archive_uri, archiveUri);
+    assert.equal(job.request.verify, true);
+    const done = (await watchJob(job.job_id)).at(-1).job;
+    assert.equal(done.state, 'EXPORT_JOB_STATE_SUCCEEDED', JSON.stringify(done));
+    assert.equal(done.manifest_uri, `${archiveUri}/${job.job_id}/manifest.json`);
+    const shardCount = Math.ceil(JOB_CHANNELS.length / JOB_SHARD_SIZE);
+    const sha256 = (bytes) => createHash('sha256').update(bytes).digest('hex');
+
+    // Every shard's file is in the archive, under the job's folder, as ListExportJobTasks says.
+    const shards = await listShards(job.job_id);
+    assert.deepEqual(
+      shards.map((s) => s.shard),
+      [...Array(shardCount).keys()],
+    );
+    const keyPrefix = path.join(folder, job.job_id).slice(1); // a file:// key: the path without its first /
+    for (const { shard, task_id, archive } of shards) {
+      assert.ok(archive, `shard ${shard} has no archive`);
+      assert.equal(archive.key, `${keyPrefix}/${String(shard).padStart(5, '0')}-${task_id}.jsonl`);
+      assert.match(archive.sha256, /^[0-9a-f]{64}$/);
+      const content = fs.readFileSync(path.join('/', archive.key));
+      assert.ok(content.length > 0);
+      assert.equal(Number(archive.bytes), content.length);
+      assert.equal(archive.sha256, sha256(content));
+      // The copy is Stream's file, byte for byte.
+      const task = await unary('GetTask', { task_id });
+      assert.equal(await download(task.result.url), content.toString('utf8'));
+    }
+    const { progress } = done;
+    assert.equal(Number(progress.tasks_total), shardCount);
+    assert.equal(Number(progress.tasks_archived), shardCount);
+    const archivedBytes = shards.reduce((sum, s) => sum + Number(s.archive.bytes), 0);
+    assert.ok(archivedBytes > 0);
+    assert.equal(Number(progress.bytes_archived), archivedBytes);
+
+    // The manifest lists the same files; SHA256SUMS beside it, for `sha256sum -c`.
+    const manifestPath = fileURLToPath(done.manifest_uri);
+    const manifest = JSON.parse(fs.readFileSync(manifestPath, 'utf8'));
+    assert.equal(manifest.format, 'stream-export.manifest.v1');
+    assert.equal(manifest.job.job_id, job.job_id);
+    assert.deepEqual(
+      manifest.files.map((f) => [f.key, f.bytes, f.sha256]),
+      shards.map((s) => [s.archive.key, Number(s.archive.bytes), s.archive.sha256]),
+    );
+    assert.deepEqual(
+      fs.readFileSync(path.join(path.dirname(manifestPath), 'SHA256SUMS'), 'utf8').split('\n').filter(Boolean),
+      shards.map((s) => `${s.archive.sha256}  ${path.basename(s.archive.key)}`),
+    );
+
+    let verified = await unary('VerifyExportJob', { job_id: job.job_id });
+    assert.equal(verified.manifest_uri, done.manifest_uri);
+    assert.equal(Number(verified.objects_checked), shardCount);
+    assert.equal(Number(verified.bytes_checked), archivedBytes);
+    assert.deepEqual(verified.mismatches, []);
+
+    // One byte of one archived file overwritten: Verify names that file, and only it.
+    const corrupted = shards[1].archive;
+    const content = fs.readFileSync(path.join('/', corrupted.key));
+    content[content.length >> 1] ^= 0x01;
+    fs.writeFileSync(path.join('/', corrupted.key), content);
+    verified = await unary('VerifyExportJob', { job_id: job.job_id });
+    assert.equal(Number(verified.objects_checked), shardCount);
+    assert.deepEqual(
+      verified.mismatches.map((m) => [m.key, m.problem]),
+      [[corrupted.key, 'PROBLEM_SHA256']],
+    );
+    const [mismatch] = verified.mismatches;
+    assert.deepEqual(
+      [Number(mismatch.expected_bytes), Number(mismatch.actual_bytes)],
+      [Number(corrupted.bytes), Number(corrupted.bytes)],
+    );
+    assert.equal(mismatch.expected_sha256, corrupted.sha256);
+    assert.equal(mismatch.actual_sha256, sha256(content));
+  });
+
+  test('archive refusals: ARCHIVE_NOT_ALLOWED, a BadRequest for archive_uri and verify, NOT_ARCHIVED', async () => {
+    const channels = { channels: [{ type: 'messaging', id: 'general' }] };
+
+    // Outside the allowed prefix: PERMISSION_DENIED, the refused URI in the ErrorInfo.
+    const outside = pathToFileURL(path.join(server.archiveRoot, 'outside')).href;
+    let err = await failing('CreateExportJob', { channels, archive_uri: outside });
+    assert.equal(err.code, grpc.status.PERMISSION_DENIED);
+    const { ErrorInfo } = statusDetails(err);
+    assert.equal(ErrorInfo.reason, 'ARCHIVE_NOT_ALLOWED');
+    assert.equal(ErrorInfo.metadata.archive_uri, outside);
+
+    // A malformed URI, and `verify` without an archive: INVALID_ARGUMENT on that field.
+    for (const [field, request] of [
+      ['archive_uri', { channels, archive_uri: 's3://x/../y' }],
+      ['verify', { channels, verify: true }],
+    ]) {
+      err = await failing('CreateExportJob', request);
+      assert.equal(err.code, grpc.status.INVALID_ARGUMENT, field);
+      const details = statusDetails(err);
+      assert.equal(details.ErrorInfo.reason, 'INVALID_REQUEST');
+      assert.deepEqual(
+        details.BadRequest.fieldViolations.map((v) => v.field),
+        [field],
+      );
+    }
+
+    // A job without an archive has nothing to verify.
+    const job = await unary('CreateExportJob', { channels });
+    err = await failing('VerifyExportJob', { job_id: job.job_id });
+    assert.equal(err.code, grpc.status.FAILED_PRECONDITION);
+    assert.equal(statusDetails(err).ErrorInfo.reason, 'NOT_ARCHIVED');
   });
 });

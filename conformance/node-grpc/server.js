@@ -7,6 +7,7 @@ const fs = require('node:fs');
 const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
+const { pathToFileURL } = require('node:url');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 const protobuf = require('protobufjs');
@@ -18,6 +19,8 @@ const SERVICE = 'streamexport.v1.ExportService';
 // Export jobs cut into shards of 4 (Stream's 25 is the default): the emulator started by
 // `serve --emulator` has ten channels, and a job of them then runs several tasks.
 const JOB_SHARD_SIZE = 4;
+// The one folder, under the server's archive root, where jobs may archive to (`--archive-allow`).
+const ARCHIVE_ALLOWED = 'allowed';
 
 const LOADER_OPTIONS = {
   includeDirs: [PROTO],
@@ -56,7 +59,11 @@ function freePort() {
   });
 }
 
-/** Starts the binary and waits until the health service says SERVING. */
+/**
+ * Starts the binary and waits until the health service says SERVING. Resolves to
+ * { address, archiveRoot, stop }: archiveRoot is a folder whose ARCHIVE_ALLOWED subfolder the
+ * server lets jobs archive to (`--archive-allow`); the rest of it, not.
+ */
 async function startServer(Health) {
   const binary = process.env.STREAM_EXPORT_BIN || path.join(ROOT, 'target', 'debug', 'stream-export');
   const port = await freePort();
@@ -65,12 +72,15 @@ async function startServer(Health) {
   const logPath = path.join(dir, 'server.log');
   // Its own state directory: not the working directory's default, kept from run to run.
   const stateDir = path.join(dir, 'state');
+  const archiveRoot = path.join(dir, 'archive');
   const log = fs.openSync(logPath, 'w');
   const env = Object.fromEntries(
     Object.entries(process.env).filter(([k]) => !k.startsWith('STREAM_API_') && !k.startsWith('STREAM_EXPORT_')),
   );
   const args = ['serve', '--emulator', '--listen', address, '--state-dir', stateDir];
-  const child = spawn(binary, [...args, '--job-shard-size', String(JOB_SHARD_SIZE)], {
+  const jobArgs = ['--job-shard-size', String(JOB_SHARD_SIZE)];
+  const archiveArgs = ['--archive-allow', pathToFileURL(path.join(archiveRoot, ARCHIVE_ALLOWED)).href];
+  const child = spawn(binary, [...args, ...jobArgs, ...archiveArgs], {
     env,
     stdio: ['ignore', log, log],
   });
@@ -108,8 +118,9 @@ async function startServer(Health) {
     await done;
     clearTimeout(timer);
     fs.rmSync(stateDir, { recursive: true, force: true });
+    fs.rmSync(archiveRoot, { recursive: true, force: true });
   }
-  return { address, stop };
+  return { address, archiveRoot, stop };
 }
 
-module.exports = { SERVICE, JOB_SHARD_SIZE, loadStubs, loadStatusTypes, startServer };
+module.exports = { SERVICE, JOB_SHARD_SIZE, ARCHIVE_ALLOWED, loadStubs, loadStatusTypes, startServer };

@@ -27,6 +27,8 @@ SERVICE = "streamexport.v1.ExportService"
 # `serve --emulator` has ten channels, and a job of them then runs several tasks.
 JOB_SHARD_SIZE = 4
 JOB_FLAGS = ["--job-shard-size", str(JOB_SHARD_SIZE)]
+# The one place jobs may archive to (`--archive-allow`), under the `archive_root` fixture.
+ARCHIVE_ALLOWED = "allowed"
 
 
 def _generate_stubs() -> Path:
@@ -58,7 +60,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def address(tmp_path_factory):
+def archive_root(tmp_path_factory) -> Path:
+    """A folder whose `ARCHIVE_ALLOWED` subfolder the server lets jobs archive to; the rest of
+    it, not."""
+    return tmp_path_factory.mktemp("archive")
+
+
+@pytest.fixture(scope="session")
+def address(tmp_path_factory, archive_root):
     """Starts `stream-export serve --emulator` on a free loopback port; yields host:port."""
     binary = os.environ.get("STREAM_EXPORT_BIN", str(ROOT / "target" / "debug" / "stream-export"))
     port = free_port()
@@ -70,7 +79,18 @@ def address(tmp_path_factory):
     env.setdefault("RUST_LOG", "info")
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(
-            [binary, "serve", "--emulator", "--listen", address, "--state-dir", str(state_dir), *JOB_FLAGS],
+            [
+                binary,
+                "serve",
+                "--emulator",
+                "--listen",
+                address,
+                "--state-dir",
+                str(state_dir),
+                *JOB_FLAGS,
+                "--archive-allow",
+                (archive_root / ARCHIVE_ALLOWED).as_uri(),
+            ],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,

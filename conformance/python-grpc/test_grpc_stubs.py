@@ -5,10 +5,13 @@ the `grpc-status-details-bin` trailer (grpcio-status), the health service and re
 """
 
 import datetime as dt
+import hashlib
 import json
 import time
+import urllib.parse
 import urllib.request
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -536,3 +539,112 @@ def test_export_job_without_a_selector_is_invalid_argument_with_bad_request(stub
     found = details(error.value)
     assert found["ErrorInfo"].reason == "INVALID_REQUEST"
     assert [v.field for v in found["BadRequest"].field_violations] == ["selector"]
+
+
+# --- archived export jobs -----------------------------------------------------------------------
+
+
+def local_path(uri: str) -> Path:
+    """The local path of a `file:///...` URI."""
+    assert uri.startswith("file:///"), uri
+    return Path(urllib.parse.unquote(uri[len("file://") :]))
+
+
+def test_archived_export_job_writes_files_and_a_manifest_that_verify_checks(stub, archive_root):
+    from conftest import ARCHIVE_ALLOWED, JOB_SHARD_SIZE
+
+    folder = archive_root / ARCHIVE_ALLOWED / "jobs"
+    request = pb.CreateExportJobRequest(
+        channels=pb.ChannelList(channels=[pb.ChannelRef(type=kind, id=id) for kind, id in JOB_CHANNELS]),
+        version=pb.EXPORT_FORMAT_VERSION_V2,
+        archive_uri=folder.as_uri(),
+        verify=True,
+    )
+    job = stub.CreateExportJob(request, timeout=DEADLINE)
+    assert job.request.archive_uri == request.archive_uri and job.request.verify
+    done = watch_job_to_end(stub, job.job_id)[-1].job
+    assert done.state == pb.EXPORT_JOB_STATE_SUCCEEDED, done
+    shard_count = -(-len(JOB_CHANNELS) // JOB_SHARD_SIZE)
+    assert done.manifest_uri == f"{folder.as_uri()}/{job.job_id}/manifest.json"
+    assert done.manifest_uri.endswith(f"/{job.job_id}/manifest.json")
+
+    # Every shard's file is in the archive, under the job's folder, as ListExportJobTasks says.
+    shards = list_job_shards(stub, job.job_id)
+    assert [s.shard for s in shards] == list(range(shard_count))
+    key_prefix = str(folder / job.job_id).lstrip("/")  # a file:// key: the path without its first /
+    for shard in shards:
+        archived = shard.archive
+        assert archived.key == f"{key_prefix}/{shard.shard:05d}-{shard.task_id}.jsonl", archived
+        assert len(archived.sha256) == 64 and set(archived.sha256) <= set("0123456789abcdef"), archived
+        content = Path("/", archived.key).read_bytes()
+        assert archived.bytes == len(content) > 0
+        assert archived.sha256 == hashlib.sha256(content).hexdigest()
+        # The copy is Stream's file, byte for byte.
+        task = stub.GetTask(pb.GetTaskRequest(task_id=shard.task_id), timeout=DEADLINE)
+        assert download(task.result.url) == content
+    progress = done.progress
+    assert progress.tasks_total == shard_count
+    assert progress.tasks_archived == progress.tasks_total
+    assert progress.bytes_archived == sum(s.archive.bytes for s in shards) > 0
+
+    # The manifest lists the same files; SHA256SUMS beside it, for `sha256sum -c`.
+    manifest_path = local_path(done.manifest_uri)
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["format"] == "stream-export.manifest.v1"
+    assert manifest["job"]["job_id"] == job.job_id
+    files = [(f["key"], f["bytes"], f["sha256"]) for f in manifest["files"]]
+    assert files == [(s.archive.key, s.archive.bytes, s.archive.sha256) for s in shards]
+    sums = (manifest_path.parent / "SHA256SUMS").read_text().splitlines()
+    assert sums == [f"{s.archive.sha256}  {s.archive.key.rsplit('/', 1)[-1]}" for s in shards]
+
+    verified = stub.VerifyExportJob(pb.VerifyExportJobRequest(job_id=job.job_id), timeout=DEADLINE)
+    assert verified.manifest_uri == done.manifest_uri
+    assert verified.objects_checked == progress.tasks_total
+    assert verified.bytes_checked == progress.bytes_archived
+    assert list(verified.mismatches) == []
+
+    # One byte of one archived file overwritten: Verify names that file, and only it.
+    corrupted = shards[1].archive
+    path = Path("/", corrupted.key)
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 0x01
+    path.write_bytes(content)
+    verified = stub.VerifyExportJob(pb.VerifyExportJobRequest(job_id=job.job_id), timeout=DEADLINE)
+    assert verified.objects_checked == progress.tasks_total
+    assert [(m.key, m.problem) for m in verified.mismatches] == [(corrupted.key, pb.ArchiveMismatch.PROBLEM_SHA256)]
+    mismatch = verified.mismatches[0]
+    assert (mismatch.expected_bytes, mismatch.actual_bytes) == (corrupted.bytes, corrupted.bytes)
+    assert mismatch.expected_sha256 == corrupted.sha256
+    assert mismatch.actual_sha256 == hashlib.sha256(content).hexdigest()
+
+
+def test_archive_refusals_as_the_stubs_see_them(stub, archive_root):
+    channels = pb.ChannelList(channels=[pb.ChannelRef(type="messaging", id="general")])
+
+    # Outside the allowed prefix: PERMISSION_DENIED, the refused URI in the ErrorInfo.
+    outside = (archive_root / "outside").as_uri()
+    with pytest.raises(grpc.RpcError) as error:
+        stub.CreateExportJob(pb.CreateExportJobRequest(channels=channels, archive_uri=outside), timeout=DEADLINE)
+    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    info = details(error.value)["ErrorInfo"]
+    assert info.reason == "ARCHIVE_NOT_ALLOWED"
+    assert info.metadata["archive_uri"] == outside
+
+    # A malformed URI, and `verify` without an archive: INVALID_ARGUMENT on that field.
+    for field, request in (
+        ("archive_uri", pb.CreateExportJobRequest(channels=channels, archive_uri="s3://x/../y")),
+        ("verify", pb.CreateExportJobRequest(channels=channels, verify=True)),
+    ):
+        with pytest.raises(grpc.RpcError) as error:
+            stub.CreateExportJob(request, timeout=DEADLINE)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        found = details(error.value)
+        assert found["ErrorInfo"].reason == "INVALID_REQUEST"
+        assert [v.field for v in found["BadRequest"].field_violations] == [field]
+
+    # A job without an archive has nothing to verify.
+    job = stub.CreateExportJob(pb.CreateExportJobRequest(channels=channels), timeout=DEADLINE)
+    with pytest.raises(grpc.RpcError) as error:
+        stub.VerifyExportJob(pb.VerifyExportJobRequest(job_id=job.job_id), timeout=DEADLINE)
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert details(error.value)["ErrorInfo"].reason == "NOT_ARCHIVED"
