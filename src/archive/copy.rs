@@ -121,3 +121,41 @@ fn download_refused(error: UpstreamError) -> CopyError {
         _ => CopyError::Upstream(error),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::stream;
+    use object_store::{ObjectStoreExt, memory::InMemory};
+
+    use super::*;
+
+    fn chunks(parts: &[&[u8]]) -> Vec<Result<Bytes, reqwest::Error>> {
+        parts.iter().map(|part| Ok(Bytes::copy_from_slice(part))).collect()
+    }
+
+    #[tokio::test]
+    async fn a_file_is_streamed_into_parts_with_its_size_and_sha256() {
+        let store = InMemory::new();
+        let path = Path::from("team/job/00000-task.jsonl");
+        // Larger than one part, in small chunks as a download gives them.
+        let file: Vec<u8> = (0..PART_BYTES * 2 + 123).map(|n| (n % 251) as u8).collect();
+        let pieces: Vec<&[u8]> = file.chunks(16 * 1024).collect();
+        let (bytes, sha256) = upload(&store, &path, stream::iter(chunks(&pieces))).await.unwrap();
+        assert_eq!((bytes, sha256), (file.len() as u64, hex::encode(Sha256::digest(&file))));
+        let stored = store.get(&path).await.unwrap().bytes().await.unwrap();
+        assert_eq!(stored.as_ref(), file.as_slice());
+    }
+
+    #[tokio::test]
+    async fn a_download_that_breaks_leaves_no_object() {
+        let store = InMemory::new();
+        let path = Path::from("team/job/00000-task.jsonl");
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let broken = reqwest::Client::new().get("http://[::1]:1/").send().await.unwrap_err();
+        let mut body = chunks(&[&[1u8; 1024][..]]);
+        body.push(Err(broken));
+        let failed = upload(&store, &path, stream::iter(body)).await.unwrap_err();
+        assert!(matches!(failed, CopyError::Download(_)), "{failed:?}");
+        assert!(matches!(store.head(&path).await, Err(object_store::Error::NotFound { .. })));
+    }
+}

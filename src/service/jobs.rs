@@ -204,6 +204,9 @@ pub(super) async fn verify_export_job(
         let location = Location::parse(&uri).map_err(|why| status::not_archived(job_id, &why))?;
         match api.jobs.archives().verify(&location, job_id).await {
             Ok(Some(verified)) => Ok(verified),
+            Ok(None) if record.job.state().is_terminal() => {
+                Err(status::not_archived(job_id, "has no manifest in its archive (never written, or deleted)"))
+            }
             Ok(None) => Err(status::not_archived(job_id, "has no manifest yet: it is written when the job ends")),
             Err(error) => Err(status::archive_unavailable(&error.to_string())),
         }

@@ -62,7 +62,7 @@ impl ExportApi {
             .map_err(|_| status::read_limit_reached(reads.max_streams))?;
         let body = match self.stream_file(&task_id, call, *start_index).await? {
             Ok(body) => body,
-            Err(gone) => self.archived_file(&task_id, &gone).await?,
+            Err(gone) => self.archived_file(&task_id, gone).await?,
         };
         let (record_counts, counted_task) = (self.record_counts.clone(), task_id.clone());
         let records = export_file::session::start(
@@ -77,19 +77,20 @@ impl ExportApi {
         Ok((task_id, revocation::end_when_revoked(Box::pin(records), &self.policies, grant)))
     }
 
-    /// The task's file from Stream; `Ok(Err(why))` when Stream no longer has it (the task or
-    /// its file is gone: deleted, or past Stream's 60 days).
+    /// The task's file from Stream; `Ok(Err(gone))` when Stream does not have it (the task or
+    /// its file is gone: deleted, past Stream's 60 days, or never there).
     async fn stream_file(
         &self,
         task_id: &str,
         call: &Call,
         start_index: u64,
-    ) -> Result<Result<ByteStream, String>, Status> {
+    ) -> Result<Result<ByteStream, Gone>, Status> {
         // Reading the task re-signs its URL; only that URL is ever fetched.
         let status = match self.client.get_task(task_id, Some(call.deadline)).await {
             Ok(status) => status,
             Err(error) if error.kind() == ErrorKind::NotFound => {
-                return Ok(Err("Stream no longer knows the task".into()));
+                let unknown = Some(upstream_failure(&error));
+                return Ok(Err(Gone { why: "Stream no longer knows the task".into(), unknown }));
             }
             Err(error) => return Err(upstream_failure(&error)),
         };
@@ -102,7 +103,9 @@ impl ExportApi {
             Ok(response) => Ok(Ok(export_file::boxed(
                 response.bytes_stream().map_err(|error| io::Error::other(error.without_url())),
             ))),
-            Err(error) if error.kind() == ErrorKind::NotFound => Ok(Err("Stream no longer has its file".into())),
+            Err(error) if error.kind() == ErrorKind::NotFound => {
+                Ok(Err(Gone { why: "Stream no longer has its file".into(), unknown: None }))
+            }
             Err(error) => {
                 tracing::warn!(%error, "export download refused");
                 Err(upstream::download_not_started(&error, start_index))
@@ -110,11 +113,16 @@ impl ExportApi {
         }
     }
 
-    /// The archived copy of a task's file whose Stream file is gone (`gone` says how): the
-    /// task's job archived it. NOT_FOUND `EXPORT_FILE_GONE` when no archive holds it.
-    async fn archived_file(&self, task_id: &str, gone: &str) -> Result<ByteStream, Status> {
+    /// The archived copy of a task's file that Stream no longer has: the task's job archived
+    /// it. NOT_FOUND `EXPORT_FILE_GONE` when no archive holds it, and Stream's own NOT_FOUND for
+    /// a task that neither Stream nor the task registry knows.
+    async fn archived_file(&self, task_id: &str, gone: Gone) -> Result<ByteStream, Status> {
         let record = self.registry.get(task_id).await.ok().flatten();
-        let job_id = record.map(|record| record.job_id).filter(|job_id| !job_id.is_empty());
+        let Some(record) = record else {
+            return Err(gone.unknown.unwrap_or_else(|| status::export_file_gone(task_id, &gone.why)));
+        };
+        let gone = gone.why.as_str();
+        let job_id = Some(record.job_id).filter(|job_id| !job_id.is_empty());
         let Some(job_id) = job_id else { return Err(status::export_file_gone(task_id, gone)) };
         let Some((location, file)) =
             self.jobs.archived_file(&job_id, task_id).await.map_err(|error| store_failure(&error))?
@@ -130,4 +138,12 @@ impl ExportApi {
             Err(error) => Err(status::archive_unavailable(&error.to_string())),
         }
     }
+}
+
+/// A task's file that Stream does not have.
+struct Gone {
+    /// How it is gone, for the caller.
+    why: String,
+    /// Stream's NOT_FOUND, when it does not know the task at all.
+    unknown: Option<Status>,
 }
