@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod archives;
 mod cli;
 mod cli_client;
 mod docs;
