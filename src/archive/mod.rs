@@ -81,7 +81,7 @@ pub enum CopyError {
 
 impl CopyError {
     fn store(error: object_store::Error) -> Self {
-        Self::Store(error.to_string())
+        Self::Store(without_queries(&error.to_string()))
     }
 
     /// Whether trying again may succeed.
@@ -92,6 +92,29 @@ impl CopyError {
             Self::Upstream(error) => error.kind().is_temporary(),
         }
     }
+}
+
+/// `text` with the query of every URL in it cut: a store's error names the request it made,
+/// and a URL's query may hold a signature (an Azure SAS token, a presigned request).
+fn without_queries(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_url = false;
+    let mut in_query = false;
+    for (at, c) in text.char_indices() {
+        if c.is_whitespace() {
+            in_url = false;
+            in_query = false;
+        } else if !in_url && (text[at..].starts_with("http://") || text[at..].starts_with("https://")) {
+            in_url = true;
+        } else if in_url && c == '?' && !in_query {
+            in_query = true;
+            out.push_str("?…");
+        }
+        if !in_query {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The archives of this replica: the allow-list, the store clients, and the copies' slots.
@@ -275,5 +298,17 @@ impl Archives {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(error) => Err(CopyError::store(error)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_error_never_carries_a_url_query() {
+        let text = "Error performing PUT https://acct.blob.core.windows.net/c/k?sv=2024&sig=SECRET in 2ms - 403";
+        assert_eq!(without_queries(text), "Error performing PUT https://acct.blob.core.windows.net/c/k?… in 2ms - 403");
+        assert_eq!(without_queries("no url? here"), "no url? here");
     }
 }
