@@ -296,8 +296,9 @@ async fn control_values_that_would_overflow_the_clock_are_refused_and_break_noth
         )
         .await;
     }
-    // Everything still answers: the API, the task, the clock, a new task.
-    assert_eq!(emu.get(&format!("/tasks/{task}")).await.status, StatusCode::OK);
+    // Everything still answers: the API, the task (deleted by now, 60 days after it completed),
+    // the clock, a new task.
+    assert_eq!(emu.get(&format!("/tasks/{task}")).await.status, StatusCode::NOT_FOUND);
     emu.control(Method::GET, "clock", None).await;
     emu.export_channels(json!({"channels": [{"cid": "messaging:general"}]})).await;
 }

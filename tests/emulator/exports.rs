@@ -146,6 +146,27 @@ async fn result_urls_are_signed_resigned_and_expire() {
     assert_eq!(TestEmulator::send(emu.http.get(url3)).await.status, StatusCode::OK);
 }
 
+/// Stream keeps a file 60 days, re-signing its URL at each read; then the file and the task
+/// are gone.
+#[tokio::test]
+async fn files_are_deleted_sixty_days_after_their_task_completed() {
+    let emu = start().await;
+    let task = emu.export_channels(json!({"channels": [{"cid": KNOWN_CHANNEL}]})).await;
+    emu.wait_done(&task).await;
+    // Minutes before the 60 days: a URL signed then is valid for 24 h more, the file for minutes.
+    emu.advance_clock(60 * 86_400 - 600).await;
+    let day_59 = emu.get(&format!("/tasks/{task}")).await.json();
+    let url = day_59["result"]["url"].as_str().expect("a URL on day 59").to_owned();
+    assert_eq!(TestEmulator::send(emu.http.get(&url)).await.status, StatusCode::OK);
+    emu.advance_clock(1_200).await;
+    let gone = TestEmulator::send(emu.http.get(&url)).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND, "the file is deleted even under a URL signed before");
+    assert!(gone.text.contains("<Code>NoSuchKey</Code>"), "{}", gone.text);
+    let status = emu.get(&format!("/tasks/{task}")).await;
+    assert_eq!(status.status, StatusCode::NOT_FOUND);
+    status.assert_error(404, 16);
+}
+
 #[tokio::test]
 async fn v1_file_honours_window_and_options() {
     let emu = start().await;
