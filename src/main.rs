@@ -40,7 +40,7 @@ enum Command {
     /// Get, watch or list tasks (task get | watch | list), and save a task's export.
     Task(client_cli::TaskCommand),
     /// Run export jobs of any number of channels or users (job create | get | list | watch |
-    /// tasks | cancel), and save a job's exports.
+    /// tasks | verify | cancel), and save or archive a job's exports.
     Job(client_cli::JobCommand),
 }
 

@@ -8,10 +8,11 @@ use tonic_types::StatusExt;
 
 use crate::{
     client_cli::render,
-    proto::{ExportJob, Task},
+    proto::{ExportJob, Task, VerifyExportJobResponse},
 };
 
-/// Exit code: the task (or export job) failed or was canceled.
+/// Exit code: the task (or export job) failed or was canceled, or an archive does not match
+/// its manifest.
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code: bad usage (also what clap uses for argument errors).
 pub const EXIT_USAGE: u8 = 2;
@@ -43,6 +44,13 @@ pub enum Failure {
     TaskEnded(Box<Task>),
     /// The export job ended in FAILED or CANCELLED.
     JobEnded(Box<ExportJob>),
+    /// `job verify` found archived objects missing or different from the job's manifest.
+    ArchiveDiffers {
+        /// The job.
+        job_id: String,
+        /// The service's answer, with the mismatches.
+        verified: Box<VerifyExportJobResponse>,
+    },
     /// A local problem (the output file).
     Local(String),
     /// Ctrl-C; with what goes on upstream and how to pick it up, once a task exists.
@@ -93,7 +101,7 @@ impl Failure {
         match self {
             Failure::Usage(_) => EXIT_USAGE,
             Failure::Unreachable(_) => EXIT_UNAVAILABLE,
-            Failure::TaskEnded(_) | Failure::JobEnded(_) => EXIT_FAILED,
+            Failure::TaskEnded(_) | Failure::JobEnded(_) | Failure::ArchiveDiffers { .. } => EXIT_FAILED,
             Failure::Local(_) => EXIT_REFUSED,
             Failure::Interrupted(_) => EXIT_INTERRUPTED,
             Failure::Rpc { status, .. } => match status.code() {
@@ -128,6 +136,12 @@ impl Failure {
                     None => format!("job {} {state}", job.job_id),
                 }
             }
+            Failure::ArchiveDiffers { job_id, verified } => format!(
+                "job {job_id}: {} of {} archived objects missing or different from the manifest {}",
+                verified.mismatches.len(),
+                verified.objects_checked,
+                verified.manifest_uri
+            ),
             Failure::Rpc { action, status, advice } => {
                 let mut line = format!("{action}: {}", code_name(status.code()));
                 if let Some(reason) = reason(status) {
@@ -166,6 +180,10 @@ impl Failure {
             }
             Failure::TaskEnded(task) => value["task"] = render::task_json(task),
             Failure::JobEnded(job) => value["job"] = render::job_json(job),
+            Failure::ArchiveDiffers { job_id, verified } => {
+                value["job_id"] = json!(job_id);
+                value["verification"] = render::verification_json(verified);
+            }
             _ => {}
         }
         value

@@ -1,6 +1,7 @@
 //! `job …`: export jobs. Their input (a channels file, a query, a users file) is read and checked
 //! before anything is sent; `--wait` follows a job with `WatchExportJob`; `--output DIR` saves
-//! each of its tasks as `export --output` saves one.
+//! each of its tasks as `export --output` saves one; `--archive URI` has the service copy them
+//! into a bucket, and `job verify` has it read them back against the job's manifest.
 
 use std::{
     io::IsTerminal,
@@ -24,7 +25,7 @@ use crate::{
     proto::{
         CancelExportJobRequest, ChannelList, ChannelQuery, ChannelRef, CreateExportJobRequest, ExportFormatVersion,
         ExportJob, ExportJobState, ExportJobTask, GetExportJobRequest, ListExportJobTasksRequest,
-        ListExportJobsRequest, TaskState, UserList, create_export_job_request::Selector,
+        ListExportJobsRequest, TaskState, UserList, VerifyExportJobRequest, create_export_job_request::Selector,
     },
 };
 
@@ -53,6 +54,11 @@ pub fn create_request(args: &JobCreateArgs) -> Result<CreateExportJobRequest, Fa
     let time = |flag: &str, text: Option<&String>| {
         text.map_or(Ok(None), |text| parse_time(text).map_err(|why| Failure::Usage(format!("{flag} {why}"))))
     };
+    if args.verify && args.archive.is_none() {
+        return Err(Failure::Usage(
+            "--verify reads each archived file back: it needs --archive URI (where to archive)".into(),
+        ));
+    }
     let options = args.options;
     Ok(CreateExportJobRequest {
         selector: Some(selector),
@@ -65,8 +71,8 @@ pub fn create_request(args: &JobCreateArgs) -> Result<CreateExportJobRequest, Fa
         version: if options.v2 { ExportFormatVersion::V2 } else { ExportFormatVersion::V1 } as i32,
         // A create retried after UNAVAILABLE returns the first job, never starts a second.
         request_id: uuid::Uuid::new_v4().to_string(),
-        archive_uri: String::new(),
-        verify: false,
+        archive_uri: args.archive.clone().unwrap_or_default(),
+        verify: args.verify,
     })
 }
 
@@ -215,11 +221,16 @@ pub async fn follow(session: &mut Session, job_id: &str, directory: Option<PathB
         }
         None => format!("job {job_id} SUCCEEDED, {summary}"),
     };
+    let human = match job.manifest_uri.as_str() {
+        "" => human,
+        manifest => format!("{human}; manifest {manifest}"),
+    };
     session.display.result(result, &human, Some(job_id));
     Ok(())
 }
 
-/// What a job amounts to: `10/10 tasks done, 250 channels`.
+/// What a job amounts to: `10/10 tasks done, 250 channels` (then `, 10/10 archived (1.50 MiB)`
+/// for an archived job).
 fn summary(job: &ExportJob) -> String {
     let progress = job.progress.unwrap_or_default();
     let mut text = format!("{}/{} tasks done", progress.tasks_completed, progress.tasks_total);
@@ -230,6 +241,9 @@ fn summary(job: &ExportJob) -> String {
         text.push_str(&format!(", {} users", progress.users_total));
     } else {
         text.push_str(&format!(", {} channels", progress.channels_total));
+    }
+    if let Some(archived) = progress::archived(job) {
+        text.push_str(&format!(", {archived}"));
     }
     text
 }
@@ -317,9 +331,16 @@ async fn all_tasks(session: &mut Session, job_id: &str) -> Result<Vec<ExportJobT
     }
 }
 
-/// The job in a few lines for a person: state, progress, and the error when FAILED.
+/// The job in a few lines for a person: state, progress, where it archives and its manifest
+/// once written, and the error when FAILED.
 fn describe(job: &ExportJob) -> String {
     let mut text = format!("job {}: {}, {}", job.job_id, job_state_name(job.state()), summary(job));
+    if let Some(archive) = render::archive_uri(job) {
+        text.push_str(&format!("\narchive: {archive}"));
+    }
+    if !job.manifest_uri.is_empty() {
+        text.push_str(&format!("\nmanifest: {}", job.manifest_uri));
+    }
     if let Some(error) = &job.error {
         text.push_str(&format!("\nerror: {}", render::job_error_text(error)));
     }
@@ -352,6 +373,40 @@ pub async fn get(session: &mut Session, job_id: &str) -> Result<(), Failure> {
         return Err(Failure::JobEnded(Box::new(job)));
     }
     print_job(session, &job);
+    Ok(())
+}
+
+/// `job verify`: the service reads the job's manifest and every file it lists back from the
+/// archive. Prints the manifest, what was checked and one line per file missing or different
+/// (`KEY: missing`); any such file is a failure (exit 1).
+pub async fn verify(session: &mut Session, job_id: &str) -> Result<(), Failure> {
+    let client = session.client.clone();
+    let verified = with_retries(session, "verifying the job's archive", || {
+        let mut client = client.clone();
+        let job_id = job_id.to_owned();
+        async move { client.verify_export_job(unary(VerifyExportJobRequest { job_id })).await.map(|r| r.into_inner()) }
+    })
+    .await?;
+    session.display.clear();
+    let json = session.display.mode() == Mode::Json;
+    if !json {
+        say!("manifest: {}", verified.manifest_uri);
+        let checked =
+            format!("checked: {} objects, {}", verified.objects_checked, progress::size(verified.bytes_checked));
+        match verified.mismatches.len() {
+            0 => say!("{checked}, all match the manifest"),
+            differ => say!("{checked}, {differ} missing or different from the manifest:"),
+        }
+        for mismatch in &verified.mismatches {
+            say!("{}", render::mismatch_text(mismatch));
+        }
+    }
+    if !verified.mismatches.is_empty() {
+        return Err(Failure::ArchiveDiffers { job_id: job_id.to_owned(), verified: Box::new(verified) });
+    }
+    if json {
+        say!("{}", json!({"event": "result", "job_id": job_id, "verification": render::verification_json(&verified)}));
+    }
     Ok(())
 }
 

@@ -54,15 +54,19 @@ use crate::{
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0    done (the export or job was submitted, completed and saved, as asked)
-  1    the task failed or was canceled upstream, or the export job FAILED or was CANCELLED
+  1    the task failed or was canceled upstream, or the export job FAILED or was CANCELLED, or
+       `job verify` found an archived file missing or different from the job's manifest
   2    bad usage: invalid arguments (an --output that cannot be written or already exists
        included: checked before anything is submitted), or the service rejected the request as
        invalid (INVALID_ARGUMENT)
   3    the service or Stream is unavailable: connection refused, UNAVAILABLE, DEADLINE_EXCEEDED,
        RESOURCE_EXHAUSTED (rate limits, overload): trying again later may work
   4    the service refused or failed otherwise: NOT_FOUND (no such task, job or user),
-       UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION (e.g. user too large for
-       `export user`), INTERNAL, DATA_LOSS, or the output file could not be written
+       UNAUTHENTICATED, PERMISSION_DENIED (e.g. an --archive outside the service's
+       --archive-allow prefixes), FAILED_PRECONDITION (e.g. user too large for `export user`,
+       archives not configured in the service, `job verify` of a job without an archive or
+       whose manifest is not written yet), INTERNAL, DATA_LOSS, or the output file could not
+       be written
   130  interrupted (Ctrl-C); no partial file is left behind; a submitted export goes on upstream
        (`stream-export task watch ID --output FILE` picks it up), a job in the service
        (`stream-export job watch ID --output DIR`)";
@@ -295,6 +299,14 @@ enum JobWhat {
         /// The job id.
         job_id: String,
     },
+    /// Check an archived job's files: the service reads the job's manifest and every file it
+    /// lists back from the archive, comparing sizes and SHA-256. Prints the manifest, what was
+    /// checked, and one line per file missing or different (then exits 1).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Verify {
+        /// The job id.
+        job_id: String,
+    },
     /// Cancel a job: the service stops submitting its tasks within seconds (tasks already
     /// submitted run to their end upstream and stay readable). Prints the job's state.
     #[command(after_help = EXIT_CODES_HELP)]
@@ -330,6 +342,15 @@ pub struct JobCreateArgs {
     until: Option<String>,
     #[command(flatten)]
     options: ChannelOptions,
+    /// Copy each task's file, as soon as its task completes, under URI (`s3://bucket/prefix`,
+    /// `gs://bucket/prefix`, `az://container/prefix`, `file:///path`), into `URI/JOB_ID/`,
+    /// with a `manifest.json` written last. The service must allow the prefix (its
+    /// `--archive-allow`); it uses its own cloud credentials, the client needs none.
+    #[arg(long, value_name = "URI", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    archive: Option<String>,
+    /// With --archive: read each archived file back after its upload and compare its SHA-256.
+    #[arg(long)]
+    verify: bool,
     /// Follow the job until it ends, showing its progress.
     #[arg(long)]
     wait: bool,
@@ -525,6 +546,7 @@ pub async fn run_job(command: JobCommand) -> ExitCode {
             CheckedJob::List(limit) => job::list(&mut session, limit).await,
             CheckedJob::Watch { job_id, directory } => job::follow(&mut session, &job_id, directory).await,
             CheckedJob::Tasks(job_id) => job::tasks(&mut session, &job_id).await,
+            CheckedJob::Verify(job_id) => job::verify(&mut session, &job_id).await,
             CheckedJob::Cancel(job_id) => job::cancel(&mut session, &job_id).await,
         }
     })
@@ -538,6 +560,7 @@ enum CheckedJob {
     List(usize),
     Watch { job_id: String, directory: Option<PathBuf> },
     Tasks(String),
+    Verify(String),
     Cancel(String),
 }
 
@@ -555,6 +578,7 @@ impl CheckedJob {
                 CheckedJob::Watch { directory: job::checked_directory(output.output.as_deref())?, job_id }
             }
             JobWhat::Tasks { job_id } => CheckedJob::Tasks(job_id),
+            JobWhat::Verify { job_id } => CheckedJob::Verify(job_id),
             JobWhat::Cancel { job_id } => CheckedJob::Cancel(job_id),
         })
     }

@@ -2,7 +2,7 @@
 //!
 //! Three modes: on a terminal (stderr), a live spinner with the task's state, the elapsed time and
 //! the last upstream poll (for an export job, a bar of its tasks done, its channels or users,
-//! the elapsed time and an ETA), then a record/size counter while the file is written; otherwise
+//! for an archived job its tasks archived and their bytes, the elapsed time and an ETA), then a record/size counter while the file is written; otherwise
 //! plain lines on stderr, one per change; with `--json`, one JSON object per line on stdout.
 //!
 //! Outside `--json`, stdout holds only the command's answer (a task id, a result URL, records),
@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::{
     client_cli::render::{event_json, instant, job_event_json, job_state_name, state_name},
-    proto::{ExportJob, ExportJobEvent, TaskEvent, TaskState},
+    proto::{CreateExportJobRequest, ExportJob, ExportJobEvent, TaskEvent, TaskState},
 };
 
 /// How output is shown.
@@ -156,11 +156,17 @@ impl Display {
     pub fn job_event(&mut self, event: &ExportJobEvent) {
         let Some(job) = &event.job else { return };
         let changed = self.job.as_ref().is_none_or(|seen| !seen.same_progress(job));
-        // Kept without its request, which may list 100,000 channels: the display needs none.
+        // Kept without its request, which may list 100,000 channels: the display needs only
+        // where the job archives (whether to show what is archived).
+        let archive_only = |request: &CreateExportJobRequest| CreateExportJobRequest {
+            archive_uri: request.archive_uri.clone(),
+            verify: request.verify,
+            ..Default::default()
+        };
         self.job = Some(ExportJob {
             job_id: job.job_id.clone(),
             owner: job.owner.clone(),
-            request: None,
+            request: job.request.as_ref().map(archive_only),
             state: job.state,
             progress: job.progress,
             create_time: job.create_time,
@@ -177,9 +183,10 @@ impl Display {
         }
     }
 
-    /// The job's line: `job ID: RUNNING, 3/10 tasks done, 250 channels, 0:12 elapsed, ETA 0:30,
-    /// 4 submitted` (without the id, state and tasks done, which the bar shows, when `whole` is
-    /// false; what matters most first, as a narrow terminal cuts the end).
+    /// The job's line: `job ID: RUNNING, 3/10 tasks done, 250 channels, 2/10 archived (1.50 MiB),
+    /// 0:12 elapsed, ETA 0:30, 4 submitted` (the archived part for an archived job only; without
+    /// the id, state and tasks done, which the bar shows, when `whole` is false; what matters
+    /// most first, as a narrow terminal cuts the end).
     fn job_text(&self, whole: bool) -> String {
         let Some(job) = &self.job else { return String::new() };
         let progress = job.progress.unwrap_or_default();
@@ -193,6 +200,7 @@ impl Display {
         } else {
             parts.push(format!("{} channels", progress.channels_total));
         }
+        parts.extend(archived(job));
         let elapsed = self.job_elapsed(job);
         parts.push(format!("{} elapsed", clock(elapsed)));
         if !job.state().is_terminal() {
@@ -317,6 +325,16 @@ impl Display {
     }
 }
 
+/// What an archived job has in its archive: `2/10 archived (1.50 MiB)`, the tasks whose file is
+/// there of all its tasks, and their bytes; none for a job without an archive.
+pub fn archived(job: &ExportJob) -> Option<String> {
+    let progress = job.progress.unwrap_or_default();
+    let archives = job.request.as_ref().is_some_and(|request| !request.archive_uri.is_empty());
+    (archives || progress.tasks_archived > 0).then(|| {
+        format!("{}/{} archived ({})", progress.tasks_archived, progress.tasks_total, size(progress.bytes_archived))
+    })
+}
+
 /// Elapsed time as a clock: `0:21`, `12:05`, `1:02:03`.
 pub fn clock(elapsed: Duration) -> String {
     let seconds = elapsed.as_secs();
@@ -361,6 +379,32 @@ mod tests {
         assert_eq!(size(512), "512 B");
         assert_eq!(size(1536 * 1024), "1.50 MiB");
         assert_eq!(seconds(Duration::from_millis(500)), "0.5s");
+    }
+
+    #[test]
+    fn an_archived_job_shows_its_tasks_archived_and_their_bytes_and_another_job_does_not() {
+        let progress = crate::proto::ExportJobProgress {
+            channels_total: 100,
+            tasks_total: 4,
+            tasks_completed: 3,
+            tasks_archived: 2,
+            bytes_archived: 3 * 1024 * 1024 / 2,
+            ..Default::default()
+        };
+        let request = CreateExportJobRequest { archive_uri: "s3://bucket/teams".into(), ..Default::default() };
+        let mut job =
+            ExportJob { job_id: "j".into(), progress: Some(progress), request: Some(request), ..Default::default() };
+        let mut display = Display::new(true);
+        display.job = Some(job.clone());
+        assert!(
+            display.job_text(false).starts_with("100 channels, 2/4 archived (1.50 MiB), "),
+            "{}",
+            display.job_text(false)
+        );
+        job.request = None;
+        job.progress = Some(crate::proto::ExportJobProgress { tasks_archived: 0, bytes_archived: 0, ..progress });
+        display.job = Some(job);
+        assert!(!display.job_text(true).contains("archived"), "{}", display.job_text(true));
     }
 
     #[test]

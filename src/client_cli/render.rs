@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 use tonic_types::RpcStatusExt;
 
 use crate::proto::{
-    ExportJob, ExportJobEvent, ExportJobState, ExportJobTask, Task, TaskEvent, TaskState,
-    create_export_job_request::Selector, task_event::EventType,
+    ArchiveMismatch, ExportJob, ExportJobEvent, ExportJobState, ExportJobTask, Task, TaskEvent, TaskState,
+    VerifyExportJobResponse, archive_mismatch::Problem, create_export_job_request::Selector, task_event::EventType,
 };
 
 /// A state without its `TASK_STATE_` prefix: `RUNNING`, `COMPLETED`…
@@ -98,7 +98,14 @@ fn job_request_json(job: &ExportJob) -> Value {
     };
     value["messages_since"] = time_json(request.messages_since.as_ref());
     value["messages_until"] = time_json(request.messages_until.as_ref());
+    value["archive_uri"] = archive_uri(job).map_or(Value::Null, |uri| json!(uri));
+    value["verify"] = json!(request.verify);
     value
+}
+
+/// Where a job archives its files, if it does.
+pub fn archive_uri(job: &ExportJob) -> Option<&str> {
+    job.request.as_ref().map(|request| request.archive_uri.as_str()).filter(|uri| !uri.is_empty())
 }
 
 /// A job as JSON: id, owner, state, progress, times, what it exports, and its error when set.
@@ -115,11 +122,14 @@ pub fn job_json(job: &ExportJob) -> Value {
             "tasks_submitted": progress.tasks_submitted,
             "tasks_completed": progress.tasks_completed,
             "tasks_failed": progress.tasks_failed,
+            "tasks_archived": progress.tasks_archived,
+            "bytes_archived": progress.bytes_archived,
         },
         "request": job_request_json(job),
         "create_time": time_json(job.create_time.as_ref()),
         "update_time": time_json(job.update_time.as_ref()),
         "end_time": time_json(job.end_time.as_ref()),
+        "manifest_uri": if job.manifest_uri.is_empty() { Value::Null } else { json!(job.manifest_uri) },
     });
     if let Some(error) = &job.error {
         value["error"] = json!({
@@ -157,5 +167,52 @@ pub fn job_task_json(task: &ExportJobTask) -> Value {
         "earlier_task_ids": task.earlier_task_ids,
         "channels": task.channels.iter().map(|c| format!("{}:{}", c.r#type, c.id)).collect::<Vec<_>>(),
         "user_ids": task.user_ids,
+        "archive": task.archive.as_ref().map_or(Value::Null, |archive| json!({
+            "key": archive.key,
+            "bytes": archive.bytes,
+            "sha256": archive.sha256,
+        })),
+    })
+}
+
+/// A mismatch's problem without its `PROBLEM_` prefix: `MISSING`, `SIZE`, `SHA256`.
+fn problem_name(problem: Problem) -> &'static str {
+    let name = problem.as_str_name();
+    name.strip_prefix("PROBLEM_").unwrap_or(name)
+}
+
+/// An archived object that does not match the manifest, in one line: `KEY: missing`,
+/// `KEY: size 120, manifest says 128` (bytes), `KEY: sha256 differs`.
+pub fn mismatch_text(mismatch: &ArchiveMismatch) -> String {
+    let key = &mismatch.key;
+    match mismatch.problem() {
+        Problem::Missing => format!("{key}: missing"),
+        Problem::Size => format!("{key}: size {}, manifest says {}", mismatch.actual_bytes, mismatch.expected_bytes),
+        Problem::Sha256 => format!("{key}: sha256 differs"),
+        Problem::Unspecified => format!("{key}: differs from the manifest"),
+    }
+}
+
+/// A `VerifyExportJob` answer as JSON: the manifest, what was checked, and each mismatch.
+pub fn verification_json(verified: &VerifyExportJobResponse) -> Value {
+    let mismatches: Vec<Value> = verified
+        .mismatches
+        .iter()
+        .map(|mismatch| {
+            json!({
+                "key": mismatch.key,
+                "problem": problem_name(mismatch.problem()),
+                "expected_bytes": mismatch.expected_bytes,
+                "actual_bytes": mismatch.actual_bytes,
+                "expected_sha256": mismatch.expected_sha256,
+                "actual_sha256": mismatch.actual_sha256,
+            })
+        })
+        .collect();
+    json!({
+        "manifest_uri": verified.manifest_uri,
+        "objects_checked": verified.objects_checked,
+        "bytes_checked": verified.bytes_checked,
+        "mismatches": mismatches,
     })
 }

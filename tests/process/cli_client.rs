@@ -1157,3 +1157,181 @@ async fn job_create_takes_a_channel_query_or_a_users_file() {
     let output = env.run(&["job", "create", "--users-file", users.to_str().unwrap(), "--since", "2024-01-01"]).await;
     assert_exit(&output, 2);
 }
+
+/// A directory for archives, its path canonical as the service compares `file://` prefixes;
+/// removed when dropped.
+struct ArchiveRoot(PathBuf);
+
+impl ArchiveRoot {
+    fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("cli-archive-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path.canonicalize().unwrap())
+    }
+
+    /// `file:///…/root/below`, or the root itself for an empty `below`.
+    fn uri(&self, below: &str) -> String {
+        match below {
+            "" => format!("file://{}", self.0.display()),
+            below => format!("file://{}/{below}", self.0.display()),
+        }
+    }
+}
+
+impl Drop for ArchiveRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn job_create_with_archive_and_verify_archives_every_file_and_job_verify_names_each_that_differs() {
+    let root = ArchiveRoot::new();
+    let env = setup_jobs(60, 600, &["--archive-allow", &root.uri("")]).await;
+    let file = channels_file(&env, "channels.txt", 0..60);
+    let archive = root.uri("x");
+    let args =
+        ["job", "create", "--channels-file", file.to_str().unwrap(), "--archive", &archive, "--verify", "--wait"];
+    let output = env.run(&args).await;
+    assert_exit(&output, 0);
+    let job_id = text(&output.stdout).trim().to_owned();
+    let stderr = text(&output.stderr);
+
+    // The job's folder holds one file per shard (named by its key) and the manifest.
+    let folder = root.0.join("x").join(&job_id);
+    let manifest_uri = format!("file://{}/manifest.json", folder.display());
+    let manifest: Value = serde_json::from_slice(&std::fs::read(folder.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["files"].as_array().map(Vec::len), Some(3), "{manifest}");
+    let output = env.run(&["job", "tasks", &job_id, "--json"]).await;
+    assert_exit(&output, 0);
+    let keys: Vec<String> =
+        json_lines(&output).iter().map(|shard| shard["archive"]["key"].as_str().unwrap().to_owned()).collect();
+    let shard_files: Vec<PathBuf> = keys.iter().map(|key| Path::new("/").join(key)).collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    names.sort();
+    let mut expected: Vec<String> =
+        shard_files.iter().map(|path| path.file_name().unwrap().to_string_lossy().into()).collect();
+    expected.extend(["SHA256SUMS".into(), "manifest.json".into()]);
+    expected.sort();
+    assert_eq!(names, expected, "one file per shard, the manifest and its checksums");
+    let archived_bytes: u64 = shard_files.iter().map(|path| std::fs::metadata(path).unwrap().len()).sum();
+
+    // The progress lines and the summary show the tasks archived and their size, in one unit.
+    let size = indicatif::HumanBytes(archived_bytes).to_string();
+    assert!(stderr.contains(&format!("job {job_id}: RUNNING, ")) && stderr.contains(" archived ("), "{stderr}");
+    let summary = format!("job {job_id} SUCCEEDED, 3/3 tasks done, 60 channels, 3/3 archived ({size}); manifest");
+    assert!(stderr.contains(&format!("{summary} {manifest_uri}")), "{stderr}");
+
+    // `job get` shows where the job archives and its manifest; `--json` carries them.
+    let output = env.run(&["job", "get", &job_id]).await;
+    assert_exit(&output, 0);
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains(&format!("\narchive: {archive}\nmanifest: {manifest_uri}")), "{stdout}");
+    let output = env.run(&["job", "get", &job_id, "--json"]).await;
+    assert_exit(&output, 0);
+    let job = &json_lines(&output)[0]["job"];
+    assert_eq!(job["manifest_uri"], manifest_uri.as_str(), "{job}");
+    assert_eq!(
+        (job["request"]["archive_uri"].as_str(), job["request"]["verify"].as_bool()),
+        (Some(&*archive), Some(true))
+    );
+    assert_eq!(job["progress"]["tasks_archived"], 3, "{job}");
+    assert_eq!(job["progress"]["bytes_archived"], archived_bytes, "{job}");
+
+    // All match: exit 0.
+    let output = env.run(&["job", "verify", &job_id]).await;
+    assert_exit(&output, 0);
+    let stdout = text(&output.stdout);
+    assert!(stdout.starts_with(&format!("manifest: {manifest_uri}\n")), "{stdout}");
+    assert!(stdout.contains(&format!("checked: 3 objects, {size}, all match the manifest")), "{stdout}");
+    let output = env.run(&["job", "verify", &job_id, "--json"]).await;
+    assert_exit(&output, 0);
+    let result = &json_lines(&output)[0];
+    assert_eq!(result["event"], "result", "{result}");
+    assert_eq!(result["verification"]["objects_checked"], 3, "{result}");
+    assert_eq!(result["verification"]["bytes_checked"], archived_bytes, "{result}");
+    assert_eq!(result["verification"]["mismatches"], json!([]), "{result}");
+
+    // One file altered, one cut short, one deleted: exit 1, each named by its key.
+    let mut altered = std::fs::read(&shard_files[0]).unwrap();
+    altered[10] ^= 0x20;
+    std::fs::write(&shard_files[0], altered).unwrap();
+    let short = std::fs::read(&shard_files[1]).unwrap();
+    std::fs::write(&shard_files[1], &short[..short.len() - 1]).unwrap();
+    std::fs::remove_file(&shard_files[2]).unwrap();
+    let output = env.run(&["job", "verify", &job_id]).await;
+    assert_exit(&output, 1);
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains(", 3 missing or different from the manifest:\n"), "{stdout}");
+    let expected = [
+        format!("{}: sha256 differs", keys[0]),
+        format!("{}: size {}, manifest says {}", keys[1], short.len() - 1, short.len()),
+        format!("{}: missing", keys[2]),
+    ];
+    for line in &expected {
+        assert!(stdout.lines().any(|l| l == line), "{line}:\n{stdout}");
+    }
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "job {job_id}: 3 of 3 archived objects missing or different from the manifest {manifest_uri}"
+        )),
+        "{stderr}"
+    );
+    let output = env.run(&["job", "verify", &job_id, "--json"]).await;
+    assert_exit(&output, 1);
+    let error = json_lines(&output).pop().unwrap();
+    assert_eq!((error["event"].as_str(), error["exit_code"].as_u64()), (Some("error"), Some(1)), "{error}");
+    let problems: Vec<(&str, &str)> = error["verification"]["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["key"].as_str().unwrap(), m["problem"].as_str().unwrap()))
+        .collect();
+    assert_eq!(problems, [(&*keys[0], "SHA256"), (&*keys[1], "SIZE"), (&*keys[2], "MISSING")], "{error}");
+}
+
+#[tokio::test]
+async fn job_archive_refusals_verify_alone_before_sending_and_a_prefix_not_allowed_as_permission_denied() {
+    let root = ArchiveRoot::new();
+    let elsewhere = ArchiveRoot::new();
+    let env = setup_jobs(30, 600, &["--archive-allow", &root.uri("teams")]).await;
+    let file = channels_file(&env, "channels.txt", 0..30);
+    let channels = file.to_str().unwrap();
+
+    // --verify without --archive: usage, refused before anything is sent.
+    let output = env.run(&["job", "create", "--channels-file", channels, "--verify", "--wait"]).await;
+    assert_exit(&output, 2);
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("--verify") && stderr.contains("--archive URI"), "{stderr}");
+    let output = env.run(&["job", "list", "--json"]).await;
+    assert!(output.stdout.is_empty(), "no job was created: {}", text(&output.stdout));
+
+    // Outside the allowed prefixes: PERMISSION_DENIED, the CLI's exit code for refusals.
+    for uri in [elsewhere.uri("daily"), root.uri("teams-x/daily")] {
+        let output = env.run(&["job", "create", "--channels-file", channels, "--archive", &uri, "--wait"]).await;
+        assert_exit(&output, 4);
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains("creating the job: PERMISSION_DENIED (ARCHIVE_NOT_ALLOWED)"), "{uri}: {stderr}");
+        let output = env.run(&["job", "create", "--channels-file", channels, "--archive", &uri, "--json"]).await;
+        assert_exit(&output, 4);
+        let error = json_lines(&output).pop().unwrap();
+        assert_eq!(
+            (error["code"].as_str(), error["reason"].as_str()),
+            (Some("PERMISSION_DENIED"), Some("ARCHIVE_NOT_ALLOWED"))
+        );
+    }
+    assert_eq!(env.emulator.exports_created().await, 0, "nothing was submitted");
+    assert!(std::fs::read_dir(&elsewhere.0).unwrap().next().is_none(), "nothing was written outside");
+
+    // A job without an archive has nothing to verify.
+    let output = env.run(&["job", "create", "--channels-file", channels, "--wait"]).await;
+    assert_exit(&output, 0);
+    let job_id = text(&output.stdout).trim().to_owned();
+    assert!(!text(&output.stderr).contains("archived"), "a plain job shows nothing archived: {}", text(&output.stderr));
+    let output = env.run(&["job", "verify", &job_id]).await;
+    assert_exit(&output, 4);
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("verifying the job's archive: FAILED_PRECONDITION (NOT_ARCHIVED)"), "{stderr}");
+}
