@@ -11,8 +11,9 @@ use common::{Options, TestApp, assert_status, spawn_app_with};
 use stream_export::{
     emulator::data::KNOWN_USER,
     proto::{
-        ChannelRef, ExportChannelsRequest, ExportFormatVersion, ExportUserRequest, ExportUsersRequest, GetTaskRequest,
-        ListTasksRequest, ReadExportRequest, TaskRecord, WatchTaskRequest, task_record,
+        ChannelList, ChannelRef, CreateExportJobRequest, ExportChannelsRequest, ExportFormatVersion, ExportUserRequest,
+        ExportUsersRequest, GetTaskRequest, ListTasksRequest, ReadExportRequest, TaskRecord, WatchTaskRequest,
+        create_export_job_request::Selector, task_record,
     },
 };
 use tokio_stream::StreamExt;
@@ -40,6 +41,8 @@ async fn app_with_policies(extra: &str) -> TestApp {
         tweak: Some(Box::new(move |settings| {
             settings.access.tokens_file = Some(tokens_file);
             settings.access.policy_file = Some(policies);
+            // The example policies give each team its own prefix of this bucket.
+            settings.archive.allow = vec!["s3://exports-bucket/teams".into()];
         })),
         ..Options::default()
     })
@@ -350,5 +353,38 @@ when { resource has rpc && resource.rpc == "ExportUsers" };
     let refused = list(&app, AUDITOR, 1, &hex::encode(altered)).await.expect_err("an altered token");
     assert_status(&refused, Code::InvalidArgument, "INVALID_REQUEST");
     let _ = std::fs::remove_dir_all(&dir);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_archives_only_under_its_teams_own_prefix() {
+    let app = app().await;
+    let job = |archive_uri: &str| CreateExportJobRequest {
+        selector: Some(Selector::Channels(ChannelList {
+            channels: vec![ChannelRef { r#type: "livestream".into(), id: "launch".into(), ..Default::default() }],
+        })),
+        version: ExportFormatVersion::V2 as i32,
+        archive_uri: archive_uri.into(),
+        ..Default::default()
+    };
+    let create = |token: &'static str, request: CreateExportJobRequest| {
+        let mut client = app.client.clone();
+        async move { client.create_export_job(as_caller(token, request)).await }
+    };
+    create(ANALYTICS, job("s3://exports-bucket/teams/analytics/daily")).await.expect("its own prefix");
+    // Normalised first: `//` and a trailing `/` make no other prefix.
+    create(ANALYTICS, job("s3://exports-bucket/teams//analytics/weekly/")).await.expect("its own prefix, spelt oddly");
+    let refused = create(ANALYTICS, job("s3://exports-bucket/teams/privacy/daily")).await.unwrap_err();
+    let details = assert_status(&refused, Code::PermissionDenied, "NOT_AUTHORIZED");
+    assert_eq!(details.error_info().unwrap().metadata["action"], "CreateExportJob");
+    create(ANALYTICS, job("")).await.expect("a job that does not archive");
+    // Three jobs were created, one export each; the refused one submitted nothing.
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while app.emulator.exports_created().await < 3 {
+        assert!(tokio::time::Instant::now() < until, "the three jobs did not submit");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(app.emulator.exports_created().await, 3);
     app.stop().await;
 }
