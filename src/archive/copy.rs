@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use super::{Archives, CopyError, destination::Location};
 use crate::{
     proto::ArchivedFile,
+    telemetry::metrics,
     upstream::{ErrorKind, UpstreamError},
 };
 
@@ -55,6 +56,12 @@ impl Archives {
         task_id: &str,
         verify: bool,
     ) -> Result<Copied, CopyError> {
+        let copied = self.try_copy(location, key, task_id, verify).await;
+        metrics::archive_copy(copied.as_ref().ok().map(|copied| copied.file.bytes));
+        copied
+    }
+
+    async fn try_copy(&self, location: &Location, key: &str, task_id: &str, verify: bool) -> Result<Copied, CopyError> {
         let store = self.store_for(location, key)?;
         let status = self.client.get_task(task_id, None).await.map_err(|error| match error.kind() {
             ErrorKind::NotFound => CopyError::Gone(format!("Stream no longer knows the task {task_id}")),

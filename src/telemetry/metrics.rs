@@ -26,6 +26,12 @@ pub const WATCH_POLLERS: &str = "stream_export_watch_pollers";
 /// `export_failed` (the collector did not take a batch).
 pub const SPANS_DROPPED: &str = "stream_export_spans_dropped_total";
 
+/// Archive copies of export files, by `outcome`: `archived`, or `failed` (a try that failed and
+/// was aborted; it is tried again while tries remain).
+pub const ARCHIVE_COPIES: &str = "stream_export_archive_copies_total";
+/// Bytes written into archives (files copied whole).
+pub const ARCHIVE_BYTES: &str = "stream_export_archive_bytes_total";
+
 /// Latency buckets, in seconds: from sub-millisecond local calls to slow upstream exports.
 const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
@@ -50,6 +56,17 @@ fn describe() {
     metrics::describe_gauge!(WATCH_STREAMS, "open WatchTask streams");
     metrics::describe_gauge!(WATCH_POLLERS, "running task pollers");
     metrics::describe_counter!(SPANS_DROPPED, "spans not exported, by reason (queue_full, export_failed)");
+    metrics::describe_counter!(ARCHIVE_COPIES, "archive copies of export files, by outcome (archived, failed)");
+    metrics::describe_counter!(ARCHIVE_BYTES, metrics::Unit::Bytes, "bytes of export files written into archives");
+}
+
+/// Counts one try of an archive copy: `bytes` written when it succeeded.
+pub fn archive_copy(archived: Option<u64>) {
+    let outcome = if archived.is_some() { "archived" } else { "failed" };
+    metrics::counter!(ARCHIVE_COPIES, "outcome" => outcome).increment(1);
+    if let Some(bytes) = archived {
+        metrics::counter!(ARCHIVE_BYTES).increment(bytes);
+    }
 }
 
 /// Records the start of a call's response: the latency until then, by method. `method` is
