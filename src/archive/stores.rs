@@ -90,39 +90,36 @@ impl Stores {
         let bucket = location.bucket.as_str();
         Ok(match location.scheme {
             Scheme::S3 => {
-                let builder = self.options.for_prefix("aws_").fold(
-                    AmazonS3Builder::new().with_bucket_name(bucket).with_retry(retry()),
-                    |builder, (name, value)| match name.parse() {
-                        Ok(key) => builder.with_config(key, value),
-                        Err(_) => builder,
-                    },
-                );
-                Arc::new(builder.build()?)
+                let builder = AmazonS3Builder::new().with_bucket_name(bucket).with_retry(retry());
+                Arc::new(configured(builder, self.options.for_prefix("aws_"), AmazonS3Builder::with_config).build()?)
             }
             Scheme::Gcs => {
-                let builder = self.options.for_prefix("google_").fold(
-                    GoogleCloudStorageBuilder::new().with_bucket_name(bucket).with_retry(retry()),
-                    |builder, (name, value)| match name.parse() {
-                        Ok(key) => builder.with_config(key, value),
-                        Err(_) => builder,
-                    },
-                );
-                Arc::new(builder.build()?)
+                let builder = GoogleCloudStorageBuilder::new().with_bucket_name(bucket).with_retry(retry());
+                let options = self.options.for_prefix("google_");
+                Arc::new(configured(builder, options, GoogleCloudStorageBuilder::with_config).build()?)
             }
             Scheme::Azure => {
-                let builder = self.options.for_prefix("azure_").fold(
-                    MicrosoftAzureBuilder::new().with_container_name(bucket).with_retry(retry()),
-                    |builder, (name, value)| match name.parse() {
-                        Ok(key) => builder.with_config(key, value),
-                        Err(_) => builder,
-                    },
-                );
-                Arc::new(builder.build()?)
+                let builder = MicrosoftAzureBuilder::new().with_container_name(bucket).with_retry(retry());
+                let options = self.options.for_prefix("azure_");
+                Arc::new(configured(builder, options, MicrosoftAzureBuilder::with_config).build()?)
             }
             // An upload is staged beside its final name and renamed into it when complete.
             Scheme::File => Arc::new(LocalFileSystem::new()),
         })
     }
+}
+
+/// `builder` with every option whose name is one of its configuration keys (others are left
+/// out: an `AWS_PROFILE`, say, is not an `object_store` key).
+fn configured<'a, B, K: std::str::FromStr>(
+    builder: B,
+    options: impl Iterator<Item = (&'a str, &'a str)>,
+    set: fn(B, K, &'a str) -> B,
+) -> B {
+    options.fold(builder, |builder, (name, value)| match name.parse() {
+        Ok(key) => set(builder, key, value),
+        Err(_) => builder,
+    })
 }
 
 #[cfg(test)]
