@@ -162,3 +162,41 @@ async fn the_embedded_emulator_can_hold_enough_channels_to_try_a_job_of_several_
     let progress = job.progress.expect("progress");
     assert_eq!((progress.channels_total, progress.tasks_total, progress.tasks_completed), (60, 3, 3));
 }
+
+/// Archives in a fleet: the replica running an archived job dies in the middle of an upload;
+/// another takes the job over, archives the shard again, writes the manifest, and any replica
+/// verifies the archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archived_job_whose_replica_dies_mid_upload_is_archived_by_another() {
+    use crate::common::s3::{RequestKind, S3Server};
+    use stream_export::proto::VerifyExportJobRequest;
+
+    let s3 = S3Server::start().await;
+    let redis = RedisServer::start(None).await;
+    let emulator = emulator(100).await;
+    let allow = s3.url("teams");
+    let cloud = s3.env();
+    let mut settings: Vec<(&str, &str)> = cloud.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    settings.push(("STREAM_EXPORT_ARCHIVE_ALLOW", allow.as_str()));
+    let mut fleet = replicas_with(2, &emulator, &redis.url(), &settings).await;
+    let mut survivor = client(&fleet[1]).await;
+    let held = s3.hold(RequestKind::UploadPart);
+    let mut request = job_of(20);
+    request.archive_uri = s3.url("teams/daily");
+    let job = client(&fleet[0]).await.create_export_job(request).await.expect("created").into_inner();
+    s3.wait_until_held(1).await;
+    fleet[0].kill();
+    drop(held);
+
+    let job = finished(&mut survivor, &job.job_id, Duration::from_secs(40)).await;
+    assert_eq!(job.state(), ExportJobState::Succeeded, "{job:?}");
+    assert!(job.manifest_uri.ends_with(&format!("/{}/manifest.json", job.job_id)), "{job:?}");
+    assert_eq!(job.progress.map(|progress| progress.tasks_archived), Some(1));
+    let verified = survivor
+        .verify_export_job(VerifyExportJobRequest { job_id: job.job_id.clone() })
+        .await
+        .expect("verify")
+        .into_inner();
+    assert_eq!((verified.objects_checked, verified.mismatches.len()), (1, 0));
+    assert_eq!(emulator.exports_created().await, 1, "the task was exported once, and copied again");
+}
