@@ -446,9 +446,7 @@ impl Run<'_> {
     fn copy(&mut self, number: u32, events: &Events) {
         let (Some(location), Some(shard)) = (self.archive.clone(), self.shards.get(number as usize)) else { return };
         let task_id = shard.task.task_id.clone();
-        let lines = self.request.version() == ExportFormatVersion::V2
-            || matches!(self.request.selector, Some(Selector::Users(_)));
-        let key = Archives::file_key(&location, &self.job.job_id, number, &task_id, lines);
+        let key = self.file_key(&location, number, &task_id);
         let (archives, verify, events) = (Arc::clone(&self.inner.parts.archives), self.request.verify, events.clone());
         let copy = tokio::spawn(async move {
             let copied = archives.copy(&location, &key, &task_id, verify).await;
@@ -457,6 +455,13 @@ impl Run<'_> {
         if let Some(earlier) = self.copies.insert(number, copy.abort_handle()) {
             earlier.abort();
         }
+    }
+
+    /// The key of shard `number`'s file (task `task_id`) under `location`.
+    fn file_key(&self, location: &Location, number: u32, task_id: &str) -> String {
+        let lines = self.request.version() == ExportFormatVersion::V2
+            || matches!(self.request.selector, Some(Selector::Users(_)));
+        Archives::file_key(location, &self.job.job_id, number, task_id, lines)
     }
 
     /// A shard's copy ended: its archive is written, or the job fails.
@@ -481,7 +486,9 @@ impl Run<'_> {
                 Ok(None)
             }
             Err(error) => {
-                let key = self.archive.as_ref().map_or_else(String::new, |location| location.to_string());
+                let key = self.archive.as_ref().map_or_else(String::new, |location| {
+                    location.uri_of(&self.file_key(location, number, &shard.task.task_id))
+                });
                 let failed = status::archive_failed(Some(number), &key, &error.to_string());
                 self.finish(ExportJobState::Failed, Some(failed)).await.map(Some)
             }
