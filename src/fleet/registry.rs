@@ -27,34 +27,45 @@ use crate::{
     },
 };
 
-/// Adds a record unless the task has one; drops those past the retention or the capacity.
-static RECORD: LazyLock<FleetScript> = LazyLock::new(|| {
-    FleetScript::new(
-        "EVALSHA registry.record",
-        r"
-if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end
-local t = redis.call('TIME')
-local cutoff = string.format('%020.0f|', tonumber(t[1]) * 1000000 + tonumber(t[2]) - tonumber(ARGV[5]))
-redis.call('ZADD', KEYS[1], 0, ARGV[1])
-redis.call('ZADD', KEYS[3], 0, ARGV[1])
-redis.call('ZREMRANGEBYLEX', KEYS[3], '-', '(' .. cutoff)
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-local gone = redis.call('ZRANGEBYLEX', KEYS[1], '-', '(' .. cutoff, 'LIMIT', 0, 100)
-local excess = redis.call('ZCARD', KEYS[1]) - #gone - tonumber(ARGV[4])
-if excess > 0 then
-  for _, member in ipairs(redis.call('ZRANGE', KEYS[1], #gone, #gone + excess - 1)) do
-    table.insert(gone, member)
+/// `registry_record(keys, args)`: adds a record unless the task has one; drops those past the
+/// retention or the capacity. Keys: the index, the records, the owner's index, the
+/// observations; args: the index member, the task id, the record, the capacity, the retention
+/// (µs). Also used by the submit store's FINISH, which records a task with its `done`.
+pub(super) const RECORD_LUA: &str = r"
+local function registry_record(keys, args)
+  if redis.call('HEXISTS', keys[2], args[2]) == 1 then return 0 end
+  local t = redis.call('TIME')
+  local cutoff = string.format('%020.0f|', tonumber(t[1]) * 1000000 + tonumber(t[2]) - tonumber(args[5]))
+  redis.call('ZADD', keys[1], 0, args[1])
+  redis.call('ZADD', keys[3], 0, args[1])
+  redis.call('ZREMRANGEBYLEX', keys[3], '-', '(' .. cutoff)
+  redis.call('HSET', keys[2], args[2], args[3])
+  local gone = redis.call('ZRANGEBYLEX', keys[1], '-', '(' .. cutoff, 'LIMIT', 0, 100)
+  local excess = redis.call('ZCARD', keys[1]) - #gone - tonumber(args[4])
+  if excess > 0 then
+    for _, member in ipairs(redis.call('ZRANGE', keys[1], #gone, #gone + excess - 1)) do
+      table.insert(gone, member)
+    end
   end
+  for _, member in ipairs(gone) do
+    redis.call('ZREM', keys[1], member)
+    redis.call('HDEL', keys[2], string.sub(member, 22))
+    redis.call('HDEL', keys[4], string.sub(member, 22))
+  end
+  return 1
 end
-for _, member in ipairs(gone) do
-  redis.call('ZREM', KEYS[1], member)
-  redis.call('HDEL', KEYS[2], string.sub(member, 22))
-  redis.call('HDEL', KEYS[4], string.sub(member, 22))
-end
-return 1
-",
-    )
+";
+
+/// Adds a record unless the task has one (see [`RECORD_LUA`]).
+static RECORD: LazyLock<FleetScript> = LazyLock::new(|| {
+    FleetScript::new("EVALSHA registry.record", &format!("{RECORD_LUA}return registry_record(KEYS, ARGV)"))
 });
+
+/// What [`RECORD_LUA`] needs to record one task: its four keys and five arguments.
+pub(super) struct RecordParts {
+    pub keys: [String; 4],
+    pub args: (String, String, Vec<u8>, usize, u64),
+}
 
 /// Up to `ARGV[2]` records, newest first, below the index member `ARGV[1]` (exclusive bound
 /// `(member`, or `+`), each followed by its latest observation (or an empty string).
@@ -119,6 +130,21 @@ impl RedisRegistry {
     }
 
     /// The index key of `owner`'s records (a digest: any caller name fits a key).
+    /// The keys and arguments of [`RECORD_LUA`] for `record`.
+    pub(super) fn parts_of(&self, record: &TaskRecord) -> RecordParts {
+        let retention = u64::try_from(RETENTION.as_micros()).unwrap_or(u64::MAX);
+        RecordParts {
+            keys: [self.index.clone(), self.records.clone(), self.owner_index(&record.owner), self.observed.clone()],
+            args: (
+                member(&Cursor::of(record)),
+                record.task_id.clone(),
+                record.encode_to_vec(),
+                self.capacity,
+                retention,
+            ),
+        }
+    }
+
     fn owner_index(&self, owner: &str) -> String {
         let digest = Sha256::digest(owner.as_bytes());
         self.redis.key("registry", "tasks", &format!("owner:{}", hex::encode(&digest[..16])))
@@ -157,18 +183,9 @@ fn member(cursor: &Cursor) -> String {
 #[tonic::async_trait]
 impl TaskRegistry for RedisRegistry {
     async fn record(&self, record: TaskRecord) -> Result<(), StoreError> {
-        let retention = u64::try_from(RETENTION.as_micros()).unwrap_or(u64::MAX);
-        let record_it = RECORD
-            .call()
-            .key(&self.index)
-            .key(&self.records)
-            .key(self.owner_index(&record.owner))
-            .key(&self.observed)
-            .arg(member(&Cursor::of(&record)))
-            .arg(&record.task_id)
-            .arg(record.encode_to_vec())
-            .arg(self.capacity)
-            .arg(retention);
+        let RecordParts { keys: [index, records, owner, observed], args } = self.parts_of(&record);
+        let record_it = RECORD.call().key(index).key(records).key(owner).key(observed);
+        let record_it = record_it.arg(args.0).arg(args.1).arg(args.2).arg(args.3).arg(args.4);
         record_it.run::<i64>(&self.redis).await?;
         Ok(())
     }

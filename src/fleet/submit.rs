@@ -17,6 +17,11 @@
 //! another one recorded its task for the key (Redis lost the claim) answers with the recorded
 //! task, so that one `request_id` never gets two task ids, and logs the conflict.
 //!
+//! On one Redis, a submit's task registry record is written by the script that writes its
+//! `done` ([`RedisSubmitStore::recording_into`]): no moment when a caller holds a task id whose
+//! owner the registry does not know, and one script call fewer per submit. On a Redis Cluster
+//! the registry's keys are in other slots, and the record is written after `done`.
+//!
 //! The cases Stream's API makes unavoidable, since it has no idempotency key of its own: Stream
 //! created the task, the answer was lost, and the holder died before recording it (its lease
 //! runs out and a retry starts a second export); or Redis lost the claim (a restart without
@@ -36,9 +41,11 @@ use futures::{
 use super::{
     connection::{Redis, millis},
     lease::{Claimed, Lease, with_lease},
+    registry::{RECORD_LUA, RecordParts, RedisRegistry},
     script::FleetScript,
 };
 use crate::{
+    proto::TaskRecord,
     store::{Fingerprint, StoreError, SubmitStore, Submitted},
     upstream::UpstreamError,
 };
@@ -85,8 +92,33 @@ return done
     )
 });
 
-/// The outcome of a running submit, shared by every caller of this replica waiting for it.
-type SharedOutcome = Shared<BoxFuture<'static, Result<String, StoreError>>>;
+/// [`FINISH`], and the task's registry record written with `done` (keys 3–6 and arguments 4–8
+/// as `registry_record` takes them). Returns what `done` holds now, and whether the record went
+/// with it.
+static FINISH_RECORDING: LazyLock<FleetScript> = LazyLock::new(|| {
+    with_lease(
+        "EVALSHA submit.finish_recording",
+        &format!(
+            "{RECORD_LUA}{}",
+            r"
+local done = redis.call('GET', KEYS[1])
+local recorded = 0
+if not done then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  done = ARGV[2]
+  registry_record({KEYS[3], KEYS[4], KEYS[5], KEYS[6]}, {ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]})
+  recorded = 1
+end
+lease_release(KEYS[2], ARGV[1])
+return {done, recorded}
+"
+        ),
+    )
+});
+
+/// The outcome of a running submit (its task id, and whether its registry record was written
+/// with it), shared by every caller of this replica waiting for it.
+type SharedOutcome = Shared<BoxFuture<'static, Result<(String, bool), StoreError>>>;
 
 /// A submit this replica runs, and what it asked for.
 #[derive(Clone)]
@@ -105,6 +137,8 @@ pub struct RedisSubmitStore {
     ttl: Duration,
     claim_lease: Duration,
     running: RunningSubmits,
+    /// The registry whose records go with `done`, on one Redis.
+    registry: Option<Arc<RedisRegistry>>,
 }
 
 impl std::fmt::Debug for RedisSubmitStore {
@@ -118,7 +152,17 @@ impl RedisSubmitStore {
     /// (which bounds a submit) and [`CLAIM_MARGIN`], at least [`CLAIM_LEASE`].
     pub fn new(redis: Redis, ttl: Duration, upstream_timeout: Duration) -> Self {
         let claim_lease = (upstream_timeout + CLAIM_MARGIN).max(CLAIM_LEASE);
-        Self { redis, ttl, claim_lease, running: Arc::default() }
+        Self { redis, ttl, claim_lease, running: Arc::default(), registry: None }
+    }
+
+    /// The same store, writing a submit's registry record (`get_or_submit_recording`) in the
+    /// script that writes its `done`, when the two can go together: on one Redis, not on a
+    /// Cluster (other slots).
+    pub fn recording_into(mut self, registry: Arc<RedisRegistry>) -> Self {
+        if self.redis.single_client().is_some() {
+            self.registry = Some(registry);
+        }
+        self
     }
 
     /// The submit of `digest` this replica runs, if any.
@@ -137,8 +181,10 @@ impl RedisSubmitStore {
         claim: Lease,
         fingerprint: Fingerprint,
         submit: BoxFuture<'static, Result<String, UpstreamError>>,
+        record: Option<TaskRecord>,
     ) -> Running {
         let (redis, ttl, running) = (self.redis.clone(), self.ttl, Arc::clone(&self.running));
+        let registry = self.registry.clone();
         let key = digest.clone();
         // Locked until the submit is in `running`, so that it cannot leave before it is there.
         let mut submits = self.running.lock().unwrap_or_else(PoisonError::into_inner);
@@ -147,7 +193,7 @@ impl RedisSubmitStore {
             let outcome = submit.await;
             renewal.abort();
             let outcome = match outcome {
-                Ok(task_id) => Ok(finish(&redis, &done, &claim, fingerprint, task_id, ttl).await),
+                Ok(task_id) => Ok(finish(&redis, &done, &claim, fingerprint, task_id, ttl, record.zip(registry)).await),
                 Err(error) => {
                     let _ = claim.release().await;
                     Err(StoreError::Submit(error))
@@ -164,7 +210,8 @@ impl RedisSubmitStore {
 }
 
 /// Records `task_id` as the submit's task, unless a task is recorded already, and returns the
-/// task recorded: the one every caller of the key gets.
+/// task recorded: the one every caller of the key gets; with `record` (the task's registry
+/// record, its task id filled in here), also whether that record was written with it.
 async fn finish(
     redis: &Redis,
     done: &str,
@@ -172,12 +219,24 @@ async fn finish(
     fingerprint: Fingerprint,
     task_id: String,
     ttl: Duration,
-) -> String {
+    record: Option<(TaskRecord, Arc<RedisRegistry>)>,
+) -> (String, bool) {
     let ours = format!("{}|{task_id}", fingerprint.to_hex());
-    let finish = FINISH.call().key(done).key(claim.key()).arg(claim.owner()).arg(&ours).arg(millis(ttl));
-    match finish.run::<String>(redis).await {
-        Ok(current) if current == ours => task_id,
-        Ok(current) => match recorded(&current) {
+    let finish = || FINISH.call().key(done).key(claim.key()).arg(claim.owner()).arg(&ours).arg(millis(ttl));
+    let answer = match record {
+        None => finish().run::<String>(redis).await.map(|current| (current, false)),
+        Some((record, registry)) => {
+            let record = TaskRecord { task_id: task_id.clone(), ..record };
+            let RecordParts { keys: [index, records, owner, observed], args } = registry.parts_of(&record);
+            let finish = FINISH_RECORDING.call().key(done).key(claim.key()).key(index).key(records).key(owner);
+            let finish = finish.key(observed).arg(claim.owner()).arg(&ours).arg(millis(ttl));
+            let finish = finish.arg(args.0).arg(args.1).arg(args.2).arg(args.3).arg(args.4);
+            finish.run::<(String, i64)>(redis).await.map(|(current, written)| (current, written == 1))
+        }
+    };
+    match answer {
+        Ok((current, written)) if current == ours => (task_id, written),
+        Ok((current, _)) => match recorded(&current) {
             Ok(first) if first.fingerprint == fingerprint => {
                 tracing::warn!(
                     task_id = %first.task_id,
@@ -186,17 +245,17 @@ async fn finish(
                      claim: Redis restarted without persistence, or evicted it); callers get the task recorded \
                      first"
                 );
-                first.task_id
+                (first.task_id, false)
             }
             _ => {
                 tracing::warn!(%task_id, "a submit's request_id was recorded for another request meanwhile");
-                task_id
+                (task_id, false)
             }
         },
         Err(error) => {
             // The caller gets its task; a repeat elsewhere after the lease may not find it.
             tracing::warn!(%error, %task_id, "a submit's task could not be recorded in the fleet store");
-            task_id
+            (task_id, false)
         }
     }
 }
@@ -214,14 +273,16 @@ async fn renew_claim(claim: Lease) {
     }
 }
 
-#[tonic::async_trait]
-impl SubmitStore for RedisSubmitStore {
-    async fn get_or_submit(
+impl RedisSubmitStore {
+    /// [`SubmitStore::get_or_submit`], with the registry `record` written with `done` when this
+    /// store was made [`RedisSubmitStore::recording_into`] a registry; whether it was.
+    async fn submit_once(
         &self,
         key: String,
         fingerprint: Fingerprint,
         submit: BoxFuture<'static, Result<String, UpstreamError>>,
-    ) -> Result<Submitted, StoreError> {
+        record: Option<TaskRecord>,
+    ) -> Result<(Submitted, bool), StoreError> {
         let digest = Fingerprint::of("key", &key).to_hex();
         if let Some(running) = self.running(&digest) {
             return joined(running, fingerprint).await;
@@ -231,21 +292,22 @@ impl SubmitStore for RedisSubmitStore {
         let claim =
             Lease::new(self.redis.clone(), self.redis.key("submit", &digest, "claim"), holder, self.claim_lease);
         let mut submit = Some(submit);
+        let mut record = record;
         loop {
             let attempt = CLAIM.call().key(&done).key(claim.key()).arg(claim.owner()).arg(claim.ttl_millis());
             let (state, value): (String, String) = attempt.run(&self.redis).await?;
             match state.as_str() {
-                "done" => return recorded(&value),
+                "done" => return recorded(&value).map(|submitted| (submitted, false)),
                 "claimed" => {
                     let Some(submit) = submit.take() else { return Err(StoreError::Aborted) };
-                    let running = self.start(digest, done, claim, fingerprint, submit);
+                    let running = self.start(digest, done, claim, fingerprint, submit, record.take());
                     return joined(running, fingerprint).await;
                 }
                 _ => {
                     let theirs = value.rsplit('|').next().and_then(Fingerprint::from_hex);
                     if let Some(theirs) = theirs.filter(|theirs| *theirs != fingerprint) {
                         // Reused for another request: the caller is told, whatever the task.
-                        return Ok(Submitted { fingerprint: theirs, task_id: String::new() });
+                        return Ok((Submitted { fingerprint: theirs, task_id: String::new() }, false));
                     }
                     tokio::time::sleep(WAIT_POLL).await;
                 }
@@ -254,13 +316,37 @@ impl SubmitStore for RedisSubmitStore {
     }
 }
 
-/// Waits for a submit this replica runs; a caller that asked for something else is told at once.
-async fn joined(running: Running, fingerprint: Fingerprint) -> Result<Submitted, StoreError> {
-    if running.fingerprint != fingerprint {
-        return Ok(Submitted { fingerprint: running.fingerprint, task_id: String::new() });
+#[tonic::async_trait]
+impl SubmitStore for RedisSubmitStore {
+    async fn get_or_submit(
+        &self,
+        key: String,
+        fingerprint: Fingerprint,
+        submit: BoxFuture<'static, Result<String, UpstreamError>>,
+    ) -> Result<Submitted, StoreError> {
+        Ok(self.submit_once(key, fingerprint, submit, None).await?.0)
     }
-    let task_id = running.outcome.await?;
-    Ok(Submitted { fingerprint, task_id })
+
+    async fn get_or_submit_recording(
+        &self,
+        key: String,
+        fingerprint: Fingerprint,
+        submit: BoxFuture<'static, Result<String, UpstreamError>>,
+        record: TaskRecord,
+    ) -> Result<(Submitted, bool), StoreError> {
+        let record = self.registry.is_some().then_some(record);
+        self.submit_once(key, fingerprint, submit, record).await
+    }
+}
+
+/// Waits for a submit this replica runs (and whether its registry record was written with its
+/// `done`); a caller that asked for something else is told at once.
+async fn joined(running: Running, fingerprint: Fingerprint) -> Result<(Submitted, bool), StoreError> {
+    if running.fingerprint != fingerprint {
+        return Ok((Submitted { fingerprint: running.fingerprint, task_id: String::new() }, false));
+    }
+    let (task_id, written) = running.outcome.await?;
+    Ok((Submitted { fingerprint, task_id }, written))
 }
 
 /// Reads a `done` value: `<fingerprint>|<task id>`.

@@ -274,14 +274,17 @@ fn stores(
 ) -> anyhow::Result<Stores> {
     let capacity = |default| registry_capacity.unwrap_or(default);
     Ok(match (redis, state) {
-        (Some((redis, upstream_timeout)), _) => Stores {
-            submits: Arc::new(RedisSubmitStore::new(redis.clone(), idempotency.ttl, upstream_timeout)),
-            registry: kept_until_stored(Arc::new(RedisRegistry::new(
-                redis.clone(),
-                capacity(MEMORY_REGISTRY_CAPACITY),
-            ))),
-            page_token_key: fleet_page_token_key(api_secret, &redis.key("registry", "tasks", "page-tokens")),
-        },
+        (Some((redis, upstream_timeout)), _) => {
+            let registry = Arc::new(RedisRegistry::new(redis.clone(), capacity(MEMORY_REGISTRY_CAPACITY)));
+            // On one Redis, a submit's registry record in the script of its `done`.
+            let submits = RedisSubmitStore::new(redis.clone(), idempotency.ttl, upstream_timeout)
+                .recording_into(Arc::clone(&registry));
+            Stores {
+                submits: Arc::new(submits),
+                registry: kept_until_stored(registry),
+                page_token_key: fleet_page_token_key(api_secret, &redis.key("registry", "tasks", "page-tokens")),
+            }
+        }
         (None, Some(state)) => {
             let submits = EmbeddedSubmitStore::new(state.db(), idempotency.ttl, idempotency.capacity)
                 .context("reading the idempotency records of the state directory")?

@@ -440,3 +440,31 @@ permit (principal, action == Action::"ListTasks", resource);
     assert_eq!(emulator.exports_created().await, 2, "the repeat was not sent to Stream");
     let _ = std::fs::remove_dir_all(&files);
 }
+
+/// Issue 31: on one Redis, a submit's registry record is written by the script that writes its
+/// `done` (no moment when the caller holds a task id whose owner the registry does not know):
+/// two script calls per submit (claim, finish), not three.
+#[tokio::test]
+async fn a_submits_registry_record_goes_with_its_done_in_one_script() {
+    use stream_export::proto::ListTasksRequest;
+
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let redis = RedisServer::start(None).await;
+    let fleet = replicas(1, &emulator, &redis.url()).await;
+    let request_id = || uuid::Uuid::new_v4().to_string();
+    submit(&fleet[0], export("general", &request_id())).await.expect("a submit");
+    let before = redis.script_calls().await;
+    let mut submitted = Vec::new();
+    for _ in 0..20 {
+        submitted.push(submit(&fleet[0], export("general", &request_id())).await.expect("a submit"));
+    }
+    let calls = redis.script_calls().await - before;
+    // 40 for the submits; the replica's own heartbeats and job scans add a few.
+    assert!((40..52).contains(&calls), "{calls} script calls for 20 submits");
+    let page = client(&fleet[0]).await.list_tasks(ListTasksRequest { page_size: 50, page_token: String::new() }).await;
+    let listed: Vec<String> =
+        page.expect("ListTasks").into_inner().tasks.into_iter().map(|task| task.task_id).collect();
+    for task_id in &submitted {
+        assert!(listed.contains(task_id), "{task_id} is in the registry");
+    }
+}
