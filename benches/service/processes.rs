@@ -79,7 +79,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Where a child's output goes: quiet on the terminal, but there to read when it fails.
-fn log_path(name: &str) -> PathBuf {
+pub fn log_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-{name}.log"))
 }
 
