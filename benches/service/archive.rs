@@ -5,6 +5,8 @@
 //! directory (`archive_local`) and into a loopback S3 server (`archive_s3`). The copies run in
 //! this process through the library, as a job's runner calls them, so the memory a copy holds is
 //! this process's peak RSS during it above its RSS before it (the peak is reset before each copy).
+//! The targets are read with the source paced as a remote store serves one download; the same
+//! three reads of an unpaced source follow, for context (how fast each reader can go here).
 //!
 //! The S3 server is this binary again in its hidden `--s3-server` mode (s3s-fs, started as
 //! `tests/common/s3.rs` starts it, without the fault injection): a child process, so that its
@@ -57,24 +59,72 @@ struct Measured {
     rss_growth: u64,
 }
 
+/// The three reads of one file, and the S3 server's side of its copy.
+struct Round {
+    plain: Measured,
+    local: Measured,
+    s3: Measured,
+    /// The S3 server's peak RSS during the copy above its RSS before it.
+    s3_server_growth: u64,
+    /// The time s3s-fs took to complete the upload, in ms.
+    s3_complete_ms: f64,
+}
+
 pub async fn run(scale: &Scale) -> Vec<Figure> {
     let emulator_process = processes::start_emulator().await;
     let emulator = EmulatorClient::new(emulator_process.url());
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-archive-{}", std::process::id()));
+    let paced = round(scale, &emulator, Some(scale.archive_source_mib_per_s)).await;
+    // The same without pacing: how fast each reader goes when the source is not the limit.
+    let unpaced = round(scale, &emulator, None).await;
+    let mib = in_mib(paced.plain.bytes);
+    let seconds = |measured: &Measured| measured.elapsed.as_secs_f64();
+    vec![
+        Figure::info("archive_file_mib", mib, "MiB"),
+        Figure::info("archive_source_mib_per_s", f64::from(scale.archive_source_mib_per_s), "MiB/s"),
+        Figure::info("archive_plain_mib_per_s", mib / seconds(&paced.plain), "MiB/s"),
+        Figure::target(
+            "archive_copy_ratio_local",
+            seconds(&paced.local) / seconds(&paced.plain),
+            "x",
+            Target::AtMost(1.15),
+        ),
+        Figure::info("archive_local_mib_per_s", mib / seconds(&paced.local), "MiB/s"),
+        Figure::target("archive_local_rss_growth_mib", in_mib(paced.local.rss_growth), "MiB", Target::AtMost(64.0)),
+        Figure::target("archive_copy_ratio_s3", seconds(&paced.s3) / seconds(&paced.plain), "x", Target::AtMost(1.3)),
+        Figure::info("archive_s3_mib_per_s", mib / seconds(&paced.s3), "MiB/s"),
+        Figure::target("archive_s3_rss_growth_mib", in_mib(paced.s3.rss_growth), "MiB", Target::AtMost(64.0)),
+        Figure::info("archive_s3_server_rss_growth_mib", in_mib(paced.s3_server_growth), "MiB"),
+        Figure::info("archive_s3_complete_ms", paced.s3_complete_ms, "ms"),
+        Figure::info("archive_unpaced_plain_mib_per_s", mib / seconds(&unpaced.plain), "MiB/s"),
+        Figure::info("archive_unpaced_local_mib_per_s", mib / seconds(&unpaced.local), "MiB/s"),
+        Figure::info("archive_unpaced_s3_mib_per_s", mib / seconds(&unpaced.s3), "MiB/s"),
+        Figure::info("archive_unpaced_local_rss_growth_mib", in_mib(unpaced.local.rss_growth), "MiB"),
+        Figure::info("archive_unpaced_s3_rss_growth_mib", in_mib(unpaced.s3.rss_growth), "MiB"),
+        Figure::info("archive_unpaced_s3_complete_ms", unpaced.s3_complete_ms, "ms"),
+    ]
+}
+
+fn in_mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+/// A synthetic file served at `pace` MiB/s (unpaced when `None`), read by curl, then archived
+/// to a directory, then to a new S3 server; each copy checked against curl's file.
+async fn round(scale: &Scale, emulator: &EmulatorClient, pace: Option<u32>) -> Round {
+    let name = pace.map_or_else(|| "unpaced".to_owned(), |pace| format!("paced-{pace}"));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-archive-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("local")).expect("a scratch directory for the archive bench");
-    let spec = json!({
-        "records": scale.archive_file_bytes / BYTES_PER_RECORD,
-        "version": "v2",
-        "record_bytes": 512,
-        "mib_per_second": scale.archive_source_mib_per_s,
-    });
+    let mut spec =
+        json!({"records": scale.archive_file_bytes / BYTES_PER_RECORD, "version": "v2", "record_bytes": 512});
+    if let Some(pace) = pace {
+        spec["mib_per_second"] = pace.into();
+    }
     let created = emulator.control(reqwest::Method::POST, "synthetic_exports", Some(spec)).await;
     let task_id = created["task_id"].as_str().expect("a synthetic task id").to_owned();
-    let client = stream_client(&emulator_process.url());
+    let client = stream_client(emulator.base_url());
 
     let (plain, plain_sha256) = download(&client, &task_id, &dir.join("plain.jsonl")).await;
-    let mib = plain.bytes as f64 / (1 << 20) as f64;
 
     let s3_root = dir.join("s3");
     std::fs::create_dir_all(s3_root.join(BUCKET)).expect("a directory for the S3 server");
@@ -90,32 +140,18 @@ pub async fn run(scale: &Scale) -> Vec<Figure> {
     let s3_rss_before = procfs::rss_bytes(s3_pid);
     let s3_copy = copy(&archives, &s3_prefix, &task_id, Some(s3_pid)).await;
     let s3_server_growth = procfs::peak_rss_bytes(s3_pid).saturating_sub(s3_rss_before);
-    let complete = completes(&processes::log_path("archive-s3"));
+    let s3_complete_ms = completes(&processes::log_path("archive-s3"));
     drop(s3);
     let _ = std::fs::remove_dir_all(&dir);
 
-    for (name, measured) in [("archive_local", &local), ("archive_s3", &s3_copy)] {
+    for (copy, measured) in [("archive_local", &local), ("archive_s3", &s3_copy)] {
         assert_eq!(
             (measured.bytes, measured.sha256.as_str()),
             (plain.bytes, plain_sha256.as_str()),
-            "{name} archived another file than curl downloaded"
+            "{copy} ({name}) archived another file than curl downloaded"
         );
     }
-    let seconds = |measured: &Measured| measured.elapsed.as_secs_f64();
-    let in_mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
-    vec![
-        Figure::info("archive_file_mib", mib, "MiB"),
-        Figure::info("archive_source_mib_per_s", f64::from(scale.archive_source_mib_per_s), "MiB/s"),
-        Figure::info("archive_plain_mib_per_s", mib / seconds(&plain), "MiB/s"),
-        Figure::target("archive_copy_ratio_local", seconds(&local) / seconds(&plain), "x", Target::AtMost(1.15)),
-        Figure::info("archive_local_mib_per_s", mib / seconds(&local), "MiB/s"),
-        Figure::target("archive_local_rss_growth_mib", in_mib(local.rss_growth), "MiB", Target::AtMost(64.0)),
-        Figure::target("archive_copy_ratio_s3", seconds(&s3_copy) / seconds(&plain), "x", Target::AtMost(1.3)),
-        Figure::info("archive_s3_mib_per_s", mib / seconds(&s3_copy), "MiB/s"),
-        Figure::target("archive_s3_rss_growth_mib", in_mib(s3_copy.rss_growth), "MiB", Target::AtMost(64.0)),
-        Figure::info("archive_s3_server_rss_growth_mib", in_mib(s3_server_growth), "MiB"),
-        Figure::info("archive_s3_complete_ms", complete, "ms"),
-    ]
+    Round { plain, local, s3: s3_copy, s3_server_growth, s3_complete_ms }
 }
 
 /// The upstream client that a service started with the emulator as its Stream would build.

@@ -190,6 +190,11 @@ impl EmulatorClient {
         Self { base_url, http: reqwest::Client::new(), token }
     }
 
+    /// The emulator's URL.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
     /// Sends a control request (`/_emulator/<path>`) and returns its JSON answer.
     pub async fn control(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let mut request = self.http.request(method, format!("{}/_emulator/{path}", self.base_url));
