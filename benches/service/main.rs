@@ -5,9 +5,10 @@
 //! loopback, loads them with the project's own generated client, reads CPU time and memory
 //! from `/proc/<pid>/`, prints a table, and prints one `BENCH {json}` line per figure.
 //! `--quick` (or `STREAM_EXPORT_BENCH_QUICK=1`) runs every figure at a small scale in a few
-//! seconds: a smoke test, its numbers mean nothing. `--only unary|fanout|budget|fleet|jobs` runs one
+//! seconds: a smoke test, its numbers mean nothing. `--only unary|fanout|budget|fleet|jobs|archive` runs one
 //! section alone; `--only tracing` runs the tracing figures of `unary` alone.
 
+mod archive;
 mod echo;
 mod fleet;
 mod jobs;
@@ -64,6 +65,10 @@ pub struct Scale {
     job_memory_channels: usize,
     /// Shards of the job killed and resumed.
     job_resume_shards: usize,
+    /// Bytes of the synthetic file the archive figure copies (about: whole records).
+    archive_file_bytes: u64,
+    /// The pace of its source, as a remote file store serves one download.
+    archive_source_mib_per_s: u32,
 }
 
 impl Scale {
@@ -102,6 +107,8 @@ impl Scale {
             job_plan_channels: 10_000,
             job_memory_channels: 100_000,
             job_resume_shards: 20,
+            archive_file_bytes: 1 << 30,
+            archive_source_mib_per_s: 200,
         }
     }
 
@@ -137,6 +144,9 @@ impl Scale {
             job_plan_channels: 1_000,
             job_memory_channels: 5_000,
             job_resume_shards: 10,
+            // More than three parts of 5 MiB, so that the upload waits for capacity.
+            archive_file_bytes: 24 << 20,
+            archive_source_mib_per_s: 200,
         }
     }
 }
@@ -146,6 +156,11 @@ fn main() {
     if let Some(at) = args.iter().position(|a| a == "--echo-server") {
         let (addr, task) = (args.get(at + 1), args.get(at + 2));
         echo::run(addr.expect("--echo-server ADDR TASK_HEX"), task.expect("--echo-server ADDR TASK_HEX"));
+        return;
+    }
+    if let Some(at) = args.iter().position(|a| a == "--s3-server") {
+        let (addr, root) = (args.get(at + 1), args.get(at + 2));
+        archive::serve_s3(addr.expect("--s3-server ADDR ROOT"), root.expect("--s3-server ADDR ROOT"));
         return;
     }
     // `cargo bench` appends `--bench`; anything else but `--quick` and `--only SECTION` is ignored.
@@ -160,7 +175,7 @@ fn main() {
 }
 
 /// The sections that `--only` can pick (every one runs without it).
-const SECTIONS: [&str; 6] = ["unary", "tracing", "fanout", "budget", "fleet", "jobs"];
+const SECTIONS: [&str; 7] = ["unary", "tracing", "fanout", "budget", "fleet", "jobs", "archive"];
 
 async fn run(scale: &Scale, quick: bool, only: Option<&str>) {
     // Without `--only`, `tracing` runs within `unary`.
@@ -188,6 +203,9 @@ async fn run(scale: &Scale, quick: bool, only: Option<&str>) {
     }
     if runs("jobs") {
         figures.extend(jobs::run(scale).await);
+    }
+    if runs("archive") {
+        figures.extend(archive::run(scale).await);
     }
     report::print(&figures);
     println!("finished in {:.1} s", started.elapsed().as_secs_f64());

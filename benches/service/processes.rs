@@ -79,7 +79,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Where a child's output goes: quiet on the terminal, but there to read when it fails.
-fn log_path(name: &str) -> PathBuf {
+pub fn log_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-{name}.log"))
 }
 
@@ -188,6 +188,11 @@ impl EmulatorClient {
         )
         .expect("sign the server token");
         Self { base_url, http: reqwest::Client::new(), token }
+    }
+
+    /// The emulator's URL.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
     }
 
     /// Sends a control request (`/_emulator/<path>`) and returns its JSON answer.

@@ -1,4 +1,4 @@
-//! Readings of a child process from `/proc/<pid>/`: CPU time and resident memory.
+//! Readings of a process from `/proc/<pid>/`: CPU time and resident memory (now and peak).
 //!
 //! Reading `/proc` instead of instrumenting the service keeps the service untouched and measures
 //! the bare tonic server in exactly the same way.
@@ -22,10 +22,25 @@ pub fn cpu_time(pid: u32) -> Duration {
 
 /// The resident set size in bytes (`VmRSS`).
 pub fn rss_bytes(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:") * 1024
+}
+
+/// The peak resident set size in bytes (`VmHWM`) since the start or the last [`reset_peak_rss`].
+pub fn peak_rss_bytes(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:") * 1024
+}
+
+/// Resets the peak (`VmHWM`) to the present RSS: `5` written to `/proc/<pid>/clear_refs`
+/// (Linux 4.0 and later; this process or a child of the same user). Whether it could.
+pub fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// A `kB` field of `/proc/<pid>/status`, in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS in /proc/<pid>/status");
-    let kib: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS in kB");
-    kib * 1024
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("{field} in /proc/<pid>/status"));
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{field} in kB"))
 }
 
 /// The machine, for the report: CPU model, core count, memory.
