@@ -15,8 +15,9 @@ pub mod destination;
 pub mod manifest;
 pub mod stores;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
+use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, path::Path};
@@ -42,6 +43,10 @@ pub struct ArchiveSettings {
     /// The store clients' options (the process's cloud variables).
     pub store_options: StoreOptions,
 }
+
+/// Retries of a manifest's write, and the first wait between them (it doubles).
+const MANIFEST_RETRIES: usize = 5;
+const MANIFEST_FIRST_RETRY: Duration = Duration::from_millis(500);
 
 /// Archive copies running at once in this replica, all jobs together: each holds a few parts
 /// in memory.
@@ -215,11 +220,8 @@ impl Archives {
                 Err(error) => Err(CopyError::store(error)),
             }
         };
-        use backon::{ExponentialBuilder, Retryable};
         write
-            .retry(
-                ExponentialBuilder::default().with_min_delay(std::time::Duration::from_millis(500)).with_max_times(5),
-            )
+            .retry(ExponentialBuilder::default().with_min_delay(MANIFEST_FIRST_RETRY).with_max_times(MANIFEST_RETRIES))
             .when(CopyError::is_temporary)
             .await
     }
