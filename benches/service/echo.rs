@@ -14,7 +14,10 @@ use stream_export::proto::{
     ListExportJobsResponse, ListTasksRequest, ListTasksResponse, ReadExportRequest, Task, TaskEvent,
     VerifyExportJobRequest, VerifyExportJobResponse, WatchExportJobRequest, WatchTaskRequest,
     export_service_server::{ExportService, ExportServiceServer},
-    task_event::EventType,
+};
+use stream_export::proto::{
+    CreateExportScheduleRequest, DeleteExportScheduleRequest, ExportSchedule, GetExportScheduleRequest,
+    ListExportSchedulesRequest, ListExportSchedulesResponse, UpdateExportScheduleRequest, task_event::EventType,
 };
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -108,6 +111,38 @@ impl ExportService for Echo {
         &self,
         _: Request<VerifyExportJobRequest>,
     ) -> Result<Response<VerifyExportJobResponse>, Status> {
+        Err(Status::unimplemented("echo server"))
+    }
+
+    async fn create_export_schedule(
+        &self,
+        _: Request<CreateExportScheduleRequest>,
+    ) -> Result<Response<ExportSchedule>, Status> {
+        Err(Status::unimplemented("echo server"))
+    }
+
+    async fn get_export_schedule(
+        &self,
+        _: Request<GetExportScheduleRequest>,
+    ) -> Result<Response<ExportSchedule>, Status> {
+        Err(Status::unimplemented("echo server"))
+    }
+
+    async fn list_export_schedules(
+        &self,
+        _: Request<ListExportSchedulesRequest>,
+    ) -> Result<Response<ListExportSchedulesResponse>, Status> {
+        Err(Status::unimplemented("echo server"))
+    }
+
+    async fn update_export_schedule(
+        &self,
+        _: Request<UpdateExportScheduleRequest>,
+    ) -> Result<Response<ExportSchedule>, Status> {
+        Err(Status::unimplemented("echo server"))
+    }
+
+    async fn delete_export_schedule(&self, _: Request<DeleteExportScheduleRequest>) -> Result<Response<()>, Status> {
         Err(Status::unimplemented("echo server"))
     }
 }

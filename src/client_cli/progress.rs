@@ -174,6 +174,7 @@ impl Display {
             end_time: job.end_time,
             error: job.error.clone(),
             manifest_uri: job.manifest_uri.clone(),
+            schedule_id: job.schedule_id.clone(),
         });
         match self.mode {
             Mode::Json => say!("{}", job_event_json(event)),

@@ -66,6 +66,15 @@ pub enum Resource<'a> {
         /// Its `archive_uri`, normalised, when it archives.
         archive: Option<&'a str>,
     },
+    /// `Schedule::"<id>"`, with the caller that created it (none yet at `CreateExportSchedule`).
+    Schedule {
+        /// The schedule id.
+        id: &'a str,
+        /// Who created it.
+        owner: Option<&'a str>,
+        /// Its template's `archive_uri`, normalised, when its jobs archive.
+        archive: Option<&'a str>,
+    },
     /// `Service::"stream-export"`.
     Service,
 }
@@ -78,6 +87,7 @@ impl Resource<'_> {
             Self::User(id) => ("User", (*id).to_owned()),
             Self::Task { id, .. } => ("Task", (*id).to_owned()),
             Self::Job { id, .. } => ("Job", (*id).to_owned()),
+            Self::Schedule { id, .. } => ("Schedule", (*id).to_owned()),
             Self::Service => ("Service", "stream-export".to_owned()),
         };
         format!("{kind}::{}", serde_json::Value::String(id))
@@ -191,7 +201,9 @@ impl Loaded {
         let generation = self.generation.load(Ordering::Relaxed);
         let (owner, rpc, version) = match resource {
             Resource::Task { owner, rpc, .. } => (owner.unwrap_or("\u{1}"), rpc.unwrap_or("\u{1}"), ""),
-            Resource::Job { owner, archive, .. } => (owner.unwrap_or("\u{1}"), archive.unwrap_or("\u{1}"), ""),
+            Resource::Job { owner, archive, .. } | Resource::Schedule { owner, archive, .. } => {
+                (owner.unwrap_or("\u{1}"), archive.unwrap_or("\u{1}"), "")
+            }
             Resource::Channel { version, .. } => ("", "", *version),
             Resource::User(_) | Resource::Service => ("", "", ""),
         };
@@ -239,7 +251,8 @@ impl Loaded {
                 }
                 (self.uid("Task", id)?, attrs)
             }
-            Resource::Job { id, owner, archive } => {
+            Resource::Job { id, owner, archive } | Resource::Schedule { id, owner, archive } => {
+                let kind = if matches!(resource, Resource::Job { .. }) { "Job" } else { "Schedule" };
                 let mut attrs = HashMap::new();
                 if let Some(owner) = owner {
                     attrs.insert("owner".to_owned(), RestrictedExpression::new_entity_uid(self.uid("Caller", owner)?));
@@ -247,7 +260,7 @@ impl Loaded {
                 if let Some(archive) = archive {
                     attrs.insert("archive".to_owned(), RestrictedExpression::new_string((*archive).to_owned()));
                 }
-                (self.uid("Job", id)?, attrs)
+                (self.uid(kind, id)?, attrs)
             }
             Resource::Service => (self.uid("Service", "stream-export")?, HashMap::new()),
         };
@@ -307,7 +320,7 @@ struct EntityTypes(HashMap<&'static str, EntityTypeName>);
 
 impl EntityTypes {
     fn new() -> Result<Self, String> {
-        ["Caller", "Channel", "User", "Task", "Job", "Service", "Action"]
+        ["Caller", "Channel", "User", "Task", "Job", "Schedule", "Service", "Action"]
             .into_iter()
             .map(|name| EntityTypeName::from_str(name).map(|parsed| (name, parsed)).map_err(|error| error.to_string()))
             .collect::<Result<_, _>>()

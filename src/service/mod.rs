@@ -25,6 +25,7 @@ mod page_token;
 mod read_export;
 mod revocation;
 mod rpc;
+mod schedules;
 mod submits;
 mod task_access;
 mod task_reads;
@@ -52,6 +53,10 @@ use crate::{
         GetTaskRequest, ListExportJobTasksRequest, ListExportJobTasksResponse, ListExportJobsRequest,
         ListExportJobsResponse, ListTasksRequest, ListTasksResponse, ReadExportRequest, Task, VerifyExportJobRequest,
         VerifyExportJobResponse, WatchExportJobRequest, WatchTaskRequest, export_service_server::ExportService,
+    },
+    proto::{
+        CreateExportScheduleRequest, DeleteExportScheduleRequest, ExportSchedule, GetExportScheduleRequest,
+        ListExportSchedulesRequest, ListExportSchedulesResponse, UpdateExportScheduleRequest,
     },
     store::{SubmitStore, TaskRegistry},
     task_watch::WatchHub,
@@ -231,6 +236,41 @@ impl ExportService for ExportApi {
         request: Request<VerifyExportJobRequest>,
     ) -> Result<Response<VerifyExportJobResponse>, Status> {
         jobs::verify_export_job(self, request).await
+    }
+
+    async fn create_export_schedule(
+        &self,
+        request: Request<CreateExportScheduleRequest>,
+    ) -> Result<Response<ExportSchedule>, Status> {
+        schedules::create_export_schedule(self, request).await
+    }
+
+    async fn get_export_schedule(
+        &self,
+        request: Request<GetExportScheduleRequest>,
+    ) -> Result<Response<ExportSchedule>, Status> {
+        schedules::get_export_schedule(self, request).await
+    }
+
+    async fn list_export_schedules(
+        &self,
+        request: Request<ListExportSchedulesRequest>,
+    ) -> Result<Response<ListExportSchedulesResponse>, Status> {
+        schedules::list_export_schedules(self, request).await
+    }
+
+    async fn update_export_schedule(
+        &self,
+        request: Request<UpdateExportScheduleRequest>,
+    ) -> Result<Response<ExportSchedule>, Status> {
+        schedules::update_export_schedule(self, request).await
+    }
+
+    async fn delete_export_schedule(
+        &self,
+        request: Request<DeleteExportScheduleRequest>,
+    ) -> Result<Response<()>, Status> {
+        schedules::delete_export_schedule(self, request).await
     }
 }
 

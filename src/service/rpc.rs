@@ -37,11 +37,21 @@ pub enum Rpc {
     ListExportJobTasks,
     /// Checks an archived job's objects against its manifest.
     VerifyExportJob,
+    /// Creates an export schedule.
+    CreateExportSchedule,
+    /// Reads an export schedule.
+    GetExportSchedule,
+    /// Pages through export schedules.
+    ListExportSchedules,
+    /// Changes an export schedule (pause, resume, its template or timing).
+    UpdateExportSchedule,
+    /// Deletes an export schedule.
+    DeleteExportSchedule,
 }
 
 impl Rpc {
     /// Every RPC, in the proto's order.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 19] = [
         Self::ExportChannels,
         Self::ExportUsers,
         Self::ExportUser,
@@ -56,6 +66,11 @@ impl Rpc {
         Self::WatchExportJob,
         Self::ListExportJobTasks,
         Self::VerifyExportJob,
+        Self::CreateExportSchedule,
+        Self::GetExportSchedule,
+        Self::ListExportSchedules,
+        Self::UpdateExportSchedule,
+        Self::DeleteExportSchedule,
     ];
 
     /// The RPCs that submit a task, which the task registry records (a record's `rpc`).
@@ -79,6 +94,11 @@ impl Rpc {
             Self::WatchExportJob => "WatchExportJob",
             Self::ListExportJobTasks => "ListExportJobTasks",
             Self::VerifyExportJob => "VerifyExportJob",
+            Self::CreateExportSchedule => "CreateExportSchedule",
+            Self::GetExportSchedule => "GetExportSchedule",
+            Self::ListExportSchedules => "ListExportSchedules",
+            Self::UpdateExportSchedule => "UpdateExportSchedule",
+            Self::DeleteExportSchedule => "DeleteExportSchedule",
         }
     }
 }
