@@ -9,6 +9,7 @@
 mod access;
 mod calls;
 mod jobs;
+mod schedules;
 mod state;
 mod telemetry;
 mod transport;
@@ -21,6 +22,7 @@ pub use self::{
     access::{AccessArgs, AccessSettings},
     calls::{CallArgs, ReadArgs},
     jobs::JobArgs,
+    schedules::ScheduleArgs,
     state::{IdempotencySettings, StateArgs, StateSettings},
     telemetry::TelemetryArgs,
     transport::{DEFAULT_MAX_CONCURRENT_STREAMS, TlsArgs, TlsSettings, TransportArgs, TransportSettings},
@@ -33,7 +35,7 @@ pub use self::{
 use crate::{
     archive::{ArchiveSettings, StoreOptions},
     fleet::RedisSettings,
-    jobs::JobSettings,
+    jobs::{JobSettings, schedules::ScheduleSettings},
     service::CallLimits,
     store::embedded::DEFAULT_STATE_DIR,
     task_watch::WatchSettings,
@@ -63,6 +65,10 @@ pub struct ServeArgs {
     /// Export jobs.
     #[command(flatten)]
     pub jobs: JobArgs,
+
+    /// Export schedules.
+    #[command(flatten)]
+    pub schedules: ScheduleArgs,
 
     /// Limits of unary calls.
     #[command(flatten)]
@@ -108,6 +114,8 @@ pub struct Settings {
     pub watch: WatchSettings,
     /// Tuning of export jobs.
     pub jobs: JobSettings,
+    /// Tuning of export schedules.
+    pub schedules: ScheduleSettings,
     /// Where export jobs may archive.
     pub archive: ArchiveSettings,
     /// Limits on unary calls and ReadExport streams.
@@ -138,6 +146,7 @@ impl Settings {
             metrics_listen: None,
             watch: WatchSettings::default(),
             jobs: JobSettings::default(),
+            schedules: ScheduleSettings::default(),
             archive: ArchiveSettings { allow: Vec::new(), store_options: StoreOptions::from_env() },
             limits: CallLimits::default(),
             transport: TransportSettings::default(),
@@ -158,6 +167,7 @@ impl ServeArgs {
         self.calls.check()?;
         self.watch.check()?;
         self.jobs.check()?;
+        self.schedules.check()?;
         self.state.check()?;
         self.reads.check()?;
         self.transport.check()?;
@@ -171,6 +181,7 @@ impl ServeArgs {
             watch: self.watch.into_settings(),
             archive: self.jobs.archive_settings(),
             jobs: self.jobs.into_settings(),
+            schedules: self.schedules.into_settings(),
             limits: self.calls.into_limits(self.reads.into_limits()),
             transport: self.transport.into_settings(self.tls.into_settings()),
             access: self.access.into_settings(),

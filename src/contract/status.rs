@@ -110,6 +110,12 @@ pub mod reason {
     pub const JOB_TASK_FAILED: &str = "JOB_TASK_FAILED";
     /// A job's channel query matched more channels than a job may hold.
     pub const JOB_TOO_LARGE: &str = "JOB_TOO_LARGE";
+    /// No export schedule has this id (or it was deleted).
+    pub const SCHEDULE_NOT_FOUND: &str = "SCHEDULE_NOT_FOUND";
+    /// The caller, or the service, already has as many export schedules as it allows.
+    pub const SCHEDULE_LIMIT_REACHED: &str = "SCHEDULE_LIMIT_REACHED";
+    /// A schedule kept changing under an update (its windows firing, other updates): try again.
+    pub const SCHEDULE_BUSY: &str = "SCHEDULE_BUSY";
     /// A job asked for an archive, and the service allows none (no `--archive-allow`).
     pub const ARCHIVE_NOT_CONFIGURED: &str = "ARCHIVE_NOT_CONFIGURED";
     /// A job's `archive_uri` is not under any `--archive-allow` prefix.
@@ -199,6 +205,39 @@ pub fn job_limit_reached(quota: &str, who: &str, limit: usize) -> Status {
     details
         .add_quota_failure_violation(format!("stream-export:{quota}"), format!("at most {limit} running jobs {who}"));
     build(Code::ResourceExhausted, format!("too many running export jobs {who} (limit {limit})"), details)
+}
+
+/// NOT_FOUND for a schedule id the service does not know.
+pub fn schedule_not_found(schedule_id: &str) -> Status {
+    let metadata = HashMap::from([("schedule_id".to_owned(), schedule_id.to_owned())]);
+    let details = ErrorDetails::with_error_info(reason::SCHEDULE_NOT_FOUND, DOMAIN, metadata);
+    build(Code::NotFound, format!("no export schedule {schedule_id}"), details)
+}
+
+/// RESOURCE_EXHAUSTED when `who` (the caller, or everyone) already has `limit` schedules.
+pub fn schedule_limit_reached(quota: &str, who: &str, limit: usize) -> Status {
+    let mut details = ErrorDetails::with_error_info(
+        reason::SCHEDULE_LIMIT_REACHED,
+        DOMAIN,
+        HashMap::from([("limit".to_owned(), limit.to_string())]),
+    );
+    details.add_quota_failure_violation(format!("stream-export:{quota}"), format!("at most {limit} schedules {who}"));
+    build(
+        Code::ResourceExhausted,
+        format!("too many export schedules {who} (limit {limit}); delete one first"),
+        details,
+    )
+}
+
+/// ABORTED when a schedule changed under each attempt of an update: the caller may try again.
+pub fn schedule_busy(schedule_id: &str) -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(Duration::from_secs(1)));
+    details.set_error_info(
+        reason::SCHEDULE_BUSY,
+        DOMAIN,
+        HashMap::from([("schedule_id".to_owned(), schedule_id.to_owned())]),
+    );
+    build(Code::Aborted, format!("the export schedule {schedule_id} kept changing; try again"), details)
 }
 
 /// UNAVAILABLE when the job store cannot be read or written; nothing was created or changed.

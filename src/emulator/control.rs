@@ -107,12 +107,25 @@ fn task_view(state: &AppState, id: &str) -> Result<Value, Refusal> {
     let inner = state.lock();
     let task = inner.tasks.get(&id).ok_or_else(missing)?;
     let (status, since) = task.state(now);
+    // What the export asked for, as received: tests check the windows a client sent.
+    let at = |instant: Option<chrono::DateTime<chrono::Utc>>| {
+        instant.map(|instant| instant.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    };
+    let channels: Vec<Value> = match &task.kind {
+        ExportKind::Channels(spec) => spec
+            .channels
+            .iter()
+            .map(|channel| json!({"cid": channel.cid, "messages_since": at(channel.since), "messages_until": at(channel.until)}))
+            .collect(),
+        _ => Vec::new(),
+    };
     Ok(json!({
         "task_id": id.to_string(),
         "status": status.as_str(),
         "held": task.held(),
         "created_at": timestamp(task.created_at),
         "updated_at": timestamp(since),
+        "channels": channels,
     }))
 }
 

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use super::{
     connection::Redis,
     lease::{Claimed, Lease},
-    script::FleetScript,
+    script::{FleetScript, ScriptCall},
 };
 use crate::{
     contract::job::request_summary,
@@ -36,37 +36,41 @@ use crate::{
 };
 
 /// Creates a job unless its owner's `request_id` names one already (then returns that one's
-/// record); forgets finished jobs past the retention.
-static CREATE: LazyLock<FleetScript> = LazyLock::new(|| {
-    FleetScript::new(
-        "EVALSHA jobs.create",
-        r"
-if ARGV[6] ~= '' then
-  local existing = redis.call('HGET', KEYS[7], ARGV[6])
-  if existing then
-    local record = redis.call('HGET', KEYS[1], existing)
-    if record then return {0, record} end
+/// record); forgets finished jobs past the retention. A Lua function of the keys `K` and
+/// arguments `A` that [`CREATE`] passes, so that a schedule's fire (`fleet::schedules`) creates
+/// its window's job in the script that moves its cursor.
+pub(super) const CREATE_JOB_LUA: &str = r"
+local function create_job(K, A)
+  if A[6] ~= '' then
+    local existing = redis.call('HGET', K[7], A[6])
+    if existing then
+      local record = redis.call('HGET', K[1], existing)
+      if record then return {0, record} end
+    end
+    redis.call('HSET', K[7], A[6], A[1])
   end
-  redis.call('HSET', KEYS[7], ARGV[6], ARGV[1])
+  local t = redis.call('TIME')
+  local cutoff = string.format('%020.0f|', tonumber(t[1]) * 1000000 + tonumber(t[2]) - tonumber(A[7]))
+  for _, member in ipairs(redis.call('ZRANGEBYLEX', K[8], '-', '(' .. cutoff, 'LIMIT', 0, 16)) do
+    local id = string.sub(member, 22)
+    redis.call('ZREM', K[8], member)
+    redis.call('HDEL', K[1], id)
+    redis.call('HDEL', K[2], id)
+    redis.call('HDEL', K[3], id)
+  end
+  redis.call('HSET', K[1], A[1], A[3])
+  redis.call('HSET', K[2], A[1], A[5])
+  redis.call('HSET', K[3], A[1], A[4])
+  redis.call('ZADD', K[4], 0, A[2])
+  redis.call('ZADD', K[5], 0, A[2])
+  redis.call('ZADD', K[6], 0, A[2])
+  return {1, A[3]}
 end
-local t = redis.call('TIME')
-local cutoff = string.format('%020.0f|', tonumber(t[1]) * 1000000 + tonumber(t[2]) - tonumber(ARGV[7]))
-for _, member in ipairs(redis.call('ZRANGEBYLEX', KEYS[8], '-', '(' .. cutoff, 'LIMIT', 0, 16)) do
-  local id = string.sub(member, 22)
-  redis.call('ZREM', KEYS[8], member)
-  redis.call('HDEL', KEYS[1], id)
-  redis.call('HDEL', KEYS[2], id)
-  redis.call('HDEL', KEYS[3], id)
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[5])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
-redis.call('ZADD', KEYS[4], 0, ARGV[2])
-redis.call('ZADD', KEYS[5], 0, ARGV[2])
-redis.call('ZADD', KEYS[6], 0, ARGV[2])
-return {1, ARGV[3]}
-",
-    )
+";
+
+/// A job's creation ([`CREATE_JOB_LUA`]) alone.
+static CREATE: LazyLock<FleetScript> = LazyLock::new(|| {
+    FleetScript::new("EVALSHA jobs.create", &format!("{CREATE_JOB_LUA}\nreturn create_job(KEYS, ARGV)"))
 });
 
 /// The state rule of a write (`store::jobs::merge`), then the write of the job, of its shards
@@ -157,8 +161,43 @@ impl RedisJobStore {
         Self { redis }
     }
 
-    fn key(&self, suffix: &str) -> String {
+    /// The connection.
+    pub(super) fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
+    /// A key under the jobs' hash tag (a schedule's too: its fire creates a job).
+    pub(super) fn key(&self, suffix: &str) -> String {
         self.redis.key("jobs", "jobs", suffix)
+    }
+
+    /// A call of `script` with the keys and arguments of [`CREATE_JOB_LUA`] for `record`
+    /// first (8 keys, 7 arguments); the caller may add more after them.
+    pub(super) fn creating<'a>(&self, script: &'a FleetScript, mut record: JobRecord) -> ScriptCall<'a> {
+        let whole = record.job.request.take().unwrap_or_default();
+        record.job.request = Some(request_summary(&whole));
+        let request_key = match request_id(&record.job) {
+            "" => String::new(),
+            request_id => format!("{}\n{request_id}", record.job.owner),
+        };
+        let retention = u64::try_from(RETENTION.as_micros()).unwrap_or(u64::MAX);
+        script
+            .call()
+            .key(self.key("records"))
+            .key(self.key("states"))
+            .key(self.key("bodies"))
+            .key(self.key("index"))
+            .key(self.owner_index(&record.job.owner))
+            .key(self.key("unfinished"))
+            .key(self.key("requests"))
+            .key(self.key("finished"))
+            .arg(&record.job.job_id)
+            .arg(member(&JobCursor::of(&record.job)))
+            .arg(record.encode_to_vec())
+            .arg(whole.encode_to_vec())
+            .arg(record.job.state)
+            .arg(request_key)
+            .arg(retention)
     }
 
     fn owner_index(&self, owner: &str) -> String {
@@ -213,6 +252,12 @@ impl RedisJobStore {
     }
 }
 
+/// What a create script answered: `1` and the new record, or `0` and the existing one.
+pub(super) fn created_from(created: i64, stored: &[u8]) -> Option<Created> {
+    let stored = JobRecord::decode(stored).ok()?;
+    Some(if created == 1 { Created::New(stored) } else { Created::Existing(stored) })
+}
+
 /// The index member of a position.
 fn member(cursor: &JobCursor) -> String {
     format!("{:020}|{}", cursor.created_micros.max(0), cursor.job_id)
@@ -224,34 +269,10 @@ fn gone(job_id: &str) -> StoreError {
 
 #[tonic::async_trait]
 impl JobStore for RedisJobStore {
-    async fn create(&self, mut record: JobRecord) -> Result<Created, StoreError> {
-        let whole = record.job.request.take().unwrap_or_default();
-        record.job.request = Some(request_summary(&whole));
-        let request_key = match request_id(&record.job) {
-            "" => String::new(),
-            request_id => format!("{}\n{request_id}", record.job.owner),
-        };
-        let retention = u64::try_from(RETENTION.as_micros()).unwrap_or(u64::MAX);
-        let create = CREATE
-            .call()
-            .key(self.key("records"))
-            .key(self.key("states"))
-            .key(self.key("bodies"))
-            .key(self.key("index"))
-            .key(self.owner_index(&record.job.owner))
-            .key(self.key("unfinished"))
-            .key(self.key("requests"))
-            .key(self.key("finished"))
-            .arg(&record.job.job_id)
-            .arg(member(&JobCursor::of(&record.job)))
-            .arg(record.encode_to_vec())
-            .arg(whole.encode_to_vec())
-            .arg(record.job.state)
-            .arg(request_key)
-            .arg(retention);
-        let (created, stored): (i64, Vec<u8>) = create.run(&self.redis).await?;
-        let stored = JobRecord::decode(stored.as_slice()).map_err(|_| gone(&record.job.job_id))?;
-        Ok(if created == 1 { Created::New(stored) } else { Created::Existing(stored) })
+    async fn create(&self, record: JobRecord) -> Result<Created, StoreError> {
+        let job_id = record.job.job_id.clone();
+        let (created, stored): (i64, Vec<u8>) = self.creating(&CREATE, record).run(&self.redis).await?;
+        created_from(created, &stored).ok_or_else(|| gone(&job_id))
     }
 
     async fn get(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {

@@ -9,7 +9,8 @@
 //! - [`members`]: the replicas alive, by heartbeat.
 //! - [`submit`] and [`registry`]: the stores (`store::SubmitStore`, `store::TaskRegistry`);
 //!   [`jobs`]: export jobs (`store::jobs::JobStore`) and the lease by which one replica runs
-//!   each job (`jobs::JobClaims`).
+//!   each job (`jobs::JobClaims`); `schedules`: export schedules
+//!   (`store::schedules::ScheduleStore`) on the same type, whose fire creates a job.
 //! - [`watch_lease`] and [`budget`]: the watch hub's coordination (`task_watch::coordination`:
 //!   who polls each task, and the fleet's one upstream budget); `renewals`: a replica's
 //!   watch leases, renewed together in one call per interval; `changes`: new observations
@@ -23,6 +24,7 @@ pub mod lease;
 pub mod members;
 pub mod registry;
 mod renewals;
+mod schedules;
 pub mod script;
 pub mod submit;
 pub mod watch_lease;

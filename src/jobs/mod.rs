@@ -14,6 +14,7 @@
 
 pub mod plan;
 mod runner;
+pub mod schedules;
 
 use std::{
     collections::HashMap,
@@ -29,7 +30,7 @@ pub use self::plan::ShardRequest;
 use crate::{
     archive::{Archives, Location},
     contract::status,
-    proto::{ArchivedFile, ExportJob},
+    proto::{ArchivedFile, CreateExportJobRequest, ExportJob, ExportJobProgress, create_export_job_request::Selector},
     store::{
         Fingerprint, StoreError, SubmitStore, TaskRegistry,
         jobs::{Created, JobCursor, JobRecord, JobStore, ShardRecord},
@@ -113,6 +114,25 @@ pub trait JobPolicy: Send + Sync + std::fmt::Debug + 'static {
     /// submit RPCs do, and builds its upstream request. The error is the status the submit
     /// RPC would have returned (PERMISSION_DENIED `NOT_AUTHORIZED` naming the channel, say).
     fn prepare(&self, owner: &Owner, shard: &ShardRequest) -> Result<Prepared, Status>;
+
+    /// Checks that `owner` may create `job` (as `CreateExportJob` would, and each channel of
+    /// an explicit list): a schedule's job is checked when its window starts, so that a policy
+    /// change takes effect from the next window.
+    fn authorize_start(&self, owner: &Owner, job: &ExportJob) -> Result<(), Status>;
+}
+
+/// The progress of a job before it is planned: the totals of an explicit list (a query's are
+/// known once it is listed).
+pub fn planned_progress(request: &CreateExportJobRequest, shard_size: usize) -> Option<ExportJobProgress> {
+    let items = plan::listed(request)?;
+    let total = items.len() as u64;
+    let users = matches!(request.selector, Some(Selector::Users(_)));
+    Some(ExportJobProgress {
+        channels_total: if users { 0 } else { total },
+        users_total: if users { total } else { 0 },
+        tasks_total: total.div_ceil(shard_size.max(1) as u64),
+        ..ExportJobProgress::default()
+    })
 }
 
 /// Who runs each job. In one process, this replica runs every job ([`RunsEveryJob`]); in a
@@ -266,6 +286,23 @@ impl Jobs {
             self.inner.changes.send_modify(|version| *version += 1);
         }
         Ok(created)
+    }
+
+    /// Whether `owner` may start another job now (the running-job caps).
+    pub fn has_room(&self, owner: &str) -> bool {
+        self.check_caps(owner).is_ok()
+    }
+
+    /// Starts a job that was stored by other means (a schedule's window, created with its
+    /// cursor's move).
+    pub fn run_created(&self, record: JobRecord) {
+        self.start(record);
+        self.inner.changes.send_modify(|version| *version += 1);
+    }
+
+    /// The checks of each job and shard.
+    pub fn policy(&self) -> &Arc<dyn JobPolicy> {
+        &self.inner.parts.policy
     }
 
     fn check_caps(&self, owner: &str) -> Result<(), Status> {

@@ -16,6 +16,8 @@ pub enum Subject<'a> {
     Task(&'a str),
     /// An export job (CreateExportJob): its id, once created.
     Job(&'a str),
+    /// An export schedule (its create, update or delete): its id.
+    Schedule(&'a str),
 }
 
 /// Records one audited call and its outcome.
@@ -23,13 +25,17 @@ pub fn record(caller: &Caller, rpc: Rpc, subject: &Subject<'_>, outcome: Result<
     let (channels, users) = match subject {
         Subject::Channels(cids) => (cids.join(","), String::new()),
         Subject::Users(ids) => (String::new(), ids.join(",")),
-        Subject::Task(_) | Subject::Job(_) => (String::new(), String::new()),
+        Subject::Task(_) | Subject::Job(_) | Subject::Schedule(_) => (String::new(), String::new()),
     };
     let (id, code) = match outcome {
         Ok(id) => (id, code_name(tonic::Code::Ok)),
         Err(status) => ("", code_name(status.code())),
     };
-    let (task_id, job_id) = if matches!(subject, Subject::Job(_)) { ("", id) } else { (id, "") };
+    let (task_id, job_id, schedule_id) = match subject {
+        Subject::Job(_) => ("", id, ""),
+        Subject::Schedule(_) => ("", "", id),
+        _ => (id, "", ""),
+    };
     tracing::info!(
         target: "audit",
         caller = %caller,
@@ -39,6 +45,7 @@ pub fn record(caller: &Caller, rpc: Rpc, subject: &Subject<'_>, outcome: Result<
         users,
         task_id,
         job_id,
+        schedule_id,
         code,
         "audit"
     );

@@ -24,12 +24,12 @@ use super::{
 use crate::{
     archive::{Location, Refusal},
     contract::{status, task::timestamp},
-    jobs::{JobPolicy, Owner, Prepared, ShardBody, ShardRequest, plan, store_failure},
+    jobs::{JobPolicy, Owner, Prepared, ShardBody, ShardRequest, plan, planned_progress, store_failure},
     proto::{
-        CancelExportJobRequest, CreateExportJobRequest, ExportFormatVersion, ExportJob, ExportJobEvent,
-        ExportJobProgress, ExportJobState, GetExportJobRequest, ListExportJobTasksRequest, ListExportJobTasksResponse,
-        ListExportJobsRequest, ListExportJobsResponse, VerifyExportJobRequest, VerifyExportJobResponse,
-        WatchExportJobRequest, create_export_job_request::Selector, task_event::EventType,
+        CancelExportJobRequest, CreateExportJobRequest, ExportFormatVersion, ExportJob, ExportJobEvent, ExportJobState,
+        GetExportJobRequest, ListExportJobTasksRequest, ListExportJobTasksResponse, ListExportJobsRequest,
+        ListExportJobsResponse, VerifyExportJobRequest, VerifyExportJobResponse, WatchExportJobRequest,
+        create_export_job_request::Selector, task_event::EventType,
     },
     store::{
         Fingerprint,
@@ -86,16 +86,7 @@ pub(super) async fn create_export_job(
         fingerprinted.request_id.clear();
         let fingerprint = Fingerprint::of_bytes(rpc.name(), &fingerprinted.encode_to_vec()).to_hex();
         let now = Some(timestamp(Utc::now()));
-        let progress = items.as_ref().map(|items| {
-            let total = items.len() as u64;
-            let users = matches!(message.selector, Some(Selector::Users(_)));
-            ExportJobProgress {
-                channels_total: if users { 0 } else { total },
-                users_total: if users { total } else { 0 },
-                tasks_total: total.div_ceil(settings.shard_size.max(1) as u64),
-                ..ExportJobProgress::default()
-            }
-        });
+        let progress = planned_progress(message, settings.shard_size);
         let job = ExportJob {
             job_id,
             owner: call.caller.name.clone(),
@@ -126,7 +117,7 @@ pub(super) async fn create_export_job(
 }
 
 /// Checks `ExportChannels` (or `ExportUsers`) on every item of an explicit list.
-fn check_items(
+pub(super) fn check_items(
     policies: &Policies,
     caller: &Caller,
     request: &CreateExportJobRequest,
@@ -167,7 +158,7 @@ pub(super) async fn get_export_job(
 }
 
 /// An `archive_uri`, normalised, if the service lets jobs write there (`None` when empty).
-fn archive_location(api: &ExportApi, archive_uri: &str) -> Result<Option<String>, Status> {
+pub(super) fn archive_location(api: &ExportApi, archive_uri: &str) -> Result<Option<String>, Status> {
     if archive_uri.is_empty() {
         return Ok(None);
     }
@@ -415,7 +406,7 @@ impl JobWatch {
 }
 
 /// A page size: 0 is the default; negative is refused.
-fn page_size(requested: i32) -> Result<usize, Status> {
+pub(super) fn page_size(requested: i32) -> Result<usize, Status> {
     match requested {
         size if size < 0 => Err(status::invalid_page("page_size", "must not be negative")),
         0 => Ok(DEFAULT_PAGE_SIZE),
@@ -425,7 +416,12 @@ fn page_size(requested: i32) -> Result<usize, Status> {
 
 /// Where a page token says a listing stopped; INVALID_ARGUMENT for a token not given to this
 /// caller for this listing.
-fn read_token(api: &ExportApi, token: &str, caller: &Caller, listing: Listing) -> Result<Option<Cursor>, Status> {
+pub(super) fn read_token(
+    api: &ExportApi,
+    token: &str,
+    caller: &Caller,
+    listing: Listing,
+) -> Result<Option<Cursor>, Status> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -484,6 +480,18 @@ impl JobPolicy for JobChecks {
                 let fingerprint = Fingerprint::of(Rpc::ExportUsers.name(), &body);
                 Ok(Prepared { body: ShardBody::Users(body), fingerprint, rpc: Rpc::ExportUsers.name() })
             }
+        }
+    }
+
+    fn authorize_start(&self, owner: &Owner, job: &ExportJob) -> Result<(), Status> {
+        let caller = Caller { name: owner.name.clone(), source: CallerSource::from_name(&owner.source) };
+        let archive = archive_of(job);
+        let resource = Resource::Job { id: &job.job_id, owner: None, archive: archive.as_deref() };
+        self.policies.check(&caller, Rpc::CreateExportJob, &resource)?;
+        let request = job.request.clone().unwrap_or_default();
+        match plan::listed(&request) {
+            Some(items) => check_items(&self.policies, &caller, &request, &items),
+            None => Ok(()),
         }
     }
 }

@@ -46,7 +46,7 @@ pub use self::{
 };
 use crate::{
     export_file::ReadLimits,
-    jobs::Jobs,
+    jobs::{Jobs, schedules::Schedules},
     proto::{
         CancelExportJobRequest, CreateExportJobRequest, ExportChannelsRequest, ExportChannelsResponse, ExportJob,
         ExportUserRequest, ExportUserResponse, ExportUsersRequest, ExportUsersResponse, GetExportJobRequest,
@@ -96,6 +96,7 @@ pub struct ExportApi {
     submits: Arc<dyn SubmitStore>,
     registry: Arc<dyn TaskRegistry>,
     jobs: Jobs,
+    schedules: Schedules,
     policies: Policies,
     limits: CallLimits,
     /// One permit per call in flight (see `call::Call::begin`).
@@ -119,12 +120,12 @@ const RECORD_COUNTS_REMEMBERED: u64 = 10_000;
 impl ExportApi {
     /// A service that sends every request through `client`, watches tasks through `hub`,
     /// deduplicates submits in `stores.submits`, records their tasks in `stores.registry`, runs
-    /// export jobs in `jobs`, and lets callers do what `policies` permit.
+    /// export jobs and schedules in `schedules`, and lets callers do what `policies` permit.
     pub fn new(
         client: StreamClient,
         hub: WatchHub,
         stores: Stores,
-        jobs: Jobs,
+        schedules: Schedules,
         policies: Policies,
         limits: CallLimits,
     ) -> Self {
@@ -133,7 +134,8 @@ impl ExportApi {
             hub,
             submits: stores.submits,
             registry: stores.registry,
-            jobs,
+            jobs: schedules.jobs().clone(),
+            schedules,
             policies,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             read_streams: Arc::new(Semaphore::new(limits.reads.max_streams)),

@@ -28,12 +28,21 @@ pub enum Listing {
     OwnJobs = 3,
     /// `ListExportJobTasks` (the cursor's id is the job's).
     JobTasks = 4,
+    /// `ListExportSchedules` over every schedule.
+    AllSchedules = 5,
+    /// `ListExportSchedules` over the caller's own schedules.
+    OwnSchedules = 6,
 }
 
 impl Listing {
     /// The `ListTasks` listing, over the caller's own tasks or every task.
     pub fn tasks(own_only: bool) -> Self {
         if own_only { Self::OwnTasks } else { Self::AllTasks }
+    }
+
+    /// The `ListExportSchedules` listing, over the caller's own schedules or every schedule.
+    pub fn schedules(own_only: bool) -> Self {
+        if own_only { Self::OwnSchedules } else { Self::AllSchedules }
     }
 
     /// The `ListExportJobs` listing, over the caller's own jobs or every job.

@@ -8,9 +8,10 @@ use tonic_types::FieldViolation;
 
 use crate::{
     export_file::Encoding,
+    jobs::schedules::{MAX_LAG, MIN_INTERVAL},
     proto::{
-        ChannelRef, CreateExportJobRequest, ExportChannelsRequest, ExportFormatVersion, ExportUsersRequest,
-        RecordEncoding, create_export_job_request::Selector,
+        ChannelRef, CreateExportJobRequest, ExportChannelsRequest, ExportFormatVersion, ExportSchedule,
+        ExportUsersRequest, RecordEncoding, create_export_job_request::Selector,
     },
     upstream::wire::{ChannelExport, ExportChannelsBody, ExportUsersBody},
 };
@@ -182,6 +183,25 @@ pub fn job_id(job_id: &str) -> Result<String, Vec<FieldViolation>> {
     problems.finish(canonical.unwrap_or_default())
 }
 
+/// Checks a schedule id and returns its canonical spelling (a lower-case hyphenated UUID).
+pub fn schedule_id(field: &str, schedule_id: &str) -> Result<String, Vec<FieldViolation>> {
+    let mut problems = Violations::default();
+    let canonical = uuid::Uuid::try_parse(schedule_id).map(|uuid| uuid.hyphenated().to_string());
+    if schedule_id.is_empty() {
+        problems.add(field, "is required");
+    } else if canonical.is_err() {
+        problems.add(field, "must be a schedule id as CreateExportSchedule returned it (a UUID)");
+    }
+    problems.finish(canonical.unwrap_or_default())
+}
+
+/// Checks an optional idempotency key (a UUID), as the submits' `request_id`.
+pub fn request_id(request_id: &str) -> Result<(), Vec<FieldViolation>> {
+    let mut problems = Violations::default();
+    check_request_id(&mut problems, request_id);
+    problems.finish(())
+}
+
 /// Validates the user id of an `ExportUser` request.
 pub fn user_id(user_id: &str) -> Result<(), Vec<FieldViolation>> {
     let mut problems = Violations::default();
@@ -312,6 +332,112 @@ fn check_token(problems: &mut Violations, field: &str, value: &str, max_len: usi
 fn check_request_id(problems: &mut Violations, request_id: &str) {
     if !request_id.is_empty() && uuid::Uuid::try_parse(request_id).is_err() {
         problems.add("request_id", "must be a UUID, e.g. 0b6c7d7e-52d9-4f4e-9d4a-3c1d2b8e9f10");
+    }
+}
+
+/// Validates what a caller sets of an `ExportSchedule` (`field` is its path, `schedule`): the
+/// template (a job request over channels, without windows of its own), the interval, the
+/// start and the lag. The template's window and `request_id` are the schedule's, not checked.
+pub fn export_schedule(field: &str, schedule: &ExportSchedule) -> Result<(), Vec<FieldViolation>> {
+    let mut problems = Violations::default();
+    schedule_template(&mut problems, field, schedule.template.as_ref());
+    schedule_timing(&mut problems, field, schedule);
+    match &schedule.start_time {
+        None => problems.add(format!("{field}.start_time"), "is required: the start of the first window"),
+        Some(start)
+            if DateTime::from_timestamp(start.seconds, 0).is_none() || !(0..1_000_000_000).contains(&start.nanos) =>
+        {
+            problems.add(format!("{field}.start_time"), "is not a valid timestamp");
+        }
+        Some(_) => {}
+    }
+    problems.finish(())
+}
+
+/// Validates the fields of a schedule that `UpdateExportSchedule` may change and `paths` names.
+pub fn export_schedule_update(schedule: &ExportSchedule, paths: &[String]) -> Result<(), Vec<FieldViolation>> {
+    let mut problems = Violations::default();
+    if paths.is_empty() {
+        problems.add(
+            "update_mask",
+            "is required: name the fields to change, of paused, template, interval, lag, full_every",
+        );
+    }
+    for path in paths {
+        match path.as_str() {
+            "template" => schedule_template(&mut problems, "schedule", schedule.template.as_ref()),
+            "interval" | "lag" => {}
+            "paused" | "full_every" => {}
+            other => problems.add(
+                "update_mask",
+                format!("cannot change {other:?}: only paused, template, interval, lag and full_every can change"),
+            ),
+        }
+    }
+    if paths.iter().any(|path| path == "interval" || path == "lag") {
+        let mut timing = Violations::default();
+        schedule_timing(&mut timing, "schedule", schedule);
+        // Only the named fields' problems: the other one is not changing.
+        timing.0.retain(|problem| paths.iter().any(|path| problem.field == format!("schedule.{path}")));
+        problems.0.extend(timing.0);
+    }
+    problems.finish(())
+}
+
+fn schedule_template(problems: &mut Violations, field: &str, template: Option<&CreateExportJobRequest>) {
+    let Some(template) = template else {
+        return problems.add(format!("{field}.template"), "is required: the export job each window starts");
+    };
+    if matches!(template.selector, Some(Selector::Users(_))) {
+        problems.add(
+            format!("{field}.template.users"),
+            "a schedule exports channels, whose messages have windows; a users export has none (use CreateExportJob)",
+        );
+        return;
+    }
+    if let Some(Selector::Channels(list)) = &template.selector {
+        for (index, channel) in list.channels.iter().enumerate() {
+            if channel.messages_since.is_some() || channel.messages_until.is_some() {
+                problems.add(
+                    format!("{field}.template.channels.channels[{index}]"),
+                    "has a window of its own: a schedule sets every channel's window",
+                );
+            }
+        }
+    }
+    let windowless = CreateExportJobRequest {
+        messages_since: None,
+        messages_until: None,
+        request_id: String::new(),
+        ..template.clone()
+    };
+    if let Err(found) = create_export_job(&windowless) {
+        for problem in found {
+            problems.add(format!("{field}.template.{}", problem.field), problem.description);
+        }
+    }
+}
+
+fn schedule_timing(problems: &mut Violations, field: &str, schedule: &ExportSchedule) {
+    let valid =
+        |duration: &prost_types::Duration| duration.seconds >= 0 && (0..1_000_000_000).contains(&duration.nanos);
+    match &schedule.interval {
+        None => problems.add(format!("{field}.interval"), "is required: the length of each window, e.g. 86400s"),
+        Some(interval) if !valid(interval) || (interval.seconds as u64) < MIN_INTERVAL.as_secs() => {
+            problems.add(format!("{field}.interval"), "must be at least 1s (schedules are meant for hours and days)");
+        }
+        Some(interval) if interval.nanos % 1_000 != 0 => {
+            problems.add(format!("{field}.interval"), "must be whole microseconds, as Stream's timestamps are");
+        }
+        Some(_) => {}
+    }
+    if let Some(lag) = &schedule.lag {
+        let too_long = u64::try_from(lag.seconds).is_ok_and(|seconds| seconds > MAX_LAG.as_secs());
+        if !valid(lag) || too_long {
+            problems.add(format!("{field}.lag"), format!("must be between 0s and {}s (7 days)", MAX_LAG.as_secs()));
+        } else if lag.nanos % 1_000 != 0 {
+            problems.add(format!("{field}.lag"), "must be whole microseconds, as Stream's timestamps are");
+        }
     }
 }
 

@@ -30,14 +30,16 @@ use crate::{
         submit::RedisSubmitStore,
         watch_lease::FleetView,
     },
-    jobs::{JobClaims, JobParts, Jobs, RunsEveryJob},
+    jobs::{JobClaims, JobParts, Jobs, RunsEveryJob, schedules::Schedules},
     proto::{self, export_service_server::ExportServiceServer},
     service::{ExportApi, JobChecks, Stores, authorization::Policies, caller::CallerAuth},
     store::{
         MemoryRegistry, MemoryStore, TaskRegistry,
         embedded::{EmbeddedJobStore, EmbeddedRegistry, EmbeddedSubmitStore, StateDir},
-        jobs::{JobStore, MemoryJobStore},
+        jobs::JobStore,
+        memory_jobs::MemoryJobStore,
         pending::{KeptUntilStored, PENDING_CAPACITY},
+        schedules::ScheduleStore,
     },
     task_watch::{ChangeObserver, Coordination, WatchHub, WatchSettings, coordination::SlotBooker},
     telemetry::{self, layer::GrpcTelemetryLayer},
@@ -157,7 +159,9 @@ impl Application {
                 tracing::warn!(%error, "the unfinished export jobs could not be read; they resume at the next start")
             }
         }
-        let api = ExportApi::new(client, hub.clone(), stores, jobs.clone(), policies.clone(), settings.limits);
+        let schedules = Schedules::new(job_seams.schedules, jobs.clone(), settings.schedules);
+        schedules.run();
+        let api = ExportApi::new(client, hub.clone(), stores, schedules, policies.clone(), settings.limits);
         Ok(Self {
             listener,
             api,
@@ -318,6 +322,8 @@ fn stores(
 /// spend, and who runs each.
 struct JobSeams {
     store: Arc<dyn JobStore>,
+    /// The same store's schedules: a window's job is created with its schedule's cursor move.
+    schedules: Arc<dyn ScheduleStore>,
     export_slots: Arc<dyn SlotBooker>,
     claims: Arc<dyn JobClaims>,
 }
@@ -325,18 +331,26 @@ struct JobSeams {
 /// One process: jobs in the state directory (or memory, by choice), its own budget, every job
 /// run here.
 fn solo_job_seams(state: Option<&StateDir>) -> JobSeams {
-    let store: Arc<dyn JobStore> = match state {
-        Some(state) => Arc::new(EmbeddedJobStore::new(state.db())),
-        None => Arc::new(MemoryJobStore::default()),
+    let (store, schedules): (Arc<dyn JobStore>, Arc<dyn ScheduleStore>) = match state {
+        Some(state) => {
+            let store = Arc::new(EmbeddedJobStore::new(state.db()));
+            (store.clone(), store)
+        }
+        None => {
+            let store = Arc::new(MemoryJobStore::default());
+            (store.clone(), store)
+        }
     };
-    JobSeams { store, export_slots: Coordination::solo().slots, claims: Arc::new(RunsEveryJob) }
+    JobSeams { store, schedules, export_slots: Coordination::solo().slots, claims: Arc::new(RunsEveryJob) }
 }
 
 /// A fleet: jobs in Redis, the fleet's one export budget, each job run by the replica holding
 /// its lease.
 fn fleet_job_seams(redis: &Redis, members: &Members) -> JobSeams {
+    let store = Arc::new(RedisJobStore::new(redis.clone()));
     JobSeams {
-        store: Arc::new(RedisJobStore::new(redis.clone())),
+        store: store.clone(),
+        schedules: store,
         export_slots: Arc::new(FleetBudget::named(redis.clone(), members.clone(), "exports")),
         claims: Arc::new(JobLeases::new(redis.clone(), members.id(), JOB_LEASE)),
     }

@@ -1,18 +1,12 @@
 //! Export jobs' state: each job's record, its plan cut into shards, and each shard's attempts,
 //! behind [`JobStore`]. One process keeps it in its state directory (`embedded::EmbeddedJobStore`)
-//! or in memory by choice ([`MemoryJobStore`]); every transition a job runner makes is written
+//! or in memory by choice (`memory_jobs::MemoryJobStore`); every transition a job runner makes is written
 //! here before it is acted on, so that a restart resumes the job where it was.
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    sync::{Arc, Mutex},
-};
+use std::sync::Arc;
 
 use super::StoreError;
-use crate::{
-    contract::job::request_summary,
-    proto::{CreateExportJobRequest, ExportJob, ExportJobState, ExportJobTask},
-};
+use crate::proto::{CreateExportJobRequest, ExportJob, ExportJobState, ExportJobTask};
 
 /// How many finished jobs are kept, at most (the oldest go first); their shards go with them.
 pub const FINISHED_JOBS_KEPT: usize = 10_000;
@@ -136,158 +130,9 @@ pub fn merge(stored: &ExportJob, mut new: ExportJob) -> ExportJob {
     new
 }
 
-/// The [`JobStore`] of a process that keeps its state in memory (by choice: a restart forgets).
-#[derive(Debug, Default)]
-pub struct MemoryJobStore {
-    state: Mutex<MemoryJobs>,
-}
-
-#[derive(Debug, Default)]
-struct MemoryJobs {
-    jobs: HashMap<String, JobRecord>,
-    by_time: BTreeSet<(i64, String)>,
-    shards: HashMap<String, BTreeMap<u32, ShardRecord>>,
-    requests: HashMap<(String, String), String>,
-    bodies: HashMap<String, CreateExportJobRequest>,
-}
-
-impl MemoryJobStore {
-    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryJobs> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl MemoryJobs {
-    fn write(&mut self, job: ExportJob) -> Result<ExportJob, StoreError> {
-        let record = self.jobs.get_mut(&job.job_id).ok_or_else(|| gone(&job.job_id))?;
-        record.job = merge(&record.job, job);
-        Ok(record.job.clone())
-    }
-
-    /// Drops the oldest finished jobs past [`FINISHED_JOBS_KEPT`].
-    fn trim(&mut self) {
-        let finished = self.jobs.values().filter(|record| record.job.state().is_terminal()).count();
-        let mut excess = finished.saturating_sub(FINISHED_JOBS_KEPT);
-        let oldest: Vec<(i64, String)> = self.by_time.iter().cloned().collect();
-        for (at, job_id) in oldest {
-            if excess == 0 {
-                break;
-            }
-            if self.jobs.get(&job_id).is_some_and(|record| record.job.state().is_terminal()) {
-                self.forget(at, &job_id);
-                excess -= 1;
-            }
-        }
-    }
-
-    fn forget(&mut self, at: i64, job_id: &str) {
-        if let Some(record) = self.jobs.remove(job_id) {
-            let request_id = &record.job.request.as_ref().map(|request| request.request_id.clone()).unwrap_or_default();
-            self.requests.remove(&(record.job.owner.clone(), request_id.clone()));
-        }
-        self.by_time.remove(&(at, job_id.to_owned()));
-        self.shards.remove(job_id);
-        self.bodies.remove(job_id);
-    }
-}
-
-/// A write to a job that is no longer kept.
-fn gone(job_id: &str) -> StoreError {
-    StoreError::Unavailable(super::Unavailable(format!("the job {job_id} is no longer kept")))
-}
-
 /// The request id of a job's create request ("" when none).
 pub fn request_id(job: &ExportJob) -> &str {
     job.request.as_ref().map_or("", |request| request.request_id.as_str())
-}
-
-#[tonic::async_trait]
-impl JobStore for MemoryJobStore {
-    async fn create(&self, mut record: JobRecord) -> Result<Created, StoreError> {
-        let whole = record.job.request.take().unwrap_or_default();
-        record.job.request = Some(request_summary(&whole));
-        let mut state = self.lock();
-        let request_id = request_id(&record.job).to_owned();
-        if !request_id.is_empty() {
-            let key = (record.job.owner.clone(), request_id);
-            if let Some(existing) = state.requests.get(&key).and_then(|job_id| state.jobs.get(job_id)) {
-                return Ok(Created::Existing(existing.clone()));
-            }
-            state.requests.insert(key, record.job.job_id.clone());
-        }
-        state.by_time.insert((micros(record.job.create_time.as_ref()), record.job.job_id.clone()));
-        state.jobs.insert(record.job.job_id.clone(), record.clone());
-        state.bodies.insert(record.job.job_id.clone(), whole);
-        state.trim();
-        Ok(Created::New(record))
-    }
-
-    async fn get(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
-        Ok(self.lock().jobs.get(job_id).cloned())
-    }
-
-    async fn request(&self, job_id: &str) -> Result<Option<CreateExportJobRequest>, StoreError> {
-        Ok(self.lock().bodies.get(job_id).cloned())
-    }
-
-    async fn update(&self, job: ExportJob) -> Result<ExportJob, StoreError> {
-        self.lock().write(job)
-    }
-
-    async fn plan(&self, job: ExportJob, shards: Arc<Vec<ShardRecord>>) -> Result<ExportJob, StoreError> {
-        let mut state = self.lock();
-        let job_id = job.job_id.clone();
-        let written = state.write(job)?;
-        state.shards.insert(job_id, shards.iter().map(|shard| (shard.task.shard, shard.clone())).collect());
-        Ok(written)
-    }
-
-    async fn update_shard(&self, job: ExportJob, shard: ShardRecord) -> Result<ExportJob, StoreError> {
-        let mut state = self.lock();
-        let job_id = job.job_id.clone();
-        let written = state.write(job)?;
-        state.shards.entry(job_id).or_default().insert(shard.task.shard, shard);
-        Ok(written)
-    }
-
-    async fn shards(&self, job_id: &str, from: u32, limit: usize) -> Result<Vec<ShardRecord>, StoreError> {
-        let state = self.lock();
-        let Some(shards) = state.shards.get(job_id) else { return Ok(Vec::new()) };
-        Ok(shards.range(from..).take(limit).map(|(_, shard)| shard.clone()).collect())
-    }
-
-    async fn page(
-        &self,
-        owner: Option<&str>,
-        after: Option<&JobCursor>,
-        limit: usize,
-    ) -> Result<Vec<ExportJob>, StoreError> {
-        let state = self.lock();
-        let upper = after.map_or((i64::MAX, String::new()), |at| (at.created_micros, at.job_id.clone()));
-        let jobs = state
-            .by_time
-            .iter()
-            .rev()
-            .filter(|key| after.is_none() || **key < upper)
-            .filter_map(|(_, job_id)| state.jobs.get(job_id))
-            .filter(|record| owner.is_none_or(|owner| record.job.owner == owner))
-            .take(limit)
-            .map(|record| record.job.clone())
-            .collect();
-        Ok(jobs)
-    }
-
-    async fn unfinished(&self) -> Result<Vec<JobRecord>, StoreError> {
-        let state = self.lock();
-        let records = state
-            .by_time
-            .iter()
-            .filter_map(|(_, job_id)| state.jobs.get(job_id))
-            .filter(|record| !record.job.state().is_terminal())
-            .cloned()
-            .collect();
-        Ok(records)
-    }
 }
 
 #[cfg(test)]
@@ -366,10 +211,5 @@ pub(crate) mod tests {
         cancelled.set_state(ExportJobState::Running);
         assert_eq!(store.update(cancelled).await.unwrap().state(), ExportJobState::Cancelled, "an end is final");
         assert_eq!(store.unfinished().await.unwrap().len(), 2);
-    }
-
-    #[tokio::test]
-    async fn the_memory_store_keeps_the_contract() {
-        keeps_the_contract(&MemoryJobStore::default()).await;
     }
 }

@@ -6,14 +6,16 @@
 //! backs with a shared engine, each with an in-memory implementation as the single-process
 //! default, and one error type ([`StoreError`]) that the handlers map to statuses once.
 //! Today: the [`SubmitStore`] (idempotent submits), the [`TaskRegistry`] (who submitted
-//! which task) and the [`jobs::JobStore`] (export jobs and their shards), each in one process's state directory on disk ([`embedded`], the default), in
+//! which task) and the [`jobs::JobStore`] (export jobs and their shards) with the [`schedules::ScheduleStore`] (export schedules, whose cursor moves with their jobs' creation), each in one process's state directory on disk ([`embedded`], the default), in
 //! memory (by choice), or in the fleet's Redis (implemented by `fleet`, above this module).
 
 pub mod embedded;
 pub mod jobs;
 mod memory;
+pub mod memory_jobs;
 pub mod pending;
 pub mod registry;
+pub mod schedules;
 #[cfg(test)]
 mod testing;
 

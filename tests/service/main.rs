@@ -20,6 +20,7 @@ mod read_export;
 mod read_export_json;
 mod read_export_limits;
 mod s3_harness;
+mod schedules;
 mod transport;
 mod upstream_input;
 mod validation;

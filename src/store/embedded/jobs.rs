@@ -37,7 +37,7 @@ const TRIM_BATCH: usize = 16;
 /// The [`JobStore`] of one process, in the state directory.
 #[derive(Debug)]
 pub struct EmbeddedJobStore {
-    db: Arc<StateDb>,
+    pub(super) db: Arc<StateDb>,
 }
 
 impl EmbeddedJobStore {
@@ -108,36 +108,39 @@ fn trim(tx: &WriteTransaction) -> Result<(), redb::Error> {
     Ok(())
 }
 
+/// Stores a new job (its request's lists apart), unless its owner already created one with
+/// its non-empty `request_id` (then that one is returned); forgets the oldest finished jobs.
+pub(super) fn insert_job(tx: &WriteTransaction, mut record: JobRecord) -> Result<Created, redb::Error> {
+    let whole = record.job.request.take().unwrap_or_default();
+    record.job.request = Some(request_summary(&whole));
+    let owner = record.job.owner.as_str();
+    let request_id = request_id(&record.job);
+    if !request_id.is_empty() {
+        let existing = tx.open_table(JOB_REQUESTS)?.get((owner, request_id))?.map(|id| id.value().to_owned());
+        if let Some(existing) = existing.and_then(|job_id| read_record(tx, &job_id).transpose()) {
+            return Ok(Created::Existing(existing?));
+        }
+        tx.open_table(JOB_REQUESTS)?.insert((owner, request_id), record.job.job_id.as_str())?;
+    }
+    trim(tx)?;
+    let at = micros(record.job.create_time.as_ref());
+    let job_id = record.job.job_id.as_str();
+    tx.open_table(JOBS)?.insert(job_id, record.encode_to_vec().as_slice())?;
+    tx.open_table(JOB_BODIES)?.insert(job_id, whole.encode_to_vec().as_slice())?;
+    tx.open_table(JOBS_BY_TIME)?.insert((at, job_id), ())?;
+    tx.open_table(JOBS_BY_OWNER)?.insert((owner, at, job_id), ())?;
+    tx.open_table(JOBS_UNFINISHED)?.insert((at, job_id), ())?;
+    Ok(Created::New(record))
+}
+
 fn gone(why: String) -> StoreError {
     StoreError::Unavailable(crate::store::Unavailable(why))
 }
 
 #[tonic::async_trait]
 impl JobStore for EmbeddedJobStore {
-    async fn create(&self, mut record: JobRecord) -> Result<Created, StoreError> {
-        let whole = record.job.request.take().unwrap_or_default();
-        record.job.request = Some(request_summary(&whole));
-        write_blocking(&self.db, Durability::Immediate, move |tx| {
-            let owner = record.job.owner.as_str();
-            let request_id = request_id(&record.job);
-            if !request_id.is_empty() {
-                let existing = tx.open_table(JOB_REQUESTS)?.get((owner, request_id))?.map(|id| id.value().to_owned());
-                if let Some(existing) = existing.and_then(|job_id| read_record(tx, &job_id).transpose()) {
-                    return Ok(Created::Existing(existing?));
-                }
-                tx.open_table(JOB_REQUESTS)?.insert((owner, request_id), record.job.job_id.as_str())?;
-            }
-            trim(tx)?;
-            let at = micros(record.job.create_time.as_ref());
-            let job_id = record.job.job_id.as_str();
-            tx.open_table(JOBS)?.insert(job_id, record.encode_to_vec().as_slice())?;
-            tx.open_table(JOB_BODIES)?.insert(job_id, whole.encode_to_vec().as_slice())?;
-            tx.open_table(JOBS_BY_TIME)?.insert((at, job_id), ())?;
-            tx.open_table(JOBS_BY_OWNER)?.insert((owner, at, job_id), ())?;
-            tx.open_table(JOBS_UNFINISHED)?.insert((at, job_id), ())?;
-            Ok(Created::New(record))
-        })
-        .await
+    async fn create(&self, record: JobRecord) -> Result<Created, StoreError> {
+        write_blocking(&self.db, Durability::Immediate, move |tx| insert_job(tx, record)).await
     }
 
     async fn get(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {

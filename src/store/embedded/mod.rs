@@ -11,6 +11,7 @@
 
 mod jobs;
 mod registry;
+mod schedules;
 mod submit;
 
 use std::{
