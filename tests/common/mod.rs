@@ -10,6 +10,7 @@ pub mod raw_grpc;
 pub mod records;
 pub mod redis;
 pub mod s3;
+pub mod schedules;
 
 use std::{net::SocketAddr, time::Duration};
 

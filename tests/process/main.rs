@@ -17,6 +17,7 @@ mod fleet_redis;
 mod fleet_watch;
 mod policies;
 mod proxy;
+mod schedules;
 mod security;
 mod state;
 mod telemetry;

@@ -5,21 +5,22 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use chrono::{DateTime, SubsecRound, Utc};
-use reqwest::Method;
 use stream_export::{
     config::StateSettings,
     emulator::EmulatorConfig,
     proto::{
         ChannelList, ChannelRef, CreateExportJobRequest, CreateExportScheduleRequest, DeleteExportScheduleRequest,
-        ExportJob, ExportJobState, ExportSchedule, GetExportScheduleRequest, ListExportJobTasksRequest,
-        ListExportJobsRequest, ListExportSchedulesRequest, UpdateExportScheduleRequest, UserList,
-        create_export_job_request::Selector,
+        ExportJob, ExportJobState, ExportSchedule, GetExportScheduleRequest, ListExportSchedulesRequest,
+        UpdateExportScheduleRequest, UserList, create_export_job_request::Selector,
     },
 };
 use tonic::Code;
 
 use crate::common::{
-    API_KEY, API_SECRET, Options, TestApp, assert_status, emulator::TestEmulator, spawn_app_with, violated_fields,
+    API_KEY, API_SECRET, Options, TestApp, assert_status,
+    emulator::TestEmulator,
+    schedules::{self, Received, assert_tiles, in_window_order},
+    spawn_app_with, violated_fields,
 };
 
 /// A service whose schedules look for due windows often and whose jobs submit at once.
@@ -112,60 +113,12 @@ async fn until(
     }
 }
 
-/// Every job of the schedule, oldest first.
 async fn jobs_of(app: &TestApp, schedule_id: &str) -> Vec<ExportJob> {
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let request = ListExportJobsRequest { page_size: 1_000, page_token };
-        let page = app.client.clone().list_export_jobs(request).await.expect("jobs").into_inner();
-        all.extend(page.jobs.into_iter().filter(|job| job.schedule_id == schedule_id));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
-    all.reverse();
-    all
+    schedules::jobs_of(&mut app.client.clone(), schedule_id).await
 }
 
-/// The windows Stream received for each job's tasks: `(messages_since, messages_until)` as
-/// the emulator parsed them, one pair per job (every channel of a job has the same window).
-async fn windows_received(app: &TestApp, emulator: &TestEmulator, jobs: &[ExportJob]) -> Vec<(Option<String>, String)> {
-    let mut windows = Vec::new();
-    for job in jobs {
-        let request =
-            ListExportJobTasksRequest { job_id: job.job_id.clone(), page_size: 10, page_token: String::new() };
-        let tasks = app.client.clone().list_export_job_tasks(request).await.expect("tasks").into_inner().tasks;
-        let mut seen = BTreeSet::new();
-        for task in tasks {
-            let view = emulator.control(Method::GET, &format!("tasks/{}", task.task_id), None).await;
-            for channel in view["channels"].as_array().expect("channels") {
-                let since = channel["messages_since"].as_str().map(str::to_owned);
-                let until = channel["messages_until"].as_str().expect("every window has an end").to_owned();
-                seen.insert((since, until));
-            }
-        }
-        assert_eq!(seen.len(), 1, "one window per job: {seen:?}");
-        windows.extend(seen);
-    }
-    windows
-}
-
-fn parse(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text).expect("RFC 3339").with_timezone(&Utc)
-}
-
-/// Checks that `windows` (in order) start at `start` and tile: each ends 1 µs before the next.
-fn assert_tiles(windows: &[(Option<String>, String)], start: DateTime<Utc>) {
-    let first = windows.first().and_then(|(since, _)| since.as_deref()).map(parse);
-    assert_eq!(first, Some(start), "the first window starts at start_time");
-    for pair in windows.windows(2) {
-        let (_, until) = &pair[0];
-        let (since, _) = &pair[1];
-        let since = parse(since.as_deref().expect("an incremental window has a start"));
-        assert_eq!(parse(until) + chrono::Duration::microseconds(1), since, "a gap or an overlap: {pair:?}");
-    }
+async fn windows_received(app: &TestApp, emulator: &TestEmulator, jobs: &[ExportJob]) -> Vec<Received> {
+    schedules::windows_received(&mut app.client.clone(), emulator, jobs).await
 }
 
 #[tokio::test]
@@ -199,9 +152,9 @@ async fn thirty_windows_tile_with_no_gap_and_no_overlap_as_stream_received_them(
         .collect();
     assert_eq!(request_ids.len(), 30, "one job per window");
     assert!(request_ids.iter().all(|id| id.starts_with(&format!("schedule:{}:window:", schedule.schedule_id))));
-    let mut windows = windows_received(&app, &emulator, &jobs).await;
+    let windows = windows_received(&app, &emulator, &jobs).await;
     let in_creation_order = windows.clone();
-    windows.sort_by_key(|(since, _)| since.as_deref().map(parse));
+    let windows = in_window_order(windows);
     assert_eq!(in_creation_order, windows, "the jobs were created in window order");
     assert_tiles(&windows, start);
 

@@ -1,0 +1,175 @@
+//! Export schedules as processes (issue 35): a `kill -9` during a window's job and one between
+//! windows neither skip nor repeat a window (the state directory); in a fleet of two replicas
+//! each window is fired once.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::json;
+use stream_export::{
+    emulator::EmulatorConfig,
+    proto::{
+        ChannelList, ChannelRef, CreateExportJobRequest, CreateExportScheduleRequest, ExportJob, ExportJobState,
+        ExportSchedule, create_export_job_request::Selector, export_service_client::ExportServiceClient,
+    },
+};
+use tonic::transport::Channel;
+
+use crate::{
+    common::{
+        API_KEY, API_SECRET, TestEmulator,
+        process::{ServiceProcess, scratch_state_dir},
+        redis::RedisServer,
+        schedules::{assert_tiles, in_window_order, jobs_of, schedule, windows_received},
+    },
+    fleet::{client, replicas_with},
+};
+
+/// Settings that fire windows within 100 ms of their end and submit at once.
+const QUICK: [(&str, &str); 2] =
+    [("STREAM_EXPORT_SCHEDULE_TICK", "100ms"), ("STREAM_EXPORT_UPSTREAM_EXPORT_BUDGET", "6000")];
+
+async fn emulator() -> TestEmulator {
+    let mut config = EmulatorConfig::new(API_KEY, API_SECRET);
+    config.synthetic_channels = 4;
+    TestEmulator::spawn(config).await
+}
+
+/// A schedule of 1 s windows with no lag, from `start`, over two channels (one task a window).
+fn every_second(start: DateTime<Utc>) -> CreateExportScheduleRequest {
+    let channels = (0..2)
+        .map(|n| ChannelRef { r#type: "messaging".into(), id: format!("bulk-{n:06}"), ..Default::default() })
+        .collect();
+    let template =
+        CreateExportJobRequest { selector: Some(Selector::Channels(ChannelList { channels })), ..Default::default() };
+    let schedule = ExportSchedule {
+        template: Some(template),
+        interval: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+        start_time: Some(prost_types::Timestamp { seconds: start.timestamp(), nanos: 0 }),
+        lag: Some(prost_types::Duration::default()),
+        ..Default::default()
+    };
+    CreateExportScheduleRequest { schedule: Some(schedule), request_id: String::new() }
+}
+
+/// Reads the schedule until `done` holds of it (at most `within`).
+async fn until(
+    client: &mut ExportServiceClient<Channel>,
+    schedule_id: &str,
+    within: Duration,
+    done: impl Fn(&ExportSchedule) -> bool,
+) -> ExportSchedule {
+    let started = Instant::now();
+    loop {
+        let read = schedule(client, schedule_id).await;
+        if done(&read) {
+            return read;
+        }
+        assert!(started.elapsed() < within, "the schedule did not get there in time: {read:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every job of the schedule once they all ended.
+async fn ended_jobs(client: &mut ExportServiceClient<Channel>, schedule_id: &str) -> Vec<ExportJob> {
+    let started = Instant::now();
+    loop {
+        let jobs = jobs_of(client, schedule_id).await;
+        if jobs.iter().all(|job| job.state().is_terminal()) {
+            return jobs;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the jobs did not end: {jobs:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn start_on_state(emulator: &TestEmulator, state: &std::path::Path) -> ServiceProcess {
+    let base_url = emulator.base_url();
+    let mut env = vec![
+        ("STREAM_BASE_URL", base_url.as_str()),
+        ("STREAM_API_KEY", API_KEY),
+        ("STREAM_API_SECRET", API_SECRET),
+        ("RUST_LOG", "info"),
+        ("STREAM_EXPORT_STATE_DIR", state.to_str().unwrap()),
+    ];
+    env.extend_from_slice(&QUICK);
+    ServiceProcess::start(&[], &env)
+}
+
+#[tokio::test]
+async fn a_kill_9_during_a_windows_job_and_one_between_windows_neither_skip_nor_repeat_a_window() {
+    let emulator = emulator().await;
+    let state = scratch_state_dir();
+    // Tasks that run for a while: the first kill comes while a window's job is running.
+    let slow = json!({"waiting_ms": 0, "pending_ms": 0, "running_ms": 3_000});
+    emulator.control(reqwest::Method::PUT, "task_defaults", Some(slow)).await;
+    let mut service = start_on_state(&emulator, &state);
+    service.wait_ready(true).await;
+    let start = Utc::now().trunc_subsecs(0) - chrono::Duration::seconds(2);
+    let mut calls = client(&service).await;
+    let id = calls.create_export_schedule(every_second(start)).await.expect("created").into_inner().schedule_id;
+    let running = until(&mut calls, &id, Duration::from_secs(10), |read| {
+        read.windows_started >= 3 && !read.running_job_ids.is_empty()
+    })
+    .await;
+    service.kill();
+
+    // Down for about two windows; then tasks end at once again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let quick = json!({"waiting_ms": 0, "pending_ms": 0, "running_ms": 0});
+    emulator.control(reqwest::Method::PUT, "task_defaults", Some(quick)).await;
+    let mut service = start_on_state(&emulator, &state);
+    service.wait_ready(true).await;
+    let mut calls = client(&service).await;
+    // Between windows: every job started so far ended, and the next window is not due yet.
+    let before = until(&mut calls, &id, Duration::from_secs(20), |read| {
+        read.windows_started >= running.windows_started + 3 && read.running_job_ids.is_empty()
+    })
+    .await;
+    service.kill();
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let service = start_on_state(&emulator, &state);
+    service.wait_ready(true).await;
+    let mut calls = client(&service).await;
+    until(&mut calls, &id, Duration::from_secs(20), |read| read.windows_started >= before.windows_started + 3).await;
+
+    let jobs = ended_jobs(&mut calls, &id).await;
+    assert!(jobs.iter().all(|job| job.state() == ExportJobState::Succeeded), "{jobs:?}");
+    let windows = windows_received(&mut calls, &emulator, &jobs).await;
+    assert_eq!(windows, in_window_order(windows.clone()), "the jobs were created in window order");
+    assert_tiles(&windows, start);
+    // One task a window, and at most one duplicate submit for the crash that cut a job.
+    let exports = emulator.exports_created().await;
+    assert!(
+        (jobs.len() as u64..=jobs.len() as u64 + 1).contains(&exports),
+        "{exports} exports for {} jobs",
+        jobs.len()
+    );
+}
+
+#[tokio::test]
+async fn in_a_fleet_of_two_replicas_each_window_is_fired_once() {
+    let redis = RedisServer::start(None).await;
+    let emulator = emulator().await;
+    let fleet = replicas_with(2, &emulator, &redis.url(), &QUICK).await;
+    let (mut first, mut second) = (client(&fleet[0]).await, client(&fleet[1]).await);
+    let start = Utc::now().trunc_subsecs(0) - chrono::Duration::seconds(3);
+    let id = first.create_export_schedule(every_second(start)).await.expect("created").into_inner().schedule_id;
+    until(&mut second, &id, Duration::from_secs(20), |read| read.windows_started >= 8).await;
+    let paused = ExportSchedule { schedule_id: id.clone(), paused: true, ..Default::default() };
+    let mask = prost_types::FieldMask { paths: vec!["paused".into()] };
+    let request = stream_export::proto::UpdateExportScheduleRequest { schedule: Some(paused), update_mask: Some(mask) };
+    second.update_export_schedule(request).await.expect("paused");
+
+    let jobs = ended_jobs(&mut second, &id).await;
+    let read = schedule(&mut first, &id).await;
+    assert_eq!(jobs.len() as u64, read.windows_started, "one job per window started");
+    let windows = windows_received(&mut first, &emulator, &jobs).await;
+    assert_tiles(&in_window_order(windows), start);
+    assert_eq!(emulator.exports_created().await, jobs.len() as u64, "one export per window, in all the fleet");
+    // Both replicas fired windows, or one did them all: either way none twice.
+    let logs = [fleet[0].log(), fleet[1].log()];
+    let fired: usize = logs.iter().map(|log| log.matches("a window's job was started").count()).sum();
+    assert_eq!(fired as u64, read.windows_started, "each window fired by one replica");
+}
