@@ -373,6 +373,18 @@ mod tests {
         assert!(!policies.allows(&caller("privacy"), Rpc::CreateExportJob, &own));
         let elsewhere = archived("s3://exports-bucket/teams/analytics-x/daily");
         assert!(!policies.allows(&caller("analytics"), Rpc::CreateExportJob, &elsewhere));
+        // Only analytics schedules, into its prefix; owners manage their own schedules.
+        let schedule = |archive| Resource::Schedule { id: "s-1", owner: None, archive: Some(archive) };
+        let daily = schedule("s3://exports-bucket/teams/analytics/daily");
+        assert!(policies.allows(&caller("analytics"), Rpc::CreateExportSchedule, &daily));
+        assert!(!policies.allows(&caller("privacy"), Rpc::CreateExportSchedule, &daily));
+        let unarchived = Resource::Schedule { id: "s-1", owner: None, archive: None };
+        assert!(!policies.allows(&caller("analytics"), Rpc::CreateExportSchedule, &unarchived));
+        let owned = Resource::Schedule { id: "s-1", owner: Some("analytics"), archive: None };
+        assert!(policies.allows(&caller("analytics"), Rpc::UpdateExportSchedule, &owned));
+        assert!(!policies.allows(&caller("privacy"), Rpc::DeleteExportSchedule, &owned));
+        assert!(policies.allows(&caller("platform"), Rpc::GetExportSchedule, &owned));
+        assert!(!policies.allows(&caller("platform"), Rpc::DeleteExportSchedule, &owned));
     }
 
     #[test]

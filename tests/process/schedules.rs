@@ -173,3 +173,127 @@ async fn in_a_fleet_of_two_replicas_each_window_is_fired_once() {
     let fired: usize = logs.iter().map(|log| log.matches("a window's job was started").count()).sum();
     assert_eq!(fired as u64, read.windows_started, "each window fired by one replica");
 }
+
+const TEAM_TOKEN: &str = "team-token-0123456789abcdef";
+
+/// The team schedules exports and reads its own; `CreateExportJob` comes and goes.
+fn team_policies(may_create_jobs: bool) -> String {
+    let jobs =
+        if may_create_jobs { r#"permit (principal, action == Action::"CreateExportJob", resource);"# } else { "" };
+    format!(
+        r#"
+permit (principal, action in [Action::"CreateExportSchedule", Action::"ExportChannels", Action::"ListExportJobs"], resource);
+permit (
+  principal,
+  action in [Action::"GetExportSchedule", Action::"UpdateExportSchedule", Action::"GetExportJob", Action::"ListExportJobTasks"],
+  resource
+)
+when {{ resource has owner && resource.owner == principal }};
+{jobs}
+"#
+    )
+}
+
+/// Puts the team's token on a call.
+fn team_token(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    request.metadata_mut().insert("authorization", format!("Bearer {TEAM_TOKEN}").parse().expect("ascii"));
+    Ok(request)
+}
+
+type TeamClient = ExportServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+    >,
+>;
+
+/// A client whose every call carries the team's token.
+async fn as_team(service: &ServiceProcess) -> TeamClient {
+    ExportServiceClient::with_interceptor(service.channel().await, team_token as fn(_) -> _)
+}
+
+/// Reads the team's schedule until it started `windows` windows.
+async fn team_until(team: &mut TeamClient, schedule_id: &str, windows: u64) -> ExportSchedule {
+    let started = Instant::now();
+    loop {
+        let request = stream_export::proto::GetExportScheduleRequest { schedule_id: schedule_id.into() };
+        let schedule = team.get_export_schedule(request).await.expect("read").into_inner();
+        if schedule.windows_started >= windows {
+            return schedule;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "{schedule:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_policy_change_takes_effect_from_the_next_window() {
+    let emulator = emulator().await;
+    let dir = scratch_state_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tokens"), format!("team {TEAM_TOKEN}\n")).unwrap();
+    std::fs::write(dir.join("policies.cedar"), team_policies(true)).unwrap();
+    let (tokens, policies, state) = (dir.join("tokens"), dir.join("policies.cedar"), dir.join("state"));
+    let base_url = emulator.base_url();
+    let mut env = vec![
+        ("STREAM_BASE_URL", base_url.as_str()),
+        ("STREAM_API_KEY", API_KEY),
+        ("STREAM_API_SECRET", API_SECRET),
+        ("RUST_LOG", "info"),
+        ("STREAM_EXPORT_AUTH_TOKENS_FILE", tokens.to_str().unwrap()),
+        ("STREAM_EXPORT_POLICY_FILE", policies.to_str().unwrap()),
+        ("STREAM_EXPORT_STATE_DIR", state.to_str().unwrap()),
+    ];
+    env.extend_from_slice(&QUICK);
+    let service = ServiceProcess::start(&[], &env);
+    service.wait_ready(true).await;
+    let mut team = as_team(&service).await;
+    let start = Utc::now().trunc_subsecs(0) - chrono::Duration::seconds(2);
+    let created = team.create_export_schedule(every_second(start)).await.expect("created").into_inner();
+    assert_eq!(created.owner, "team");
+    let id = created.schedule_id;
+    let allowed = team_until(&mut team, &id, 2).await.windows_started;
+
+    // The team may no longer create jobs: the next windows' jobs fail NOT_AUTHORIZED, each in
+    // its window; none is skipped.
+    std::fs::write(&policies, team_policies(false)).unwrap();
+    service.hang_up();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused_from = team_until(&mut team, &id, 0).await.windows_started;
+    team_until(&mut team, &id, refused_from + 2).await;
+    std::fs::write(&policies, team_policies(true)).unwrap();
+    service.hang_up();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let allowed_again = team_until(&mut team, &id, 0).await.windows_started;
+    let last = team_until(&mut team, &id, allowed_again + 2).await;
+    assert!(!last.last_failed_job_id.is_empty(), "{last:?}");
+
+    let mut jobs = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = stream_export::proto::ListExportJobsRequest { page_size: 1_000, page_token };
+        let page = team.list_export_jobs(request).await.expect("listed").into_inner();
+        jobs.extend(page.jobs.into_iter().filter(|job| job.schedule_id == id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    jobs.sort_by_key(|job| job.request.as_ref().and_then(|request| request.messages_until).map(|at| at.seconds));
+    // Window n is jobs[n]: refused are those started while the permission was gone.
+    let refused: Vec<usize> = (0..jobs.len()).filter(|n| jobs[*n].state() == ExportJobState::Failed).collect();
+    for n in &refused {
+        let error = jobs[*n].error.as_ref().expect("why it failed");
+        assert_eq!(error.code, tonic::Code::PermissionDenied as i32, "{:?}", jobs[*n]);
+    }
+    assert!(!refused.is_empty(), "some windows were refused");
+    let while_gone = allowed as usize..allowed_again as usize;
+    assert!(refused.iter().all(|n| while_gone.contains(n)), "refused {refused:?}, permission gone for {while_gone:?}");
+    assert!(refused_from < allowed_again);
+    let windows: Vec<i64> = jobs
+        .iter()
+        .filter_map(|job| job.request.as_ref().and_then(|request| request.messages_since).map(|at| at.seconds))
+        .collect();
+    let expected: Vec<i64> = (0..jobs.len() as i64).map(|n| start.timestamp() + n).collect();
+    assert_eq!(windows, expected, "every window has its job, refused or not");
+}
