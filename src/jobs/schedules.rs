@@ -4,8 +4,9 @@
 //! The cursor (`next_window_start`) is the one truth of which windows ran: it moves only in
 //! the store transaction that creates the window's job ([`ScheduleStore::fire`]), so a crash,
 //! a restart or a second replica can neither skip a window nor run one twice. Every write names
-//! the revision it read; whoever writes second reads again. So every replica may run the loop:
-//! in a fleet the first to fire a window wins, the others find the cursor moved.
+//! the revision it read; whoever writes second reads again. In a fleet one replica runs the
+//! loop at a time (it holds a claim, as a job's runner does), and should two ever run it (a
+//! claim lost mid-turn), the first to fire a window wins and the other finds the cursor moved.
 
 use std::{sync::Arc, time::Duration};
 
@@ -36,6 +37,10 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// How many loop turns pass between two reads of a schedule's running jobs when no window is
 /// due (a job's end shows in `last_*_job_id` within about this many ticks).
 const REFRESH_EVERY_TICKS: u64 = 5;
+
+/// The claim (a `JobClaims` name no job id can have) that lets one replica of a fleet run the
+/// loop: the others stand by, and one takes over within the claim's lease when it dies.
+const LOOP_CLAIM: &str = "schedules-loop";
 
 /// Most attempts of one read-modify-write of a schedule that others keep writing first.
 const WRITE_ATTEMPTS: usize = 8;
@@ -219,13 +224,17 @@ impl Schedules {
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(schedules.inner.settings.tick);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let claims = Arc::clone(schedules.inner.jobs.claims());
             for turn in 0u64.. {
                 tokio::select! {
                     _ = ticks.tick() => {}
-                    () = stopping.cancelled() => return,
+                    () = stopping.cancelled() => break,
                 }
-                schedules.turn(turn % REFRESH_EVERY_TICKS == 0).await;
+                if claims.claim(LOOP_CLAIM).await {
+                    schedules.turn(turn % REFRESH_EVERY_TICKS == 0).await;
+                }
             }
+            claims.release(LOOP_CLAIM).await;
         });
     }
 
