@@ -111,12 +111,13 @@ const FLAGS: &[(&str, &str)] = &[
 fn flags_named(failure: &Failure) -> Option<String> {
     let details = failure.status()?.get_error_details();
     let bad = details.bad_request()?;
-    let mut flags: Vec<&str> = bad
-        .field_violations
-        .iter()
-        .filter_map(|violation| FLAGS.iter().find(|(field, _)| violation.field == *field).map(|(_, flag)| *flag))
-        .collect();
-    flags.dedup();
+    let mut flags: Vec<&str> = Vec::new();
+    for violation in &bad.field_violations {
+        let flag = FLAGS.iter().find(|(field, _)| violation.field == *field).map(|(_, flag)| *flag);
+        if let Some(flag) = flag.filter(|flag| !flags.contains(flag)) {
+            flags.push(flag);
+        }
+    }
     (!flags.is_empty()).then(|| format!("see {}", flags.join(", ")))
 }
 
