@@ -1,5 +1,5 @@
 //! The `stream-export` binary: the gRPC service, the Stream API emulator, and the command-line
-//! client (`export`, `task`, `job`).
+//! client (`export`, `task`, `job`, `schedule`).
 
 use std::process::ExitCode;
 
@@ -42,6 +42,9 @@ enum Command {
     /// Run export jobs of any number of channels or users (job create | get | list | watch |
     /// tasks | verify | cancel), and save or archive a job's exports.
     Job(client_cli::JobCommand),
+    /// Have the service start an export job every interval, each exporting one window of time
+    /// (schedule create | get | list | pause | resume | delete).
+    Schedule(client_cli::ScheduleCommand),
 }
 
 fn main() -> ExitCode {
@@ -51,7 +54,7 @@ fn main() -> ExitCode {
     // The client commands run on one thread: a save is a pipeline of socket reads, decoding and
     // file writes, and handing each message to another thread costs more than it gains.
     let runtime = match cli.command {
-        Command::Export(_) | Command::Task(_) | Command::Job(_) => {
+        Command::Export(_) | Command::Task(_) | Command::Job(_) | Command::Schedule(_) => {
             tokio::runtime::Builder::new_current_thread().enable_all().build()
         }
         Command::Serve(_) | Command::Emulator(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
@@ -127,6 +130,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Export(command) => client_cli::run_export(command).await,
         Command::Task(command) => client_cli::run_task(command).await,
         Command::Job(command) => client_cli::run_job(command).await,
+        Command::Schedule(command) => client_cli::run_schedule(command).await,
     }
 }
 

@@ -11,7 +11,7 @@ use std::{
 use serde_json::{Value, json};
 
 use super::{
-    JobCreateArgs, Session,
+    JobCreateArgs, JobTemplateArgs, Session,
     export::{WINDOW_EXAMPLE, parse_channel, parse_time, unary, with_retries},
     failure::Failure,
     list::table,
@@ -35,24 +35,38 @@ const PAGE_SIZE: usize = 100;
 /// The `CreateExportJobRequest` that `job create`'s arguments describe, its files read and every
 /// line checked: a bad line is refused as `FILE:LINE: why`, before anything is sent.
 pub fn create_request(args: &JobCreateArgs) -> Result<CreateExportJobRequest, Failure> {
+    let template = &args.template;
+    if template.users_file.is_some() && (args.since.is_some() || args.until.is_some() || template.options.any()) {
+        return Err(Failure::Usage(
+            "--since, --until and the channel options (--v2, --include-truncated, --include-soft-deleted, \
+             --clear-deleted-text, --export-users) apply to channels, not to --users-file"
+                .into(),
+        ));
+    }
+    let request = template_request(template)?;
+    let time = |flag: &str, text: Option<&String>| {
+        text.map_or(Ok(None), |text| parse_time(text).map_err(|why| Failure::Usage(format!("{flag} {why}"))))
+    };
+    Ok(CreateExportJobRequest {
+        messages_since: time("--since", args.since.as_ref())?,
+        messages_until: time("--until", args.until.as_ref())?,
+        // A create retried after UNAVAILABLE returns the first job, never starts a second.
+        request_id: uuid::Uuid::new_v4().to_string(),
+        ..request
+    })
+}
+
+/// The job that `args` describe, without a window or a `request_id`: what `job create` sends
+/// with its own, and the template of a schedule, whose windows the service sets.
+pub fn template_request(args: &JobTemplateArgs) -> Result<CreateExportJobRequest, Failure> {
     let selector = if let Some(path) = &args.channels_file {
         Selector::Channels(ChannelList { channels: read_channels_file(path)? })
     } else if let Some(query) = &args.query {
         Selector::ChannelQuery(ChannelQuery { filter: Some(parse_query(query)?) })
     } else if let Some(path) = &args.users_file {
-        if args.since.is_some() || args.until.is_some() || args.options.any() {
-            return Err(Failure::Usage(
-                "--since, --until and the channel options (--v2, --include-truncated, --include-soft-deleted, \
-                 --clear-deleted-text, --export-users) apply to channels, not to --users-file"
-                    .into(),
-            ));
-        }
         Selector::Users(UserList { user_ids: read_users_file(path)? })
     } else {
         return Err(Failure::Usage("give --channels-file FILE, --query JSON or --users-file FILE".into()));
-    };
-    let time = |flag: &str, text: Option<&String>| {
-        text.map_or(Ok(None), |text| parse_time(text).map_err(|why| Failure::Usage(format!("{flag} {why}"))))
     };
     if args.verify && args.archive.is_none() {
         return Err(Failure::Usage(
@@ -62,15 +76,14 @@ pub fn create_request(args: &JobCreateArgs) -> Result<CreateExportJobRequest, Fa
     let options = args.options;
     Ok(CreateExportJobRequest {
         selector: Some(selector),
-        messages_since: time("--since", args.since.as_ref())?,
-        messages_until: time("--until", args.until.as_ref())?,
+        messages_since: None,
+        messages_until: None,
         include_truncated_messages: options.include_truncated,
         include_soft_deleted_channels: options.include_soft_deleted,
         clear_deleted_message_text: options.clear_deleted_text,
         export_users: options.export_users,
         version: if options.v2 { ExportFormatVersion::V2 } else { ExportFormatVersion::V1 } as i32,
-        // A create retried after UNAVAILABLE returns the first job, never starts a second.
-        request_id: uuid::Uuid::new_v4().to_string(),
+        request_id: String::new(),
         archive_uri: args.archive.clone().unwrap_or_default(),
         verify: args.verify,
     })
@@ -425,7 +438,7 @@ pub async fn cancel(session: &mut Session, job_id: &str) -> Result<(), Failure> 
 }
 
 /// Whether listings are JSON lines (`--json`, or stdout not a terminal) rather than a table.
-fn lines_wanted(session: &Session) -> bool {
+pub(super) fn lines_wanted(session: &Session) -> bool {
     session.display.mode() == Mode::Json || !std::io::stdout().is_terminal()
 }
 

@@ -1,10 +1,12 @@
 //! The command-line client for people: `stream-export export …` submits an export, shows that it
 //! progresses and saves it to a file; `stream-export task …` does the same for an existing task;
-//! `stream-export job …` runs export jobs of any number of channels or users.
+//! `stream-export job …` runs export jobs of any number of channels or users;
+//! `stream-export schedule …` has the service run one every interval.
 //!
 //! It talks to a running service over gRPC like any other client. Layout: this module holds the
 //! arguments and the run loop (Ctrl-C, exit codes); [`connect`] the channel, TLS and bearer token;
-//! [`export`] the submits; [`job`] the export job commands and their input files; [`watch`]
+//! [`export`] the submits; [`job`] the export job commands and their input files; [`schedule`]
+//! the export schedule commands, whose template `job`'s input parsing builds; [`watch`]
 //! `WatchTask` and `WatchExportJob` with resume; [`output`] `--output` (checked
 //! before anything is submitted) and `ReadExport` into an atomically written JSON-lines file or
 //! stdout, resumed after any interruption; [`progress`] what the person (or script) sees;
@@ -27,6 +29,7 @@ mod list;
 mod output;
 mod progress;
 mod render;
+mod schedule;
 mod watch;
 
 use std::{
@@ -47,7 +50,7 @@ use crate::{
         output::{Output, Sink},
         progress::Display,
     },
-    proto::CreateExportJobRequest,
+    proto::{CreateExportJobRequest, CreateExportScheduleRequest},
 };
 
 /// The exit codes, shown under `--help` of the client commands.
@@ -61,7 +64,7 @@ Exit codes:
        invalid (INVALID_ARGUMENT)
   3    the service or Stream is unavailable: connection refused, UNAVAILABLE, DEADLINE_EXCEEDED,
        RESOURCE_EXHAUSTED (rate limits, overload): trying again later may work
-  4    the service refused or failed otherwise: NOT_FOUND (no such task, job or user),
+  4    the service refused or failed otherwise: NOT_FOUND (no such task, job, schedule or user),
        UNAUTHENTICATED, PERMISSION_DENIED (e.g. an --archive outside the service's
        --archive-allow prefixes), FAILED_PRECONDITION (e.g. user too large for `export user`,
        archives not configured in the service, `job verify` of a job without an archive or
@@ -318,20 +321,9 @@ enum JobWhat {
 
 /// Arguments of `job create`.
 #[derive(Args, Debug)]
-#[command(group(ArgGroup::new("selector").required(true).args(["channels_file", "query", "users_file"])))]
 pub struct JobCreateArgs {
-    /// The channels, from FILE: one TYPE:ID[@SINCE..UNTIL] a line, as `export channels` takes
-    /// them; blank lines and lines starting with `#` are skipped.
-    #[arg(long, value_name = "FILE")]
-    channels_file: Option<PathBuf>,
-    /// Every channel that a QueryChannels filter matches when the job is planned: Stream's
-    /// `filter_conditions` as a JSON object, e.g. '{"type": "messaging", "team": "acme"}'.
-    #[arg(long, value_name = "JSON")]
-    query: Option<String>,
-    /// The users, from FILE: one user id a line; blank lines and lines starting with `#` are
-    /// skipped.
-    #[arg(long, value_name = "FILE")]
-    users_file: Option<PathBuf>,
+    #[command(flatten)]
+    template: JobTemplateArgs,
     /// Only messages created since TIME (a date, UTC midnight, or an RFC 3339 time), for every
     /// channel without a window of its own.
     #[arg(long, value_name = "TIME")]
@@ -340,6 +332,31 @@ pub struct JobCreateArgs {
     /// a window of its own.
     #[arg(long, value_name = "TIME")]
     until: Option<String>,
+    /// Follow the job until it ends, showing its progress.
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    output: JobOutputArgs,
+}
+
+/// What an export job exports, with its options and archive: `job create`'s, and the template
+/// of each job that `schedule create` has the service start.
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("selector").required(true).args(["channels_file", "query", "users_file"])))]
+pub struct JobTemplateArgs {
+    /// The channels, from FILE: one TYPE:ID[@SINCE..UNTIL] a line, as `export channels` takes
+    /// them (a schedule's channels take no window: it sets each window's); blank lines and lines
+    /// starting with `#` are skipped.
+    #[arg(long, value_name = "FILE")]
+    channels_file: Option<PathBuf>,
+    /// Every channel that a QueryChannels filter matches when the job is planned: Stream's
+    /// `filter_conditions` as a JSON object, e.g. '{"type": "messaging", "team": "acme"}'.
+    #[arg(long, value_name = "JSON")]
+    query: Option<String>,
+    /// The users, from FILE: one user id a line; blank lines and lines starting with `#` are
+    /// skipped (`job create` only: a schedule exports channels).
+    #[arg(long, value_name = "FILE")]
+    users_file: Option<PathBuf>,
     #[command(flatten)]
     options: ChannelOptions,
     /// Copy each task's file, as soon as its task completes, under URI (`s3://bucket/prefix`,
@@ -351,11 +368,6 @@ pub struct JobCreateArgs {
     /// With --archive: read each archived file back after its upload and compare its SHA-256.
     #[arg(long)]
     verify: bool,
-    /// Follow the job until it ends, showing its progress.
-    #[arg(long)]
-    wait: bool,
-    #[command(flatten)]
-    output: JobOutputArgs,
 }
 
 /// Saving a job's records.
@@ -367,6 +379,90 @@ pub struct JobOutputArgs {
     /// Implies --wait.
     #[arg(long, short, value_name = "DIR")]
     output: Option<PathBuf>,
+}
+
+/// `stream-export schedule …`.
+#[derive(Args, Debug)]
+#[command(after_help = EXIT_CODES_HELP)]
+pub struct ScheduleCommand {
+    #[command(flatten)]
+    options: ClientOptions,
+    #[command(subcommand)]
+    what: ScheduleWhat,
+}
+
+/// What to do with export schedules.
+#[derive(Subcommand, Debug)]
+enum ScheduleWhat {
+    /// Create an export schedule: the service starts an export job for every window of --every
+    /// from --start, once the window has ended and --lag has passed; windows already past are
+    /// caught up in order. Prints the schedule (its id alone on stdout).
+    #[command(after_help = EXIT_CODES_HELP)]
+    Create(Box<ScheduleCreateArgs>),
+    /// Show a schedule: what it exports, its interval and lag, whether it is paused, its next
+    /// window, the windows started, its running jobs and its last job of each end.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Get {
+        /// The schedule id.
+        schedule_id: String,
+    },
+    /// List the schedules you may see, newest first (a table on a terminal; JSON lines with
+    /// --json or when the output is not a terminal).
+    #[command(after_help = EXIT_CODES_HELP)]
+    List {
+        /// The most schedules to list.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Pause a schedule: no window starts until it is resumed. Prints the schedule.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Pause {
+        /// The schedule id.
+        schedule_id: String,
+    },
+    /// Resume a paused schedule: the windows that ended meanwhile start, in order. Prints the
+    /// schedule.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Resume {
+        /// The schedule id.
+        schedule_id: String,
+    },
+    /// Delete a schedule: no window starts after it; the jobs it started stay, and run on.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Delete {
+        /// The schedule id.
+        schedule_id: String,
+    },
+}
+
+/// Arguments of `schedule create`.
+#[derive(Args, Debug)]
+pub struct ScheduleCreateArgs {
+    /// The length of each window, e.g. 24h, 1d, 6h, 15m, 90s (at least 1s; meant for hours
+    /// and days).
+    #[arg(long, value_name = "DURATION")]
+    every: String,
+    /// The start of the first window (a date, UTC midnight, or an RFC 3339 time); a time in the
+    /// past has the windows since then exported, in order (a backfill).
+    #[arg(long, value_name = "TIME")]
+    start: String,
+    /// How long after a window ends its job starts, for messages that arrive late, e.g. 15m, 0s
+    /// (default: the service's, 15 minutes).
+    #[arg(long, value_name = "DURATION")]
+    lag: Option<String>,
+    /// Every Nth window's job exports everything up to the window's end, catching the edits and
+    /// deletions that the windows before missed.
+    #[arg(long, value_name = "N")]
+    full_every: Option<u32>,
+    /// Create the schedule paused: no window starts until `schedule resume`.
+    #[arg(long)]
+    paused: bool,
+    #[command(flatten)]
+    template: JobTemplateArgs,
+    /// The create's idempotency key (a UUID): creating again with the same one returns the first
+    /// schedule rather than a second one (default: a fresh one, reused on the client's retries).
+    #[arg(long, value_name = "UUID")]
+    request_id: Option<String>,
 }
 
 /// What every command works with: the client, the display, and what to say on Ctrl-C.
@@ -423,11 +519,14 @@ fn checked_output(path: Option<&PathBuf>, overwrite: bool, json: bool) -> Result
 /// The flags of [`ClientOptions`] that take a value.
 const CLIENT_OPTIONS_WITH_VALUE: &[&str] = &["--server", "--token", "--ca-cert", "--client-cert", "--client-key"];
 
+/// The client commands, which take [`ClientOptions`].
+const CLIENT_COMMANDS: &[&str] = &["export", "task", "job", "schedule"];
+
 /// Moves the client options given before the command (`stream-export --server URL export …`)
 /// after it, where clap expects them; any other arguments are returned as they were.
 pub fn hoist_client_options(args: Vec<OsString>) -> Vec<OsString> {
     let Some(command) =
-        args.iter().skip(1).position(|arg| arg == "export" || arg == "task" || arg == "job").map(|i| i + 1)
+        args.iter().skip(1).position(|arg| CLIENT_COMMANDS.iter().any(|command| arg == *command)).map(|i| i + 1)
     else {
         return args;
     };
@@ -584,6 +683,55 @@ impl CheckedJob {
     }
 }
 
+/// Runs `stream-export schedule …`; returns the process exit code.
+///
+/// The arguments and the template's input file are checked before anything is sent.
+pub async fn run_schedule(command: ScheduleCommand) -> ExitCode {
+    let ScheduleCommand { options, what } = command;
+    let checked = match CheckedSchedule::check(what) {
+        Ok(checked) => checked,
+        Err(failure) => {
+            failure.report(options.json);
+            return ExitCode::from(failure.exit_code());
+        }
+    };
+    run(options, |session| async move {
+        let mut session = session?;
+        match checked {
+            CheckedSchedule::Create(request) => schedule::create(&mut session, *request).await,
+            CheckedSchedule::Get(schedule_id) => schedule::get(&mut session, &schedule_id).await,
+            CheckedSchedule::List(limit) => schedule::list(&mut session, limit).await,
+            CheckedSchedule::Pause(schedule_id) => schedule::set_paused(&mut session, &schedule_id, true).await,
+            CheckedSchedule::Resume(schedule_id) => schedule::set_paused(&mut session, &schedule_id, false).await,
+            CheckedSchedule::Delete(schedule_id) => schedule::delete(&mut session, &schedule_id).await,
+        }
+    })
+    .await
+}
+
+/// A `schedule` command with its arguments checked and its template's file read.
+enum CheckedSchedule {
+    Create(Box<CreateExportScheduleRequest>),
+    Get(String),
+    List(usize),
+    Pause(String),
+    Resume(String),
+    Delete(String),
+}
+
+impl CheckedSchedule {
+    fn check(what: ScheduleWhat) -> Result<Self, Failure> {
+        Ok(match what {
+            ScheduleWhat::Create(args) => CheckedSchedule::Create(Box::new(schedule::create_request(&args)?)),
+            ScheduleWhat::Get { schedule_id } => CheckedSchedule::Get(schedule_id),
+            ScheduleWhat::List { limit } => CheckedSchedule::List(limit),
+            ScheduleWhat::Pause { schedule_id } => CheckedSchedule::Pause(schedule_id),
+            ScheduleWhat::Resume { schedule_id } => CheckedSchedule::Resume(schedule_id),
+            ScheduleWhat::Delete { schedule_id } => CheckedSchedule::Delete(schedule_id),
+        })
+    }
+}
+
 /// Connects, runs `work` until it ends or Ctrl-C, and reports a failure in one line.
 ///
 /// On Ctrl-C the work's future is dropped, which removes a temporary output file (see
@@ -632,6 +780,7 @@ mod tests {
         assert_eq!(hoisted("se --server h:1 --token=t export users u"), "se export --server h:1 --token=t users u");
         assert_eq!(hoisted("se --json task get x"), "se task --json get x");
         assert_eq!(hoisted("se --server h:1 job list"), "se job --server h:1 list");
+        assert_eq!(hoisted("se --json schedule get x"), "se schedule --json get x");
         assert_eq!(hoisted("se export users u --server h:1"), "se export users u --server h:1", "already in place");
         assert_eq!(hoisted("se --listen x serve"), "se --listen x serve", "not a client command");
         assert_eq!(hoisted("se --bogus export users u"), "se --bogus export users u", "clap judges the rest");

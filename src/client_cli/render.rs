@@ -7,8 +7,9 @@ use serde_json::{Value, json};
 use tonic_types::RpcStatusExt;
 
 use crate::proto::{
-    ArchiveMismatch, ExportJob, ExportJobEvent, ExportJobState, ExportJobTask, Task, TaskEvent, TaskState,
-    VerifyExportJobResponse, archive_mismatch::Problem, create_export_job_request::Selector, task_event::EventType,
+    ArchiveMismatch, CreateExportJobRequest, ExportJob, ExportJobEvent, ExportJobState, ExportJobTask, ExportSchedule,
+    Task, TaskEvent, TaskState, VerifyExportJobResponse, archive_mismatch::Problem,
+    create_export_job_request::Selector, task_event::EventType,
 };
 
 /// A state without its `TASK_STATE_` prefix: `RUNNING`, `COMPLETED`…
@@ -84,7 +85,11 @@ pub fn job_error_text(error: &tonic_types::pb::Status) -> String {
 /// What a job exports, in a few fields: the selector and its size (never the whole list, which
 /// may hold 100,000 channels), a query's filter, and the job's window.
 fn job_request_json(job: &ExportJob) -> Value {
-    let Some(request) = &job.request else { return Value::Null };
+    job.request.as_ref().map_or(Value::Null, request_json)
+}
+
+/// A job's request (or a schedule's template) in a few fields; see [`job_request_json`].
+fn request_json(request: &CreateExportJobRequest) -> Value {
     let mut value = match &request.selector {
         Some(Selector::Channels(list)) => json!({"selector": "channels", "channels": list.channels.len()}),
         Some(Selector::ChannelQuery(query)) => json!({
@@ -98,7 +103,7 @@ fn job_request_json(job: &ExportJob) -> Value {
     };
     value["messages_since"] = time_json(request.messages_since.as_ref());
     value["messages_until"] = time_json(request.messages_until.as_ref());
-    value["archive_uri"] = archive_uri(job).map_or(Value::Null, |uri| json!(uri));
+    value["archive_uri"] = if request.archive_uri.is_empty() { Value::Null } else { json!(request.archive_uri) };
     value["verify"] = json!(request.verify);
     value
 }
@@ -130,6 +135,7 @@ pub fn job_json(job: &ExportJob) -> Value {
         "update_time": time_json(job.update_time.as_ref()),
         "end_time": time_json(job.end_time.as_ref()),
         "manifest_uri": if job.manifest_uri.is_empty() { Value::Null } else { json!(job.manifest_uri) },
+        "schedule_id": if job.schedule_id.is_empty() { Value::Null } else { json!(job.schedule_id) },
     });
     if let Some(error) = &job.error {
         value["error"] = json!({
@@ -215,4 +221,44 @@ pub fn verification_json(verified: &VerifyExportJobResponse) -> Value {
         "bytes_checked": verified.bytes_checked,
         "mismatches": mismatches,
     })
+}
+
+/// A protobuf duration in seconds, whole when it is (`86400`), with its fraction otherwise; null
+/// when unset.
+pub fn seconds_json(duration: Option<&prost_types::Duration>) -> Value {
+    match duration {
+        None => Value::Null,
+        Some(duration) if duration.nanos == 0 => json!(duration.seconds),
+        Some(duration) => json!(duration.seconds as f64 + f64::from(duration.nanos) / 1e9),
+    }
+}
+
+/// A schedule as JSON: id, owner, interval and lag (in seconds), its cursor, its jobs, what each
+/// window exports (the template, as a job's `request`), and its times.
+pub fn schedule_json(schedule: &ExportSchedule) -> Value {
+    let job_id = |id: &str| if id.is_empty() { Value::Null } else { json!(id) };
+    json!({
+        "schedule_id": schedule.schedule_id,
+        "owner": schedule.owner,
+        "paused": schedule.paused,
+        "interval_seconds": seconds_json(schedule.interval.as_ref()),
+        "lag_seconds": seconds_json(schedule.lag.as_ref()),
+        "full_every": schedule.full_every,
+        "start_time": time_json(schedule.start_time.as_ref()),
+        "next_window_start": time_json(schedule.next_window_start.as_ref()),
+        "windows_started": schedule.windows_started,
+        "running_job_ids": schedule.running_job_ids,
+        "last_job_id": job_id(&schedule.last_job_id),
+        "last_succeeded_job_id": job_id(&schedule.last_succeeded_job_id),
+        "last_failed_job_id": job_id(&schedule.last_failed_job_id),
+        "last_cancelled_job_id": job_id(&schedule.last_cancelled_job_id),
+        "template": schedule.template.as_ref().map_or(Value::Null, request_json),
+        "create_time": time_json(schedule.create_time.as_ref()),
+        "update_time": time_json(schedule.update_time.as_ref()),
+    })
+}
+
+/// A schedule as one JSON line of its own: `{"event": event, "schedule_id": …, "schedule": {…}}`.
+pub fn schedule_line(event: &str, schedule: &ExportSchedule) -> Value {
+    json!({"event": event, "schedule_id": schedule.schedule_id, "schedule": schedule_json(schedule)})
 }

@@ -27,9 +27,9 @@ use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_stream-export");
 
-/// The emulator, the service in front of it, and a scratch directory.
-struct Env {
-    emulator: TestEmulator,
+/// The emulator, the service in front of it, and a scratch directory (also for `cli_schedules`).
+pub(crate) struct Env {
+    pub(crate) emulator: TestEmulator,
     service: ServiceProcess,
     /// The `serve` flags, for a replacement service.
     service_args: Vec<String>,
@@ -89,11 +89,11 @@ impl Env {
     }
 
     /// Runs the client to its end.
-    async fn run(&self, args: &[&str]) -> Output {
+    pub(crate) async fn run(&self, args: &[&str]) -> Output {
         finish(self.command(args).spawn().unwrap()).await
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
@@ -122,12 +122,12 @@ async fn finish(child: Child) -> Output {
         .expect("the client runs")
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Asserts the exit code, showing the output when it differs.
-fn assert_exit(output: &Output, code: i32) {
+pub(crate) fn assert_exit(output: &Output, code: i32) {
     assert_eq!(
         output.status.code(),
         Some(code),
@@ -139,7 +139,7 @@ fn assert_exit(output: &Output, code: i32) {
 }
 
 /// Every stdout line of a `--json` run, each parsed (the test fails on a line that is not JSON).
-fn json_lines(output: &Output) -> Vec<Value> {
+pub(crate) fn json_lines(output: &Output) -> Vec<Value> {
     text(&output.stdout)
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
@@ -866,7 +866,7 @@ async fn a_watch_resumes_after_the_service_is_killed_and_replaced() {
 /// A service in front of an emulator holding `channels` synthetic channels
 /// (`messaging:bulk-000000`…), whose jobs submit `budget` tasks a minute; more `serve` flags in
 /// `extra`.
-async fn setup_jobs(channels: usize, budget: u32, extra: &[&str]) -> Env {
+pub(crate) async fn setup_jobs(channels: usize, budget: u32, extra: &[&str]) -> Env {
     let mut config = EmulatorConfig::new(API_KEY, API_SECRET);
     config.synthetic_channels = channels;
     let budget = budget.to_string();
@@ -877,7 +877,7 @@ async fn setup_jobs(channels: usize, budget: u32, extra: &[&str]) -> Env {
 
 /// Writes a channels file of the synthetic channels `range`, one a line, with a comment and a
 /// blank line, as a person would.
-fn channels_file(env: &Env, name: &str, range: std::ops::Range<usize>) -> PathBuf {
+pub(crate) fn channels_file(env: &Env, name: &str, range: std::ops::Range<usize>) -> PathBuf {
     let mut text = String::from("# the bulk channels\n\n");
     for n in range {
         text.push_str(&format!("messaging:bulk-{n:06}\n"));

@@ -9,6 +9,7 @@ mod common;
 mod archives;
 mod cli;
 mod cli_client;
+mod cli_schedules;
 mod docs;
 mod drain;
 mod fleet;
