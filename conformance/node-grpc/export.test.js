@@ -1,7 +1,8 @@
 'use strict';
 // The contract, proven from Node.js (@grpc/grpc-js + @grpc/proto-loader) against the real
-// binary: every RPC of streamexport.v1.ExportService, the google.rpc error details decoded
-// from the `grpc-status-details-bin` trailer, and the health service.
+// binary: every RPC of streamexport.v1.ExportService (export jobs and schedules included), the
+// google.rpc error details decoded from the `grpc-status-details-bin` trailer, and the health
+// service.
 
 const assert = require('node:assert/strict');
 const { createHash, randomUUID } = require('node:crypto');
@@ -746,5 +747,220 @@ describe('export jobs', () => {
     err = await failing('VerifyExportJob', { job_id: job.job_id });
     assert.equal(err.code, grpc.status.FAILED_PRECONDITION);
     assert.equal(statusDetails(err).ErrorInfo.reason, 'NOT_ARCHIVED');
+  });
+});
+
+describe('export schedules', () => {
+  // A schedule's jobs export two of the emulator's channels: one shard each, quick to run.
+  const SCHEDULE_CHANNELS = [
+    ['messaging', 'general'],
+    ['messaging', 'dm-a'],
+  ];
+  const MICROS = 1_000_000n;
+  /** A Timestamp or Duration (seconds as a string, with `longs: String`) in microseconds. */
+  const micros = (value) => BigInt(value.seconds) * MICROS + BigInt(Math.trunc(value.nanos / 1000));
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+  /** The jobs ListExportJobs shows for one schedule, every page read. */
+  async function scheduleJobs(scheduleId) {
+    const jobs = [];
+    let token = '';
+    for (let pages = 0; pages < 1000; pages++) {
+      const page = await unary('ListExportJobs', { page_size: 100, page_token: token });
+      jobs.push(...page.jobs.filter((j) => j.schedule_id === scheduleId));
+      if (!page.next_page_token) {
+        assert.equal(new Set(jobs.map((j) => j.job_id)).size, jobs.length, 'a job listed twice');
+        return jobs;
+      }
+      token = page.next_page_token;
+    }
+    assert.fail('ListExportJobs: more than 1000 pages');
+  }
+
+  /**
+   * The jobs of a schedule tile its windows from start_time, one job per window, no gap and no
+   * overlap; returns them in window order.
+   */
+  function checkWindows(schedule, jobs) {
+    const sorted = [...jobs].sort((a, b) => {
+      const d = micros(a.request.messages_since) - micros(b.request.messages_since);
+      return d < 0n ? -1 : d > 0n ? 1 : 0;
+    });
+    const start = micros(schedule.start_time);
+    const step = micros(schedule.interval);
+    sorted.forEach((job, k) => {
+      const since = micros(job.request.messages_since);
+      const until = micros(job.request.messages_until);
+      assert.equal(since, start + BigInt(k) * step, `window ${k} starts at ${since} µs`);
+      assert.equal(until, since + step - 1n, `window ${k} ends at ${until} µs, want 1 µs before the next`);
+      if (k + 1 < sorted.length) assert.equal(until, micros(sorted[k + 1].request.messages_since) - 1n, 'the windows tile');
+      assert.equal(job.request.request_id, `schedule:${schedule.schedule_id}:window:${since}`);
+      assert.equal(job.owner, schedule.owner);
+    });
+    return sorted;
+  }
+
+  async function waitForScheduleJobs(scheduleId, count, ms = 10_000) {
+    const end = Date.now() + ms;
+    for (;;) {
+      const jobs = await scheduleJobs(scheduleId);
+      if (jobs.length >= count) return jobs;
+      assert.ok(Date.now() < end, `${jobs.length} jobs of the schedule after ${ms} ms, want ${count}`);
+      await sleep(200);
+    }
+  }
+
+  /** Stops a schedule that a failed test left firing (it may be deleted already). */
+  const deleteQuietly = (scheduleId) => unary('DeleteExportSchedule', { schedule_id: scheduleId }).catch(() => {});
+
+  /** The template as the stubs decode it: its window and request_id cleared. */
+  function checkTemplate(template) {
+    assert.equal(template.selector, 'channels');
+    assert.deepEqual(
+      template.channels.channels.map((c) => [c.type, c.id, c.messages_since, c.messages_until]),
+      SCHEDULE_CHANNELS.map(([type, id]) => [type, id, null, null]),
+    );
+    assert.equal(template.version, 'EXPORT_FORMAT_VERSION_V2');
+    assert.equal(template.messages_since, null, 'the template without its window');
+    assert.equal(template.messages_until, null, 'the template without its window');
+    assert.equal(template.request_id, '', 'the template without its request_id');
+  }
+
+  test('a schedule tiles its windows with jobs, pauses, and is deleted', async () => {
+    // Four whole seconds ago: windows of 1 s with no lag, so four are due at once.
+    const startSeconds = Math.floor(Date.now() / 1000) - 4;
+    const start = { seconds: String(startSeconds), nanos: 0 };
+    const request = {
+      schedule: {
+        // A job request reused as the template: its window and request_id are the schedule's to set.
+        template: {
+          channels: { channels: SCHEDULE_CHANNELS.map(([type, id]) => ({ type, id })) },
+          messages_since: { seconds: String(Date.parse('2024-01-01T00:00:00Z') / 1000), nanos: 0 },
+          version: 'EXPORT_FORMAT_VERSION_V2',
+          request_id: randomUUID(),
+        },
+        interval: { seconds: 1, nanos: 0 },
+        lag: { seconds: 0, nanos: 0 },
+        start_time: start,
+      },
+      request_id: randomUUID(),
+    };
+    const schedule = await unary('CreateExportSchedule', request);
+    try {
+      assert.match(schedule.schedule_id, /^[0-9a-f-]{36}$/);
+      assert.equal(schedule.owner, 'anonymous');
+      checkTemplate(schedule.template);
+      assert.deepEqual(schedule.interval, { seconds: '1', nanos: 0 });
+      assert.deepEqual(schedule.lag, { seconds: '0', nanos: 0 });
+      assert.deepEqual(schedule.start_time, start);
+      assert.deepEqual(schedule.next_window_start, start);
+      assert.equal(schedule.windows_started, '0');
+      assert.equal(schedule.paused, false);
+      assert.ok(Number(schedule.create_time.seconds) > 0 && Number(schedule.update_time.seconds) > 0);
+      // A retried create with the same request_id is the same schedule.
+      assert.equal((await unary('CreateExportSchedule', request)).schedule_id, schedule.schedule_id);
+
+      // The due windows start: one job each, in window order, tiling time from start_time.
+      const jobs = checkWindows(schedule, await waitForScheduleJobs(schedule.schedule_id, 3));
+      const first = await unary('GetExportJob', { job_id: jobs[0].job_id });
+      assert.equal(first.schedule_id, schedule.schedule_id);
+      assert.equal(first.owner, 'anonymous');
+      assert.deepEqual(
+        first.request.channels.channels.map((c) => [c.type, c.id]),
+        SCHEDULE_CHANNELS,
+      );
+      assert.equal(first.request.version, 'EXPORT_FORMAT_VERSION_V2');
+      assert.deepEqual(first.request.messages_since, start);
+      assert.deepEqual(first.request.messages_until, { seconds: String(startSeconds), nanos: 999_999_000 });
+      assert.equal(first.request.request_id, `schedule:${schedule.schedule_id}:window:${startSeconds}000000`);
+
+      let read = await unary('GetExportSchedule', { schedule_id: schedule.schedule_id });
+      assert.ok(BigInt(read.windows_started) >= BigInt(jobs.length), `windows_started ${read.windows_started}`);
+      assert.equal(
+        micros(read.next_window_start),
+        micros(start) + BigInt(read.windows_started) * MICROS,
+        'the cursor advanced',
+      );
+      assert.ok(read.last_job_id);
+      assert.deepEqual(read.template, schedule.template);
+
+      const listed = [];
+      let token = '';
+      for (let pages = 0; pages < 1000; pages++) {
+        const page = await unary('ListExportSchedules', { page_size: 1, page_token: token });
+        assert.ok(page.schedules.length <= 1);
+        listed.push(...page.schedules);
+        token = page.next_page_token;
+        if (!token) break;
+      }
+      const mine = listed.filter((s) => s.schedule_id === schedule.schedule_id);
+      assert.equal(mine.length, 1, 'ListExportSchedules lists it once');
+      assert.deepEqual(mine[0].template, schedule.template);
+
+      // Paused: the answer says so, and no window starts while it is.
+      const paused = await unary('UpdateExportSchedule', {
+        schedule: { schedule_id: schedule.schedule_id, paused: true },
+        update_mask: { paths: ['paused'] },
+      });
+      assert.equal(paused.paused, true);
+      assert.deepEqual([paused.interval, paused.template], [schedule.interval, schedule.template], 'the rest unchanged');
+      const before = (await scheduleJobs(schedule.schedule_id)).map((j) => j.job_id).sort();
+      await sleep(2000);
+      const after = await scheduleJobs(schedule.schedule_id);
+      assert.deepEqual(after.map((j) => j.job_id).sort(), before, 'no job started while paused');
+      read = await unary('GetExportSchedule', { schedule_id: schedule.schedule_id });
+      assert.equal(read.paused, true);
+      assert.deepEqual([read.windows_started, paused.windows_started], [String(after.length), String(after.length)], 'one job per window');
+      checkWindows(schedule, after);
+
+      // Deleted: Empty, then NOT_FOUND; the jobs it started stay.
+      assert.deepEqual(await unary('DeleteExportSchedule', { schedule_id: schedule.schedule_id }), {});
+      const err = await failing('GetExportSchedule', { schedule_id: schedule.schedule_id });
+      assert.equal(err.code, grpc.status.NOT_FOUND);
+      assert.equal(statusDetails(err).ErrorInfo.reason, 'SCHEDULE_NOT_FOUND');
+      assert.equal((await unary('GetExportJob', { job_id: jobs[0].job_id })).job_id, jobs[0].job_id);
+    } finally {
+      await deleteQuietly(schedule.schedule_id);
+    }
+  });
+
+  test('refusals: a BadRequest for schedule.interval and for update_mask', async () => {
+    const template = { channels: { channels: [{ type: 'messaging', id: 'general' }] } };
+    const now = { seconds: String(Math.floor(Date.now() / 1000)), nanos: 0 };
+
+    // An interval of 0: INVALID_ARGUMENT on schedule.interval.
+    let err = await failing('CreateExportSchedule', {
+      schedule: { template, interval: { seconds: 0, nanos: 0 }, start_time: now },
+    });
+    assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+    let details = statusDetails(err);
+    assert.equal(details.ErrorInfo.reason, 'INVALID_REQUEST');
+    assert.deepEqual(
+      details.BadRequest.fieldViolations.map((v) => v.field),
+      ['schedule.interval'],
+    );
+
+    // An update_mask path that is not a changeable field: INVALID_ARGUMENT on update_mask.
+    const schedule = await unary('CreateExportSchedule', {
+      schedule: { template, interval: { seconds: 3600, nanos: 0 }, start_time: now, paused: true },
+    });
+    try {
+      assert.equal(schedule.paused, true);
+      err = await failing('UpdateExportSchedule', {
+        schedule: { schedule_id: schedule.schedule_id, owner: 'someone-else' },
+        update_mask: { paths: ['owner'] },
+      });
+      assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+      details = statusDetails(err);
+      assert.equal(details.ErrorInfo.reason, 'INVALID_REQUEST');
+      assert.deepEqual(
+        details.BadRequest.fieldViolations.map((v) => v.field),
+        ['update_mask'],
+      );
+      const read = await unary('GetExportSchedule', { schedule_id: schedule.schedule_id });
+      assert.equal(read.owner, 'anonymous', 'a refused update changes nothing');
+    } finally {
+      await deleteQuietly(schedule.schedule_id);
+    }
   });
 });

@@ -1,7 +1,8 @@
 """The contract, proven with stubs generated in Python (grpcio-tools) against the real binary.
 
-Every RPC of streamexport.v1.ExportService, the google.rpc error details a client reads from
-the `grpc-status-details-bin` trailer (grpcio-status), the health service and reflection.
+Every RPC of streamexport.v1.ExportService (export jobs and schedules included), the google.rpc
+error details a client reads from the `grpc-status-details-bin` trailer (grpcio-status), the
+health service and reflection.
 """
 
 import datetime as dt
@@ -16,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.api import annotations_pb2
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import duration_pb2, empty_pb2, field_mask_pb2, json_format, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -648,3 +649,206 @@ def test_archive_refusals_as_the_stubs_see_them(stub, archive_root):
         stub.VerifyExportJob(pb.VerifyExportJobRequest(job_id=job.job_id), timeout=DEADLINE)
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert details(error.value)["ErrorInfo"].reason == "NOT_ARCHIVED"
+
+
+# --- export schedules -------------------------------------------------------------------------
+
+# A schedule's jobs export two of the emulator's channels: one shard each, quick to run.
+SCHEDULE_CHANNELS = [("messaging", "general"), ("messaging", "dm-a")]
+MICROS = 1_000_000
+
+
+def micros(value) -> int:
+    """A Timestamp or Duration in microseconds."""
+    return value.seconds * MICROS + value.nanos // 1_000
+
+
+def schedule_jobs(stub, schedule_id: str) -> list:
+    """The jobs ListExportJobs shows for one schedule, every page read."""
+    jobs, token = [], ""
+    for _ in range(1_000):
+        page = stub.ListExportJobs(pb.ListExportJobsRequest(page_size=100, page_token=token), timeout=DEADLINE)
+        jobs.extend(job for job in page.jobs if job.schedule_id == schedule_id)
+        if not page.next_page_token:
+            ids = [job.job_id for job in jobs]
+            assert len(ids) == len(set(ids)), "a job listed twice"
+            return jobs
+        token = page.next_page_token
+    raise AssertionError("ListExportJobs: more than 1000 pages")
+
+
+def check_windows(schedule, jobs: list) -> list:
+    """The jobs of a schedule tile its windows from start_time, one job per window, no gap and no
+    overlap; returns them in window order."""
+    jobs = sorted(jobs, key=lambda job: micros(job.request.messages_since))
+    start, step = micros(schedule.start_time), micros(schedule.interval)
+    for k, job in enumerate(jobs):
+        since, until = micros(job.request.messages_since), micros(job.request.messages_until)
+        assert since == start + k * step, f"window {k} starts at {since} µs, want {start + k * step}"
+        assert until == since + step - 1, f"window {k} ends at {until} µs, want 1 µs before the next"
+        if k + 1 < len(jobs):
+            assert until == micros(jobs[k + 1].request.messages_since) - 1, "the windows tile"
+        assert job.request.request_id == f"schedule:{schedule.schedule_id}:window:{since}"
+        assert job.owner == schedule.owner
+    return jobs
+
+
+def wait_for_schedule_jobs(stub, schedule_id: str, count: int, seconds: float = 10) -> list:
+    deadline = time.monotonic() + seconds
+    while True:
+        jobs = schedule_jobs(stub, schedule_id)
+        if len(jobs) >= count:
+            return jobs
+        assert time.monotonic() < deadline, f"{len(jobs)} jobs of the schedule after {seconds} s, want {count}"
+        time.sleep(0.2)
+
+
+def delete_schedule_quietly(stub, schedule_id: str):
+    """Stops a schedule that a failed test left firing (it may be deleted already)."""
+    try:
+        stub.DeleteExportSchedule(pb.DeleteExportScheduleRequest(schedule_id=schedule_id), timeout=DEADLINE)
+    except grpc.RpcError:
+        pass
+
+
+def test_export_schedule_tiles_windows_pauses_and_deletes(stub):
+    channels = pb.ChannelList(channels=[pb.ChannelRef(type=kind, id=id) for kind, id in SCHEDULE_CHANNELS])
+    # A job request reused as the template: its window and request_id are the schedule's to set.
+    template = pb.CreateExportJobRequest(
+        channels=channels,
+        messages_since=ts("2024-01-01T00:00:00Z"),
+        version=pb.EXPORT_FORMAT_VERSION_V2,
+        request_id=str(uuid.uuid4()),
+    )
+    # Four whole seconds ago: windows of 1 s with no lag, so four are due at once.
+    start = timestamp_pb2.Timestamp(seconds=int(time.time()) - 4)
+    request = pb.CreateExportScheduleRequest(
+        schedule=pb.ExportSchedule(
+            template=template,
+            interval=duration_pb2.Duration(seconds=1),
+            lag=duration_pb2.Duration(seconds=0),
+            start_time=start,
+        ),
+        request_id=str(uuid.uuid4()),
+    )
+    schedule = stub.CreateExportSchedule(request, timeout=DEADLINE)
+    try:
+        uuid.UUID(schedule.schedule_id)
+        assert schedule.owner == "anonymous"
+        expected_template = pb.CreateExportJobRequest()
+        expected_template.CopyFrom(template)
+        expected_template.ClearField("messages_since")
+        expected_template.ClearField("request_id")
+        assert schedule.template == expected_template, "the template without its window and request_id"
+        assert schedule.interval == duration_pb2.Duration(seconds=1)
+        assert schedule.HasField("lag") and schedule.lag == duration_pb2.Duration()
+        assert schedule.start_time == start
+        assert schedule.next_window_start == start
+        assert schedule.windows_started == 0 and not schedule.paused
+        assert schedule.create_time.seconds > 0 and schedule.update_time.seconds > 0
+        # A retried create with the same request_id is the same schedule.
+        assert stub.CreateExportSchedule(request, timeout=DEADLINE).schedule_id == schedule.schedule_id
+
+        # The due windows start: one job each, in window order, tiling time from start_time.
+        jobs = check_windows(schedule, wait_for_schedule_jobs(stub, schedule.schedule_id, 3))
+        first = stub.GetExportJob(pb.GetExportJobRequest(job_id=jobs[0].job_id), timeout=DEADLINE)
+        window = pb.CreateExportJobRequest()
+        window.CopyFrom(expected_template)
+        window.messages_since.CopyFrom(start)
+        window.messages_until.FromMicroseconds(micros(start) + MICROS - 1)
+        window.request_id = f"schedule:{schedule.schedule_id}:window:{micros(start)}"
+        assert first.request == window, "the first window's job: the template with its window"
+        assert first.schedule_id == schedule.schedule_id and first.owner == schedule.owner
+
+        read = stub.GetExportSchedule(pb.GetExportScheduleRequest(schedule_id=schedule.schedule_id), timeout=DEADLINE)
+        assert read.windows_started >= len(jobs) >= 3
+        assert micros(read.next_window_start) == micros(start) + read.windows_started * MICROS, "the cursor advanced"
+        assert read.last_job_id and read.template == expected_template and read.start_time == start
+
+        listed, token = [], ""
+        for _ in range(1_000):
+            page = stub.ListExportSchedules(pb.ListExportSchedulesRequest(page_size=1, page_token=token), timeout=DEADLINE)
+            assert len(page.schedules) <= 1
+            listed.extend(page.schedules)
+            token = page.next_page_token
+            if not token:
+                break
+        mine = [s for s in listed if s.schedule_id == schedule.schedule_id]
+        assert len(mine) == 1 and mine[0].template == expected_template and mine[0].owner == "anonymous"
+
+        # Paused: the answer says so, and no window starts while it is.
+        paused = stub.UpdateExportSchedule(
+            pb.UpdateExportScheduleRequest(
+                schedule=pb.ExportSchedule(schedule_id=schedule.schedule_id, paused=True),
+                update_mask=field_mask_pb2.FieldMask(paths=["paused"]),
+            ),
+            timeout=DEADLINE,
+        )
+        assert paused.paused and paused.schedule_id == schedule.schedule_id
+        assert paused.interval == schedule.interval and paused.template == expected_template, "the rest unchanged"
+        before = {job.job_id for job in schedule_jobs(stub, schedule.schedule_id)}
+        time.sleep(2)
+        after = schedule_jobs(stub, schedule.schedule_id)
+        assert {job.job_id for job in after} == before, "no job started while paused"
+        read = stub.GetExportSchedule(pb.GetExportScheduleRequest(schedule_id=schedule.schedule_id), timeout=DEADLINE)
+        assert read.paused and read.windows_started == paused.windows_started == len(after), "one job per window"
+        check_windows(schedule, after)
+
+        # Deleted: Empty, then NOT_FOUND; the jobs it started stay.
+        reply = stub.DeleteExportSchedule(
+            pb.DeleteExportScheduleRequest(schedule_id=schedule.schedule_id), timeout=DEADLINE
+        )
+        assert isinstance(reply, empty_pb2.Empty)
+        with pytest.raises(grpc.RpcError) as error:
+            stub.GetExportSchedule(pb.GetExportScheduleRequest(schedule_id=schedule.schedule_id), timeout=DEADLINE)
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+        assert details(error.value)["ErrorInfo"].reason == "SCHEDULE_NOT_FOUND"
+        assert stub.GetExportJob(pb.GetExportJobRequest(job_id=jobs[0].job_id), timeout=DEADLINE).job_id == jobs[0].job_id
+    finally:
+        delete_schedule_quietly(stub, schedule.schedule_id)
+
+
+def test_export_schedule_refusals_as_the_stubs_see_them(stub):
+    template = pb.CreateExportJobRequest(channels=pb.ChannelList(channels=[pb.ChannelRef(type="messaging", id="general")]))
+    now = timestamp_pb2.Timestamp(seconds=int(time.time()))
+
+    # An interval of 0: INVALID_ARGUMENT on schedule.interval.
+    with pytest.raises(grpc.RpcError) as error:
+        stub.CreateExportSchedule(
+            pb.CreateExportScheduleRequest(
+                schedule=pb.ExportSchedule(template=template, interval=duration_pb2.Duration(), start_time=now)
+            ),
+            timeout=DEADLINE,
+        )
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = details(error.value)
+    assert found["ErrorInfo"].reason == "INVALID_REQUEST"
+    assert [v.field for v in found["BadRequest"].field_violations] == ["schedule.interval"]
+
+    # An update_mask path that is not a changeable field: INVALID_ARGUMENT on update_mask.
+    schedule = stub.CreateExportSchedule(
+        pb.CreateExportScheduleRequest(
+            schedule=pb.ExportSchedule(
+                template=template, interval=duration_pb2.Duration(seconds=3600), start_time=now, paused=True
+            )
+        ),
+        timeout=DEADLINE,
+    )
+    try:
+        assert schedule.paused
+        with pytest.raises(grpc.RpcError) as error:
+            stub.UpdateExportSchedule(
+                pb.UpdateExportScheduleRequest(
+                    schedule=pb.ExportSchedule(schedule_id=schedule.schedule_id, owner="someone-else"),
+                    update_mask=field_mask_pb2.FieldMask(paths=["owner"]),
+                ),
+                timeout=DEADLINE,
+            )
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        found = details(error.value)
+        assert found["ErrorInfo"].reason == "INVALID_REQUEST"
+        assert [v.field for v in found["BadRequest"].field_violations] == ["update_mask"]
+        read = stub.GetExportSchedule(pb.GetExportScheduleRequest(schedule_id=schedule.schedule_id), timeout=DEADLINE)
+        assert read.owner == "anonymous", "a refused update changes nothing"
+    finally:
+        delete_schedule_quietly(stub, schedule.schedule_id)
