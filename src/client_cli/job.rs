@@ -442,8 +442,10 @@ pub(super) fn lines_wanted(session: &Session) -> bool {
     session.display.mode() == Mode::Json || !std::io::stdout().is_terminal()
 }
 
-/// `job list`: up to `limit` jobs, newest first, following pages as needed.
-pub async fn list(session: &mut Session, limit: usize) -> Result<(), Failure> {
+/// `job list`: up to `limit` jobs (of one schedule, when given), newest first, following pages
+/// as needed.
+pub async fn list(session: &mut Session, limit: usize, schedule: Option<String>) -> Result<(), Failure> {
+    let schedule_id = schedule.unwrap_or_default();
     let mut jobs = Vec::new();
     let mut page_token = String::new();
     while jobs.len() < limit {
@@ -451,10 +453,10 @@ pub async fn list(session: &mut Session, limit: usize) -> Result<(), Failure> {
         let page_size = i32::try_from((limit - jobs.len()).min(PAGE_SIZE)).unwrap_or(i32::MAX);
         let token = page_token.clone();
         let page = with_retries(session, "listing jobs", || {
-            let (mut client, page_token) = (client.clone(), token.clone());
+            let (mut client, page_token, schedule_id) = (client.clone(), token.clone(), schedule_id.clone());
             async move {
                 client
-                    .list_export_jobs(unary(ListExportJobsRequest { page_size, page_token }))
+                    .list_export_jobs(unary(ListExportJobsRequest { page_size, page_token, schedule_id }))
                     .await
                     .map(|r| r.into_inner())
             }

@@ -285,6 +285,9 @@ enum JobWhat {
         /// The most jobs to list.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Only the jobs this export schedule started.
+        #[arg(long, value_name = "SCHEDULE_ID")]
+        schedule: Option<String>,
     },
     /// Follow a job until it ends, and optionally save its tasks' records (this is how a job
     /// left with Ctrl-C, or a save interrupted, is picked up).
@@ -642,7 +645,7 @@ pub async fn run_job(command: JobCommand) -> ExitCode {
                 job::create(&mut session, request, wait, directory).await
             }
             CheckedJob::Get(job_id) => job::get(&mut session, &job_id).await,
-            CheckedJob::List(limit) => job::list(&mut session, limit).await,
+            CheckedJob::List(limit, schedule) => job::list(&mut session, limit, schedule).await,
             CheckedJob::Watch { job_id, directory } => job::follow(&mut session, &job_id, directory).await,
             CheckedJob::Tasks(job_id) => job::tasks(&mut session, &job_id).await,
             CheckedJob::Verify(job_id) => job::verify(&mut session, &job_id).await,
@@ -656,7 +659,7 @@ pub async fn run_job(command: JobCommand) -> ExitCode {
 enum CheckedJob {
     Create { request: Box<CreateExportJobRequest>, wait: bool, directory: Option<PathBuf> },
     Get(String),
-    List(usize),
+    List(usize, Option<String>),
     Watch { job_id: String, directory: Option<PathBuf> },
     Tasks(String),
     Verify(String),
@@ -672,7 +675,7 @@ impl CheckedJob {
                 directory: job::checked_directory(args.output.output.as_deref())?,
             },
             JobWhat::Get { job_id } => CheckedJob::Get(job_id),
-            JobWhat::List { limit } => CheckedJob::List(limit),
+            JobWhat::List { limit, schedule } => CheckedJob::List(limit, schedule),
             JobWhat::Watch { job_id, output } => {
                 CheckedJob::Watch { directory: job::checked_directory(output.output.as_deref())?, job_id }
             }

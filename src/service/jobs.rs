@@ -45,6 +45,10 @@ pub type ExportJobEventStream = BoxedStream<ExportJobEvent>;
 const DEFAULT_PAGE_SIZE: usize = 50;
 const MAX_PAGE_SIZE: usize = 1_000;
 
+/// Jobs read at a time, and at most per call, when `ListExportJobs` looks for a schedule's.
+const SCHEDULE_SCAN_BATCH: usize = 500;
+const SCHEDULE_SCAN_LIMIT: usize = 10_000;
+
 /// The least time between two reads of a watched job: changes are coalesced to a few a second.
 const WATCH_COALESCE: Duration = Duration::from_millis(250);
 
@@ -234,19 +238,48 @@ pub(super) async fn list_export_jobs(
     let after = read_token(api, &message.page_token, caller, listing)?
         .map(|at| JobCursor { created_micros: at.created_micros, job_id: at.task_id });
     let owner = own_only.then_some(caller.name.as_str());
+    let schedule = match message.schedule_id.as_str() {
+        "" => None,
+        id => Some(validation::schedule_id("schedule_id", id).map_err(status::invalid_request)?),
+    };
     // One more than a page: whether another page follows. Jobs are few per caller, so the
     // page is filtered by the policies after the read (a caller who sees few of many may get
-    // a short page, with a token to go on).
-    let mut page = api.jobs.page(owner, after.as_ref(), size + 1).await.map_err(|error| store_failure(&error))?;
+    // a short page, with a token to go on). A schedule's jobs are found by reading on, in
+    // batches, up to a bound per call.
+    let batch = if schedule.is_some() { SCHEDULE_SCAN_BATCH } else { size + 1 };
+    let wanted = |job: &ExportJob| schedule.as_ref().is_none_or(|id| job.schedule_id == *id);
+    let (mut page, mut position, mut scanned, mut exhausted) = (Vec::new(), after, 0, false);
+    while page.len() <= size {
+        let read = api.jobs.page(owner, position.as_ref(), batch).await.map_err(|error| store_failure(&error))?;
+        exhausted = read.len() < batch;
+        scanned += read.len();
+        for job in read {
+            position = Some(JobCursor::of(&job));
+            if wanted(&job) {
+                page.push(job);
+                if page.len() > size {
+                    break;
+                }
+            }
+        }
+        if exhausted || scanned >= SCHEDULE_SCAN_LIMIT {
+            break;
+        }
+    }
     let more = page.len() > size;
     page.truncate(size);
-    let next_page_token = match (more, page.last()) {
-        (true, Some(last)) => {
-            let at = JobCursor::of(last);
+    let resume_at = match (more, page.last()) {
+        (true, Some(last)) => Some(JobCursor::of(last)),
+        // The scan's bound was reached: go on from where it stopped.
+        _ if !exhausted && schedule.is_some() => position,
+        _ => None,
+    };
+    let next_page_token = match resume_at {
+        Some(at) => {
             let cursor = Cursor { created_micros: at.created_micros, task_id: at.job_id };
             page_token::write(&cursor, caller, listing, &api.page_token_key)
         }
-        _ => String::new(),
+        None => String::new(),
     };
     let jobs = page
         .into_iter()

@@ -67,10 +67,7 @@ pub(super) async fn create_export_schedule(
         if let Some(items) = plan::listed(&template) {
             check_items(&api.policies, &call.caller, &template, &items)?;
         }
-        let lag = given.lag.unwrap_or(prost_types::Duration {
-            seconds: i64::try_from(DEFAULT_LAG.as_secs()).unwrap_or(i64::MAX),
-            nanos: 0,
-        });
+        let lag = given.lag.unwrap_or_else(default_lag);
         let start = micros(given.start_time.as_ref());
         let interval = duration_micros(given.interval.as_ref());
         let now = Utc::now();
@@ -118,6 +115,11 @@ pub(super) async fn create_export_schedule(
     .await;
     audit_outcome(&call.caller, rpc, outcome.as_ref().map(|schedule| schedule.schedule_id.as_str()));
     Ok(Response::new(outcome?))
+}
+
+/// The lag of a schedule that names none (also when an update clears it).
+fn default_lag() -> prost_types::Duration {
+    prost_types::Duration { seconds: i64::try_from(DEFAULT_LAG.as_secs()).unwrap_or(i64::MAX), nanos: 0 }
 }
 
 /// A schedule's template as stored: the window and `request_id` are the schedule's to set.
@@ -233,7 +235,7 @@ pub(super) async fn update_export_schedule(
                     "paused" => schedule.paused = given.paused,
                     "template" => schedule.template = Some(template.clone()),
                     "interval" => schedule.interval = given.interval,
-                    "lag" => schedule.lag = Some(given.lag.unwrap_or_default()),
+                    "lag" => schedule.lag = Some(given.lag.unwrap_or_else(default_lag)),
                     "full_every" => schedule.full_every = given.full_every,
                     _ => {}
                 }

@@ -349,6 +349,9 @@ pub fn export_schedule(field: &str, schedule: &ExportSchedule) -> Result<(), Vec
         {
             problems.add(format!("{field}.start_time"), "is not a valid timestamp");
         }
+        Some(start) if start.nanos % 1_000 != 0 => {
+            problems.add(format!("{field}.start_time"), "must be whole microseconds, as Stream's timestamps are");
+        }
         Some(_) => {}
     }
     problems.finish(())

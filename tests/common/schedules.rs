@@ -23,14 +23,15 @@ pub async fn schedule(client: &mut ExportServiceClient<Channel>, schedule_id: &s
     client.get_export_schedule(request).await.expect("the schedule is read").into_inner()
 }
 
-/// Every job of the schedule, oldest first.
+/// Every job of the schedule (as `ListExportJobs` filters them), oldest first.
 pub async fn jobs_of(client: &mut ExportServiceClient<Channel>, schedule_id: &str) -> Vec<ExportJob> {
     let mut all = Vec::new();
     let mut page_token = String::new();
     loop {
-        let request = ListExportJobsRequest { page_size: 1_000, page_token };
+        let request = ListExportJobsRequest { page_size: 1_000, page_token, schedule_id: schedule_id.into() };
         let page = client.list_export_jobs(request).await.expect("jobs").into_inner();
-        all.extend(page.jobs.into_iter().filter(|job| job.schedule_id == schedule_id));
+        assert!(page.jobs.iter().all(|job| job.schedule_id == schedule_id), "only the schedule's jobs: {page:?}");
+        all.extend(page.jobs);
         if page.next_page_token.is_empty() {
             break;
         }

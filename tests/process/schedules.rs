@@ -285,7 +285,8 @@ async fn a_policy_change_takes_effect_from_the_next_window() {
     let mut jobs = Vec::new();
     let mut page_token = String::new();
     loop {
-        let request = stream_export::proto::ListExportJobsRequest { page_size: 1_000, page_token };
+        let request =
+            stream_export::proto::ListExportJobsRequest { page_size: 1_000, page_token, schedule_id: id.clone() };
         let page = team.list_export_jobs(request).await.expect("listed").into_inner();
         jobs.extend(page.jobs.into_iter().filter(|job| job.schedule_id == id));
         if page.next_page_token.is_empty() {

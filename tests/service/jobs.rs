@@ -308,7 +308,7 @@ async fn a_repeated_create_with_one_request_id_returns_the_first_job_and_jobs_li
     let first_page = ListExportJobsRequest { page_size: 1, ..Default::default() };
     let page = app.client.clone().list_export_jobs(first_page).await.expect("list").into_inner();
     assert_eq!(page.jobs.iter().map(|job| job.job_id.as_str()).collect::<Vec<_>>(), [second.job_id.as_str()]);
-    let next = ListExportJobsRequest { page_size: 5, page_token: page.next_page_token };
+    let next = ListExportJobsRequest { page_size: 5, page_token: page.next_page_token, ..Default::default() };
     let rest = app.client.clone().list_export_jobs(next).await.expect("list").into_inner();
     assert_eq!(rest.jobs.iter().map(|job| job.job_id.as_str()).collect::<Vec<_>>(), [first.job_id.as_str()]);
     assert!(rest.next_page_token.is_empty());

@@ -10,8 +10,8 @@ use stream_export::{
     emulator::EmulatorConfig,
     proto::{
         ChannelList, ChannelRef, CreateExportJobRequest, CreateExportScheduleRequest, DeleteExportScheduleRequest,
-        ExportJob, ExportJobState, ExportSchedule, GetExportScheduleRequest, ListExportSchedulesRequest,
-        UpdateExportScheduleRequest, UserList, create_export_job_request::Selector,
+        ExportJob, ExportJobState, ExportSchedule, GetExportScheduleRequest, ListExportJobsRequest,
+        ListExportSchedulesRequest, UpdateExportScheduleRequest, UserList, create_export_job_request::Selector,
     },
 };
 use tonic::Code;
@@ -279,6 +279,16 @@ async fn bad_schedules_and_updates_are_refused_with_the_field_named_and_nothing_
         (
             refused(
                 Some(ExportSchedule {
+                    start_time: Some(prost_types::Timestamp { seconds: now.timestamp(), nanos: 123_456_789 }),
+                    ..every_second(now)
+                }),
+                "",
+            ),
+            "schedule.start_time",
+        ),
+        (
+            refused(
+                Some(ExportSchedule {
                     template: Some(CreateExportJobRequest {
                         selector: Some(Selector::Users(UserList { user_ids: vec!["u1".into()] })),
                         ..Default::default()
@@ -363,6 +373,8 @@ async fn bad_schedules_and_updates_are_refused_with_the_field_named_and_nothing_
     let changed = client.update_export_schedule(update(vec!["interval", "lag"], longer)).await.unwrap().into_inner();
     assert_eq!((changed.interval, changed.lag), (Some(seconds(3600)), Some(seconds(60))));
     assert_eq!(changed.template, first.template, "fields not named stay");
+    let cleared = client.update_export_schedule(update(vec!["lag"], named.clone())).await.unwrap().into_inner();
+    assert_eq!(cleared.lag, Some(seconds(15 * 60)), "a lag cleared is the default, as at create");
 
     // Unknown and malformed ids; a deleted schedule is gone, its id unknown.
     let status = client.get_export_schedule(GetExportScheduleRequest { schedule_id: "nope".into() }).await.unwrap_err();
@@ -375,6 +387,10 @@ async fn bad_schedules_and_updates_are_refused_with_the_field_named_and_nothing_
     assert_status(&status, Code::NotFound, "SCHEDULE_NOT_FOUND");
     let status = client.delete_export_schedule(DeleteExportScheduleRequest { schedule_id: id }).await.unwrap_err();
     assert_status(&status, Code::NotFound, "SCHEDULE_NOT_FOUND");
+    let listing = ListExportJobsRequest { schedule_id: "nope".into(), ..Default::default() };
+    let status = client.list_export_jobs(listing).await.unwrap_err();
+    let details = assert_status(&status, Code::InvalidArgument, "INVALID_REQUEST");
+    assert_eq!(violated_fields(&details), ["schedule_id"]);
     assert_eq!(app.emulator.exports_created().await, 0, "no schedule above started a window");
     app.stop().await;
 }
@@ -382,7 +398,7 @@ async fn bad_schedules_and_updates_are_refused_with_the_field_named_and_nothing_
 #[tokio::test]
 async fn schedules_are_listed_newest_first_in_pages() {
     let app = spawn_app_with(options(None, |_| {})).await;
-    let later = Utc::now() + chrono::Duration::hours(1);
+    let later = Utc::now().trunc_subsecs(0) + chrono::Duration::hours(1);
     let mut created = Vec::new();
     for _ in 0..3 {
         created.push(create(&app, every_second(later)).await.schedule_id);
