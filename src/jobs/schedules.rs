@@ -312,7 +312,11 @@ impl Schedules {
         }
         next.schedule.update_time = now;
         let job = JobRecord { job, owner_source: owner.source, fingerprint: String::new() };
+        let refused = job.job.state().is_terminal();
         let Some((written, created)) = self.inner.store.fire(next, job).await? else { return Ok(None) };
+        let due = window.end.saturating_add(duration_micros(schedule.lag.as_ref()));
+        let late = u64::try_from(now_micros().saturating_sub(due)).unwrap_or(0);
+        crate::telemetry::metrics::schedule_window(refused, Duration::from_micros(late));
         match created {
             Created::New(job) if !job.job.state().is_terminal() => jobs.run_created(job),
             Created::New(_) => {}

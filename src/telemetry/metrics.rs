@@ -32,6 +32,12 @@ pub const ARCHIVE_COPIES: &str = "stream_export_archive_copies_total";
 /// Bytes written into archives (files copied whole).
 pub const ARCHIVE_BYTES: &str = "stream_export_archive_bytes_total";
 
+/// Windows of export schedules started, by `outcome`: `started` (a job created), or `refused`
+/// (the policies refused the job to its owner: it was created FAILED).
+pub const SCHEDULE_WINDOWS: &str = "stream_export_schedule_windows_total";
+/// How long after it was due (its end plus the lag) each window's job was created.
+pub const SCHEDULE_FIRE_DELAY: &str = "stream_export_schedule_fire_delay_seconds";
+
 /// Latency buckets, in seconds: from sub-millisecond local calls to slow upstream exports.
 const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
@@ -58,6 +64,20 @@ fn describe() {
     metrics::describe_counter!(SPANS_DROPPED, "spans not exported, by reason (queue_full, export_failed)");
     metrics::describe_counter!(ARCHIVE_COPIES, "archive copies of export files, by outcome (archived, failed)");
     metrics::describe_counter!(ARCHIVE_BYTES, metrics::Unit::Bytes, "bytes of export files written into archives");
+    metrics::describe_counter!(SCHEDULE_WINDOWS, "windows of export schedules started, by outcome (started, refused)");
+    metrics::describe_histogram!(
+        SCHEDULE_FIRE_DELAY,
+        metrics::Unit::Seconds,
+        "how long after it was due each schedule window's job was created"
+    );
+}
+
+/// Counts a schedule window whose job was created (`refused`: created FAILED by the policies),
+/// `late` after the window was due.
+pub fn schedule_window(refused: bool, late: Duration) {
+    let outcome = if refused { "refused" } else { "started" };
+    metrics::counter!(SCHEDULE_WINDOWS, "outcome" => outcome).increment(1);
+    metrics::histogram!(SCHEDULE_FIRE_DELAY).record(late.as_secs_f64());
 }
 
 /// Counts one try of an archive copy: `bytes` written when it succeeded.
