@@ -320,8 +320,9 @@ impl Schedules {
         match created {
             Created::New(job) if !job.job.state().is_terminal() => jobs.run_created(job),
             Created::New(_) => {}
-            // Only if a job with this window's request id outlived a deleted schedule's
-            // successor: the window has its job.
+            // Cannot happen while a window's job and the cursor's move are one write (the
+            // request id names the schedule and the window): kept as a guard, the window has
+            // its job.
             Created::Existing(job) => tracing::warn!(job_id = job.job.job_id, "the window's job existed already"),
         }
         tracing::info!(
