@@ -69,14 +69,7 @@ pub(super) async fn create_export_job(
     let message = request.get_ref();
     let outcome = async {
         let settings = api.jobs.settings();
-        let listed = match &message.selector {
-            Some(Selector::Channels(list)) => Some(("channels.channels", list.channels.len())),
-            Some(Selector::Users(list)) => Some(("users.user_ids", list.user_ids.len())),
-            Some(Selector::ChannelQuery(_)) | None => None,
-        };
-        if let Some((field, count)) = listed.filter(|(_, count)| *count > settings.max_channels) {
-            return Err(status::job_list_too_large(field, count, settings.max_channels));
-        }
+        check_list_size(api, message, "")?;
         validation::create_export_job(message).map_err(status::invalid_request)?;
         let archive = archive_location(api, &message.archive_uri)?;
         let job_id = uuid::Uuid::new_v4().to_string();
@@ -118,6 +111,21 @@ pub(super) async fn create_export_job(
     let audited = outcome.as_ref().map(|job| job.job_id.as_str());
     audit::record(&call.caller, rpc, &Subject::Job(audited.unwrap_or_default()), audited);
     Ok(Response::new(outcome?))
+}
+
+/// RESOURCE_EXHAUSTED `JOB_TOO_LARGE` for an explicit list longer than a job may hold
+/// (`prefix` goes before the field's path: `schedule.template.`).
+pub(super) fn check_list_size(api: &ExportApi, request: &CreateExportJobRequest, prefix: &str) -> Result<(), Status> {
+    let limit = api.jobs.settings().max_channels;
+    let listed = match &request.selector {
+        Some(Selector::Channels(list)) => Some(("channels.channels", list.channels.len())),
+        Some(Selector::Users(list)) => Some(("users.user_ids", list.user_ids.len())),
+        Some(Selector::ChannelQuery(_)) | None => None,
+    };
+    match listed.filter(|(_, count)| *count > limit) {
+        Some((field, count)) => Err(status::job_list_too_large(&format!("{prefix}{field}"), count, limit)),
+        None => Ok(()),
+    }
 }
 
 /// Checks `ExportChannels` (or `ExportUsers`) on every item of an explicit list.

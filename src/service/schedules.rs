@@ -13,7 +13,7 @@ use super::{
     authorization::Resource,
     call::Call,
     caller::Caller,
-    jobs::{archive_location, check_items, page_size, read_token},
+    jobs::{archive_location, check_items, check_list_size, page_size, read_token},
     page_token::{self, Listing},
     rpc::Rpc,
     validation,
@@ -54,6 +54,9 @@ pub(super) async fn create_export_schedule(
             let required = FieldViolation::new("schedule", "is required: its template, interval and start_time");
             return Err(status::invalid_request(vec![required]));
         };
+        if let Some(template) = &given.template {
+            check_list_size(api, template, "schedule.template.")?;
+        }
         let mut problems = validation::export_schedule("schedule", given).err().unwrap_or_default();
         problems.extend(validation::request_id(&message.request_id).err().unwrap_or_default());
         if !problems.is_empty() {
@@ -206,6 +209,9 @@ pub(super) async fn update_export_schedule(
     let given = message.schedule.clone().unwrap_or_default();
     let outcome = async {
         let paths = message.update_mask.as_ref().map(|mask| mask.paths.clone()).unwrap_or_default();
+        if let Some(template) = given.template.as_ref().filter(|_| paths.iter().any(|path| path == "template")) {
+            check_list_size(api, template, "schedule.template.")?;
+        }
         let mut problems =
             validation::schedule_id("schedule.schedule_id", &given.schedule_id).err().unwrap_or_default();
         problems.extend(validation::export_schedule_update(&given, &paths).err().unwrap_or_default());

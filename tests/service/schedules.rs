@@ -253,7 +253,11 @@ async fn every_nth_window_of_full_every_exports_everything_up_to_its_end() {
 
 #[tokio::test]
 async fn bad_schedules_and_updates_are_refused_with_the_field_named_and_nothing_started() {
-    let app = spawn_app_with(options(None, |settings| settings.schedules.max_per_caller = 2)).await;
+    let app = spawn_app_with(options(None, |settings| {
+        settings.schedules.max_per_caller = 2;
+        settings.jobs.max_channels = 2;
+    }))
+    .await;
     let mut client = app.client.clone();
     let now = Utc::now().trunc_subsecs(0);
     let refused = |schedule: Option<ExportSchedule>, request_id: &str| CreateExportScheduleRequest {
@@ -335,6 +339,14 @@ async fn bad_schedules_and_updates_are_refused_with_the_field_named_and_nothing_
         let details = assert_status(&status, Code::InvalidArgument, "INVALID_REQUEST");
         assert!(violated_fields(&details).iter().any(|found| found == field), "{field}: {status:?}");
     }
+    let three = CreateExportJobRequest {
+        selector: Some(Selector::Channels(ChannelList { channels: channels(3) })),
+        ..Default::default()
+    };
+    let too_large = refused(Some(ExportSchedule { template: Some(three), ..every_second(now) }), "");
+    let status = client.create_export_schedule(too_large).await.unwrap_err();
+    let details = assert_status(&status, Code::ResourceExhausted, "JOB_TOO_LARGE");
+    assert_eq!(violated_fields(&details), ["schedule.template.channels.channels"]);
     let listed = client.list_export_schedules(ListExportSchedulesRequest::default()).await.unwrap().into_inner();
     assert!(listed.schedules.is_empty(), "nothing was stored");
 
