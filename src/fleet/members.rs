@@ -5,7 +5,7 @@
 use std::{
     sync::{
         Arc, LazyLock,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -24,7 +24,8 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const ALIVE_FOR: Duration = Duration::from_secs(5);
 
 /// Records this replica's heartbeat (on Redis's clock), forgets the silent ones, and returns
-/// how many are alive.
+/// how many are alive and the least id among them (the replica that runs the fleet's
+/// singletons, such as the schedules' loop: chosen at no extra call).
 static BEAT: LazyLock<FleetScript> = LazyLock::new(|| {
     FleetScript::new(
         "EVALSHA members.beat",
@@ -34,7 +35,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-return redis.call('ZCARD', KEYS[1])
+local alive = redis.call('ZRANGE', KEYS[1], 0, -1)
+local first = alive[1] or ''
+for _, id in ipairs(alive) do if id < first then first = id end end
+return {#alive, first}
 ",
     )
 });
@@ -48,12 +52,18 @@ static LEAVE: LazyLock<FleetScript> =
 pub struct Members {
     id: Arc<str>,
     alive: Arc<AtomicUsize>,
+    /// Whether this replica had the least id alive at the last heartbeat Redis answered.
+    first: Arc<AtomicBool>,
 }
 
 impl Members {
     /// Joins the fleet: beats every [`HEARTBEAT`] until `shutdown`, then leaves.
     pub fn start(redis: Redis, shutdown: CancellationToken) -> Self {
-        let members = Self { id: uuid::Uuid::new_v4().to_string().into(), alive: Arc::new(AtomicUsize::new(1)) };
+        let members = Self {
+            id: uuid::Uuid::new_v4().to_string().into(),
+            alive: Arc::new(AtomicUsize::new(1)),
+            first: Arc::new(AtomicBool::new(false)),
+        };
         tokio::spawn(members.clone().beat(redis, shutdown));
         members
     }
@@ -68,6 +78,13 @@ impl Members {
         self.alive.load(Ordering::Relaxed).max(1)
     }
 
+    /// Whether this replica runs the fleet's singletons: it had the least id among the replicas
+    /// alive at the last heartbeat. Two replicas may both think so for a heartbeat (or none,
+    /// while Redis does not answer): what they run must be safe to run twice.
+    pub fn is_first(&self) -> bool {
+        self.first.load(Ordering::Relaxed)
+    }
+
     async fn beat(self, redis: Redis, shutdown: CancellationToken) {
         let key = redis.key("members", "fleet", "replicas");
         let mut ticks = tokio::time::interval(HEARTBEAT);
@@ -78,10 +95,17 @@ impl Members {
                 () = shutdown.cancelled() => break,
             }
             let beat = BEAT.call().key(&key).arg(&*self.id).arg(millis(ALIVE_FOR)).quiet();
-            if let Ok(alive) = beat.run::<usize>(&redis).await {
+            if let Ok((alive, first)) = beat.run::<(usize, String)>(&redis).await {
                 self.alive.store(alive, Ordering::Relaxed);
+                self.first.store(first == *self.id, Ordering::Relaxed);
             }
         }
         let _ = LEAVE.call().key(&key).arg(&*self.id).run::<i64>(&redis).await;
+    }
+}
+
+impl crate::jobs::schedules::LoopLeader for Members {
+    fn leads(&self) -> bool {
+        self.is_first()
     }
 }

@@ -300,11 +300,6 @@ impl Jobs {
         self.inner.changes.send_modify(|version| *version += 1);
     }
 
-    /// Who runs each job (and, in a fleet, the schedules' loop).
-    pub fn claims(&self) -> &Arc<dyn JobClaims> {
-        &self.inner.parts.claims
-    }
-
     /// The checks of each job and shard.
     pub fn policy(&self) -> &Arc<dyn JobPolicy> {
         &self.inner.parts.policy

@@ -5,10 +5,17 @@
 //! the store transaction that creates the window's job ([`ScheduleStore::fire`]), so a crash,
 //! a restart or a second replica can neither skip a window nor run one twice. Every write names
 //! the revision it read; whoever writes second reads again. In a fleet one replica runs the
-//! loop at a time (it holds a claim, as a job's runner does), and should two ever run it (a
-//! claim lost mid-turn), the first to fire a window wins and the other finds the cursor moved.
+//! loop ([`LoopLeader`]: the fleet's heartbeats choose it, at no extra call), and should two
+//! ever run it at once (views of the fleet that differ for a heartbeat), the first to fire a
+//! window wins and the other finds the cursor moved.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use chrono::Utc;
 use tonic::Status;
@@ -38,9 +45,10 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// due (a job's end shows in `last_*_job_id` within about this many ticks).
 const REFRESH_EVERY_TICKS: u64 = 5;
 
-/// The claim (a `JobClaims` name no job id can have) that lets one replica of a fleet run the
-/// loop: the others stand by, and one takes over within the claim's lease when it dies.
-const LOOP_CLAIM: &str = "schedules-loop";
+/// Loop turns without a read while no schedule exists and none was written here: an idle
+/// fleet costs Redis a read every few seconds, and a schedule created on another replica is
+/// seen within as many ticks.
+const IDLE_TURNS: u32 = 5;
 
 /// Most attempts of one read-modify-write of a schedule that others keep writing first.
 const WRITE_ATTEMPTS: usize = 8;
@@ -64,6 +72,23 @@ pub struct ScheduleSettings {
 impl Default for ScheduleSettings {
     fn default() -> Self {
         Self { tick: Duration::from_secs(1), catch_up: 3, max_backfill: 1_000, max_per_caller: 100, max_total: 10_000 }
+    }
+}
+
+/// Who runs the schedules' loop. One process: it does ([`AlwaysLeads`]); a fleet: the replica
+/// its heartbeats choose (`fleet::members::Members`), which takes over when another dies.
+pub trait LoopLeader: Send + Sync + std::fmt::Debug + 'static {
+    /// Whether this replica runs the loop now.
+    fn leads(&self) -> bool;
+}
+
+/// One process: it runs the loop.
+#[derive(Debug)]
+pub struct AlwaysLeads;
+
+impl LoopLeader for AlwaysLeads {
+    fn leads(&self) -> bool {
+        true
     }
 }
 
@@ -135,14 +160,22 @@ pub struct Schedules {
 struct Inner {
     store: Arc<dyn ScheduleStore>,
     jobs: Jobs,
+    leader: Arc<dyn LoopLeader>,
     settings: ScheduleSettings,
+    /// Set when a schedule is written here: the loop reads them at its next turn.
+    written: AtomicBool,
 }
 
 impl Schedules {
-    /// The schedules kept in `store`, whose windows start jobs through `jobs`; none fires until
-    /// [`Schedules::run`].
-    pub fn new(store: Arc<dyn ScheduleStore>, jobs: Jobs, settings: ScheduleSettings) -> Self {
-        Self { inner: Arc::new(Inner { store, jobs, settings }) }
+    /// The schedules kept in `store`, whose windows start jobs through `jobs` when `leader`
+    /// says this replica runs the loop; none fires until [`Schedules::run`].
+    pub fn new(
+        store: Arc<dyn ScheduleStore>,
+        jobs: Jobs,
+        leader: Arc<dyn LoopLeader>,
+        settings: ScheduleSettings,
+    ) -> Self {
+        Self { inner: Arc::new(Inner { store, jobs, leader, settings, written: AtomicBool::new(false) }) }
     }
 
     /// The settings in force.
@@ -178,7 +211,9 @@ impl Schedules {
                 ));
             }
         }
-        self.inner.store.create_schedule(record).await.map_err(|error| store_failure(&error))
+        let created = self.inner.store.create_schedule(record).await.map_err(|error| store_failure(&error))?;
+        self.inner.written.store(true, Ordering::Relaxed);
+        Ok(created)
     }
 
     /// A schedule, if it is kept, with the jobs it started read again.
@@ -206,6 +241,7 @@ impl Schedules {
             record.schedule.update_time = Some(timestamp(Utc::now()));
             let written = self.inner.store.replace_schedule(record).await.map_err(|error| store_failure(&error))?;
             if let Some(written) = written {
+                self.inner.written.store(true, Ordering::Relaxed);
                 return Ok(Some(written));
             }
         }
@@ -222,34 +258,47 @@ impl Schedules {
         let schedules = self.clone();
         let stopping = self.inner.jobs.stopping();
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(schedules.inner.settings.tick);
+            let inner = &schedules.inner;
+            let mut ticks = tokio::time::interval(inner.settings.tick);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let claims = Arc::clone(schedules.inner.jobs.claims());
+            let (mut idle, mut quiet_turns) = (false, 0);
             for turn in 0u64.. {
                 tokio::select! {
                     _ = ticks.tick() => {}
-                    () = stopping.cancelled() => break,
+                    () = stopping.cancelled() => return,
                 }
-                if claims.claim(LOOP_CLAIM).await {
-                    schedules.turn(turn % REFRESH_EVERY_TICKS == 0).await;
+                if !inner.leader.leads() {
+                    continue;
                 }
+                let written_here = inner.written.swap(false, Ordering::Relaxed);
+                if idle && !written_here && quiet_turns < IDLE_TURNS {
+                    quiet_turns += 1;
+                    continue;
+                }
+                quiet_turns = 0;
+                idle = schedules.turn(turn % REFRESH_EVERY_TICKS == 0).await == Some(0);
             }
-            claims.release(LOOP_CLAIM).await;
         });
     }
 
-    /// One turn of the loop: every schedule's due windows fired, in window order.
-    async fn turn(&self, refresh_all: bool) {
+    /// One turn of the loop: every schedule's due windows fired, in window order. Returns how
+    /// many schedules there are (`None`: they could not be read).
+    async fn turn(&self, refresh_all: bool) -> Option<usize> {
         let records = match self.inner.store.schedules().await {
             Ok(records) => records,
-            Err(error) => return tracing::debug!(%error, "the schedules could not be read"),
+            Err(error) => {
+                tracing::debug!(%error, "the schedules could not be read");
+                return None;
+            }
         };
+        let count = records.len();
         for record in records {
             let schedule_id = record.schedule.schedule_id.clone();
             if let Err(error) = self.advance(record, refresh_all).await {
                 tracing::warn!(%error, schedule_id, "a schedule's due windows could not be started");
             }
         }
+        Some(count)
     }
 
     /// Fires `record`'s due windows, one at a time, while it has room.

@@ -30,7 +30,10 @@ use crate::{
         submit::RedisSubmitStore,
         watch_lease::FleetView,
     },
-    jobs::{JobClaims, JobParts, Jobs, RunsEveryJob, schedules::Schedules},
+    jobs::{
+        JobClaims, JobParts, Jobs, RunsEveryJob,
+        schedules::{AlwaysLeads, LoopLeader, Schedules},
+    },
     proto::{self, export_service_server::ExportServiceServer},
     service::{ExportApi, JobChecks, Stores, authorization::Policies, caller::CallerAuth},
     store::{
@@ -159,7 +162,8 @@ impl Application {
                 tracing::warn!(%error, "the unfinished export jobs could not be read; they resume at the next start")
             }
         }
-        let schedules = Schedules::new(job_seams.schedules, jobs.clone(), settings.schedules);
+        let schedules =
+            Schedules::new(job_seams.schedules, jobs.clone(), job_seams.schedule_leader, settings.schedules);
         schedules.run();
         let api = ExportApi::new(client, hub.clone(), stores, schedules, policies.clone(), settings.limits);
         Ok(Self {
@@ -324,6 +328,8 @@ struct JobSeams {
     store: Arc<dyn JobStore>,
     /// The same store's schedules: a window's job is created with its schedule's cursor move.
     schedules: Arc<dyn ScheduleStore>,
+    /// Who runs the schedules' loop.
+    schedule_leader: Arc<dyn LoopLeader>,
     export_slots: Arc<dyn SlotBooker>,
     claims: Arc<dyn JobClaims>,
 }
@@ -341,7 +347,13 @@ fn solo_job_seams(state: Option<&StateDir>) -> JobSeams {
             (store.clone(), store)
         }
     };
-    JobSeams { store, schedules, export_slots: Coordination::solo().slots, claims: Arc::new(RunsEveryJob) }
+    JobSeams {
+        store,
+        schedules,
+        schedule_leader: Arc::new(AlwaysLeads),
+        export_slots: Coordination::solo().slots,
+        claims: Arc::new(RunsEveryJob),
+    }
 }
 
 /// A fleet: jobs in Redis, the fleet's one export budget, each job run by the replica holding
@@ -351,6 +363,7 @@ fn fleet_job_seams(redis: &Redis, members: &Members) -> JobSeams {
     JobSeams {
         store: store.clone(),
         schedules: store,
+        schedule_leader: Arc::new(members.clone()),
         export_slots: Arc::new(FleetBudget::named(redis.clone(), members.clone(), "exports")),
         claims: Arc::new(JobLeases::new(redis.clone(), members.id(), JOB_LEASE)),
     }
