@@ -120,7 +120,7 @@ impl Scale {
             archive_file_bytes: 1 << 30,
             archive_source_mib_per_s: 200,
             schedule_count: 1000,
-            schedule_lead: Duration::from_secs(3),
+            schedule_lead: Duration::from_secs(6),
             schedule_run: Duration::from_secs(30),
             schedule_settle: Duration::from_secs(3),
         }

@@ -13,6 +13,8 @@
 //! (and the jobs it starts), not Stream.
 //!
 //! Run twice: with the state in a state directory (the default, as deployed) and in memory.
+//! `STREAM_EXPORT_BENCH_SCHEDULES=N` runs N schedules instead of the scale's (to find how many
+//! one replica keeps up with).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -63,6 +65,7 @@ struct Names {
     expected: &'static str,
     fired: &'static str,
     missed: &'static str,
+    behind: &'static str,
     twice: &'static str,
     untiled: &'static str,
     service_cpu: &'static str,
@@ -83,6 +86,7 @@ impl State {
                 expected: "schedule_windows_expected",
                 fired: "schedule_windows_fired",
                 missed: "schedule_windows_missed",
+                behind: "schedule_windows_behind",
                 twice: "schedule_windows_twice",
                 untiled: "schedule_windows_untiled",
                 service_cpu: "schedule_service_cpu_cores",
@@ -99,6 +103,7 @@ impl State {
                 expected: "schedule_windows_expected_memory",
                 fired: "schedule_windows_fired_memory",
                 missed: "schedule_windows_missed_memory",
+                behind: "schedule_windows_behind_memory",
                 twice: "schedule_windows_twice_memory",
                 untiled: "schedule_windows_untiled_memory",
                 service_cpu: "schedule_service_cpu_cores_memory",
@@ -221,7 +226,10 @@ async fn list_jobs(client: &mut ExportServiceClient<Channel>) -> Vec<ExportJob> 
 }
 
 async fn fire(scale: &Scale, state: State) -> Vec<Figure> {
-    let count = scale.schedule_count;
+    let count = std::env::var("STREAM_EXPORT_BENCH_SCHEDULES")
+        .ok()
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(scale.schedule_count);
     let names = state.names();
     let emulator_process = emulator("schedules-emulator").await;
     let emulator_client = EmulatorClient::new(emulator_process.url());
@@ -279,18 +287,20 @@ async fn fire(scale: &Scale, state: State) -> Vec<Figure> {
     let jobs = list_jobs(&mut client.clone()).await;
     let submits = emulator_client.counters().await["routes"]["export_channels"].as_u64().unwrap_or(0);
 
-    let windows = Windows::of(&ids, &jobs, start_micros, stop_micros);
+    let windows = Windows::of(&ids, &jobs, start_micros, stop_micros, read_micros);
     drop(service);
     let _ = std::fs::remove_dir_all(&dir);
     let mut delays = windows.delays_ms.clone();
     let mut job_seconds = windows.job_seconds.clone();
     println!(
-        "schedules ({}): {count} schedules, {:.1} s run, {} windows expected, {} fired ({} by the read, \
-         {:.1} s after the stop), {} jobs listed, {submits} exports submitted, {} jobs of the run SUCCEEDED",
+        "schedules ({}): {count} schedules, {:.1} s run, {} windows expected, {} fired, {} behind ({} fired in \
+         all by the read, {:.1} s after the stop), {} jobs listed, {submits} exports submitted, {} jobs of the \
+         run SUCCEEDED",
         state.label(),
         run_seconds,
         windows.expected,
         windows.fired_in_run,
+        windows.behind,
         windows.fired_total,
         (read_micros - stop_micros) as f64 / 1e6,
         jobs.len(),
@@ -303,6 +313,7 @@ async fn fire(scale: &Scale, state: State) -> Vec<Figure> {
         Figure::info(names.expected, windows.expected as f64, ""),
         Figure::info(names.fired, windows.fired_in_run as f64, ""),
         Figure::target(names.missed, windows.missed as f64, "", Target::AtMost(0.0)),
+        Figure::info(names.behind, windows.behind as f64, ""),
         Figure::target(names.twice, windows.twice as f64, "", Target::AtMost(0.0)),
         Figure::target(names.untiled, windows.untiled as f64, "", Target::AtMost(0.0)),
         Figure::info(names.service_cpu, service_cpu.as_secs_f64() / run_seconds, "cores"),
@@ -323,15 +334,21 @@ struct Windows {
     fired_in_run: usize,
     /// Windows with a job, the ones that ended after the stop included.
     fired_total: usize,
-    /// Windows that ended by the stop and have no job.
+    /// Windows with no job before a later window of the same schedule that has one: a gap,
+    /// which the cursor (moved with each job's creation, in window order) must never leave.
     missed: usize,
+    /// Windows that ended by the stop and had no job yet when the jobs were read, after every
+    /// fired window of their schedule: the firing is behind (too slow), not skipping.
+    behind: usize,
     /// Jobs beyond the first of a window (the same `messages_since` or `request_id` again).
     twice: usize,
     /// Jobs whose window is not one of its schedule's (a start off the grid, a length other than
     /// the interval, an end that is not the next start minus 1 µs, a `request_id` that does not
     /// name the window), or that belong to no schedule of the run.
     untiled: usize,
-    /// Per window that ended by the stop: its job's `create_time` − (window end + lag), in ms.
+    /// Per window that ended by the stop: its job's `create_time` − (window end + lag), in ms;
+    /// for a window still behind at the read, the read's time − its end (a lower bound), so
+    /// that a slow firing does not leave its worst delays out.
     delays_ms: Vec<f64>,
     /// Per job of the run that ended: `end_time` − `create_time`, in seconds.
     job_seconds: Vec<f64>,
@@ -340,7 +357,7 @@ struct Windows {
 }
 
 impl Windows {
-    fn of(ids: &[String], jobs: &[ExportJob], start: i64, stop: i64) -> Self {
+    fn of(ids: &[String], jobs: &[ExportJob], start: i64, stop: i64, read: i64) -> Self {
         let mut windows = Self::default();
         let schedules: HashSet<&str> = ids.iter().map(String::as_str).collect();
         let mut seen: HashMap<&str, HashSet<i64>> = HashMap::new();
@@ -385,11 +402,22 @@ impl Windows {
         }
         let per_schedule = ((stop - start) / INTERVAL_MICROS).max(0) as usize;
         windows.expected = per_schedule * ids.len();
+        let empty = HashSet::new();
         for id in ids {
-            let fired = seen.get(id.as_str());
-            windows.missed += (0..per_schedule as i64)
-                .filter(|k| !fired.is_some_and(|windows| windows.contains(&(start + k * INTERVAL_MICROS))))
-                .count();
+            let fired = seen.get(id.as_str()).unwrap_or(&empty);
+            let after_last = fired.iter().max().map_or(0, |last| (last - start) / INTERVAL_MICROS + 1);
+            for k in 0..per_schedule as i64 {
+                let window_start = start + k * INTERVAL_MICROS;
+                if fired.contains(&window_start) {
+                    continue;
+                }
+                if k < after_last {
+                    windows.missed += 1;
+                } else {
+                    windows.behind += 1;
+                    windows.delays_ms.push((read - (window_start + INTERVAL_MICROS)) as f64 / 1000.0);
+                }
+            }
         }
         windows
     }
