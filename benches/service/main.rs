@@ -5,8 +5,9 @@
 //! loopback, loads them with the project's own generated client, reads CPU time and memory
 //! from `/proc/<pid>/`, prints a table, and prints one `BENCH {json}` line per figure.
 //! `--quick` (or `STREAM_EXPORT_BENCH_QUICK=1`) runs every figure at a small scale in a few
-//! seconds: a smoke test, its numbers mean nothing. `--only unary|fanout|budget|fleet|jobs|archive` runs one
-//! section alone; `--only tracing` runs the tracing figures of `unary` alone.
+//! seconds: a smoke test, its numbers mean nothing.
+//! `--only unary|fanout|budget|fleet|jobs|archive|schedules` runs one section alone;
+//! `--only tracing` runs the tracing figures of `unary` alone.
 
 mod archive;
 mod echo;
@@ -20,6 +21,7 @@ mod python_grpc;
 #[path = "../../tests/common/raw_grpc.rs"]
 mod raw_grpc;
 mod report;
+mod schedules;
 mod tasks;
 mod unary;
 mod watch;
@@ -69,6 +71,14 @@ pub struct Scale {
     archive_file_bytes: u64,
     /// The pace of its source, as a remote file store serves one download.
     archive_source_mib_per_s: u32,
+    /// Export schedules firing every second on one replica.
+    schedule_count: usize,
+    /// From the creates' start to the first window's start, at least (creating them takes time).
+    schedule_lead: Duration,
+    /// Seconds of windows measured.
+    schedule_run: Duration,
+    /// After the run, the time left to the windows that ended by its end to fire, before the jobs are read.
+    schedule_settle: Duration,
 }
 
 impl Scale {
@@ -109,6 +119,10 @@ impl Scale {
             job_resume_shards: 20,
             archive_file_bytes: 1 << 30,
             archive_source_mib_per_s: 200,
+            schedule_count: 1000,
+            schedule_lead: Duration::from_secs(6),
+            schedule_run: Duration::from_secs(30),
+            schedule_settle: Duration::from_secs(3),
         }
     }
 
@@ -147,6 +161,10 @@ impl Scale {
             // More than three parts of 5 MiB, so that the upload waits for capacity.
             archive_file_bytes: 24 << 20,
             archive_source_mib_per_s: 200,
+            schedule_count: 20,
+            schedule_lead: Duration::from_millis(500),
+            schedule_run: Duration::from_secs(2),
+            schedule_settle: Duration::from_secs(2),
         }
     }
 }
@@ -175,7 +193,7 @@ fn main() {
 }
 
 /// The sections that `--only` can pick (every one runs without it).
-const SECTIONS: [&str; 7] = ["unary", "tracing", "fanout", "budget", "fleet", "jobs", "archive"];
+const SECTIONS: [&str; 8] = ["unary", "tracing", "fanout", "budget", "fleet", "jobs", "archive", "schedules"];
 
 async fn run(scale: &Scale, quick: bool, only: Option<&str>) {
     // Without `--only`, `tracing` runs within `unary`.
@@ -206,6 +224,9 @@ async fn run(scale: &Scale, quick: bool, only: Option<&str>) {
     }
     if runs("archive") {
         figures.extend(archive::run(scale).await);
+    }
+    if runs("schedules") {
+        figures.extend(schedules::run(scale).await);
     }
     report::print(&figures);
     println!("finished in {:.1} s", started.elapsed().as_secs_f64());
