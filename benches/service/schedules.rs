@@ -232,7 +232,7 @@ impl Collected {
         let mut page_token = String::new();
         loop {
             let page = client
-                .list_export_jobs(ListExportJobsRequest { page_size: PAGE_SIZE, page_token })
+                .list_export_jobs(ListExportJobsRequest { page_size: PAGE_SIZE, page_token, ..Default::default() })
                 .await
                 .expect("ListExportJobs")
                 .into_inner();

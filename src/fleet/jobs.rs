@@ -36,7 +36,8 @@ use crate::{
 };
 
 /// Creates a job unless its owner's `request_id` names one already (then returns that one's
-/// record); forgets finished jobs past the retention. A Lua function of the keys `K` and
+/// record); forgets finished jobs past the retention. A job created ended (a schedule's window
+/// its owner may not export) goes to `finished` at once. A Lua function of the keys `K` and
 /// arguments `A` that [`CREATE`] passes, so that a schedule's fire (`fleet::schedules`) creates
 /// its window's job in the script that moves its cursor.
 pub(super) const CREATE_JOB_LUA: &str = r"
@@ -63,7 +64,12 @@ local function create_job(K, A)
   redis.call('HSET', K[3], A[1], A[4])
   redis.call('ZADD', K[4], 0, A[2])
   redis.call('ZADD', K[5], 0, A[2])
-  redis.call('ZADD', K[6], 0, A[2])
+  local state = tonumber(A[5])
+  if state == 3 or state == 4 or state == 6 then
+    redis.call('ZADD', K[8], 0, A[2])
+  else
+    redis.call('ZADD', K[6], 0, A[2])
+  end
   return {1, A[3]}
 end
 ";

@@ -399,7 +399,7 @@ impl Jobs {
 
     /// Starts `record`'s runner, unless it runs here already or another replica runs it.
     fn start(&self, record: JobRecord) {
-        if self.inner.stopping.is_cancelled() {
+        if self.inner.stopping.is_cancelled() || record.job.state().is_terminal() {
             return;
         }
         let job_id = record.job.job_id.clone();

@@ -45,10 +45,10 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// due (a job's end shows in `last_*_job_id` within about this many ticks).
 const REFRESH_EVERY_TICKS: u64 = 5;
 
-/// Loop turns without a read while no schedule exists and none was written here: an idle
-/// fleet costs Redis a read every few seconds, and a schedule created on another replica is
-/// seen within as many ticks.
-const IDLE_TURNS: u32 = 5;
+/// Most loop turns between two reads of the schedules. Between them the loop reads when a
+/// window is due, when a job it started may have ended, or when a schedule was written on this
+/// replica; a schedule written on another replica of a fleet is seen within this many ticks.
+const MOST_TURNS_UNREAD: u64 = 30;
 
 /// Most attempts of one read-modify-write of a schedule that others keep writing first.
 const WRITE_ATTEMPTS: usize = 8;
@@ -109,9 +109,14 @@ impl Window {
         Self { start, end: start.saturating_add(interval_micros(schedule)) }
     }
 
-    /// Whether its job may start at `now` (µs): it ended, and the lag passed.
+    /// When its job may start (µs): once it ended and the lag passed.
+    pub fn due_at(&self, schedule: &ExportSchedule) -> i64 {
+        self.end.saturating_add(duration_micros(schedule.lag.as_ref()))
+    }
+
+    /// Whether its job may start at `now` (µs).
     pub fn is_due(&self, schedule: &ExportSchedule, now: i64) -> bool {
-        self.end.saturating_add(duration_micros(schedule.lag.as_ref())) <= now
+        self.due_at(schedule) <= now
     }
 }
 
@@ -147,6 +152,14 @@ pub fn window_request(schedule: &ExportSchedule, window: Window) -> CreateExport
     request.messages_until = Some(timestamp_of(window.end - 1));
     request.request_id = format!("schedule:{}:window:{}", schedule.schedule_id, window.start);
     request
+}
+
+/// When the loop should read the schedules again.
+struct NextRead {
+    /// µs until the soonest window of any schedule is due (0 or less: now).
+    due_in: i64,
+    /// Whether some schedule has jobs running (whose end it records).
+    running: bool,
 }
 
 /// The export schedules of this replica: creates, reads, changes, and the loop that starts
@@ -259,31 +272,43 @@ impl Schedules {
         let stopping = self.inner.jobs.stopping();
         tokio::spawn(async move {
             let inner = &schedules.inner;
-            let mut ticks = tokio::time::interval(inner.settings.tick);
+            // Ticks on the wall clock's multiples of the tick: windows that end on whole seconds
+            // (minutes, days) are fired right after they are due, not up to a tick later.
+            let every = inner.settings.tick;
+            let every_micros = i64::try_from(every.as_micros()).unwrap_or(i64::MAX).max(1);
+            let to_boundary = every_micros - now_micros().rem_euclid(every_micros);
+            let first = tokio::time::Instant::now() + Duration::from_micros(u64::try_from(to_boundary).unwrap_or(0));
+            let mut ticks = tokio::time::interval_at(first, every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let (mut idle, mut quiet_turns) = (false, 0);
+            // The turn of the next read, and of the next read of running jobs.
+            let (mut read_at, mut refresh_at) = (0u64, 0u64);
             for turn in 0u64.. {
                 tokio::select! {
                     _ = ticks.tick() => {}
                     () = stopping.cancelled() => return,
                 }
-                if !inner.leader.leads() {
-                    continue;
-                }
                 let written_here = inner.written.swap(false, Ordering::Relaxed);
-                if idle && !written_here && quiet_turns < IDLE_TURNS {
-                    quiet_turns += 1;
+                if !inner.leader.leads() || (turn < read_at && !written_here) {
                     continue;
                 }
-                quiet_turns = 0;
-                idle = schedules.turn(turn % REFRESH_EVERY_TICKS == 0).await == Some(0);
+                let refresh = turn >= refresh_at;
+                let Some(next) = schedules.turn(refresh).await else { continue };
+                let tick_micros = u64::try_from(every_micros).unwrap_or(1);
+                let ticks_until = |micros: i64| u64::try_from(micros).unwrap_or(0).div_ceil(tick_micros);
+                read_at = turn + ticks_until(next.due_in).clamp(1, MOST_TURNS_UNREAD);
+                if refresh {
+                    refresh_at = turn + REFRESH_EVERY_TICKS;
+                }
+                if next.running {
+                    read_at = read_at.min(refresh_at);
+                }
             }
         });
     }
 
-    /// One turn of the loop: every schedule's due windows fired, in window order. Returns how
-    /// many schedules there are (`None`: they could not be read).
-    async fn turn(&self, refresh_all: bool) -> Option<usize> {
+    /// One turn of the loop: every schedule's due windows fired, in window order. Says when the
+    /// loop should read again (`None`: the schedules could not be read).
+    async fn turn(&self, refresh_all: bool) -> Option<NextRead> {
         let records = match self.inner.store.schedules().await {
             Ok(records) => records,
             Err(error) => {
@@ -291,18 +316,30 @@ impl Schedules {
                 return None;
             }
         };
-        let count = records.len();
+        let mut next = NextRead { due_in: i64::MAX, running: false };
         for record in records {
             let schedule_id = record.schedule.schedule_id.clone();
-            if let Err(error) = self.advance(record, refresh_all).await {
-                tracing::warn!(%error, schedule_id, "a schedule's due windows could not be started");
+            match self.advance(record, refresh_all).await {
+                Ok(after) => {
+                    if !after.schedule.paused {
+                        let due = Window::next(&after.schedule).due_at(&after.schedule);
+                        next.due_in = next.due_in.min(due.saturating_sub(now_micros()));
+                    }
+                    next.running |= !after.schedule.running_job_ids.is_empty();
+                }
+                Err(error) => {
+                    // Read again at the next turn.
+                    next.due_in = 0;
+                    tracing::warn!(%error, schedule_id, "a schedule's due windows could not be started");
+                }
             }
         }
-        Some(count)
+        Some(next)
     }
 
-    /// Fires `record`'s due windows, one at a time, while it has room.
-    async fn advance(&self, mut record: ScheduleRecord, refresh: bool) -> Result<(), StoreError> {
+    /// Fires `record`'s due windows, one at a time, while it has room; returns the schedule as
+    /// it is now.
+    async fn advance(&self, mut record: ScheduleRecord, refresh: bool) -> Result<ScheduleRecord, StoreError> {
         let due = |record: &ScheduleRecord| {
             !record.schedule.paused && Window::next(&record.schedule).is_due(&record.schedule, now_micros())
         };
@@ -315,14 +352,14 @@ impl Schedules {
             && jobs.has_room(&record.schedule.owner)
             && !jobs.stopping().is_cancelled()
         {
-            match self.fire(record).await? {
+            match self.fire(record.clone()).await? {
                 Some(fired) => record = fired,
                 // Another write came first (a caller's update, another replica's fire): the
                 // next turn reads it again.
                 None => break,
             }
         }
-        Ok(())
+        Ok(record)
     }
 
     /// Creates the job of `record`'s next window and moves its cursor, in one write. A job the

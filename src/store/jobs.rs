@@ -211,5 +211,9 @@ pub(crate) mod tests {
         cancelled.set_state(ExportJobState::Running);
         assert_eq!(store.update(cancelled).await.unwrap().state(), ExportJobState::Cancelled, "an end is final");
         assert_eq!(store.unfinished().await.unwrap().len(), 2);
+        let mut refused = job("e", "alice", 4, "");
+        refused.job.set_state(ExportJobState::Failed);
+        store.create(refused).await.unwrap();
+        assert_eq!(store.unfinished().await.unwrap().len(), 2, "a job created ended is not resumed");
     }
 }

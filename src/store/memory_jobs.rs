@@ -26,6 +26,8 @@ pub struct MemoryJobStore {
 struct MemoryJobs {
     jobs: HashMap<String, JobRecord>,
     by_time: BTreeSet<(i64, String)>,
+    /// The finished jobs, by create time: the oldest go first past [`FINISHED_JOBS_KEPT`].
+    finished: BTreeSet<(i64, String)>,
     shards: HashMap<String, BTreeMap<u32, ShardRecord>>,
     requests: HashMap<(String, String), String>,
     bodies: HashMap<String, CreateExportJobRequest>,
@@ -52,7 +54,11 @@ impl MemoryJobs {
             }
             self.requests.insert(key, record.job.job_id.clone());
         }
-        self.by_time.insert((micros(record.job.create_time.as_ref()), record.job.job_id.clone()));
+        let at = (micros(record.job.create_time.as_ref()), record.job.job_id.clone());
+        if record.job.state().is_terminal() {
+            self.finished.insert(at.clone());
+        }
+        self.by_time.insert(at);
         self.jobs.insert(record.job.job_id.clone(), record.clone());
         self.bodies.insert(record.job.job_id.clone(), whole);
         self.trim();
@@ -62,22 +68,17 @@ impl MemoryJobs {
     fn write(&mut self, job: ExportJob) -> Result<ExportJob, StoreError> {
         let record = self.jobs.get_mut(&job.job_id).ok_or_else(|| gone(&job.job_id))?;
         record.job = merge(&record.job, job);
+        if record.job.state().is_terminal() {
+            self.finished.insert((micros(record.job.create_time.as_ref()), record.job.job_id.clone()));
+        }
         Ok(record.job.clone())
     }
 
     /// Drops the oldest finished jobs past [`FINISHED_JOBS_KEPT`].
     fn trim(&mut self) {
-        let finished = self.jobs.values().filter(|record| record.job.state().is_terminal()).count();
-        let mut excess = finished.saturating_sub(FINISHED_JOBS_KEPT);
-        let oldest: Vec<(i64, String)> = self.by_time.iter().cloned().collect();
-        for (at, job_id) in oldest {
-            if excess == 0 {
-                break;
-            }
-            if self.jobs.get(&job_id).is_some_and(|record| record.job.state().is_terminal()) {
-                self.forget(at, &job_id);
-                excess -= 1;
-            }
+        while self.finished.len() > FINISHED_JOBS_KEPT {
+            let Some((at, job_id)) = self.finished.pop_first() else { break };
+            self.forget(at, &job_id);
         }
     }
 
@@ -87,6 +88,7 @@ impl MemoryJobs {
             self.requests.remove(&(record.job.owner.clone(), request_id.clone()));
         }
         self.by_time.remove(&(at, job_id.to_owned()));
+        self.finished.remove(&(at, job_id.to_owned()));
         self.shards.remove(job_id);
         self.bodies.remove(job_id);
     }

@@ -158,8 +158,14 @@ async fn in_a_fleet_one_replica_fires_each_window_once_and_another_takes_over_af
     let start = Utc::now().trunc_subsecs(0) - chrono::Duration::seconds(3);
     let id = first.create_export_schedule(every_second(start)).await.expect("created").into_inner().schedule_id;
     until(&mut first, &id, Duration::from_secs(20), |read| read.windows_started >= 5).await;
-    let fired = |log: &str| log.matches("a window's job was started").count();
-    let firing: Vec<usize> = fleet.iter().map(|replica| fired(&replica.log())).collect();
+    // Once the replicas' heartbeats agree (a second after the second one joined), one of them
+    // fires every window.
+    let fired = |fleet: &[ServiceProcess]| -> Vec<usize> {
+        fleet.iter().map(|replica| replica.log().matches("a window's job was started").count()).collect()
+    };
+    let before_settled = fired(&fleet);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let firing: Vec<usize> = fired(&fleet).iter().zip(&before_settled).map(|(now, then)| now - then).collect();
     assert_eq!(firing.iter().filter(|count| **count > 0).count(), 1, "one replica runs the loop: {firing:?}");
 
     // The replica that runs the loop dies; the other takes the loop (and its jobs) over.
