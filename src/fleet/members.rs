@@ -24,7 +24,7 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const ALIVE_FOR: Duration = Duration::from_secs(5);
 
 /// Records this replica's heartbeat (on Redis's clock), forgets the silent ones, and returns
-/// how many are alive and the least id among them (the replica that runs the fleet's
+/// how many are alive and the least id among them (the oldest replica, which runs the fleet's
 /// singletons, such as the schedules' loop: chosen at no extra call).
 static BEAT: LazyLock<FleetScript> = LazyLock::new(|| {
     FleetScript::new(
@@ -60,7 +60,9 @@ impl Members {
     /// Joins the fleet: beats every [`HEARTBEAT`] until `shutdown`, then leaves.
     pub fn start(redis: Redis, shutdown: CancellationToken) -> Self {
         let members = Self {
-            id: uuid::Uuid::new_v4().to_string().into(),
+            // The start time first: the least id alive is the oldest replica, so a replica that
+            // joins does not take the fleet's singletons over from one that runs them.
+            id: format!("{:016x}-{}", chrono::Utc::now().timestamp_micros(), uuid::Uuid::new_v4()).into(),
             alive: Arc::new(AtomicUsize::new(1)),
             first: Arc::new(AtomicBool::new(false)),
         };
@@ -68,7 +70,7 @@ impl Members {
         members
     }
 
-    /// This replica's id in the fleet (random, one per process).
+    /// This replica's id in the fleet (its start time and a random part, one per process).
     pub fn id(&self) -> &str {
         &self.id
     }
