@@ -20,7 +20,7 @@ use std::{
 use chrono::Utc;
 use tonic::Status;
 
-use super::{Jobs, Owner, planned_progress};
+use super::{Jobs, Owner, planned_progress, store_failure};
 use crate::{
     contract::{job::status_message, status, task::timestamp},
     proto::{CreateExportJobRequest, ExportJob, ExportJobState, ExportSchedule},
@@ -450,12 +450,6 @@ impl Schedules {
 
 fn now_micros() -> i64 {
     Utc::now().timestamp_micros()
-}
-
-/// The status of a schedule store failure.
-pub fn store_failure(error: &StoreError) -> Status {
-    tracing::warn!(%error, "the schedule store failed");
-    status::job_store_unavailable()
 }
 
 #[cfg(test)]

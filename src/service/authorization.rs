@@ -94,6 +94,10 @@ impl Resource<'_> {
     }
 }
 
+/// An owner no caller has: whether a caller may act on a resource that `NOBODY` owns says
+/// whether it may act on others' (the listings use it to choose the owner's index or all).
+pub const NOBODY: &str = "\u{0}stream-export:nobody";
+
 /// The policies in force, reloadable. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Policies {

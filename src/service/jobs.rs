@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::{
     ExportApi,
     audit::{self, Subject},
-    authorization::{Policies, Resource},
+    authorization::{NOBODY, Policies, Resource},
     call::Call,
     caller::{Caller, CallerSource},
     deadline,
@@ -54,9 +54,6 @@ const WATCH_COALESCE: Duration = Duration::from_millis(250);
 
 /// The longest a watched job goes unread: a change written by another replica is seen within it.
 const WATCH_REREAD: Duration = Duration::from_secs(1);
-
-/// An owner no caller has: whether a caller may read it says whether it may read others' jobs.
-const NOBODY: &str = "\u{0}stream-export:nobody";
 
 /// `CreateExportJob`: validated and (for explicit lists) every channel or user checked before
 /// anything is stored; the job then runs in the background.
@@ -189,8 +186,13 @@ pub(super) fn archive_location(api: &ExportApi, archive_uri: &str) -> Result<Opt
 
 /// A job's archive as the policies see it: its `archive_uri`, normalised.
 fn archive_of(job: &ExportJob) -> Option<String> {
-    let uri = job.request.as_ref().map(|request| request.archive_uri.as_str()).filter(|uri| !uri.is_empty())?;
-    Some(Location::parse(uri).map_or_else(|_| uri.to_owned(), |location| location.to_string()))
+    job.request.as_ref().and_then(|request| normalised_archive(&request.archive_uri))
+}
+
+/// An `archive_uri` as the policies see it: in its one normal spelling (as given, when it does
+/// not parse); `None` when empty.
+pub(super) fn normalised_archive(uri: &str) -> Option<String> {
+    (!uri.is_empty()).then(|| Location::parse(uri).map_or_else(|_| uri.to_owned(), |location| location.to_string()))
 }
 
 /// `VerifyExportJob`: the job's manifest and every object it lists read back from the archive.

@@ -10,20 +10,20 @@ use tonic_types::FieldViolation;
 use super::{
     ExportApi,
     audit::{self, Subject},
-    authorization::Resource,
+    authorization::{NOBODY, Resource},
     call::Call,
     caller::Caller,
-    jobs::{archive_location, check_items, check_list_size, page_size, read_token},
+    jobs::{archive_location, check_items, check_list_size, normalised_archive, page_size, read_token},
     page_token::{self, Listing},
     rpc::Rpc,
     validation,
 };
 use crate::{
-    archive::Location,
     contract::{status, task::timestamp},
     jobs::{
         plan,
-        schedules::{DEFAULT_LAG, duration_micros, store_failure, windows_due},
+        schedules::{DEFAULT_LAG, duration_micros, windows_due},
+        store_failure,
     },
     proto::{
         CreateExportJobRequest, CreateExportScheduleRequest, DeleteExportScheduleRequest, ExportSchedule,
@@ -36,9 +36,6 @@ use crate::{
         schedules::{ScheduleCreated, ScheduleRecord},
     },
 };
-
-/// An owner no caller has: whether a caller may read it says whether it may read others'.
-const NOBODY: &str = "\u{0}stream-export:nobody";
 
 /// `CreateExportSchedule`: validated, authorized (and an explicit list's channels checked for
 /// the caller) before anything is stored; its windows then start jobs in the background.
@@ -137,8 +134,7 @@ fn template_of(schedule: &ExportSchedule) -> CreateExportJobRequest {
 
 /// A schedule's archive as the policies see it: its template's `archive_uri`, normalised.
 fn archive_of(schedule: &ExportSchedule) -> Option<String> {
-    let uri = schedule.template.as_ref().map(|template| template.archive_uri.as_str()).filter(|uri| !uri.is_empty())?;
-    Some(Location::parse(uri).map_or_else(|_| uri.to_owned(), |location| location.to_string()))
+    schedule.template.as_ref().and_then(|template| normalised_archive(&template.archive_uri))
 }
 
 fn audit_outcome(caller: &Caller, rpc: Rpc, outcome: Result<&str, &Status>) {

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     ExportApi,
-    authorization::Resource,
+    authorization::{NOBODY, Resource},
     call::{Call, annotate_task, upstream_failure},
     caller::Caller,
     deadline,
@@ -74,10 +74,6 @@ pub(super) async fn list_tasks(
 /// Most `ListTasks` calls of one caller at once: one caller's listings cannot take the
 /// registry from everyone else's reads.
 const LISTS_PER_CALLER: usize = 2;
-
-/// An owner no caller has: the policies' answer for it says whether a caller may read tasks
-/// that are not its own.
-const NOBODY: &str = "\u{0}stream-export:nobody";
 
 /// `ListTasks` page sizes: the default, and the most.
 const DEFAULT_PAGE_SIZE: usize = 50;
