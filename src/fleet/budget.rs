@@ -2,9 +2,12 @@
 //!
 //! A GCRA in Redis, on Redis's clock: one key holds the fleet's theoretical arrival time (the
 //! earliest moment the next status request may go), and each replica books the next slot when
-//! it has a poll waiting, then waits for it. Slots are one budget period apart, so over any
-//! one-second window the fleet sends at most the budget plus one; a replica books one slot at
-//! a time, so the replicas take turns and none books ahead of what it can use. Stream's
+//! it has polls waiting, then waits for them. Slots are one budget period apart, so over any
+//! one-second window the fleet sends at most the budget plus one. A replica books several
+//! slots in one call (one call per poll would cost Redis as much as the polls), but no more
+//! than its share of [`HORIZON`] and no more than it has polls waiting, then books again when
+//! they are used: so the replicas take turns, none books far ahead of what it can use, and a
+//! first poll anywhere waits behind at most about a horizon of other polls. Stream's
 //! rate-limit window is shared through the same keys: a replica that sees it exhausted (or a
 //! 429) pushes the fleet's next slot to the reset, and one that sees it low spreads what is
 //! left over the window for everyone.
@@ -26,7 +29,8 @@ use crate::{
     upstream::RateLimit,
 };
 
-/// Books the next slot; returns how long to wait for it (microseconds).
+/// Books the next `ARGV[2]` slots, `ARGV[1]` µs apart (or more while the fleet slows down);
+/// returns how long to wait for the first (µs) and the time between them (µs).
 static RESERVE: LazyLock<FleetScript> = LazyLock::new(|| {
     FleetScript::new(
         "EVALSHA budget.reserve",
@@ -38,9 +42,9 @@ if tat < now then tat = now end
 local step = tonumber(ARGV[1])
 local slower = tonumber(redis.call('GET', KEYS[2]) or '0')
 if slower > step then step = slower end
-local next = tat + step
+local next = tat + step * tonumber(ARGV[2])
 redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', math.floor((next - now) / 1000) + 1000)
-return tat - now
+return {tat - now, step}
 ",
     )
 });
@@ -65,6 +69,10 @@ return 1
 static SLOW_DOWN: LazyLock<FleetScript> = LazyLock::new(|| {
     FleetScript::new("EVALSHA budget.slow_down", "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1")
 });
+
+/// How far ahead of now the slots that the replicas book in one call reach together: each
+/// books at most its share of it (at least one slot).
+pub const HORIZON: Duration = Duration::from_millis(250);
 
 /// Below this share of Stream's window left, the fleet spreads what is left over the window.
 const LOW_REMAINING_SHARE: f64 = 0.5;
@@ -97,25 +105,35 @@ impl FleetBudget {
         Self { redis, members, next_slot, spacing, alone_until: Mutex::new(None) }
     }
 
-    /// Books the fleet's next slot one `period` after the last one booked; returns how long to
-    /// wait before using it.
-    pub async fn reserve(&self, period: Duration) -> Result<Duration, FleetError> {
-        let reserve = RESERVE.call().key(&self.next_slot).key(&self.spacing).arg(micros(period));
-        let wait: i64 = reserve.quiet().run(&self.redis).await?;
-        Ok(Duration::from_micros(u64::try_from(wait).unwrap_or(0)))
+    /// Books the fleet's next `count` slots, the first one `period` after the last one booked;
+    /// returns how long to wait for the first, and the time between them.
+    pub async fn reserve(&self, period: Duration, count: u32) -> Result<(Duration, Duration), FleetError> {
+        let reserve = RESERVE.call().key(&self.next_slot).key(&self.spacing).arg(micros(period)).arg(count.max(1));
+        let (wait, spacing): (i64, i64) = reserve.quiet().run(&self.redis).await?;
+        let micros = |value: i64| Duration::from_micros(u64::try_from(value).unwrap_or(0));
+        Ok((micros(wait), micros(spacing)))
+    }
+
+    /// How many slots this replica books at most in one call: its share of [`HORIZON`].
+    fn most_per_booking(&self, period: Duration) -> u32 {
+        let replicas = u32::try_from(self.members.last_seen_alive()).unwrap_or(u32::MAX).max(1);
+        let share = HORIZON.as_secs_f64() / period.as_secs_f64().max(f64::EPSILON) / f64::from(replicas);
+        (share as u32).max(1)
     }
 }
 
 #[tonic::async_trait]
 impl SlotBooker for FleetBudget {
-    /// Books the fleet's next slot; while Redis is unreachable (and for a while after it failed
-    /// to answer), paces alone at this replica's share of the budget.
-    async fn book(&self, period: Duration) -> Booking {
+    /// Books the fleet's next slots (up to `wanted`, and this replica's share of the horizon);
+    /// while Redis is unreachable (and for a while after it failed to answer), paces alone at
+    /// this replica's share of the budget.
+    async fn book(&self, period: Duration, wanted: u32) -> Booking {
         let now = Instant::now();
         let mut alone_until = self.alone_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         if alone_until.is_none_or(|until| now >= until) {
-            match self.reserve(period).await {
-                Ok(wait) => return Booking::In(wait),
+            let count = wanted.clamp(1, self.most_per_booking(period));
+            match self.reserve(period, count).await {
+                Ok((first_in, spacing)) => return Booking::In { first_in, count, spacing },
                 Err(_) => alone_until = Some(Instant::now() + ALONE_AFTER_FAILURE),
             }
         }

@@ -13,12 +13,14 @@
 //!   (`store::schedules::ScheduleStore`) on the same type, whose fire creates a job.
 //! - [`watch_lease`] and [`budget`]: the watch hub's coordination (`task_watch::coordination`:
 //!   who polls each task, and the fleet's one upstream budget); `renewals`: a replica's
-//!   watch leases, renewed together in one call per interval; `changes`: new observations
-//!   announced by pub/sub, so that followers read a view when it changed.
+//!   watch leases, renewed together in one call per interval; `follows`: the reads of the
+//!   tasks a replica follows, made together; `changes`: new observations announced by
+//!   pub/sub, so that followers read a view when it changed.
 
 pub mod budget;
 mod changes;
 pub mod connection;
+mod follows;
 pub mod jobs;
 pub mod lease;
 pub mod members;

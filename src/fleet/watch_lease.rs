@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     changes::Changes,
     connection::{Redis, millis},
+    follows::Follows,
     lease::{Lease, with_lease},
     members::Members,
     renewals::Renewals,
@@ -34,29 +35,10 @@ use crate::{
     contract::task::timestamp,
     proto::Task,
     task_watch::{
-        coordination::{Followed, PollCoordinator, SharedView, Unreachable},
+        coordination::{Followed, PollCoordinator, SharedView, Unreachable, Urgency},
         view::{Observation, TaskView},
     },
 };
-
-/// Reads `view` (unless it is still at the caller's `seq`) and claims the lease unless the task
-/// is final. Returns `{leading, seq, data, lease_ms}`: `lease_ms` how long the lease has left
-/// (negative: none).
-static FOLLOW: LazyLock<FleetScript> = LazyLock::new(|| {
-    with_lease(
-        "EVALSHA watch.follow",
-        r"
-local leading = 0
-if redis.call('HEXISTS', KEYS[2], 'final') == 0 and lease_claim(KEYS[1], ARGV[1], ARGV[2]) == ARGV[1] then
-  leading = 1
-end
-local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
-local left = redis.call('PTTL', KEYS[1])
-if seq == tonumber(ARGV[3]) then return {leading, seq, '', left} end
-return {leading, seq, redis.call('HGET', KEYS[2], 'data') or '', left}
-",
-    )
-});
 
 /// Writes an observation if this replica leads (claiming a free lease: after a Redis restart
 /// the first replica to write leads), and announces it on the channel `ARGV[6]` (the task id,
@@ -116,6 +98,8 @@ pub struct FleetView {
     follow_interval: Duration,
     /// The leases this replica holds, renewed together.
     renewals: Arc<Renewals>,
+    /// The reads of the tasks this replica follows, made together.
+    follows: Arc<Follows>,
     /// The changes announced by the replicas that poll, and the channel they are announced on.
     changes: Changes,
     channel: String,
@@ -150,9 +134,11 @@ impl FleetView {
     ) -> Self {
         let every = lease / RENEWALS_PER_LEASE;
         let renewals = Renewals::new(redis.clone(), members.id().to_owned(), millis(lease), every);
+        let follows = Follows::new(redis.clone(), members.id().to_owned(), millis(lease), follow_interval);
         let channel = redis.channel("watch:changed");
         let changes = Changes::start(&redis, channel.clone(), shutdown);
-        Self { redis, members, lease, follow_interval, renewals: Arc::new(renewals), changes, channel }
+        let (renewals, follows) = (Arc::new(renewals), Arc::new(follows));
+        Self { redis, members, lease, follow_interval, renewals, follows, changes, channel }
     }
 
     /// This replica's lease on polling `task_id`, and the key of the task's shared view (in
@@ -178,7 +164,7 @@ impl PollCoordinator for FleetView {
         Some(self.lease / RENEWALS_PER_LEASE)
     }
 
-    async fn follow(&self, task_id: &str, seq: i64) -> Result<Followed, Unreachable> {
+    async fn follow(&self, task_id: &str, seq: i64, urgency: Urgency) -> Result<Followed, Unreachable> {
         // An announced observation is relayed as it is: its leader just wrote it under a lease
         // renewed by that write, so there is nothing to take over until that lease runs out.
         if let Some((announced, data)) = self.changes.take_announced(task_id)
@@ -189,9 +175,9 @@ impl PollCoordinator for FleetView {
             return Ok(Followed { leading: false, update: Some(SharedView { seq: announced, view }), read_again_in });
         }
         let (lease, view) = self.keys(task_id);
-        let follow = FOLLOW.call().key(lease.key()).key(&view).arg(lease.owner()).arg(lease.ttl_millis()).arg(seq);
-        let (leading, seq, data, lease_left): (i64, i64, Vec<u8>, i64) = follow.quiet().run(&self.redis).await?;
-        let update = (!data.is_empty()).then(|| decode(&data)).flatten().map(|view| SharedView { seq, view });
+        let read = self.follows.read(lease.key().to_owned(), view, seq, urgency).await?;
+        let (seq, lease_left) = (read.seq, read.lease_left_ms);
+        let update = (!read.data.is_empty()).then(|| decode(&read.data)).flatten().map(|view| SharedView { seq, view });
         // Announced changes wake the follower; otherwise it reads again when the leader's lease
         // would run out (were the leader dead, it takes over then), and at least every few
         // seconds. Unannounced, it reads every follow interval.
@@ -201,7 +187,7 @@ impl PollCoordinator for FleetView {
             }
             _ => self.follow_interval,
         };
-        Ok(Followed { leading: leading == 1, update, read_again_in })
+        Ok(Followed { leading: read.leading, update, read_again_in })
     }
 
     async fn publish(

@@ -26,6 +26,10 @@ const LOW_REMAINING_SHARE: f64 = 0.5;
 /// who leave without ever being served do not pile up ahead of the live ones.
 const SWEEP_AT_LEAST: usize = 256;
 
+/// The most slots one booking of a shared budget asks for (the fleet books fewer: see
+/// `fleet::budget`).
+const MOST_SLOTS_WANTED: usize = 64;
+
 /// While both lanes wait, at most this many first polls go in a row before a periodic one, so
 /// that a flood of new watchers slows the polls of watched tasks down instead of stopping them.
 const FIRST_POLLS_IN_A_ROW: u32 = 3;
@@ -82,6 +86,12 @@ impl Lanes {
     /// Whether a waiter still waits (departed ones at the front are dropped).
     fn has_waiters(&mut self) -> bool {
         self.first.has_waiters() || self.periodic.has_waiters()
+    }
+
+    /// How many waiters still wait, counted up to `at_most`.
+    fn waiting(&self, at_most: usize) -> usize {
+        let first = self.first.queues.values().map(|queue| queue.waiting(at_most)).sum::<usize>();
+        (first + self.periodic.waiting(at_most)).min(at_most)
     }
 
     /// Grants the next waiter, first polls before periodic ones (up to
@@ -162,6 +172,11 @@ impl WaitQueue {
             self.sweep_at = self.waiters.len() * 2;
         }
         self.waiters.push_back(waiter);
+    }
+
+    /// How many waiters still wait, counted up to `at_most`.
+    fn waiting(&self, at_most: usize) -> usize {
+        self.waiters.iter().filter(|waiter| !waiter.is_closed()).take(at_most).count()
     }
 
     fn has_waiters(&mut self) -> bool {
@@ -287,12 +302,17 @@ impl Queues {
     fn has_waiters(&self) -> bool {
         self.lock_lanes().has_waiters()
     }
+
+    fn waiting(&self) -> u32 {
+        u32::try_from(self.lock_lanes().waiting(MOST_SLOTS_WANTED)).unwrap_or(1).max(1)
+    }
 }
 
 /// Hands out one grant per period, for as long as the budget lives. Slots are planned a period
 /// apart (not a period after each grant), so timer lag does not lower the rate. When the budget
-/// is shared, each grant waits for the slot `slots` booked; while the shared budget cannot be
-/// reached, for this replica's share (the period times the replicas last seen).
+/// is shared, the grants wait for the slots `slots` booked (several at a time, for the waiters
+/// there are); while the shared budget cannot be reached, for this replica's share (the period
+/// times the replicas last seen).
 async fn dispatch(queues: Arc<Queues>, slots: Arc<dyn SlotBooker>) {
     let mut next_slot = Instant::now();
     loop {
@@ -304,17 +324,26 @@ async fn dispatch(queues: Arc<Queues>, slots: Arc<dyn SlotBooker>) {
             next_slot = next_slot.max(Instant::now());
             continue;
         }
-        let period = match slots.book(queues.period).await {
-            Booking::Paced => queues.period,
-            Booking::In(wait) => {
-                tokio::time::sleep(wait).await;
-                next_slot = Instant::now();
-                Duration::ZERO
+        match slots.book(queues.period, queues.waiting()).await {
+            Booking::Paced => {
+                if queues.grant_next() {
+                    next_slot += queues.period;
+                }
             }
-            Booking::Alone { replicas } => queues.period * replicas.max(1),
-        };
-        if queues.grant_next() {
-            next_slot += period;
+            Booking::In { first_in, count, spacing } => {
+                let first = Instant::now() + first_in;
+                for slot in 0..count {
+                    tokio::time::sleep_until(first + spacing * slot).await;
+                    // Nobody waiting any more: the slot is lost (the others' slots are theirs).
+                    queues.grant_next();
+                }
+                next_slot = Instant::now();
+            }
+            Booking::Alone { replicas } => {
+                if queues.grant_next() {
+                    next_slot += queues.period * replicas.max(1);
+                }
+            }
         }
     }
 }
@@ -415,6 +444,54 @@ mod tests {
         for waiter in flood {
             waiter.abort();
         }
+    }
+
+    /// A shared budget (a GCRA, as the fleet's) that books up to four slots a call, and counts
+    /// its calls.
+    #[derive(Debug, Default)]
+    struct FourAtATime {
+        calls: AtomicUsize,
+        next_slot: Mutex<Option<Instant>>,
+    }
+
+    #[tonic::async_trait]
+    impl SlotBooker for FourAtATime {
+        async fn book(&self, period: Duration, wanted: u32) -> Booking {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let (now, count) = (Instant::now(), wanted.min(4));
+            let mut next_slot = self.next_slot.lock().expect("not poisoned");
+            let first = next_slot.map_or(now, |slot| slot.max(now));
+            *next_slot = Some(first + period * count);
+            Booking::In { first_in: first - now, count, spacing: period }
+        }
+
+        fn share(&self, _rate_limit: RateLimit) {}
+
+        fn pause(&self, _duration: Duration) {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_booked_together_are_granted_a_period_apart() {
+        let booker = Arc::new(FourAtATime::default());
+        let budget = Arc::new(PollBudget::new(10.0, Arc::clone(&booker) as Arc<dyn SlotBooker>));
+        let start = Instant::now();
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let budget = Arc::clone(&budget);
+                tokio::spawn(async move {
+                    budget.acquire(Lane::Periodic).await;
+                    start.elapsed()
+                })
+            })
+            .collect();
+        let mut granted = Vec::new();
+        for waiter in waiters {
+            granted.push(waiter.await.expect("granted"));
+        }
+        granted.sort();
+        let expected: Vec<Duration> = (0..8).map(|slot| Duration::from_millis(100) * slot).collect();
+        assert_eq!(granted, expected);
+        assert_eq!(booker.calls.load(Ordering::Relaxed), 2, "eight slots in two bookings");
     }
 
     #[test]

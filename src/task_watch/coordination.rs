@@ -27,6 +27,16 @@ pub struct Followed {
     pub read_again_in: Duration,
 }
 
+/// How soon a follower needs its read of the shared view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Urgency {
+    /// It has nothing to relay yet, or a change was announced: read at once.
+    Now,
+    /// Its periodic check that the leader still holds the lease: it may wait up to a follow
+    /// interval, to be read together with the replica's other checks.
+    Soon,
+}
+
 /// One observation as the replicas share it.
 pub struct SharedView {
     /// Its number: each write adds one.
@@ -51,8 +61,9 @@ pub trait PollCoordinator: Send + Sync + std::fmt::Debug + 'static {
     /// How often a leader's lease is renewed; `None`: there is no lease to renew.
     fn renew_interval(&self) -> Option<Duration>;
 
-    /// Reads what the leader published since `seq`, taking the lease if it is free.
-    async fn follow(&self, task_id: &str, seq: i64) -> Result<Followed, Unreachable>;
+    /// Reads what the leader published since `seq`, taking the lease if it is free, as soon as
+    /// `urgency` asks.
+    async fn follow(&self, task_id: &str, seq: i64, urgency: Urgency) -> Result<Followed, Unreachable>;
 
     /// Publishes an observation, kept for `last` when it is the last one (the task ended, or its
     /// watch did); otherwise for a few of the longest poll intervals. Returns its `seq`, or
@@ -75,13 +86,22 @@ pub trait PollCoordinator: Send + Sync + std::fmt::Debug + 'static {
     fn release(&self, task_id: &str);
 }
 
-/// How the next upstream request's slot was booked.
+/// How the next upstream requests' slots were booked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Booking {
     /// Nobody else shares the budget: the poll budget paces its requests itself.
     Paced,
-    /// A slot of the shared budget, this long from now.
-    In(Duration),
+    /// `count` slots of the shared budget, the first `first_in` from now, the others each
+    /// `spacing` after the one before (the budget's period, or longer while Stream's window is
+    /// low). A slot unused when it comes is lost, never moved.
+    In {
+        /// When the first slot comes.
+        first_in: Duration,
+        /// How many slots were booked (at least one).
+        count: u32,
+        /// The time between two slots.
+        spacing: Duration,
+    },
     /// The shared budget is unreachable: pace alone, at this replica's share of it (the budget
     /// divided by `replicas`).
     Alone {
@@ -94,8 +114,9 @@ pub enum Booking {
 /// says of its rate-limit window.
 #[tonic::async_trait]
 pub trait SlotBooker: Send + Sync + std::fmt::Debug + 'static {
-    /// Books the next slot, one `period` after the last one booked.
-    async fn book(&self, period: Duration) -> Booking;
+    /// Books the next slots, up to `wanted` of them (the requests waiting), each one `period`
+    /// after the one before.
+    async fn book(&self, period: Duration, wanted: u32) -> Booking;
 
     /// Shares what Stream said of its rate-limit window (a low window spreads the replicas' polls).
     fn share(&self, rate_limit: RateLimit);
@@ -138,7 +159,7 @@ impl PollCoordinator for Solo {
         None
     }
 
-    async fn follow(&self, _task_id: &str, _seq: i64) -> Result<Followed, Unreachable> {
+    async fn follow(&self, _task_id: &str, _seq: i64, _urgency: Urgency) -> Result<Followed, Unreachable> {
         Ok(Followed { leading: true, update: None, read_again_in: Duration::from_secs(1) })
     }
 
@@ -161,7 +182,7 @@ impl PollCoordinator for Solo {
 
 #[tonic::async_trait]
 impl SlotBooker for Solo {
-    async fn book(&self, _period: Duration) -> Booking {
+    async fn book(&self, _period: Duration, _wanted: u32) -> Booking {
         Booking::Paced
     }
 

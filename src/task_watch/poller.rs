@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::{
     WatchSettings,
     budget::Lane,
+    coordination::Urgency,
     shared::Shared,
     view::{Observation, TaskView, ViewSender},
 };
@@ -89,8 +90,10 @@ impl Poller {
         let polls = Arc::clone(&self.hub.polls);
         // Taken before the first read, so that no change announced meanwhile is missed.
         let announcements = polls.announcements(&self.task_id);
+        // A new follower has nothing to relay yet: its first read goes at once.
+        let mut urgency = Urgency::Now;
         loop {
-            let followed = match polls.follow(&self.task_id, self.seq).await {
+            let followed = match polls.follow(&self.task_id, self.seq, urgency).await {
                 Ok(followed) => followed,
                 Err(error) => {
                     tracing::debug!(task_id = %self.task_id, %error, "fleet store unavailable; polling on our own");
@@ -113,14 +116,15 @@ impl Poller {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                () = tokio::time::sleep(followed.read_again_in) => {}
-                () = announced => {}
+            urgency = tokio::select! {
+                () = tokio::time::sleep(followed.read_again_in) => Urgency::Soon,
+                () = announced => Urgency::Now,
                 () = self.sender.closed() => {
                     if self.hub.retire_if_unwatched(&self.task_id, &self.sender) { return Role::Stop; }
+                    Urgency::Soon
                 }
                 () = self.hub.shutdown.cancelled() => return Role::Stop,
-            }
+            };
         }
     }
 

@@ -221,6 +221,111 @@ async fn followers_relay_an_announced_observation_without_reading_redis_again() 
     join_all(streams.iter_mut().map(terminal)).await;
 }
 
+/// Many tasks held, each watched on two replicas: one polls them all, the other follows them
+/// all. The follower checks every lease when it would run out (every second here), and makes
+/// those checks together.
+#[tokio::test]
+async fn a_replica_reads_all_the_tasks_it_follows_in_one_redis_call_per_follow_interval() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let redis = RedisServer::start(None).await;
+    // No poll in the window; leases of 1 s, renewed every 333 ms, checked by the follower.
+    let settings = [
+        ("STREAM_EXPORT_WATCH_POLL_MIN", "30s"),
+        ("STREAM_EXPORT_WATCH_POLL_MAX", "30s"),
+        ("STREAM_EXPORT_WATCH_FLEET_LEASE", "1s"),
+    ];
+    let fleet = replicas_with(2, &emulator, &redis.url(), &settings).await;
+    let (mut streams, mut task_ids) = (Vec::new(), Vec::new());
+    for _ in 0..30 {
+        let task_id = held_task(&fleet[0], &emulator).await;
+        task_ids.push(task_id.clone());
+        let mut polled = watch(&fleet[0], &task_id).await;
+        assert_eq!(next_state(&mut polled).await, (EventType::Snapshot, TaskState::Waiting));
+        let mut followed = watch(&fleet[1], &task_id).await;
+        assert_eq!(next_state(&mut followed).await, (EventType::Snapshot, TaskState::Waiting));
+        streams.extend([polled, followed]);
+    }
+
+    let (before, reads) = (redis.script_calls().await, status_reads(&emulator, &task_ids).await);
+    let window = Duration::from_secs(3);
+    tokio::time::sleep(window).await;
+    let calls = redis.script_calls().await - before;
+    // The follower's checks: one call per follow interval (250 ms) at most, 12; the leader's
+    // renewals, 9; heartbeats, 6; and some slack. One call per check would be about 90 more.
+    assert!(calls <= 12 + 9 + 6 + 8, "{calls} scripts run in {window:?} for 30 tasks followed by one replica");
+    // All still led by the first replica: nothing was taken over (a replica that takes a task
+    // over polls it at once).
+    assert_eq!(status_reads(&emulator, &task_ids).await - reads, 0, "a task was polled again");
+    drop(streams);
+}
+
+/// One replica polls many tasks as fast as the fleet's budget allows, and books its slots
+/// several at a time: the Redis calls follow the polls (one to share each), not twice them.
+#[tokio::test]
+async fn a_replica_books_several_budget_slots_in_one_redis_call() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let redis = RedisServer::start(None).await;
+    // 20 tasks that would each be read 20 times a second, under a fleet budget of 40/s.
+    let settings = [
+        ("STREAM_EXPORT_WATCH_POLL_MIN", "50ms"),
+        ("STREAM_EXPORT_WATCH_POLL_MAX", "50ms"),
+        ("STREAM_EXPORT_UPSTREAM_POLL_BUDGET", "40"),
+    ];
+    let fleet = replicas_with(1, &emulator, &redis.url(), &settings).await;
+    let mut task_ids = Vec::new();
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let task_id = held_task(&fleet[0], &emulator).await;
+        streams.push(watch(&fleet[0], &task_id).await);
+        task_ids.push(task_id);
+    }
+    join_all(streams.iter_mut().map(next_state)).await;
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (calls, reads) = (redis.script_calls().await, status_reads(&emulator, &task_ids).await);
+    let window = Duration::from_secs(3);
+    tokio::time::sleep(window).await;
+    let calls = redis.script_calls().await - calls;
+    let reads = status_reads(&emulator, &task_ids).await - reads;
+    assert!(reads <= 40 * 3 + 2, "{reads} status reads in {window:?} at a fleet budget of 40/s");
+    assert!(reads >= 40 * 3 / 2, "the budget is used ({reads} reads in {window:?})");
+    // One call shares each poll; the bookings (up to 10 slots each), the renewals (9) and the
+    // heartbeats (3) add a few. A booking per poll would double the calls.
+    let bound = reads + reads / 4 + 9 + 3 + 6;
+    assert!(calls <= bound, "{calls} scripts run for {reads} polls in {window:?}; at most {bound}");
+    drop(streams);
+}
+
+/// While one replica keeps the fleet's budget busy with its tasks' polls, a task that another
+/// replica starts watching gets its first poll within a fraction of a round, not after it.
+#[tokio::test]
+async fn a_new_task_on_one_replica_is_polled_before_the_tasks_another_keeps_polling() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let redis = RedisServer::start(None).await;
+    // 60 tasks read every 50 ms at most, under 40/s: one round of polls takes 1.5 s.
+    let settings = [
+        ("STREAM_EXPORT_WATCH_POLL_MIN", "50ms"),
+        ("STREAM_EXPORT_WATCH_POLL_MAX", "50ms"),
+        ("STREAM_EXPORT_UPSTREAM_POLL_BUDGET", "40"),
+    ];
+    let fleet = replicas_with(2, &emulator, &redis.url(), &settings).await;
+    let mut streams = Vec::new();
+    for _ in 0..60 {
+        let task_id = held_task(&fleet[0], &emulator).await;
+        streams.push(watch(&fleet[0], &task_id).await);
+    }
+    join_all(streams.iter_mut().map(next_state)).await;
+    let new_task = held_task(&fleet[1], &emulator).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let started = Instant::now();
+    let mut stream = watch(&fleet[1], &new_task).await;
+    assert_eq!(next_state(&mut stream).await, (EventType::Snapshot, TaskState::Waiting));
+    let waited = started.elapsed();
+    assert!(waited <= Duration::from_millis(700), "the new task's snapshot took {waited:?}; a round is 1.5 s");
+    drop(streams);
+}
+
 #[tokio::test]
 async fn the_fleet_keeps_to_one_upstream_budget_with_many_tasks_watched_on_every_replica() {
     let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
@@ -319,11 +424,19 @@ async fn replicas_take_turns_in_one_budget_and_share_what_stream_says_of_its_win
         .collect();
     let period = Duration::from_millis(100);
 
+    // Four slots booked at once: the other replica's next slot comes after all four.
+    let (first, spacing) = budgets[0].reserve(period, 4).await.expect("Redis answers");
+    let (after, _) = budgets[1].reserve(period, 1).await.expect("Redis answers");
+    assert_eq!(spacing, period);
+    let gap = after.saturating_sub(first);
+    assert!(gap >= Duration::from_millis(390) && gap <= Duration::from_millis(430), "{first:?} then {after:?}");
+    tokio::time::sleep(after).await;
+
     // Alternating bookings: each slot one period after the previous one, whoever booked it.
     let started = Instant::now();
     let mut slots = Vec::new();
     for round in 0..10 {
-        let wait = budgets[round % 2].reserve(period).await.expect("Redis answers");
+        let (wait, _) = budgets[round % 2].reserve(period, 1).await.expect("Redis answers");
         slots.push(started.elapsed() + wait);
     }
     for pair in slots.windows(2) {
@@ -335,7 +448,7 @@ async fn replicas_take_turns_in_one_budget_and_share_what_stream_says_of_its_win
     // A 429 on one replica: the other does not poll before the reset.
     budgets[0].pause(Duration::from_secs(2));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let wait = budgets[1].reserve(period).await.expect("Redis answers");
+    let (wait, _) = budgets[1].reserve(period, 1).await.expect("Redis answers");
     assert!(wait >= Duration::from_millis(1700), "the other replica would poll in {wait:?}");
     tokio::time::sleep(wait).await;
 
@@ -343,8 +456,8 @@ async fn replicas_take_turns_in_one_budget_and_share_what_stream_says_of_its_win
     let reset = chrono::Utc::now() + chrono::Duration::seconds(5);
     budgets[1].share(RateLimit { limit: 100, remaining: 10, reset });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let first = budgets[0].reserve(period).await.expect("Redis answers");
-    let second = budgets[1].reserve(period).await.expect("Redis answers");
+    let (first, _) = budgets[0].reserve(period, 1).await.expect("Redis answers");
+    let (second, _) = budgets[1].reserve(period, 1).await.expect("Redis answers");
     let gap = second.saturating_sub(first);
     assert!(gap >= Duration::from_millis(400), "polls {gap:?} apart with 10 requests left for 5 s");
     shutdown.cancel();
