@@ -8,8 +8,9 @@
 //! A message can be missed (a reconnect, a slow subscriber): followers still read each view
 //! at least once a lease (when a dead leader's lease would run out; see
 //! `watch_lease::FleetView::follow`), and on each (re)subscription every follower reads its
-//! view again. Without a subscription (connecting, or on a Redis Cluster, where this is not
-//! implemented), followers read every follow interval, as without announcements.
+//! view again. Without a subscription (connecting, or resubscribing), followers read every
+//! follow interval, as without announcements. On a Redis Cluster the subscription is to one
+//! node (the next one after a failure): a message published on any node reaches them all.
 
 use std::{
     collections::HashMap,
@@ -45,13 +46,10 @@ struct Inner {
 }
 
 impl Changes {
-    /// Subscribes to `channel` on `redis` (one Redis; on a Cluster nothing is heard) until
-    /// `shutdown`, resubscribing after each loss.
+    /// Subscribes to `channel` on `redis` until `shutdown`, resubscribing after each loss.
     pub fn start(redis: &Redis, channel: String, shutdown: CancellationToken) -> Self {
         let changes = Self::default();
-        if let Some(client) = redis.single_client() {
-            tokio::spawn(subscribe(client, channel, Arc::downgrade(&changes.inner), shutdown));
-        }
+        tokio::spawn(subscribe(redis.subscribers(), channel, Arc::downgrade(&changes.inner), shutdown));
         changes
     }
 
@@ -126,10 +124,12 @@ impl Inner {
     }
 }
 
-/// Keeps one subscription to `channel` until `shutdown` (or the [`Changes`] are dropped).
-async fn subscribe(client: redis::Client, channel: String, changes: Weak<Inner>, shutdown: CancellationToken) {
+/// Keeps one subscription to `channel` until `shutdown` (or the [`Changes`] are dropped),
+/// with each of `clients` in turn while the last one fails.
+async fn subscribe(clients: Arc<[redis::Client]>, channel: String, changes: Weak<Inner>, shutdown: CancellationToken) {
     let mut delays = reconnect_delays();
-    loop {
+    for turn in 0.. {
+        let Some(client) = clients.get(turn % clients.len().max(1)) else { return };
         let subscribed = tokio::time::timeout(CALL_TIMEOUT, async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;

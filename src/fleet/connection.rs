@@ -102,6 +102,8 @@ pub struct Redis {
     link: Arc<watch::Sender<Link>>,
     namespace: Arc<str>,
     health: Arc<Health>,
+    /// Where a subscription may connect, in turn: the one Redis, or each node of a Cluster.
+    subscribers: Arc<[redis::Client]>,
 }
 
 impl std::fmt::Debug for Redis {
@@ -159,21 +161,26 @@ impl Redis {
     pub fn new(settings: &RedisSettings, api_key: &str) -> Result<Self, String> {
         let url = settings.url.expose_secret();
         let invalid = |error: RedisError| format!("invalid Redis URL ({:?})", error.kind());
-        let (client, first) = match cluster_nodes(url) {
+        let (client, first, subscribers) = match cluster_nodes(url) {
             None => {
                 let client = redis::Client::open(url).map_err(invalid)?;
                 let first = client.get_connection_info().clone();
-                (Client::Single(client), first)
+                (Client::Single(client.clone()), first, vec![client])
             }
             Some(nodes) => {
                 let Some(node) = nodes.first() else { return Err("invalid Redis URL (no cluster node)".to_owned()) };
                 let first = redis::IntoConnectionInfo::into_connection_info(node.as_str()).map_err(invalid)?;
+                let subscribers: Vec<redis::Client> = nodes
+                    .iter()
+                    .map(|node| redis::Client::open(node.as_str()))
+                    .collect::<Result<_, _>>()
+                    .map_err(invalid)?;
                 let client = ClusterClient::builder(nodes)
                     .connection_timeout(CALL_TIMEOUT)
                     .response_timeout(CALL_TIMEOUT)
                     .build()
                     .map_err(invalid)?;
-                (Client::Cluster(client), first)
+                (Client::Cluster(client), first, subscribers)
             }
         };
         let password = first.redis_settings().password().filter(|password| !password.is_empty()).map(str::to_owned);
@@ -184,6 +191,7 @@ impl Redis {
             link: Arc::new(watch::Sender::new(Link::Idle { retry_at: None, why: String::new() })),
             namespace: format!("{}stream-export:{app}", settings.key_prefix).into(),
             health: Arc::new(Health { tls, password, ..Health::default() }),
+            subscribers: subscribers.into(),
         })
     }
 
@@ -198,13 +206,16 @@ impl Redis {
         format!("{}:{name}", self.namespace)
     }
 
-    /// The client of one Redis, for what needs a connection of its own (a subscription);
-    /// `None` for a Redis Cluster.
-    pub fn single_client(&self) -> Option<redis::Client> {
-        match &self.client {
-            Client::Single(client) => Some(client.clone()),
-            Client::Cluster(_) => None,
-        }
+    /// Whether this is a Redis Cluster (whose scripts may only use the keys of one slot).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.client, Client::Cluster(_))
+    }
+
+    /// The clients a subscription connects with, one after another while they fail: the one
+    /// Redis, or each node of a Cluster (where a message published on any node reaches the
+    /// subscribers of every node).
+    pub fn subscribers(&self) -> Arc<[redis::Client]> {
+        Arc::clone(&self.subscribers)
     }
 
     /// The Redis Cluster slot of `key` (of its hash tag, if it has one), where a script may use

@@ -159,7 +159,7 @@ impl RedisSubmitStore {
     /// script that writes its `done`, when the two can go together: on one Redis, not on a
     /// Cluster (other slots).
     pub fn recording_into(mut self, registry: Arc<RedisRegistry>) -> Self {
-        if self.redis.single_client().is_some() {
+        if !self.redis.is_cluster() {
             self.registry = Some(registry);
         }
         self

@@ -180,12 +180,13 @@ impl PollCoordinator for FleetView {
         let update = (!read.data.is_empty()).then(|| decode(&read.data)).flatten().map(|view| SharedView { seq, view });
         // Announced changes wake the follower; otherwise it reads again when the leader's lease
         // would run out (were the leader dead, it takes over then), and at least every few
-        // seconds. Unannounced, it reads every follow interval.
+        // seconds. Unannounced (or with no lease), it reads in the replica's next batch of
+        // reads, one follow interval away at most.
         let read_again_in = match u64::try_from(lease_left) {
             Ok(left) if self.changes.live() => {
                 Duration::from_millis(left).clamp(self.follow_interval, READ_AT_LEAST_EVERY)
             }
-            _ => self.follow_interval,
+            _ => Duration::ZERO,
         };
         Ok(Followed { leading: read.leading, update, read_again_in })
     }

@@ -18,6 +18,7 @@ use crate::{
         redis::{RedisCluster, RedisServer},
     },
     fleet::{client, replicas_with},
+    fleet_watch::{held_task, next, watch as watch_task},
 };
 
 /// A submit that needs the fleet store (it has a `request_id`).
@@ -162,7 +163,9 @@ async fn a_redis_cluster_serves_the_fleet_whichever_slots_its_keys_hash_to() {
     const PASSWORD: &str = "cluster-redis-password-0123456789";
     let cluster = RedisCluster::start(3, PASSWORD).await;
     let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
-    let fleet = replicas_with(2, &emulator, &cluster.url(), &[]).await;
+    // Followers would read a view only every 5 s unless changes are announced.
+    let settings = [("STREAM_EXPORT_WATCH_FLEET_FOLLOW_INTERVAL", "5s"), ("STREAM_EXPORT_WATCH_POLL_MIN", "100ms")];
+    let fleet = replicas_with(2, &emulator, &cluster.url(), &settings).await;
 
     // Nine request ids spread over the three nodes' slots; each repeat on the other replica
     // finds its task.
@@ -190,6 +193,20 @@ async fn a_redis_cluster_serves_the_fleet_whichever_slots_its_keys_hash_to() {
     while let Some(event) = tokio_stream::StreamExt::next(&mut watch).await {
         event.expect("the watch ends OK");
     }
+    // Changes are announced on a cluster too: a change polled on one replica reaches the
+    // other's watcher at once, not at its next read.
+    let held = held_task(&fleet[0], &emulator).await;
+    let mut polling = watch_task(&fleet[0], &held).await;
+    next(&mut polling).await.expect("the snapshot, where it is polled");
+    let mut following = watch_task(&fleet[1], &held).await;
+    next(&mut following).await.expect("the snapshot, on the other replica");
+    emulator.steer(&held, serde_json::json!({"status": "running"})).await;
+    next(&mut polling).await.expect("the change, where it is polled");
+    let polled = Instant::now();
+    let relayed = next(&mut following).await.expect("the change, on the other replica");
+    assert_eq!(relayed.task.map(|task| task.state()), Some(stream_export::proto::TaskState::Running));
+    let delay = polled.elapsed();
+    assert!(delay <= Duration::from_millis(300), "the change reached the other replica {delay:?} later");
     for replica in &fleet {
         let log = replica.log();
         assert!(!log.contains("the fleet store (Redis) is unavailable"), "no outage on a cluster:\n{log}");

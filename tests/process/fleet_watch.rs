@@ -26,7 +26,7 @@ const STEADY: &[(&str, &str)] = &[
 ];
 
 /// Submits a channel export through `replica` and freezes its task in `waiting`.
-async fn held_task(replica: &ServiceProcess, emulator: &TestEmulator) -> String {
+pub(super) async fn held_task(replica: &ServiceProcess, emulator: &TestEmulator) -> String {
     let channel = ChannelRef { r#type: "messaging".into(), id: "general".into(), ..Default::default() };
     let request = ExportChannelsRequest { channels: vec![channel], ..Default::default() };
     let task_id = client(replica).await.export_channels(request).await.expect("submits").into_inner().task_id;
@@ -34,13 +34,13 @@ async fn held_task(replica: &ServiceProcess, emulator: &TestEmulator) -> String 
     task_id
 }
 
-async fn watch(replica: &ServiceProcess, task_id: &str) -> Streaming<TaskEvent> {
+pub(super) async fn watch(replica: &ServiceProcess, task_id: &str) -> Streaming<TaskEvent> {
     let request = WatchTaskRequest { task_id: task_id.into() };
     client(replica).await.watch_task(request).await.expect("the watch starts").into_inner()
 }
 
 /// The next event that carries a task (heartbeats before the snapshot carry none).
-async fn next(stream: &mut Streaming<TaskEvent>) -> Result<TaskEvent, Status> {
+pub(super) async fn next(stream: &mut Streaming<TaskEvent>) -> Result<TaskEvent, Status> {
     loop {
         let item = tokio::time::timeout(Duration::from_secs(10), stream.next())
             .await
