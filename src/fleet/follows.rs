@@ -168,7 +168,7 @@ impl Call {
             script = script.arg(read.seq);
         }
         let answer: Result<Vec<redis::Value>, Unreachable> = script.run(&self.redis).await.map_err(Unreachable::from);
-        let mut values = answer.as_ref().map(|values| values.iter().cloned());
+        let mut values = answer.map(Vec::into_iter);
         for read in group {
             let told = match &mut values {
                 Ok(values) => parse(values),
