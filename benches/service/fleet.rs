@@ -387,7 +387,7 @@ fn replica_calls(
             (name.clone(), delta, client_share)
         })
         .collect();
-    breakdown.sort_by(|a, b| b.1.cmp(&a.1));
+    breakdown.sort_by_key(|(_, delta, _)| std::cmp::Reverse(*delta));
     let calls = breakdown.iter().map(|(_, delta, share)| *delta as f64 * share).sum();
     (calls, breakdown)
 }
@@ -425,10 +425,10 @@ fn spawn_cost_watcher(
                 EventType::Snapshot => {
                     progress.snapshots.fetch_add(1, Ordering::Relaxed);
                 }
-                EventType::Changed if state == TaskState::Running => {
-                    if arrivals[task][replica].set(Instant::now()).is_ok() {
-                        progress.running_seen.fetch_add(1, Ordering::Relaxed);
-                    }
+                EventType::Changed
+                    if state == TaskState::Running && arrivals[task][replica].set(Instant::now()).is_ok() =>
+                {
+                    progress.running_seen.fetch_add(1, Ordering::Relaxed);
                 }
                 _ => {}
             }

@@ -166,7 +166,7 @@ impl Scale {
             fleet_budget_window: Duration::from_secs(3),
             fleet_takeover_trials: 2,
             fleet_cost_sizes: vec![10, 100],
-            fleet_cost_window: Duration::from_secs(3),
+            fleet_cost_window: Duration::from_secs(2),
             fleet_cost_snapshot_limit_per_1000: Duration::from_secs(30),
             job_pacing_shards: 20,
             job_pacing_budget: 1_200,
