@@ -596,8 +596,14 @@ async fn cost_at(
     let waited = Instant::now();
     let mut spreads_ms = Vec::with_capacity(sample.len());
     let (mut followed, mut partly_followed) = (0, 0);
+    // Which replicas' watchers saw the change, for the tasks that did not reach all of them.
+    let mut partial_sets: HashMap<Vec<usize>, usize> = HashMap::new();
     for &task in &sample {
         let seen: Vec<Instant> = arrivals[task].iter().filter_map(|at| at.get().copied()).collect();
+        if !seen.is_empty() && seen.len() < REPLICAS {
+            let replicas = (0..REPLICAS).filter(|&r| arrivals[task][r].get().is_some()).collect();
+            *partial_sets.entry(replicas).or_default() += 1;
+        }
         let (Some(first), Some(last)) = (seen.iter().min(), seen.iter().max()) else { continue };
         let last = if seen.len() == REPLICAS {
             followed += 1;
@@ -624,6 +630,11 @@ async fn cost_at(
     }
     drop(fleet);
     let seconds = started.elapsed().as_secs_f64();
+    if !partial_sets.is_empty() {
+        eprintln!(
+            "fleet cost: tasks that reached only some replicas (0-based), by the replicas they reached: {partial_sets:?}"
+        );
+    }
     eprintln!(
         "fleet cost: {tasks} tasks: {polls_per_s:.1} polls/s, {redis_calls_per_s:.0} Redis calls/s; of {} steered \
          tasks {followed} reached all replicas within {follow_limit:?} of the window's end, {partly_followed} only \
