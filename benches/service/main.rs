@@ -7,7 +7,9 @@
 //! `--quick` (or `STREAM_EXPORT_BENCH_QUICK=1`) runs every figure at a small scale in a few
 //! seconds: a smoke test, its numbers mean nothing.
 //! `--only unary|fanout|budget|fleet|jobs|archive|schedules` runs one section alone;
-//! `--only tracing` runs the tracing figures of `unary` alone.
+//! `--only tracing` runs the tracing figures of `unary` alone, `--only fleet_cost` the fleet's
+//! cost figures (part of `fleet`) alone; `--fleet-sizes 10,1000` picks the watched-task counts
+//! of those.
 
 mod archive;
 mod echo;
@@ -57,6 +59,13 @@ pub struct Scale {
     fleet_budget_connections_per_replica: usize,
     fleet_budget_window: Duration,
     fleet_takeover_trials: usize,
+    /// Watched-task counts of the fleet's cost figures (`--fleet-sizes` overrides).
+    fleet_cost_sizes: Vec<usize>,
+    /// Their steady window, after every stream has its snapshot.
+    fleet_cost_window: Duration,
+    /// The longest wait for every stream's snapshot, per 1,000 watched tasks (at least a minute
+    /// in a full run): the harness goes on with what it has rather than hang.
+    fleet_cost_snapshot_limit_per_1000: Duration,
     /// Shards (of 25 channels) of the pacing figure.
     job_pacing_shards: usize,
     /// Its export budget, per minute.
@@ -112,6 +121,9 @@ impl Scale {
             fleet_budget_connections_per_replica: 4,
             fleet_budget_window: Duration::from_secs(30),
             fleet_takeover_trials: 5,
+            fleet_cost_sizes: vec![10, 100, 1_000, 10_000],
+            fleet_cost_window: Duration::from_secs(20),
+            fleet_cost_snapshot_limit_per_1000: Duration::from_secs(30),
             job_pacing_shards: 100,
             job_pacing_budget: 600,
             job_plan_channels: 10_000,
@@ -153,6 +165,9 @@ impl Scale {
             fleet_budget_connections_per_replica: 1,
             fleet_budget_window: Duration::from_secs(3),
             fleet_takeover_trials: 2,
+            fleet_cost_sizes: vec![10, 100],
+            fleet_cost_window: Duration::from_secs(2),
+            fleet_cost_snapshot_limit_per_1000: Duration::from_secs(30),
             job_pacing_shards: 20,
             job_pacing_budget: 1_200,
             job_plan_channels: 1_000,
@@ -181,22 +196,33 @@ fn main() {
         archive::serve_s3(addr.expect("--s3-server ADDR ROOT"), root.expect("--s3-server ADDR ROOT"));
         return;
     }
-    // `cargo bench` appends `--bench`; anything else but `--quick` and `--only SECTION` is ignored.
+    // `cargo bench` appends `--bench`; anything else but `--quick`, `--only SECTION` and
+    // `--fleet-sizes N,N` is ignored.
     let quick = args.iter().any(|a| a == "--quick") || std::env::var_os("STREAM_EXPORT_BENCH_QUICK").is_some();
     let only = args.iter().position(|a| a == "--only").map(|at| args.get(at + 1).expect("--only SECTION").clone());
     if let Some(section) = &only {
         assert!(SECTIONS.contains(&section.as_str()), "--only {section}: the sections are {SECTIONS:?}");
     }
-    let scale = if quick { Scale::quick() } else { Scale::full() };
+    let mut scale = if quick { Scale::quick() } else { Scale::full() };
+    if let Some(at) = args.iter().position(|a| a == "--fleet-sizes") {
+        let sizes = args.get(at + 1).expect("--fleet-sizes N,N,...");
+        scale.fleet_cost_sizes = sizes
+            .split(',')
+            .map(|size| {
+                size.trim().parse().unwrap_or_else(|_| panic!("--fleet-sizes {sizes}: counts of tasks, e.g. 10,1000"))
+            })
+            .collect();
+    }
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     runtime.block_on(run(&scale, quick, only.as_deref()));
 }
 
 /// The sections that `--only` can pick (every one runs without it).
-const SECTIONS: [&str; 8] = ["unary", "tracing", "fanout", "budget", "fleet", "jobs", "archive", "schedules"];
+const SECTIONS: [&str; 9] =
+    ["unary", "tracing", "fanout", "budget", "fleet", "fleet_cost", "jobs", "archive", "schedules"];
 
 async fn run(scale: &Scale, quick: bool, only: Option<&str>) {
-    // Without `--only`, `tracing` runs within `unary`.
+    // Without `--only`, `tracing` runs within `unary`, and `fleet_cost` within `fleet`.
     let runs = |section: &str| only.is_none_or(|only| only == section);
     let started = Instant::now();
     println!("stream-export benchmark ({}), machine: {}", if quick { "quick" } else { "full" }, procfs::machine());
@@ -218,6 +244,9 @@ async fn run(scale: &Scale, quick: bool, only: Option<&str>) {
     }
     if runs("fleet") {
         figures.extend(fleet::run(scale, &emulator_process, &emulator).await);
+    }
+    if only == Some("fleet_cost") {
+        figures.extend(fleet::cost(scale, &emulator_process, &emulator).await);
     }
     if runs("jobs") {
         figures.extend(jobs::run(scale).await);
