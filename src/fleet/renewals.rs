@@ -20,9 +20,10 @@ use tokio::sync::oneshot;
 use super::{connection::Redis, lease::with_lease, script::FleetScript};
 use crate::task_watch::coordination::Unreachable;
 
-/// Claims each lease (extends it, or takes it if free) unless its task is final. `KEYS`: each
-/// task's lease then view; returns one 1 (kept) or 0 (another replica leads, or the task is
-/// final) per task.
+/// Claims each lease (extends it, or takes it if free) unless its task is final, and keeps the
+/// task's view at least as long (a task polled less often than its view lives, under a budget
+/// that binds, keeps its latest observation for late watchers). `KEYS`: each task's lease then
+/// view; returns one 1 (kept) or 0 (another replica leads, or the task is final) per task.
 static RENEW_ALL: std::sync::LazyLock<FleetScript> = std::sync::LazyLock::new(|| {
     with_lease(
         "EVALSHA watch.renew_all",
@@ -32,6 +33,8 @@ for i = 1, #KEYS, 2 do
   local ok = 0
   if redis.call('HEXISTS', KEYS[i + 1], 'final') == 0 and lease_claim(KEYS[i], ARGV[1], ARGV[2]) == ARGV[1] then
     ok = 1
+    local left = redis.call('PTTL', KEYS[i + 1])
+    if left >= 0 and left < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[i + 1], ARGV[2]) end
   end
   kept[#kept + 1] = ok
 end

@@ -3,6 +3,11 @@
 //! Per task, two keys in one hash-tag slot: `lease` (the id of the replica that polls it, with
 //! a short lease that it renews while it polls, with all its other leases: see `renewals`)
 //! and `view` (a hash: `seq`, the latest observation as `data`, `final` once the task ended).
+//! `seq` only grows, even across a view that expired (a task polled less often than its view
+//! lives, under a budget that binds) or a Redis that restarted empty: each write takes Redis's
+//! clock in µs, or one more than the last `seq` if that is later. A follower relays a view
+//! whose `seq` is above its own, so a `seq` that started again from 1 would hide every change
+//! from followers that had seen the first ones. The leader's renewals keep the view alive too.
 //! The replica that holds the lease polls Stream, writes each observation to `view` and
 //! announces it (see `changes`); the others follow: when a change is announced (or, unheard,
 //! every follow interval), and when the lease would run out, they read `view`, relay what is
@@ -48,14 +53,17 @@ static PUBLISH: LazyLock<FleetScript> = LazyLock::new(|| {
         "EVALSHA watch.publish",
         r"
 if lease_claim(KEYS[1], ARGV[1], ARGV[2]) ~= ARGV[1] then return 0 end
-local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-redis.call('HSET', KEYS[2], 'data', ARGV[3])
+local t = redis.call('TIME')
+local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0') + 1
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if now > seq then seq = now end
+redis.call('HSET', KEYS[2], 'seq', string.format('%.0f', seq), 'data', ARGV[3])
 if ARGV[4] == '1' then
   redis.call('HSET', KEYS[2], 'final', '1')
   lease_release(KEYS[1], ARGV[1])
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call('PUBLISH', ARGV[6], seq .. ' ' .. string.len(ARGV[7]) .. ' ' .. ARGV[7] .. ARGV[3])
+redis.call('PUBLISH', ARGV[6], string.format('%.0f', seq) .. ' ' .. string.len(ARGV[7]) .. ' ' .. ARGV[7] .. ARGV[3])
 return seq
 ",
     )
@@ -199,7 +207,8 @@ impl PollCoordinator for FleetView {
         poll_interval_max: Duration,
     ) -> Result<Option<i64>, Unreachable> {
         let (lease, key) = self.keys(task_id);
-        let ttl = last.unwrap_or(poll_interval_max * VIEW_TTL_FACTOR).max(Duration::from_millis(1));
+        // Not final: at least a lease, so that the leader's renewals keep it (see `renewals`).
+        let ttl = last.unwrap_or((poll_interval_max * VIEW_TTL_FACTOR).max(self.lease)).max(Duration::from_millis(1));
         let publish = PUBLISH
             .call()
             .key(lease.key())

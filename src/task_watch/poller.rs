@@ -93,7 +93,17 @@ impl Poller {
         // A new follower has nothing to relay yet: its first read goes at once.
         let mut urgency = Urgency::Now;
         loop {
-            let followed = match polls.follow(&self.task_id, self.seq, urgency).await {
+            let read = polls.follow(&self.task_id, self.seq, urgency);
+            // A check waits for the replica's next batch of reads: a change announced meanwhile
+            // is relayed at once instead (the check is given up; the announcement is newer).
+            let followed = tokio::select! {
+                followed = read => followed,
+                () = announced(announcements.as_deref()), if urgency == Urgency::Soon => {
+                    urgency = Urgency::Now;
+                    continue;
+                }
+            };
+            let followed = match followed {
                 Ok(followed) => followed,
                 Err(error) => {
                     tracing::debug!(task_id = %self.task_id, %error, "fleet store unavailable; polling on our own");
@@ -110,15 +120,9 @@ impl Poller {
             if followed.leading {
                 return Role::Lead;
             }
-            let announced = async {
-                match &announcements {
-                    Some(announcements) => announcements.notified().await,
-                    None => std::future::pending().await,
-                }
-            };
             urgency = tokio::select! {
                 () = tokio::time::sleep(followed.read_again_in) => Urgency::Soon,
-                () = announced => Urgency::Now,
+                () = announced(announcements.as_deref()) => Urgency::Now,
                 () = self.sender.closed() => {
                     if self.hub.retire_if_unwatched(&self.task_id, &self.sender) { return Role::Stop; }
                     Urgency::Soon
@@ -328,6 +332,15 @@ impl Poller {
             }
         }
         self.hub.forget(&self.task_id, &self.sender);
+    }
+}
+
+/// Resolves when another replica announces a change of the followed task (never when changes
+/// are not announced).
+async fn announced(announcements: Option<&tokio::sync::Notify>) {
+    match announcements {
+        Some(announcements) => announcements.notified().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -86,6 +86,13 @@ impl RedisServer {
         redis::cmd("KEYS").arg(pattern).query_async(&mut connection).await.expect("KEYS answers")
     }
 
+    /// Deletes `keys` (as an eviction would).
+    pub async fn delete(&self, keys: &[String]) {
+        let client = redis::Client::open(self.url()).expect("a Redis URL");
+        let mut connection = client.get_multiplexed_async_connection().await.expect("Redis answers");
+        redis::cmd("DEL").arg(keys).query_async::<i64>(&mut connection).await.expect("DEL answers");
+    }
+
     /// Kills the server (SIGKILL) and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

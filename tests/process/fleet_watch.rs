@@ -195,6 +195,42 @@ async fn a_change_reaches_the_other_replicas_watchers_when_it_is_announced_not_a
     }
 }
 
+/// A task polled every 6 s: its follower checks the lease 5 s after its last read, in its
+/// replica's next batch of reads (up to a follow interval, 5 s here, later). A change announced
+/// while that check waits is relayed at once, not after it.
+#[tokio::test]
+async fn a_change_announced_while_a_follower_waits_for_its_lease_check_is_relayed_at_once() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let redis = RedisServer::start(None).await;
+    let settings = [
+        ("STREAM_EXPORT_WATCH_POLL_MIN", "6s"),
+        ("STREAM_EXPORT_WATCH_POLL_MAX", "6s"),
+        ("STREAM_EXPORT_WATCH_FLEET_FOLLOW_INTERVAL", "5s"),
+    ];
+    let fleet = replicas_with(2, &emulator, &redis.url(), &settings).await;
+    let mut streams = Vec::new();
+    // The first task's follower starts its replica's batches of reads (one every 5 s from then).
+    for settle in [Duration::from_secs(2), Duration::ZERO] {
+        let task_id = held_task(&fleet[0], &emulator).await;
+        let mut polling = watch(&fleet[0], &task_id).await;
+        assert_eq!(next_state(&mut polling).await, (EventType::Snapshot, TaskState::Waiting));
+        let mut following = watch(&fleet[1], &task_id).await;
+        assert_eq!(next_state(&mut following).await, (EventType::Snapshot, TaskState::Waiting));
+        streams.push((task_id, polling, following));
+        tokio::time::sleep(settle).await;
+    }
+    // The second follower checks at 5 s, in the batch at about 8 s; its task is polled at 6 s.
+    let (task_id, polling, following) = &mut streams[1];
+    emulator.steer(task_id, json!({"status": "running"})).await;
+    let seen = next(polling).await.expect("the change, where it is polled");
+    assert_eq!(seen.task.as_ref().map(|task| task.state()), Some(TaskState::Running));
+    let polled = Instant::now();
+    let relayed = next(following).await.expect("the change, on the other replica");
+    let delay = polled.elapsed();
+    assert_eq!(relayed.task.as_ref().map(|task| task.state()), Some(TaskState::Running));
+    assert!(delay <= Duration::from_millis(300), "the change reached the other replica {delay:?} later");
+}
+
 #[tokio::test]
 async fn followers_relay_an_announced_observation_without_reading_redis_again() {
     let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
@@ -324,6 +360,83 @@ async fn a_new_task_on_one_replica_is_polled_before_the_tasks_another_keeps_poll
     let waited = started.elapsed();
     assert!(waited <= Duration::from_millis(700), "the new task's snapshot took {waited:?}; a round is 1.5 s");
     drop(streams);
+}
+
+/// Under a budget that binds, a task is polled less often than its shared view's TTL (three of
+/// the longest poll intervals): the other replicas' watchers still get every change, the
+/// terminal state included, and a late watcher elsewhere gets its snapshot at once.
+#[tokio::test]
+async fn followers_get_every_change_of_a_task_polled_less_often_than_its_view_lives() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let redis = RedisServer::start(None).await;
+    // Views kept 1 s after a write (the lease); six tasks under 2 polls/s: each polled every 3 s.
+    let settings = [
+        ("STREAM_EXPORT_WATCH_POLL_MIN", "100ms"),
+        ("STREAM_EXPORT_WATCH_POLL_MAX", "200ms"),
+        ("STREAM_EXPORT_WATCH_FLEET_LEASE", "1s"),
+        ("STREAM_EXPORT_UPSTREAM_POLL_BUDGET", "2"),
+    ];
+    let fleet = replicas_with(2, &emulator, &redis.url(), &settings).await;
+    let mut task_ids = Vec::new();
+    for _ in 0..6 {
+        task_ids.push(held_task(&fleet[0], &emulator).await);
+    }
+    let mut polled = Vec::new();
+    for task_id in &task_ids {
+        let mut stream = watch(&fleet[0], task_id).await;
+        assert_eq!(next_state(&mut stream).await, (EventType::Snapshot, TaskState::Waiting));
+        polled.push(stream);
+    }
+    let mut following = watch(&fleet[1], &task_ids[0]).await;
+    assert_eq!(next_state(&mut following).await, (EventType::Snapshot, TaskState::Waiting));
+    // Several polls of each task, each long after the last write of its view.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Late watchers of the other five, at once: a view that expired would leave most of them
+    // waiting for their task's next poll.
+    let started = Instant::now();
+    let mut late = Vec::new();
+    for task_id in &task_ids[1..] {
+        late.push(watch(&fleet[1], task_id).await);
+    }
+    join_all(late.iter_mut().map(next_state)).await;
+    let waited = started.elapsed();
+    assert!(waited <= Duration::from_millis(500), "the late watchers waited {waited:?} for their snapshots");
+
+    emulator.steer(&task_ids[0], json!({"status": "running"})).await;
+    assert_eq!(next_state(&mut following).await, (EventType::Changed, TaskState::Running));
+    emulator.steer(&task_ids[0], json!({"status": "completed"})).await;
+    terminal(&mut following).await;
+    drop((polled, late));
+}
+
+/// A task's shared view lost in Redis (evicted, or a Redis restarted without persistence):
+/// the observations written after it still reach the other replicas' watchers when announced,
+/// not only at their next read.
+#[tokio::test]
+async fn followers_relay_the_changes_written_after_a_tasks_shared_view_was_lost() {
+    let emulator = TestEmulator::spawn(EmulatorConfig::new(API_KEY, API_SECRET)).await;
+    let redis = RedisServer::start(None).await;
+    // One poll every 2 s: the follower has seen one shared observation when the view goes.
+    let settings = [("STREAM_EXPORT_WATCH_POLL_MIN", "2s"), ("STREAM_EXPORT_WATCH_POLL_MAX", "2s")];
+    let fleet = replicas_with(2, &emulator, &redis.url(), &settings).await;
+    let task_id = held_task(&fleet[0], &emulator).await;
+    let mut polling = watch(&fleet[0], &task_id).await;
+    assert_eq!(next_state(&mut polling).await, (EventType::Snapshot, TaskState::Waiting));
+    let mut following = watch(&fleet[1], &task_id).await;
+    assert_eq!(next_state(&mut following).await, (EventType::Snapshot, TaskState::Waiting));
+    redis.delete(&redis.keys("*:watch:*:view").await).await;
+
+    for state in [TaskState::Running, TaskState::Completed] {
+        let name = if state == TaskState::Running { "running" } else { "completed" };
+        emulator.steer(&task_id, json!({"status": name})).await;
+        let seen = next(&mut polling).await.expect("the change, where it is polled");
+        assert_eq!(seen.task.as_ref().map(|task| task.state()), Some(state));
+        let polled = Instant::now();
+        let relayed = next(&mut following).await.expect("the change, on the other replica");
+        let delay = polled.elapsed();
+        assert_eq!(relayed.task.as_ref().map(|task| task.state()), Some(state));
+        assert!(delay <= Duration::from_millis(300), "{name} reached the other replica {delay:?} later");
+    }
 }
 
 #[tokio::test]
