@@ -113,7 +113,18 @@ pub async fn run(scale: &Scale, emulator_process: &ChildProcess, emulator: &Emul
 /// figure 2: the mean status reads of a watched task over the control task's reads (one
 /// watcher, on one replica) in the same window. 1.0: the fleet polls each task once per round.
 async fn fan_out(scale: &Scale, emulator_process: &ChildProcess, emulator: &EmulatorClient) -> Vec<Figure> {
-    let flags = ["--watch-poll-min", FANOUT_POLL, "--watch-poll-max", FANOUT_POLL, "--upstream-poll-budget", "100000"];
+    // Every stream is the same (anonymous) caller's: its limit is raised above the streams of
+    // one replica.
+    let flags = [
+        "--watch-poll-min",
+        FANOUT_POLL,
+        "--watch-poll-max",
+        FANOUT_POLL,
+        "--upstream-poll-budget",
+        "100000",
+        "--watch-max-streams-per-caller",
+        "20000",
+    ];
     let names = ["fleet-fanout-1", "fleet-fanout-2", "fleet-fanout-3"];
     let fleet = Fleet::start(emulator_process, names, &flags).await;
     let clients = fleet.connect(scale.fleet_fanout_connections.div_ceil(REPLICAS)).await;
