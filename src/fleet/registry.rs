@@ -2,11 +2,14 @@
 //!
 //! Two keys under one hash tag: `index`, a sorted set whose members are
 //! `<create time in µs, 20 digits>|<task id>` (all with score 0, so that their lexical order is
-//! the time order and a page is one `ZREVRANGEBYLEX`), and `records`, a hash from task id to the
-//! record (protobuf). Recording trims records past the retention and the capacity, oldest first.
-//! Per owner, a third key, `owner:<digest>`, indexes that owner's members the same way; it is
-//! trimmed by the retention only, and a page skips members whose record went past the capacity.
-//! The retention's cut-off is on Redis's clock (`TIME`), not a replica's.
+//! the time order and a page is one `ZREVRANGEBYLEX`), and `records`, a hash from task id to
+//! `<create time, 20 digits>|<the record (protobuf)>`. Recording trims records past the retention
+//! and the capacity, oldest first. Per owner, a third key, `owner:<digest>`, indexes that owner's
+//! members the same way; it is trimmed by the retention only, and a page skips members whose
+//! record went past the capacity. The create time (and so the order of `ListTasks`) and the
+//! retention's cut-off are on Redis's clock (`TIME`), not a replica's: replicas whose clocks
+//! disagree still list tasks in the order Redis recorded them. (A record written by an earlier
+//! version, a bare protobuf, keeps the time its replica gave it.)
 //!
 //! What pollers observe goes to a fourth key, `observed` (task id → `<observe time in µs, 20
 //! digits>|<the task>`), written in one step that keeps the newest observation: replicas that
@@ -27,21 +30,24 @@ use crate::{
     },
 };
 
-/// `registry_record(keys, args)`: adds a record unless the task has one; drops those past the
-/// retention or the capacity. Keys: the index, the records, the owner's index, the
-/// observations; args: the index member, the task id, the record, the capacity, the retention
+/// `registry_record(keys, args)`: adds a record, created now on Redis's clock, unless the task
+/// has one; drops those past the retention or the capacity. Keys: the index, the records, the
+/// owner's index, the observations; args: the task id, the record, the capacity, the retention
 /// (µs). Also used by the submit store's FINISH, which records a task with its `done`.
 pub(super) const RECORD_LUA: &str = r"
 local function registry_record(keys, args)
-  if redis.call('HEXISTS', keys[2], args[2]) == 1 then return 0 end
+  if redis.call('HEXISTS', keys[2], args[1]) == 1 then return 0 end
   local t = redis.call('TIME')
-  local cutoff = string.format('%020.0f|', tonumber(t[1]) * 1000000 + tonumber(t[2]) - tonumber(args[5]))
-  redis.call('ZADD', keys[1], 0, args[1])
-  redis.call('ZADD', keys[3], 0, args[1])
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local created = string.format('%020.0f', now)
+  local member = created .. '|' .. args[1]
+  local cutoff = string.format('%020.0f|', now - tonumber(args[4]))
+  redis.call('ZADD', keys[1], 0, member)
+  redis.call('ZADD', keys[3], 0, member)
   redis.call('ZREMRANGEBYLEX', keys[3], '-', '(' .. cutoff)
-  redis.call('HSET', keys[2], args[2], args[3])
+  redis.call('HSET', keys[2], args[1], created .. '|' .. args[2])
   local gone = redis.call('ZRANGEBYLEX', keys[1], '-', '(' .. cutoff, 'LIMIT', 0, 100)
-  local excess = redis.call('ZCARD', keys[1]) - #gone - tonumber(args[4])
+  local excess = redis.call('ZCARD', keys[1]) - #gone - tonumber(args[3])
   if excess > 0 then
     for _, member in ipairs(redis.call('ZRANGE', keys[1], #gone, #gone + excess - 1)) do
       table.insert(gone, member)
@@ -61,10 +67,10 @@ static RECORD: LazyLock<FleetScript> = LazyLock::new(|| {
     FleetScript::new("EVALSHA registry.record", &format!("{RECORD_LUA}return registry_record(KEYS, ARGV)"))
 });
 
-/// What [`RECORD_LUA`] needs to record one task: its four keys and five arguments.
+/// What [`RECORD_LUA`] needs to record one task: its four keys and four arguments.
 pub(super) struct RecordParts {
     pub keys: [String; 4],
-    pub args: (String, String, Vec<u8>, usize, u64),
+    pub args: (String, Vec<u8>, usize, u64),
 }
 
 /// Up to `ARGV[2]` records, newest first, below the index member `ARGV[1]` (exclusive bound
@@ -135,13 +141,7 @@ impl RedisRegistry {
         let retention = u64::try_from(RETENTION.as_micros()).unwrap_or(u64::MAX);
         RecordParts {
             keys: [self.index.clone(), self.records.clone(), self.owner_index(&record.owner), self.observed.clone()],
-            args: (
-                member(&Cursor::of(record)),
-                record.task_id.clone(),
-                record.encode_to_vec(),
-                self.capacity,
-                retention,
-            ),
+            args: (record.task_id.clone(), record.encode_to_vec(), self.capacity, retention),
         }
     }
 
@@ -157,23 +157,37 @@ impl RedisRegistry {
     }
 }
 
-/// A stored record with its latest observation (`<time, 20 digits>|<task>`, or empty), if any.
-fn decode(record: &[u8], observed: &[u8]) -> Option<TaskRecord> {
+/// A stored record (`<create time, 20 digits>|<record>`, or a bare record of an earlier version)
+/// with its latest observation (`<time, 20 digits>|<task>`, or empty), if any.
+fn decode(stored: &[u8], observed: &[u8]) -> Option<TaskRecord> {
+    let (created, record) = match timed(stored) {
+        Some((created, record)) => (Some(created), record),
+        None => (None, stored),
+    };
     let mut record = TaskRecord::decode(record).ok().filter(|record| !record.task_id.is_empty())?;
-    if let Some((micros, task)) = observed.split_at_checked(OBSERVED_TIME_DIGITS + 1) {
-        let at = std::str::from_utf8(&micros[..OBSERVED_TIME_DIGITS])
-            .ok()
-            .and_then(|micros| micros.parse().ok())
-            .and_then(DateTime::<Utc>::from_timestamp_micros);
-        if let (Some(at), Ok(task)) = (at, Task::decode(task)) {
-            note_observed(&mut record, &task, at);
-        }
+    if let Some(created) = created {
+        record.create_time = Some(crate::contract::task::timestamp(created));
+    }
+    if let Some((at, task)) = timed(observed)
+        && let Ok(task) = Task::decode(task)
+    {
+        note_observed(&mut record, &task, at);
     }
     Some(record)
 }
 
-/// The digits of an observation's time (µs since the epoch), before its task.
-const OBSERVED_TIME_DIGITS: usize = 20;
+/// The time (µs since the epoch, [`TIME_DIGITS`] digits) and the bytes of `<time>|<bytes>`;
+/// `None` if `stored` does not start so (a record's protobuf starts with a field tag, never a
+/// digit).
+fn timed(stored: &[u8]) -> Option<(DateTime<Utc>, &[u8])> {
+    let (micros, rest) = stored.split_at_checked(TIME_DIGITS)?;
+    let rest = rest.strip_prefix(b"|")?;
+    let micros = std::str::from_utf8(micros).ok()?.parse().ok()?;
+    Some((DateTime::<Utc>::from_timestamp_micros(micros)?, rest))
+}
+
+/// The digits of a stored time (µs since the epoch), before its record or task.
+const TIME_DIGITS: usize = 20;
 
 /// The index member of a position.
 fn member(cursor: &Cursor) -> String {
@@ -185,7 +199,7 @@ impl TaskRegistry for RedisRegistry {
     async fn record(&self, record: TaskRecord) -> Result<(), StoreError> {
         let RecordParts { keys: [index, records, owner, observed], args } = self.parts_of(&record);
         let record_it = RECORD.call().key(index).key(records).key(owner).key(observed);
-        let record_it = record_it.arg(args.0).arg(args.1).arg(args.2).arg(args.3).arg(args.4);
+        let record_it = record_it.arg(args.0).arg(args.1).arg(args.2).arg(args.3);
         record_it.run::<i64>(&self.redis).await?;
         Ok(())
     }
@@ -195,7 +209,7 @@ impl TaskRegistry for RedisRegistry {
     }
 
     async fn observed(&self, task: &Task, at: DateTime<Utc>) -> Result<(), StoreError> {
-        let mut noted = format!("{:0width$}|", at.timestamp_micros().max(0), width = OBSERVED_TIME_DIGITS).into_bytes();
+        let mut noted = format!("{:0width$}|", at.timestamp_micros().max(0), width = TIME_DIGITS).into_bytes();
         noted.extend(task.encode_to_vec());
         let observed = OBSERVED.call().key(&self.records).key(&self.observed).arg(&task.task_id).arg(noted);
         observed.run::<i64>(&self.redis).await?;

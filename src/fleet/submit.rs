@@ -92,7 +92,7 @@ return done
     )
 });
 
-/// [`FINISH`], and the task's registry record written with `done` (keys 3–6 and arguments 4–8
+/// [`FINISH`], and the task's registry record written with `done` (keys 3–6 and arguments 4–7
 /// as `registry_record` takes them). Returns what `done` holds now, and whether the record went
 /// with it.
 static FINISH_RECORDING: LazyLock<FleetScript> = LazyLock::new(|| {
@@ -106,7 +106,7 @@ local recorded = 0
 if not done then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   done = ARGV[2]
-  registry_record({KEYS[3], KEYS[4], KEYS[5], KEYS[6]}, {ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]})
+  registry_record({KEYS[3], KEYS[4], KEYS[5], KEYS[6]}, {ARGV[4], ARGV[5], ARGV[6], ARGV[7]})
   recorded = 1
 end
 lease_release(KEYS[2], ARGV[1])
@@ -230,7 +230,7 @@ async fn finish(
             let RecordParts { keys: [index, records, owner, observed], args } = registry.parts_of(&record);
             let finish = FINISH_RECORDING.call().key(done).key(claim.key()).key(index).key(records).key(owner);
             let finish = finish.key(observed).arg(claim.owner()).arg(&ours).arg(millis(ttl));
-            let finish = finish.arg(args.0).arg(args.1).arg(args.2).arg(args.3).arg(args.4);
+            let finish = finish.arg(args.0).arg(args.1).arg(args.2).arg(args.3);
             finish.run::<(String, i64)>(redis).await.map(|(current, written)| (current, written == 1))
         }
     };

@@ -306,6 +306,64 @@ async fn every_replica_lists_the_tasks_submitted_on_any_replica() {
 
 /// Issue 32: replicas note what they observe of one task at once (in any order): the registry
 /// keeps the newest observation, never an older state over a newer one, and pages show it.
+/// Two replicas whose clocks disagree (one an hour ahead) record tasks one after the other:
+/// every replica lists them in the order Redis recorded them, with Redis's create times, and
+/// pages through them without skipping or repeating one.
+#[tokio::test]
+async fn the_registry_orders_tasks_by_redis_clock_whatever_the_replicas_clocks_say() {
+    use stream_export::{
+        fleet::{Redis, RedisSettings, registry::RedisRegistry},
+        proto::TaskRecord,
+        store::{TaskRegistry, registry::Cursor},
+    };
+
+    let server = RedisServer::start(None).await;
+    let settings = RedisSettings { url: server.url().into(), key_prefix: String::new() };
+    let registries: Vec<RedisRegistry> =
+        (0..2).map(|_| RedisRegistry::new(Redis::new(&settings, API_KEY).expect("a valid URL"), 100)).collect();
+    let record = |task_id: &str, at: chrono::DateTime<chrono::Utc>| TaskRecord {
+        task_id: task_id.into(),
+        owner: "analytics".into(),
+        rpc: "ExportChannels".into(),
+        create_time: Some(prost_types::Timestamp { seconds: at.timestamp(), nanos: 0 }),
+        ..TaskRecord::default()
+    };
+    let now = chrono::Utc::now();
+    let ahead = now + chrono::Duration::hours(1);
+    // The replica an hour ahead records first, then the other, alternately.
+    for n in 0..6 {
+        let (registry, clock) = if n % 2 == 0 { (&registries[0], ahead) } else { (&registries[1], now) };
+        registry.record(record(&format!("task-{n}"), clock)).await.expect("recorded");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
+    for registry in &registries {
+        let mut listed = Vec::new();
+        let mut after: Option<Cursor> = None;
+        loop {
+            let page = registry.page(after.as_ref(), 2).await.expect("a page");
+            let Some(last) = page.last() else { break };
+            after = Some(Cursor::of(last));
+            listed.extend(page);
+        }
+        let ids: Vec<&str> = listed.iter().map(|record| record.task_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["task-5", "task-4", "task-3", "task-2", "task-1", "task-0"],
+            "newest first, as Redis recorded"
+        );
+        for record in &listed {
+            let created = record.create_time.expect("a create time");
+            let drift = (created.seconds - now.timestamp()).abs();
+            assert!(
+                drift <= 5,
+                "{} has the create time of a replica's clock, not Redis's: {created:?}",
+                record.task_id
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_registry_keeps_a_tasks_newest_observation_whichever_replica_notes_it_last() {
     use stream_export::{
