@@ -18,7 +18,7 @@ use crate::{
         redis::{RedisCluster, RedisServer},
     },
     fleet::{client, replicas_with},
-    fleet_watch::{held_task, next, watch as watch_task},
+    fleet_watch::{held_task, next, relay_delay, watch as watch_task},
 };
 
 /// A submit that needs the fleet store (it has a `request_id`).
@@ -200,12 +200,8 @@ async fn a_redis_cluster_serves_the_fleet_whichever_slots_its_keys_hash_to() {
     next(&mut polling).await.expect("the snapshot, where it is polled");
     let mut following = watch_task(&fleet[1], &held).await;
     next(&mut following).await.expect("the snapshot, on the other replica");
-    emulator.steer(&held, serde_json::json!({"status": "running"})).await;
-    next(&mut polling).await.expect("the change, where it is polled");
-    let polled = Instant::now();
-    let relayed = next(&mut following).await.expect("the change, on the other replica");
-    assert_eq!(relayed.task.map(|task| task.state()), Some(stream_export::proto::TaskState::Running));
-    let delay = polled.elapsed();
+    let running = stream_export::proto::TaskState::Running;
+    let delay = relay_delay(&emulator, &held, running, &mut polling, &mut following).await;
     assert!(delay <= Duration::from_millis(300), "the change reached the other replica {delay:?} later");
     for replica in &fleet {
         let log = replica.log();

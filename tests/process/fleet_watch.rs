@@ -68,6 +68,27 @@ async fn terminal(stream: &mut Streaming<TaskEvent>) -> TaskEvent {
     event
 }
 
+/// Steers `task_id` to `state` (running or completed) and returns how long after the watcher on
+/// the replica that polls it (`polling`) the watcher on another replica (`following`) got the
+/// change; both must get it.
+pub(super) async fn relay_delay(
+    emulator: &TestEmulator,
+    task_id: &str,
+    state: TaskState,
+    polling: &mut Streaming<TaskEvent>,
+    following: &mut Streaming<TaskEvent>,
+) -> Duration {
+    let name = if state == TaskState::Running { "running" } else { "completed" };
+    emulator.steer(task_id, json!({"status": name})).await;
+    let seen = next(polling).await.expect("the change, where it is polled");
+    assert_eq!(seen.task.as_ref().map(|task| task.state()), Some(state));
+    let polled = Instant::now();
+    let relayed = next(following).await.expect("the change, on the other replica");
+    let delay = polled.elapsed();
+    assert_eq!(relayed.task.as_ref().map(|task| task.state()), Some(state));
+    delay
+}
+
 async fn status_reads(emulator: &TestEmulator, task_ids: &[String]) -> u64 {
     let counters = emulator.control(reqwest::Method::GET, "counters", None).await;
     task_ids.iter().map(|id| counters["tasks"][id].as_u64().unwrap_or(0)).sum()
@@ -183,15 +204,8 @@ async fn a_change_reaches_the_other_replicas_watchers_when_it_is_announced_not_a
     assert_eq!(next_state(&mut following).await, (EventType::Snapshot, TaskState::Waiting));
 
     for state in [TaskState::Running, TaskState::Completed] {
-        let name = if state == TaskState::Running { "running" } else { "completed" };
-        emulator.steer(&task_id, json!({"status": name})).await;
-        let seen = next(&mut polling).await.expect("the change, where it is polled");
-        assert_eq!(seen.task.as_ref().map(|task| task.state()), Some(state));
-        let polled = Instant::now();
-        let relayed = next(&mut following).await.expect("the change, on the other replica");
-        let delay = polled.elapsed();
-        assert_eq!(relayed.task.as_ref().map(|task| task.state()), Some(state));
-        assert!(delay <= Duration::from_millis(300), "{name} reached the other replica {delay:?} later");
+        let delay = relay_delay(&emulator, &task_id, state, &mut polling, &mut following).await;
+        assert!(delay <= Duration::from_millis(300), "{state:?} reached the other replica {delay:?} later");
     }
 }
 
@@ -221,13 +235,7 @@ async fn a_change_announced_while_a_follower_waits_for_its_lease_check_is_relaye
     }
     // The second follower checks at 5 s, in the batch at about 8 s; its task is polled at 6 s.
     let (task_id, polling, following) = &mut streams[1];
-    emulator.steer(task_id, json!({"status": "running"})).await;
-    let seen = next(polling).await.expect("the change, where it is polled");
-    assert_eq!(seen.task.as_ref().map(|task| task.state()), Some(TaskState::Running));
-    let polled = Instant::now();
-    let relayed = next(following).await.expect("the change, on the other replica");
-    let delay = polled.elapsed();
-    assert_eq!(relayed.task.as_ref().map(|task| task.state()), Some(TaskState::Running));
+    let delay = relay_delay(&emulator, task_id, TaskState::Running, polling, following).await;
     assert!(delay <= Duration::from_millis(300), "the change reached the other replica {delay:?} later");
 }
 
@@ -427,15 +435,8 @@ async fn followers_relay_the_changes_written_after_a_tasks_shared_view_was_lost(
     redis.delete(&redis.keys("*:watch:*:view").await).await;
 
     for state in [TaskState::Running, TaskState::Completed] {
-        let name = if state == TaskState::Running { "running" } else { "completed" };
-        emulator.steer(&task_id, json!({"status": name})).await;
-        let seen = next(&mut polling).await.expect("the change, where it is polled");
-        assert_eq!(seen.task.as_ref().map(|task| task.state()), Some(state));
-        let polled = Instant::now();
-        let relayed = next(&mut following).await.expect("the change, on the other replica");
-        let delay = polled.elapsed();
-        assert_eq!(relayed.task.as_ref().map(|task| task.state()), Some(state));
-        assert!(delay <= Duration::from_millis(300), "{name} reached the other replica {delay:?} later");
+        let delay = relay_delay(&emulator, &task_id, state, &mut polling, &mut following).await;
+        assert!(delay <= Duration::from_millis(300), "{state:?} reached the other replica {delay:?} later");
     }
 }
 
